@@ -1,0 +1,1 @@
+"""Pytest fixtures with real components, shared by every test suite in the repository."""
