@@ -4,4 +4,8 @@ They live in ``flywheel_common.testing`` so that each service's own test suite c
 real components (a nats-server per session, an S3 HTTP endpoint) without copying them.
 """
 
-pytest_plugins = ["flywheel_common.testing.nats", "flywheel_common.testing.s3"]
+pytest_plugins = [
+    "flywheel_common.testing.nats",
+    "flywheel_common.testing.s3",
+    "flywheel_common.testing.services",
+]

@@ -1,0 +1,1 @@
+"""Flywheel dataset builder (`flywheel.dataset.v1.DatasetService`)."""

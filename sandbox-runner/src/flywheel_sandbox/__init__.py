@@ -1,0 +1,1 @@
+"""Flywheel sandbox runner (`flywheel.sandbox.v1.SandboxService`)."""

@@ -1,0 +1,3 @@
+from flywheel_cli.main import cli
+
+cli()

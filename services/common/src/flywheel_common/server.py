@@ -1,0 +1,384 @@
+"""The asyncio gRPC server every Flywheel service runs on.
+
+One :class:`GrpcApp` gives a service, with no code of its own:
+
+* gRPC health checking (``grpc.health.v1.Health``; SERVING once started, NOT_SERVING while
+  shutting down) and server reflection, so ``grpcurl -plaintext HOST:PORT list`` works with no
+  local proto files;
+* one interceptor for the cross-cutting concerns: a request id (taken from the ``x-request-id``
+  metadata or made up, returned in the trailing metadata and put on every log line), one
+  structured log line per RPC, Prometheus metrics, and the mapping of exceptions to canonical
+  status codes (:mod:`flywheel_common.errors`);
+* graceful shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight RPCs get
+  ``grace_period_s`` to finish, then the service's own resources are closed;
+* a ready file with the bound ports, so a caller that asked for port 0 learns the real one.
+
+RPCs that the contract has but the service does not serve yet answer UNIMPLEMENTED with a message
+that names the method and the issue that will bring it (:func:`fill_unimplemented`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+
+from flywheel_common.errors import Unimplemented, status_for
+from flywheel_common.logs import request_id_var
+from flywheel_common.settings import ServiceSettings
+
+S = TypeVar("S", bound=ServiceSettings)
+
+log = logging.getLogger("flywheel.server")
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+class Metrics:
+    """The RPC metrics of one process (one registry; tests may pass their own)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "flywheel_grpc_requests",
+            "RPCs handled, by method and final status code.",
+            ["service", "method", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "flywheel_grpc_request_duration_seconds",
+            "Wall time of an RPC, from the call until its last response message (seconds).",
+            ["service", "method"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+
+
+_default_metrics: Metrics | None = None
+
+
+def default_metrics() -> Metrics:
+    """The process-wide metrics (created once: prometheus refuses duplicate registrations)."""
+    global _default_metrics
+    if _default_metrics is None:
+        _default_metrics = Metrics()
+    return _default_metrics
+
+
+def _split_method(full: str) -> tuple[str, str]:
+    # "/flywheel.sandbox.v1.SandboxService/Execute" -> ("flywheel.sandbox.v1.SandboxService", "Execute")
+    service, _, method = full.lstrip("/").rpartition("/")
+    return service, method
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Request ids, one log line per RPC, metrics, and exception → status code, for every RPC."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        service, method = _split_method(details.method)
+        incoming = dict(details.invocation_metadata or ())
+        factory, behaviour = _handler_parts(handler)
+        streaming_out = handler.response_streaming
+
+        def start(context: grpc.aio.ServicerContext) -> tuple[str, contextvars_token, float]:
+            rid = str(incoming.get(REQUEST_ID_KEY) or uuid.uuid4().hex)
+            token = request_id_var.set(rid)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+            return rid, token, time.perf_counter()
+
+        def finish(token: contextvars_token, started: float, code: grpc.StatusCode, error: str | None) -> None:
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(service, method, code.name).inc()
+            self.metrics.latency.labels(service, method).observe(elapsed)
+            level = logging.INFO if code is grpc.StatusCode.OK else logging.WARNING
+            if code is grpc.StatusCode.INTERNAL:
+                level = logging.ERROR
+            log.log(
+                level,
+                "rpc %s/%s %s",
+                service,
+                method,
+                code.name,
+                extra={"rpc": f"{service}/{method}", "code": code.name, "duration_ms": round(elapsed * 1000, 3)}
+                | ({"error": error} if error else {}),
+            )
+            request_id_var.reset(token)
+
+        async def fail(exc: BaseException, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
+            known = status_for(exc)
+            if known is None:
+                rid = request_id_var.get()
+                log.exception("unexpected error in %s/%s", service, method)
+                code, message = grpc.StatusCode.INTERNAL, f"internal error (request id {rid}); see the service log"
+            else:
+                code, message = known
+            await context.abort(code, message)
+            return code, message  # not reached: abort raises
+
+        if not streaming_out:
+
+            async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                _, token, started = start(context)
+                code, error = grpc.StatusCode.OK, None
+                try:
+                    return await behaviour(request, context)
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    error = context.details()
+                    raise
+                except asyncio.CancelledError:
+                    code, error = grpc.StatusCode.CANCELLED, "cancelled"
+                    raise
+                except Exception as exc:
+                    code, error = status_for(exc) or (grpc.StatusCode.INTERNAL, repr(exc))
+                    await fail(exc, context)
+                finally:
+                    finish(token, started, _code_of(context, code), error)
+
+            wrapped: Callable[..., Any] = unary_out
+        else:
+
+            async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                _, token, started = start(context)
+                code, error = grpc.StatusCode.OK, None
+                try:
+                    async for item in behaviour(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    error = context.details()
+                    raise
+                except (asyncio.CancelledError, GeneratorExit):
+                    code, error = grpc.StatusCode.CANCELLED, "cancelled"
+                    raise
+                except Exception as exc:
+                    code, error = status_for(exc) or (grpc.StatusCode.INTERNAL, repr(exc))
+                    await fail(exc, context)
+                finally:
+                    finish(token, started, _code_of(context, code), error)
+
+            wrapped = stream_out
+
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+contextvars_token = Any  # the Token type of contextvars is not subscriptable on 3.11
+
+
+def _code_of(context: grpc.aio.ServicerContext, fallback: grpc.StatusCode) -> grpc.StatusCode:
+    # A handler may set a code on the context without raising; prefer what the caller will see.
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else fallback
+
+
+def _handler_parts(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., grpc.RpcMethodHandler], Any]:
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler, handler.unary_unary
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler, handler.unary_stream
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler, handler.stream_unary
+    return grpc.stream_stream_rpc_method_handler, handler.stream_stream
+
+
+def fill_unimplemented(servicer_cls: type, service: ServiceDescriptor, planned_in: str) -> type:
+    """Give every RPC the class does not define a clear UNIMPLEMENTED answer; returns the class.
+
+    The generated base class already answers UNIMPLEMENTED, but with "Method not implemented!"
+    and from a synchronous method; ours name the RPC and where it is planned, e.g.
+    ``flywheel.sandbox.v1.SandboxService/Judge is not implemented yet (planned in issue #3)``.
+    """
+    for method in service.methods:
+        own = any(method.name in vars(klass) for klass in servicer_cls.__mro__ if not _is_generated(klass))
+        if own:
+            continue
+        message = f"{service.full_name}/{method.name} is not implemented yet (planned in {planned_in})"
+        setattr(servicer_cls, method.name, _unimplemented(message, method.server_streaming))
+    return servicer_cls
+
+
+def _is_generated(klass: type) -> bool:
+    return klass.__module__.endswith("_pb2_grpc") or klass is object
+
+
+def _unimplemented(message: str, server_streaming: bool) -> Callable[..., Any]:
+    if server_streaming:
+
+        async def stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            raise Unimplemented(message)
+            yield  # pragma: no cover - makes this an async generator
+
+        return stream
+
+    async def unary(self: Any, request: Any, context: Any) -> Any:
+        raise Unimplemented(message)
+
+    return unary
+
+
+@dataclass
+class ServiceBinding:
+    """One gRPC service to serve: the servicer object, its generated ``add_…_to_server`` and descriptor."""
+
+    servicer: object
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    descriptor: ServiceDescriptor
+
+    @property
+    def name(self) -> str:
+        return self.descriptor.full_name
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class GrpcApp:
+    """A gRPC server with health, reflection, the interceptor, metrics and graceful shutdown."""
+
+    name: str
+    settings: ServiceSettings
+    bindings: Sequence[ServiceBinding]
+    on_startup: list[Hook] = field(default_factory=list)
+    on_shutdown: list[Hook] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=default_metrics)
+    server: grpc.aio.Server | None = None
+    port: int = 0
+    metrics_port: int | None = None
+    health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
+
+    async def start(self) -> int:
+        """Run the start-up hooks, bind, serve; returns the bound port."""
+        for hook in self.on_startup:
+            await hook()
+        self.server = grpc.aio.server(
+            interceptors=[ObservabilityInterceptor(self.metrics)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        )
+        for binding in self.bindings:
+            binding.add_to_server(binding.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [b.name for b in self.bindings]
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"{self.name}: cannot bind the gRPC port {address} (in use?)")
+        await self.server.start()
+        if self.settings.metrics_port is not None:
+            httpd, _ = start_http_server(self.settings.metrics_port, self.settings.host, self.metrics.registry)
+            self.metrics_port = httpd.server_port
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._write_ready_file()
+        log.info(
+            "%s serving on %s:%d", self.name, self.settings.host, self.port,
+            extra={"port": self.port, "metrics_port": self.metrics_port, "services": names},
+        )
+        return self.port
+
+    def _write_ready_file(self) -> None:
+        path = self.settings.ready_file
+        if path is None:
+            return
+        info = {"pid": os.getpid(), "port": self.port, "metrics_port": self.metrics_port, "service": self.name}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, path)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, let in-flight RPCs finish within the grace period, then run the shutdown hooks."""
+        if self.server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_period_s if grace is None else grace)
+        self.server = None
+        for hook in reversed(self.on_shutdown):
+            try:
+                await hook()
+            except Exception:
+                log.exception("%s: a shutdown hook failed", self.name)
+        if self.settings.ready_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.settings.ready_file.unlink()
+        log.info("%s stopped", self.name)
+
+    async def serve_until_signal(self) -> None:
+        """Start, then wait for SIGTERM or SIGINT and stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+            log.info("%s: shutdown signal received", self.name)
+        finally:
+            await self.stop()
+
+
+def run_service(name: str, settings_cls: type[S], build: Callable[[S], GrpcApp]) -> int:
+    """Entry point of ``python -m <service>``: read settings, set up logging, serve until signalled.
+
+    A configuration error prints one line per bad variable and exits with status 2; a dependency
+    that cannot be reached (NATS, the object store, a taken port) exits with status 1.
+    """
+    import sys
+
+    from flywheel_common.logs import configure_logging
+    from flywheel_common.procs import die_with_supervisor
+    from flywheel_common.runtime import StartupError
+    from flywheel_common.settings import SettingsError, load_settings
+
+    die_with_supervisor()
+    try:
+        settings = load_settings(settings_cls)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    configure_logging(name, settings.log_level, settings.log_format)
+    try:
+        asyncio.run(build(settings).serve_until_signal())
+    except (OSError, StartupError) as err:
+        log.error("%s cannot start: %s", name, err)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def ready_file_info(path: Path) -> dict[str, Any] | None:
+    """Read a ready file written by :class:`GrpcApp`, or None while it does not exist yet."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None

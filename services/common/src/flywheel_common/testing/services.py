@@ -1,0 +1,99 @@
+"""Boot a service in-process on port 0 and check the parts every service must have.
+
+Used by each service's own ``tests/test_service.py``; the cross-service tests in ``tests/``
+start the services as real processes instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flywheel_common.server import GrpcApp
+from flywheel_common.settings import ServiceSettings, load_settings
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+@pytest.fixture
+def service_env(nats_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for a service under test: the session's nats-server, a fresh object-store root."""
+    return {
+        "FLYWHEEL_NATS_URL": nats_url,
+        "FLYWHEEL_OBJECT_STORE_BACKEND": "fs",
+        "FLYWHEEL_OBJECT_STORE_ROOT": str(tmp_path / "objects"),
+    }
+
+
+@contextlib.asynccontextmanager
+async def boot_service(
+    build: Callable[[S], GrpcApp], settings_cls: type[S], env: dict[str, str], **overrides: Any
+) -> AsyncIterator[str]:
+    """Start the service's app on 127.0.0.1:0 with ``env`` applied; yield its address; stop it."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        settings = load_settings(settings_cls, host="127.0.0.1", port=0, **overrides)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    app = build(settings)
+    port = await app.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await app.stop(grace=1.0)
+
+
+async def health_status(channel: grpc.aio.Channel, service: str = "") -> str:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def check_unimplemented_rpcs(
+    channel: grpc.aio.Channel, stub: object, descriptor: ServiceDescriptor, planned_in: str
+) -> list[str]:
+    """Assert health is SERVING and every RPC not served yet says so by name; returns those RPCs.
+
+    An RPC that answers anything but UNIMPLEMENTED to an empty request counts as served and is
+    left to the service's own tests.
+    """
+    assert await health_status(channel) == "SERVING"
+    assert await health_status(channel, descriptor.full_name) == "SERVING"
+    pending = []
+    for method in descriptor.methods:
+        call = getattr(stub, method.name)
+        request = method.input_type._concrete_class()
+        try:
+            if method.client_streaming:
+
+                async def one(req: Any = request) -> AsyncIterator[Any]:
+                    yield req
+
+                result = call(one())
+            else:
+                result = call(request)
+            if method.server_streaming:
+                async for _ in result:
+                    pass
+            else:
+                await result
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                continue
+            details = err.details() or ""
+            assert f"{descriptor.full_name}/{method.name}" in details, details
+            assert planned_in in details, details
+            pending.append(method.name)
+    return pending

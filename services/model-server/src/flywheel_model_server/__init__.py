@@ -1,0 +1,1 @@
+"""Flywheel embedded model server (the default model server where vLLM is not available)."""

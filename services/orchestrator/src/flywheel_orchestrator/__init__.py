@@ -1,0 +1,1 @@
+"""Flywheel agent orchestrator (`flywheel.orchestrator.v1.OrchestratorService`)."""

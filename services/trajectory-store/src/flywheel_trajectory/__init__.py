@@ -1,0 +1,1 @@
+"""Flywheel trajectory store (`flywheel.trajectory.v1.TrajectoryService`)."""

@@ -1,0 +1,1 @@
+"""Flywheel trainer (`flywheel.trainer.v1.TrainerService`)."""
