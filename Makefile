@@ -4,8 +4,8 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
-BIN := $(VENV)/bin
+PY := $(abspath $(VENV))/bin/python
+BIN := $(abspath $(VENV))/bin
 
 # Every distribution of the repository, installed editable by `make install`.
 PACKAGES := proto services/common services/cli services/orchestrator services/trajectory-store \
@@ -38,7 +38,7 @@ proto-check: $(STAMP) ## Fail if the generated code in proto/gen is stale
 
 lint: $(STAMP) ## ruff on all Python code, buf lint on the protos
 	$(BIN)/ruff check .
-	cd proto && ../$(BIN)/buf lint
+	cd proto && $(BIN)/buf lint
 
 format: $(STAMP) ## Fix what ruff can fix and format the code
 	$(BIN)/ruff check --fix .

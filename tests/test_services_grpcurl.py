@@ -11,15 +11,17 @@ import signal
 from pathlib import Path
 
 import pytest
-from flywheel_cli.components import COMPONENTS
 
+from flywheel_cli.components import COMPONENTS
 from flywheel_common.testing.processes import grpcurl, start_module
 
 GRPC_COMPONENTS = [c for c in COMPONENTS if c.protocol == "grpc"]
 
 
 @pytest.mark.parametrize("component", GRPC_COMPONENTS, ids=lambda c: c.name)
-def test_service_lists_checks_health_and_stops_cleanly(component, service_env: dict[str, str], tmp_path: Path) -> None:
+def test_service_lists_checks_health_and_stops_cleanly(
+    component, service_env: dict[str, str], tmp_path: Path
+) -> None:
     proc, info, log = start_module(component.module, component.env_prefix, service_env, tmp_path)
     address = f"127.0.0.1:{info['port']}"
     try:
@@ -29,8 +31,13 @@ def test_service_lists_checks_health_and_stops_cleanly(component, service_env: d
         assert component.grpc_service in services
         assert "grpc.health.v1.Health" in services
 
-        health = grpcurl("-plaintext", "-d", json.dumps({"service": component.grpc_service}), address,
-                         "grpc.health.v1.Health/Check")
+        health = grpcurl(
+            "-plaintext",
+            "-d",
+            json.dumps({"service": component.grpc_service}),
+            address,
+            "grpc.health.v1.Health/Check",
+        )
         assert health.returncode == 0, health.stderr
         assert json.loads(health.stdout) == {"status": "SERVING"}
 
@@ -38,8 +45,11 @@ def test_service_lists_checks_health_and_stops_cleanly(component, service_env: d
         assert described.returncode == 0, described.stderr
         assert "rpc " in described.stdout
 
-        first_rpc = next(line.split()[1].split("(")[0] for line in described.stdout.splitlines()
-                         if line.strip().startswith("rpc "))
+        first_rpc = next(
+            line.split()[1].split("(")[0]
+            for line in described.stdout.splitlines()
+            if line.strip().startswith("rpc ")
+        )
         called = grpcurl("-plaintext", "-d", "{}", address, f"{component.grpc_service}/{first_rpc}")
         if called.returncode != 0:
             # Not served yet: the answer names the RPC (grpcurl prints code and message).
@@ -59,7 +69,8 @@ def test_bad_setting_fails_fast_naming_the_variable(tmp_path: Path) -> None:
     import sys
 
     env = {**os.environ, "FLYWHEEL_SANDBOX_PORT": "not-a-port"}
-    done = subprocess.run([sys.executable, "-m", "flywheel_sandbox"], env=env, capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "flywheel_sandbox"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 2
     assert "FLYWHEEL_SANDBOX_PORT='not-a-port'" in done.stderr

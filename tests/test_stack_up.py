@@ -52,8 +52,12 @@ def test_up_status_grpcurl_and_clean_shutdown(tmp_path: Path, env_without_nats: 
     started = time.monotonic()
     all_pids: set[int] = set()
     with open(log, "wb") as out:
-        up = subprocess.Popen([tool("flywheel"), "up", "--state-dir", str(state), "--timeout", "60"],
-                              env=env_without_nats, stdout=out, stderr=subprocess.STDOUT)
+        up = subprocess.Popen(
+            [tool("flywheel"), "up", "--state-dir", str(state), "--timeout", "60"],
+            env=env_without_nats,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         while not (state / "stack.json").exists():
             assert up.poll() is None, log.read_text()
@@ -66,8 +70,13 @@ def test_up_status_grpcurl_and_clean_shutdown(tmp_path: Path, env_without_nats: 
         # The machine may run its own NATS on 4222: the stack must have picked another port then.
         assert info["nats_url"].startswith("nats://127.0.0.1:")
 
-        status = subprocess.run([tool("flywheel"), "status", "--state-dir", str(state), "--json"],
-                                env=env_without_nats, capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [tool("flywheel"), "status", "--state-dir", str(state), "--json"],
+            env=env_without_nats,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert status.returncode == 0, status.stdout + status.stderr
         report = json.loads(status.stdout)
         assert report["healthy"] is True
@@ -84,8 +93,13 @@ def test_up_status_grpcurl_and_clean_shutdown(tmp_path: Path, env_without_nats: 
         all_pids = set(children) | {grandchild for pid in children for grandchild in children_of(pid)}
         assert len(all_pids) >= COMPONENT_COUNT + 1  # the services and nats-server
 
-        down = subprocess.run([tool("flywheel"), "down", "--state-dir", str(state)], env=env_without_nats,
-                              capture_output=True, text=True, timeout=90)
+        down = subprocess.run(
+            [tool("flywheel"), "down", "--state-dir", str(state)],
+            env=env_without_nats,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert down.returncode == 0, down.stdout + down.stderr
     finally:
         if up.poll() is None:
@@ -99,15 +113,21 @@ def test_up_status_grpcurl_and_clean_shutdown(tmp_path: Path, env_without_nats: 
 
 
 def test_status_without_stack_says_how_to_start(tmp_path: Path, env_without_nats: dict[str, str]) -> None:
-    done = subprocess.run([tool("flywheel"), "status", "--state-dir", str(tmp_path)], env=env_without_nats,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [tool("flywheel"), "status", "--state-dir", str(tmp_path)],
+        env=env_without_nats,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "flywheel up" in done.stdout + done.stderr
 
 
 def test_cli_help_lists_commands() -> None:
-    done = subprocess.run([sys.executable, "-m", "flywheel_cli", "--help"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "flywheel_cli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     for command in ("up", "down", "status"):
         assert command in done.stdout

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from flywheel.dataset.v1 import dataset_pb2_grpc
 
+from flywheel.dataset.v1 import dataset_pb2_grpc
 from flywheel_common.testing.services import boot_service, check_unimplemented_rpcs
 from flywheel_dataset.service import DESCRIPTOR, build_app
 from flywheel_dataset.settings import DatasetSettings
@@ -14,7 +14,9 @@ from flywheel_dataset.settings import DatasetSettings
 async def test_serves_health_and_reflection(service_env: dict[str, str]) -> None:
     async with boot_service(build_app, DatasetSettings, service_env) as address:
         async with grpc.aio.insecure_channel(address) as channel:
-            await check_unimplemented_rpcs(channel, dataset_pb2_grpc.DatasetServiceStub(channel), DESCRIPTOR, "issue #6")
+            await check_unimplemented_rpcs(
+                channel, dataset_pb2_grpc.DatasetServiceStub(channel), DESCRIPTOR, "issue #6"
+            )
 
 
 def test_settings_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,10 +8,8 @@ names it and the work that brings it (issue #6).
 from __future__ import annotations
 
 from flywheel.dataset.v1 import dataset_pb2, dataset_pb2_grpc
-
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
-
 from flywheel_dataset.settings import DatasetSettings
 
 NAME = "dataset-svc"
@@ -33,6 +31,10 @@ def build_app(settings: DatasetSettings) -> GrpcApp:
     """The service's gRPC app, with the shared resources it needs opened at start-up."""
     deps = Dependencies(settings, NAME, events=True, objects=True)
     servicer = DatasetService(settings, deps)
-    app = GrpcApp(NAME, settings, [ServiceBinding(servicer, dataset_pb2_grpc.add_DatasetServiceServicer_to_server, DESCRIPTOR)])
+    app = GrpcApp(
+        NAME,
+        settings,
+        [ServiceBinding(servicer, dataset_pb2_grpc.add_DatasetServiceServicer_to_server, DESCRIPTOR)],
+    )
     deps.attach(app)
     return app

@@ -35,7 +35,10 @@ def build_config(settings: GatewaySettings) -> dict[str, Any]:
     ]
     if settings.openai_api_key is not None:
         models.append(
-            {"model_name": "openai/*", "litellm_params": {"model": "openai/*", "api_key": "os.environ/OPENAI_API_KEY"}}
+            {
+                "model_name": "openai/*",
+                "litellm_params": {"model": "openai/*", "api_key": "os.environ/OPENAI_API_KEY"},
+            }
         )
     if settings.anthropic_api_key is not None:
         models.append(

@@ -14,13 +14,18 @@ class GatewaySettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address the proxy binds to.")
     port: int = Field(4000, ge=0, le=65535, description="HTTP port of the OpenAI-compatible endpoint.")
     master_key: SecretStr = Field(
-        ..., min_length=8, description="Required. Bearer key every caller must send; LiteLLM wants it to start with 'sk-'."
+        ...,
+        min_length=8,
+        description="Required. Bearer key every caller must send; LiteLLM wants it to start with 'sk-'.",
     )
     model_server_url: str = Field(
-        "http://127.0.0.1:8000/v1", description="OpenAI base URL of the model server (vLLM or the embedded one)."
+        "http://127.0.0.1:8000/v1",
+        description="OpenAI base URL of the model server (vLLM or the embedded one).",
     )
     adapter_prefix: str = Field(
-        "ft/", pattern=r"^[a-z0-9][a-z0-9_.-]*/$", description="Model names starting with this reach LoRA adapters."
+        "ft/",
+        pattern=r"^[a-z0-9][a-z0-9_.-]*/$",
+        description="Model names starting with this reach LoRA adapters.",
     )
     base_models: list[str] = Field(
         default_factory=lambda: ["gemma-3-270m"],

@@ -8,10 +8,8 @@ names it and the work that brings it (issue #3).
 from __future__ import annotations
 
 from flywheel.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
-
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
-
 from flywheel_sandbox.settings import SandboxSettings
 
 NAME = "sandbox-runner"
@@ -33,6 +31,10 @@ def build_app(settings: SandboxSettings) -> GrpcApp:
     """The service's gRPC app, with the shared resources it needs opened at start-up."""
     deps = Dependencies(settings, NAME, events=False, objects=False)
     servicer = SandboxService(settings, deps)
-    app = GrpcApp(NAME, settings, [ServiceBinding(servicer, sandbox_pb2_grpc.add_SandboxServiceServicer_to_server, DESCRIPTOR)])
+    app = GrpcApp(
+        NAME,
+        settings,
+        [ServiceBinding(servicer, sandbox_pb2_grpc.add_SandboxServiceServicer_to_server, DESCRIPTOR)],
+    )
     deps.attach(app)
     return app

@@ -68,7 +68,9 @@ def add_echo(servicer: object, server: grpc.aio.Server) -> None:
 async def app():
     settings = ServiceSettings(host="127.0.0.1", port=0, grace_period_s=2.0)
     app = GrpcApp(
-        "echo", settings, [ServiceBinding(None, add_echo, SimpleNamespace(full_name=SERVICE))],
+        "echo",
+        settings,
+        [ServiceBinding(None, add_echo, SimpleNamespace(full_name=SERVICE))],
         metrics=Metrics(CollectorRegistry()),
     )
     await app.start()
@@ -202,8 +204,12 @@ async def test_graceful_shutdown_finishes_in_flight_and_goes_not_serving(app: Gr
 async def test_ready_file_has_the_bound_port(tmp_path) -> None:
     ready = tmp_path / "run" / "echo.ready"
     settings = ServiceSettings(host="127.0.0.1", port=0, ready_file=ready, metrics_port=0)
-    app = GrpcApp("echo", settings, [ServiceBinding(None, add_echo, SimpleNamespace(full_name=SERVICE))],
-                  metrics=Metrics(CollectorRegistry()))
+    app = GrpcApp(
+        "echo",
+        settings,
+        [ServiceBinding(None, add_echo, SimpleNamespace(full_name=SERVICE))],
+        metrics=Metrics(CollectorRegistry()),
+    )
     port = await app.start()
     try:
         info = json.loads(ready.read_text())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from flywheel.trajectory.v1 import trajectory_pb2_grpc
 
+from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_common.testing.services import boot_service, check_unimplemented_rpcs
 from flywheel_trajectory.service import DESCRIPTOR, build_app
 from flywheel_trajectory.settings import TrajectorySettings
@@ -14,7 +14,9 @@ from flywheel_trajectory.settings import TrajectorySettings
 async def test_serves_health_and_reflection(service_env: dict[str, str]) -> None:
     async with boot_service(build_app, TrajectorySettings, service_env) as address:
         async with grpc.aio.insecure_channel(address) as channel:
-            await check_unimplemented_rpcs(channel, trajectory_pb2_grpc.TrajectoryServiceStub(channel), DESCRIPTOR, "issue #4")
+            await check_unimplemented_rpcs(
+                channel, trajectory_pb2_grpc.TrajectoryServiceStub(channel), DESCRIPTOR, "issue #4"
+            )
 
 
 def test_settings_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

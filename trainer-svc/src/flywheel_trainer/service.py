@@ -8,10 +8,8 @@ names it and the work that brings it (issue #7).
 from __future__ import annotations
 
 from flywheel.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
-
 from flywheel_trainer.settings import TrainerSettings
 
 NAME = "trainer-svc"
@@ -33,6 +31,10 @@ def build_app(settings: TrainerSettings) -> GrpcApp:
     """The service's gRPC app, with the shared resources it needs opened at start-up."""
     deps = Dependencies(settings, NAME, events=True, objects=True)
     servicer = TrainerService(settings, deps)
-    app = GrpcApp(NAME, settings, [ServiceBinding(servicer, trainer_pb2_grpc.add_TrainerServiceServicer_to_server, DESCRIPTOR)])
+    app = GrpcApp(
+        NAME,
+        settings,
+        [ServiceBinding(servicer, trainer_pb2_grpc.add_TrainerServiceServicer_to_server, DESCRIPTOR)],
+    )
     deps.attach(app)
     return app

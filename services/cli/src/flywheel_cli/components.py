@@ -28,16 +28,46 @@ class Component:
 
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("sandbox-runner", "flywheel_sandbox", "FLYWHEEL_SANDBOX_", 50052, "grpc",
-              "flywheel.sandbox.v1.SandboxService"),
-    Component("trajectory-store", "flywheel_trajectory", "FLYWHEEL_TRAJECTORY_", 50053, "grpc",
-              "flywheel.trajectory.v1.TrajectoryService"),
-    Component("dataset-svc", "flywheel_dataset", "FLYWHEEL_DATASET_", 50054, "grpc",
-              "flywheel.dataset.v1.DatasetService"),
-    Component("trainer-svc", "flywheel_trainer", "FLYWHEEL_TRAINER_", 50055, "grpc",
-              "flywheel.trainer.v1.TrainerService"),
-    Component("orchestrator", "flywheel_orchestrator", "FLYWHEEL_ORCHESTRATOR_", 50051, "grpc",
-              "flywheel.orchestrator.v1.OrchestratorService"),
+    Component(
+        "sandbox-runner",
+        "flywheel_sandbox",
+        "FLYWHEEL_SANDBOX_",
+        50052,
+        "grpc",
+        "flywheel.sandbox.v1.SandboxService",
+    ),
+    Component(
+        "trajectory-store",
+        "flywheel_trajectory",
+        "FLYWHEEL_TRAJECTORY_",
+        50053,
+        "grpc",
+        "flywheel.trajectory.v1.TrajectoryService",
+    ),
+    Component(
+        "dataset-svc",
+        "flywheel_dataset",
+        "FLYWHEEL_DATASET_",
+        50054,
+        "grpc",
+        "flywheel.dataset.v1.DatasetService",
+    ),
+    Component(
+        "trainer-svc",
+        "flywheel_trainer",
+        "FLYWHEEL_TRAINER_",
+        50055,
+        "grpc",
+        "flywheel.trainer.v1.TrainerService",
+    ),
+    Component(
+        "orchestrator",
+        "flywheel_orchestrator",
+        "FLYWHEEL_ORCHESTRATOR_",
+        50051,
+        "grpc",
+        "flywheel.orchestrator.v1.OrchestratorService",
+    ),
     Component("model-server", "flywheel_model_server", "FLYWHEEL_MODEL_SERVER_", 8000, "http"),
 )
 

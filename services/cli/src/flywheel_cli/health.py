@@ -18,15 +18,18 @@ def grpc_health(address: str, timeout: float = 2.0, service: str = "") -> str:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
-            return "UNREACHABLE" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+            return (
+                "UNREACHABLE"
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
                 else f"ERROR ({code.name if code else err})"
+            )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 def http_health(url: str, timeout: float = 2.0) -> str:
     """SERVING when ``GET url`` answers 200, else the reason."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 - loopback URL we built
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
             return "SERVING" if reply.status == 200 else f"HTTP {reply.status}"
     except urllib.error.HTTPError as err:
         return f"HTTP {err.code}"

@@ -38,8 +38,12 @@ def cli() -> None:
 
 @cli.command()
 @state_dir_option
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for every service to be healthy.")
-@click.option("--grace", default=10.0, show_default=True, help="Seconds each service gets to stop before SIGKILL.")
+@click.option(
+    "--timeout", default=60.0, show_default=True, help="Seconds to wait for every service to be healthy."
+)
+@click.option(
+    "--grace", default=10.0, show_default=True, help="Seconds each service gets to stop before SIGKILL."
+)
 def up(state_dir: Path, timeout: float, grace: float) -> None:
     """Start NATS, the object store and every service on this machine; Ctrl-C stops them all."""
 
@@ -96,7 +100,9 @@ def down(state_dir: Path, timeout: float) -> None:
         while path.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
     if path.exists():
-        console.print(f"[red]the stack did not stop within {timeout:.0f} s[/] (supervisor pid {info.supervisor_pid})")
+        console.print(
+            f"[red]the stack did not stop within {timeout:.0f} s[/] (supervisor pid {info.supervisor_pid})"
+        )
         sys.exit(1)
     console.print("[green]stopped[/]")
 
@@ -123,7 +129,9 @@ def status(state_dir: Path, as_json: bool) -> None:
         click.echo(json.dumps({**info.__dict__, "nats_health": nats_health, "healthy": healthy}, indent=2))
     else:
         table = _table(info, with_health=True)
-        table.add_row("nats", info.nats_url, "", nats_health, "embedded" if info.nats_embedded else "external")
+        table.add_row(
+            "nats", info.nats_url, "", nats_health, "embedded" if info.nats_embedded else "external"
+        )
         console.print(table)
         console.print(f"objects: {info.object_store}")
     sys.exit(0 if healthy else 1)

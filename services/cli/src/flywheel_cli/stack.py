@@ -32,12 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flywheel_cli.components import COMPONENTS, Component
+from flywheel_cli.health import grpc_health, http_health, port_is_free
 from flywheel_common.natsserver import NatsServerProcess
 from flywheel_common.procs import PARENT_PID_ENV, pid_alive, stop_process_group
 from flywheel_common.server import ready_file_info
-
-from flywheel_cli.components import COMPONENTS, Component
-from flywheel_cli.health import grpc_health, http_health, port_is_free
 
 STACK_FILE = "stack.json"
 LOCAL_HOST = "127.0.0.1"
@@ -172,7 +171,10 @@ class Stack:
     def object_store_env(self) -> dict[str, str]:
         if os.environ.get("FLYWHEEL_OBJECT_STORE_BACKEND", "fs") == "s3":
             return {}
-        return {"FLYWHEEL_OBJECT_STORE_BACKEND": "fs", "FLYWHEEL_OBJECT_STORE_ROOT": str(self.state_dir / "objects")}
+        return {
+            "FLYWHEEL_OBJECT_STORE_BACKEND": "fs",
+            "FLYWHEEL_OBJECT_STORE_ROOT": str(self.state_dir / "objects"),
+        }
 
     def describe_object_store(self) -> str:
         if os.environ.get("FLYWHEEL_OBJECT_STORE_BACKEND", "fs") == "s3":

@@ -14,7 +14,9 @@ import time
 from typing import Any
 
 #: The id of the gRPC request being served in this task, set by the server interceptor.
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("flywheel_request_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "flywheel_request_id", default=None
+)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}

@@ -42,7 +42,9 @@ class Dependencies:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            raise RuntimeError(f"{self.name}: the object store is not open (not asked for, or before start-up)")
+            raise RuntimeError(
+                f"{self.name}: the object store is not open (not asked for, or before start-up)"
+            )
         return self._store
 
     def attach(self, app: GrpcApp) -> Dependencies:
@@ -71,7 +73,9 @@ class Dependencies:
                 await bus.ensure_stream()
             except Exception as err:
                 await bus.close()
-                raise StartupError(f"{self.name}: cannot set up the JetStream stream {nats.stream}: {err}") from err
+                raise StartupError(
+                    f"{self.name}: cannot set up the JetStream stream {nats.stream}: {err}"
+                ) from err
             self._bus = bus
             log.info("event bus ready", extra={"nats_url": nats.url, "stream": nats.stream})
 

@@ -111,7 +111,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
             return rid, token, time.perf_counter()
 
-        def finish(token: contextvars_token, started: float, code: grpc.StatusCode, error: str | None) -> None:
+        def finish(
+            token: contextvars_token, started: float, code: grpc.StatusCode, error: str | None
+        ) -> None:
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(service, method, code.name).inc()
             self.metrics.latency.labels(service, method).observe(elapsed)
@@ -124,7 +126,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 service,
                 method,
                 code.name,
-                extra={"rpc": f"{service}/{method}", "code": code.name, "duration_ms": round(elapsed * 1000, 3)}
+                extra={
+                    "rpc": f"{service}/{method}",
+                    "code": code.name,
+                    "duration_ms": round(elapsed * 1000, 3),
+                }
                 | ({"error": error} if error else {}),
             )
             request_id_var.reset(token)
@@ -134,7 +140,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             if known is None:
                 rid = request_id_var.get()
                 log.exception("unexpected error in %s/%s", service, method)
-                code, message = grpc.StatusCode.INTERNAL, f"internal error (request id {rid}); see the service log"
+                code, message = (
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error (request id {rid}); see the service log",
+                )
             else:
                 code, message = known
             await context.abort(code, message)
@@ -288,20 +297,27 @@ class GrpcApp:
             binding.add_to_server(binding.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [b.name for b in self.bindings]
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"{self.name}: cannot bind the gRPC port {address} (in use?)")
         await self.server.start()
         if self.settings.metrics_port is not None:
-            httpd, _ = start_http_server(self.settings.metrics_port, self.settings.host, self.metrics.registry)
+            httpd, _ = start_http_server(
+                self.settings.metrics_port, self.settings.host, self.metrics.registry
+            )
             self.metrics_port = httpd.server_port
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._write_ready_file()
         log.info(
-            "%s serving on %s:%d", self.name, self.settings.host, self.port,
+            "%s serving on %s:%d",
+            self.name,
+            self.settings.host,
+            self.port,
             extra={"port": self.port, "metrics_port": self.metrics_port, "services": names},
         )
         return self.port
@@ -310,7 +326,12 @@ class GrpcApp:
         path = self.settings.ready_file
         if path is None:
             return
-        info = {"pid": os.getpid(), "port": self.port, "metrics_port": self.metrics_port, "service": self.name}
+        info = {
+            "pid": os.getpid(),
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "service": self.name,
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(info))

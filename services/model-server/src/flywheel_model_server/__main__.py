@@ -38,7 +38,7 @@ async def serve(settings: ModelServerSettings) -> None:
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not task.done():
+    while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn offers only a flag
         await asyncio.sleep(0.02)
     if server.started and settings.ready_file is not None:
         settings.ready_file.parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,9 @@ async def health(request: Request) -> JSONResponse:
 
 async def not_implemented(request: Request) -> JSONResponse:
     return error_response(
-        501, f"{request.method} {request.url.path} is not implemented yet (planned in {PLANNED_IN})", "NotImplemented"
+        501,
+        f"{request.method} {request.url.path} is not implemented yet (planned in {PLANNED_IN})",
+        "NotImplemented",
     )
 
 
@@ -46,7 +48,9 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404:
         return error_response(404, f"no such endpoint: {request.method} {request.url.path}", "NotFoundError")
     if exc.status_code == 405:
-        return error_response(405, f"{request.method} is not allowed on {request.url.path}", "MethodNotAllowed")
+        return error_response(
+            405, f"{request.method} is not allowed on {request.url.path}", "MethodNotAllowed"
+        )
     return error_response(exc.status_code, str(exc.detail), "HTTPError")
 
 

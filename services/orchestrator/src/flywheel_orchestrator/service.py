@@ -8,10 +8,8 @@ names it and the work that brings it (issue #5 (loops: issue #10)).
 from __future__ import annotations
 
 from flywheel.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
-
 from flywheel_orchestrator.settings import OrchestratorSettings
 
 NAME = "orchestrator"
@@ -33,6 +31,14 @@ def build_app(settings: OrchestratorSettings) -> GrpcApp:
     """The service's gRPC app, with the shared resources it needs opened at start-up."""
     deps = Dependencies(settings, NAME, events=True, objects=True)
     servicer = OrchestratorService(settings, deps)
-    app = GrpcApp(NAME, settings, [ServiceBinding(servicer, orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, DESCRIPTOR)])
+    app = GrpcApp(
+        NAME,
+        settings,
+        [
+            ServiceBinding(
+                servicer, orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, DESCRIPTOR
+            )
+        ],
+    )
     deps.attach(app)
     return app

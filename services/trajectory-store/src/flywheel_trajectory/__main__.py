@@ -3,7 +3,6 @@
 import sys
 
 from flywheel_common.server import run_service
-
 from flywheel_trajectory.service import NAME, build_app
 from flywheel_trajectory.settings import TrajectorySettings
 

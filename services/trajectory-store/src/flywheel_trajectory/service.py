@@ -8,10 +8,8 @@ names it and the work that brings it (issue #4).
 from __future__ import annotations
 
 from flywheel.trajectory.v1 import trajectory_pb2, trajectory_pb2_grpc
-
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
-
 from flywheel_trajectory.settings import TrajectorySettings
 
 NAME = "trajectory-store"
@@ -33,6 +31,10 @@ def build_app(settings: TrajectorySettings) -> GrpcApp:
     """The service's gRPC app, with the shared resources it needs opened at start-up."""
     deps = Dependencies(settings, NAME, events=True, objects=True)
     servicer = TrajectoryService(settings, deps)
-    app = GrpcApp(NAME, settings, [ServiceBinding(servicer, trajectory_pb2_grpc.add_TrajectoryServiceServicer_to_server, DESCRIPTOR)])
+    app = GrpcApp(
+        NAME,
+        settings,
+        [ServiceBinding(servicer, trajectory_pb2_grpc.add_TrajectoryServiceServicer_to_server, DESCRIPTOR)],
+    )
     deps.attach(app)
     return app

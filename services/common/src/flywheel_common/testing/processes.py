@@ -43,11 +43,20 @@ def wait_ready(proc: subprocess.Popen, ready: Path, log: Path, timeout: float = 
     pytest.fail(f"not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-def start_module(module: str, prefix: str, env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen, dict, Path]:
+def start_module(
+    module: str, prefix: str, env: dict[str, str], tmp_path: Path
+) -> tuple[subprocess.Popen, dict, Path]:
     ready = tmp_path / f"{module}.ready"
     log = tmp_path / f"{module}.log"
-    full_env = {**os.environ, **env, f"{prefix}PORT": "0", f"{prefix}HOST": "127.0.0.1",
-                f"{prefix}READY_FILE": str(ready)}
+    full_env = {
+        **os.environ,
+        **env,
+        f"{prefix}PORT": "0",
+        f"{prefix}HOST": "127.0.0.1",
+        f"{prefix}READY_FILE": str(ready),
+    }
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", module], env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module], env=full_env, stdout=out, stderr=subprocess.STDOUT
+        )
     return proc, wait_ready(proc, ready, log), log

@@ -1,0 +1,179 @@
+import datetime
+
+from flywheel.common.v1 import common_pb2 as _common_pb2
+from flywheel.dataset.v1 import dataset_pb2 as _dataset_pb2
+from flywheel.orchestrator.v1 import run_pb2 as _run_pb2
+from flywheel.trainer.v1 import trainer_pb2 as _trainer_pb2
+from flywheel.trajectory.v1 import trajectory_pb2 as _trajectory_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LoopStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOOP_STAGE_UNSPECIFIED: _ClassVar[LoopStage]
+    LOOP_STAGE_ROLLOUTS: _ClassVar[LoopStage]
+    LOOP_STAGE_DATASET: _ClassVar[LoopStage]
+    LOOP_STAGE_FINE_TUNE: _ClassVar[LoopStage]
+    LOOP_STAGE_HOT_LOAD: _ClassVar[LoopStage]
+    LOOP_STAGE_EVALUATION: _ClassVar[LoopStage]
+    LOOP_STAGE_GATE: _ClassVar[LoopStage]
+
+class GateMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GATE_METRIC_UNSPECIFIED: _ClassVar[GateMetric]
+    GATE_METRIC_PASS_RATE: _ClassVar[GateMetric]
+    GATE_METRIC_PARSE_ERRORS_PER_EPISODE: _ClassVar[GateMetric]
+    GATE_METRIC_WRITE_RATE: _ClassVar[GateMetric]
+    GATE_METRIC_LOOP_DETECTIONS_PER_EPISODE: _ClassVar[GateMetric]
+
+class GateDecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GATE_DECISION_UNSPECIFIED: _ClassVar[GateDecision]
+    GATE_DECISION_PROMOTE: _ClassVar[GateDecision]
+    GATE_DECISION_REJECT: _ClassVar[GateDecision]
+LOOP_STAGE_UNSPECIFIED: LoopStage
+LOOP_STAGE_ROLLOUTS: LoopStage
+LOOP_STAGE_DATASET: LoopStage
+LOOP_STAGE_FINE_TUNE: LoopStage
+LOOP_STAGE_HOT_LOAD: LoopStage
+LOOP_STAGE_EVALUATION: LoopStage
+LOOP_STAGE_GATE: LoopStage
+GATE_METRIC_UNSPECIFIED: GateMetric
+GATE_METRIC_PASS_RATE: GateMetric
+GATE_METRIC_PARSE_ERRORS_PER_EPISODE: GateMetric
+GATE_METRIC_WRITE_RATE: GateMetric
+GATE_METRIC_LOOP_DETECTIONS_PER_EPISODE: GateMetric
+GATE_DECISION_UNSPECIFIED: GateDecision
+GATE_DECISION_PROMOTE: GateDecision
+GATE_DECISION_REJECT: GateDecision
+
+class LoopStageStatus(_message.Message):
+    __slots__ = ("stage", "state", "artefacts", "error", "start_time", "end_time")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ARTEFACTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    stage: LoopStage
+    state: _common_pb2.JobState
+    artefacts: _containers.RepeatedCompositeFieldContainer[_common_pb2.ResourceRef]
+    error: _common_pb2.Error
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, stage: _Optional[_Union[LoopStage, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., artefacts: _Optional[_Iterable[_Union[_common_pb2.ResourceRef, _Mapping]]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PromotionGate(_message.Message):
+    __slots__ = ("metric", "margin")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    metric: GateMetric
+    margin: float
+    def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., margin: _Optional[float] = ...) -> None: ...
+
+class GateResult(_message.Message):
+    __slots__ = ("metric", "margin", "incumbent_value", "candidate_value", "improvement", "decision", "reason", "evaluation_id")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    INCUMBENT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    metric: GateMetric
+    margin: float
+    incumbent_value: float
+    candidate_value: float
+    improvement: float
+    decision: GateDecision
+    reason: str
+    evaluation_id: str
+    def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., margin: _Optional[float] = ..., incumbent_value: _Optional[float] = ..., candidate_value: _Optional[float] = ..., improvement: _Optional[float] = ..., decision: _Optional[_Union[GateDecision, str]] = ..., reason: _Optional[str] = ..., evaluation_id: _Optional[str] = ...) -> None: ...
+
+class Loop(_message.Message):
+    __slots__ = ("id", "suite", "base_model", "incumbent_model", "teacher_kind", "teacher_model", "rollouts_per_task", "protocol", "test_policy", "limits", "sampling", "concurrency", "recipe", "recipe_parameters", "dataset_split", "method", "hyperparameters", "adapter_name", "eval_rollouts_per_task", "gate", "labels", "state", "error", "stage", "stages", "candidate_model", "gate_result", "report", "create_time", "start_time", "end_time")
+    class RecipeParametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SUITE_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    INCUMBENT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_KIND_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_PER_TASK_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    TEST_POLICY_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    EVAL_ROLLOUTS_PER_TASK_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    GATE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    suite: str
+    base_model: str
+    incumbent_model: str
+    teacher_kind: _trajectory_pb2.TeacherKind
+    teacher_model: str
+    rollouts_per_task: int
+    protocol: _common_pb2.ToolProtocol
+    test_policy: _run_pb2.TestPolicy
+    limits: _run_pb2.EpisodeLimits
+    sampling: _common_pb2.SamplingParams
+    concurrency: int
+    recipe: str
+    recipe_parameters: _containers.ScalarMap[str, str]
+    dataset_split: _dataset_pb2.SplitConfig
+    method: _trainer_pb2.FineTuneMethod
+    hyperparameters: _trainer_pb2.Hyperparameters
+    adapter_name: str
+    eval_rollouts_per_task: int
+    gate: PromotionGate
+    labels: _containers.ScalarMap[str, str]
+    state: _common_pb2.JobState
+    error: _common_pb2.Error
+    stage: LoopStage
+    stages: _containers.RepeatedCompositeFieldContainer[LoopStageStatus]
+    candidate_model: str
+    gate_result: GateResult
+    report: _common_pb2.ObjectRef
+    create_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., base_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., teacher_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[_run_pb2.TestPolicy, str]] = ..., limits: _Optional[_Union[_run_pb2.EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., concurrency: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., dataset_split: _Optional[_Union[_dataset_pb2.SplitConfig, _Mapping]] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., eval_rollouts_per_task: _Optional[int] = ..., gate: _Optional[_Union[PromotionGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., stages: _Optional[_Iterable[_Union[LoopStageStatus, _Mapping]]] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
