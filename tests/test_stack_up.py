@@ -131,3 +131,29 @@ def test_cli_help_lists_commands() -> None:
     assert done.returncode == 0
     for command in ("up", "down", "status"):
         assert command in done.stdout
+
+
+@pytest.mark.slow
+def test_killed_supervisor_leaves_no_orphans(tmp_path: Path, env_without_nats: dict[str, str]) -> None:
+    """Even SIGKILL of `flywheel up` (no chance to clean up) takes every child down with it."""
+    state = tmp_path / "state"
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        up = subprocess.Popen(
+            [tool("flywheel"), "up", "--state-dir", str(state)],
+            env=env_without_nats,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 90
+    while not (state / "stack.json").exists():
+        assert up.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    children = children_of(up.pid)
+    assert len(children) >= COMPONENT_COUNT + 1
+    up.kill()
+    up.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while [pid for pid in children if pid_alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in children if pid_alive(pid)] == []

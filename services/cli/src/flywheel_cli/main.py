@@ -60,7 +60,7 @@ def up(state_dir: Path, timeout: float, grace: float) -> None:
     console.print(_table(info))
     console.print(
         f"NATS: {info.nats_url} ({'embedded' if info.nats_embedded else 'external'})  "
-        f"objects: {info.object_store}\n"
+        f"objects: {info.object_store}\nlogs: {info.state_dir}/logs/<service>.log\n"
         f"Try: [cyan]grpcurl -plaintext {info.services[0]['address']} list[/]   "
         f"Stop with Ctrl-C or [cyan]flywheel down --state-dir {info.state_dir}[/]"
     )
@@ -139,17 +139,12 @@ def status(state_dir: Path, as_json: bool) -> None:
 
 def _table(info: StackInfo, with_health: bool = False) -> Table:
     table = Table(title=f"Flywheel stack ({info.state_dir})")
-    for column in ("service", "address", "pid", "health" if with_health else "protocol", "log / api"):
+    for column in ("service", "address", "pid", "health" if with_health else "api"):
         table.add_column(column)
     for service in info.services:
-        detail = service.get("grpc_service") or "HTTP"
-        table.add_row(
-            service["name"],
-            service["address"],
-            str(service["pid"]),
-            _colour(service["health"]) if with_health else service["protocol"],
-            detail if with_health else service["log"],
-        )
+        api = service.get("grpc_service") or "HTTP (OpenAI API)"
+        last = _colour(service["health"]) if with_health else api
+        table.add_row(service["name"], service["address"], str(service["pid"]), last)
     return table
 
 

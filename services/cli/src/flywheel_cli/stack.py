@@ -13,8 +13,8 @@ What it starts, in order:
 
 It waits until each one is healthy, writes ``<state>/stack.json`` (what ``flywheel status``
 reads) and stays in the foreground. Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL
-after a grace period) and NATS, and removes ``stack.json``; children also get SIGTERM from the
-kernel if this process dies without cleaning up (see ``flywheel_common.procs``).
+after a grace period) and NATS, and removes ``stack.json``; children are also killed by the
+kernel if this process dies without cleaning up (``flywheel_common.procs.die_with_parent``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 from flywheel_cli.components import COMPONENTS, Component
 from flywheel_cli.health import grpc_health, http_health, port_is_free
 from flywheel_common.natsserver import NatsServerProcess
-from flywheel_common.procs import PARENT_PID_ENV, pid_alive, stop_process_group
+from flywheel_common.procs import die_with_parent, pid_alive, stop_process_group
 from flywheel_common.server import ready_file_info
 
 STACK_FILE = "stack.json"
@@ -198,7 +198,6 @@ class Stack:
         env = dict(os.environ)
         env.update(self.object_store_env())
         env["FLYWHEEL_NATS_URL"] = self.nats_url
-        env[PARENT_PID_ENV] = str(os.getpid())
         env["PYTHONUNBUFFERED"] = "1"
         # Every service learns every other service's address, whether it needs it yet or not.
         for other in self.components:
@@ -222,6 +221,7 @@ class Stack:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
                 cwd=self.state_dir,
             )
         self.on_event(component.name, f"started (pid {proc.pid}), log {log_path}")

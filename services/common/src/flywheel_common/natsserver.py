@@ -40,6 +40,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from flywheel_common.procs import die_with_parent
+
 __all__ = ["NatsServerError", "NatsServerProcess", "find_nats_server_binary"]
 
 logger = logging.getLogger("flywheel.natsserver")
@@ -224,6 +226,7 @@ class NatsServerProcess:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own session => own process group
                     close_fds=True,
+                    preexec_fn=die_with_parent,  # never outlive the process that started it
                 )
             _live_servers.add(self)
 

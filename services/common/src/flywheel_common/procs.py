@@ -9,25 +9,18 @@ import signal
 import subprocess
 import sys
 
-#: Set by ``flywheel up`` in each child's environment: the supervisor's pid.
-PARENT_PID_ENV = "FLYWHEEL_SUPERVISOR_PID"
-
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_supervisor() -> None:
-    """If started by ``flywheel up``, get SIGTERM when the supervisor dies, even by SIGKILL.
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies; meant as a ``preexec_fn``.
 
-    Linux only (prctl PR_SET_PDEATHSIG); elsewhere it does nothing. If the supervisor is already
-    gone by the time we get here, exit at once rather than run as an orphan.
+    Used for every process ``flywheel up`` and the test fixtures start (services, nats-server),
+    so that none outlives its supervisor even when the supervisor itself is killed with SIGKILL
+    and cannot clean up. Linux only (prctl PR_SET_PDEATHSIG); elsewhere it does nothing.
     """
-    expected = os.environ.get(PARENT_PID_ENV)
-    if not expected or not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if str(os.getppid()) != expected:
-        sys.exit(f"supervisor {expected} is gone; not starting")
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float) -> bool:

@@ -377,11 +377,9 @@ def run_service(name: str, settings_cls: type[S], build: Callable[[S], GrpcApp])
     import sys
 
     from flywheel_common.logs import configure_logging
-    from flywheel_common.procs import die_with_supervisor
     from flywheel_common.runtime import StartupError
     from flywheel_common.settings import SettingsError, load_settings
 
-    die_with_supervisor()
     try:
         settings = load_settings(settings_cls)
     except SettingsError as err:

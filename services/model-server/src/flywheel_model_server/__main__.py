@@ -13,7 +13,6 @@ import sys
 import uvicorn
 
 from flywheel_common.logs import configure_logging
-from flywheel_common.procs import die_with_supervisor
 from flywheel_common.settings import SettingsError, load_settings
 from flywheel_model_server.app import build_app
 from flywheel_model_server.settings import ModelServerSettings
@@ -56,7 +55,6 @@ async def serve(settings: ModelServerSettings) -> None:
 
 
 def main() -> int:
-    die_with_supervisor()
     try:
         settings = load_settings(ModelServerSettings)
     except SettingsError as err:

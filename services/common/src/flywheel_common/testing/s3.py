@@ -13,10 +13,8 @@ Fixtures:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -32,9 +30,9 @@ from pathlib import Path
 import pytest
 
 from flywheel_common.objectstore.settings import MIN_PART_SIZE, ObjectStoreSettings
+from flywheel_common.procs import die_with_parent
 
 _START_TIMEOUT_S = 30.0
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -72,11 +70,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/", timeout=1) as response:
@@ -100,7 +93,7 @@ def _start(log: Path) -> tuple[subprocess.Popen[bytes], int]:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None:
