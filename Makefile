@@ -46,7 +46,7 @@ format: $(STAMP) ## Fix what ruff can fix and format the code
 	$(BIN)/ruff format .
 
 test: $(STAMP) proto-check lint ## Everything CI runs: install, generated-code drift, lint, all tests
-	$(BIN)/pytest --timeout=600
+	$(BIN)/pytest --timeout=300
 
 test-fast: $(STAMP) ## All tests except the slow ones
 	$(BIN)/pytest -m "not slow" --timeout=300

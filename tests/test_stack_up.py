@@ -21,7 +21,7 @@ import pytest
 from flywheel_common.procs import pid_alive
 from flywheel_common.testing.processes import grpcurl, tool
 
-COMPONENT_COUNT = 6  # five gRPC services and the model server
+COMPONENT_COUNT = 7  # five gRPC services, the model server and the gateway
 
 
 def children_of(pid: int) -> list[int]:

@@ -13,7 +13,7 @@ from flywheel_gateway.settings import GatewaySettings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_API_BASE", "DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FLYWHEEL_GATEWAY_MASTER_KEY", "sk-test-master")
 
@@ -52,3 +52,24 @@ def test_bad_adapter_prefix_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("FLYWHEEL_GATEWAY_ADAPTER_PREFIX", "Bad Prefix")
     with pytest.raises(SettingsError, match="FLYWHEEL_GATEWAY_ADAPTER_PREFIX='Bad Prefix'"):
         load_settings(GatewaySettings)
+
+
+def test_fallbacks_database_and_callbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_GATEWAY_FALLBACKS", '{"ft/coder-v3": ["gemma-3-270m"]}')
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@db/litellm")
+    monkeypatch.setenv("FLYWHEEL_GATEWAY_CAPTURE", "true")
+    monkeypatch.setenv("FLYWHEEL_GATEWAY_CALLBACKS", '["my_hooks.audit_logger"]')
+    config = build_config(load_settings(GatewaySettings))
+    assert config["router_settings"]["fallbacks"] == [{"ft/coder-v3": ["gemma-3-270m"]}]
+    assert config["general_settings"]["database_url"] == "os.environ/DATABASE_URL"
+    assert config["litellm_settings"]["callbacks"] == [
+        "my_hooks.audit_logger",
+        "flywheel_gateway.capture.capture_logger",
+    ]
+    assert "secret" not in yaml.safe_dump(config)
+
+
+def test_capture_off_by_default() -> None:
+    config = build_config(GatewaySettings())
+    assert "callbacks" not in config["litellm_settings"]
+    assert "database_url" not in config["general_settings"]

@@ -1,4 +1,4 @@
-"""The trainer boots on its own, serves health and reflection, and says what it lacks."""
+"""The trainer boots on its own, serves health and reflection, and serves every RPC of its contract."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ from flywheel_trainer.service import DESCRIPTOR, build_app
 from flywheel_trainer.settings import TrainerSettings
 
 
-async def test_serves_health_and_reflection(service_env: dict[str, str]) -> None:
-    async with boot_service(build_app, TrainerSettings, service_env) as address:
+async def test_serves_health_reflection_and_every_rpc(trainer_env: dict[str, str]) -> None:
+    async with boot_service(build_app, TrainerSettings, trainer_env) as address:
         async with grpc.aio.insecure_channel(address) as channel:
-            await check_unimplemented_rpcs(
+            pending = await check_unimplemented_rpcs(
                 channel, trainer_pb2_grpc.TrainerServiceStub(channel), DESCRIPTOR, "issue #7"
             )
+    assert pending == []
 
 
 def test_settings_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLYWHEEL_TRAINER_PORT", "6123")
-    assert TrainerSettings().port == 6123
+    monkeypatch.setenv("FLYWHEEL_TRAINER_SLOTS", "3")
+    monkeypatch.setenv("FLYWHEEL_TRAINER_MAX_LORA_RANK", "32")
+    settings = TrainerSettings()
+    assert (settings.port, settings.slots, settings.max_lora_rank) == (6123, 3, 32)

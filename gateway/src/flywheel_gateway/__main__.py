@@ -1,6 +1,8 @@
-"""``python -m flywheel_gateway config``: print the LiteLLM proxy configuration.
+"""``python -m flywheel_gateway``: the gateway's commands.
 
-Running the proxy itself (and adapter sync) arrives with issue #8.
+* ``config``        print the LiteLLM configuration generated from ``FLYWHEEL_GATEWAY_*``;
+* ``serve``         run the LiteLLM proxy with our auth / 404 / fast-path layer (the default);
+* ``adapter-sync``  run the durable consumer of ``flywheel.adapter.published``.
 """
 
 from __future__ import annotations
@@ -8,24 +10,38 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flywheel_common.logs import configure_logging
 from flywheel_common.settings import SettingsError, load_settings
 from flywheel_gateway.config import render_config
 from flywheel_gateway.settings import GatewaySettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flywheel-gateway", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="flywheel-gateway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command")
     commands.add_parser("config", help="print the LiteLLM config generated from FLYWHEEL_GATEWAY_* settings")
+    commands.add_parser("serve", help="run the gateway (LiteLLM proxy + our layer) until SIGTERM")
+    commands.add_parser("adapter-sync", help="load published adapters on every model-server replica")
     args = parser.parse_args(argv)
+    command = args.command or "serve"
+    if command == "adapter-sync":
+        from flywheel_gateway.adapter_sync import main as sync_main
+
+        return sync_main()
     try:
         settings = load_settings(GatewaySettings)
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.command == "config":
+    if command == "config":
         sys.stdout.write(render_config(settings))
-    return 0
+        return 0
+    configure_logging("gateway", settings.log_level, settings.log_format)
+    from flywheel_gateway.serve import run
+
+    return run(settings)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,10 @@ def build_config(settings: GatewaySettings) -> dict[str, Any]:
         for name in settings.base_models
     ]
     if settings.openai_api_key is not None:
-        models.append(
-            {
-                "model_name": "openai/*",
-                "litellm_params": {"model": "openai/*", "api_key": "os.environ/OPENAI_API_KEY"},
-            }
-        )
+        params = {"model": "openai/*", "api_key": "os.environ/OPENAI_API_KEY"}
+        if settings.openai_api_base:
+            params["api_base"] = "os.environ/OPENAI_API_BASE"
+        models.append({"model_name": "openai/*", "litellm_params": params})
     if settings.anthropic_api_key is not None:
         models.append(
             {
@@ -47,10 +45,23 @@ def build_config(settings: GatewaySettings) -> dict[str, Any]:
                 "litellm_params": {"model": "anthropic/*", "api_key": "os.environ/ANTHROPIC_API_KEY"},
             }
         )
+    router: dict[str, Any] = {"num_retries": settings.num_retries, "timeout": settings.request_timeout_s}
+    if settings.fallbacks:
+        router["fallbacks"] = [{model: list(targets)} for model, targets in settings.fallbacks.items()]
+    general: dict[str, Any] = {"master_key": "os.environ/FLYWHEEL_GATEWAY_MASTER_KEY"}
+    if settings.database_url is not None:
+        general["database_url"] = "os.environ/DATABASE_URL"
+    litellm_settings: dict[str, Any] = {}
+    callbacks = list(settings.callbacks)
+    if settings.capture:
+        callbacks.append("flywheel_gateway.capture.capture_logger")
+    if callbacks:
+        litellm_settings["callbacks"] = callbacks
     return {
         "model_list": models,
-        "router_settings": {"num_retries": settings.num_retries, "timeout": settings.request_timeout_s},
-        "general_settings": {"master_key": "os.environ/FLYWHEEL_GATEWAY_MASTER_KEY"},
+        "router_settings": router,
+        "litellm_settings": litellm_settings,
+        "general_settings": general,
     }
 
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_model_server() -> str:
+    address = os.environ.get("FLYWHEEL_MODEL_SERVER_ADDRESS")
+    return f"http://{address}/v1" if address else "http://127.0.0.1:8000/v1"
 
 
 class GatewaySettings(BaseSettings):
     """What the LiteLLM configuration is generated from."""
 
-    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_GATEWAY_", extra="ignore", populate_by_name=True)
 
     host: str = Field("0.0.0.0", description="Address the proxy binds to.")
     port: int = Field(4000, ge=0, le=65535, description="HTTP port of the OpenAI-compatible endpoint.")
@@ -19,8 +28,9 @@ class GatewaySettings(BaseSettings):
         description="Required. Bearer key every caller must send; LiteLLM wants it to start with 'sk-'.",
     )
     model_server_url: str = Field(
-        "http://127.0.0.1:8000/v1",
-        description="OpenAI base URL of the model server (vLLM or the embedded one).",
+        default_factory=_default_model_server,
+        description="OpenAI base URL of the model server (vLLM or the embedded one). Default: "
+        "http://$FLYWHEEL_MODEL_SERVER_ADDRESS/v1 (set by `flywheel up`), else http://127.0.0.1:8000/v1.",
     )
     adapter_prefix: str = Field(
         "ft/",
@@ -34,8 +44,57 @@ class GatewaySettings(BaseSettings):
     openai_api_key: SecretStr | None = Field(
         None, validation_alias="OPENAI_API_KEY", description="Enables the openai/* route when set."
     )
+    openai_api_base: str | None = Field(
+        None,
+        validation_alias="OPENAI_API_BASE",
+        description="Another OpenAI-compatible endpoint for the openai/* route (Azure proxy, a test stand-in).",
+    )
     anthropic_api_key: SecretStr | None = Field(
         None, validation_alias="ANTHROPIC_API_KEY", description="Enables the anthropic/* route when set."
     )
     num_retries: int = Field(2, ge=0, le=10, description="Retries of a failed upstream call.")
     request_timeout_s: float = Field(600.0, gt=0, description="Upstream timeout per request (seconds).")
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Fallback models per model name, tried in order when it fails after its retries "
+        '(JSON, e.g. {"ft/coder-v3": ["gemma-3-270m"]}).',
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        validation_alias="DATABASE_URL",
+        description="PostgreSQL URL; enables LiteLLM's virtual keys, budgets and per-key rate limits.",
+    )
+    fast_path: bool = Field(
+        True,
+        description="Serve chat/completions for model-server routes with master-key auth from our own "
+        "forwarding layer (same auth, routing, callbacks and error shapes, a fraction of the cost); "
+        "false sends every request through LiteLLM.",
+    )
+    callbacks: list[str] = Field(
+        default_factory=list,
+        description="Extra LiteLLM CustomLogger instances as `module.instance` (JSON list); both LiteLLM "
+        "and the fast path call them.",
+    )
+    capture: bool = Field(
+        False, description="Store every request/response as a trajectory (traffic capture)."
+    )
+    trajectory_address: str = Field(
+        "127.0.0.1:50053",
+        validation_alias="FLYWHEEL_TRAJECTORY_ADDRESS",
+        description="host:port of the trajectory store's gRPC API, used by traffic capture.",
+    )
+    config_dir: Path | None = Field(
+        None, description="Where `serve` writes the generated LiteLLM config; a temporary folder when unset."
+    )
+    ready_file: Path | None = Field(
+        None,
+        description="Written (JSON: pid, port) once the proxy serves; how `flywheel up` learns the port.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line; text: human.")
+    grace_period_s: float = Field(
+        10.0, gt=0, description="On SIGTERM, seconds in-flight requests get to finish."
+    )
+    adapter_sync: bool = Field(
+        False, description="Also run adapter sync inside the `serve` process (as `flywheel up` does)."
+    )

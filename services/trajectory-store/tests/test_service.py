@@ -1,4 +1,4 @@
-"""The trajectory store boots on its own, serves health and reflection, and says what it lacks."""
+"""The trajectory store boots on its own, serves health and reflection, and serves every RPC."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from flywheel_trajectory.settings import TrajectorySettings
 
 
 async def test_serves_health_and_reflection(service_env: dict[str, str]) -> None:
-    async with boot_service(build_app, TrajectorySettings, service_env) as address:
+    async with boot_service(build_app, TrajectorySettings, service_env, write_processes=0) as address:
         async with grpc.aio.insecure_channel(address) as channel:
-            await check_unimplemented_rpcs(
+            pending = await check_unimplemented_rpcs(
                 channel, trajectory_pb2_grpc.TrajectoryServiceStub(channel), DESCRIPTOR, "issue #4"
             )
+            assert pending == []
 
 
 def test_settings_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

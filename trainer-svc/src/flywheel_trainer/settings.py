@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -14,3 +16,53 @@ class TrainerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_TRAINER_", extra="ignore")
 
     port: int = Field(50055, ge=0, le=65535, description="gRPC port; 0 picks a free one (see ready_file).")
+    state_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".flywheel" / "trainer",
+        description="Local folder for job records (jobs/<id>.json), job work folders and the base-model "
+        "cache. Keep it on a persistent volume: a restart reloads the jobs from here and resumes them.",
+    )
+    slots: int = Field(
+        1, ge=1, le=64, description="Jobs that train at the same time (GPU slots); the rest wait QUEUED."
+    )
+    max_lora_rank: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="Serving limit: the model server's --max-lora-rank. Higher ranks are refused.",
+    )
+    serving_target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        description="Module names the model server can apply LoRA to (JSON list); other targets are refused.",
+    )
+    default_batch_size: int = Field(4, ge=1, description="Micro-batch size when a job leaves it at 0.")
+    default_gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Gradient accumulation when a job leaves it at 0."
+    )
+    default_checkpoint_every_steps: int = Field(
+        50, ge=1, description="Checkpoint interval in optimizer steps when a job leaves it at 0."
+    )
+    logging_steps: int = Field(1, ge=1, description="Optimizer steps between two training logs (Watch, CLI).")
+    cancel_grace_s: float = Field(
+        20.0, gt=0, description="Seconds a cancelled or stopping training process gets before SIGKILL."
+    )
+    worker_python: str | None = Field(
+        None, description="Python interpreter that runs training processes; unset = the service's own."
+    )
+    gpu_available: bool | None = Field(
+        None,
+        description="Whether a CUDA GPU may be used; unset = ask torch once at start-up. NF4 (QLoRA) needs one.",
+    )
+    step_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="Testing aid: sleep this long after every optimizer step, so tests can cancel, kill or "
+        "restart a run of a tiny model mid-way. Leave at 0.",
+    )

@@ -18,8 +18,9 @@ class Component:
     module: str  #: runs as ``python -m <module>``
     env_prefix: str  #: its settings' environment prefix
     default_port: int  #: the port from ARCHITECTURE.md; another is picked when it is taken
-    protocol: str  #: "grpc" (health via grpc.health.v1) or "http" (GET /health)
+    protocol: str  #: "grpc" (health via grpc.health.v1) or "http" (GET health_path)
     grpc_service: str | None = None  #: full name of the main gRPC service, for `grpcurl`
+    health_path: str = "/health"  #: http only: the path that answers 200 when the service is ready
 
     @property
     def address_variable(self) -> str:
@@ -69,6 +70,10 @@ COMPONENTS: tuple[Component, ...] = (
         "flywheel.orchestrator.v1.OrchestratorService",
     ),
     Component("model-server", "flywheel_model_server", "FLYWHEEL_MODEL_SERVER_", 8000, "http"),
+    # The LiteLLM gateway (and adapter sync in the same process); its key is <state>/gateway.key.
+    Component(
+        "gateway", "flywheel_gateway", "FLYWHEEL_GATEWAY_", 4000, "http", health_path="/health/readiness"
+    ),
 )
 
 

@@ -16,8 +16,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from flywheel_cli.dataset import dataset
+from flywheel_cli.finetune import finetune
 from flywheel_cli.health import grpc_health, http_health, tcp_open
 from flywheel_cli.stack import STACK_FILE, Running, Stack, StackError, StackInfo, log_tail, wait_for_signal
+from flywheel_cli.trajectories import trajectories
 
 console = Console(stderr=True)
 DEFAULT_STATE_DIR = Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel"))
@@ -34,6 +37,11 @@ state_dir_option = click.option(
 @click.group()
 def cli() -> None:
     """Flywheel: improve coding agents in a closed loop."""
+
+
+cli.add_command(trajectories)
+cli.add_command(dataset)
+cli.add_command(finetune)
 
 
 @cli.command()
@@ -121,7 +129,9 @@ def status(state_dir: Path, as_json: bool) -> None:
         if service["protocol"] == "grpc":
             service["health"] = grpc_health(service["address"])
         else:
-            service["health"] = http_health(f"http://{service['address']}/health")
+            service["health"] = http_health(
+                f"http://{service['address']}{service.get('health_path', '/health')}"
+            )
     host, _, port = info.nats_url.removeprefix("nats://").rpartition(":")
     nats_health = "SERVING" if tcp_open(host or "127.0.0.1", int(port or 4222)) else "UNREACHABLE"
     healthy = nats_health == "SERVING" and all(s["health"] == "SERVING" for s in info.services)
@@ -134,6 +144,9 @@ def status(state_dir: Path, as_json: bool) -> None:
         )
         console.print(table)
         console.print(f"objects: {info.object_store}")
+        key_file = Path(info.gateway_key_file) if info.gateway_key_file else None
+        if key_file is not None and key_file.exists():
+            console.print(f"gateway key ({key_file}): {key_file.read_text().strip()}")
     sys.exit(0 if healthy else 1)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -39,6 +40,7 @@ from flywheel_common.procs import die_with_parent, pid_alive, stop_process_group
 from flywheel_common.server import ready_file_info
 
 STACK_FILE = "stack.json"
+GATEWAY_KEY_FILE = "gateway.key"  #: the gateway's master key, generated on the first `flywheel up`
 LOCAL_HOST = "127.0.0.1"
 
 
@@ -65,7 +67,7 @@ class Running:
             return "STARTING"
         if self.component.protocol == "grpc":
             return grpc_health(self.address, timeout)
-        return http_health(f"http://{self.address}/health", timeout)
+        return http_health(f"http://{self.address}{self.component.health_path}", timeout)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class StackInfo:
     nats_embedded: bool
     object_store: str
     services: list[dict[str, Any]] = field(default_factory=list)
+    gateway_key_file: str = ""
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -182,6 +185,17 @@ class Stack:
             return f"s3://{os.environ.get('FLYWHEEL_OBJECT_STORE_BUCKET', 'flywheel')} at {endpoint}"
         return f"filesystem at {self.state_dir / 'objects'}"
 
+    def gateway_key(self) -> str:
+        """The gateway's master key: read from <state>/gateway.key, created (mode 600) on first use."""
+        path = self.state_dir / GATEWAY_KEY_FILE
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(f"sk-flywheel-{secrets.token_urlsafe(24)}\n")
+            os.replace(tmp, path)
+        return path.read_text().strip()
+
     def plan_ports(self) -> dict[str, int]:
         ports: dict[str, int] = {}
         for component in self.components:
@@ -202,6 +216,8 @@ class Stack:
         # Every service learns every other service's address, whether it needs it yet or not.
         for other in self.components:
             env[other.address_variable] = f"{LOCAL_HOST}:{ports[other.name]}"
+        env.setdefault("FLYWHEEL_GATEWAY_MASTER_KEY", self.gateway_key())
+        env.setdefault("FLYWHEEL_GATEWAY_ADAPTER_SYNC", "true")  # adapter sync runs in the gateway process
         prefix = component.env_prefix
         env[f"{prefix}HOST"] = LOCAL_HOST
         env[f"{prefix}PORT"] = str(ports[component.name])
@@ -277,6 +293,7 @@ class Stack:
             nats_url=self.nats_url,
             nats_embedded=self.nats is not None,
             object_store=self.describe_object_store(),
+            gateway_key_file=str(self.state_dir / GATEWAY_KEY_FILE),
             services=[
                 {
                     "name": c.component.name,
@@ -285,6 +302,7 @@ class Stack:
                     "pid": c.proc.pid,
                     "log": str(c.log_path),
                     "grpc_service": c.component.grpc_service,
+                    "health_path": c.component.health_path,
                 }
                 for c in self.children
             ],

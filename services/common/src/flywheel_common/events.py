@@ -649,9 +649,12 @@ class EventBus:
 
     async def close(self) -> None:
         """Stop every subscription (in-flight handlers finish and are acked), then drain the
-        connection: pending publishes and acks are flushed before it closes. Idempotent."""
+        connection: pending publishes and acks are flushed before it closes. Idempotent.
+
+        A handler still running after its consumer's ack wait is cancelled, so a stuck handler
+        can never hang shutdown; JetStream redelivers its message to the next consumer."""
         for sub in list(self._subscriptions):
-            await sub.stop()
+            await sub.stop(grace_s=sub._ack_wait_s)
         if not (self.nc.is_closed or self.nc.is_draining):
             try:
                 await self.nc.drain()

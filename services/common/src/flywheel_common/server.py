@@ -133,21 +133,19 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 }
                 | ({"error": error} if error else {}),
             )
-            request_id_var.reset(token)
+            # A server stream the client cancelled is closed (aclose) from another task, whose
+            # Context did not create the token; that Context ends with its task anyway.
+            with contextlib.suppress(ValueError):
+                request_id_var.reset(token)
 
-        async def fail(exc: BaseException, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
+        def describe(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+            """The status and the message the caller gets; unexpected errors are logged in full."""
             known = status_for(exc)
-            if known is None:
-                rid = request_id_var.get()
-                log.exception("unexpected error in %s/%s", service, method)
-                code, message = (
-                    grpc.StatusCode.INTERNAL,
-                    f"internal error (request id {rid}); see the service log",
-                )
-            else:
-                code, message = known
-            await context.abort(code, message)
-            return code, message  # not reached: abort raises
+            if known is not None:
+                return known
+            log.exception("unexpected error in %s/%s", service, method)
+            rid = request_id_var.get()
+            return grpc.StatusCode.INTERNAL, f"internal error (request id {rid}); see the service log"
 
         if not streaming_out:
 
@@ -164,10 +162,16 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     code, error = grpc.StatusCode.CANCELLED, "cancelled"
                     raise
                 except Exception as exc:
-                    code, error = status_for(exc) or (grpc.StatusCode.INTERNAL, repr(exc))
-                    await fail(exc, context)
+                    # Record before the status goes out: a caller that sees the error must also
+                    # find it in the metrics and the log.
+                    code, message = describe(exc)
+                    error = message if code is not grpc.StatusCode.INTERNAL else repr(exc)
+                    finish(token, started, code, error)
+                    token = None
+                    await context.abort(code, message)
                 finally:
-                    finish(token, started, _code_of(context, code), error)
+                    if token is not None:
+                        finish(token, started, _code_of(context, code), error)
 
             wrapped: Callable[..., Any] = unary_out
         else:
@@ -186,10 +190,16 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     code, error = grpc.StatusCode.CANCELLED, "cancelled"
                     raise
                 except Exception as exc:
-                    code, error = status_for(exc) or (grpc.StatusCode.INTERNAL, repr(exc))
-                    await fail(exc, context)
+                    # Record before the status goes out: a caller that sees the error must also
+                    # find it in the metrics and the log.
+                    code, message = describe(exc)
+                    error = message if code is not grpc.StatusCode.INTERNAL else repr(exc)
+                    finish(token, started, code, error)
+                    token = None
+                    await context.abort(code, message)
                 finally:
-                    finish(token, started, _code_of(context, code), error)
+                    if token is not None:
+                        finish(token, started, _code_of(context, code), error)
 
             wrapped = stream_out
 

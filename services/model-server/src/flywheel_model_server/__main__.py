@@ -33,7 +33,10 @@ async def serve(settings: ModelServerSettings) -> None:
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        build_app(), log_config=None, access_log=False, timeout_graceful_shutdown=int(settings.grace_period_s)
+        build_app(settings),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.grace_period_s),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

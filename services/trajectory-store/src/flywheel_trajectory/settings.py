@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -14,3 +16,36 @@ class TrajectorySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_TRAJECTORY_", extra="ignore")
 
     port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one (see ready_file).")
+    index_dir: Path | None = Field(
+        None,
+        description="Folder of the listing index (SQLite, rebuildable from the objects). Unset: "
+        "`<object-store root>/../trajectory-store` on the fs backend, `~/.flywheel/trajectory-store/<bucket>` on S3.",
+    )
+    rebuild_index_on_start: bool = Field(
+        False, description="Rebuild the index from the objects at start-up (it is also rebuilt when missing)."
+    )
+    write_processes: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Writer processes that validate, serialise and write trajectories (see writer.py); "
+        "0 = threads of the service process. Around the number of cores.",
+    )
+    write_threads: int = Field(
+        16, ge=1, le=256, description="Parallel object writes per writer (a put blocks on fsync or HTTP)."
+    )
+    batch_chunk: int = Field(
+        128,
+        ge=1,
+        le=4096,
+        description="BatchPutTrajectories stores its stream in chunks of this many trajectories.",
+    )
+
+    def resolved_index_dir(self) -> Path:
+        """Where the index lives (see ``index_dir``)."""
+        if self.index_dir is not None:
+            return self.index_dir.expanduser()
+        store = self.object_store
+        if store.backend == "fs":
+            return Path(store.root).expanduser().absolute().parent / "trajectory-store"
+        return Path("~/.flywheel/trajectory-store").expanduser() / store.bucket

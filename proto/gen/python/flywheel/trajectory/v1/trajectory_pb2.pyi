@@ -523,7 +523,7 @@ class DeleteRunResponse(_message.Message):
     def __init__(self, deleted_count: _Optional[int] = ..., audit_record: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
 
 class ImportTrajectoriesRequest(_message.Message):
-    __slots__ = ("format", "object_key", "content", "suite", "run_id", "labels", "validate_only")
+    __slots__ = ("format", "object_key", "content", "suite", "run_id", "labels", "validate_only", "source_name")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -538,6 +538,7 @@ class ImportTrajectoriesRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
     format: ImportFormat
     object_key: str
     content: bytes
@@ -545,7 +546,8 @@ class ImportTrajectoriesRequest(_message.Message):
     run_id: str
     labels: _containers.ScalarMap[str, str]
     validate_only: bool
-    def __init__(self, format: _Optional[_Union[ImportFormat, str]] = ..., object_key: _Optional[str] = ..., content: _Optional[bytes] = ..., suite: _Optional[str] = ..., run_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    source_name: str
+    def __init__(self, format: _Optional[_Union[ImportFormat, str]] = ..., object_key: _Optional[str] = ..., content: _Optional[bytes] = ..., suite: _Optional[str] = ..., run_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., validate_only: _Optional[bool] = ..., source_name: _Optional[str] = ...) -> None: ...
 
 class ImportRecordError(_message.Message):
     __slots__ = ("source", "line", "pointer", "message")

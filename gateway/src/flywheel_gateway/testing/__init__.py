@@ -1,0 +1,1 @@
+"""Test support: a tiny OpenAI-compatible upstream with vLLM's runtime LoRA endpoints."""

@@ -1,0 +1,309 @@
+"""``flywheel dataset recipes|build|show|preview``: the dataset builder from the command line.
+
+Talks to ``flywheel.dataset.v1.DatasetService`` over gRPC only. The address comes from
+``--address``, else ``FLYWHEEL_DATASET_ADDRESS``, else the running embedded stack's ``stack.json``
+(``--state-dir``), else ``127.0.0.1:50054``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import grpc
+from google.protobuf import json_format
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flywheel.common.v1 import common_pb2
+from flywheel.dataset.v1 import dataset_pb2 as pb
+from flywheel.dataset.v1 import dataset_pb2_grpc
+from flywheel.trajectory.v1 import trajectory_pb2
+from flywheel_cli.stack import STACK_FILE, StackInfo
+
+console = Console(stderr=True)
+out = Console()
+DEFAULT_ADDRESS = "127.0.0.1:50054"
+TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+FORMATS = {
+    name.removeprefix("OUTPUT_FORMAT_").lower(): value for name, value in pb.OutputFormat.items() if value
+}
+FILE_FORMATS = {"jsonl": pb.FILE_FORMAT_JSONL, "parquet": pb.FILE_FORMAT_PARQUET}
+SPLITS = {
+    "train": pb.DATASET_SPLIT_TRAIN,
+    "validation": pb.DATASET_SPLIT_VALIDATION,
+    "test": pb.DATASET_SPLIT_TEST,
+}
+
+
+def resolve_address(address: str | None, state_dir: Path) -> str:
+    if address:
+        return address
+    env = os.environ.get("FLYWHEEL_DATASET_ADDRESS")
+    if env:
+        return env
+    stack_file = state_dir.expanduser() / STACK_FILE
+    if stack_file.exists():
+        for service in StackInfo.load(stack_file).services:
+            if service.get("name") == "dataset-svc":
+                return str(service["address"])
+    return DEFAULT_ADDRESS
+
+
+@contextlib.contextmanager
+def _stub(ctx: click.Context) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
+    address = resolve_address(ctx.obj.get("address"), ctx.obj["state_dir"])
+    with grpc.insecure_channel(address) as channel:
+        try:
+            yield dataset_pb2_grpc.DatasetServiceStub(channel)
+        except grpc.RpcError as err:
+            details = err.details() if hasattr(err, "details") else str(err)
+            code = err.code().name if hasattr(err, "code") else "ERROR"
+            if code == "UNAVAILABLE":
+                details = (
+                    f"cannot reach the dataset builder at {address} ({details}); is `flywheel up` running?"
+                )
+            console.print(f"[red]error ({code}):[/] {details}")
+            sys.exit(1)
+
+
+@click.group()
+@click.option(
+    "--address", default=None, help="host:port of the dataset builder (env FLYWHEEL_DATASET_ADDRESS)."
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel")),
+    show_default=True,
+    help="The embedded stack's folder, to find the builder's address in stack.json.",
+)
+@click.pass_context
+def dataset(ctx: click.Context, address: str | None, state_dir: Path) -> None:
+    """Build SFT / DPO datasets from trajectories and look at them."""
+    ctx.obj = {"address": address, "state_dir": state_dir}
+
+
+@dataset.command()
+@click.pass_context
+def recipes(ctx: click.Context) -> None:
+    """List the recipes and their parameters."""
+    with _stub(ctx) as stub:
+        reply = stub.ListRecipes(pb.ListRecipesRequest(page_size=100))
+    for recipe in reply.recipes:
+        table = Table(
+            title=f"{recipe.name} ({pb.DatasetKind.Name(recipe.kind).removeprefix('DATASET_KIND_')})"
+        )
+        for column in ("parameter", "type", "default", "description"):
+            table.add_column(column)
+        for p in recipe.parameters:
+            kind = pb.ParameterType.Name(p.type).removeprefix("PARAMETER_TYPE_").lower()
+            table.add_row(p.name, kind, p.default_value, p.description)
+        out.print(table)
+
+
+def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
+    params = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
+        name, value = item.split("=", 1)
+        params[name.strip()] = value
+    return params
+
+
+def _parse_split(text: str | None) -> pb.SplitConfig:
+    if not text:
+        return pb.SplitConfig()
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not TRAIN,VALIDATION[,TEST] ratios", param_hint="--split"
+        ) from None
+    parts += [0.0] * (3 - len(parts))
+    if len(parts) != 3:
+        raise click.BadParameter("at most three ratios", param_hint="--split")
+    return pb.SplitConfig(train_ratio=parts[0], validation_ratio=parts[1], test_ratio=parts[2])
+
+
+def _watch(stub: dataset_pb2_grpc.DatasetServiceStub, build_id: str) -> pb.DatasetBuild:
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    ]
+    last = None
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(build_id, total=1.0, detail="queued")
+        for update in stub.WatchDatasetBuild(pb.WatchDatasetBuildRequest(build_id=build_id)):
+            last = update.build
+            p = last.progress
+            state = common_pb2.JobState.Name(last.state).removeprefix("JOB_STATE_").lower()
+            detail = f"{state}: {p.trajectories_read} trajectories read, {p.examples_written} examples"
+            progress.update(task, completed=p.fraction, detail=detail)
+    assert last is not None
+    return last
+
+
+@dataset.command()
+@click.option("--recipe", required=True, help="Recipe name (see `flywheel dataset recipes`).")
+@click.option("--run-id", "run_ids", multiple=True, help="Read every trajectory of this run (repeatable).")
+@click.option(
+    "--suite", default="", help="Read trajectories of this suite (a filter; exclusive with --run-id)."
+)
+@click.option("--task-id", "task_ids", multiple=True, help="Only these task ids (with --suite; repeatable).")
+@click.option("--model", default="", help="Only trajectories of this gateway model.")
+@click.option("--param", "params", multiple=True, help="Recipe parameter NAME=VALUE (repeatable).")
+@click.option(
+    "--split", "split_text", default=None, help="TRAIN,VALIDATION[,TEST] task ratios, e.g. 0.8,0.1,0.1."
+)
+@click.option("--seed", default="", help="Salt of the split hash.")
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(sorted(FORMATS)),
+    help="Record layout (repeatable).",
+)
+@click.option(
+    "--file-format",
+    "file_formats",
+    multiple=True,
+    type=click.Choice(sorted(FILE_FORMATS)),
+    help="jsonl / parquet (repeatable).",
+)
+@click.option(
+    "--decontaminate",
+    "suites",
+    multiple=True,
+    help="Evaluation suite whose test tasks must not leak (repeatable).",
+)
+@click.option(
+    "--near-duplicate-threshold", type=float, default=None, help="Jaccard similarity; 1.0 = exact only."
+)
+@click.option("--base-model", default="", help="Base model whose tokenizer measures tokens.")
+@click.option("--max-seq-length", type=int, default=0, help="Sequence length for the over-length count.")
+@click.option("--request-id", default="", help="Idempotency key: the same key returns the same build.")
+@click.option("--no-wait", is_flag=True, help="Print the build id and return without following it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final build as JSON.")
+@click.pass_context
+def build(ctx: click.Context, **o: object) -> None:
+    """Start a dataset build and follow it to the end."""
+    source = pb.DatasetSource(run_ids=list(o["run_ids"]))  # type: ignore[arg-type]
+    if o["suite"] or o["task_ids"] or o["model"]:
+        source.filter.CopyFrom(
+            trajectory_pb2.TrajectoryFilter(suite=o["suite"], task_ids=list(o["task_ids"]), model=o["model"])  # type: ignore[arg-type]
+        )
+    hygiene = pb.HygieneConfig(decontaminate_suites=list(o["suites"]))  # type: ignore[arg-type]
+    if o["near_duplicate_threshold"] is not None:
+        hygiene.near_duplicate_threshold = float(o["near_duplicate_threshold"])  # type: ignore[arg-type]
+    split = _parse_split(o["split_text"])  # type: ignore[arg-type]
+    split.seed = str(o["seed"])
+    request = pb.CreateDatasetBuildRequest(
+        build=pb.DatasetBuild(
+            recipe=str(o["recipe"]),
+            source=source,
+            parameters=_parse_params(o["params"]),  # type: ignore[arg-type]
+            split=split,
+            hygiene=hygiene,
+            formats=[FORMATS[f] for f in o["formats"]],  # type: ignore[union-attr]
+            file_formats=[FILE_FORMATS[f] for f in o["file_formats"]],  # type: ignore[union-attr]
+            target_base_model=str(o["base_model"]),
+            max_seq_length=int(o["max_seq_length"]),  # type: ignore[arg-type]
+        ),
+        request_id=str(o["request_id"]),
+    )
+    with _stub(ctx) as stub:
+        created = stub.CreateDatasetBuild(request).build
+        console.print(f"build [bold]{created.id}[/] queued ({created.recipe})")
+        if o["no_wait"]:
+            click.echo(created.id)
+            return
+        final = _watch(stub, created.id)
+        if o["as_json"]:
+            click.echo(json_format.MessageToJson(final))
+        if final.state != common_pb2.JOB_STATE_SUCCEEDED:
+            state = common_pb2.JobState.Name(final.state)
+            console.print(f"[red]{state}[/]: {final.error.message}")
+            sys.exit(1)
+        dataset_msg = stub.GetDataset(pb.GetDatasetRequest(dataset_id=final.dataset_id)).dataset
+    if not o["as_json"]:
+        _print_dataset(dataset_msg)
+
+
+def _print_dataset(d: pb.Dataset) -> None:
+    table = Table(title=f"dataset {d.id} ({d.recipe})")
+    table.add_column("split")
+    table.add_column("examples", justify="right")
+    table.add_column("tasks", justify="right")
+    for s in d.splits:
+        table.add_row(
+            pb.DatasetSplit.Name(s.split).removeprefix("DATASET_SPLIT_").lower(),
+            str(s.example_count),
+            str(s.task_count),
+        )
+    out.print(table)
+    t, c, h = d.token_stats, d.cost_estimate, d.hygiene_stats
+    out.print(f"trajectories read: {d.trajectory_count}   build: {d.build_id}")
+    out.print(
+        f"tokens ({t.tokenizer}): mean {t.mean:.0f}, p95 {t.p95}, max {t.max}, over {t.max_seq_length}: {t.over_max_length}"
+    )
+    out.print(f"cost: {c.tokens_per_epoch} tokens/epoch ≈ ${c.usd_per_epoch:.4f} ({c.price_basis})")
+    out.print(
+        f"hygiene: {h.exact_duplicates_removed} exact + {h.near_duplicates_removed} near duplicates removed, "
+        f"{h.decontaminated_by_task_id} trajectories + {h.decontaminated_by_content} examples decontaminated"
+    )
+    if d.filter_reasons:
+        out.print("filtered: " + ", ".join(f"{k}={v}" for k, v in sorted(d.filter_reasons.items())))
+    if d.failure_categories:
+        out.print("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(d.failure_categories.items())))
+    for f in d.files:
+        out.print(f"  {f.object.key}  ({f.example_count} records, {f.object.size_bytes} bytes)")
+
+
+@dataset.command()
+@click.argument("resource_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the message as JSON.")
+@click.pass_context
+def show(ctx: click.Context, resource_id: str, as_json: bool) -> None:
+    """Show a dataset (ds-…) or a build (dsb-…)."""
+    with _stub(ctx) as stub:
+        if resource_id.startswith("dsb-"):
+            message = stub.GetDatasetBuild(pb.GetDatasetBuildRequest(build_id=resource_id)).build
+        else:
+            message = stub.GetDataset(pb.GetDatasetRequest(dataset_id=resource_id)).dataset
+    if as_json or isinstance(message, pb.DatasetBuild):
+        click.echo(json_format.MessageToJson(message))
+    else:
+        _print_dataset(message)
+
+
+@dataset.command()
+@click.argument("dataset_id")
+@click.option("--split", type=click.Choice(sorted(SPLITS)), default="train", show_default=True)
+@click.option(
+    "-n", "--count", type=int, default=3, show_default=True, help="How many examples (at most 100)."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(sorted(FORMATS)), default=None, help="Record layout to show."
+)
+@click.pass_context
+def preview(ctx: click.Context, dataset_id: str, split: str, count: int, fmt: str | None) -> None:
+    """Print the first examples of a split, as stored."""
+    request = pb.PreviewDatasetRequest(
+        dataset_id=dataset_id, split=SPLITS[split], count=count, format=FORMATS[fmt] if fmt else 0
+    )
+    with _stub(ctx) as stub:
+        reply = stub.PreviewDataset(request)
+    console.print(f"{len(reply.examples)} of {reply.total_count} {split} examples")
+    for example in reply.examples:
+        out.print_json(json.dumps(json.loads(example)))

@@ -1,0 +1,282 @@
+"""``flywheel finetune create|watch|cancel|list``: the trainer from the command line.
+
+Talks to ``flywheel.trainer.v1.TrainerService`` over gRPC only. The address comes from
+``--address``, else ``FLYWHEEL_TRAINER_ADDRESS``, else the running embedded stack's ``stack.json``
+(``--state-dir``), else ``127.0.0.1:50055``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import grpc
+from google.protobuf import json_format
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flywheel.common.v1 import common_pb2
+from flywheel.trainer.v1 import trainer_pb2 as pb
+from flywheel.trainer.v1 import trainer_pb2_grpc
+from flywheel_cli.stack import STACK_FILE, StackInfo
+
+console = Console(stderr=True)
+out = Console()
+DEFAULT_ADDRESS = "127.0.0.1:50055"
+TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+METHODS = {"sft": pb.FINE_TUNE_METHOD_SFT, "dpo": pb.FINE_TUNE_METHOD_DPO}
+SCHEDULERS = {
+    "cosine": pb.LR_SCHEDULER_COSINE,
+    "linear": pb.LR_SCHEDULER_LINEAR,
+    "constant": pb.LR_SCHEDULER_CONSTANT,
+}
+STATES = {
+    name.removeprefix("JOB_STATE_").lower(): value for name, value in common_pb2.JobState.items() if value
+}
+
+
+def resolve_address(address: str | None, state_dir: Path) -> str:
+    if address:
+        return address
+    env = os.environ.get("FLYWHEEL_TRAINER_ADDRESS")
+    if env:
+        return env
+    stack_file = state_dir.expanduser() / STACK_FILE
+    if stack_file.exists():
+        for service in StackInfo.load(stack_file).services:
+            if service.get("name") == "trainer-svc":
+                return str(service["address"])
+    return DEFAULT_ADDRESS
+
+
+@contextlib.contextmanager
+def _stub(ctx: click.Context) -> Iterator[trainer_pb2_grpc.TrainerServiceStub]:
+    address = resolve_address(ctx.obj.get("address"), ctx.obj["state_dir"])
+    with grpc.insecure_channel(address) as channel:
+        try:
+            yield trainer_pb2_grpc.TrainerServiceStub(channel)
+        except grpc.RpcError as err:
+            details = err.details() if hasattr(err, "details") else str(err)
+            code = err.code().name if hasattr(err, "code") else "ERROR"
+            if code == "UNAVAILABLE":
+                details = f"cannot reach the trainer at {address} ({details}); is `flywheel up` running?"
+            console.print(f"[red]error ({code}):[/] {details}")
+            sys.exit(1)
+
+
+def _state(job: pb.FineTuneJob) -> str:
+    return common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+
+
+@click.group()
+@click.option("--address", default=None, help="host:port of the trainer (env FLYWHEEL_TRAINER_ADDRESS).")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel")),
+    help="State folder of the embedded stack, to find the trainer's address.",
+)
+@click.pass_context
+def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
+    """Fine-tune LoRA adapters (SFT or DPO) with the trainer."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(address=address, state_dir=state_dir)
+
+
+@finetune.command()
+@click.option("--base-model", required=True, help="Base model name (see the trainer's ListBaseModels).")
+@click.option(
+    "--dataset", "dataset_id", required=True, help="Dataset id (ds-…) built by the dataset builder."
+)
+@click.option(
+    "--adapter", "adapter_name", required=True, help="Adapter name; each job publishes its next version."
+)
+@click.option("--method", type=click.Choice(sorted(METHODS)), default="sft", show_default=True)
+@click.option("--rank", type=int, default=0, help="LoRA rank (0 = 16).")
+@click.option("--alpha", type=float, default=0.0, help="LoRA alpha (0 = 32).")
+@click.option("--dropout", type=float, default=None, help="LoRA dropout (default 0.05).")
+@click.option(
+    "--target-module", "targets", multiple=True, help="Module to adapt (repeatable; default all projections)."
+)
+@click.option("--qlora", is_flag=True, help="Quantize the base model to 4-bit NF4 (needs a GPU trainer).")
+@click.option("--epochs", type=float, default=0.0, help="Epochs (0 = 1).")
+@click.option("--max-steps", type=int, default=0, help="Stop after this many optimizer steps (0 = no limit).")
+@click.option(
+    "--lr", "learning_rate", type=float, default=0.0, help="Peak learning rate (0 = 2e-4 SFT, 5e-6 DPO)."
+)
+@click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default="cosine", show_default=True)
+@click.option("--warmup", type=float, default=None, help="Warm-up ratio (default 0.03).")
+@click.option("--batch-size", type=int, default=0, help="Micro-batch size (0 = service default).")
+@click.option("--grad-accum", type=int, default=0, help="Gradient accumulation steps (0 = service default).")
+@click.option("--max-seq-length", type=int, default=0, help="Tokens per sequence (0 = 2048).")
+@click.option("--packing", is_flag=True, help="Pack several examples per sequence (SFT).")
+@click.option("--seed", type=int, default=None, help="Seed (default 42).")
+@click.option(
+    "--checkpoint-every", type=int, default=0, help="Checkpoint every N steps (0 = service default)."
+)
+@click.option("--beta", type=float, default=0.0, help="DPO beta (0 = 0.1).")
+@click.option(
+    "--request-id", default="", help="Idempotency key: a retry with the same key returns the same job."
+)
+@click.option("--validate-only", is_flag=True, help="Check and resolve the request; queue nothing.")
+@click.option(
+    "--watch/--no-watch", default=True, show_default=True, help="Follow the job with a progress bar."
+)
+@click.pass_context
+def create(ctx: click.Context, **opts: object) -> None:
+    """Queue a fine-tune job and (by default) watch it to the end."""
+    job = pb.FineTuneJob(
+        base_model=str(opts["base_model"]),
+        dataset_id=str(opts["dataset_id"]),
+        adapter_name=str(opts["adapter_name"]),
+        method=METHODS[str(opts["method"])],
+    )
+    hp = job.hyperparameters
+    hp.lora.rank = int(opts["rank"])  # type: ignore[arg-type]
+    hp.lora.alpha = float(opts["alpha"])  # type: ignore[arg-type]
+    if opts["dropout"] is not None:
+        hp.lora.dropout = float(opts["dropout"])  # type: ignore[arg-type]
+    hp.lora.target_modules.extend(opts["targets"])  # type: ignore[arg-type]
+    if opts["qlora"]:
+        hp.quantization.quantization = pb.QUANTIZATION_NF4
+    hp.epochs = float(opts["epochs"])  # type: ignore[arg-type]
+    hp.max_steps = int(opts["max_steps"])  # type: ignore[arg-type]
+    hp.learning_rate = float(opts["learning_rate"])  # type: ignore[arg-type]
+    hp.scheduler = SCHEDULERS[str(opts["scheduler"])]
+    if opts["warmup"] is not None:
+        hp.warmup_ratio = float(opts["warmup"])  # type: ignore[arg-type]
+    hp.batch_size = int(opts["batch_size"])  # type: ignore[arg-type]
+    hp.gradient_accumulation_steps = int(opts["grad_accum"])  # type: ignore[arg-type]
+    hp.max_seq_length = int(opts["max_seq_length"])  # type: ignore[arg-type]
+    hp.packing = bool(opts["packing"])
+    if opts["seed"] is not None:
+        hp.seed = int(opts["seed"])  # type: ignore[arg-type]
+    hp.checkpoint_every_steps = int(opts["checkpoint_every"])  # type: ignore[arg-type]
+    hp.dpo_beta = float(opts["beta"])  # type: ignore[arg-type]
+    request = pb.CreateFineTuneJobRequest(
+        job=job, request_id=str(opts["request_id"]), validate_only=bool(opts["validate_only"])
+    )
+    with _stub(ctx) as stub:
+        created = stub.CreateFineTuneJob(request).job
+        if opts["validate_only"]:
+            out.print_json(json_format.MessageToJson(created))
+            return
+        console.print(f"queued [bold]{created.id}[/] → adapter {created.adapter_name}")
+        out.print(created.id)
+        if opts["watch"]:
+            sys.exit(_follow(stub, created.id))
+
+
+@finetune.command()
+@click.argument("job_id")
+@click.pass_context
+def watch(ctx: click.Context, job_id: str) -> None:
+    """Follow a job: live progress bar with loss, learning rate and throughput; exits 1 unless it succeeds."""
+    with _stub(ctx) as stub:
+        sys.exit(_follow(stub, job_id))
+
+
+def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, job_id: str) -> int:
+    columns = (
+        TextColumn("[bold]{task.fields[state]:<9}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("step {task.fields[steps]}"),
+        TextColumn("loss [cyan]{task.fields[loss]}[/] lr {task.fields[lr]} {task.fields[tps]} tok/s"),
+        TextColumn("eta {task.fields[eta]}"),
+        TimeElapsedColumn(),
+    )
+    job = None
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(job_id, total=None, state="…", steps="-", loss="-", lr="-", tps="-", eta="-")
+        for update in stub.WatchFineTuneJob(pb.WatchFineTuneJobRequest(job_id=job_id)):
+            if update.HasField("job"):
+                job = update.job
+                total = job.progress.total_steps or None
+                progress.update(
+                    task,
+                    state=_state(job),
+                    total=total,
+                    completed=job.progress.step,
+                    steps=f"{job.progress.step}/{job.progress.total_steps or '?'}",
+                )
+            else:
+                entry = update.log
+                metrics = entry.metrics
+                progress.update(
+                    task,
+                    total=entry.progress.total_steps or None,
+                    completed=entry.progress.step,
+                    steps=f"{entry.progress.step}/{entry.progress.total_steps or '?'}",
+                    loss=f"{metrics.loss:.4f}",
+                    lr=f"{metrics.learning_rate:.2e}",
+                    tps=f"{metrics.tokens_per_second:,.0f}",
+                    eta=f"{entry.progress.eta.seconds}s" if entry.progress.HasField("eta") else "-",
+                )
+    if job is None:
+        return 1
+    job = stub.GetFineTuneJob(pb.GetFineTuneJobRequest(job_id=job_id)).job
+    if job.state == common_pb2.JOB_STATE_SUCCEEDED:
+        console.print(
+            f"[green]succeeded[/]: adapter {job.adapter.name}/v{job.adapter.version} at {job.adapter.object_prefix}"
+        )
+        return 0
+    reason = f": {job.error.message}" if job.HasField("error") else ""
+    console.print(f"[red]{_state(job).lower()}[/]{reason}")
+    return 1
+
+
+@finetune.command()
+@click.argument("job_id")
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str) -> None:
+    """Ask a job to stop; its last checkpoint is kept and nothing is published."""
+    with _stub(ctx) as stub:
+        job = stub.CancelFineTuneJob(pb.CancelFineTuneJobRequest(job_id=job_id)).job
+    console.print(f"{job.id}: {_state(job)} (cancellation requested)")
+
+
+@finetune.command("list")
+@click.option("--state", type=click.Choice(sorted(STATES)), default=None, help="Only jobs in this state.")
+@click.option("--adapter", "adapter_name", default="", help="Only jobs publishing this adapter name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+@click.pass_context
+def list_jobs(ctx: click.Context, state: str | None, adapter_name: str, as_json: bool) -> None:
+    """List fine-tune jobs, newest first."""
+    request = pb.ListFineTuneJobsRequest(state=STATES[state] if state else 0, adapter_name=adapter_name)
+    jobs = []
+    with _stub(ctx) as stub:
+        while True:
+            reply = stub.ListFineTuneJobs(request)
+            jobs.extend(reply.jobs)
+            if not reply.next_page_token:
+                break
+            request.page_token = reply.next_page_token
+    if as_json:
+        for job in jobs:
+            out.print(json.dumps(json_format.MessageToDict(job)), soft_wrap=True)
+        return
+    table = Table(title="fine-tune jobs")
+    for col in ("id", "state", "method", "base model", "dataset", "adapter", "step", "loss"):
+        table.add_column(col)
+    for job in jobs:
+        adapter = (
+            f"{job.adapter.name}/v{job.adapter.version}" if job.HasField("adapter") else job.adapter_name
+        )
+        table.add_row(
+            job.id,
+            _state(job),
+            pb.FineTuneMethod.Name(job.method).removeprefix("FINE_TUNE_METHOD_"),
+            job.base_model,
+            job.dataset_id,
+            adapter,
+            f"{job.progress.step}/{job.progress.total_steps}",
+            f"{job.latest_metrics.loss:.4f}" if job.HasField("latest_metrics") else "-",
+        )
+    out.print(table)

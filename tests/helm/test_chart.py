@@ -1,0 +1,959 @@
+"""The Helm chart (deploy/helm/flywheel), rendered, linted and schema-checked by Helm's own Go engine.
+
+Helm v4's engine runs in-process through ``helm-python-sdk`` (no ``helm`` binary, no cluster, no
+network). There is no Kubernetes cluster here, so nothing is installed: every rendered object is
+validated against the Kubernetes API's JSON schemas (``kubernetes-validate``, strict: unknown
+fields are errors) and the chart's properties are asserted on the rendered objects.
+
+The NATS subchart (the official chart, a dependency) cannot be fetched here: it is declared with
+``condition: nats.enabled`` and Helm renders the parent without it. Strict lint, which flags a
+declared but absent dependency, runs on a copy of the chart holding an empty stand-in
+``charts/nats`` written by this test; a separate test checks that this is the only finding
+without it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import functools
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import kubernetes_validate.utils
+import pytest
+import yaml
+from helm_python import HelmRenderError, HelmValuesError, chart
+from referencing import Registry, Resource
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "flywheel"
+RELEASE = "fw"
+NAMESPACE = "flywheel"
+# The Kubernetes API schemas rendered objects must satisfy: the oldest the chart supports
+# (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
+KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+KUBE_VERSION = KUBE_VERSIONS[0]
+GPU = "nvidia.com/gpu"
+
+
+def _example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CHART / name).read_text())
+
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "external-s3": {
+        "minio": {"enabled": False},
+        "objectStore": {
+            "existingSecret": "my-s3",
+            "external": {"endpoint": "s3.example.com:443", "secure": True},
+        },
+    },
+    "capture-on": {"gateway": {"capture": {"enabled": True}}},
+    "two-vllm-replicas": {"modelServer": {"replicas": 2}},
+    "trainer-jobs": {"trainer": {"backend": "kubernetes", "job": {"gpus": 2}}},
+    "trainer-local": {"trainer": {"backend": "local", "local": {"gpus": 1}}},
+    "ingress-on": {
+        "ingress": {"enabled": True, "className": "nginx", "host": "llm.example.com", "tlsSecret": "llm-tls"}
+    },
+    "shared-volume": {
+        "adapterSync": {"mode": "sharedVolume", "storageClass": "nfs"},
+        "modelServer": {"replicas": 3},
+    },
+    "postgres-on": {"postgres": {"enabled": True}},
+    "external-nats": {"nats": {"enabled": False}, "externalNats": {"url": "nats://nats.messaging:4222"}},
+    "sandbox-object-store": {
+        "minio": {"enabled": False},
+        "objectStore": {"existingSecret": "my-s3", "external": {"endpoint": "s3.example.com"}},
+        "sandboxRunner": {
+            "objectStore": {"enabled": True, "egressTo": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]}
+        },
+    },
+    "cpu-only": {"modelServer": {"engine": "embedded", "replicas": 2}, "trainer": {"backend": "local"}},
+    "example-gpu": _example("values-gpu.example.yaml"),
+    "example-one-gpu-node": _example("values-one-gpu-node.example.yaml"),
+    "example-external-s3": _example("values-external-s3.example.yaml"),
+}
+
+STANDARD_LABELS = (
+    "helm.sh/chart",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+)
+
+
+@functools.cache
+def _chart() -> chart.Chart:
+    """The chart as committed (a charts/ folder fetched on a developer's machine is left out, so
+    the official NATS chart's objects never mix into what these tests check)."""
+    folder = tempfile.mkdtemp(prefix="flywheel-chart-")
+    atexit.register(shutil.rmtree, folder, True)
+    copy = Path(folder) / "flywheel"
+    shutil.copytree(CHART, copy, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    return chart.Chart.load(copy)
+
+
+@functools.cache
+def _render(name: str) -> dict[str, str]:
+    return _chart().render(values=VALUE_SETS[name], name=RELEASE, namespace=NAMESPACE)
+
+
+# libyaml's parser when PyYAML was built with it: the pure-Python one dominated the run time.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.cache
+def _objects(name: str) -> str:
+    found = []
+    for path, text in _render(name).items():
+        if path.endswith("NOTES.txt"):
+            continue
+        found += [doc for doc in yaml.load_all(text, Loader=_YAML_LOADER) if doc]
+    for cm in [o for o in found if o["kind"] == "ConfigMap" and "job.yaml" in o.get("data", {})]:
+        found.append(yaml.load(cm["data"]["job.yaml"], Loader=_YAML_LOADER))
+    return json.dumps(found)
+
+
+def objects(name: str) -> list[dict[str, Any]]:
+    """Every rendered Kubernetes object, plus the training Job held in the trainer's ConfigMap
+    (parsed once per value set; each call returns a fresh copy, so a test may change it)."""
+    return json.loads(_objects(name))
+
+
+def of_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def component(objs: list[dict[str, Any]], kind: str, comp: str) -> dict[str, Any]:
+    matches = [
+        o for o in of_kind(objs, kind) if o["metadata"]["labels"]["app.kubernetes.io/component"] == comp
+    ]
+    assert len(matches) == 1, f"expected one {kind} for {comp}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
+    if obj["kind"] == "Pod":
+        return obj["spec"]
+    if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+        return obj["spec"]["template"]["spec"]
+    return None
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _grpc_components():
+    """The gRPC services as `flywheel up` knows them (name, port, settings prefix, service)."""
+    from flywheel_cli.components import COMPONENTS
+
+    return [c for c in COMPONENTS if c.protocol == "grpc"]
+
+
+# --- lint -----------------------------------------------------------------------------------------
+
+
+def _copy_without_fetched_dependencies(tmp_path_factory) -> Path:
+    """The chart as committed: without a charts/ folder that `helm dependency build` may have
+    filled on a developer's machine."""
+    copy = tmp_path_factory.mktemp("chart") / "flywheel"
+    shutil.copytree(CHART, copy, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def chart_with_stand_in_nats(tmp_path_factory) -> Path:
+    """A copy of the chart with an empty charts/nats, so the declared dependency counts as present."""
+    copy = _copy_without_fetched_dependencies(tmp_path_factory)
+    stand_in = copy / "charts" / "nats"
+    stand_in.mkdir(parents=True)
+    (stand_in / "Chart.yaml").write_text("apiVersion: v2\nname: nats\nversion: 1.3.0\n")
+    return copy
+
+
+@pytest.mark.parametrize("values", ["defaults", "example-gpu", "external-nats", "cpu-only", "shared-volume"])
+def test_lint_strict_is_clean(chart_with_stand_in_nats: Path, values: str) -> None:
+    report = chart.lint(
+        chart_with_stand_in_nats, VALUE_SETS[values], strict=True, namespace=NAMESPACE, kube_version="v1.31.0"
+    )
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_lint_without_the_dependency_reports_only_that(tmp_path_factory) -> None:
+    report = chart.lint(
+        _copy_without_fetched_dependencies(tmp_path_factory), strict=True, namespace=NAMESPACE
+    )
+    assert report["errors"] == ["chart directory is missing these dependencies: nats"], report
+
+
+# --- every object is a valid Kubernetes object ------------------------------------------------------
+
+
+_VALIDATED: set[str] = set()
+
+
+@functools.cache
+def _kubernetes_validator(version: str, kind: str, api_version: str) -> jsonschema.Validator:
+    """kubernetes-validate's strict schema for one kind, compiled once.
+
+    ``kubernetes_validate.validate`` re-reads and re-parses the API's definitions file (several
+    MB) for every object; over ~400 objects that was most of this file's run time. Same files,
+    same rules, same draft, read once per kind.
+    """
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    folder = f"kubernetes-json-schema/v{version}-local-strict"
+    schema = kubernetes_validate.utils.schema_contents(f"{folder}/{kind.lower()}-{group}.json", version)
+    definitions = kubernetes_validate.utils.schema_contents(f"{folder}/_definitions.json", version)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def validate_kubernetes(obj: dict[str, Any], version: str) -> None:
+    """Raises jsonschema.ValidationError naming the first field the API would reject."""
+    _kubernetes_validator(version, obj["kind"], obj["apiVersion"]).validate(obj)
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_every_object_is_valid_for_the_kubernetes_api(values: str) -> None:
+    objs = objects(values)
+    assert len(objs) > 20
+    for obj in objs:
+        fingerprint = json.dumps(obj, sort_keys=True)
+        if fingerprint in _VALIDATED:  # the same object rendered by another value set
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                validate_kubernetes(obj, version)
+            except jsonschema.ValidationError as err:
+                pytest.fail(f"Kubernetes {version}: {obj['kind']} {obj['metadata'].get('name')}: {err}")
+        _VALIDATED.add(fingerprint)
+
+
+def test_the_kubernetes_validator_rejects_a_misspelt_field() -> None:
+    deployment = next(o for o in objects("defaults") if o["kind"] == "Deployment")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBE_VERSION, strict=True)
+    # ... and so does the compiled copy the tests above use, for the same object.
+    validate_kubernetes(deployment, KUBE_VERSION)
+    with pytest.raises(jsonschema.ValidationError, match="readinessProbes"):
+        validate_kubernetes(broken, KUBE_VERSION)
+
+
+# --- hardening, probes, resources, labels ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_every_container_is_hardened_and_has_resources(values: str) -> None:
+    checked = 0
+    for obj in objects(values):
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        where = f"{obj['kind']} {obj['metadata'].get('name', '(job template)')}"
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["runAsUser"] > 0, where
+        assert spec.get("hostNetwork") is not True and spec.get("hostPID") is not True, where
+        for c in containers(spec):
+            ctx = c["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True, (where, c["name"])
+            assert ctx["allowPrivilegeEscalation"] is False, (where, c["name"])
+            assert ctx["capabilities"] == {"drop": ["ALL"]}, (where, c["name"])
+            assert ctx.get("privileged") is not True, (where, c["name"])
+            assert ctx["seccompProfile"]["type"] == "RuntimeDefault", (where, c["name"])
+            assert c["resources"]["requests"] and c["resources"]["limits"], (where, c["name"])
+            assert c["resources"]["limits"].get("memory"), (where, c["name"])
+            checked += 1
+    assert checked >= 12
+
+
+@pytest.mark.parametrize("values", ["defaults", "shared-volume", "postgres-on", "trainer-local"])
+def test_every_long_running_container_has_probes(values: str) -> None:
+    """Adapter sync serves no health endpoint yet (adapterSync.healthPort 0): the one exception."""
+    for obj in objects(values):
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for c in obj["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == "adapter-sync":
+                assert "livenessProbe" not in c and "ports" not in c
+                continue
+            assert "readinessProbe" in c and "livenessProbe" in c, (obj["metadata"]["name"], c["name"])
+
+
+def test_adapter_sync_is_probed_once_it_has_a_health_port() -> None:
+    objs = _chart_objects({"adapterSync": {"healthPort": 8081}})
+    spec = component(objs, "StatefulSet", "model-server")["spec"]["template"]["spec"]
+    sync = next(c for c in spec["containers"] if c["name"] == "adapter-sync")
+    assert sync["readinessProbe"]["httpGet"] == {"path": "/health", "port": "sync-health"}
+    assert env_of(sync)["FLYWHEEL_ADAPTER_SYNC_HEALTH_PORT"]["value"] == "8081"
+
+
+def test_grpc_services_use_native_grpc_probes_on_their_port() -> None:
+    objs = objects("defaults")
+    for comp in _grpc_components():
+        deployment = component(objs, "Deployment", comp.name)
+        (c,) = deployment["spec"]["template"]["spec"]["containers"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"] == {"port": comp.default_port}, (comp.name, probe)
+        env = env_of(c)
+        assert env[f"{comp.env_prefix}PORT"]["value"] == str(comp.default_port)
+        service = component(objs, "Service", comp.name)
+        assert service["spec"]["ports"][0]["port"] == comp.default_port
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_labels_on_everything(values: str) -> None:
+    for obj in objects(values):
+        labels = obj["metadata"].get("labels", {})
+        missing = [k for k in STANDARD_LABELS if k not in labels]
+        assert not missing, f"{obj['kind']} {obj['metadata'].get('name')} lacks {missing}"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        template = obj.get("spec", {}).get("template")
+        if template:
+            assert all(k in template["metadata"]["labels"] for k in STANDARD_LABELS), obj["metadata"].get(
+                "name"
+            )
+
+
+def test_flywheel_images_default_to_the_app_version_and_follow_overrides() -> None:
+    app_version = _chart().metadata["appVersion"]
+    flywheel = [
+        c["image"]
+        for o in objects("defaults")
+        if (spec := pod_spec(o))
+        for c in containers(spec)
+        if c["image"].startswith("ghcr.io/flywheel/")
+    ]
+    assert len(flywheel) >= 7 and all(i.endswith(f":{app_version}") for i in flywheel), flywheel
+    out = _chart().render(values={"image": {"tag": "v9"}, "gateway": {"image": {"tag": "v10"}}}, name=RELEASE)
+    gateway = yaml.safe_load(out["flywheel/templates/gateway.yaml"].split("---")[1])
+    assert gateway["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/flywheel/gateway:v10"
+    assert "ghcr.io/flywheel/orchestrator:v9" in out["flywheel/templates/grpc-services.yaml"]
+
+
+def test_disruption_budgets_where_more_than_one_replica() -> None:
+    budgets = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]
+        for p in of_kind(objects("defaults"), "PodDisruptionBudget")
+    }
+    assert budgets == {"gateway", "sandbox-runner", "trajectory-store"}
+    two = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]
+        for p in of_kind(objects("two-vllm-replicas"), "PodDisruptionBudget")
+    }
+    assert "model-server" in two
+
+
+# --- GPUs, vLLM and adapters --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", ["defaults", "two-vllm-replicas", "example-gpu"])
+def test_vllm_runs_on_gpu_nodes_with_lora(values: str) -> None:
+    wanted = {**VALUE_SETS["defaults"], **VALUE_SETS[values]}.get("modelServer", {})
+    deployment = component(objects(values), "StatefulSet", "model-server")
+    spec = deployment["spec"]["template"]["spec"]
+    vllm = next(c for c in spec["containers"] if c["name"] == "vllm")
+    assert deployment["spec"]["replicas"] == wanted.get("replicas", 1)
+    assert deployment["spec"]["podManagementPolicy"] == "Parallel"
+    assert deployment["spec"]["updateStrategy"] == {"type": "RollingUpdate"}, "no surge pod waiting for a GPU"
+    assert vllm["resources"]["limits"][GPU] == wanted.get("gpus", 1)
+    assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    args = vllm["args"]
+    assert "--enable-lora" in args
+    assert args[args.index("--max-loras") + 1] == str(wanted.get("lora", {}).get("maxLoras", 4))
+    assert args[args.index("--max-lora-rank") + 1] == str(wanted.get("lora", {}).get("maxLoraRank", 64))
+    env = env_of(vllm)
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
+    assert env["VLLM_PLUGINS"]["value"] == "lora_filesystem_resolver"
+    assert env["VLLM_LORA_RESOLVER_CACHE_DIR"]["value"] == "/adapters"
+    if values == "example-gpu":
+        assert spec["runtimeClassName"] == "nvidia"
+        volume = next(v for v in spec["volumes"] if v["name"] == "models")
+        assert volume["persistentVolumeClaim"]["claimName"] == "hf-model-cache"
+        assert "initContainers" not in spec
+    else:
+        assert spec["initContainers"][0]["name"] == "download-model"
+
+
+def test_every_vllm_replica_gets_every_adapter_through_its_sidecar() -> None:
+    spec = component(objects("two-vllm-replicas"), "StatefulSet", "model-server")["spec"]["template"]["spec"]
+    names = [c["name"] for c in spec["containers"]]
+    assert names == ["vllm", "adapter-sync"]
+    env = env_of(spec["containers"][1])
+    assert json.loads(env["FLYWHEEL_ADAPTER_SYNC_REPLICAS"]["value"]) == ["http://127.0.0.1:8000"]
+    assert env["FLYWHEEL_ADAPTER_SYNC_DURABLE"]["value"] == "adapter-sync-$(POD_NAME)"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["FLYWHEEL_ADAPTER_SYNC_ADAPTER_DIR"]["value"] == "/adapters"
+    adapters = next(v for v in spec["volumes"] if v["name"] == "adapters")
+    assert "emptyDir" in adapters
+    assert all(any(m["name"] == "adapters" for m in c["volumeMounts"]) for c in spec["containers"])
+
+
+def test_shared_volume_mode_mounts_one_read_write_many_claim_in_every_replica() -> None:
+    objs = objects("shared-volume")
+    claim = component(objs, "PersistentVolumeClaim", "adapter-sync")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["spec"]["storageClassName"] == "nfs"
+    spec = component(objs, "StatefulSet", "model-server")["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["vllm"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "adapters")
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
+    sync = component(objs, "Deployment", "adapter-sync")["spec"]["template"]["spec"]
+    replicas = json.loads(env_of(sync["containers"][0])["FLYWHEEL_ADAPTER_SYNC_REPLICAS"]["value"])
+    pods = f"{RELEASE}-flywheel-model-server"
+    assert replicas == [f"http://{pods}-{i}.{pods}-pods.{NAMESPACE}.svc:8000" for i in range(3)]
+    headless = [o for o in of_kind(objs, "Service") if o["spec"].get("clusterIP") == "None"]
+    assert [h["metadata"]["name"] for h in headless] == [f"{pods}-pods"]
+    assert component(objs, "StatefulSet", "model-server")["spec"]["serviceName"] == f"{pods}-pods"
+    assert (
+        next(v for v in sync["volumes"] if v["name"] == "adapters")["persistentVolumeClaim"]["claimName"]
+        == claim["metadata"]["name"]
+    )
+
+
+def test_training_jobs_request_gpus_and_use_a_namespaced_role() -> None:
+    objs = objects("trainer-jobs")
+    job = next(o for o in objs if o["kind"] == "Job")
+    spec = job["spec"]["template"]["spec"]
+    assert spec["containers"][0]["resources"]["limits"][GPU] == 2
+    assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    assert job["spec"]["backoffLimit"] == 0
+    job_env = env_of(spec["containers"][0])
+    assert job_env["FLYWHEEL_OBJECT_STORE_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretKey"
+
+    trainer = component(objs, "Deployment", "trainer-svc")["spec"]["template"]["spec"]
+    env = env_of(trainer["containers"][0])
+    assert env["FLYWHEEL_TRAINER_BACKEND"]["value"] == "kubernetes"
+    assert env["FLYWHEEL_TRAINER_JOB_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["FLYWHEEL_TRAINER_JOB_TEMPLATE"]["value"] == "/etc/flywheel/trainer/job.yaml"
+    assert env["FLYWHEEL_TRAINER_JOB_IMAGE"]["value"].startswith("ghcr.io/flywheel/trainer-svc:")
+    assert GPU not in trainer["containers"][0]["resources"]["limits"], "the service itself holds no GPU"
+    state = next(v for v in trainer["volumes"] if v["name"] == "state")
+    claim = component(objs, "PersistentVolumeClaim", "trainer-svc")
+    assert state["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert component(objs, "Deployment", "trainer-svc")["spec"]["strategy"] == {"type": "Recreate"}
+    assert trainer["automountServiceAccountToken"] is True
+
+    (role,) = of_kind(objs, "Role")
+    (binding,) = of_kind(objs, "RoleBinding")
+    assert {
+        "apiGroups": ["batch"],
+        "resources": ["jobs"],
+        "verbs": ["create", "get", "list", "watch", "delete"],
+    } in role["rules"]
+    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": trainer["serviceAccountName"], "namespace": NAMESPACE}
+    ]
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_no_cluster_wide_rbac_and_tokens_only_for_the_trainer(values: str) -> None:
+    objs = objects(values)
+    assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    jobs_mode = any(o["kind"] == "Role" for o in objs)
+    assert jobs_mode == (_trainer_backend(values) == "kubernetes")
+    for obj in objs:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        is_trainer = obj["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer-svc"
+        assert spec["automountServiceAccountToken"] is (is_trainer and jobs_mode), obj["metadata"].get("name")
+
+
+def test_local_trainer_has_no_role_and_its_own_gpu() -> None:
+    objs = objects("trainer-local")
+    assert not of_kind(objs, "Role") and not of_kind(objs, "RoleBinding")
+    assert not [o for o in objs if o["kind"] == "Job"]
+    trainer = component(objs, "Deployment", "trainer-svc")["spec"]["template"]["spec"]
+    assert trainer["containers"][0]["resources"]["limits"][GPU] == 1
+    assert component(objs, "Deployment", "trainer-svc")["spec"]["strategy"] == {"type": "Recreate"}
+    assert env_of(trainer["containers"][0])["FLYWHEEL_TRAINER_BACKEND"]["value"] == "local"
+
+
+def test_cpu_only_cluster_requests_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine=embedded with the local trainer: nothing asks for a GPU or a GPU node, and the
+    embedded model server's real settings class loads the environment the chart renders."""
+    import os
+
+    from flywheel_common.settings import load_settings
+    from flywheel_model_server.settings import ModelServerSettings
+
+    objs = objects("cpu-only")
+    for obj in objs:
+        if spec := pod_spec(obj):
+            assert "nodeSelector" not in spec and "tolerations" not in spec, obj["metadata"].get("name")
+            for c in containers(spec):
+                assert GPU not in c["resources"].get("limits", {}), (obj["metadata"].get("name"), c["name"])
+    spec = component(objs, "StatefulSet", "model-server")["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["model-server", "adapter-sync"]
+    server = spec["containers"][0]
+    assert server["image"].startswith("ghcr.io/flywheel/model-server:")
+    for key in list(os.environ):
+        if key.startswith("FLYWHEEL_"):
+            monkeypatch.delenv(key)
+    for key, value in _resolved_env(server).items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(ModelServerSettings)
+    assert (settings.port, settings.base_model, settings.served_model_name) == (
+        8000,
+        "gemma-3-270m",
+        "gemma-3-270m",
+    )
+    assert str(settings.cache_dir) == "/models/cache" and settings.object_store.backend == "s3"
+
+
+# --- secrets -------------------------------------------------------------------------------------------
+
+
+def _trainer_backend(values: str) -> str:
+    return VALUE_SETS[values].get("trainer", {}).get("backend", "kubernetes")
+
+
+def _secret_values(objs: list[dict[str, Any]]) -> list[str]:
+    return [base64.b64decode(v).decode() for s in of_kind(objs, "Secret") for v in s.get("data", {}).values()]
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_no_secret_value_in_any_configmap_or_plain_env(values: str) -> None:
+    objs = objects(values)
+    secrets = _secret_values(objs)
+    if "existingSecret" not in json.dumps(VALUE_SETS[values]):
+        assert secrets, "the chart generates the master key and the MinIO credentials"
+    plain = [json.dumps(cm.get("data", {})) for cm in of_kind(objs, "ConfigMap")]
+    sensitive = re.compile(r"(KEY|PASSWORD|SECRET|TOKEN)$")
+    for obj in objs:
+        if spec := pod_spec(obj):
+            for c in containers(spec):
+                for e in c.get("env", []):
+                    plain.append(json.dumps(e.get("value", "")))
+                    if sensitive.search(e["name"]):
+                        assert "valueFrom" in e, f"{e['name']} of {c['name']} must come from a Secret"
+    for secret in secrets:
+        assert not any(secret in text for text in plain)
+
+
+def test_generated_master_key_is_an_sk_key_and_not_reused_between_installs() -> None:
+    keys = []
+    for _ in range(2):
+        out = _chart().render(values={}, name=RELEASE, namespace=NAMESPACE)
+        gateway = next(
+            o
+            for o in yaml.safe_load_all(out["flywheel/templates/secrets.yaml"])
+            if o["metadata"]["name"].endswith("gateway")
+        )
+        keys.append(base64.b64decode(gateway["data"]["masterKey"]).decode())
+    assert all(k.startswith("sk-") and len(k) == 43 for k in keys) and keys[0] != keys[1]
+
+
+def test_values_hold_no_secrets() -> None:
+    """Secret-looking keys of values.yaml only name Secrets or keys in them, and default to no value."""
+
+    def walk(node: Any, path: str = ""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from walk(value, f"{path}.{key}" if path else key)
+        else:
+            yield path, node
+
+    suspicious = {
+        p: v
+        for p, v in walk(_chart().values)
+        if re.search(r"(?i)(password|secret|token|masterkey|apikey)", p.split(".")[-1])
+    }
+    assert suspicious, "the walk must find the Secret-name keys"
+    for path, value in suspicious.items():
+        leaf = path.split(".")[-1]
+        assert leaf.endswith(("Secret", "Secrets", "Key")) and not leaf.endswith(("ApiKey", "apiKey")), path
+        if leaf.endswith("KeyKey"):  # the name of a key inside a Secret, never a secret itself
+            assert value in ("accessKey", "secretKey", "masterKey"), f"{path} defaults to {value!r}"
+        else:  # names of Secrets the user creates; none by default
+            assert value in ("", []), f"{path} defaults to {value!r}"
+
+
+# --- networking ----------------------------------------------------------------------------------------
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+
+
+def test_sandbox_runner_has_no_egress_and_no_infrastructure_settings() -> None:
+    objs = objects("defaults")
+    sandbox = component(objs, "Deployment", "sandbox-runner")
+    labels = sandbox["spec"]["template"]["metadata"]["labels"]
+    policies = [p for p in of_kind(objs, "NetworkPolicy") if _selects(p, labels)]
+    egress_policies = [p for p in policies if "Egress" in p["spec"]["policyTypes"]]
+    assert egress_policies, "a policy must restrict the sandbox runner's egress"
+    assert all(p["spec"].get("egress", []) == [] for p in egress_policies), "no egress rule may exist"
+    spec = sandbox["spec"]["template"]["spec"]
+    assert spec["runtimeClassName"] == "gvisor"
+    env = env_of(spec["containers"][0])
+    assert not [n for n in env if n.startswith(("FLYWHEEL_NATS", "FLYWHEEL_OBJECT_STORE"))]
+
+
+def test_sandbox_runner_reaches_only_the_object_store_when_given_it() -> None:
+    dns = {
+        "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+    }
+    bundled = _chart_objects({"sandboxRunner": {"objectStore": {"enabled": True}}})
+    policy = component(bundled, "NetworkPolicy", "sandbox-runner")
+    minio_labels = component(bundled, "StatefulSet", "minio")["spec"]["template"]["metadata"]["labels"]
+    (minio_rule, dns_rule) = policy["spec"]["egress"]
+    assert all(minio_labels[k] == v for k, v in minio_rule["to"][0]["podSelector"]["matchLabels"].items())
+    assert minio_rule["ports"] == [{"port": 9000, "protocol": "TCP"}] and dns_rule == dns
+
+    objs = objects("sandbox-object-store")
+    policy = component(objs, "NetworkPolicy", "sandbox-runner")
+    (s3_rule, dns_rule) = policy["spec"]["egress"]
+    assert s3_rule == {
+        "to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+        "ports": [{"port": 443, "protocol": "TCP"}],
+    }
+    env = env_of(component(objs, "Deployment", "sandbox-runner")["spec"]["template"]["spec"]["containers"][0])
+    assert env["FLYWHEEL_OBJECT_STORE_ENDPOINT"]["value"] == "s3.example.com"
+    assert "FLYWHEEL_NATS_URL" not in env
+
+    with pytest.raises(HelmRenderError, match=r"sandboxRunner\.objectStore\.egressTo is required"):
+        _chart().render(
+            values={
+                **VALUE_SETS["sandbox-object-store"],
+                "sandboxRunner": {"objectStore": {"enabled": True}},
+            },
+            name=RELEASE,
+        )
+
+
+def test_every_flywheel_pod_accepts_traffic_only_from_the_release() -> None:
+    objs = objects("defaults")
+    policies = of_kind(objs, "NetworkPolicy")
+    for obj in objs:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        selecting = [p for p in policies if _selects(p, labels)]
+        assert selecting, obj["metadata"]["name"]
+        for policy in selecting:
+            for rule in policy["spec"]["ingress"]:
+                if labels["app.kubernetes.io/component"] == "gateway" and "from" not in rule:
+                    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+                    continue
+                assert rule["from"] == [
+                    {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": RELEASE}}}
+                ]
+    assert not of_kind(_chart_objects({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+
+
+def _chart_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
+    out = _chart().render(values=values, name=RELEASE, namespace=NAMESPACE)
+    return [d for p, t in out.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
+
+
+def test_external_s3_replaces_minio() -> None:
+    objs = objects("external-s3")
+    assert not [
+        o for o in objs if o["metadata"]["labels"]["app.kubernetes.io/component"] in ("minio", "object-store")
+    ]
+    c = component(objs, "Deployment", "trajectory-store")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(c)
+    assert env["FLYWHEEL_OBJECT_STORE_ENDPOINT"]["value"] == "s3.example.com:443"
+    assert env["FLYWHEEL_OBJECT_STORE_SECURE"]["value"] == "true"
+    assert env["FLYWHEEL_OBJECT_STORE_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "my-s3"
+    defaults = env_of(
+        component(objects("defaults"), "Deployment", "trajectory-store")["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+    )
+    assert defaults["FLYWHEEL_OBJECT_STORE_ENDPOINT"]["value"] == f"{RELEASE}-flywheel-minio:9000"
+    assert defaults["FLYWHEEL_NATS_URL"]["value"] == f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
+
+
+def test_gateway_settings_capture_ingress_and_database() -> None:
+    env = env_of(
+        component(objects("capture-on"), "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    )
+    assert env["FLYWHEEL_GATEWAY_CAPTURE"]["value"] == "true"
+    assert json.loads(env["FLYWHEEL_GATEWAY_BASE_MODELS"]["value"]) == ["gemma-3-270m"]
+    assert (
+        env["FLYWHEEL_GATEWAY_MODEL_SERVER_URL"]["value"] == f"http://{RELEASE}-flywheel-model-server:8000/v1"
+    )
+    assert env["FLYWHEEL_GATEWAY_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "masterKey"
+    ingress = component(objects("ingress-on"), "Ingress", "gateway")
+    assert ingress["spec"]["tls"] == [{"hosts": ["llm.example.com"], "secretName": "llm-tls"}]
+    pg_env = env_of(
+        component(objects("postgres-on"), "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][
+            0
+        ]
+    )
+    assert "$(POSTGRES_PASSWORD)" in pg_env["DATABASE_URL"]["value"]
+
+
+# --- helm test pods and NOTES ----------------------------------------------------------------------
+
+
+def test_helm_test_pods_cover_every_service_and_a_chat_completion() -> None:
+    pods = [o for o in objects("defaults") if o["kind"] == "Pod"]
+    assert all(p["metadata"]["annotations"]["helm.sh/hook"] == "test" for p in pods)
+    scripts = {p["metadata"]["name"]: p["spec"]["containers"][0]["args"][0] for p in pods}
+    for comp in _grpc_components():
+        script = scripts[f"{RELEASE}-flywheel-test-health-{comp.name}"]
+        assert f"{RELEASE}-flywheel-{comp.name}:{comp.default_port}" in script
+        assert comp.grpc_service in script and "grpc.health.v1.Health/Check" in script and "SERVING" in script
+    assert "/health/readiness" in scripts[f"{RELEASE}-flywheel-test-gateway-ready"]
+    chat = scripts[f"{RELEASE}-flywheel-test-chat-completion"]
+    body = json.loads(re.search(r"-d '(\{.*\})'", chat).group(1))
+    assert body["model"] == "gemma-3-270m" and body["messages"]
+    assert "$MASTER_KEY" in chat
+
+
+def _grpcurl_commands(notes: str) -> list[list[str]]:
+    commands = []
+    for line in notes.replace("\\\n", " ").splitlines():
+        if "grpcurl -plaintext" not in line:
+            continue
+        part = line[line.index("grpcurl") :]
+        part = part.split(" | ")[0].rstrip(")")
+        commands.append(shlex.split(part))
+    return commands
+
+
+@pytest.mark.parametrize("values", ["defaults", "ingress-on", "example-one-gpu-node"])
+def test_notes_give_ready_to_paste_commands_that_match_the_protos(values: str) -> None:
+    from google.protobuf import descriptor_pool, json_format, message_factory
+
+    import flywheel.dataset.v1.dataset_pb2  # registers the descriptors in the default pool
+    import flywheel.trainer.v1.trainer_pb2  # noqa: F401
+
+    notes = _render(values)["flywheel/templates/NOTES.txt"]
+    assert f"get secret {RELEASE}-flywheel-gateway" in notes
+    if values == "ingress-on":
+        assert "https://llm.example.com" in notes
+    else:
+        assert f"port-forward svc/{RELEASE}-flywheel-gateway" in notes
+    if values == "example-one-gpu-node":
+        assert "WARNING: sandboxRunner.runtimeClassName is empty" in notes
+    commands = _grpcurl_commands(notes)
+    methods = {c[-1] for c in commands}
+    assert "flywheel.dataset.v1.DatasetService/CreateDatasetBuild" in methods
+    assert "flywheel.trainer.v1.TrainerService/CreateFineTuneJob" in methods
+    pool = descriptor_pool.Default()
+    for command in commands:
+        method = pool.FindMethodByName(command[-1].replace("/", "."))
+        if "-d" not in command:
+            continue
+        body = re.sub(r"\$[A-Z_]+", "x", command[command.index("-d") + 1])
+        request = message_factory.GetMessageClass(method.input_type)()
+        json_format.Parse(body, request)  # unknown fields or enum names fail here
+        assert request.ByteSize() > 0, command
+
+
+# --- values.yaml and the schema -----------------------------------------------------------------------
+
+
+BAD_VALUES = [
+    ({"gateway": {"masterKey": "sk-plain-text"}}, "/gateway': additional properties 'masterKey' not allowed"),
+    ({"objectStore": {"secretKey": "hunter2"}}, "additional properties 'secretKey' not allowed"),
+    ({"trainer": {"backend": "slurm"}}, "/trainer/backend': value must be one of 'kubernetes', 'local'"),
+    ({"modelServer": {"replicas": 0}}, "/modelServer/replicas': minimum: got 0, want 1"),
+    ({"modelServer": {"lora": {"maxLoraRank": 48}}}, "/modelServer/lora/maxLoraRank': value must be one of"),
+    ({"modelServer": {"resources": {"limits": {"memory": "lots"}}}}, "/modelServer/resources/limits/memory"),
+    ({"minio": {"enabled": False}}, "/objectStore/external/endpoint': minLength: got 0, want 1"),
+    ({"minio": {"enabled": False}}, "/objectStore/existingSecret': minLength: got 0, want 1"),
+    (
+        {"objectStore": {"external": {"endpoint": "https://s3.amazonaws.com"}}},
+        "/objectStore/external/endpoint': 'https://s3.amazonaws.com' does not match",
+    ),
+    ({"nats": {"enabled": False}}, "/externalNats/url': minLength: got 0, want 1"),
+    (
+        {"sandboxRunner": {"seccompProfile": {"type": "Unconfined"}}},
+        "/sandboxRunner/seccompProfile/type': value must be one of",
+    ),
+    ({"modelServer": {"model": {"source": "pvc"}}}, "/modelServer/model/existingClaim': minLength"),
+    ({"gatewy": {}}, "additional properties 'gatewy' not allowed"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_VALUES)
+def test_schema_rejects_bad_values_with_a_clear_message(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(HelmValuesError) as at_validate:
+        _chart().validate_schema(values)
+    assert message in str(at_validate.value)
+    with pytest.raises(HelmValuesError) as at_install:
+        _chart().render(values=values, name=RELEASE)
+    assert message in str(at_install.value)
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_schema_accepts_every_shipped_value_set(values: str) -> None:
+    _chart().validate_schema(VALUE_SETS[values])
+
+
+def test_committed_schema_is_what_the_generator_writes() -> None:
+    generated = subprocess.run(
+        [sys.executable, "-c", "import values_schema; print(values_schema.render(), end='')"],
+        cwd=ROOT / "deploy" / "helm" / "tools",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert generated == (CHART / "values.schema.json").read_text(), "run deploy/helm/tools/values_schema.py"
+
+
+def test_every_key_of_values_yaml_is_commented() -> None:
+    """Every block key has a comment line right above it, except the inside of Kubernetes-native
+    objects (resources, nodeSelector, tolerations, affinity) which their parent's comment describes."""
+    native = {"resources", "nodeSelector", "tolerations", "affinity", "annotations", "podAnnotations"}
+    stack: list[tuple[int, str]] = []
+    previous = ""
+    uncommented = []
+    for number, line in enumerate((CHART / "values.yaml").read_text().splitlines(), 1):
+        stripped = line.strip()
+        if not stripped:
+            previous = ""
+            continue
+        if stripped.startswith("#"):
+            previous = stripped
+            continue
+        indent = len(line) - len(line.lstrip())
+        match = re.match(r"(-\s+)?([A-Za-z0-9_.\"/-]+):", stripped)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        if match and not match.group(1):
+            key = match.group(2)
+            inside_native = any(name in native for _, name in stack)
+            if not inside_native and not previous.startswith("#"):
+                uncommented.append(f"line {number}: {key}")
+            stack.append((indent, key))
+        previous = stripped
+    assert not uncommented, uncommented
+
+
+# --- the services accept the environment the chart gives them -------------------------------------------
+
+SETTINGS_CLASSES = {
+    "orchestrator": ("flywheel_orchestrator.settings", "OrchestratorSettings"),
+    "sandbox-runner": ("flywheel_sandbox.settings", "SandboxSettings"),
+    "trajectory-store": ("flywheel_trajectory.settings", "TrajectorySettings"),
+    "dataset-svc": ("flywheel_dataset.settings", "DatasetSettings"),
+    "trainer-svc": ("flywheel_trainer.settings", "TrainerSettings"),
+    "gateway": ("flywheel_gateway.settings", "GatewaySettings"),
+}
+
+
+def _resolved_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as the kubelet would give it: Secrets replaced by stand-ins,
+    the downward API by a pod name, and $(VAR) references to earlier variables expanded."""
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\(([A-Z_]+)\)", lambda m: env[m.group(1)], e["value"])
+        elif "secretKeyRef" in e["valueFrom"]:
+            env[e["name"]] = f"sk-stand-in-for-{e['valueFrom']['secretKeyRef']['key']}"
+        else:
+            env[e["name"]] = "flywheel-0"
+    return env
+
+
+@pytest.mark.parametrize("values", ["defaults", "shared-volume"])
+def test_adapter_sync_loads_its_settings_from_the_rendered_environment(
+    values: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from flywheel_common.settings import load_settings
+    from flywheel_gateway.adapter_sync import AdapterSyncSettings
+
+    objs = objects(values)
+    if values == "shared-volume":
+        spec = component(objs, "Deployment", "adapter-sync")["spec"]["template"]["spec"]
+    else:
+        spec = component(objs, "StatefulSet", "model-server")["spec"]["template"]["spec"]
+    env = _resolved_env(next(c for c in spec["containers"] if c["name"] == "adapter-sync"))
+    for key in list(os.environ):
+        if key.startswith("FLYWHEEL_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(AdapterSyncSettings)
+    assert str(settings.adapter_dir) == "/adapters"
+    assert settings.gateway_key.get_secret_value() == "sk-stand-in-for-masterKey"
+    assert settings.object_store.backend == "s3" and settings.nats.url.startswith("nats://")
+    if values == "defaults":
+        assert settings.replicas == ["http://127.0.0.1:8000"]
+        assert settings.durable == "adapter-sync-flywheel-0"
+    else:
+        assert len(settings.replicas) == 3 and settings.durable == "adapter-sync"
+
+
+@pytest.mark.parametrize("values", ["defaults", "external-s3", "example-gpu"])
+@pytest.mark.parametrize("comp", sorted(SETTINGS_CLASSES))
+def test_services_load_their_settings_from_the_rendered_environment(
+    values: str, comp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each service's real settings class reads the env the chart renders (a wrong name or format fails)."""
+    import importlib
+    import os
+
+    from flywheel_common.settings import load_settings
+
+    module, name = SETTINGS_CLASSES[comp]
+    settings_class = getattr(importlib.import_module(module), name)
+    container = component(objects(values), "Deployment", comp)["spec"]["template"]["spec"]["containers"][0]
+    env = _resolved_env(container)
+    for key in list(os.environ):
+        if key.startswith("FLYWHEEL_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(settings_class)
+    assert str(settings.port) == env[f"{settings_class.model_config['env_prefix']}PORT"]
+    if comp == "gateway":
+        from flywheel_gateway.config import build_config
+
+        routes = [m["model_name"] for m in build_config(settings)["model_list"]]
+        assert routes[:2] == ["ft/*", "gemma-3-270m"]
+        assert settings.model_server_url == f"http://{RELEASE}-flywheel-model-server:8000/v1"
+        return
+    assert settings.log_format == "json" and settings.metrics_port == 9090
+    if comp == "sandbox-runner":
+        assert settings.max_concurrency == 4 and settings.unsafe_local is False
+        return
+    if comp == "trainer-svc":
+        lora = {**VALUE_SETS["defaults"], **VALUE_SETS[values]}.get("modelServer", {}).get("lora", {})
+        assert settings.max_lora_rank == lora.get("maxLoraRank", 64)
+        assert settings.slots == VALUE_SETS[values].get("trainer", {}).get("maxConcurrentJobs", 1)
+        assert str(settings.state_dir) == "/var/lib/flywheel/trainer"
+    assert settings.object_store.backend == "s3"
+    assert settings.object_store.endpoint == env["FLYWHEEL_OBJECT_STORE_ENDPOINT"]
+    assert settings.object_store.secure is (values != "defaults")
+    assert settings.object_store.secret_key.get_secret_value() == "sk-stand-in-for-secretKey"
+    assert settings.nats.url == env["FLYWHEEL_NATS_URL"]

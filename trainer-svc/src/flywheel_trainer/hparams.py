@@ -1,0 +1,162 @@
+"""Validation of a CreateFineTuneJob request and resolution of its defaults.
+
+Plain functions over the protobuf messages; no torch import, so the service validates a request
+in milliseconds. The resolved values are written back into the job's ``hyperparameters`` (so a
+client sees what will run) and into a flat dict the training process reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flywheel.trainer.v1 import trainer_pb2
+from flywheel_common.errors import FailedPrecondition, InvalidArgument
+from flywheel_trainer.catalog import NAME_RE, BaseModelInfo
+from flywheel_trainer.settings import TrainerSettings
+
+SCHEDULERS = {
+    trainer_pb2.LR_SCHEDULER_UNSPECIFIED: "cosine",
+    trainer_pb2.LR_SCHEDULER_COSINE: "cosine",
+    trainer_pb2.LR_SCHEDULER_LINEAR: "linear",
+    trainer_pb2.LR_SCHEDULER_CONSTANT: "constant_with_warmup",
+}
+F = "job.hyperparameters"
+
+
+def resolve(
+    job: trainer_pb2.FineTuneJob, settings: TrainerSettings, base: BaseModelInfo, gpu: bool
+) -> dict[str, Any]:
+    """Fill the defaults into ``job.hyperparameters`` in place; return the flat dict for the worker.
+
+    Raises InvalidArgument naming the field for a bad value and FailedPrecondition for a request
+    this trainer cannot run (NF4 without a GPU).
+    """
+    hp = job.hyperparameters
+    sft = job.method == trainer_pb2.FINE_TUNE_METHOD_SFT
+    lora = hp.lora
+    if lora.rank < 0:
+        raise InvalidArgument(f"{F}.lora.rank", f"must be positive, got {lora.rank}")
+    lora.rank = lora.rank or 16
+    if lora.rank > settings.max_lora_rank:
+        raise InvalidArgument(
+            f"{F}.lora.rank",
+            f"rank {lora.rank} is over the serving limit max_lora_rank={settings.max_lora_rank} "
+            "(FLYWHEEL_TRAINER_MAX_LORA_RANK, the model server's --max-lora-rank)",
+        )
+    if lora.alpha < 0:
+        raise InvalidArgument(f"{F}.lora.alpha", f"must be positive, got {lora.alpha}")
+    lora.alpha = lora.alpha or 32.0
+    if not lora.HasField("dropout"):
+        lora.dropout = 0.05
+    if not 0.0 <= lora.dropout < 1.0:
+        raise InvalidArgument(f"{F}.lora.dropout", f"must be in [0, 1), got {lora.dropout}")
+    targets = list(lora.target_modules) or [
+        m for m in base.default_target_modules if m in settings.serving_target_modules
+    ]
+    if not targets:
+        raise FailedPrecondition(
+            f"base model {base.name} has no projection module the model server can adapt "
+            f"(it has {base.default_target_modules}, serving allows {settings.serving_target_modules})"
+        )
+    for module in targets:
+        if module not in settings.serving_target_modules:
+            raise InvalidArgument(
+                f"{F}.lora.target_modules",
+                f"{module!r} is not a module the model server can apply LoRA to "
+                f"(FLYWHEEL_TRAINER_SERVING_TARGET_MODULES: {settings.serving_target_modules})",
+            )
+        if base.default_target_modules and module not in base.default_target_modules:
+            raise InvalidArgument(
+                f"{F}.lora.target_modules",
+                f"{module!r} is not a projection of base model {base.name} (it has {base.default_target_modules})",
+            )
+    del lora.target_modules[:]
+    lora.target_modules.extend(targets)
+
+    quant = hp.quantization
+    if quant.quantization == trainer_pb2.QUANTIZATION_UNSPECIFIED:
+        quant.quantization = trainer_pb2.QUANTIZATION_NONE
+    if quant.quantization == trainer_pb2.QUANTIZATION_NF4:
+        if not quant.HasField("double_quantization"):
+            quant.double_quantization = True
+        if not gpu:
+            raise FailedPrecondition(
+                "job.hyperparameters.quantization: NF4 (QLoRA) needs a CUDA GPU and this trainer has none; "
+                "use QUANTIZATION_NONE (plain LoRA) here or run the trainer on a GPU node"
+            )
+
+    if hp.epochs < 0:
+        raise InvalidArgument(f"{F}.epochs", f"must be positive, got {hp.epochs}")
+    hp.epochs = hp.epochs or 1.0
+    if hp.max_steps < 0:
+        raise InvalidArgument(f"{F}.max_steps", f"must be >= 0, got {hp.max_steps}")
+    if hp.learning_rate < 0:
+        raise InvalidArgument(f"{F}.learning_rate", f"must be positive, got {hp.learning_rate}")
+    hp.learning_rate = hp.learning_rate or (2e-4 if sft else 5e-6)
+    if hp.scheduler not in SCHEDULERS:
+        raise InvalidArgument(f"{F}.scheduler", f"unknown scheduler {hp.scheduler}")
+    if hp.scheduler == trainer_pb2.LR_SCHEDULER_UNSPECIFIED:
+        hp.scheduler = trainer_pb2.LR_SCHEDULER_COSINE
+    if not hp.HasField("warmup_ratio"):
+        hp.warmup_ratio = 0.03
+    if not 0.0 <= hp.warmup_ratio < 1.0:
+        raise InvalidArgument(f"{F}.warmup_ratio", f"must be in [0, 1), got {hp.warmup_ratio}")
+    for name in ("batch_size", "gradient_accumulation_steps", "max_seq_length", "checkpoint_every_steps"):
+        if getattr(hp, name) < 0:
+            raise InvalidArgument(f"{F}.{name}", f"must be >= 0, got {getattr(hp, name)}")
+    hp.batch_size = hp.batch_size or settings.default_batch_size
+    hp.gradient_accumulation_steps = (
+        hp.gradient_accumulation_steps or settings.default_gradient_accumulation_steps
+    )
+    hp.max_seq_length = hp.max_seq_length or 2048
+    if base.max_position_embeddings and hp.max_seq_length > base.max_position_embeddings:
+        raise InvalidArgument(
+            f"{F}.max_seq_length",
+            f"{hp.max_seq_length} is longer than base model {base.name}'s context of "
+            f"{base.max_position_embeddings} tokens",
+        )
+    if not hp.HasField("seed"):
+        hp.seed = 42
+    hp.checkpoint_every_steps = hp.checkpoint_every_steps or settings.default_checkpoint_every_steps
+    if hp.dpo_beta < 0:
+        raise InvalidArgument(f"{F}.dpo_beta", f"must be positive, got {hp.dpo_beta}")
+    if not sft:
+        hp.dpo_beta = hp.dpo_beta or 0.1
+        if hp.packing:
+            raise InvalidArgument(f"{F}.packing", "packing is for SFT only; DPO pairs are never packed")
+    return worker_hparams(hp)
+
+
+def worker_hparams(hp: trainer_pb2.Hyperparameters) -> dict[str, Any]:
+    """The flat, resolved dict the training process reads from ``spec.json``."""
+    return {
+        "lora_rank": hp.lora.rank,
+        "lora_alpha": hp.lora.alpha,
+        "lora_dropout": hp.lora.dropout,
+        "target_modules": list(hp.lora.target_modules),
+        "quantization": "NF4" if hp.quantization.quantization == trainer_pb2.QUANTIZATION_NF4 else "NONE",
+        "double_quantization": hp.quantization.double_quantization,
+        "epochs": hp.epochs,
+        "max_steps": hp.max_steps,
+        "learning_rate": hp.learning_rate,
+        "scheduler": SCHEDULERS[hp.scheduler],
+        "warmup_ratio": hp.warmup_ratio,
+        "batch_size": hp.batch_size,
+        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+        "max_seq_length": hp.max_seq_length,
+        "packing": hp.packing,
+        "seed": hp.seed,
+        "checkpoint_every_steps": hp.checkpoint_every_steps,
+        "dpo_beta": hp.dpo_beta,
+    }
+
+
+def check_names(job: trainer_pb2.FineTuneJob) -> None:
+    if not job.base_model:
+        raise InvalidArgument("job.base_model", "required: a base model name (see ListBaseModels)")
+    if not job.dataset_id:
+        raise InvalidArgument("job.dataset_id", "required: the id of a dataset built by the dataset builder")
+    if job.method not in (trainer_pb2.FINE_TUNE_METHOD_SFT, trainer_pb2.FINE_TUNE_METHOD_DPO):
+        raise InvalidArgument("job.method", "required: FINE_TUNE_METHOD_SFT or FINE_TUNE_METHOD_DPO")
+    if not NAME_RE.match(job.adapter_name):
+        raise InvalidArgument("job.adapter_name", f"{job.adapter_name!r} must match {NAME_RE.pattern}")

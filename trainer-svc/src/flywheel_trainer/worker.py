@@ -1,0 +1,390 @@
+"""One fine-tune job in its own process: ``python -m flywheel_trainer.worker <job_dir>``.
+
+The service starts one of these per job (so a crash or an out-of-memory kills only that job) and
+reads its progress from stdout: every line that starts with :data:`PREFIX` is a JSON record
+(``device``, ``plan``, ``log``, ``checkpoint``, ``done``, ``error``); anything else the libraries
+print goes to the job's log. The recipe is setup → train (checkpoint every N steps to the object
+store) → save the adapter into ``<job_dir>/output`` → exit. The service publishes the output.
+
+Resume: checkpoints are uploaded to ``trainer/checkpoints/<job_id>/checkpoint-<step>/`` with a
+completion marker; a restarted worker downloads the newest complete one and hands it to the
+Hugging Face Trainer, which restores weights, optimizer, scheduler, RNG states and the position
+in the (seeded) data order, so the resumed run reaches the same state as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+PREFIX = "@@flywheel "
+CHECKPOINTS_PREFIX = "trainer/checkpoints/"
+_stop_requested = False
+
+
+def emit(kind: str, **fields: Any) -> None:
+    sys.stdout.write(PREFIX + json.dumps({"type": kind, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Stop at the next step boundary; the service SIGKILLs us after its grace period anyway.
+    global _stop_requested
+    _stop_requested = True
+
+
+def cuda_sft_overrides(packing: bool = True) -> dict[str, Any]:
+    """SFTConfig options the worker uses on a CUDA GPU (also what bench/bench_sft_gpu.py measures).
+
+    * padding-free batches: the examples of a micro-batch are concatenated into one row with
+      per-example position ids (transformers builds the block-diagonal causal mask from them), so
+      no FLOP is spent on padding; with ``packing`` (best-fit decreasing) rows are also full;
+    * fused linear + cross-entropy (Liger) when ``liger-kernel`` is installed: the vocabulary-size
+      logits are never materialised, which is most of the activation memory of small models;
+    * no activation recomputation (TRL turns gradient checkpointing on by default): LoRA keeps
+      the activations of a 1-2 B model at 2k-8k tokens per micro-batch well inside GPU memory;
+    * 4 packed rows of up to max_length tokens per micro-batch: large token batches keep the
+      GEMMs efficient.
+    """
+    import importlib.util
+
+    return {
+        "packing": packing,
+        "padding_free": True,
+        "gradient_checkpointing": False,
+        "use_liger_kernel": importlib.util.find_spec("liger_kernel") is not None,
+        "per_device_train_batch_size": 4,
+        "bf16": True,
+        "tf32": True,
+    }
+
+
+def checkpoint_prefix(job_id: str) -> str:
+    return f"{CHECKPOINTS_PREFIX}{job_id}/"
+
+
+def latest_checkpoint(store: Any, job_id: str) -> tuple[int, str] | None:
+    """(step, prefix) of the newest checkpoint whose upload finished, or None."""
+    from flywheel_trainer.storeio import COMPLETE_MARKER
+
+    best: tuple[int, str] | None = None
+    for info in store.list(checkpoint_prefix(job_id)):
+        match = re.search(r"/checkpoint-(\d+)/" + COMPLETE_MARKER + "$", info.key)
+        if match:
+            step = int(match.group(1))
+            if best is None or step > best[0]:
+                best = (step, info.key[: -len(COMPLETE_MARKER)])
+    return best
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:0 ({torch.cuda.get_device_name(0)})"
+    return "cpu"
+
+
+def _load_rows(store: Any, key: str | None) -> list[dict[str, Any]] | None:
+    from flywheel_trainer.catalog import read_jsonl
+
+    return read_jsonl(store, key) if key else None
+
+
+def _normalise_preference(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep only prompt/chosen/rejected (TRL's preference format, plain or conversational)."""
+    return [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
+
+
+def run(job_dir: Path) -> int:
+    spec = json.loads((job_dir / "spec.json").read_text())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_CACHE", str(job_dir / "hf-datasets"))
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
+    from flywheel_trainer import catalog
+    from flywheel_trainer.storeio import download_dir, upload_dir
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    store = open_object_store(ObjectStoreSettings())
+    job_id = spec["job_id"]
+    hp = spec["hyperparameters"]
+    method = spec["method"]  # "SFT" or "DPO"
+    device = _device_name()
+    emit("device", device=device)
+    if hp["quantization"] == "NF4" and not torch.cuda.is_available():
+        emit("error", code=9, message="NF4 (QLoRA) needs a CUDA GPU and this trainer process sees none")
+        return 3
+
+    base_dir = catalog.fetch_base_model(store, spec["base_model"], Path(spec["cache_dir"]))
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = catalog.DEFAULT_CHAT_TEMPLATE
+
+    dataset = catalog.dataset_info(store, spec["dataset_id"])
+    train_rows = _load_rows(store, dataset.train_key) or []
+    eval_rows = _load_rows(store, dataset.validation_key)
+    if method == "SFT":
+        train_rows = [{"messages": r["messages"]} for r in train_rows]
+        eval_rows = [{"messages": r["messages"]} for r in eval_rows] if eval_rows else None
+    else:
+        train_rows = _normalise_preference(train_rows)
+        eval_rows = _normalise_preference(eval_rows) if eval_rows else None
+    train_ds = Dataset.from_list(train_rows)
+    eval_ds = Dataset.from_list(eval_rows) if eval_rows else None
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    model_kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
+    if hp["quantization"] == "NF4":
+        from transformers import BitsAndBytesConfig
+
+        model_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=hp["double_quantization"],
+            bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float16,
+        )
+    if cuda and method == "SFT" and hp["packing"]:
+        # Packed rows padded to one fixed length: flex attention computes only the diagonal blocks
+        # of the block-causal mask and its compiled kernel is built once (3.4x TRL defaults, README).
+        model_kwargs["attn_implementation"] = "flex_attention"
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **model_kwargs)
+    if hp["quantization"] == "NF4":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+    lora = LoraConfig(
+        r=hp["lora_rank"],
+        lora_alpha=hp["lora_alpha"],
+        lora_dropout=hp["lora_dropout"],
+        target_modules=hp["target_modules"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+    out_dir = job_dir / "hf"
+    common: dict[str, Any] = {
+        "output_dir": str(out_dir),
+        "num_train_epochs": hp["epochs"],
+        "max_steps": hp["max_steps"] if hp["max_steps"] > 0 else -1,
+        "learning_rate": hp["learning_rate"],
+        "lr_scheduler_type": hp["scheduler"],
+        "warmup_steps": hp["warmup_ratio"],  # a float in [0, 1) is a ratio of the total steps
+        "per_device_train_batch_size": hp["batch_size"],
+        "per_device_eval_batch_size": hp["batch_size"],
+        "gradient_accumulation_steps": hp["gradient_accumulation_steps"],
+        "seed": hp["seed"],
+        "data_seed": hp["seed"],
+        "logging_steps": spec["logging_steps"],
+        "save_strategy": "steps",
+        "save_steps": hp["checkpoint_every_steps"],
+        "save_total_limit": 2,
+        "eval_strategy": "steps" if eval_ds is not None else "no",
+        "eval_steps": hp["checkpoint_every_steps"] if eval_ds is not None else None,
+        "report_to": [],
+        "bf16": bf16,
+        "max_grad_norm": 1.0,
+        "include_num_input_tokens_seen": "non_padding",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "use_cpu": not cuda,
+        "max_length": hp["max_seq_length"],
+    }
+    if method == "SFT":
+        from trl import SFTConfig, SFTTrainer
+
+        sft: dict[str, Any] = {**common, "packing": hp["packing"], "assistant_only_loss": True}
+        if cuda:
+            sft.update(
+                cuda_sft_overrides(hp["packing"]), per_device_train_batch_size=hp["batch_size"], bf16=bf16
+            )
+        args = SFTConfig(**sft)
+        trainer_cls: Any = SFTTrainer
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**common, beta=hp["dpo_beta"], dataset_num_proc=None)
+        trainer_cls = DPOTrainer
+
+    started = time.monotonic()
+    state_box: dict[str, Any] = {"last_tokens": None, "last_time": None, "start_step": None}
+
+    class Reporter(TrainerCallback):
+        """Streams logs and checkpoints to the service; honours a stop request."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            emit("plan", total_steps=state.max_steps, start_step=state.global_step)
+            state_box.update(
+                last_tokens=state.num_input_tokens_seen,
+                last_time=time.monotonic(),
+                start_step=state.global_step,
+            )
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if spec.get("step_delay_s"):
+                time.sleep(spec["step_delay_s"])
+            if _stop_requested:
+                control.should_training_stop = True
+                control.should_save = False
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            logs = dict(logs or {})
+            now = time.monotonic()
+            tokens = state.num_input_tokens_seen
+            tps = 0.0
+            if state_box["last_time"] is not None and now > state_box["last_time"]:
+                tps = (tokens - state_box["last_tokens"]) / (now - state_box["last_time"])
+            if "loss" in logs or "train_loss" not in logs:
+                state_box.update(last_tokens=tokens, last_time=now)
+            done = state.global_step - (state_box["start_step"] or 0)
+            eta = None
+            if done > 0:
+                eta = (now - started) / done * max(0, state.max_steps - state.global_step)
+            extra = {
+                k: float(v)
+                for k, v in logs.items()
+                if isinstance(v, int | float)
+                and k not in {"loss", "learning_rate", "grad_norm", "eval_loss", "epoch"}
+                and not math.isnan(float(v))
+            }
+            emit(
+                "log",
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=float(state.epoch or 0.0),
+                loss=logs.get("loss"),
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                eval_loss=logs.get("eval_loss"),
+                tokens_per_second=tps if "loss" in logs else None,
+                eta_s=eta,
+                extra=extra,
+            )
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            local = out_dir / f"checkpoint-{state.global_step}"
+            if not local.is_dir():
+                return
+            prefix = f"{checkpoint_prefix(job_id)}checkpoint-{state.global_step}/"
+            upload_dir(store, local, prefix, overwrite=True)
+            size = sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+            emit("checkpoint", step=state.global_step, key=prefix, size=size)
+            # Keep the newest two checkpoints in the store; cancel and failures keep them too.
+            for old in _older_checkpoints(store, job_id, keep=2):
+                for info in list(store.list(old)):
+                    store.delete(info.key)
+
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[Reporter()],
+    )
+    resume = latest_checkpoint(store, job_id)
+    resume_path = None
+    if resume is not None:
+        resume_path = download_dir(store, resume[1], job_dir / "resume" / f"checkpoint-{resume[0]}")
+        emit("resuming", step=resume[0])
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_path) if resume_path else None)
+    except torch.OutOfMemoryError as err:
+        emit("error", code=8, message=f"out of memory while training: {str(err).splitlines()[0]}")
+        return 4
+    if _stop_requested:
+        emit("stopped", step=trainer.state.global_step)
+        return 5
+    if eval_ds is not None:
+        trainer.evaluate()  # the final eval loss goes into the logs, the manifest and the adapter
+
+    output = job_dir / "output"
+    output.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    if not (output / "chat_template.jinja").exists():
+        (output / "chat_template.jinja").write_text(tokenizer.chat_template)
+    # vLLM's resolver and Flywheel's serving match the adapter to the base model by NAME.
+    cfg_path = output / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = spec["base_model"]
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    history = trainer.state.log_history
+    (output / "training_log.json").write_text(json.dumps(history, indent=1))
+    _plot_loss(history, output / "loss_curve.png", title=f"{job_id} ({method})")
+    assert isinstance(trainer.model, PeftModel)
+    emit("done", output=str(output), step=trainer.state.global_step, elapsed_s=time.monotonic() - started)
+    return 0
+
+
+def _older_checkpoints(store: Any, job_id: str, keep: int) -> list[str]:
+    from flywheel_trainer.storeio import COMPLETE_MARKER
+
+    steps = []
+    for info in store.list(checkpoint_prefix(job_id)):
+        match = re.search(r"/checkpoint-(\d+)/" + COMPLETE_MARKER + "$", info.key)
+        if match:
+            steps.append((int(match.group(1)), info.key[: -len(COMPLETE_MARKER)]))
+    steps.sort()
+    return [prefix for _, prefix in steps[:-keep]] if len(steps) > keep else []
+
+
+def _plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> int:
+    from flywheel_common.procs import die_with_parent
+
+    die_with_parent()  # the service's death stops training (its restart resumes from a checkpoint)
+    job_dir = Path(sys.argv[1])
+    try:
+        return run(job_dir)
+    except Exception as err:
+        (job_dir / "traceback.txt").write_text(traceback.format_exc())
+        message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
+        code = 8 if "out of memory" in message.lower() else 13
+        emit("error", code=code, message=message[:500])
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
