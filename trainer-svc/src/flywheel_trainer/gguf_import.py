@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 GEMMA_NAME = "gemma-3-270m"
 GEMMA_DESCRIPTION = (
@@ -60,10 +61,98 @@ def convert(gguf: Path, out_dir: Path) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     fresh.save_pretrained(tmp)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    fields = _gguf_fields(gguf)
+    if _is_gemma_sentencepiece(fields):
+        tokenizer = gemma_tokenizer(fields)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    del fields
     tokenizer.save_pretrained(tmp)
     tmp.rename(out_dir)
     return out_dir
+
+
+def _gguf_fields(gguf: Path) -> dict[str, Any]:
+    from gguf import GGUFReader
+
+    return dict(GGUFReader(str(gguf)).fields)
+
+
+def _is_gemma_sentencepiece(fields: dict[str, Any]) -> bool:
+    model = fields.get("tokenizer.ggml.model")
+    arch = fields.get("general.architecture")
+    return (
+        model is not None
+        and model.contents() == "llama"
+        and arch is not None
+        and arch.contents() in {"gemma", "gemma2", "gemma3"}
+    )
+
+
+def gemma_tokenizer(fields: dict[str, Any]) -> Any:
+    """Gemma's tokenizer rebuilt from the GGUF metadata: byte-fallback BPE that adds BOS, like the original.
+
+    transformers' own GGUF tokenizer conversion depends on its version: the pinned one (5.17) makes
+    Gemma's vocabulary a Unigram model whose scores do not rank the pieces, so text is split into
+    single characters and no BOS is added (the real weights then score ~13 nats per token), while
+    later versions rebuild BPE merges. So the importer rebuilds the merges itself, as later
+    transformers does: the file lists no merges; Gemma's scores do not follow its merge order, but
+    the token order does; tokens of several spaces are stored as spaces where the tokenizer looks
+    for "\u2581" pieces.
+    """
+    from transformers import AddedToken
+    from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
+
+    spelled = list(fields["tokenizer.ggml.tokens"].contents())
+    tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in spelled]
+    types = list(fields["tokenizer.ggml.token_type"].contents())
+    vocab = {token: index for index, token in enumerate(tokens)}
+
+    def special(key: str, default: str) -> str:
+        field = fields.get(f"tokenizer.ggml.{key}")
+        return tokens[int(field.contents())] if field is not None else default
+
+    def flag(key: str, default: bool) -> bool:
+        field = fields.get(f"tokenizer.ggml.{key}")
+        return bool(field.contents()) if field is not None else default
+
+    tokenizer = GemmaTokenizer(
+        vocab=vocab,
+        merges=_merges_by_token_order(vocab),
+        unk_token=special("unknown_token_id", "<unk>"),
+        bos_token=special("bos_token_id", "<bos>"),
+        eos_token=special("eos_token_id", "<eos>"),
+        pad_token=special("padding_token_id", "<pad>"),
+        add_bos_token=flag("add_bos_token", True),
+        add_eos_token=flag("add_eos_token", False),
+    )
+    # GGUF token types: 3 is CONTROL (special, kept whole), 4 is USER_DEFINED (kept whole, not special).
+    control = [
+        AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types, strict=True) if k == 3
+    ]
+    tokenizer.add_tokens(control, special_tokens=True)
+    user = [
+        AddedToken(t, normalized=False, special=False)
+        for t, k in zip(spelled, types, strict=True)
+        if k == 4 and t in vocab
+    ]
+    tokenizer.add_tokens(user)
+    return tokenizer
+
+
+def _merges_by_token_order(vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """BPE merges implied by a vocabulary: every split of a token into two tokens, earliest token first."""
+    merges = []
+    for token, index in vocab.items():
+        local = []
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                local.append((vocab[left], vocab[right], left, right))
+        local.sort()
+        merges.extend((index, len(left), len(right), left, right) for _, _, left, right in local)
+    merges.sort(key=lambda m: (m[0], -m[1], -m[2]))
+    return [(left, right) for _, _, _, left, right in merges]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,7 +114,7 @@ def run(job_dir: Path) -> int:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 
     from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
     from flywheel_trainer import catalog
@@ -293,6 +293,12 @@ def run(job_dir: Path) -> int:
                 for info in list(store.list(old)):
                     store.delete(info.key)
 
+    # The trainer wraps the model in PEFT in its constructor, and LoRA initialises lora_A randomly.
+    # TRL 1.13 (the pinned version) does not seed before that (later TRL does), so without this the
+    # initial adapter depends on whatever drew from the global RNGs in this process before, and an
+    # uninterrupted run and a resumed one (whose first part started from its own initial adapter)
+    # end with different weights. Seeding here makes the initial adapter a function of the seed.
+    set_seed(hp["seed"])
     trainer = trainer_cls(
         model=model,
         args=args,
