@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+from flywheel_common.server import write_ready_file
 from flywheel_gateway.config import build_config, render_config
 from flywheel_gateway.settings import GatewaySettings
 
@@ -95,10 +95,7 @@ async def serve(settings: GatewaySettings) -> None:
         sync_task = asyncio.create_task(run_adapter_sync(stop=task))
         sync_task.add_done_callback(_report_sync_end)
     if server.started and settings.ready_file is not None:
-        settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = settings.ready_file.with_name(f".{settings.ready_file.name}.tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "port": port, "metrics_port": None, "service": NAME}))
-        os.replace(tmp, settings.ready_file)
+        write_ready_file(settings.ready_file, NAME, port)
     log.info("%s serving on %s:%d", NAME, settings.host, port, extra={"port": port})
     try:
         await task

@@ -333,19 +333,8 @@ class GrpcApp:
         return self.port
 
     def _write_ready_file(self) -> None:
-        path = self.settings.ready_file
-        if path is None:
-            return
-        info = {
-            "pid": os.getpid(),
-            "port": self.port,
-            "metrics_port": self.metrics_port,
-            "service": self.name,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, path)
+        if self.settings.ready_file is not None:
+            write_ready_file(self.settings.ready_file, self.name, self.port, self.metrics_port)
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, let in-flight RPCs finish within the grace period, then run the shutdown hooks."""
@@ -405,8 +394,21 @@ def run_service(name: str, settings_cls: type[S], build: Callable[[S], GrpcApp])
     return 0
 
 
+def write_ready_file(path: Path, service: str, port: int, metrics_port: int | None = None) -> None:
+    """Atomically write the ready file (JSON: pid, port, metrics_port, service) once serving.
+
+    Every service, gRPC or HTTP, writes it the same way; `flywheel up` and the tests read it
+    with :func:`ready_file_info`. Temp file then rename: a reader never sees half of it.
+    """
+    info = {"pid": os.getpid(), "port": port, "metrics_port": metrics_port, "service": service}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
 def ready_file_info(path: Path) -> dict[str, Any] | None:
-    """Read a ready file written by :class:`GrpcApp`, or None while it does not exist yet."""
+    """Read a ready file written by :func:`write_ready_file`, or None while it does not exist yet."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

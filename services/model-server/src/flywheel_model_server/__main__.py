@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import socket
 import sys
 
 import uvicorn
 
 from flywheel_common.logs import configure_logging
+from flywheel_common.server import write_ready_file
 from flywheel_common.settings import SettingsError, load_settings
 from flywheel_model_server.app import build_app
 from flywheel_model_server.settings import ModelServerSettings
@@ -43,10 +42,7 @@ async def serve(settings: ModelServerSettings) -> None:
     while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn offers only a flag
         await asyncio.sleep(0.02)
     if server.started and settings.ready_file is not None:
-        settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = settings.ready_file.with_name(f".{settings.ready_file.name}.tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "port": port, "metrics_port": None, "service": NAME}))
-        os.replace(tmp, settings.ready_file)
+        write_ready_file(settings.ready_file, NAME, port)
     log.info("%s serving on %s:%d", NAME, settings.host, port, extra={"port": port})
     try:
         await task
