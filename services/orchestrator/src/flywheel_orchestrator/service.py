@@ -1,44 +1,184 @@
 """The gRPC surface of the agent orchestrator.
 
-Thin transport: the servicer maps protobuf messages to the domain code and back. Every RPC of
-``flywheel.orchestrator.v1.OrchestratorService`` that is not defined here answers UNIMPLEMENTED with a message that
-names it and the work that brings it (issue #5 (loops: issue #10)).
+Thin transport: the servicer maps protobuf messages to the domain code (suites.py, runs.py,
+evaluations.py) and back. RPCs not defined here answer UNIMPLEMENTED naming the issue that
+brings them.
 """
 
 from __future__ import annotations
 
-from flywheel.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
+from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
+from flywheel_common.errors import InvalidArgument, NotFound
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
+from flywheel_orchestrator.evaluations import EvaluationManager
+from flywheel_orchestrator.model import ModelClient
+from flywheel_orchestrator.runs import RunManager
+from flywheel_orchestrator.sandbox import SandboxClient
 from flywheel_orchestrator.settings import OrchestratorSettings
+from flywheel_orchestrator.suites import SuiteCatalog
 
 NAME = "orchestrator"
-DESCRIPTOR = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
+DESCRIPTOR = opb.DESCRIPTOR.services_by_name["OrchestratorService"]
+UNIMPLEMENTED_ISSUE = "issue #10"
+
+
+def page(items: list[Any], page_size: int, page_token: str, field: str = "page_token") -> tuple[list[Any], str]:
+    """Offset pagination over an in-memory list (tokens are decimal offsets)."""
+    size = 50 if page_size <= 0 else min(page_size, 1000)
+    try:
+        start = int(page_token) if page_token else 0
+    except ValueError:
+        raise InvalidArgument(field, f"{page_token!r} is not a page token from this service") from None
+    if start < 0:
+        raise InvalidArgument(field, f"{page_token!r} is not a page token from this service")
+    chunk = items[start : start + size]
+    return chunk, str(start + size) if start + size < len(items) else ""
+
+
+class Orchestrator:
+    """Everything the servicer needs, opened at start-up and closed at shutdown."""
+
+    def __init__(self, settings: OrchestratorSettings, deps: Dependencies) -> None:
+        self.settings = settings
+        self.deps = deps
+        self.catalog = SuiteCatalog(settings.suite_dirs)
+        self.models = ModelClient(
+            settings.base_url,
+            settings.gateway_api_key.get_secret_value(),
+            max_retries=settings.model_max_retries,
+            timeout_s=settings.model_timeout_s,
+            concurrency=settings.model_concurrency,
+        )
+        self.sandbox = SandboxClient(settings.sandbox_address, call_timeout_s=settings.sandbox_timeout_s)
+        self.runs = RunManager(settings, lambda: deps.store, self._bus, self.catalog, self.models, self.sandbox)
+        self.evaluations = EvaluationManager(lambda: deps.store, self._bus, self.runs)
+
+    def _bus(self):  # noqa: ANN202 - EventBus | None
+        return self.deps.bus if self.deps.want_events else None
+
+    async def start(self) -> None:
+        self.catalog.store = self.deps.store
+        self.catalog.reload()
+        await self.runs.start()
+        await self.evaluations.start()
+
+    async def stop(self) -> None:
+        await self.evaluations.stop()
+        await self.runs.stop()
+        await self.sandbox.close()
+        await self.models.close()
 
 
 class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     """``flywheel.orchestrator.v1.OrchestratorService``."""
 
-    def __init__(self, settings: OrchestratorSettings, deps: Dependencies) -> None:
-        self.settings = settings
-        self.deps = deps
+    def __init__(self, core: Orchestrator) -> None:
+        self.core = core
+
+    # ---------------------------------------------------------------------------- suites
+
+    async def ListSuites(self, request: opb.ListSuitesRequest, context: grpc.aio.ServicerContext) -> opb.ListSuitesResponse:
+        suites = [self.core.catalog.suites[n].to_proto() for n in sorted(self.core.catalog.suites)]
+        chunk, token = page(suites, request.page_size, request.page_token)
+        return opb.ListSuitesResponse(suites=chunk, next_page_token=token)
+
+    async def GetSuite(self, request: opb.GetSuiteRequest, context: grpc.aio.ServicerContext) -> opb.GetSuiteResponse:
+        if not request.suite:
+            raise InvalidArgument("suite", "is required")
+        suite = self.core.catalog.get(request.suite)
+        if suite is None:
+            known = ", ".join(sorted(self.core.catalog.suites)) or "none"
+            raise NotFound(f"suite {request.suite!r} does not exist (known: {known})")
+        return opb.GetSuiteResponse(suite=suite.to_proto())
+
+    # ---------------------------------------------------------------------------- runs
+
+    async def CreateRun(self, request: opb.CreateRunRequest, context: grpc.aio.ServicerContext) -> opb.CreateRunResponse:
+        if not request.HasField("run"):
+            raise InvalidArgument("run", "is required")
+        return opb.CreateRunResponse(run=await self.core.runs.create(request.run, request.request_id))
+
+    async def GetRun(self, request: opb.GetRunRequest, context: grpc.aio.ServicerContext) -> opb.GetRunResponse:
+        if not request.run_id:
+            raise InvalidArgument("run_id", "is required")
+        return opb.GetRunResponse(run=self.core.runs.get(request.run_id))
+
+    async def ListRuns(self, request: opb.ListRunsRequest, context: grpc.aio.ServicerContext) -> opb.ListRunsResponse:
+        runs = self.core.runs.list(suite=request.suite, model=request.model, state=request.state, loop_id=request.loop_id)
+        chunk, token = page(runs, request.page_size, request.page_token)
+        return opb.ListRunsResponse(runs=chunk, next_page_token=token)
+
+    async def CancelRun(self, request: opb.CancelRunRequest, context: grpc.aio.ServicerContext) -> opb.CancelRunResponse:
+        if not request.run_id:
+            raise InvalidArgument("run_id", "is required")
+        return opb.CancelRunResponse(run=await self.core.runs.cancel(request.run_id))
+
+    async def WatchRun(self, request: opb.WatchRunRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[opb.WatchRunResponse]:
+        if not request.run_id:
+            raise InvalidArgument("run_id", "is required")
+        async for item in self.core.runs.watch(request.run_id):
+            yield item
+
+    # ---------------------------------------------------------------------------- evaluations
+
+    async def CreateEvaluation(
+        self, request: opb.CreateEvaluationRequest, context: grpc.aio.ServicerContext
+    ) -> opb.CreateEvaluationResponse:
+        if not request.HasField("evaluation"):
+            raise InvalidArgument("evaluation", "is required")
+        e = await self.core.evaluations.create(request.evaluation, request.request_id)
+        return opb.CreateEvaluationResponse(evaluation=e)
+
+    async def GetEvaluation(self, request: opb.GetEvaluationRequest, context: grpc.aio.ServicerContext) -> opb.GetEvaluationResponse:
+        if not request.evaluation_id:
+            raise InvalidArgument("evaluation_id", "is required")
+        return opb.GetEvaluationResponse(evaluation=self.core.evaluations.get(request.evaluation_id))
+
+    async def ListEvaluations(
+        self, request: opb.ListEvaluationsRequest, context: grpc.aio.ServicerContext
+    ) -> opb.ListEvaluationsResponse:
+        items = self.core.evaluations.list(suite=request.suite, state=request.state, loop_id=request.loop_id)
+        chunk, token = page(items, request.page_size, request.page_token)
+        return opb.ListEvaluationsResponse(evaluations=chunk, next_page_token=token)
+
+    async def CancelEvaluation(
+        self, request: opb.CancelEvaluationRequest, context: grpc.aio.ServicerContext
+    ) -> opb.CancelEvaluationResponse:
+        if not request.evaluation_id:
+            raise InvalidArgument("evaluation_id", "is required")
+        return opb.CancelEvaluationResponse(evaluation=await self.core.evaluations.cancel(request.evaluation_id))
+
+    async def WatchEvaluation(
+        self, request: opb.WatchEvaluationRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[opb.WatchEvaluationResponse]:
+        if not request.evaluation_id:
+            raise InvalidArgument("evaluation_id", "is required")
+        async for item in self.core.evaluations.watch(request.evaluation_id):
+            yield item
 
 
-fill_unimplemented(OrchestratorService, DESCRIPTOR, "issue #5 (loops: issue #10)")
+fill_unimplemented(OrchestratorService, DESCRIPTOR, UNIMPLEMENTED_ISSUE)
 
 
 def build_app(settings: OrchestratorSettings) -> GrpcApp:
     """The service's gRPC app, with the shared resources it needs opened at start-up."""
     deps = Dependencies(settings, NAME, events=True, objects=True)
-    servicer = OrchestratorService(settings, deps)
+    core = Orchestrator(settings, deps)
+    servicer = OrchestratorService(core)
     app = GrpcApp(
         NAME,
         settings,
-        [
-            ServiceBinding(
-                servicer, orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, DESCRIPTOR
-            )
-        ],
+        [ServiceBinding(servicer, orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, DESCRIPTOR)],
     )
     deps.attach(app)
+    app.on_startup.append(core.start)
+    app.on_shutdown.append(core.stop)  # hooks run in reverse: this one before the deps close
+    app.core = core  # type: ignore[attr-defined] - tests reach the managers through it
     return app

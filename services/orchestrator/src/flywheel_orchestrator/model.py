@@ -1,0 +1,150 @@
+"""Policies: where an episode's assistant turns come from.
+
+:class:`GatewayPolicy` calls a model through the gateway with the official OpenAI client, which
+already retries connection errors, 408/409/429 and 5xx answers with exponential back-off (we set
+the count and the timeout); a semaphore bounds the calls in flight across all episodes.
+:class:`ReferencePolicy` lives in ``reference.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import openai
+
+from flywheel.common.v1 import common_pb2
+
+
+@dataclass
+class ModelTurn:
+    """One assistant message as the policy produced it."""
+
+    content: str
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+    latency_s: float = 0.0
+
+
+class ModelError(Exception):
+    """The model could not be called (after retries); the episode ends as MODEL_ERROR."""
+
+
+class Policy(Protocol):
+    model: str
+
+    async def turn(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        sampling: common_pb2.SamplingParams,
+        timeout_s: float,
+    ) -> ModelTurn: ...
+
+
+def sampling_kwargs(sampling: common_pb2.SamplingParams) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if sampling.HasField("temperature"):
+        out["temperature"] = sampling.temperature
+    if sampling.HasField("top_p"):
+        out["top_p"] = sampling.top_p
+    if sampling.HasField("max_tokens"):
+        out["max_tokens"] = sampling.max_tokens
+    if sampling.HasField("seed"):
+        out["seed"] = sampling.seed
+    if sampling.stop:
+        out["stop"] = list(sampling.stop)
+    return out
+
+
+class ModelClient:
+    """One OpenAI client for the gateway, shared by every episode of the service."""
+
+    def __init__(
+        self, base_url: str, api_key: str, *, max_retries: int, timeout_s: float, concurrency: int
+    ) -> None:
+        self.client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "none", max_retries=max_retries, timeout=timeout_s
+        )
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.limit = asyncio.Semaphore(concurrency)
+
+    def policy(self, model: str) -> GatewayPolicy:
+        return GatewayPolicy(self, model)
+
+    async def describe(self, model: str) -> dict[str, Any]:
+        """What the gateway says about a model name (``root``/``parent`` when it is an adapter);
+        empty when it does not list it. Best-effort: used for lineage, never blocks a run."""
+        try:
+            listing = await self.client.models.list(timeout=10.0)
+        except Exception:
+            return {}
+        for entry in listing.data:
+            if entry.id == model:
+                return entry.model_dump()
+        return {}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+@dataclass
+class GatewayPolicy:
+    client: ModelClient
+    model: str
+
+    async def turn(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        sampling: common_pb2.SamplingParams,
+        timeout_s: float,
+    ) -> ModelTurn:
+        kwargs = sampling_kwargs(sampling)
+        if tools:
+            kwargs["tools"] = tools
+        async with self.client.limit:
+            started = time.perf_counter()
+            try:
+                reply = await self.client.client.chat.completions.create(
+                    model=self.model, messages=messages, timeout=timeout_s, **kwargs
+                )
+            except openai.APITimeoutError as err:
+                raise TimeoutError(f"model call timed out after {timeout_s:.1f} s") from err
+            except openai.APIStatusError as err:
+                raise ModelError(f"gateway answered HTTP {err.status_code}: {_message(err)}") from err
+            except openai.APIError as err:
+                raise ModelError(f"model call failed: {err}") from err
+            latency = time.perf_counter() - started
+        if not reply.choices:
+            raise ModelError("the gateway answered with no choices")
+        choice = reply.choices[0]
+        msg = choice.message
+        calls = [
+            {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            for c in (msg.tool_calls or [])
+            if getattr(c, "function", None) is not None
+        ]
+        usage = reply.usage
+        return ModelTurn(
+            content=msg.content or "",
+            tool_calls=calls,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=choice.finish_reason or "",
+            latency_s=latency,
+        )
+
+
+def _message(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(err.message)

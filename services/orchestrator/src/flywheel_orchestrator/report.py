@@ -1,0 +1,110 @@
+"""Evaluation reports: the JSON result, a Markdown report and a PNG chart."""
+
+from __future__ import annotations
+
+import io
+
+from google.protobuf import json_format
+
+from flywheel.common.v1 import common_pb2
+from flywheel.orchestrator.v1 import evaluation_pb2 as epb
+from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+
+#: (field, label, higher is better) of the headline metrics, in chart order.
+HEADLINE = (
+    ("pass_rate", "pass rate", True),
+    ("parse_errors_per_episode", "parse errors / episode", False),
+    ("write_rate", "write rate", True),
+    ("loop_detections_per_episode", "loop detections / episode", False),
+    ("mean_steps", "steps / episode", False),
+)
+
+
+def _secs(d) -> float:  # noqa: ANN001 - a Duration
+    return d.seconds + d.nanos / 1e9
+
+
+def to_json(evaluation: epb.Evaluation) -> bytes:
+    return json_format.MessageToJson(evaluation, preserving_proto_field_name=True, indent=2).encode()
+
+
+def to_markdown(e: epb.Evaluation) -> str:
+    split = common_pb2.TaskSplit.Name(e.split).removeprefix("TASK_SPLIT_").lower()
+    lines = [
+        f"# Evaluation {e.id}",
+        "",
+        f"Suite `{e.suite}` (version `{e.suite_version}`), {split} split, "
+        f"{len(e.task_results)} tasks, {e.rollouts_per_task or 1} rollout(s) per task and model. "
+        f"Baseline: `{e.baseline_model or e.models[0]}`.",
+        "",
+        "| model | episodes | pass rate | CI | parse errors/ep | write rate | loops/ep | steps/ep | tokens/ep | wall s/ep |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in e.model_metrics:
+        ci = m.pass_rate_ci
+        name = f"`{m.model}`" + (" (baseline)" if m.baseline else "")
+        lines.append(
+            f"| {name} | {m.episodes} | {m.pass_rate:.3f} | {ci.lower:.2f}–{ci.upper:.2f} ({ci.level:.0%}) "
+            f"| {m.parse_errors_per_episode:.2f} | {m.write_rate:.2f} | {m.loop_detections_per_episode:.2f} "
+            f"| {m.mean_steps:.1f} | {m.mean_prompt_tokens + m.mean_completion_tokens:.0f} | {_secs(m.mean_wall_time):.1f} |"
+        )
+    others = [m for m in e.model_metrics if not m.baseline]
+    if others:
+        lines += ["", "## Against the baseline", "", "| model | Δ pass rate | Δ parse errors/ep | Δ write rate | Δ loops/ep | Δ steps/ep |", "|---|---:|---:|---:|---:|---:|"]
+        for m in others:
+            d = m.delta_vs_baseline
+            lines.append(
+                f"| `{m.model}` | {d.pass_rate:+.3f} | {d.parse_errors_per_episode:+.2f} | {d.write_rate:+.2f} "
+                f"| {d.loop_detections_per_episode:+.2f} | {d.mean_steps:+.1f} |"
+            )
+    pass_k = [m for m in e.model_metrics if m.pass_at_k]
+    if pass_k:
+        lines += ["", "## pass@k", ""]
+        for m in pass_k:
+            lines.append(f"- `{m.model}`: " + ", ".join(f"pass@{p.k} = {p.value:.3f}" for p in m.pass_at_k))
+    lines += ["", "## Per task", "", "| task | " + " | ".join(f"`{m}`" for m in e.models) + " |",
+              "|---|" + "---|" * len(e.models)]
+    for row in e.task_results:
+        cells = []
+        for cell in row.models:
+            text = f"{cell.resolved}/{cell.rollouts}"
+            if cell.failure_categories:
+                cats = sorted({tpb.FailureCategory.Name(c).removeprefix("FAILURE_CATEGORY_").lower() for c in cell.failure_categories})
+                text += " (" + ", ".join(cats) + ")"
+            cells.append(text)
+        lines.append(f"| {row.task_id} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def chart_png(e: epb.Evaluation) -> bytes:
+    """One panel per headline metric, a bar per model (the pass rate with its interval)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m.model for m in e.model_metrics]
+    fig, axes = plt.subplots(1, len(HEADLINE), figsize=(3.2 * len(HEADLINE), 3.6))
+    colours = ["#7f7f7f" if m.baseline else "#1f77b4" for m in e.model_metrics]
+    for ax, (fld, label, higher) in zip(axes, HEADLINE, strict=True):
+        values = [getattr(m, fld) for m in e.model_metrics]
+        kwargs = {}
+        if fld == "pass_rate":
+            kwargs["yerr"] = [
+                [v - m.pass_rate_ci.lower for v, m in zip(values, e.model_metrics, strict=True)],
+                [m.pass_rate_ci.upper - v for v, m in zip(values, e.model_metrics, strict=True)],
+            ]
+            kwargs["capsize"] = 4
+        ax.bar(range(len(models)), values, color=colours, **kwargs)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels([m if len(m) <= 18 else m[:16] + "…" for m in models], rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{label} ({'↑' if higher else '↓'} better)", fontsize=9)
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=8)
+    fig.suptitle(f"{e.suite} · {common_pb2.TaskSplit.Name(e.split).removeprefix('TASK_SPLIT_').lower()} split", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
