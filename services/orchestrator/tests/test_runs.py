@@ -69,7 +69,9 @@ def user_texts(t: tpb.Trajectory) -> list[str]:
     return [s.content for s in t.steps if s.role == tpb.ROLE_USER]
 
 
-async def test_valid_json_episode_fixes_the_bug_and_is_stored(backends: Backends, service_env: dict[str, str]) -> None:
+async def test_valid_json_episode_fixes_the_bug_and_is_stored(
+    backends: Backends, service_env: dict[str, str]
+) -> None:
     respond = scripted(
         json_call("list_files", {"rel_dir": "."}),
         json_call("read_file", {"rel_path": "calc.py"}),
@@ -81,12 +83,21 @@ async def test_valid_json_episode_fixes_the_bug_and_is_stored(backends: Backends
         assert run.state == common_pb2.JOB_STATE_SUCCEEDED, run.error
         [t] = await stored(backends, run.id)
         assert run.counters.episodes_finished == 1 and run.counters.episodes_resolved == 1, t.outcome
-        assert run.counters.steps == 4 and run.counters.parse_errors == 0 and run.counters.episodes_with_write == 1
+        assert (
+            run.counters.steps == 4
+            and run.counters.parse_errors == 0
+            and run.counters.episodes_with_write == 1
+        )
     assert t.outcome.resolved and t.outcome.tests_passed == 2 == t.outcome.tests_total
     assert "+    return a + b" in t.outcome.final_patch
     assert t.teacher_kind == tpb.TEACHER_KIND_MODEL and t.policy.model == "scripted"
     assert t.task.suite == "mini" and t.task.split == TRAIN and t.task.suite_version
-    assert t.tool_protocol == common_pb2.TOOL_PROTOCOL_JSON and {x.name for x in t.tools} == {"list_files", "read_file", "grep", "write_file"}
+    assert t.tool_protocol == common_pb2.TOOL_PROTOCOL_JSON and {x.name for x in t.tools} == {
+        "list_files",
+        "read_file",
+        "grep",
+        "write_file",
+    }
     users = user_texts(t)
     assert users[1].startswith("[tool_result]\ncalc.py\ntests/test_calc.py")
     assert users[2] == "[tool_result]\n" + "def add(a, b):\n    return a - b\n"
@@ -96,17 +107,22 @@ async def test_valid_json_episode_fixes_the_bug_and_is_stored(backends: Backends
     assert t.sandbox.backend  # the real sandbox ran the tests
 
 
-async def test_malformed_turns_get_corrective_messages_and_stop_the_episode(backends: Backends, service_env: dict[str, str]) -> None:
+async def test_malformed_turns_get_corrective_messages_and_stop_the_episode(
+    backends: Backends, service_env: dict[str, str]
+) -> None:
     respond = scripted(
         text("I will read the file now."),  # not JSON
         text('{"type": "tool_call", "name": "read_file"'),  # truncated JSON
         text('{"type": "tool_call", "name": "run_tests", "args": {}}'),  # unknown tool
-        text('{"type":"tool_call","name":"read_file","args":{"rel_path":"calc.py"}} {"type":"final"}'),  # two actions
+        text(
+            '{"type":"tool_call","name":"read_file","args":{"rel_path":"calc.py"}} {"type":"final"}'
+        ),  # two actions
         json_call("read_file", {"rel_path": "../../etc/passwd"}),  # path escape
     )
     async with orchestrator(backends, service_env, respond) as h:
-        run = await run_to_end(h, split=TRAIN, task_ids=["add-bug"],
-                               limits=run_pb2.EpisodeLimits(max_consecutive_parse_errors=5))
+        run = await run_to_end(
+            h, split=TRAIN, task_ids=["add-bug"], limits=run_pb2.EpisodeLimits(max_consecutive_parse_errors=5)
+        )
         [t] = await stored(backends, run.id)
     kinds = [s.parse_error.kind for s in t.steps if s.role == tpb.ROLE_ASSISTANT]
     assert kinds == [
@@ -126,7 +142,9 @@ async def test_malformed_turns_get_corrective_messages_and_stop_the_episode(back
     assert t.steps[6].tool_calls[0].name == "run_tests"  # the unknown call is still recorded
 
 
-async def test_repeated_calls_are_loops_and_stop_the_episode(backends: Backends, service_env: dict[str, str]) -> None:
+async def test_repeated_calls_are_loops_and_stop_the_episode(
+    backends: Backends, service_env: dict[str, str]
+) -> None:
     same = json_call("read_file", {"rel_path": "calc.py"})
     other = json_call("list_files", {})
     respond = scripted(same, same, other, same, other, same, same)
@@ -142,19 +160,29 @@ async def test_repeated_calls_are_loops_and_stop_the_episode(backends: Backends,
     assert any("loop detected" in u for u in user_texts(t))
 
 
-async def test_budgets_end_episodes_with_their_reason(backends: Backends, service_env: dict[str, str]) -> None:
+async def test_budgets_end_episodes_with_their_reason(
+    backends: Backends, service_env: dict[str, str]
+) -> None:
     def forever(model: str, messages: list[dict[str, Any]], tools: Any) -> Any:
         n = turns(messages)
         if n == 0:
-            return json_call("write_file", {"rel_path": "calc.py", "content": "def add(a, b):\n    return 0\n"})
+            return json_call(
+                "write_file", {"rel_path": "calc.py", "content": "def add(a, b):\n    return 0\n"}
+            )
         return json_call("grep", {"pattern": f"x{n}"})
 
     async with orchestrator(backends, service_env, forever) as h:
-        it = await run_to_end(h, split=TRAIN, task_ids=["add-bug"], limits=run_pb2.EpisodeLimits(max_iterations=3))
-        tok = await run_to_end(h, split=TRAIN, task_ids=["add-bug"], limits=run_pb2.EpisodeLimits(max_tokens=400))
+        it = await run_to_end(
+            h, split=TRAIN, task_ids=["add-bug"], limits=run_pb2.EpisodeLimits(max_iterations=3)
+        )
+        tok = await run_to_end(
+            h, split=TRAIN, task_ids=["add-bug"], limits=run_pb2.EpisodeLimits(max_tokens=400)
+        )
         [ti] = await stored(backends, it.id)
         [tt] = await stored(backends, tok.id)
-    assert ti.outcome.failure_category == tpb.FAILURE_CATEGORY_ITERATION_LIMIT and ti.stats.assistant_turns == 3
+    assert (
+        ti.outcome.failure_category == tpb.FAILURE_CATEGORY_ITERATION_LIMIT and ti.stats.assistant_turns == 3
+    )
     assert tt.outcome.failure_category == tpb.FAILURE_CATEGORY_TOKEN_BUDGET
     # the final tests still ran on the changed workspace
     assert ti.outcome.tests_total == 2 and ti.outcome.tests_passed == 1  # add(0, 0) == 0 still passes
@@ -178,7 +206,13 @@ async def test_time_budget(backends: Backends, service_env: dict[str, str]) -> N
         (run_pb2.TEST_POLICY_END, 0, True),
     ],
 )
-async def test_test_policies(backends: Backends, service_env: dict[str, str], policy: int, after_write_summaries: int, final_summary: bool) -> None:
+async def test_test_policies(
+    backends: Backends,
+    service_env: dict[str, str],
+    policy: int,
+    after_write_summaries: int,
+    final_summary: bool,
+) -> None:
     respond = scripted(
         json_call("write_file", {"rel_path": "calc.py", "content": "def add(a, b):\n    return a * b\n"}),
         json_call("write_file", {"rel_path": "calc.py", "content": FIXED_ADD}),
@@ -209,10 +243,24 @@ async def test_native_tool_calling(backends: Backends, service_env: dict[str, st
             return tool_call("read_file", {"rel_path": "calc.py"}, "c1")
         if n == 1:
             assert messages[-1]["role"] == "tool" and messages[-1]["tool_call_id"] == "c1"
-            return {"content": "", "tool_calls": [
-                {"id": "c2", "type": "function", "function": {"name": "write_file", "arguments": "{bad json"}},
-                {"id": "c3", "type": "function", "function": {"name": "write_file", "arguments": json.dumps({"rel_path": "calc.py", "content": FIXED_ADD})}},
-            ]}
+            return {
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "c2",
+                        "type": "function",
+                        "function": {"name": "write_file", "arguments": "{bad json"},
+                    },
+                    {
+                        "id": "c3",
+                        "type": "function",
+                        "function": {
+                            "name": "write_file",
+                            "arguments": json.dumps({"rel_path": "calc.py", "content": FIXED_ADD}),
+                        },
+                    },
+                ],
+            }
         return text("Fixed the addition.")
 
     async with orchestrator(backends, service_env, respond) as h:
@@ -240,11 +288,15 @@ async def test_io_problem_with_run_code_feedback(backends: Backends, service_env
     feedback = user_texts(t)[1]
     assert feedback.startswith("[tool_result]\ntest case 1: WRONG_ANSWER") and "hint:" in feedback
     assert t.steps[3].tool_result.error_category == common_pb2.ERROR_CATEGORY_WRONG_ANSWER
-    assert t.steps[3].test_run.trigger == tpb.TEST_TRIGGER_RUN_CODE and list(t.steps[3].test_run.failed_ids) == ["1"]
+    assert t.steps[3].test_run.trigger == tpb.TEST_TRIGGER_RUN_CODE and list(
+        t.steps[3].test_run.failed_ids
+    ) == ["1"]
     assert user_texts(t)[2] == "[tool_result]\ntest case 1: PASSED"
 
 
-async def test_gateway_errors_are_retried_then_reported(backends: Backends, service_env: dict[str, str]) -> None:
+async def test_gateway_errors_are_retried_then_reported(
+    backends: Backends, service_env: dict[str, str]
+) -> None:
     calls = {"n": 0}
 
     def flaky(model: str, messages: list[dict[str, Any]], tools: Any) -> Any:
@@ -293,15 +345,49 @@ async def test_cancel_mid_run(backends: Backends, service_env: dict[str, str]) -
 async def test_bad_requests_name_the_problem(backends: Backends, service_env: dict[str, str]) -> None:
     async with orchestrator(backends, service_env, scripted()) as h:
         cases = [
-            (run_pb2.Run(suite="nope", model="m", split=TRAIN), grpc.StatusCode.NOT_FOUND, "suite 'nope' does not exist"),
+            (
+                run_pb2.Run(suite="nope", model="m", split=TRAIN),
+                grpc.StatusCode.NOT_FOUND,
+                "suite 'nope' does not exist",
+            ),
             (run_pb2.Run(suite="mini", model="m"), grpc.StatusCode.INVALID_ARGUMENT, "run.split"),
-            (run_pb2.Run(suite="mini", split=TRAIN), grpc.StatusCode.INVALID_ARGUMENT, "run.model: is required"),
-            (run_pb2.Run(suite="mini", model="m", split=TRAIN, task_ids=["greet-bug"]), grpc.StatusCode.INVALID_ARGUMENT, "is on the TASK_SPLIT_TEST side"),
-            (run_pb2.Run(suite="mini", model="m", split=TRAIN, task_ids=["zzz"]), grpc.StatusCode.NOT_FOUND, "no task 'zzz'"),
-            (run_pb2.Run(suite="mini", model="m", split=TRAIN, teacher_kind=tpb.TEACHER_KIND_REFERENCE), grpc.StatusCode.INVALID_ARGUMENT, "must be empty"),
-            (run_pb2.Run(suite="mini", model="m", split=TRAIN, protocol=common_pb2.TOOL_PROTOCOL_IO), grpc.StatusCode.INVALID_ARGUMENT, "applies to input/output problems"),
-            (run_pb2.Run(suite="mini", model="m", split=TRAIN, rollouts_per_task=1000), grpc.StatusCode.INVALID_ARGUMENT, "rollouts_per_task"),
-            (run_pb2.Run(suite="mini", model="m", split=TRAIN, sampling=common_pb2.SamplingParams(top_p=0)), grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
+            (
+                run_pb2.Run(suite="mini", split=TRAIN),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "run.model: is required",
+            ),
+            (
+                run_pb2.Run(suite="mini", model="m", split=TRAIN, task_ids=["greet-bug"]),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "is on the TASK_SPLIT_TEST side",
+            ),
+            (
+                run_pb2.Run(suite="mini", model="m", split=TRAIN, task_ids=["zzz"]),
+                grpc.StatusCode.NOT_FOUND,
+                "no task 'zzz'",
+            ),
+            (
+                run_pb2.Run(suite="mini", model="m", split=TRAIN, teacher_kind=tpb.TEACHER_KIND_REFERENCE),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "must be empty",
+            ),
+            (
+                run_pb2.Run(suite="mini", model="m", split=TRAIN, protocol=common_pb2.TOOL_PROTOCOL_IO),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "applies to input/output problems",
+            ),
+            (
+                run_pb2.Run(suite="mini", model="m", split=TRAIN, rollouts_per_task=1000),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "rollouts_per_task",
+            ),
+            (
+                run_pb2.Run(
+                    suite="mini", model="m", split=TRAIN, sampling=common_pb2.SamplingParams(top_p=0)
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "top_p",
+            ),
         ]
         for run, code, needle in cases:
             with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -159,7 +159,9 @@ class Episode:
         try:
             if isinstance(self.task, RepoTask):
                 assert self.workspace is not None
-                verdict = await self.sandbox.run_tests(self.task, self.workspace.files, trigger, self.deadline)
+                verdict = await self.sandbox.run_tests(
+                    self.task, self.workspace.files, trigger, self.deadline
+                )
             else:
                 assert self.final_code is not None
                 verdict, _ = await self.sandbox.judge(
@@ -204,7 +206,9 @@ class Episode:
             turn_start = _now()
             t0 = time.perf_counter()
             try:
-                turn = await self.policy.turn(self.messages, openai_tools, spec.sampling, min(left, limits.model_timeout_s))
+                turn = await self.policy.turn(
+                    self.messages, openai_tools, spec.sampling, min(left, limits.model_timeout_s)
+                )
             except TimeoutError as err:
                 self.times.model_s += time.perf_counter() - t0
                 if self._left() <= 0.05:
@@ -235,7 +239,9 @@ class Episode:
             turn.content,
             start_time=started,
             duration=_dur(turn.latency_s),
-            usage=common_pb2.TokenUsage(prompt_tokens=turn.prompt_tokens, completion_tokens=turn.completion_tokens),
+            usage=common_pb2.TokenUsage(
+                prompt_tokens=turn.prompt_tokens, completion_tokens=turn.completion_tokens
+            ),
             finish_reason=turn.finish_reason,
         )
 
@@ -281,14 +287,18 @@ class Episode:
         self.last_code = code
         started = time.perf_counter()
         try:
-            verdict, cases = await self.sandbox.judge(self.task, code, [index], tpb.TEST_TRIGGER_RUN_CODE, self.deadline)
+            verdict, cases = await self.sandbox.judge(
+                self.task, code, [index], tpb.TEST_TRIGGER_RUN_CODE, self.deadline
+            )
         finally:
             self.times.sandbox_s += time.perf_counter() - started
         self.sandbox_info = verdict
         verdict.run.trigger = tpb.TEST_TRIGGER_RUN_CODE
         return _case_feedback(index, cases, self.task), verdict.run, ""
 
-    async def _run_call(self, action: proto.Action, step: tpb.Step) -> tuple[ToolOutcome, tpb.DriverTestRun | None, str]:
+    async def _run_call(
+        self, action: proto.Action, step: tpb.Step
+    ) -> tuple[ToolOutcome, tpb.DriverTestRun | None, str]:
         try:
             result = await self._execute(action)
         except ToolArgumentError as err:
@@ -319,10 +329,18 @@ class Episode:
             action = proto.parse_json_turn(turn.content, self.tool_names, call_id=call_id, io=self.io)
         except proto.TurnParseError as err:
             if isinstance(err, proto.UnknownTool):
-                step.tool_calls.append(tpb.ToolCall(id=call_id, name=err.action.name, arguments_json=err.action.arguments_json))
+                step.tool_calls.append(
+                    tpb.ToolCall(id=call_id, name=err.action.name, arguments_json=err.action.arguments_json)
+                )
             self._parse_failed(step, err)
-            self._send("user", proto.corrective_message(err.message, self.spec.protocol), tpb.ROLE_USER,
-                       tool_result=tpb.ToolResult(tool_call_id=call_id, status=tpb.TOOL_RESULT_STATUS_REJECTED, error=err.message))
+            self._send(
+                "user",
+                proto.corrective_message(err.message, self.spec.protocol),
+                tpb.ROLE_USER,
+                tool_result=tpb.ToolResult(
+                    tool_call_id=call_id, status=tpb.TOOL_RESULT_STATUS_REJECTED, error=err.message
+                ),
+            )
             self._check_parse_budget()
             return False
         if action.kind == "final":
@@ -330,14 +348,25 @@ class Episode:
             if self.io:
                 self.final_code = action.code
             return True
-        step.tool_calls.append(tpb.ToolCall(id=call_id, name=action.name, arguments_json=action.arguments_json))
+        step.tool_calls.append(
+            tpb.ToolCall(id=call_id, name=action.name, arguments_json=action.arguments_json)
+        )
         if self._is_loop(action, step):
             text = (
                 f"{proto.TOOL_RESULT_PREFIX}\nerror: loop detected: this call repeats your earlier calls "
                 "with the same arguments. Do something different."
             )
-            self._send("user", text, tpb.ROLE_USER, tool_result=tpb.ToolResult(
-                tool_call_id=call_id, tool_name=action.name, status=tpb.TOOL_RESULT_STATUS_REJECTED, error="loop detected"))
+            self._send(
+                "user",
+                text,
+                tpb.ROLE_USER,
+                tool_result=tpb.ToolResult(
+                    tool_call_id=call_id,
+                    tool_name=action.name,
+                    status=tpb.TOOL_RESULT_STATUS_REJECTED,
+                    error="loop detected",
+                ),
+            )
             self._loop_budget()
             return False
         t0 = time.perf_counter()
@@ -349,8 +378,13 @@ class Episode:
             text = f"{proto.TOOL_RESULT_PREFIX}\n{body}"
         if extra:
             text += f"\n{extra}"
-        msg_step = self._send("user", text, tpb.ROLE_USER, tool_result=self._result_proto(action, outcome),
-                              duration=_dur(time.perf_counter() - t0))
+        msg_step = self._send(
+            "user",
+            text,
+            tpb.ROLE_USER,
+            tool_result=self._result_proto(action, outcome),
+            duration=_dur(time.perf_counter() - t0),
+        )
         if test_run is not None:
             msg_step.test_run.CopyFrom(test_run)
         if step.HasField("parse_error"):
@@ -374,20 +408,28 @@ class Episode:
         for call in turn.tool_calls:
             call_id = call["id"]
             fn = call.get("function") or {}
-            step.tool_calls.append(tpb.ToolCall(id=call_id, name=fn.get("name") or "", arguments_json=fn.get("arguments") or ""))
+            step.tool_calls.append(
+                tpb.ToolCall(id=call_id, name=fn.get("name") or "", arguments_json=fn.get("arguments") or "")
+            )
             t0 = time.perf_counter()
             try:
                 action = proto.parse_native_call(call, self.tool_names)
             except proto.TurnParseError as err:
-                if not step.HasField("parse_error"):
+                if not step.HasField("parse_error"):  # one parse error per turn, however many calls
                     self._parse_failed(step, err)
-                else:
-                            action = proto.Action("call", call_id=call_id, name=fn.get("name") or "")
+                action = proto.Action("call", call_id=call_id, name=fn.get("name") or "")
                 outcome: ToolOutcome = ToolOutcome("", tpb.TOOL_RESULT_STATUS_REJECTED, err.message)
                 test_run = None
             else:
                 if self._is_loop(action, step):
-                    outcome, test_run = ToolOutcome("", tpb.TOOL_RESULT_STATUS_REJECTED, "loop detected: this call repeats your earlier calls; do something different"), None
+                    outcome, test_run = (
+                        ToolOutcome(
+                            "",
+                            tpb.TOOL_RESULT_STATUS_REJECTED,
+                            "loop detected: this call repeats your earlier calls; do something different",
+                        ),
+                        None,
+                    )
                 else:
                     outcome, test_run, extra = await self._run_call(action, step)
                     if extra:
@@ -397,8 +439,12 @@ class Episode:
             content = outcome.shown()
             self.messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
             last_tool_step = self._add(
-                tpb.ROLE_TOOL, content, tool_call_id=call_id, start_time=_now(),
-                tool_result=self._result_proto(action, outcome), duration=_dur(time.perf_counter() - t0),
+                tpb.ROLE_TOOL,
+                content,
+                tool_call_id=call_id,
+                start_time=_now(),
+                tool_result=self._result_proto(action, outcome),
+                duration=_dur(time.perf_counter() - t0),
             )
             if test_run is not None:
                 last_tool_step.test_run.CopyFrom(test_run)
@@ -419,10 +465,15 @@ class Episode:
 
     async def _outcome(self, stop: _Stop | None) -> tpb.Outcome:
         out = tpb.Outcome()
-        infra = stop is not None and stop.category in (F.FAILURE_CATEGORY_MODEL_ERROR, F.FAILURE_CATEGORY_SANDBOX_ERROR)
+        infra = stop is not None and stop.category in (
+            F.FAILURE_CATEGORY_MODEL_ERROR,
+            F.FAILURE_CATEGORY_SANDBOX_ERROR,
+        )
         if self.io and self.final_code is None:
             self.final_code = self.last_code
-        changed = bool(self.workspace.changed()) if self.workspace is not None else self.final_code is not None
+        changed = (
+            bool(self.workspace.changed()) if self.workspace is not None else self.final_code is not None
+        )
         if self.workspace is not None:
             out.final_patch = self.workspace.patch()
         verdict: TestVerdict | None = None
@@ -441,11 +492,11 @@ class Episode:
             if self.finished_normally and self.spec.test_policy == run_pb2.TEST_POLICY_END:
                 summary = test_summary(verdict, io=self.io)
                 self._send("user", summary, tpb.ROLE_USER, test_run=verdict.run)
-            elif self.steps and self.steps[-1].role != tpb.ROLE_ASSISTANT and not self.steps[-1].HasField("test_run"):
-                pass
         resolved = verdict is not None and verdict.resolved and not infra
         out.resolved = resolved
-        out.reward = 1.0 if resolved else (out.tests_passed / out.tests_total * 0.5 if out.tests_total else 0.0)
+        out.reward = (
+            1.0 if resolved else (out.tests_passed / out.tests_total * 0.5 if out.tests_total else 0.0)
+        )
         if resolved:
             return out
         if infra:
@@ -465,7 +516,8 @@ class Episode:
             assert verdict is not None
             out.failure_category = (
                 F.FAILURE_CATEGORY_WRONG_ANSWER
-                if verdict.run.error_category in (common_pb2.ERROR_CATEGORY_WRONG_ANSWER, common_pb2.ERROR_CATEGORY_UNSPECIFIED)
+                if verdict.run.error_category
+                in (common_pb2.ERROR_CATEGORY_WRONG_ANSWER, common_pb2.ERROR_CATEGORY_UNSPECIFIED)
                 else F.FAILURE_CATEGORY_RUNTIME_ERROR
             )
             out.failure_detail = f"{verdict.run.passed}/{verdict.run.total} cases passed"
@@ -527,8 +579,12 @@ def _case_feedback(index: int, cases: list[sandbox_pb2.CaseResult], task: IoTask
         lines.append(f"stderr:\n{stderr[-800:]}")
     if case.debug_hint:
         lines.append(f"hint: {case.debug_hint}")
-    return ToolOutcome("\n".join(lines), tpb.TOOL_RESULT_STATUS_ERROR, f"{verdict} ({category})",
-                       category=case.error_category)
+    return ToolOutcome(
+        "\n".join(lines),
+        tpb.TOOL_RESULT_STATUS_ERROR,
+        f"{verdict} ({category})",
+        category=case.error_category,
+    )
 
 
 def episode_result(traj: tpb.Trajectory) -> run_pb2.EpisodeResult:

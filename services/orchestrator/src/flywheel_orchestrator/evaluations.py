@@ -130,7 +130,9 @@ class EvaluationManager:
             test_policy=e.test_policy,
             limits=e.limits,
             sampling=e.sampling,
-            concurrency=max(1, (e.concurrency or self.runs.settings.default_concurrency) // max(1, len(e.models))),
+            concurrency=max(
+                1, (e.concurrency or self.runs.settings.default_concurrency) // max(1, len(e.models))
+            ),
             labels={**e.labels, "evaluation_id": e.id} if e.id else dict(e.labels),
         )
 
@@ -144,7 +146,9 @@ class EvaluationManager:
         if any(not m for m in e.models):
             raise InvalidArgument("evaluation.models", "a model name is empty")
         if e.baseline_model and e.baseline_model not in e.models:
-            raise InvalidArgument("evaluation.baseline_model", f"{e.baseline_model!r} is not one of evaluation.models")
+            raise InvalidArgument(
+                "evaluation.baseline_model", f"{e.baseline_model!r} is not one of evaluation.models"
+            )
         if not e.baseline_model and len(e.models) > 1:
             raise InvalidArgument("evaluation.baseline_model", "is required with more than one model")
         if e.confidence_level and not 0 < e.confidence_level < 1:
@@ -161,8 +165,20 @@ class EvaluationManager:
         self.validate(e)
         clean = epb.Evaluation()
         clean.CopyFrom(e)
-        for name in ("id", "suite_version", "loop_id", "state", "error", "progress", "model_metrics",
-                     "task_results", "report", "create_time", "start_time", "end_time"):
+        for name in (
+            "id",
+            "suite_version",
+            "loop_id",
+            "state",
+            "error",
+            "progress",
+            "model_metrics",
+            "task_results",
+            "report",
+            "create_time",
+            "start_time",
+            "end_time",
+        ):
             clean.ClearField(name)
         async with self._lock:
             fingerprint = hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
@@ -188,7 +204,9 @@ class EvaluationManager:
             clean.state = common_pb2.JOB_STATE_QUEUED
             clean.create_time.CopyFrom(now())
             for model in clean.models:
-                clean.model_metrics.append(epb.ModelMetrics(model=model, baseline=model == clean.baseline_model))
+                clean.model_metrics.append(
+                    epb.ModelMetrics(model=model, baseline=model == clean.baseline_model)
+                )
             await asyncio.to_thread(self._persist, clean)
             if request_key:
                 body = json.dumps({"evaluation_id": clean.id, "fingerprint": fingerprint}).encode()
@@ -246,7 +264,9 @@ class EvaluationManager:
         queue: asyncio.Queue = asyncio.Queue()
         st.watchers.append(queue)
         try:
-            yield opb.WatchEvaluationResponse(evaluation=self.snapshot(eval_id, with_tasks=st.evaluation.state in TERMINAL))
+            yield opb.WatchEvaluationResponse(
+                evaluation=self.snapshot(eval_id, with_tasks=st.evaluation.state in TERMINAL)
+            )
             if st.evaluation.state in TERMINAL:
                 return
             while True:  # until the terminal snapshot, which _finish queues after the last episode
@@ -269,7 +289,9 @@ class EvaluationManager:
             return
         e = st.evaluation
         e.progress.episodes_finished = sum(
-            self.runs.runs[m.run_id].run.counters.episodes_finished for m in e.model_metrics if m.run_id in self.runs.runs
+            self.runs.runs[m.run_id].run.counters.episodes_finished
+            for m in e.model_metrics
+            if m.run_id in self.runs.runs
         )
         st.notify(opb.WatchEvaluationResponse(episode=result))
         st.notify(opb.WatchEvaluationResponse(evaluation=self.snapshot(e.id, with_tasks=False)))
@@ -281,12 +303,16 @@ class EvaluationManager:
         except asyncio.CancelledError:
             if self._stopping and not st.cancel_requested:
                 raise
-            await self._finish(st, common_pb2.JOB_STATE_CANCELLED, ("cancelled by request", grpc.StatusCode.CANCELLED))
+            await self._finish(
+                st, common_pb2.JOB_STATE_CANCELLED, ("cancelled by request", grpc.StatusCode.CANCELLED)
+            )
         except _EvalFailed as err:
             await self._finish(st, common_pb2.JOB_STATE_FAILED, (str(err), err.code))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             log.exception("evaluation %s failed", e.id)
-            await self._finish(st, common_pb2.JOB_STATE_FAILED, (f"internal error: {err}", grpc.StatusCode.INTERNAL))
+            await self._finish(
+                st, common_pb2.JOB_STATE_FAILED, (f"internal error: {err}", grpc.StatusCode.INTERNAL)
+            )
 
     async def _execute_inner(self, st: EvalState) -> None:
         e = st.evaluation
@@ -295,10 +321,14 @@ class EvaluationManager:
             e.start_time.CopyFrom(now())
         for m in e.model_metrics:
             if not m.run_id:
-                run = await self.runs.create(self._run_template(e, m.model), f"{e.id}/{m.model}", loop_id=e.loop_id)
+                run = await self.runs.create(
+                    self._run_template(e, m.model), f"{e.id}/{m.model}", loop_id=e.loop_id
+                )
                 m.run_id = run.id
                 self._by_run[run.id] = e.id
-        e.progress.episodes_total = sum(self.runs.runs[m.run_id].run.counters.episodes_total for m in e.model_metrics)
+        e.progress.episodes_total = sum(
+            self.runs.runs[m.run_id].run.counters.episodes_total for m in e.model_metrics
+        )
         await asyncio.to_thread(self._persist, e)
         st.notify(opb.WatchEvaluationResponse(evaluation=self.snapshot(e.id, with_tasks=False)))
         for m in e.model_metrics:
@@ -308,7 +338,9 @@ class EvaluationManager:
             if run.state == common_pb2.JOB_STATE_CANCELLED:
                 raise asyncio.CancelledError
             if run.state != common_pb2.JOB_STATE_SUCCEEDED:
-                raise _EvalFailed(f"run {run.id} of model {m.model!r} failed: {run.error.message}", grpc.StatusCode.ABORTED)
+                raise _EvalFailed(
+                    f"run {run.id} of model {m.model!r} failed: {run.error.message}", grpc.StatusCode.ABORTED
+                )
         level = e.confidence_level or 0.95
         rollouts = e.rollouts_per_task or 1
         per_model: dict[str, list[run_pb2.EpisodeResult]] = {}
@@ -320,7 +352,11 @@ class EvaluationManager:
             mm.baseline, mm.run_id = m.baseline, m.run_id
             run = self.runs.runs[m.run_id].run
             info = await self.runs._policy_info(run)
-            mm.base_model, mm.adapter_name, mm.adapter_version = info.base_model, info.adapter_name, info.adapter_version
+            mm.base_model, mm.adapter_name, mm.adapter_version = (
+                info.base_model,
+                info.adapter_name,
+                info.adapter_version,
+            )
             final.append(mm)
         base = next(mm for mm in final if mm.baseline)
         for mm in final:
@@ -351,7 +387,9 @@ class EvaluationManager:
 
         await asyncio.to_thread(write)
 
-    async def _finish(self, st: EvalState, final: int, error: tuple[str, grpc.StatusCode] | None = None) -> None:
+    async def _finish(
+        self, st: EvalState, final: int, error: tuple[str, grpc.StatusCode] | None = None
+    ) -> None:
         e = st.evaluation
         e.state = final
         e.end_time.CopyFrom(now())
@@ -366,7 +404,9 @@ class EvaluationManager:
         bus = self._bus()
         if bus is None:
             return
-        meta = events_pb2.EventMeta(event_id=f"eval-completed:{e.id}", occurred_at=e.end_time, producer=PRODUCER)
+        meta = events_pb2.EventMeta(
+            event_id=f"eval-completed:{e.id}", occurred_at=e.end_time, producer=PRODUCER
+        )
         event = events_pb2.EvaluationCompleted(
             meta=meta,
             evaluation_id=e.id,

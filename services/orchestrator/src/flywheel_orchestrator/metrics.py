@@ -49,7 +49,7 @@ def _seconds(d: Duration) -> float:
 
 def _duration(seconds: float) -> Duration:
     out = Duration()
-    out.FromNanoseconds(int(round(seconds * 1e9)))
+    out.FromNanoseconds(round(seconds * 1e9))
     return out
 
 
@@ -98,7 +98,9 @@ def deltas(model: epb.ModelMetrics, baseline: epb.ModelMetrics) -> epb.MetricDel
     )
 
 
-def task_table(models: Sequence[str], results: dict[str, Sequence[run_pb2.EpisodeResult]]) -> list[epb.TaskResult]:
+def task_table(
+    models: Sequence[str], results: dict[str, Sequence[run_pb2.EpisodeResult]]
+) -> list[epb.TaskResult]:
     """One row per task (sorted by id), one cell per model in the given order."""
     tasks = sorted({r.task_id for rs in results.values() for r in rs})
     rows = []

@@ -126,7 +126,11 @@ class GatewayPolicy:
         choice = reply.choices[0]
         msg = choice.message
         calls = [
-            {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": c.function.arguments},
+            }
             for c in (msg.tool_calls or [])
             if getattr(c, "function", None) is not None
         ]

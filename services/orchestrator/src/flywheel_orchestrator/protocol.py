@@ -146,14 +146,16 @@ def parse_json_turn(text: str, tool_names: set[str], *, call_id: str, io: bool) 
         obj, end = decoder.raw_decode(body)
     except json.JSONDecodeError as err:
         raise TurnParseError(
-            tpb.PARSE_ERROR_KIND_INVALID_JSON, f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+            tpb.PARSE_ERROR_KIND_INVALID_JSON,
+            f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}",
         ) from None
     rest = body[end:].strip()
     if rest:
         try:
             decoder.raw_decode(rest)
             raise TurnParseError(
-                tpb.PARSE_ERROR_KIND_MULTIPLE_ACTIONS, "send one action per turn (found more than one JSON object)"
+                tpb.PARSE_ERROR_KIND_MULTIPLE_ACTIONS,
+                "send one action per turn (found more than one JSON object)",
             )
         except json.JSONDecodeError:
             raise TurnParseError(
@@ -173,9 +175,7 @@ def parse_json_turn(text: str, tool_names: set[str], *, call_id: str, io: bool) 
         answer = obj.get("answer", "")
         return Action("final", answer=answer if isinstance(answer, str) else json.dumps(answer))
     if kind != "tool_call":
-        raise TurnParseError(
-            tpb.PARSE_ERROR_KIND_BAD_SHAPE, '"type" must be "tool_call" or "final"'
-        )
+        raise TurnParseError(tpb.PARSE_ERROR_KIND_BAD_SHAPE, '"type" must be "tool_call" or "final"')
     name = obj.get("name")
     if not isinstance(name, str) or not name:
         raise TurnParseError(tpb.PARSE_ERROR_KIND_BAD_SHAPE, 'a tool call needs "name"')
@@ -215,7 +215,9 @@ def parse_native_call(call: dict[str, Any], tool_names: set[str]) -> Action:
             tpb.PARSE_ERROR_KIND_INVALID_JSON, f"the arguments of {name!r} are not valid JSON: {err.msg}"
         ) from None
     if not isinstance(args, dict):
-        raise TurnParseError(tpb.PARSE_ERROR_KIND_BAD_ARGUMENTS, f"the arguments of {name!r} must be an object")
+        raise TurnParseError(
+            tpb.PARSE_ERROR_KIND_BAD_ARGUMENTS, f"the arguments of {name!r} must be an object"
+        )
     action.args = args
     if name not in tool_names:
         raise _Unknown(action, tool_names)

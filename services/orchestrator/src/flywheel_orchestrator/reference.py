@@ -26,7 +26,11 @@ def _json_turn(obj: dict[str, Any]) -> ModelTurn:
 
 
 def _native_turn(n: int, name: str, args: dict[str, Any]) -> ModelTurn:
-    call = {"id": f"ref-{n}", "type": "function", "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}
+    call = {
+        "id": f"ref-{n}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)},
+    }
     return ModelTurn(content="", tool_calls=[call], finish_reason="tool_calls")
 
 
@@ -79,4 +83,8 @@ class ReferencePolicy:
         del messages, tools, sampling, timeout_s
         turn = self._turns[min(self._next, len(self._turns) - 1)]
         self._next += 1
-        return ModelTurn(content=turn.content, tool_calls=[dict(c) for c in turn.tool_calls], finish_reason=turn.finish_reason)
+        return ModelTurn(
+            content=turn.content,
+            tool_calls=[dict(c) for c in turn.tool_calls],
+            finish_reason=turn.finish_reason,
+        )

@@ -20,7 +20,7 @@ HEADLINE = (
 )
 
 
-def _secs(d) -> float:  # noqa: ANN001 - a Duration
+def _secs(d) -> float:
     return d.seconds + d.nanos / 1e9
 
 
@@ -44,13 +44,19 @@ def to_markdown(e: epb.Evaluation) -> str:
         ci = m.pass_rate_ci
         name = f"`{m.model}`" + (" (baseline)" if m.baseline else "")
         lines.append(
-            f"| {name} | {m.episodes} | {m.pass_rate:.3f} | {ci.lower:.2f}–{ci.upper:.2f} ({ci.level:.0%}) "
+            f"| {name} | {m.episodes} | {m.pass_rate:.3f} | {ci.lower:.2f}-{ci.upper:.2f} ({ci.level:.0%}) "
             f"| {m.parse_errors_per_episode:.2f} | {m.write_rate:.2f} | {m.loop_detections_per_episode:.2f} "
             f"| {m.mean_steps:.1f} | {m.mean_prompt_tokens + m.mean_completion_tokens:.0f} | {_secs(m.mean_wall_time):.1f} |"
         )
     others = [m for m in e.model_metrics if not m.baseline]
     if others:
-        lines += ["", "## Against the baseline", "", "| model | Δ pass rate | Δ parse errors/ep | Δ write rate | Δ loops/ep | Δ steps/ep |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Against the baseline",
+            "",
+            "| model | Δ pass rate | Δ parse errors/ep | Δ write rate | Δ loops/ep | Δ steps/ep |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for m in others:
             d = m.delta_vs_baseline
             lines.append(
@@ -62,14 +68,24 @@ def to_markdown(e: epb.Evaluation) -> str:
         lines += ["", "## pass@k", ""]
         for m in pass_k:
             lines.append(f"- `{m.model}`: " + ", ".join(f"pass@{p.k} = {p.value:.3f}" for p in m.pass_at_k))
-    lines += ["", "## Per task", "", "| task | " + " | ".join(f"`{m}`" for m in e.models) + " |",
-              "|---|" + "---|" * len(e.models)]
+    lines += [
+        "",
+        "## Per task",
+        "",
+        "| task | " + " | ".join(f"`{m}`" for m in e.models) + " |",
+        "|---|" + "---|" * len(e.models),
+    ]
     for row in e.task_results:
         cells = []
         for cell in row.models:
             text = f"{cell.resolved}/{cell.rollouts}"
             if cell.failure_categories:
-                cats = sorted({tpb.FailureCategory.Name(c).removeprefix("FAILURE_CATEGORY_").lower() for c in cell.failure_categories})
+                cats = sorted(
+                    {
+                        tpb.FailureCategory.Name(c).removeprefix("FAILURE_CATEGORY_").lower()
+                        for c in cell.failure_categories
+                    }
+                )
                 text += " (" + ", ".join(cats) + ")"
             cells.append(text)
         lines.append(f"| {row.task_id} | " + " | ".join(cells) + " |")
@@ -98,11 +114,16 @@ def chart_png(e: epb.Evaluation) -> bytes:
             kwargs["capsize"] = 4
         ax.bar(range(len(models)), values, color=colours, **kwargs)
         ax.set_xticks(range(len(models)))
-        ax.set_xticklabels([m if len(m) <= 18 else m[:16] + "…" for m in models], rotation=20, ha="right", fontsize=8)
+        ax.set_xticklabels(
+            [m if len(m) <= 18 else m[:16] + "…" for m in models], rotation=20, ha="right", fontsize=8
+        )
         ax.set_title(f"{label} ({'↑' if higher else '↓'} better)", fontsize=9)
         for i, v in enumerate(values):
             ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=8)
-    fig.suptitle(f"{e.suite} · {common_pb2.TaskSplit.Name(e.split).removeprefix('TASK_SPLIT_').lower()} split", fontsize=10)
+    fig.suptitle(
+        f"{e.suite} · {common_pb2.TaskSplit.Name(e.split).removeprefix('TASK_SPLIT_').lower()} split",
+        fontsize=10,
+    )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -198,7 +198,9 @@ class RunManager:
         kind = run.teacher_kind or tpb.TEACHER_KIND_MODEL
         if kind == tpb.TEACHER_KIND_MODEL:
             if not run.model:
-                raise InvalidArgument("run.model", "is required for a MODEL teacher (a model name the gateway serves)")
+                raise InvalidArgument(
+                    "run.model", "is required for a MODEL teacher (a model name the gateway serves)"
+                )
         elif kind == tpb.TEACHER_KIND_REFERENCE:
             if run.model:
                 raise InvalidArgument("run.model", "must be empty for the REFERENCE teacher")
@@ -244,8 +246,18 @@ class RunManager:
         suite, tasks = self.validate(run)
         clean = run_pb2.Run()
         clean.CopyFrom(run)
-        for name in ("id", "suite_version", "loop_id", "prompt_sha256", "state", "error", "counters",
-                     "create_time", "start_time", "end_time"):
+        for name in (
+            "id",
+            "suite_version",
+            "loop_id",
+            "prompt_sha256",
+            "state",
+            "error",
+            "counters",
+            "create_time",
+            "start_time",
+            "end_time",
+        ):
             clean.ClearField(name)
         if not clean.teacher_kind:
             clean.teacher_kind = tpb.TEACHER_KIND_MODEL
@@ -267,7 +279,9 @@ class RunManager:
             clean.id = f"run-{ULID()}"
             clean.suite_version = suite.version
             clean.loop_id = loop_id
-            clean.prompt_sha256 = proto.prompt_sha256(tasks[0], proto.effective_protocol(tasks[0], clean.protocol))
+            clean.prompt_sha256 = proto.prompt_sha256(
+                tasks[0], proto.effective_protocol(tasks[0], clean.protocol)
+            )
             clean.state = common_pb2.JOB_STATE_QUEUED
             clean.create_time.CopyFrom(now())
             rollouts = clean.rollouts_per_task or 1
@@ -292,7 +306,9 @@ class RunManager:
             raise NotFound(f"run {run_id!r} does not exist")
         return self.snapshot(run_id)
 
-    def list(self, *, suite: str = "", model: str = "", state: int = 0, loop_id: str = "") -> list[run_pb2.Run]:
+    def list(
+        self, *, suite: str = "", model: str = "", state: int = 0, loop_id: str = ""
+    ) -> list[run_pb2.Run]:
         runs = [
             s.run
             for s in self.runs.values()
@@ -402,12 +418,18 @@ class RunManager:
         except asyncio.CancelledError:
             if self._stopping and not state.cancel_requested:
                 raise  # shutdown: stays RUNNING, resumed at the next start
-            await self._finish(state, common_pb2.JOB_STATE_CANCELLED, error=("cancelled by request", grpc.StatusCode.CANCELLED))
+            await self._finish(
+                state,
+                common_pb2.JOB_STATE_CANCELLED,
+                error=("cancelled by request", grpc.StatusCode.CANCELLED),
+            )
         except _RunFailed as err:
             await self._finish(state, common_pb2.JOB_STATE_FAILED, error=(str(err), err.code))
-        except Exception as err:  # noqa: BLE001 - a run must end in a state, whatever broke
+        except Exception as err:
             log.exception("run %s failed", run.id)
-            await self._finish(state, common_pb2.JOB_STATE_FAILED, error=(f"internal error: {err}", grpc.StatusCode.INTERNAL))
+            await self._finish(
+                state, common_pb2.JOB_STATE_FAILED, error=(f"internal error: {err}", grpc.StatusCode.INTERNAL)
+            )
 
     async def _execute_inner(self, state: RunState) -> None:
         run = state.run
@@ -426,7 +448,9 @@ class RunManager:
         try:
             stored = await self._stored(run.id)
         except grpc.aio.AioRpcError as err:
-            raise _RunFailed(f"trajectory store unreachable: {err.details()}", grpc.StatusCode.UNAVAILABLE) from None
+            raise _RunFailed(
+                f"trajectory store unreachable: {err.details()}", grpc.StatusCode.UNAVAILABLE
+            ) from None
         done_ids = {t.id for t in stored}
         run.counters.CopyFrom(run_pb2.RunCounters(tasks=len(tasks), episodes_total=len(tasks) * rollouts))
         state.results = []
@@ -477,7 +501,13 @@ class RunManager:
         await self._finish(state, common_pb2.JOB_STATE_SUCCEEDED)
 
     async def _episode(
-        self, state: RunState, task: Task, attempt: int, policy_info: tpb.Policy, limits: Limits, labels: dict[str, str]
+        self,
+        state: RunState,
+        task: Task,
+        attempt: int,
+        policy_info: tpb.Policy,
+        limits: Limits,
+        labels: dict[str, str],
     ) -> None:
         run = state.run
         protocol = proto.effective_protocol(task, run.protocol)
@@ -522,13 +552,18 @@ class RunManager:
                 )
                 return
             except grpc.aio.AioRpcError as err:
-                if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and attempt < 5:
+                if (
+                    err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                    and attempt < 5
+                ):
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
                 raise _RunFailed(
                     f"could not store trajectory {traj.id}: {err.code().name}: {err.details()}",
-                    grpc.StatusCode.UNAVAILABLE if err.code() == grpc.StatusCode.UNAVAILABLE else grpc.StatusCode.INTERNAL,
+                    grpc.StatusCode.UNAVAILABLE
+                    if err.code() == grpc.StatusCode.UNAVAILABLE
+                    else grpc.StatusCode.INTERNAL,
                 ) from None
 
     async def _finish(
@@ -548,7 +583,9 @@ class RunManager:
         bus = self._bus()
         if bus is None:
             return
-        meta = events_pb2.EventMeta(event_id=f"run-completed:{run.id}", occurred_at=run.end_time, producer=PRODUCER)
+        meta = events_pb2.EventMeta(
+            event_id=f"run-completed:{run.id}", occurred_at=run.end_time, producer=PRODUCER
+        )
         event = events_pb2.RunCompleted(
             meta=meta,
             run_id=run.id,
@@ -569,7 +606,9 @@ class RunManager:
         except Exception:
             log.exception("could not publish run.completed for %s; retried at the next start", run.id)
             return
-        await asyncio.to_thread(self.store.put, f"{PUBLISHED}{run.id}", meta.event_id.encode(), overwrite=True)
+        await asyncio.to_thread(
+            self.store.put, f"{PUBLISHED}{run.id}", meta.event_id.encode(), overwrite=True
+        )
 
 
 class _RunFailed(Exception):

@@ -57,7 +57,7 @@ class SandboxClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method, request, deadline: float):  # noqa: ANN001 - a stub method
+    async def _call(self, method, request, deadline: float):
         delay = 0.05
         while True:
             left = deadline - time.monotonic()
@@ -94,7 +94,11 @@ class SandboxClient:
             t
             for t in reply.tests
             if t.outcome
-            not in (sandbox_pb2.TEST_OUTCOME_PASSED, sandbox_pb2.TEST_OUTCOME_XFAILED, sandbox_pb2.TEST_OUTCOME_SKIPPED)
+            not in (
+                sandbox_pb2.TEST_OUTCOME_PASSED,
+                sandbox_pb2.TEST_OUTCOME_XFAILED,
+                sandbox_pb2.TEST_OUTCOME_SKIPPED,
+            )
         ]
         findings = [
             sandbox_pb2.IntegrityFindingKind.Name(f.kind)
@@ -115,7 +119,11 @@ class SandboxClient:
             run.error_category = failed[0].error_category or common_pb2.ERROR_CATEGORY_ASSERTION_ERROR
             first = failed[0].message.strip().splitlines()[0][:300] if failed[0].message.strip() else ""
             run.debug_hint = _hint(run.error_category)
-        lines = [f"FAILED {t.test_id}" + (f" - {t.message.strip().splitlines()[0][:200]}" if t.message.strip() else "") for t in failed[:5]]
+        lines = [
+            f"FAILED {t.test_id}"
+            + (f" - {t.message.strip().splitlines()[0][:200]}" if t.message.strip() else "")
+            for t in failed[:5]
+        ]
         if len(failed) > 5:
             lines.append(f"… and {len(failed) - 5} more")
         lines.extend(f"integrity: {f}" for f in findings)
@@ -137,7 +145,10 @@ class SandboxClient:
         """Judge a program on some of the problem's cases (all of them for the final verdict)."""
         request = sandbox_pb2.JudgeRequest(
             program=sandbox_pb2.Program(language=sandbox_pb2.LANGUAGE_PYTHON, source=code),
-            cases=[sandbox_pb2.JudgeCase(input=i, expected_output=o) for i, o in zip(task.inputs, task.outputs, strict=True)],
+            cases=[
+                sandbox_pb2.JudgeCase(input=i, expected_output=o)
+                for i, o in zip(task.inputs, task.outputs, strict=True)
+            ],
             case_indices=indices,
             comparator=sandbox_pb2.Comparator(whitespace=sandbox_pb2.WHITESPACE_MODE_TRAILING),
         )

@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -49,7 +50,12 @@ def text(content: str) -> Reply:
 
 def tool_call(name: str, args: dict[str, Any], call_id: str = "call-1") -> Reply:
     """A native tool-calling answer."""
-    return {"content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]}
+    return {
+        "content": "",
+        "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+        ],
+    }
 
 
 def json_call(name: str, args: dict[str, Any]) -> Reply:
@@ -100,7 +106,9 @@ class ScriptedModelServer:
         await self.stop()
 
     async def _models(self, request: web.Request) -> web.Response:
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "scripted", "root": m} for m in self.models]
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "scripted", "root": m} for m in self.models
+        ]
         return web.json_response({"object": "list", "data": data})
 
     async def _chat(self, request: web.Request) -> web.Response:
@@ -132,15 +140,25 @@ class ScriptedModelServer:
                 "created": int(time.time()),
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": message, "finish_reason": reply.get("finish_reason") or ("tool_calls" if calls else "stop")}
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": reply.get("finish_reason") or ("tool_calls" if calls else "stop"),
+                    }
                 ],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
             }
         )
 
 
 def _error(status: int, message: str, code: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error", "code": code}}, status=status)
+    return web.json_response(
+        {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status=status
+    )
 
 
 # ---------------------------------------------------------------------------------- scripts
@@ -175,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     async def serve() -> None:
-        server = ScriptedModelServer(explore, models=tuple(args.model or ["scripted"]), host=args.host, port=args.port, record=False)
+        server = ScriptedModelServer(
+            explore, models=tuple(args.model or ["scripted"]), host=args.host, port=args.port, record=False
+        )
         await server.start()
         if args.ready_file:
-            with open(args.ready_file, "w") as fh:
-                fh.write(str(server.port))
+            Path(args.ready_file).write_text(str(server.port))  # noqa: ASYNC240 - once, at start
         print(f"scripted model server on {server.base_url}", flush=True)
         await asyncio.Event().wait()
 

@@ -29,7 +29,9 @@ DESCRIPTOR = opb.DESCRIPTOR.services_by_name["OrchestratorService"]
 UNIMPLEMENTED_ISSUE = "issue #10"
 
 
-def page(items: list[Any], page_size: int, page_token: str, field: str = "page_token") -> tuple[list[Any], str]:
+def page(
+    items: list[Any], page_size: int, page_token: str, field: str = "page_token"
+) -> tuple[list[Any], str]:
     """Offset pagination over an in-memory list (tokens are decimal offsets)."""
     size = 50 if page_size <= 0 else min(page_size, 1000)
     try:
@@ -57,10 +59,12 @@ class Orchestrator:
             concurrency=settings.model_concurrency,
         )
         self.sandbox = SandboxClient(settings.sandbox_address, call_timeout_s=settings.sandbox_timeout_s)
-        self.runs = RunManager(settings, lambda: deps.store, self._bus, self.catalog, self.models, self.sandbox)
+        self.runs = RunManager(
+            settings, lambda: deps.store, self._bus, self.catalog, self.models, self.sandbox
+        )
         self.evaluations = EvaluationManager(lambda: deps.store, self._bus, self.runs)
 
-    def _bus(self):  # noqa: ANN202 - EventBus | None
+    def _bus(self):
         return self.deps.bus if self.deps.want_events else None
 
     async def start(self) -> None:
@@ -84,12 +88,16 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     # ---------------------------------------------------------------------------- suites
 
-    async def ListSuites(self, request: opb.ListSuitesRequest, context: grpc.aio.ServicerContext) -> opb.ListSuitesResponse:
+    async def ListSuites(
+        self, request: opb.ListSuitesRequest, context: grpc.aio.ServicerContext
+    ) -> opb.ListSuitesResponse:
         suites = [self.core.catalog.suites[n].to_proto() for n in sorted(self.core.catalog.suites)]
         chunk, token = page(suites, request.page_size, request.page_token)
         return opb.ListSuitesResponse(suites=chunk, next_page_token=token)
 
-    async def GetSuite(self, request: opb.GetSuiteRequest, context: grpc.aio.ServicerContext) -> opb.GetSuiteResponse:
+    async def GetSuite(
+        self, request: opb.GetSuiteRequest, context: grpc.aio.ServicerContext
+    ) -> opb.GetSuiteResponse:
         if not request.suite:
             raise InvalidArgument("suite", "is required")
         suite = self.core.catalog.get(request.suite)
@@ -100,27 +108,39 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     # ---------------------------------------------------------------------------- runs
 
-    async def CreateRun(self, request: opb.CreateRunRequest, context: grpc.aio.ServicerContext) -> opb.CreateRunResponse:
+    async def CreateRun(
+        self, request: opb.CreateRunRequest, context: grpc.aio.ServicerContext
+    ) -> opb.CreateRunResponse:
         if not request.HasField("run"):
             raise InvalidArgument("run", "is required")
         return opb.CreateRunResponse(run=await self.core.runs.create(request.run, request.request_id))
 
-    async def GetRun(self, request: opb.GetRunRequest, context: grpc.aio.ServicerContext) -> opb.GetRunResponse:
+    async def GetRun(
+        self, request: opb.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> opb.GetRunResponse:
         if not request.run_id:
             raise InvalidArgument("run_id", "is required")
         return opb.GetRunResponse(run=self.core.runs.get(request.run_id))
 
-    async def ListRuns(self, request: opb.ListRunsRequest, context: grpc.aio.ServicerContext) -> opb.ListRunsResponse:
-        runs = self.core.runs.list(suite=request.suite, model=request.model, state=request.state, loop_id=request.loop_id)
+    async def ListRuns(
+        self, request: opb.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> opb.ListRunsResponse:
+        runs = self.core.runs.list(
+            suite=request.suite, model=request.model, state=request.state, loop_id=request.loop_id
+        )
         chunk, token = page(runs, request.page_size, request.page_token)
         return opb.ListRunsResponse(runs=chunk, next_page_token=token)
 
-    async def CancelRun(self, request: opb.CancelRunRequest, context: grpc.aio.ServicerContext) -> opb.CancelRunResponse:
+    async def CancelRun(
+        self, request: opb.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> opb.CancelRunResponse:
         if not request.run_id:
             raise InvalidArgument("run_id", "is required")
         return opb.CancelRunResponse(run=await self.core.runs.cancel(request.run_id))
 
-    async def WatchRun(self, request: opb.WatchRunRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[opb.WatchRunResponse]:
+    async def WatchRun(
+        self, request: opb.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[opb.WatchRunResponse]:
         if not request.run_id:
             raise InvalidArgument("run_id", "is required")
         async for item in self.core.runs.watch(request.run_id):
@@ -136,7 +156,9 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         e = await self.core.evaluations.create(request.evaluation, request.request_id)
         return opb.CreateEvaluationResponse(evaluation=e)
 
-    async def GetEvaluation(self, request: opb.GetEvaluationRequest, context: grpc.aio.ServicerContext) -> opb.GetEvaluationResponse:
+    async def GetEvaluation(
+        self, request: opb.GetEvaluationRequest, context: grpc.aio.ServicerContext
+    ) -> opb.GetEvaluationResponse:
         if not request.evaluation_id:
             raise InvalidArgument("evaluation_id", "is required")
         return opb.GetEvaluationResponse(evaluation=self.core.evaluations.get(request.evaluation_id))
@@ -153,7 +175,9 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> opb.CancelEvaluationResponse:
         if not request.evaluation_id:
             raise InvalidArgument("evaluation_id", "is required")
-        return opb.CancelEvaluationResponse(evaluation=await self.core.evaluations.cancel(request.evaluation_id))
+        return opb.CancelEvaluationResponse(
+            evaluation=await self.core.evaluations.cancel(request.evaluation_id)
+        )
 
     async def WatchEvaluation(
         self, request: opb.WatchEvaluationRequest, context: grpc.aio.ServicerContext
@@ -175,7 +199,11 @@ def build_app(settings: OrchestratorSettings) -> GrpcApp:
     app = GrpcApp(
         NAME,
         settings,
-        [ServiceBinding(servicer, orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, DESCRIPTOR)],
+        [
+            ServiceBinding(
+                servicer, orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, DESCRIPTOR
+            )
+        ],
     )
     deps.attach(app)
     app.on_startup.append(core.start)

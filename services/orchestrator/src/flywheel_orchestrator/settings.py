@@ -13,7 +13,9 @@ from flywheel_common.settings import ServiceSettings
 class OrchestratorSettings(ServiceSettings):
     """Read from ``FLYWHEEL_ORCHESTRATOR_*`` (plus the shared ``FLYWHEEL_NATS_*`` and ``FLYWHEEL_OBJECT_STORE_*``)."""
 
-    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_ORCHESTRATOR_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="FLYWHEEL_ORCHESTRATOR_", extra="ignore", populate_by_name=True
+    )
 
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one (see ready_file).")
     sandbox_address: str = Field(
@@ -38,7 +40,9 @@ class OrchestratorSettings(ServiceSettings):
     )
     gateway_address: str = Field(
         "localhost:4000",
-        validation_alias=AliasChoices("FLYWHEEL_ORCHESTRATOR_GATEWAY_ADDRESS", "FLYWHEEL_GATEWAY_ADDRESS", "gateway_address"),
+        validation_alias=AliasChoices(
+            "FLYWHEEL_ORCHESTRATOR_GATEWAY_ADDRESS", "FLYWHEEL_GATEWAY_ADDRESS", "gateway_address"
+        ),
         description="host:port of the gateway; models are called at http://<address>/v1.",
     )
     gateway_base_url: str = Field(
@@ -63,12 +67,16 @@ class OrchestratorSettings(ServiceSettings):
     max_concurrency: int = Field(128, ge=1, description="Cap on a run's episodes in flight.")
     max_iterations: int = Field(20, ge=1, description="Default agent iterations per episode.")
     max_tokens: int = Field(200_000, ge=1, description="Default token budget per episode.")
-    max_wall_time_s: float = Field(900.0, gt=0, description="Default wall-clock budget per episode, in seconds.")
+    max_wall_time_s: float = Field(
+        900.0, gt=0, description="Default wall-clock budget per episode, in seconds."
+    )
     max_consecutive_parse_errors: int = Field(
         5, ge=1, description="Default consecutive parse errors after which an episode stops."
     )
     max_loop_detections: int = Field(3, ge=1, description="Loop detections after which an episode stops.")
-    max_tool_output_chars: int = Field(6000, ge=100, description="Tool output shown to the model is cut here.")
+    max_tool_output_chars: int = Field(
+        6000, ge=100, description="Tool output shown to the model is cut here."
+    )
     max_rollouts_per_task: int = Field(64, ge=1, description="Largest rollouts_per_task a run may ask for.")
     suite_dirs: list[Path] = Field(
         default_factory=list,

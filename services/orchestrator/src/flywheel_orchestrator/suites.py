@@ -325,9 +325,7 @@ def parse_problems_jsonl(where: str, data: bytes) -> list[IoTask]:
     return out
 
 
-def build_suite(
-    files: Mapping[str, bytes], *, folder_name: str, source: str, bundled: bool
-) -> Suite:
+def build_suite(files: Mapping[str, bytes], *, folder_name: str, source: str, bundled: bool) -> Suite:
     """A suite from every file of its folder (paths relative to the suite folder)."""
     if "suite.toml" not in files:
         raise SuiteError(f"{source}: suite.toml is missing")
@@ -335,9 +333,7 @@ def build_suite(
     digest = hashlib.sha256()
     for path in sorted(files):
         digest.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
-    suite = Suite(
-        version=digest.hexdigest()[:16], source=source, bundled=bundled, tasks={}, **meta
-    )
+    suite = Suite(version=digest.hexdigest()[:16], source=source, bundled=bundled, tasks={}, **meta)
     per_task: dict[str, dict[str, bytes]] = {}
     for path, data in files.items():
         if path.startswith("tasks/"):
@@ -410,7 +406,9 @@ class SuiteCatalog:
             if (root / "suite.toml").is_file():
                 candidates = [root]
             else:
-                candidates = sorted(p for p in root.iterdir() if (p / "suite.toml").is_file()) if root.is_dir() else []
+                candidates = (
+                    sorted(p for p in root.iterdir() if (p / "suite.toml").is_file()) if root.is_dir() else []
+                )
             for folder in candidates:
                 try:
                     suite = load_folder(folder, bundled=bundled)
@@ -443,7 +441,9 @@ class SuiteCatalog:
 # ---------------------------------------------------------------------------------- importers
 
 
-def import_repo_tasks(source: Path, dest: Path, *, name: str, description: str = "", train_ratio: float = 0.7) -> Suite:
+def import_repo_tasks(
+    source: Path, dest: Path, *, name: str, description: str = "", train_ratio: float = 0.7
+) -> Suite:
     """Turn a directory of task folders (each with ``task.toml``, ``repo/``, optional ``fix/``)
     into a suite folder at ``dest``; every task is validated first, so nothing is half-written."""
     if not NAME_RE.match(name):
@@ -460,7 +460,9 @@ def import_repo_tasks(source: Path, dest: Path, *, name: str, description: str =
     return suite
 
 
-def import_io_problems(source: Path, dest: Path, *, name: str, description: str = "", train_ratio: float = 0.7) -> Suite:
+def import_io_problems(
+    source: Path, dest: Path, *, name: str, description: str = "", train_ratio: float = 0.7
+) -> Suite:
     """Turn a JSONL or Parquet file of seed-003 problems into a suite folder at ``dest``."""
     if not NAME_RE.match(name):
         raise SuiteError(f"suite name {name!r} must match {NAME_RE.pattern}")
@@ -485,8 +487,7 @@ def import_io_problems(source: Path, dest: Path, *, name: str, description: str 
 def _manifest(name: str, description: str, train_ratio: float) -> bytes:
     desc = description.replace('"""', "'''")
     return (
-        f'name = "{name}"\ndescription = """{desc}"""\ntrain_ratio = {train_ratio}\n'
-        f'split_seed = "{name}"\n'
+        f'name = "{name}"\ndescription = """{desc}"""\ntrain_ratio = {train_ratio}\nsplit_seed = "{name}"\n'
     ).encode()
 
 

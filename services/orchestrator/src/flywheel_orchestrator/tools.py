@@ -54,8 +54,15 @@ REPO_TOOLS = (
         "List the files under a folder of the repository.",
         _schema(
             {
-                "rel_dir": {"type": "string", "description": "Folder relative to the repository root; '.' is the root."},
-                "max_files": {"type": "integer", "minimum": 1, "description": "At most this many paths (default 200)."},
+                "rel_dir": {
+                    "type": "string",
+                    "description": "Folder relative to the repository root; '.' is the root.",
+                },
+                "max_files": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "At most this many paths (default 200).",
+                },
             },
             [],
         ),
@@ -66,7 +73,11 @@ REPO_TOOLS = (
         _schema(
             {
                 "rel_path": {"type": "string", "description": "File path relative to the repository root."},
-                "max_chars": {"type": "integer", "minimum": 1, "description": "Return at most this many characters."},
+                "max_chars": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Return at most this many characters.",
+                },
             },
             ["rel_path"],
         ),
@@ -78,7 +89,11 @@ REPO_TOOLS = (
             {
                 "pattern": {"type": "string", "description": "Python regular expression."},
                 "rel_dir": {"type": "string", "description": "Folder to search (default '.')."},
-                "max_matches": {"type": "integer", "minimum": 1, "description": "At most this many matches (default 50)."},
+                "max_matches": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "At most this many matches (default 50).",
+                },
             },
             ["pattern"],
         ),
@@ -103,8 +118,15 @@ IO_TOOLS = (
         "its output is right and, if not, why.",
         _schema(
             {
-                "code": {"type": "string", "description": "The complete Python 3 program (reads stdin, writes stdout)."},
-                "test_case_index": {"type": "integer", "minimum": 0, "description": "0-based index of the test case."},
+                "code": {
+                    "type": "string",
+                    "description": "The complete Python 3 program (reads stdin, writes stdout).",
+                },
+                "test_case_index": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "0-based index of the test case.",
+                },
             },
             ["code", "test_case_index"],
         ),
@@ -258,7 +280,9 @@ class Workspace:
                         if len(hits) < limit:
                             hits.append(f"{path}:{n}: {line}")
         except TimeoutError:
-            return ToolOutcome("", tpb.TOOL_RESULT_STATUS_ERROR, "the pattern took too long to match; simplify it")
+            return ToolOutcome(
+                "", tpb.TOOL_RESULT_STATUS_ERROR, "the pattern took too long to match; simplify it"
+            )
         if not hits:
             return ToolOutcome("no matches")
         text = "\n".join(hits)

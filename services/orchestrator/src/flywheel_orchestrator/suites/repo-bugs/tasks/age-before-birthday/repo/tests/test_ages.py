@@ -1,7 +1,6 @@
 from datetime import date
 
 import pytest
-
 from ages import age_on, is_adult
 
 

@@ -1,5 +1,4 @@
 import pytest
-
 from records import column, parse_records
 
 

@@ -14,7 +14,7 @@ def test_quoted_comma():
 
 
 def test_escaped_quotes():
-    assert split_line('a,"say ""hi""",b') == ["a", 'say "hi"', "b"]
+    assert split_line('a,"say ""hi"", ok",b') == ["a", 'say "hi", ok', "b"]
 
 
 def test_escaped_quote_mid_field():

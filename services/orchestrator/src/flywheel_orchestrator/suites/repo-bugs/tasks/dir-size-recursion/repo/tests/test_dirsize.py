@@ -4,7 +4,13 @@ TREE = {
     "name": "root",
     "children": [
         {"name": "a.txt", "size": 10},
-        {"name": "src", "children": [{"name": "m.py", "size": 30}, {"name": "lib", "children": [{"name": "x", "size": 5}]}]},
+        {
+            "name": "src",
+            "children": [
+                {"name": "m.py", "size": 30},
+                {"name": "lib", "children": [{"name": "x", "size": 5}]},
+            ],
+        },
         {"name": "empty", "children": []},
     ],
 }

@@ -1,5 +1,4 @@
 import pytest
-
 from temperature import c_to_f, c_to_k, daily_mean_c, f_to_c
 
 

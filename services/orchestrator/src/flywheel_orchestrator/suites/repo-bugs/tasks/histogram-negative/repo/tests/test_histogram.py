@@ -1,5 +1,4 @@
 import pytest
-
 from histogram import bin_start, histogram, render
 
 

@@ -1,5 +1,4 @@
 import pytest
-
 from ini import get, parse_ini
 
 

@@ -1,5 +1,4 @@
 import pytest
-
 from logparse import count_levels, parse_line
 from report import busiest_hour, summary
 

@@ -1,5 +1,4 @@
 import pytest
-
 from matrix import identity, matmul, transpose
 
 

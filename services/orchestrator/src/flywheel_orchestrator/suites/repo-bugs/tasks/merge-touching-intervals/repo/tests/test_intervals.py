@@ -3,6 +3,7 @@ from intervals import booked_minutes, free_gaps, merge
 
 def test_overlapping():
     assert merge([(10, 30), (20, 40), (50, 60)]) == [(10, 40), (50, 60)]
+    assert booked_minutes([(10, 30), (20, 40)]) == 30
 
 
 def test_unsorted_and_contained():

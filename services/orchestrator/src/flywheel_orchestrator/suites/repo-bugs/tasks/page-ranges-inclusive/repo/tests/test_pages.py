@@ -1,5 +1,4 @@
 import pytest
-
 from pages import parse_pages
 
 

@@ -1,5 +1,4 @@
 import pytest
-
 from percentile import percentile, summary
 
 

@@ -1,5 +1,4 @@
 import pytest
-
 from roundrobin import assign, busiest, load
 
 

@@ -1,11 +1,16 @@
 import pytest
-
 from lexer import tokenize
 
 
 def test_integers_and_operators():
     assert tokenize("12+(3*45)") == [
-        ("num", "12"), ("op", "+"), ("op", "("), ("num", "3"), ("op", "*"), ("num", "45"), ("op", ")"),
+        ("num", "12"),
+        ("op", "+"),
+        ("op", "("),
+        ("num", "3"),
+        ("op", "*"),
+        ("num", "45"),
+        ("op", ")"),
     ]
 
 

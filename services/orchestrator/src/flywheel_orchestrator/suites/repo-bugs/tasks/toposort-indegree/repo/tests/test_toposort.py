@@ -1,5 +1,4 @@
 import pytest
-
 from buildfile import parse, plan
 from toposort import CycleError, build_order
 

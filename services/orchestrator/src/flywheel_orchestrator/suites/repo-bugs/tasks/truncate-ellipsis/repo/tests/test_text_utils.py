@@ -1,5 +1,4 @@
 import pytest
-
 from text_utils import pad, truncate
 
 

@@ -1,5 +1,4 @@
 import pytest
-
 from units import convert, parse_length
 
 

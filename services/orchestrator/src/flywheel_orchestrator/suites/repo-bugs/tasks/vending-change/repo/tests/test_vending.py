@@ -1,5 +1,4 @@
 import pytest
-
 from vending import VendingMachine
 
 

@@ -1,5 +1,4 @@
 import pytest
-
 from versions import is_newer, latest, parse_version
 
 
