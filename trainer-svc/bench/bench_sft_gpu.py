@@ -1,24 +1,32 @@
 """GPU benchmark of the trainer's SFT against plain TRL SFTTrainer defaults (same model, data, GPU, run).
 
-    python trainer-svc/bench/bench_sft_gpu.py [--steps 30] [--variants baseline,ours,qlora,dpo]
+    python3 trainer-svc/bench/bench_sft_gpu.py [--steps 30] [--variants baseline,peft16,ours16,...]
 
 Model: a randomly initialised Qwen2-style causal LM with Qwen2-1.5B's shape (1.54 B parameters);
-data: random words (a 32k-word vocabulary) of variable length, 64 to 2,048 tokens per example.
-LoRA r=16, alpha 32 on every attention and MLP projection in every variant.
+data: words of a 32k-word vocabulary drawn from a Zipf distribution (so a model can learn
+something in a few steps and the losses compare), 64 to 2,047 words (= tokens) per example.
+LoRA r=16, alpha 32 on every attention and MLP projection in every variant, dropout 0.05 (the
+trainer's default) unless the variant ends in ``_p0``. Learning rate 2e-4 (the trainer's SFT
+default) in every SFT variant, so the losses at equal steps compare.
 
-* baseline — ``SFTConfig`` defaults (padding to the longest in the batch, TRL's default batch
-  size), only ``max_length=2048``, ``bf16`` and the step count set.
-* ours — the options the trainer's worker uses on a CUDA GPU (:func:`flywheel_trainer.worker.
-  cuda_sft_overrides`): examples packed into padding-free rows, fused linear + cross-entropy
-  (Liger) when installed, no activation recomputation, large token batches.
-* ours_flex, ours_flex16 — ours with PyTorch flex attention (block-sparse over the packed row),
-  8 or 16 packed rows (16k or 32k tokens) per micro-batch.
-* qlora — ours with the base weights in 4-bit NF4 (bitsandbytes), a few steps.
-* dpo — DPOTrainer with LoRA on the same model, a few steps.
+* baseline: ``SFTConfig`` defaults (padding to the longest in the batch, 8 examples a batch,
+  gradient checkpointing on); only ``max_length=2048``, ``bf16``, the learning rate and the step
+  count set.
+* ours16, ours4: exactly the worker's CUDA path for a packed SFT job with ``batch_size`` 16 or 4
+  (the default): :func:`flywheel_trainer.worker.cuda_sft_overrides` (packed, padding-free rows
+  padded to ``batch_size x 2048`` tokens, Liger's fused linear + cross-entropy, no recomputation),
+  :func:`~flywheel_trainer.worker.cuda_model_kwargs` (flex attention) and
+  :func:`~flywheel_trainer.worker.fuse_lora` (one fused autograd node per LoRA layer).
+* ours16_p0: ours16 with LoRA dropout 0 (a job's ``lora.dropout = 0``).
+* peft16: ours16 without ``fuse_lora`` (PEFT's own LoRA layers): the previous configuration.
+* ours16_compile: ours16 plus ``torch_compile=True`` (an experiment; not what the worker does).
+* qlora: the worker's path (4 rows) with the base weights in 4-bit NF4 (bitsandbytes), a few steps.
+* dpo: DPOTrainer with LoRA through ``fuse_lora``, 4 pairs a step, a few steps.
 
 Each variant runs in its own process (clean peak-memory figures). Prints one JSON line per
-variant and a summary: tokens/s (non-padding tokens), MFU (4 FLOPs per parameter per token, the
-LoRA convention of the issue, against the GPU's dense bf16 peak), peak memory, final loss.
+variant and a summary: tokens/s (non-padding tokens, steps 6 to the end), MFU (4 FLOPs per
+parameter per token, the LoRA convention of issue 7, against the GPU's dense bf16 peak), peak
+memory, final loss (the last step's) and the mean loss of the last five steps.
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 WORDS = 32000
+LEARNING_RATE = 2e-4
+MAX_LENGTH = 2048
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SFT_VARIANTS = ("baseline", "peft16", "ours16", "ours16_p0", "ours4", "ours16_compile", "qlora")
+TIMEOUT_S = {"ours16_compile": 240}
 
 
 def _tokenizer():
@@ -90,10 +103,13 @@ def _model(quantized: bool):
 
 
 def _texts(n: int, seed: int) -> list[str]:
+    import itertools
     import random
 
     rng = random.Random(seed)
-    return [" ".join(f"w{rng.randrange(WORDS)}" for _ in range(rng.randint(64, 2047))) for _ in range(n)]
+    cum = list(itertools.accumulate(1.0 / (rank + 1) ** 1.1 for rank in range(WORDS)))
+    words = [f"w{i}" for i in range(WORDS)]
+    return [" ".join(rng.choices(words, cum_weights=cum, k=rng.randint(64, 2047))) for _ in range(n)]
 
 
 def run_variant(variant: str, steps: int) -> dict:
@@ -102,14 +118,14 @@ def run_variant(variant: str, steps: int) -> dict:
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from flywheel_trainer.worker import cuda_sft_overrides
+    from flywheel_trainer.worker import cuda_model_kwargs, cuda_sft_overrides, fuse_lora
 
     torch.backends.cuda.matmul.allow_tf32 = True
     lora = LoraConfig(
         r=16,
         lora_alpha=32,
-        lora_dropout=0.05,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        lora_dropout=0.0 if variant.endswith("_p0") else 0.05,
+        target_modules=TARGETS,
         task_type="CAUSAL_LM",
     )
     tok = _tokenizer()
@@ -137,9 +153,10 @@ def run_variant(variant: str, steps: int) -> dict:
         "logging_steps": 1,
         "save_strategy": "no",
         "include_num_input_tokens_seen": "non_padding",
-        "max_length": 2048,
+        "max_length": MAX_LENGTH,
         "disable_tqdm": True,
     }
+    fused = 0
     if variant == "dpo":
         from trl import DPOConfig, DPOTrainer
 
@@ -156,22 +173,27 @@ def run_variant(variant: str, steps: int) -> dict:
             processing_class=tok,
             peft_config=lora,
         )
+        fused = fuse_lora(trainer.model)
     else:
         from trl import SFTConfig, SFTTrainer
 
-        overrides = {} if variant == "baseline" else cuda_sft_overrides()
-        if variant.startswith("ours_flex"):
-            # Block-sparse attention over the packed row (only the diagonal blocks are computed),
-            # padded to a fixed length so the compiled flex kernel is built once.
-            rows = 16 if variant == "ours_flex16" else 8
-            model.set_attn_implementation("flex_attention")
-            overrides.update(per_device_train_batch_size=rows, pad_to_multiple_of=rows * 2048)
+        overrides: dict = {}
+        if variant != "baseline":
+            rows = 4 if variant in ("ours4", "qlora") else 16
+            overrides = cuda_sft_overrides(batch_size=rows, max_length=MAX_LENGTH, packing=True)
+            attn = cuda_model_kwargs("SFT", packing=True).get("attn_implementation")
+            if attn:
+                model.set_attn_implementation(attn)
+            if variant.endswith("_compile"):
+                overrides["torch_compile"] = True
         batch = overrides.get("per_device_train_batch_size", 8)
         data = Dataset.from_list([{"text": t} for t in _texts(steps * batch * 4, seed=1)])
-        args = SFTConfig(**{**common, **overrides})
+        args = SFTConfig(**{**common, "learning_rate": LEARNING_RATE, **overrides})
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora
         )
+        if variant != "baseline" and variant != "peft16":
+            fused = fuse_lora(trainer.model)
     trainer.add_callback(Clock())
     torch.cuda.reset_peak_memory_stats()
     result = trainer.train()
@@ -185,13 +207,18 @@ def run_variant(variant: str, steps: int) -> dict:
     return {
         "variant": variant,
         "gpu": name,
+        "torch": torch.__version__,
         "parameters": n_params,
         "steps": steps,
         "batch_rows": args.per_device_train_batch_size,
+        "lora_dropout": lora.lora_dropout,
+        "fused_lora_layers": fused,
+        "tokens_per_step": round(tokens / (len(timing["t"]) - 1 - warm)),
         "tokens_per_s": round(tps),
         "mfu": round(4 * n_params * tps / peak, 4),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "final_loss": losses[-1] if losses else None,
+        "last5_loss": round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else None,
         "train_loss": result.training_loss,
     }
 
@@ -199,7 +226,8 @@ def run_variant(variant: str, steps: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--variants", default="baseline,ours,qlora,dpo")
+    parser.add_argument("--variants", default="baseline,peft16,ours16,ours16_p0,ours4,qlora,dpo")
+    parser.add_argument("--json-out", help="also write every variant's result to this JSON file")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -207,27 +235,36 @@ def main() -> int:
         return 0
     results = {}
     for variant in args.variants.split(","):
-        steps = args.steps if variant.startswith(("baseline", "ours")) else max(5, args.steps // 4) + 2
-        proc = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, "--steps", str(steps)],
-            capture_output=True,
-            text=True,
-            env=os.environ,
-        )
+        full = variant in SFT_VARIANTS and variant != "qlora"
+        steps = args.steps if full else max(5, args.steps // 4) + 2
+        try:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--variant", variant, "--steps", str(steps)],
+                capture_output=True,
+                text=True,
+                env=os.environ,
+                timeout=TIMEOUT_S.get(variant, 420),
+            )
+        except subprocess.TimeoutExpired as err:
+            tail = (err.stderr or b"")[-2000:]
+            print(f"{variant}: TIMED OUT after {err.timeout} s\n{tail!r}", flush=True)
+            continue
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             print(f"{variant}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
             continue
         results[variant] = json.loads(lines[-1][len("RESULT ") :])
         print(json.dumps(results[variant]), flush=True)
-    for name in ("ours", "ours_flex", "ours_flex16"):
-        if "baseline" not in results or name not in results:
-            continue
-        base, ours = results["baseline"], results[name]
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(results, indent=1))
+    base = results.get("baseline")
+    print("| variant | rows | dropout | tokens/s | vs baseline | MFU | peak GiB | final loss | last-5 loss |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         print(
-            f"SUMMARY {name}/baseline tokens/s = {ours['tokens_per_s'] / base['tokens_per_s']:.2f}x; "
-            f"MFU {base['mfu']:.1%} -> {ours['mfu']:.1%}; peak memory {base['peak_memory_gib']} -> "
-            f"{ours['peak_memory_gib']} GiB; final loss {base['final_loss']:.3f} vs {ours['final_loss']:.3f}",
+            f"| {name} | {r['batch_rows']} | {r['lora_dropout']} | {r['tokens_per_s']:,} | {ratio} | "
+            f"{r['mfu']:.1%} | {r['peak_memory_gib']} | {r['final_loss'] or 0:.4f} | {r['last5_loss'] or 0:.4f} |",
             flush=True,
         )
     return 0

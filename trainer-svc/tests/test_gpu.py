@@ -1,7 +1,16 @@
-"""SFT LoRA, SFT QLoRA and DPO on a 1.54 B-parameter random model, on a CUDA GPU.
+"""The trainer's CUDA path: its fused LoRA layer (CPU and GPU) and real jobs on a GPU.
 
-Runs the variants of ``bench/bench_sft_gpu.py`` for a few steps each. CI has no GPU, so this module
-is skipped there; it runs on the GPU machine of the device tool (README: GPU benchmark).
+* ``test_fused_lora_*``: the fused LoRA layer that the worker puts in place of PEFT's on a GPU
+  (``worker.fuse_lora``) against float64 arithmetic and against PEFT's own layers. They run on the
+  CPU in CI (float32) and again on a GPU (bfloat16 under autocast, as in training).
+* ``test_jobs_on_a_gpu_through_the_service``: the production path on a GPU: a real gRPC service and
+  nats-server, ``CreateFineTuneJob`` for SFT with LoRA, SFT with QLoRA and DPO on a randomly
+  initialised 1.45 B-parameter Qwen2-style model, each job in its own worker process, each adapter
+  published to the object store.
+* ``test_bench_variant_trains_on_a_large_model``: the benchmark's variants for a few steps.
+
+CI has no GPU, so the gpu-marked tests are skipped there; they run on the device tool's GPU machine
+(``bench/RESULTS.md`` has the command and the last outcome).
 """
 
 from __future__ import annotations
@@ -10,21 +19,302 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-pytestmark = [
+CUDA = torch.cuda.is_available()
+needs_gpu = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI has none)"),
+    pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)"),
 ]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_gpu)]
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_sft_gpu.py"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-@pytest.mark.parametrize("variant", ["ours", "qlora", "dpo"])
-def test_variant_trains_on_a_large_model(variant: str) -> None:
+def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.detach().double().reshape(ref.shape), ref.detach().double()
+    assert torch.isfinite(got).all()
+    return ((got - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_lora_layer_matches_float64(device: str, p: float) -> None:
+    """Output and the gradients of input, A and B against float64 with the very dropout mask drawn."""
+    from flywheel_trainer.worker import _fused_lora_function
+
+    gen = torch.Generator().manual_seed(int(p * 10))
+    n_in, n_out, rank, scaling = 64, 48, 8, 2.0
+    low = torch.bfloat16 if device == "cuda" else torch.float32  # base weights and activations
+    x = torch.randn(3, 5, n_in, generator=gen).to(device, low).requires_grad_()
+    weight = (torch.randn(n_out, n_in, generator=gen) / 8).to(device, low)
+    bias = torch.randn(n_out, generator=gen).to(device, low)
+    a = (
+        (torch.randn(rank, n_in, generator=gen) / 8).to(device).requires_grad_()
+    )  # float32, as PEFT keeps them
+    b = (torch.randn(n_out, rank, generator=gen) / 8).to(device).requires_grad_()
+    grad_y = torch.randn(3, 5, n_out, generator=gen).to(device, low)
+
+    torch.manual_seed(123)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        y = _fused_lora_function().apply(x, weight, bias, a, b, scaling, p)
+    y.backward(grad_y)
+    keep = torch.ones(15, n_in, dtype=torch.bool, device=device)
+    if p:
+        torch.manual_seed(123)  # the layer's dropout is the first draw after the seed: draw it again
+        _, keep = torch.native_dropout(x.detach().reshape(15, n_in), p, True)
+        assert 0 < (~keep).sum() < 15 * n_in * 3 * p
+
+    x64 = x.detach().double().requires_grad_()
+    a64 = a.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_()
+    flat = x64.reshape(15, n_in)
+    dropped = flat * keep.double() / (1 - p)
+    ref = flat @ weight.double().t() + bias.double() + scaling * (dropped @ a64.t()) @ b64.t()
+    ref.backward(grad_y.double().reshape(15, n_out))
+
+    tol = 2e-2 if low == torch.bfloat16 else 1e-5
+    assert y.shape == (3, 5, n_out) and y.dtype == low
+    assert _rel(y, ref) < tol
+    assert x.grad is not None and x.grad.dtype == low and _rel(x.grad, x64.grad) < tol
+    assert a.grad is not None and a.grad.dtype == torch.float32 and _rel(a.grad, a64.grad) < tol
+    assert b.grad is not None and b.grad.dtype == torch.float32 and _rel(b.grad, b64.grad) < tol
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_lora_matches_peft_in_a_model(device: str) -> None:
+    """Loss and every LoRA gradient of a small Qwen2 equal PEFT's; adapters-off still means base only."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from flywheel_trainer.worker import fuse_lora
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = Qwen2ForCausalLM(config).to(device, dtype)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=TARGETS, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero; make the adapter branch matter
+            torch.nn.init.normal_(param, std=0.05)
+    ids = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(1)).to(device)
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            out = model(input_ids=ids, labels=ids)
+            out.loss.backward()
+            with torch.no_grad(), model.disable_adapter():
+                base_logits = model(input_ids=ids).logits
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return out.loss.detach(), grads, base_logits
+
+    model.eval()  # dropout off: PEFT's layers and the fused ones are then the same function
+    loss_peft, grads_peft, base_peft = step()
+    keys = set(model.state_dict())
+    assert fuse_lora(model) == 2 * len(TARGETS)
+    assert fuse_lora(model) == 0  # already patched
+    loss_fused, grads_fused, base_fused = step()
+    assert set(model.state_dict()) == keys  # the checkpoint and the published adapter are PEFT's
+
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-5
+    assert abs(loss_fused.item() - loss_peft.item()) < tol * abs(loss_peft.item())
+    assert grads_fused.keys() == grads_peft.keys() and len(grads_peft) == 4 * len(TARGETS)
+    for name, grad in grads_peft.items():
+        assert _rel(grads_fused[name], grad) < tol, name
+    assert _rel(base_fused, base_peft) < 1e-6  # adapters off: the base model alone, as before
+
+    model.train()  # dropout on: the passes differ, and stay finite
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        first = model(input_ids=ids, labels=ids).loss
+        second = model(input_ids=ids, labels=ids).loss
+    assert math.isfinite(first.item()) and first.item() != second.item()
+
+
+# ----------------------------------------------------------------------------- GPU jobs
+
+BIG = "gpu-qwen2-1b45"
+
+
+@pytest.fixture(scope="module")
+def big_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Qwen2-1.5B-shaped model with 31 layers (1.45 B parameters) and the tests' tokenizer."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from flywheel_trainer.testing import FACTS, build_tiny_model
+
+    folder = tmp_path_factory.mktemp("big") / "model"
+    build_tiny_model(folder, [f"{q} {a} I do not know." for q, a in FACTS] * 20)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=31,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) >= 1_400_000_000
+    for stale in folder.glob("*.safetensors"):
+        stale.unlink()
+    model.save_pretrained(folder)
+    del model
+    torch.cuda.empty_cache()
+    return folder
+
+
+def _sft_rows(n: int) -> list[dict]:
+    from flywheel_trainer.testing import FACTS
+
+    rows = []
+    for i in range(n):
+        question, answer = FACTS[i % len(FACTS)]
+        times = 20 + (i * 37) % 100  # 60 to 400 tokens per row: packing has something to pack
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"{question} Say it {times} times."},
+                    {"role": "assistant", "content": " ".join([answer] * times)},
+                ]
+            }
+        )
+    return rows
+
+
+def _job(method: int, dataset: str, adapter: str, **hp: object) -> object:
+    from flywheel.trainer.v1 import trainer_pb2
+
+    job = trainer_pb2.FineTuneJob(base_model=BIG, dataset_id=dataset, method=method, adapter_name=adapter)
+    for key, value in hp.items():
+        setattr(job.hyperparameters, key, value)
+    return job
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
+async def test_jobs_on_a_gpu_through_the_service(
+    service_env: dict[str, str], tmp_path: Path, big_model_dir: Path, store_of: Callable, channel_to: Callable
+) -> None:
+    """SFT LoRA (packed, flex attention, fused LoRA), SFT QLoRA and DPO jobs: worker process → adapter."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel.trainer.v1 import trainer_pb2 as S
+    from flywheel.trainer.v1 import trainer_pb2_grpc
+    from flywheel_common.testing.services import boot_service
+    from flywheel_trainer import catalog
+    from flywheel_trainer.service import build_app
+    from flywheel_trainer.settings import TrainerSettings
+    from flywheel_trainer.storeio import download_dir
+    from flywheel_trainer.testing import DPO_ROWS, wait_for, write_dataset
+
+    env = {**service_env, "FLYWHEEL_TRAINER_STATE_DIR": str(tmp_path / "state")}
+    store = store_of(env)
+    store.ensure_ready()
+    catalog.register_base_model(store, big_model_dir, BIG, "random 1.45 B Qwen2-style model for GPU tests")
+    rows = _sft_rows(400)
+    write_dataset(store, "ds-gpusft0000000001", "SFT", rows, validation=rows[:8])
+    write_dataset(store, "ds-gpudpo0000000001", "PREFERENCE", DPO_ROWS * 8)
+
+    sft, dpo = S.FINE_TUNE_METHOD_SFT, S.FINE_TUNE_METHOD_DPO
+    jobs = {
+        "lora": _job(
+            sft,
+            "ds-gpusft0000000001",
+            "gpu-lora",
+            max_steps=8,
+            packing=True,
+            learning_rate=5e-4,
+            checkpoint_every_steps=4,
+        ),
+        "qlora": _job(
+            sft, "ds-gpusft0000000001", "gpu-qlora", max_steps=4, packing=True, checkpoint_every_steps=4
+        ),
+        "dpo": _job(dpo, "ds-gpudpo0000000001", "gpu-dpo", max_steps=3, checkpoint_every_steps=3),
+    }
+    jobs["qlora"].hyperparameters.quantization.quantization = S.QUANTIZATION_NF4
+    async with boot_service(build_app, TrainerSettings, env) as address:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel_to(address))
+        created = {}
+        for key, job in jobs.items():
+            request = S.CreateFineTuneJobRequest(job=job, request_id=f"gpu-{key}")
+            created[key] = (await stub.CreateFineTuneJob(request)).job
+        finals = {}
+        for key, job in created.items():
+            finals[key] = await wait_for(stub, job.id, lambda j: j.state in (3, 4, 5), limit_s=900)
+        logs = {}
+        for key, job in created.items():
+            worker_log = (tmp_path / "state" / "work" / job.id / "worker.log").read_text(errors="replace")
+            assert finals[key].state == 3, f"{key}: {finals[key].error}\n{worker_log[-3000:]}"
+            assert finals[key].device.startswith("cuda:0"), finals[key].device
+            logs[key] = worker_log
+        # The CUDA path the worker took: fused LoRA on all 31 x 7 projections (none for 4-bit layers).
+        assert "fused LoRA on 217 layers, attention flex_attention" in logs["lora"]
+        assert "fused LoRA on 0 layers, attention flex_attention" in logs["qlora"]
+        assert "fused LoRA on 217 layers, attention default" in logs["dpo"]
+
+        lora = finals["lora"]
+        history = [h for h in json.loads(_adapter_file(store, lora, "training_log.json")) if "loss" in h]
+        losses = [h["loss"] for h in history]
+        assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
+        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses  # it learns the repeated answers
+        assert lora.latest_metrics.tokens_per_second > 0 and lora.latest_metrics.HasField("eval_loss")
+        for key in jobs:
+            adapter = (await stub.GetAdapter(S.GetAdapterRequest(name=f"gpu-{key}"))).adapter
+            assert adapter.version == 1 and adapter.job_id == created[key].id
+
+    # The published SFT adapter: B matrices moved off zero; it loads with PEFT on the base and generates.
+    local = download_dir(store, lora.adapter.object_prefix, tmp_path / "adapter")
+    weights = load_file(local / "adapter_model.safetensors")
+    assert len([k for k in weights if "lora_B" in k]) == 217
+    assert sum(t.abs().sum().item() for k, t in weights.items() if "lora_B" in k) > 0
+    base = AutoModelForCausalLM.from_pretrained(big_model_dir, dtype=torch.bfloat16, device_map={"": 0})
+    model = PeftModel.from_pretrained(base, local)
+    tokenizer = AutoTokenizer.from_pretrained(local)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What colour is the sky? Say it 3 times."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+    )
+    ids = (prompt["input_ids"] if hasattr(prompt, "keys") else prompt).to("cuda")
+    out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+
+
+def _adapter_file(store: object, job: object, name: str) -> bytes:
+    return store.get_bytes(job.adapter.object_prefix + name)  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- benchmark variants
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
+@pytest.mark.parametrize("variant", ["ours4", "qlora", "dpo"])
+def test_bench_variant_trains_on_a_large_model(variant: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--variant", variant, "--steps", "8"],
         capture_output=True,

@@ -19,6 +19,7 @@ from rich.table import Table
 from flywheel_cli.dataset import dataset
 from flywheel_cli.finetune import finetune
 from flywheel_cli.health import grpc_health, http_health, tcp_open
+from flywheel_cli.orchestrator_cmds import eval_cmd, run_cmd, suites
 from flywheel_cli.stack import STACK_FILE, Running, Stack, StackError, StackInfo, log_tail, wait_for_signal
 from flywheel_cli.trajectories import trajectories
 
@@ -42,6 +43,9 @@ def cli() -> None:
 cli.add_command(trajectories)
 cli.add_command(dataset)
 cli.add_command(finetune)
+cli.add_command(suites)
+cli.add_command(run_cmd)
+cli.add_command(eval_cmd)
 
 
 @cli.command()

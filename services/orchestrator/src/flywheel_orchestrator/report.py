@@ -129,3 +129,39 @@ def chart_png(e: epb.Evaluation) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def loop_markdown(loop, e: epb.Evaluation) -> str:
+    """The loop's report: stage times, artefacts, the evaluation and the gate's decision."""
+    from flywheel.common.v1 import common_pb2 as c
+    from flywheel.orchestrator.v1 import loop_pb2 as lpb
+
+    g = loop.gate_result
+    decision = lpb.GateDecision.Name(g.decision).removeprefix("GATE_DECISION_").lower()
+    lines = [
+        f"# Loop {loop.id}",
+        "",
+        f"Suite `{loop.suite}`, base model `{loop.base_model}`, adapter `{loop.adapter_name}`; "
+        f"incumbent `{loop.incumbent_model}`, candidate `{loop.candidate_model}`.",
+        "",
+        f"**Gate: {decision}** - {g.reason}.",
+        "",
+        "| stage | state | seconds | artefacts |",
+        "|---|---|---:|---|",
+    ]
+    for s in loop.stages:
+        secs = (
+            (s.end_time.ToNanoseconds() - s.start_time.ToNanoseconds()) / 1e9
+            if s.HasField("end_time")
+            else 0.0
+        )
+        arts = ", ".join(
+            f"{c.ResourceKind.Name(a.kind).removeprefix('RESOURCE_KIND_').lower()} `{a.id}`"
+            for a in s.artefacts
+        )
+        lines.append(
+            f"| {lpb.LoopStage.Name(s.stage).removeprefix('LOOP_STAGE_').lower()} "
+            f"| {c.JobState.Name(s.state).removeprefix('JOB_STATE_').lower()} | {secs:.1f} | {arts} |"
+        )
+    lines += ["", "## Evaluation", "", to_markdown(e)]
+    return "\n".join(lines)

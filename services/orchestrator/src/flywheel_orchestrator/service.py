@@ -18,6 +18,7 @@ from flywheel_common.errors import InvalidArgument, NotFound
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
 from flywheel_orchestrator.evaluations import EvaluationManager
+from flywheel_orchestrator.loops import LoopManager
 from flywheel_orchestrator.model import ModelClient
 from flywheel_orchestrator.runs import RunManager
 from flywheel_orchestrator.sandbox import SandboxClient
@@ -26,7 +27,7 @@ from flywheel_orchestrator.suites import SuiteCatalog
 
 NAME = "orchestrator"
 DESCRIPTOR = opb.DESCRIPTOR.services_by_name["OrchestratorService"]
-UNIMPLEMENTED_ISSUE = "issue #10"
+UNIMPLEMENTED_ISSUE = "a later issue"
 
 
 def page(
@@ -63,6 +64,9 @@ class Orchestrator:
             settings, lambda: deps.store, self._bus, self.catalog, self.models, self.sandbox
         )
         self.evaluations = EvaluationManager(lambda: deps.store, self._bus, self.runs)
+        self.loops = LoopManager(
+            settings, lambda: deps.store, self._bus, self.runs, self.evaluations, self.models
+        )
 
     def _bus(self):
         return self.deps.bus if self.deps.want_events else None
@@ -72,8 +76,10 @@ class Orchestrator:
         self.catalog.reload()
         await self.runs.start()
         await self.evaluations.start()
+        await self.loops.start()
 
     async def stop(self) -> None:
+        await self.loops.stop()
         await self.evaluations.stop()
         await self.runs.stop()
         await self.sandbox.close()
@@ -185,6 +191,43 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if not request.evaluation_id:
             raise InvalidArgument("evaluation_id", "is required")
         async for item in self.core.evaluations.watch(request.evaluation_id):
+            yield item
+
+    # ---------------------------------------------------------------------------- loops
+
+    async def CreateLoop(
+        self, request: opb.CreateLoopRequest, context: grpc.aio.ServicerContext
+    ) -> opb.CreateLoopResponse:
+        if not request.HasField("loop"):
+            raise InvalidArgument("loop", "is required")
+        return opb.CreateLoopResponse(loop=await self.core.loops.create(request.loop, request.request_id))
+
+    async def GetLoop(
+        self, request: opb.GetLoopRequest, context: grpc.aio.ServicerContext
+    ) -> opb.GetLoopResponse:
+        if not request.loop_id:
+            raise InvalidArgument("loop_id", "is required")
+        return opb.GetLoopResponse(loop=self.core.loops.get(request.loop_id))
+
+    async def ListLoops(
+        self, request: opb.ListLoopsRequest, context: grpc.aio.ServicerContext
+    ) -> opb.ListLoopsResponse:
+        chunk, token = page(self.core.loops.list(request.state), request.page_size, request.page_token)
+        return opb.ListLoopsResponse(loops=chunk, next_page_token=token)
+
+    async def CancelLoop(
+        self, request: opb.CancelLoopRequest, context: grpc.aio.ServicerContext
+    ) -> opb.CancelLoopResponse:
+        if not request.loop_id:
+            raise InvalidArgument("loop_id", "is required")
+        return opb.CancelLoopResponse(loop=await self.core.loops.cancel(request.loop_id))
+
+    async def WatchLoop(
+        self, request: opb.WatchLoopRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[opb.WatchLoopResponse]:
+        if not request.loop_id:
+            raise InvalidArgument("loop_id", "is required")
+        async for item in self.core.loops.watch(request.loop_id):
             yield item
 
 

@@ -84,6 +84,16 @@ class OrchestratorSettings(ServiceSettings):
     )
     sandbox_timeout_s: float = Field(180.0, gt=0, description="Timeout of one sandbox call, in seconds.")
     trajectory_timeout_s: float = Field(60.0, gt=0, description="Timeout of one trajectory-store call.")
+    adapter_route_prefix: str = Field(
+        "ft/",
+        description="Gateway prefix of adapter routes: a loop's candidate is <prefix><name>-v<version>.",
+    )
+    loop_hot_load_timeout_s: float = Field(
+        900.0, gt=0, description="A loop fails if its adapter is not served by the gateway within this time."
+    )
+    loop_hot_load_poll_s: float = Field(
+        5.0, gt=0, description="How often a loop waiting for a hot-load also checks the gateway's model list."
+    )
 
     @property
     def base_url(self) -> str:
