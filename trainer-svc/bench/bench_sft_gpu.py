@@ -12,8 +12,8 @@ default) in every SFT variant, so the losses at equal steps compare.
 * baseline: ``SFTConfig`` defaults (padding to the longest in the batch, 8 examples a batch,
   gradient checkpointing on); only ``max_length=2048``, ``bf16``, the learning rate and the step
   count set.
-* ours16, ours4: exactly the worker's CUDA path for a packed SFT job with ``batch_size`` 16 or 4
-  (the default): :func:`flywheel_trainer.worker.cuda_sft_overrides` (packed, padding-free rows
+* ours16, ours8, ours4: exactly the worker's CUDA path for a packed SFT job with ``batch_size``
+  16, 8 or 4 (the default): :func:`flywheel_trainer.worker.cuda_sft_overrides` (packed, padding-free rows
   padded to ``batch_size x 2048`` tokens, Liger's fused linear + cross-entropy, no recomputation),
   :func:`~flywheel_trainer.worker.cuda_model_kwargs` (flex attention) and
   :func:`~flywheel_trainer.worker.fuse_lora` (one fused autograd node per LoRA layer).
@@ -46,7 +46,7 @@ WORDS = 32000
 LEARNING_RATE = 2e-4
 MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SFT_VARIANTS = ("baseline", "peft16", "ours16", "ours16_p0", "ours4", "ours16_compile", "qlora")
+SFT_VARIANTS = ("baseline", "peft16", "ours16", "ours16_p0", "ours8", "ours4", "ours16_compile", "qlora")
 TIMEOUT_S = {"ours16_compile": 240}
 
 
@@ -179,7 +179,7 @@ def run_variant(variant: str, steps: int) -> dict:
 
         overrides: dict = {}
         if variant != "baseline":
-            rows = 4 if variant in ("ours4", "qlora") else 16
+            rows = {"ours4": 4, "qlora": 4, "ours8": 8}.get(variant, 16)
             overrides = cuda_sft_overrides(batch_size=rows, max_length=MAX_LENGTH, packing=True)
             attn = cuda_model_kwargs("SFT", packing=True).get("attn_implementation")
             if attn:

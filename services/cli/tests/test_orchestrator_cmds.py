@@ -194,6 +194,15 @@ async def test_reference_run_resolves_and_is_listed(
         assert code == 0 and "2/2 (100%)" in output
         code, output = await flywheel("run", "--address", address, "cancel", run_id)
         assert code == 0 and "succeeded" in output  # too late to cancel: it stays succeeded
+        # --no-watch only starts it (its id on stdout); `run watch -q` follows it without episode lines
+        code, output = await flywheel(
+            "run", "--address", address, "--suite", "mini", "--split", "train", "--reference", "--task", "double",
+            "--no-watch",
+        )  # fmt: skip
+        assert code == 0 and "✓" not in output, output
+        second = first_id(output, "run")
+        code, output = await flywheel("run", "--address", address, "watch", second, "-q")
+        assert code == 0 and "✓" not in output and "1/1 (100%)" in output and second != run_id, output
         # the trajectories really are in the store, under this run
         code, output = await flywheel(
             "trajectories",
@@ -291,7 +300,7 @@ async def test_ctrl_c_cancels_the_run(backends: dict[str, str], service_env: dic
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "flywheel_cli", "run", "--address", address, "--suite", "mini",
             "--split", "train", "--model", "scripted",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
         )  # fmt: skip
         try:
             assert proc.stdout is not None and proc.stderr is not None
@@ -309,7 +318,10 @@ async def test_ctrl_c_cancels_the_run(backends: dict[str, str], service_env: dic
                 await proc.wait()
         stderr = err.decode()
         assert proc.returncode == 130, stderr
-        assert f"interrupted: cancelling run {run_id}" in stderr and "cancelled" in stderr, stderr
+        assert (
+            f"interrupted: cancelling run {run_id}" in stderr
+            and f"{run_id}: cancelled (cancellation" in stderr
+        ), stderr
         async with grpc.aio.insecure_channel(address) as channel:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
             run = (await stub.GetRun(opb.GetRunRequest(run_id=run_id))).run

@@ -508,8 +508,7 @@ def _cancel_after_interrupt(kind: str, job_id: str, cancel: Callable[[], Any]) -
     job = cancel()
     finished = job.counters.episodes_finished if kind == "run" else job.progress.episodes_finished
     console.print(
-        f"{kind} {job.id} {_state(job.state)} (cancellation requested); "
-        f"{finished} finished episodes stay stored"
+        f"{job.id}: {_state(job.state)} (cancellation requested); {finished} finished episodes stay stored"
     )
     return EXIT_INTERRUPTED
 

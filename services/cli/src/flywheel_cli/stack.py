@@ -131,6 +131,7 @@ class Stack:
         self.nats_url = ""
         self.children: list[Running] = []
         self.moved_ports: dict[str, int] = {}
+        self.ports: dict[str, int] = {}
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -276,6 +277,7 @@ class Stack:
         try:
             self.start_nats()
             ports = self.plan_ports()
+            self.ports = ports
             for component in self.components:
                 self.children.append(self.spawn(component, ports))
             self.wait_healthy(timeout_s)
@@ -307,6 +309,42 @@ class Stack:
                 for c in self.children
             ],
         )
+
+    def restart(self, name: str, *, kill: bool = True, timeout_s: float = 60.0) -> Running:
+        """Stop one component (SIGKILL with ``kill``, as a crash would; else SIGTERM) and start it
+        again on the same port, then wait until it is healthy. Used by the crash tests and by
+        whoever wants to pick up a code change in one service without restarting the stack."""
+        child = next((c for c in self.children if c.component.name == name), None)
+        if child is None:
+            raise StackError(f"no running component named {name!r}")
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            child.proc.wait()
+        else:
+            stop_process_group(child.proc, self.grace_s)
+        self.children.remove(child)
+        fresh = self.spawn(child.component, self.ports)
+        self.children.append(fresh)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if fresh.proc.poll() is not None:
+                raise StackError(f"{name} exited while restarting:\n{log_tail(fresh.log_path)}")
+            if fresh.port is None:
+                info = ready_file_info(fresh.ready_path)
+                if info is not None:
+                    fresh.port = int(info["port"])
+            if fresh.port is not None and fresh.health(timeout=1.0) == "SERVING":
+                break
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{name} not healthy {timeout_s:.0f} s after a restart:\n{log_tail(fresh.log_path)}"
+                )
+            time.sleep(0.1)
+        if self.stack_file.exists():
+            self.info().save(self.stack_file)
+        self.on_event(name, f"restarted (pid {fresh.proc.pid})")
+        return fresh
 
     def exited(self) -> list[Running]:
         """Children that have exited on their own since the start."""

@@ -8,7 +8,7 @@ source of truth (the run and evaluation here, ``GetDatasetBuild``, ``GetFineTune
 gateway's model list for the hot-load), so a duplicate or late event is harmless, and a loop
 re-checks its stage at start-up, so an event missed while the orchestrator was down is too.
 
-Every stage's job is created with the request id ``<loop id>/<stage>``: a restart between
+Every stage's job is created with the request id ``<loop id>-<stage>`` (the trainer allows only ``[A-Za-z0-9_-]`` in request ids): a restart between
 creating a job and recording it gets the same job back, never a second one. The loop is
 persisted as ``orchestrator/loops/<id>.json`` after every transition, and every artefact names
 the loop (``loop_id``) and the artefacts it came from (the dataset its runs, the job its
@@ -154,10 +154,7 @@ class LoopManager:
         self.models = models
         self.loops: dict[str, LoopState] = {}
         self._lock = asyncio.Lock()
-        self._dataset_channel = grpc.aio.insecure_channel(settings.dataset_address)
-        self._trainer_channel = grpc.aio.insecure_channel(settings.trainer_address)
-        self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._dataset_channel)
-        self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._trainer_channel)
+        self._channels: list[grpc.aio.Channel] = []  # made in start(), inside the event loop
         self._subs: list = []
         self._stopping = False
         self._background: set[asyncio.Task] = set()
@@ -169,6 +166,12 @@ class LoopManager:
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._channels = [
+            grpc.aio.insecure_channel(self.settings.dataset_address),
+            grpc.aio.insecure_channel(self.settings.trainer_address),
+        ]
+        self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channels[0])
+        self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels[1])
         for loop in await asyncio.to_thread(self._load):
             self.loops[loop.id] = LoopState(loop)
         bus = self._bus()
@@ -179,6 +182,15 @@ class LoopManager:
             if st.loop.state not in TERMINAL:
                 log.info("resuming loop %s at stage %s", st.loop.id, stage_name(st.loop.stage))
                 self._spawn(self.advance(st.loop.id))
+        self._spawn(self._reconcile())
+
+    async def _reconcile(self) -> None:
+        """Events move loops; this only catches what a lost event would leave waiting."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.loop_reconcile_s)
+            for loop_id, st in list(self.loops.items()):
+                if st.loop.state not in TERMINAL and not st.lock.locked():
+                    await self.advance(loop_id)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -190,8 +202,8 @@ class LoopManager:
                 st.poller.cancel()
         for task in list(self._background):
             task.cancel()
-        await self._dataset_channel.close()
-        await self._trainer_channel.close()
+        for channel in self._channels:
+            await channel.close()
 
     def _load(self) -> list[lpb.Loop]:
         out = []
@@ -434,7 +446,7 @@ class LoopManager:
         loop = st.loop
         cur = self._current(loop)
         if cur is None:
-            run = await self.runs.create(self._rollout_run(loop), f"{loop.id}/rollouts", loop_id=loop.id)
+            run = await self.runs.create(self._rollout_run(loop), f"{loop.id}-rollouts", loop_id=loop.id)
             await self._begin(
                 st,
                 S.LOOP_STAGE_ROLLOUTS,
@@ -523,7 +535,7 @@ class LoopManager:
                 self._hot_load_watchdog(st)
                 return False
             evaluation = await self.evaluations.create(
-                self._evaluation(loop), f"{loop.id}/evaluation", loop_id=loop.id
+                self._evaluation(loop), f"{loop.id}-evaluation", loop_id=loop.id
             )
             await self._begin(
                 st,
@@ -617,7 +629,7 @@ class LoopManager:
             labels=self._labels(loop),
         )
         reply = await self.datasets.CreateDatasetBuild(
-            dpb.CreateDatasetBuildRequest(build=build, request_id=f"{loop.id}/dataset"), timeout=60
+            dpb.CreateDatasetBuildRequest(build=build, request_id=f"{loop.id}-dataset"), timeout=60
         )
         return reply.build
 
@@ -633,7 +645,7 @@ class LoopManager:
         )
         try:
             reply = await self.trainer.CreateFineTuneJob(
-                trpb.CreateFineTuneJobRequest(job=job, request_id=f"{loop.id}/fine-tune"), timeout=60
+                trpb.CreateFineTuneJobRequest(job=job, request_id=f"{loop.id}-fine-tune"), timeout=60
             )
         except grpc.aio.AioRpcError as err:
             if err.code() in (

@@ -67,12 +67,30 @@ class ModelClient:
     def __init__(
         self, base_url: str, api_key: str, *, max_retries: int, timeout_s: float, concurrency: int
     ) -> None:
-        self.client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "none", max_retries=max_retries, timeout=timeout_s
-        )
         self.base_url = base_url
         self.timeout_s = timeout_s
-        self.limit = asyncio.Semaphore(concurrency)
+        self._args = {
+            "base_url": base_url,
+            "api_key": api_key or "none",
+            "max_retries": max_retries,
+            "timeout": timeout_s,
+        }
+        self._client: openai.AsyncOpenAI | None = None
+        self._concurrency = concurrency
+        self._limit: asyncio.Semaphore | None = None
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        # Made on first use, inside the running event loop its connections belong to.
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(**self._args)
+        return self._client
+
+    @property
+    def limit(self) -> asyncio.Semaphore:
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self._concurrency)
+        return self._limit
 
     def policy(self, model: str) -> GatewayPolicy:
         return GatewayPolicy(self, model)
@@ -90,7 +108,8 @@ class ModelClient:
         return {}
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
 
 
 @dataclass

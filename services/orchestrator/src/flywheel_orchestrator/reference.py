@@ -73,6 +73,11 @@ class ReferencePolicy:
         self._turns = turns
         self._next = 0
 
+    @property
+    def turns(self) -> int:
+        """Assistant turns of the script, the final answer included."""
+        return len(self._turns)
+
     async def turn(
         self,
         messages: list[dict[str, Any]],

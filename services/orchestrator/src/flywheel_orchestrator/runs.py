@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from google.protobuf import json_format
@@ -115,8 +115,9 @@ class RunManager:
         self.catalog = catalog
         self.models = models
         self.sandbox = sandbox
-        self._channel = grpc.aio.insecure_channel(settings.trajectory_address)
-        self.trajectories = trajectory_pb2_grpc.TrajectoryServiceStub(self._channel)
+        # gRPC aio channels belong to the event loop they are made in: made in start().
+        self._channel: grpc.aio.Channel | None = None
+        self.trajectories: trajectory_pb2_grpc.TrajectoryServiceStub | None = None  # type: ignore[assignment]
         self.runs: dict[str, RunState] = {}
         self._lock = asyncio.Lock()
         self._stopping = False
@@ -130,6 +131,8 @@ class RunManager:
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.settings.trajectory_address)
+        self.trajectories = trajectory_pb2_grpc.TrajectoryServiceStub(self._channel)
         pending, unannounced = await asyncio.to_thread(self._load)
         for run in unannounced:
             await self._publish(run)
@@ -146,7 +149,8 @@ class RunManager:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     def _load(self) -> tuple[list[run_pb2.Run], list[run_pb2.Run]]:
         store = self.store
@@ -528,6 +532,10 @@ class RunManager:
         )
         if run.teacher_kind == tpb.TEACHER_KIND_REFERENCE:
             policy = ReferencePolicy(task, protocol)
+            # The reference script has a known length; a budget meant for models (e.g. a loop's
+            # short evaluation episodes) must not cut a demonstration short.
+            if limits.max_iterations < policy.turns:
+                spec.limits = replace(limits, max_iterations=policy.turns)
         else:
             policy = self.models.policy(run.model)
         episode = Episode(spec, policy, self.sandbox)

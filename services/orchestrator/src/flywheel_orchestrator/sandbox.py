@@ -51,11 +51,20 @@ class SandboxClient:
     def __init__(self, address: str, *, call_timeout_s: float = 120.0) -> None:
         self.address = address
         self.call_timeout_s = call_timeout_s
-        self._channel = grpc.aio.insecure_channel(address)
-        self.stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: sandbox_pb2_grpc.SandboxServiceStub | None = None
+
+    @property
+    def stub(self) -> sandbox_pb2_grpc.SandboxServiceStub:
+        # Made on first use, inside the running event loop (aio channels are bound to one).
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+            self._stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
+        return self._stub
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     async def _call(self, method, request, deadline: float):
         delay = 0.05

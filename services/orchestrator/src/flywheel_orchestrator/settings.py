@@ -91,6 +91,9 @@ class OrchestratorSettings(ServiceSettings):
     loop_hot_load_timeout_s: float = Field(
         900.0, gt=0, description="A loop fails if its adapter is not served by the gateway within this time."
     )
+    loop_reconcile_s: float = Field(
+        30.0, gt=0, description="Every this often a loop re-checks its stage (a safety net for lost events)."
+    )
     loop_hot_load_poll_s: float = Field(
         5.0, gt=0, description="How often a loop waiting for a hot-load also checks the gateway's model list."
     )
