@@ -264,7 +264,8 @@ def main() -> int:
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         print(
             f"| {name} | {r['batch_rows']} | {r['lora_dropout']} | {r['tokens_per_s']:,} | {ratio} | "
-            f"{r['mfu']:.1%} | {r['peak_memory_gib']} | {r['final_loss'] or 0:.4f} | {r['last5_loss'] or 0:.4f} |",
+            f"{r['mfu']:.1%} | {r['peak_memory_gib']} | {r['final_loss'] or 0:.4f} | "
+            f"{r['last5_loss'] or 0:.4f} |",
             flush=True,
         )
     return 0

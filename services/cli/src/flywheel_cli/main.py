@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flywheel_cli.dataset import dataset
+from flywheel_cli.demo import demo, loop_cmd
 from flywheel_cli.finetune import finetune
 from flywheel_cli.health import grpc_health, http_health, tcp_open
 from flywheel_cli.orchestrator_cmds import eval_cmd, run_cmd, suites
@@ -46,6 +47,8 @@ cli.add_command(finetune)
 cli.add_command(suites)
 cli.add_command(run_cmd)
 cli.add_command(eval_cmd)
+cli.add_command(loop_cmd)
+cli.add_command(demo)
 
 
 @cli.command()

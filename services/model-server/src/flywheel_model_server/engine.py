@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flywheel_common.hardware import cpu_has_fast_bf16
 from flywheel_common.objectstore import ObjectStore, open_object_store
 from flywheel_model_server.basemodel import LocatedModel, ModelMissingError, locate
 from flywheel_model_server.protocol import APIError, bad_request
@@ -243,8 +244,10 @@ class Engine:
             self.settings.dtype
         )
         if dtype is None:
-            gpu_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-            dtype = torch.bfloat16 if gpu_bf16 else torch.float32
+            if device.startswith("cuda"):
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+            else:
+                dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
         model.to(device).eval()

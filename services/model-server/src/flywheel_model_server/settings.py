@@ -41,7 +41,9 @@ class ModelServerSettings(ServiceSettings):
         "auto", description="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1 …"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; auto = bfloat16 on a GPU that supports it, else float32."
+        "auto",
+        description="Weights dtype; auto = bfloat16 on a GPU or CPU that computes it natively (AVX-512 BF16, AMX), "
+        "else float32.",
     )
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads torch uses for one generation; unset = torch's default."

@@ -48,6 +48,7 @@ from flywheel_orchestrator.evaluations import EvaluationManager
 from flywheel_orchestrator.model import ModelClient
 from flywheel_orchestrator.runs import LABEL_KEY, PRODUCER, TERMINAL, RunManager, now
 from flywheel_orchestrator.settings import OrchestratorSettings
+from flywheel_orchestrator.suites import SuiteError
 
 log = logging.getLogger("flywheel.orchestrator.loops")
 
@@ -243,6 +244,7 @@ class LoopManager:
         run = run_pb2.Run(
             suite=loop.suite,
             split=common_pb2.TASK_SPLIT_TRAIN,
+            task_ids=loop.train_task_ids,
             teacher_kind=kind,
             model=loop.teacher_model,
             rollouts_per_task=loop.rollouts_per_task,
@@ -257,6 +259,12 @@ class LoopManager:
         except InvalidArgument as err:
             field_name = err.field.replace("run.model", "loop.teacher_model").replace("run.", "loop.", 1)
             raise InvalidArgument(field_name, err.message.split(": ", 1)[-1]) from None
+        try:
+            suite.select(common_pb2.TASK_SPLIT_TEST, loop.test_task_ids)
+        except KeyError as err:
+            raise NotFound(f"loop.test_task_ids: suite {suite.name!r} has no task {err.args[0]!r}") from None
+        except SuiteError as err:
+            raise InvalidArgument("loop.test_task_ids", str(err)) from None
         if loop.gate.margin < 0:
             raise InvalidArgument("loop.gate.margin", "must be >= 0")
         if loop.gate.metric not in (0, *HIGHER_IS_BETTER):
@@ -605,6 +613,7 @@ class LoopManager:
         return run_pb2.Run(
             suite=loop.suite,
             split=common_pb2.TASK_SPLIT_TRAIN,
+            task_ids=loop.train_task_ids,
             teacher_kind=loop.teacher_kind,
             model=loop.teacher_model,
             rollouts_per_task=loop.rollouts_per_task,
@@ -663,6 +672,7 @@ class LoopManager:
         return epb.Evaluation(
             suite=loop.suite,
             split=common_pb2.TASK_SPLIT_TEST,
+            task_ids=loop.test_task_ids,
             models=[loop.incumbent_model, loop.candidate_model],
             baseline_model=loop.incumbent_model,
             rollouts_per_task=loop.eval_rollouts_per_task,

@@ -1,0 +1,537 @@
+"""``flywheel demo`` (what ``make demo`` runs) and ``flywheel loop …``: the improvement loop.
+
+The demo starts the embedded stack, makes sure the base model is in the registry (importing the
+packaged Gemma 3 270M GGUF the first time), and starts one automated loop on the orchestrator:
+reference-teacher rollouts on the TRAIN side of the bundled ``repo-bugs`` suite, a ``step_sft``
+dataset, a LoRA fine-tune, hot-loading through adapter sync, an evaluation of the candidate
+against the base model on held-out TEST tasks (JSON tool protocol), and the promotion gate. The
+loop itself runs in the services and moves on NATS events; this command only starts it, shows
+its progress, prints the command that repeats each step by hand, and writes the report.
+
+``flywheel loop show|list|watch|cancel`` look at loops started by the demo or by ``grpcurl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import grpc
+from google.protobuf import json_format
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from flywheel.common.v1 import common_pb2
+from flywheel.dataset.v1 import dataset_pb2 as dpb
+from flywheel.dataset.v1 import dataset_pb2_grpc
+from flywheel.orchestrator.v1 import evaluation_pb2 as epb
+from flywheel.orchestrator.v1 import loop_pb2 as lpb
+from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
+from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, run_pb2
+from flywheel.trainer.v1 import trainer_pb2 as trpb
+from flywheel.trainer.v1 import trainer_pb2_grpc
+from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+from flywheel_cli.orchestrator_cmds import delta_table, model_table, resolve_address
+from flywheel_cli.stack import Stack, StackError
+
+console = Console(stderr=True)
+TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+ORCH = "flywheel.orchestrator.v1.OrchestratorService"
+
+#: The demo's default tasks: the smallest of each side of repo-bugs' split (the test ones are
+#: held out: never seen in training), so a 2-core CPU finishes in about 20 minutes. ``--all-tasks``
+#: uses every task of both sides.
+DEMO_TRAIN_TASKS = (
+    "memoize-kwargs", "word-freq-case", "median-even", "flatten-tuples", "polygon-area-closing",
+    "unit-convert-inverted", "percentile-index", "rect-overlap-disjoint", "money-negative-format",
+    "age-before-birthday", "next-weekday-same-day", "round-robin-modulus", "histogram-negative",
+    "truncate-ellipsis", "duration-multi-digit", "csv-blank-lines",
+)  # fmt: skip
+DEMO_TEST_TASKS = (
+    "fahrenheit-int-division", "inventory-low-stock-order", "version-compare-numeric", "word-wrap-space",
+    "priority-fifo-ties", "log-message-spaces",
+)  # fmt: skip
+
+
+def _stage(stage: int) -> str:
+    return lpb.LoopStage.Name(stage).removeprefix("LOOP_STAGE_").lower().replace("_", "-")
+
+
+def _state(state: int) -> str:
+    return common_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+def _secs(start: Any, end: Any) -> float:
+    if not start.seconds:
+        return 0.0
+    stop = end.ToNanoseconds() if end.seconds else time.time_ns()
+    return max(0.0, (stop - start.ToNanoseconds()) / 1e9)
+
+
+def demo_loop(args: dict[str, Any]) -> lpb.Loop:
+    """The loop the demo starts (every knob has a CLI option)."""
+    teacher = args["teacher_model"]
+    loop = lpb.Loop(
+        suite=args["suite"],
+        base_model=args["base_model"],
+        teacher_kind=tpb.TEACHER_KIND_MODEL if teacher else tpb.TEACHER_KIND_REFERENCE,
+        teacher_model=teacher,
+        protocol=common_pb2.TOOL_PROTOCOL_JSON,
+        test_policy=run_pb2.TEST_POLICY_END,
+        limits=run_pb2.EpisodeLimits(max_iterations=args["max_iterations"], max_consecutive_parse_errors=2),
+        # Greedy, and a stop at a blank line: a JSON turn is one line, so this only cuts rambling.
+        sampling=common_pb2.SamplingParams(
+            temperature=0.0, max_tokens=args["max_completion_tokens"], stop=["\n\n"]
+        ),
+        concurrency=1,
+        recipe="step_sft",
+        dataset_split=dpb.SplitConfig(train_ratio=1.0),
+        method=trpb.FINE_TUNE_METHOD_SFT,
+        hyperparameters=trpb.Hyperparameters(
+            epochs=args["epochs"],
+            learning_rate=args["learning_rate"],
+            batch_size=4,
+            gradient_accumulation_steps=1,
+            max_seq_length=2048,
+            lora=trpb.LoraConfig(rank=16, alpha=32, dropout=0.05),
+        ),
+        adapter_name=args["adapter_name"],
+        gate=lpb.PromotionGate(metric=lpb.GATE_METRIC_PARSE_ERRORS_PER_EPISODE, margin=args["margin"]),
+        labels={"source": "flywheel-demo"},
+    )
+    if not args["all_tasks"]:
+        loop.train_task_ids.extend(DEMO_TRAIN_TASKS)
+        loop.test_task_ids.extend(DEMO_TEST_TASKS)
+    return loop
+
+
+def grpcurl_line(address: str, method: str, message: Any) -> str:
+    body = json.dumps(
+        json_format.MessageToDict(message, preserving_proto_field_name=True), separators=(",", ":")
+    )
+    return f"grpcurl -plaintext -d '{body}' {address} {method}"
+
+
+class Follower:
+    """Polls the loop and its current stage's job once a second and renders one table."""
+
+    def __init__(self, stack_addresses: dict[str, str]) -> None:
+        self.addr = stack_addresses
+        # Addresses left empty (``flywheel loop show`` knows only the orchestrator's) get no
+        # channel; their stage details are then left out.
+        self.channels = {name: grpc.insecure_channel(a) for name, a in stack_addresses.items() if a}
+        self.orch = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channels["orchestrator"])
+        ch = self.channels.get
+        self.datasets = dataset_pb2_grpc.DatasetServiceStub(ch("dataset-svc")) if ch("dataset-svc") else None
+        self.trainer = trainer_pb2_grpc.TrainerServiceStub(ch("trainer-svc")) if ch("trainer-svc") else None
+        self.detail: dict[int, str] = {}
+        self.announced: set[int] = set()
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+
+    def stage_detail(self, status: lpb.LoopStageStatus) -> str:
+        ids = {a.kind: a.id for a in status.artefacts}
+        with contextlib.suppress(grpc.RpcError, AttributeError, KeyError):
+            if status.stage == lpb.LOOP_STAGE_ROLLOUTS:
+                r = self.orch.GetRun(
+                    opb.GetRunRequest(run_id=ids[common_pb2.RESOURCE_KIND_RUN]), timeout=5
+                ).run
+                c = r.counters
+                return f"{c.episodes_finished}/{c.episodes_total} episodes, {c.episodes_resolved} resolved"
+            if status.stage == lpb.LOOP_STAGE_DATASET:
+                b = self.datasets.GetDatasetBuild(
+                    dpb.GetDatasetBuildRequest(build_id=ids[common_pb2.RESOURCE_KIND_DATASET_BUILD]),
+                    timeout=5,
+                ).build
+                return f"{b.progress.trajectories_read} trajectories read, {b.progress.examples_written} examples"
+            if status.stage == lpb.LOOP_STAGE_FINE_TUNE:
+                j = self.trainer.GetFineTuneJob(
+                    trpb.GetFineTuneJobRequest(job_id=ids[common_pb2.RESOURCE_KIND_FINE_TUNE_JOB]), timeout=5
+                ).job
+                p, m = j.progress, j.latest_metrics
+                text = f"step {p.step}/{p.total_steps}" if p.total_steps else _state(j.state)
+                if m.loss:
+                    text += f", loss {m.loss:.3f}"
+                if p.eta.seconds:
+                    text += f", ETA {p.eta.seconds} s"
+                return text
+            if status.stage == lpb.LOOP_STAGE_EVALUATION:
+                e = self.orch.GetEvaluation(
+                    opb.GetEvaluationRequest(evaluation_id=ids[common_pb2.RESOURCE_KIND_EVALUATION]),
+                    timeout=5,
+                ).evaluation
+                return f"{e.progress.episodes_finished}/{e.progress.episodes_total} episodes"
+            if status.stage == lpb.LOOP_STAGE_HOT_LOAD:
+                return f"waiting for adapter sync to load {ids.get(common_pb2.RESOURCE_KIND_ADAPTER, '?')}"
+        return ""
+
+    def commands(self, status: lpb.LoopStageStatus) -> list[str]:
+        """How to look at (or repeat) what a stage did, by hand."""
+        o, d, t = self.addr["orchestrator"], self.addr["dataset-svc"], self.addr["trainer-svc"]
+        out = []
+        for a in status.artefacts:
+            if a.kind == common_pb2.RESOURCE_KIND_RUN:
+                out += [
+                    f"flywheel run show {a.id}",
+                    grpcurl_line(o, f"{ORCH}/GetRun", opb.GetRunRequest(run_id=a.id)),
+                ]
+            elif a.kind == common_pb2.RESOURCE_KIND_DATASET_BUILD:
+                out += [f"flywheel dataset show {a.id}",
+                        grpcurl_line(d, "flywheel.dataset.v1.DatasetService/GetDatasetBuild", dpb.GetDatasetBuildRequest(build_id=a.id))]  # fmt: skip
+            elif a.kind == common_pb2.RESOURCE_KIND_FINE_TUNE_JOB:
+                out += [f"flywheel finetune watch {a.id}",
+                        grpcurl_line(t, "flywheel.trainer.v1.TrainerService/GetFineTuneJob", trpb.GetFineTuneJobRequest(job_id=a.id))]  # fmt: skip
+            elif a.kind == common_pb2.RESOURCE_KIND_ADAPTER:
+                name, _, version = a.id.partition("/")
+                out += [grpcurl_line(t, "flywheel.trainer.v1.TrainerService/GetAdapter",
+                                     trpb.GetAdapterRequest(name=name, version=int(version or 0)))]  # fmt: skip
+            elif a.kind == common_pb2.RESOURCE_KIND_EVALUATION:
+                out += [f"flywheel eval show {a.id}",
+                        grpcurl_line(o, f"{ORCH}/GetEvaluation", opb.GetEvaluationRequest(evaluation_id=a.id))]  # fmt: skip
+        return out
+
+    def table(self, loop: lpb.Loop) -> Table:
+        table = Table(title=f"loop {loop.id} · {_state(loop.state)}", title_justify="left")
+        table.add_column("stage")
+        table.add_column("state")
+        table.add_column("time", justify="right")
+        table.add_column("progress")
+        reached = {s.stage: s for s in loop.stages}
+        for stage in range(1, len(lpb.LoopStage.values())):
+            s = reached.get(stage)
+            if s is None:
+                table.add_row(_stage(stage), "[dim]waiting[/]", "", "")
+                continue
+            if s.state not in TERMINAL:
+                self.detail[stage] = self.stage_detail(s) or self.detail.get(stage, "")
+            colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(
+                _state(s.state), "cyan"
+            )
+            table.add_row(_stage(stage), f"[{colour}]{_state(s.state)}[/]", f"{_secs(s.start_time, s.end_time):.0f} s",
+                          self.detail.get(stage, ""))  # fmt: skip
+        return table
+
+    def follow(self, loop_id: str) -> lpb.Loop:
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            while True:
+                loop = self.orch.GetLoop(opb.GetLoopRequest(loop_id=loop_id), timeout=10).loop
+                for s in loop.stages:
+                    if s.stage not in self.announced and s.artefacts:
+                        self.announced.add(s.stage)
+                        live.console.print(f"[bold]{_stage(s.stage)}[/] started; to look at it by hand:")
+                        for line in self.commands(s):
+                            live.console.print(f"  [cyan]{line}[/]", soft_wrap=True, highlight=False)
+                live.update(self.table(loop))
+                if loop.state in TERMINAL:
+                    return loop
+                time.sleep(1.0)
+
+
+def ensure_base_model(stack: Stack, follower: Follower, base_model: str, gguf: str | None) -> float:
+    """Import the packaged Gemma 3 270M (or --gguf) once; returns the seconds it took (0 if present)."""
+    names = [
+        m.name for m in follower.trainer.ListBaseModels(trpb.ListBaseModelsRequest(), timeout=30).base_models
+    ]
+    if base_model in names:
+        console.print(f"base model [bold]{base_model}[/] is in the registry")
+        return 0.0
+    if base_model != "gemma-3-270m" and not gguf:
+        raise click.ClickException(
+            f"base model {base_model!r} is not in the registry ({', '.join(names) or 'empty'}); "
+            "import it first (flywheel-trainer-import-gguf --gguf FILE --name NAME) or pass --gguf"
+        )
+    command = [sys.executable, "-m", "flywheel_trainer.gguf_import", "--name", base_model]
+    if gguf:
+        command += ["--gguf", gguf]
+    console.print(f"importing the base model (once): [cyan]{' '.join(command[1:])}[/]")
+    env = {**os.environ, **stack.object_store_env()}
+    started = time.monotonic()
+    with console.status("converting GGUF → Hugging Face format…"):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise click.ClickException(f"base model import failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    console.print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "imported")
+    return time.monotonic() - started
+
+
+def read_object(stack: Stack, key: str) -> bytes:
+    from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
+
+    env = stack.object_store_env()
+    if env.get("FLYWHEEL_OBJECT_STORE_BACKEND") == "fs":
+        return (Path(env["FLYWHEEL_OBJECT_STORE_ROOT"]) / key).read_bytes()
+    return open_object_store(ObjectStoreSettings()).get_bytes(key)
+
+
+def write_report(
+    stack: Stack, follower: Follower, loop: lpb.Loop, out_dir: Path, timings: dict[str, float]
+) -> Path:
+    """REPORT.md plus the charts, in ``out_dir``; returns the Markdown file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = {a.kind: a.id for s in loop.stages for a in s.artefacts}
+    lines = [f"# Flywheel demo: loop {loop.id}", ""]
+    decision = lpb.GateDecision.Name(loop.gate_result.decision).removeprefix("GATE_DECISION_").lower()
+    lines += [
+        f"Base model `{loop.base_model}` (incumbent `{loop.incumbent_model}`), candidate `{loop.candidate_model}`, "
+        f"suite `{loop.suite}`: {len(loop.train_task_ids) or 'all'} train tasks, {len(loop.test_task_ids) or 'all'} "
+        "held-out test tasks, JSON tool protocol.",
+        "",
+        f"**Gate ({decision})**: {loop.gate_result.reason}."
+        if loop.HasField("gate_result")
+        else f"**Loop {_state(loop.state)}**: {loop.error.message}",
+        "",
+        "## Wall time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+    ]
+    for name, secs in timings.items():
+        lines.append(f"| {name} | {secs:.0f} |")
+    for s in loop.stages:
+        lines.append(f"| {_stage(s.stage)} | {_secs(s.start_time, s.end_time):.0f} |")
+    lines.append(f"| **total** | {sum(timings.values()) + _secs(loop.create_time, loop.end_time):.0f} |")
+    charts: list[tuple[str, str]] = []
+    eval_id = ids.get(common_pb2.RESOURCE_KIND_EVALUATION)
+    e: epb.Evaluation | None = None
+    if eval_id:
+        e = follower.orch.GetEvaluation(
+            opb.GetEvaluationRequest(evaluation_id=eval_id), timeout=30
+        ).evaluation
+        if e.report.charts:
+            (out_dir / "evaluation.png").write_bytes(read_object(stack, e.report.charts[0].key))
+            charts.append(("Baseline vs candidate", "evaluation.png"))
+        if e.report.markdown.key:
+            (out_dir / "evaluation.md").write_bytes(read_object(stack, e.report.markdown.key))
+    adapter = ids.get(common_pb2.RESOURCE_KIND_ADAPTER)
+    if adapter:
+        name, _, version = adapter.partition("/")
+        a = follower.trainer.GetAdapter(
+            trpb.GetAdapterRequest(name=name, version=int(version)), timeout=30
+        ).adapter
+        if a.loss_curve.key:
+            (out_dir / "training_loss.png").write_bytes(read_object(stack, a.loss_curve.key))
+            charts.insert(0, ("Training loss", "training_loss.png"))
+    if e is not None:
+        lines += ["", "## Baseline vs candidate (held-out tasks)", "", "| metric | " + " | ".join(f"`{m.model}`" for m in e.model_metrics) + " |",
+                  "|---|" + "---:|" * len(e.model_metrics)]  # fmt: skip
+        rows = [("pass rate", "pass_rate", "{:.3f}"), ("parse errors / episode", "parse_errors_per_episode", "{:.2f}"),
+                ("write rate", "write_rate", "{:.2f}"), ("loop detections / episode", "loop_detections_per_episode", "{:.2f}"),
+                ("steps / episode", "mean_steps", "{:.2f}"), ("episodes", "episodes", "{}")]  # fmt: skip
+        for label, fld, fmt in rows:
+            lines.append(
+                f"| {label} | " + " | ".join(fmt.format(getattr(m, fld)) for m in e.model_metrics) + " |"
+            )
+    for title, file in charts:
+        lines += ["", f"## {title}", "", f"![{title}]({file})"]
+    lines += ["", "## Where everything lives", "", "| artefact | id |", "|---|---|"]
+    for s in loop.stages:
+        for a in s.artefacts:
+            lines.append(
+                f"| {common_pb2.ResourceKind.Name(a.kind).removeprefix('RESOURCE_KIND_').lower()} | `{a.id}` |"
+            )
+    lines += [
+        "",
+        f"Object store: {stack.describe_object_store()} (reports under `reports/`, adapters under `adapters/`, "
+        f"trajectories under `trajectories/`, datasets under `datasets/`); logs: {stack.log_dir}.",
+    ]
+    if loop.report.key:
+        (out_dir / "loop.md").write_bytes(read_object(stack, loop.report.key))
+    path = out_dir / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@click.command()
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("~/.flywheel/demo"),
+              show_default=True, help="Where the demo's stack keeps its data (reused by later runs).")  # fmt: skip
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-report"),
+              show_default=True, help="Where REPORT.md and the charts are written.")  # fmt: skip
+@click.option(
+    "--base-model", default="gemma-3-270m", show_default=True, help="Trainer registry name of the base model."
+)
+@click.option(
+    "--gguf",
+    default=None,
+    help="Import this GGUF file as --base-model first (default: the packaged Gemma 3 270M).",
+)
+@click.option("--teacher-model", default="", help="A gateway model name to use as the teacher (e.g. a hosted model "
+              "configured with an API key, see gateway/README.md); default: the reference teacher.")  # fmt: skip
+@click.option("--suite", default="repo-bugs", show_default=True)
+@click.option(
+    "--all-tasks",
+    is_flag=True,
+    help="Every task of the suite (slower) instead of the demo's 16 train / 6 test.",
+)
+@click.option("--epochs", default=3.0, show_default=True)
+@click.option("--learning-rate", default=5e-4, show_default=True)
+@click.option("--max-iterations", default=6, show_default=True, help="Agent turns per evaluation episode.")
+@click.option("--max-completion-tokens", default=512, show_default=True, help="Tokens per model answer.")
+@click.option(
+    "--margin",
+    default=0.1,
+    show_default=True,
+    help="Gate: parse errors per episode must drop by more than this.",
+)
+@click.option("--adapter-name", default="demo-agent", show_default=True)
+@click.option("--keep-running", is_flag=True, help="Leave the stack running at the end (Ctrl-C to stop).")
+def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, **args: Any) -> None:
+    """Run one improvement loop on this machine, end to end, and write a report."""
+    args["base_model"] = base_model
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    os.environ.setdefault("FLYWHEEL_MODEL_SERVER_BASE_MODEL", base_model)
+    os.environ.setdefault("FLYWHEEL_GATEWAY_BASE_MODELS", json.dumps([base_model]))
+
+    def event(name: str, message: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] [bold]{name:<16}[/] {message}")
+
+    stack = Stack(state_dir, grace_s=10.0, on_event=event)
+    try:
+        with console.status("starting the stack…"):
+            stack.start(timeout_s=120)
+    except StackError as err:
+        raise click.ClickException(str(err)) from None
+    timings["start the stack"] = time.monotonic() - started
+    addresses = {c.component.name: c.address for c in stack.children}
+    follower = Follower(addresses)
+    try:
+        t = time.monotonic()
+        ensure_base_model(stack, follower, base_model, gguf)
+        timings["base model import"] = time.monotonic() - t
+        loop = demo_loop(args)
+        orch = resolve_address(addresses["orchestrator"], state_dir)
+        console.print("starting the loop:")
+        console.print(
+            f"  [cyan]{grpcurl_line(orch, f'{ORCH}/CreateLoop', opb.CreateLoopRequest(loop=loop))}[/]",
+            soft_wrap=True,
+            highlight=False,
+        )
+        created = follower.orch.CreateLoop(opb.CreateLoopRequest(loop=loop), timeout=60).loop
+        console.print(
+            f"loop [bold]{created.id}[/]; follow it elsewhere with [cyan]flywheel loop watch {created.id}[/]"
+        )
+        final = follower.follow(created.id)
+        report = write_report(stack, follower, final, report_dir.resolve(), timings)
+        e_id = next(
+            (
+                a.id
+                for s in final.stages
+                for a in s.artefacts
+                if a.kind == common_pb2.RESOURCE_KIND_EVALUATION
+            ),
+            "",
+        )
+        if e_id:
+            e = follower.orch.GetEvaluation(
+                opb.GetEvaluationRequest(evaluation_id=e_id), timeout=30
+            ).evaluation
+            console.print(model_table(e))
+            deltas = delta_table(e)
+            if deltas is not None:
+                console.print(deltas)
+        console.print(
+            f"report: [bold]{report}[/] (charts beside it); total {time.monotonic() - started:.0f} s"
+        )
+        if final.state != common_pb2.JOB_STATE_SUCCEEDED:
+            raise click.ClickException(f"the loop ended {_state(final.state)}: {final.error.message}")
+        if args["keep_running"]:
+            console.print("the stack keeps running; Ctrl-C stops it")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted: stopping the stack (the loop resumes if you run the demo again)[/]"
+        )
+    finally:
+        follower.close()
+        stack.stop()
+
+
+# ---------------------------------------------------------------------------------- flywheel loop
+
+
+@click.group("loop")
+@click.option(
+    "--address",
+    default=None,
+    help="Orchestrator host:port (default: FLYWHEEL_ORCHESTRATOR_ADDRESS or the stack's).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel")),
+)
+@click.pass_context
+def loop_cmd(ctx: click.Context, address: str | None, state_dir: Path) -> None:
+    """Look at automated loops (started by `flywheel demo` or CreateLoop)."""
+    ctx.obj = resolve_address(address, state_dir)
+
+
+def _orch(ctx: click.Context) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
+    return orchestrator_pb2_grpc.OrchestratorServiceStub(grpc.insecure_channel(ctx.obj))
+
+
+def _call(fn: Any, request: Any) -> Any:
+    try:
+        return fn(request, timeout=30)
+    except grpc.RpcError as err:
+        raise click.ClickException(f"{err.code().name}: {err.details()}") from None
+
+
+@loop_cmd.command("list")
+@click.pass_context
+def loop_list(ctx: click.Context) -> None:
+    loops = _call(_orch(ctx).ListLoops, opb.ListLoopsRequest(page_size=100)).loops
+    table = Table("id", "state", "stage", "suite", "candidate", "gate")
+    for lp in loops:
+        g = (
+            lpb.GateDecision.Name(lp.gate_result.decision).removeprefix("GATE_DECISION_").lower()
+            if lp.HasField("gate_result")
+            else ""
+        )
+        table.add_row(lp.id, _state(lp.state), _stage(lp.stage), lp.suite, lp.candidate_model, g)
+    Console().print(table)
+
+
+@loop_cmd.command("show")
+@click.argument("loop_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def loop_show(ctx: click.Context, loop_id: str, as_json: bool) -> None:
+    lp = _call(_orch(ctx).GetLoop, opb.GetLoopRequest(loop_id=loop_id)).loop
+    if as_json:
+        click.echo(json_format.MessageToJson(lp, preserving_proto_field_name=True))
+        return
+    follower = Follower({"orchestrator": ctx.obj, "dataset-svc": "", "trainer-svc": ""})
+    Console().print(follower.table(lp))
+    if lp.HasField("gate_result"):
+        Console().print(f"gate: {lp.gate_result.reason}")
+
+
+@loop_cmd.command("watch")
+@click.argument("loop_id")
+@click.pass_context
+def loop_watch(ctx: click.Context, loop_id: str) -> None:
+    for update in _orch(ctx).WatchLoop(opb.WatchLoopRequest(loop_id=loop_id)):
+        lp = update.loop
+        console.print(f"{time.strftime('%H:%M:%S')} stage {_stage(lp.stage)} · {_state(lp.state)}")
+    Console().print(f"gate: {lp.gate_result.reason}" if lp.HasField("gate_result") else lp.error.message)
+
+
+@loop_cmd.command("cancel")
+@click.argument("loop_id")
+@click.pass_context
+def loop_cancel(ctx: click.Context, loop_id: str) -> None:
+    lp = _call(_orch(ctx).CancelLoop, opb.CancelLoopRequest(loop_id=loop_id)).loop
+    console.print(f"loop {lp.id}: {_state(lp.state)}")
