@@ -13,7 +13,7 @@ PACKAGES := proto services/common services/cli services/orchestrator services/tr
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install proto proto-check lint format test test-fast up status down clean
+.PHONY: help install demo proto proto-check lint format test test-fast up status down clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,9 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt scripts/system-deps.txt
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install every service (editable) plus the dev tools; idempotent
+
+demo: $(STAMP) ## One improvement loop on this machine (Gemma 3 270M on the CPU), with a report in demo-report/
+	$(BIN)/flywheel demo $(DEMO_ARGS)
 
 proto: $(STAMP) ## Regenerate the Python code from proto/ (with .pyi stubs)
 	PYTHON=$(PY) bash proto/generate.sh
