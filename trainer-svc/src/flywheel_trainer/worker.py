@@ -71,6 +71,24 @@ def cuda_sft_overrides(batch_size: int = 4, max_length: int = 2048, packing: boo
     return overrides
 
 
+def cpu_sft_overrides(batch_size: int, gradient_accumulation_steps: int) -> dict[str, Any]:
+    """SFTConfig options on a CPU: one row per micro-batch, the same effective batch.
+
+    A CPU has no idle lanes to hide padding in: a micro-batch of 4 chat examples of 300-1,000
+    tokens pads every row to the longest and computes the padding too. One row at a time with
+    ``batch_size`` times the gradient accumulation gives the same optimizer steps and the same
+    loss normalisation (the Trainer divides by the tokens of the whole accumulated batch), and
+    ran 2.0x faster on the 2-core demo machine (Gemma 3 270M, the demo's step_sft data: 185 vs
+    95 non-padding tokens/s). Activation recomputation (TRL's default) is off: a small model's
+    activations fit in memory, and recomputing them costs a third more compute.
+    """
+    return {
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": batch_size * gradient_accumulation_steps,
+        "gradient_checkpointing": False,
+    }
+
+
 def cuda_model_kwargs(method: str, packing: bool) -> dict[str, Any]:
     """``from_pretrained`` options on a CUDA GPU: flex attention for packed SFT rows.
 
@@ -357,6 +375,8 @@ def run(job_dir: Path) -> int:
         sft: dict[str, Any] = {**common, "packing": hp["packing"], "assistant_only_loss": True}
         if cuda:
             sft.update(cuda_sft_overrides(hp["batch_size"], hp["max_seq_length"], hp["packing"]), bf16=bf16)
+        elif not hp["packing"]:
+            sft.update(cpu_sft_overrides(hp["batch_size"], hp["gradient_accumulation_steps"]))
         args = SFTConfig(**sft)
         trainer_cls: Any = SFTTrainer
     else:

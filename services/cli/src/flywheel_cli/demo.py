@@ -372,7 +372,7 @@ def write_report(
     is_flag=True,
     help="Every task of the suite (slower) instead of the demo's 16 train / 6 test.",
 )
-@click.option("--epochs", default=3.0, show_default=True)
+@click.option("--epochs", default=2.0, show_default=True)
 @click.option("--learning-rate", default=5e-4, show_default=True)
 @click.option("--max-iterations", default=6, show_default=True, help="Agent turns per evaluation episode.")
 @click.option("--max-completion-tokens", default=512, show_default=True, help="Tokens per model answer.")

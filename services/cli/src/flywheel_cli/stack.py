@@ -219,6 +219,10 @@ class Stack:
             env[other.address_variable] = f"{LOCAL_HOST}:{ports[other.name]}"
         env.setdefault("FLYWHEEL_GATEWAY_MASTER_KEY", self.gateway_key())
         env.setdefault("FLYWHEEL_GATEWAY_ADAPTER_SYNC", "true")  # adapter sync runs in the gateway process
+        # Local state of the services lives under the stack's folder too, so two stacks (e.g. the
+        # demo's and yours) never share job records or caches.
+        env.setdefault("FLYWHEEL_TRAINER_STATE_DIR", str(self.state_dir / "trainer"))
+        env.setdefault("FLYWHEEL_MODEL_SERVER_CACHE_DIR", str(self.state_dir / "model-server-cache"))
         prefix = component.env_prefix
         env[f"{prefix}HOST"] = LOCAL_HOST
         env[f"{prefix}PORT"] = str(ports[component.name])

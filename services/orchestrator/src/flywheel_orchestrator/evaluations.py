@@ -207,6 +207,8 @@ class EvaluationManager:
                 clean.model_metrics.append(
                     epb.ModelMetrics(model=model, baseline=model == clean.baseline_model)
                 )
+            tasks = self.runs.catalog.get(clean.suite).select(clean.split, clean.task_ids)
+            clean.progress.episodes_total = len(tasks) * (clean.rollouts_per_task or 1) * len(clean.models)
             await asyncio.to_thread(self._persist, clean)
             if request_key:
                 body = json.dumps({"evaluation_id": clean.id, "fingerprint": fingerprint}).encode()

@@ -411,6 +411,11 @@ class LoopManager:
             except _LoopFailed as err:
                 await self._end(st, FAILED, str(err), err.code)
             except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    await self._end(
+                        st, FAILED, f"{stage_name(st.loop.stage)}: {err.details()}", grpc.StatusCode.NOT_FOUND
+                    )
+                    return
                 # A dependency is down: keep the loop where it is; the next event or start retries.
                 log.warning("loop %s waits: %s %s", loop_id, err.code().name, err.details())
                 self._schedule_retry(st)
