@@ -334,8 +334,12 @@ def write_report(
     for title, file in charts:
         lines += ["", f"## {title}", "", f"![{title}]({file})"]
     lines += ["", "## Where everything lives", "", "| artefact | id |", "|---|---|"]
+    seen: set[tuple[int, str]] = set()
     for s in loop.stages:
         for a in s.artefacts:
+            if (a.kind, a.id) in seen:  # a stage also lists the artefact it started from
+                continue
+            seen.add((a.kind, a.id))
             lines.append(
                 f"| {common_pb2.ResourceKind.Name(a.kind).removeprefix('RESOURCE_KIND_').lower()} | `{a.id}` |"
             )
@@ -372,7 +376,7 @@ def write_report(
     is_flag=True,
     help="Every task of the suite (slower) instead of the demo's 16 train / 6 test.",
 )
-@click.option("--epochs", default=2.0, show_default=True)
+@click.option("--epochs", default=1.0, show_default=True)
 @click.option("--learning-rate", default=5e-4, show_default=True)
 @click.option("--max-iterations", default=6, show_default=True, help="Agent turns per evaluation episode.")
 @click.option("--max-completion-tokens", default=512, show_default=True, help="Tokens per model answer.")
