@@ -376,10 +376,10 @@ def write_report(
     is_flag=True,
     help="Every task of the suite (slower) instead of the demo's 16 train / 6 test.",
 )
-@click.option("--epochs", default=1.0, show_default=True)
+@click.option("--epochs", default=2.0, show_default=True)
 @click.option("--learning-rate", default=5e-4, show_default=True)
 @click.option("--max-iterations", default=6, show_default=True, help="Agent turns per evaluation episode.")
-@click.option("--max-completion-tokens", default=512, show_default=True, help="Tokens per model answer.")
+@click.option("--max-completion-tokens", default=384, show_default=True, help="Tokens per model answer.")
 @click.option(
     "--margin",
     default=0.1,

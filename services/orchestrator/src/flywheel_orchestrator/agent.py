@@ -37,6 +37,15 @@ from flywheel_orchestrator.tools import ToolArgumentError, ToolOutcome, Workspac
 
 F = tpb  # FailureCategory values live in trajectory_pb2
 
+#: Findings that mean the agent tampered with the tests. The others (a report or an expected test
+#: missing) also follow from code that breaks pytest's collection, e.g. a syntax error the agent
+#: wrote: those episodes fail as TESTS_FAILED, with the findings in the test run.
+TAMPERING = {
+    "INTEGRITY_FINDING_KIND_TEST_EDITED",
+    "INTEGRITY_FINDING_KIND_TEST_DELETED",
+    "INTEGRITY_FINDING_KIND_EXIT_BEFORE_ASSERTS",
+}
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -502,7 +511,7 @@ class Episode:
         if infra:
             assert stop is not None
             out.failure_category, out.failure_detail = stop.category, stop.detail
-        elif verdict is not None and verdict.findings:
+        elif verdict is not None and set(verdict.findings) & TAMPERING:
             out.failure_category = F.FAILURE_CATEGORY_INTEGRITY
             out.failure_detail = ", ".join(verdict.findings)
         elif not changed:
