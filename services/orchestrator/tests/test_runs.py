@@ -411,3 +411,22 @@ async def test_request_id_makes_create_idempotent(backends: Backends, service_en
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
         listed = (await h.stub.ListRuns(opb.ListRunsRequest(suite="mini"))).runs
         assert [r.id for r in listed] == [a.id]
+
+
+async def test_editing_a_test_is_an_integrity_failure_and_a_broken_module_is_not(
+    backends: Backends, service_env: dict[str, str]
+) -> None:
+    cheat = scripted(
+        json_call("write_file", {"rel_path": "calc.py", "content": FIXED_ADD}),
+        json_call("write_file", {"rel_path": "tests/test_calc.py", "content": "def test_add():\n    pass\n"}),
+    )
+    broken = scripted(json_call("write_file", {"rel_path": "calc.py", "content": "def add(a, b:\n"}))
+    async with orchestrator(backends, service_env, cheat) as h:
+        run = await run_to_end(h, split=TRAIN, task_ids=["add-bug"])
+        [t] = await stored(backends, run.id)
+    assert not t.outcome.resolved and t.outcome.failure_category == tpb.FAILURE_CATEGORY_INTEGRITY
+    assert "TEST_EDITED" in t.outcome.failure_detail
+    async with orchestrator(backends, service_env, broken) as h:
+        run = await run_to_end(h, split=TRAIN, task_ids=["add-bug"])
+        [t] = await stored(backends, run.id)
+    assert not t.outcome.resolved and t.outcome.failure_category == tpb.FAILURE_CATEGORY_TESTS_FAILED
