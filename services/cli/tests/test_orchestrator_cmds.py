@@ -326,3 +326,21 @@ async def test_ctrl_c_cancels_the_run(backends: dict[str, str], service_env: dic
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
             run = (await stub.GetRun(opb.GetRunRequest(run_id=run_id))).run
         assert run.state == common_pb2.JOB_STATE_CANCELLED
+
+
+def test_demo_prints_requests_that_repeat_each_stage() -> None:
+    """The demo's "repeat" lines are the create requests minus what the services fill in."""
+    from flywheel.orchestrator.v1 import run_pb2 as rpb
+    from flywheel.trainer.v1 import trainer_pb2 as tpb2
+    from flywheel_cli.demo import grpcurl_line, repeatable
+
+    run = rpb.Run(id="run-1", suite="repo-bugs", split=1, teacher_kind=2, loop_id="loop-1", state=3,
+                  labels={"loop_id": "loop-1", "source": "demo"}, task_ids=["a"])  # fmt: skip
+    run.counters.episodes_total = 4
+    again = repeatable(run)
+    assert again == rpb.Run(suite="repo-bugs", split=1, teacher_kind=2, labels={"source": "demo"}, task_ids=["a"])
+    job = tpb2.FineTuneJob(id="ftj-1", base_model="b", dataset_id="ds-1", adapter_name="x", loop_id="l", state=3)
+    assert repeatable(job) == tpb2.FineTuneJob(base_model="b", dataset_id="ds-1", adapter_name="x")
+    line = grpcurl_line("127.0.0.1:50051", "svc/CreateRun", again)
+    assert line.startswith("grpcurl -plaintext -d '{") and line.endswith("127.0.0.1:50051 svc/CreateRun")
+    assert '"task_ids":["a"]' in line and "run-1" not in line

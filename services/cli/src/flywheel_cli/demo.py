@@ -113,6 +113,30 @@ def demo_loop(args: dict[str, Any]) -> lpb.Loop:
     return loop
 
 
+#: Per resource, the fields its service fills in (OUTPUT_ONLY in the protos) plus the loop link:
+#: what is left is the request that creates the same job again, outside the loop.
+_COMMON_OUTPUT = ("id", "loop_id", "state", "error", "progress", "create_time", "start_time", "end_time")
+OUTPUT_FIELDS = {
+    "flywheel.orchestrator.v1.Run": {*_COMMON_OUTPUT, "suite_version", "prompt_sha256", "counters"},
+    "flywheel.dataset.v1.DatasetBuild": {*_COMMON_OUTPUT, "dataset_id"},
+    "flywheel.trainer.v1.FineTuneJob": {*_COMMON_OUTPUT, "latest_metrics", "last_checkpoint", "resume_count",
+                                        "device", "adapter"},
+    "flywheel.orchestrator.v1.Evaluation": {*_COMMON_OUTPUT, "suite_version", "model_metrics", "task_results",
+                                            "report"},
+}  # fmt: skip
+
+
+def repeatable(resource: Any) -> Any:
+    """A copy of a run / dataset build / fine-tune job / evaluation as a create request sends it."""
+    out = type(resource)()
+    out.CopyFrom(resource)
+    fields = out.DESCRIPTOR.fields_by_name
+    for name in OUTPUT_FIELDS[out.DESCRIPTOR.full_name] & set(fields):
+        out.ClearField(name)
+    out.labels.pop("loop_id", None)
+    return out
+
+
 def grpcurl_line(address: str, method: str, message: Any) -> str:
     body = json.dumps(
         json_format.MessageToDict(message, preserving_proto_field_name=True), separators=(",", ":")
@@ -176,28 +200,38 @@ class Follower:
         return ""
 
     def commands(self, status: lpb.LoopStageStatus) -> list[str]:
-        """How to look at (or repeat) what a stage did, by hand."""
+        """How to look at, and how to repeat by hand, what a stage did."""
         o, d, t = self.addr["orchestrator"], self.addr["dataset-svc"], self.addr["trainer-svc"]
         out = []
-        for a in status.artefacts:
-            if a.kind == common_pb2.RESOURCE_KIND_RUN:
-                out += [
-                    f"flywheel run show {a.id}",
-                    grpcurl_line(o, f"{ORCH}/GetRun", opb.GetRunRequest(run_id=a.id)),
-                ]
-            elif a.kind == common_pb2.RESOURCE_KIND_DATASET_BUILD:
-                out += [f"flywheel dataset show {a.id}",
-                        grpcurl_line(d, "flywheel.dataset.v1.DatasetService/GetDatasetBuild", dpb.GetDatasetBuildRequest(build_id=a.id))]  # fmt: skip
-            elif a.kind == common_pb2.RESOURCE_KIND_FINE_TUNE_JOB:
-                out += [f"flywheel finetune watch {a.id}",
-                        grpcurl_line(t, "flywheel.trainer.v1.TrainerService/GetFineTuneJob", trpb.GetFineTuneJobRequest(job_id=a.id))]  # fmt: skip
-            elif a.kind == common_pb2.RESOURCE_KIND_ADAPTER:
-                name, _, version = a.id.partition("/")
-                out += [grpcurl_line(t, "flywheel.trainer.v1.TrainerService/GetAdapter",
-                                     trpb.GetAdapterRequest(name=name, version=int(version or 0)))]  # fmt: skip
-            elif a.kind == common_pb2.RESOURCE_KIND_EVALUATION:
-                out += [f"flywheel eval show {a.id}",
-                        grpcurl_line(o, f"{ORCH}/GetEvaluation", opb.GetEvaluationRequest(evaluation_id=a.id))]  # fmt: skip
+        with contextlib.suppress(grpc.RpcError, AttributeError):
+            for a in status.artefacts:
+                if a.kind == common_pb2.RESOURCE_KIND_RUN:
+                    run = self.orch.GetRun(opb.GetRunRequest(run_id=a.id), timeout=10).run
+                    out += [f"look:   flywheel run show {a.id}",
+                            "repeat: " + grpcurl_line(o, f"{ORCH}/CreateRun", opb.CreateRunRequest(run=repeatable(run)))]  # fmt: skip
+                elif a.kind == common_pb2.RESOURCE_KIND_DATASET_BUILD:
+                    build = self.datasets.GetDatasetBuild(
+                        dpb.GetDatasetBuildRequest(build_id=a.id), timeout=10
+                    ).build
+                    out += [f"look:   flywheel dataset show {a.id}",
+                            "repeat: " + grpcurl_line(d, "flywheel.dataset.v1.DatasetService/CreateDatasetBuild",
+                                                      dpb.CreateDatasetBuildRequest(build=repeatable(build)))]  # fmt: skip
+                elif a.kind == common_pb2.RESOURCE_KIND_FINE_TUNE_JOB:
+                    job = self.trainer.GetFineTuneJob(trpb.GetFineTuneJobRequest(job_id=a.id), timeout=10).job
+                    out += [f"look:   flywheel finetune watch {a.id}",
+                            "repeat: " + grpcurl_line(t, "flywheel.trainer.v1.TrainerService/CreateFineTuneJob",
+                                                      trpb.CreateFineTuneJobRequest(job=repeatable(job)))]  # fmt: skip
+                elif a.kind == common_pb2.RESOURCE_KIND_ADAPTER:
+                    name, _, version = a.id.partition("/")
+                    out += ["look:   " + grpcurl_line(t, "flywheel.trainer.v1.TrainerService/GetAdapter",
+                                                      trpb.GetAdapterRequest(name=name, version=int(version or 0)))]  # fmt: skip
+                elif a.kind == common_pb2.RESOURCE_KIND_EVALUATION:
+                    e = self.orch.GetEvaluation(
+                        opb.GetEvaluationRequest(evaluation_id=a.id), timeout=10
+                    ).evaluation
+                    out += [f"look:   flywheel eval show {a.id}",
+                            "repeat: " + grpcurl_line(o, f"{ORCH}/CreateEvaluation",
+                                                      opb.CreateEvaluationRequest(evaluation=repeatable(e)))]  # fmt: skip
         return out
 
     def table(self, loop: lpb.Loop) -> Table:
