@@ -338,8 +338,12 @@ def test_demo_prints_requests_that_repeat_each_stage() -> None:
                   labels={"loop_id": "loop-1", "source": "demo"}, task_ids=["a"])  # fmt: skip
     run.counters.episodes_total = 4
     again = repeatable(run)
-    assert again == rpb.Run(suite="repo-bugs", split=1, teacher_kind=2, labels={"source": "demo"}, task_ids=["a"])
-    job = tpb2.FineTuneJob(id="ftj-1", base_model="b", dataset_id="ds-1", adapter_name="x", loop_id="l", state=3)
+    assert again == rpb.Run(
+        suite="repo-bugs", split=1, teacher_kind=2, labels={"source": "demo"}, task_ids=["a"]
+    )
+    job = tpb2.FineTuneJob(
+        id="ftj-1", base_model="b", dataset_id="ds-1", adapter_name="x", loop_id="l", state=3
+    )
     assert repeatable(job) == tpb2.FineTuneJob(base_model="b", dataset_id="ds-1", adapter_name="x")
     line = grpcurl_line("127.0.0.1:50051", "svc/CreateRun", again)
     assert line.startswith("grpcurl -plaintext -d '{") and line.endswith("127.0.0.1:50051 svc/CreateRun")
