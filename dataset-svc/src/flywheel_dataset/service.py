@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from flywheel.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 from flywheel_common.errors import InvalidArgument, NotFound
 from flywheel_common.objectstore import ObjectNotFoundError
+from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
 from flywheel_dataset.build import manifest_to_dataset
@@ -30,21 +31,6 @@ DESCRIPTOR = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"]
 DATASET_ID = re.compile(r"^ds-[0-9a-f]{16}$")
 WATCH_INTERVAL_S = 1.0  # the contract: at most about one progress snapshot a second
 WATCH_POLL_S = 0.1  # how often a watch looks at the build
-
-
-def _page(
-    items: list[Any], page_size: int, page_token: str, field: str = "page_token"
-) -> tuple[list[Any], str]:
-    """Offset pagination over an in-memory list (tokens are decimal offsets)."""
-    size = 50 if page_size <= 0 else min(page_size, 1000)
-    try:
-        start = int(page_token) if page_token else 0
-    except ValueError:
-        raise InvalidArgument(field, f"{page_token!r} is not a page token from this service") from None
-    if start < 0:
-        raise InvalidArgument(field, f"{page_token!r} is not a page token from this service")
-    chunk = items[start : start + size]
-    return chunk, str(start + size) if start + size < len(items) else ""
 
 
 def recipe_message(name: str) -> dataset_pb2.Recipe:
@@ -85,7 +71,7 @@ class DatasetService(dataset_pb2_grpc.DatasetServiceServicer):
         self.manager = manager
 
     async def ListRecipes(self, request: Any, context: Any) -> dataset_pb2.ListRecipesResponse:
-        names, token = _page(sorted(RECIPES), request.page_size, request.page_token)
+        names, token = offset_page(sorted(RECIPES), request.page_size, request.page_token)
         return dataset_pb2.ListRecipesResponse(
             recipes=[recipe_message(n) for n in names], next_page_token=token
         )
@@ -110,7 +96,7 @@ class DatasetService(dataset_pb2_grpc.DatasetServiceServicer):
             and (not request.loop_id or b.loop_id == request.loop_id)
         ]
         builds.sort(key=lambda b: (b.create_time.ToNanoseconds(), b.id), reverse=True)
-        chunk, token = _page(builds, request.page_size, request.page_token)
+        chunk, token = offset_page(builds, request.page_size, request.page_token)
         return dataset_pb2.ListDatasetBuildsResponse(
             builds=[self.manager.snapshot(b.id) for b in chunk], next_page_token=token
         )
@@ -176,7 +162,7 @@ class DatasetService(dataset_pb2_grpc.DatasetServiceServicer):
             and (not request.loop_id or d.loop_id == request.loop_id)
         ]
         datasets.sort(key=lambda d: (d.create_time.ToNanoseconds(), d.id), reverse=True)
-        chunk, token = _page(datasets, request.page_size, request.page_token)
+        chunk, token = offset_page(datasets, request.page_size, request.page_token)
         return dataset_pb2.ListDatasetsResponse(datasets=chunk, next_page_token=token)
 
     async def PreviewDataset(self, request: Any, context: Any) -> dataset_pb2.PreviewDatasetResponse:

@@ -25,11 +25,10 @@ from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as pb
 from flywheel.dataset.v1 import dataset_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2
-from flywheel_cli.stack import STACK_FILE, StackInfo
+from flywheel_cli.stack import service_address
 
 console = Console(stderr=True)
 out = Console()
-DEFAULT_ADDRESS = "127.0.0.1:50054"
 TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 FORMATS = {
     name.removeprefix("OUTPUT_FORMAT_").lower(): value for name, value in pb.OutputFormat.items() if value
@@ -43,17 +42,7 @@ SPLITS = {
 
 
 def resolve_address(address: str | None, state_dir: Path) -> str:
-    if address:
-        return address
-    env = os.environ.get("FLYWHEEL_DATASET_ADDRESS")
-    if env:
-        return env
-    stack_file = state_dir.expanduser() / STACK_FILE
-    if stack_file.exists():
-        for service in StackInfo.load(stack_file).services:
-            if service.get("name") == "dataset-svc":
-                return str(service["address"])
-    return DEFAULT_ADDRESS
+    return service_address("dataset-svc", address, state_dir)
 
 
 @contextlib.contextmanager

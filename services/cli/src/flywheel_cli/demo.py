@@ -447,7 +447,7 @@ def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, *
         ensure_base_model(stack, follower, base_model, gguf)
         timings["base model import"] = time.monotonic() - t
         loop = demo_loop(args)
-        orch = resolve_address(addresses["orchestrator"], state_dir)
+        orch = addresses["orchestrator"]
         console.print("starting the loop:")
         console.print(
             f"  [cyan]{grpcurl_line(orch, f'{ORCH}/CreateLoop', opb.CreateLoopRequest(loop=loop))}[/]",

@@ -24,11 +24,10 @@ from rich.table import Table
 from flywheel.common.v1 import common_pb2
 from flywheel.trainer.v1 import trainer_pb2 as pb
 from flywheel.trainer.v1 import trainer_pb2_grpc
-from flywheel_cli.stack import STACK_FILE, StackInfo
+from flywheel_cli.stack import service_address
 
 console = Console(stderr=True)
 out = Console()
-DEFAULT_ADDRESS = "127.0.0.1:50055"
 TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 METHODS = {"sft": pb.FINE_TUNE_METHOD_SFT, "dpo": pb.FINE_TUNE_METHOD_DPO}
 SCHEDULERS = {
@@ -42,17 +41,7 @@ STATES = {
 
 
 def resolve_address(address: str | None, state_dir: Path) -> str:
-    if address:
-        return address
-    env = os.environ.get("FLYWHEEL_TRAINER_ADDRESS")
-    if env:
-        return env
-    stack_file = state_dir.expanduser() / STACK_FILE
-    if stack_file.exists():
-        for service in StackInfo.load(stack_file).services:
-            if service.get("name") == "trainer-svc":
-                return str(service["address"])
-    return DEFAULT_ADDRESS
+    return service_address("trainer-svc", address, state_dir)
 
 
 @contextlib.contextmanager

@@ -38,11 +38,10 @@ from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, run_pb2, suite_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
-from flywheel_cli.stack import STACK_FILE, StackInfo
+from flywheel_cli.stack import STACK_FILE, StackInfo, service_address
 
 console = Console(stderr=True)
 out = Console()
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 #: Exit status after Ctrl-C cancelled the job (the shell's convention for SIGINT).
 EXIT_INTERRUPTED = 130
@@ -74,17 +73,7 @@ STATE_DIR_DEFAULT = Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel"))
 
 
 def resolve_address(address: str | None, state_dir: Path) -> str:
-    if address:
-        return address
-    env = os.environ.get("FLYWHEEL_ORCHESTRATOR_ADDRESS")
-    if env:
-        return env
-    stack_file = state_dir.expanduser() / STACK_FILE
-    if stack_file.exists():
-        for service in StackInfo.load(stack_file).services:
-            if service.get("name") == "orchestrator":
-                return str(service["address"])
-    return DEFAULT_ADDRESS
+    return service_address("orchestrator", address, state_dir)
 
 
 def objects_root(state_dir: Path) -> Path | None:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flywheel_cli.components import COMPONENTS, Component
+from flywheel_cli.components import COMPONENTS, Component, by_name
 from flywheel_cli.health import grpc_health, http_health, port_is_free
 from flywheel_common.natsserver import NatsServerProcess
 from flywheel_common.procs import die_with_parent, pid_alive, stop_process_group
@@ -90,6 +90,23 @@ class StackInfo:
     @classmethod
     def load(cls, path: Path) -> StackInfo:
         return cls(**json.loads(path.read_text()))
+
+
+def service_address(name: str, address: str | None, state_dir: Path) -> str:
+    """Where a CLI command finds a service: ``--address``, else ``FLYWHEEL_<…>_ADDRESS``, else the
+    running stack's ``stack.json`` under ``state_dir``, else the component's default port here."""
+    if address:
+        return address
+    component = by_name(name)
+    env = os.environ.get(component.address_variable)
+    if env:
+        return env
+    stack_file = state_dir.expanduser() / STACK_FILE
+    if stack_file.exists():
+        for service in StackInfo.load(stack_file).services:
+            if service.get("name") == name:
+                return str(service["address"])
+    return f"{LOCAL_HOST}:{component.default_port}"
 
 
 def free_port(host: str = LOCAL_HOST) -> int:

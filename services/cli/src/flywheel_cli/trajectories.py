@@ -29,11 +29,10 @@ from rich.text import Text
 from flywheel.common.v1 import common_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
-from flywheel_cli.stack import STACK_FILE, StackInfo
+from flywheel_cli.stack import service_address
 
 console = Console(stderr=True)
 out = Console()
-DEFAULT_ADDRESS = "127.0.0.1:50053"
 #: The server accepts requests up to 64 MiB; a larger file must be put in the object store first.
 MAX_IMPORT_BYTES = 60 * 1024 * 1024
 FORMATS = {
@@ -50,17 +49,7 @@ ROLE_STYLE = {
 
 
 def resolve_address(address: str | None, state_dir: Path) -> str:
-    if address:
-        return address
-    env = os.environ.get("FLYWHEEL_TRAJECTORY_ADDRESS")
-    if env:
-        return env
-    stack_file = state_dir.expanduser() / STACK_FILE
-    if stack_file.exists():
-        for service in StackInfo.load(stack_file).services:
-            if service.get("name") == "trajectory-store":
-                return str(service["address"])
-    return DEFAULT_ADDRESS
+    return service_address("trajectory-store", address, state_dir)
 
 
 @contextlib.contextmanager

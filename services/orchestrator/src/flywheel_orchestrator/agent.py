@@ -17,7 +17,6 @@ TESTS_FAILED (repo) or WRONG_ANSWER / RUNTIME_ERROR (I/O).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -618,7 +617,3 @@ def episode_result(traj: tpb.Trajectory) -> run_pb2.EpisodeResult:
         usage=usage,
         wall_time=wall,
     )
-
-
-def dumps_args(args: dict[str, Any]) -> str:
-    return json.dumps(args, ensure_ascii=False)

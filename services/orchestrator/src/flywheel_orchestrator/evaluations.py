@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import json_format
 from ulid import ULID
 
 from flywheel.common.v1 import common_pb2
@@ -27,16 +24,16 @@ from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
-from flywheel_common.errors import AlreadyExists, InvalidArgument, NotFound
+from flywheel_common.errors import InvalidArgument, NotFound
 from flywheel_common.events import EventBus
-from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
+from flywheel_common.objectstore import ObjectStore
 from flywheel_orchestrator import metrics, report
+from flywheel_orchestrator.records import Records, fingerprint
 from flywheel_orchestrator.runs import PRODUCER, TERMINAL, RunManager, now
 
 log = logging.getLogger("flywheel.orchestrator.evaluations")
 
 PREFIX = "orchestrator/evaluations/"
-PUBLISHED = f"{PREFIX}published/"
 
 
 @dataclass
@@ -62,6 +59,7 @@ class EvaluationManager:
         self._store = store
         self._bus = bus
         self.runs = runs
+        self.records = Records(store, PREFIX, epb.Evaluation, "evaluation", "evaluation_id")
         self.evals: dict[str, EvalState] = {}
         self._by_run: dict[str, str] = {}
         self._lock = asyncio.Lock()
@@ -91,14 +89,9 @@ class EvaluationManager:
                 await t
 
     def _load(self) -> tuple[list[epb.Evaluation], list[epb.Evaluation]]:
-        store = self.store
-        published = {i.key[len(PUBLISHED) :] for i in store.list(PUBLISHED)}
+        published = self.records.published()
         pending, unannounced = [], []
-        for info in store.list(PREFIX):
-            rest = info.key[len(PREFIX) :]
-            if "/" in rest or not rest.endswith(".json"):
-                continue
-            e = json_format.Parse(store.get_bytes(info.key), epb.Evaluation(), ignore_unknown_fields=True)
+        for e in self.records.load():
             st = EvalState(e)
             self.evals[e.id] = st
             for m in e.model_metrics:
@@ -113,8 +106,7 @@ class EvaluationManager:
         return pending, unannounced
 
     def _persist(self, e: epb.Evaluation) -> None:
-        body = json_format.MessageToJson(e, preserving_proto_field_name=True).encode()
-        self.store.put(f"{PREFIX}{e.id}.json", body, content_type="application/json", overwrite=True)
+        self.records.save(e)
 
     # ------------------------------------------------------------------------------ requests
 
@@ -181,21 +173,10 @@ class EvaluationManager:
         ):
             clean.ClearField(name)
         async with self._lock:
-            fingerprint = hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
-            request_key = ""
-            if request_id:
-                request_key = f"{PREFIX}requests/{hashlib.sha256(request_id.encode()).hexdigest()}.json"
-                try:
-                    seen = json.loads(await asyncio.to_thread(self.store.get_bytes, request_key))
-                except ObjectNotFoundError:
-                    seen = None
-                if seen is not None:
-                    if seen["fingerprint"] != fingerprint:
-                        raise AlreadyExists(
-                            f"request_id {request_id!r} was already used for evaluation {seen['evaluation_id']} "
-                            "with a different request"
-                        )
-                    return self.get(seen["evaluation_id"])
+            print_ = fingerprint(clean)
+            earlier = await self.records.replay(request_id, print_)
+            if earlier is not None:
+                return self.get(earlier)
             clean.id = f"eval-{ULID()}"
             clean.loop_id = loop_id
             clean.suite_version = self.runs.catalog.get(clean.suite).version
@@ -210,9 +191,7 @@ class EvaluationManager:
             tasks = self.runs.catalog.get(clean.suite).select(clean.split, clean.task_ids)
             clean.progress.episodes_total = len(tasks) * (clean.rollouts_per_task or 1) * len(clean.models)
             await asyncio.to_thread(self._persist, clean)
-            if request_key:
-                body = json.dumps({"evaluation_id": clean.id, "fingerprint": fingerprint}).encode()
-                await asyncio.to_thread(self.store.put, request_key, body, content_type="application/json")
+            await self.records.remember(request_id, clean.id, print_)
             st = EvalState(clean)
             self.evals[clean.id] = st
             self._launch(st)
@@ -353,7 +332,7 @@ class EvaluationManager:
             mm = metrics.model_metrics(m.model, results, rollouts_per_task=rollouts, level=level)
             mm.baseline, mm.run_id = m.baseline, m.run_id
             run = self.runs.runs[m.run_id].run
-            info = await self.runs._policy_info(run)
+            info = await self.runs.policy_info(self.runs.runs[m.run_id])
             mm.base_model, mm.adapter_name, mm.adapter_version = (
                 info.base_model,
                 info.adapter_name,
@@ -382,7 +361,6 @@ class EvaluationManager:
         store = self.store
 
         def write() -> None:
-            e.report.json.size_bytes = 0
             store.put(e.report.markdown.key, md, content_type="text/markdown", overwrite=True)
             store.put(chart.key, png, content_type="image/png", overwrite=True)
             store.put(e.report.json.key, report.to_json(e), content_type="application/json", overwrite=True)
@@ -428,7 +406,7 @@ class EvaluationManager:
         except Exception:
             log.exception("could not publish eval.completed for %s; retried at the next start", e.id)
             return
-        await asyncio.to_thread(self.store.put, f"{PUBLISHED}{e.id}", meta.event_id.encode(), overwrite=True)
+        await self.records.mark_published(e.id, meta.event_id)
 
 
 class _EvalFailed(Exception):

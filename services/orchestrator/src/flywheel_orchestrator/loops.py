@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import json_format
 from ulid import ULID
 
 from flywheel.common.v1 import common_pb2
@@ -41,11 +39,12 @@ from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
-from flywheel_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from flywheel_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel_common.events import Event, EventBus
-from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
+from flywheel_common.objectstore import ObjectStore
 from flywheel_orchestrator.evaluations import EvaluationManager
 from flywheel_orchestrator.model import ModelClient
+from flywheel_orchestrator.records import Records, fingerprint
 from flywheel_orchestrator.runs import LABEL_KEY, PRODUCER, TERMINAL, RunManager, now
 from flywheel_orchestrator.settings import OrchestratorSettings
 from flywheel_orchestrator.suites import SuiteError
@@ -153,6 +152,7 @@ class LoopManager:
         self.runs = runs
         self.evaluations = evaluations
         self.models = models
+        self.records = Records(store, PREFIX, lpb.Loop, "loop", "loop_id")
         self.loops: dict[str, LoopState] = {}
         self._lock = asyncio.Lock()
         self._channels: list[grpc.aio.Channel] = []  # made in start(), inside the event loop
@@ -173,7 +173,7 @@ class LoopManager:
         ]
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channels[0])
         self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels[1])
-        for loop in await asyncio.to_thread(self._load):
+        for loop in await asyncio.to_thread(self.records.load):
             self.loops[loop.id] = LoopState(loop)
         bus = self._bus()
         if bus is not None:
@@ -206,20 +206,8 @@ class LoopManager:
         for channel in self._channels:
             await channel.close()
 
-    def _load(self) -> list[lpb.Loop]:
-        out = []
-        for info in self.store.list(PREFIX):
-            rest = info.key[len(PREFIX) :]
-            if "/" in rest or not rest.endswith(".json"):
-                continue
-            out.append(
-                json_format.Parse(self.store.get_bytes(info.key), lpb.Loop(), ignore_unknown_fields=True)
-            )
-        return out
-
     def _persist(self, loop: lpb.Loop) -> None:
-        body = json_format.MessageToJson(loop, preserving_proto_field_name=True).encode()
-        self.store.put(f"{PREFIX}{loop.id}.json", body, content_type="application/json", overwrite=True)
+        self.records.save(loop)
 
     # ------------------------------------------------------------------------------ requests
 
@@ -298,27 +286,15 @@ class LoopManager:
         if not clean.incumbent_model:
             clean.incumbent_model = clean.base_model
         async with self._lock:
-            fingerprint = hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
-            request_key = ""
-            if request_id:
-                request_key = f"{PREFIX}requests/{hashlib.sha256(request_id.encode()).hexdigest()}.json"
-                try:
-                    seen = json.loads(await asyncio.to_thread(self.store.get_bytes, request_key))
-                except ObjectNotFoundError:
-                    seen = None
-                if seen is not None:
-                    if seen["fingerprint"] != fingerprint:
-                        raise AlreadyExists(
-                            f"request_id {request_id!r} was already used for loop {seen['loop_id']} with a different request"
-                        )
-                    return self.get(seen["loop_id"])
+            print_ = fingerprint(clean)
+            earlier = await self.records.replay(request_id, print_)
+            if earlier is not None:
+                return self.get(earlier)
             clean.id = f"loop-{ULID()}"
             clean.state = QUEUED
             clean.create_time.CopyFrom(now())
             await asyncio.to_thread(self._persist, clean)
-            if request_key:
-                body = json.dumps({"loop_id": clean.id, "fingerprint": fingerprint}).encode()
-                await asyncio.to_thread(self.store.put, request_key, body, content_type="application/json")
+            await self.records.remember(request_id, clean.id, print_)
             self.loops[clean.id] = LoopState(clean)
         self._spawn(self.advance(clean.id))
         return self.get(clean.id)
@@ -585,8 +561,6 @@ class LoopManager:
         started = cur.start_time.ToNanoseconds() / 1e9 if cur is not None else 0.0
 
         async def poll() -> None:
-            import time
-
             while True:
                 await asyncio.sleep(self.settings.loop_hot_load_poll_s)
                 if st.loop.state in TERMINAL or st.loop.stage != S.LOOP_STAGE_HOT_LOAD:

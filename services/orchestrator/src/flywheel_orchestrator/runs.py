@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from ulid import ULID
 
@@ -31,13 +29,14 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
-from flywheel_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from flywheel_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel_common.events import EventBus
-from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
+from flywheel_common.objectstore import ObjectStore
 from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator.agent import Episode, EpisodeSpec, EpisodeTimes, Limits, episode_result
 from flywheel_orchestrator.metrics import add_to_counters
 from flywheel_orchestrator.model import ModelClient
+from flywheel_orchestrator.records import Records, fingerprint
 from flywheel_orchestrator.reference import REFERENCE_LABEL, ReferencePolicy
 from flywheel_orchestrator.sandbox import SandboxClient
 from flywheel_orchestrator.settings import OrchestratorSettings
@@ -46,7 +45,6 @@ from flywheel_orchestrator.suites import Suite, SuiteCatalog, SuiteError, Task
 log = logging.getLogger("flywheel.orchestrator.runs")
 
 PREFIX = "orchestrator/runs/"
-PUBLISHED = f"{PREFIX}published/"
 PRODUCER = "orchestrator"
 TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 LABEL_KEY = re.compile(r"^[a-z0-9_.-]{1,63}$")
@@ -93,6 +91,7 @@ class RunState:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
     times: list[EpisodeTimes] = field(default_factory=list)
+    policy: tpb.Policy | None = None  #: lineage of the policy, once asked of the gateway
 
     def notify(self, item: opb.WatchRunResponse) -> None:
         for q in self.watchers:
@@ -118,6 +117,7 @@ class RunManager:
         # gRPC aio channels belong to the event loop they are made in: made in start().
         self._channel: grpc.aio.Channel | None = None
         self.trajectories: trajectory_pb2_grpc.TrajectoryServiceStub | None = None  # type: ignore[assignment]
+        self.records = Records(store, PREFIX, run_pb2.Run, "run", "run_id")
         self.runs: dict[str, RunState] = {}
         self._lock = asyncio.Lock()
         self._stopping = False
@@ -153,14 +153,9 @@ class RunManager:
             await self._channel.close()
 
     def _load(self) -> tuple[list[run_pb2.Run], list[run_pb2.Run]]:
-        store = self.store
-        published = {i.key[len(PUBLISHED) :] for i in store.list(PUBLISHED)}
+        published = self.records.published()
         pending, unannounced = [], []
-        for info in store.list(PREFIX):
-            rest = info.key[len(PREFIX) :]
-            if "/" in rest or not rest.endswith(".json"):
-                continue
-            run = json_format.Parse(store.get_bytes(info.key), run_pb2.Run(), ignore_unknown_fields=True)
+        for run in self.records.load():
             state = RunState(run)
             self.runs[run.id] = state
             if run.state in TERMINAL:
@@ -173,8 +168,7 @@ class RunManager:
         return pending, unannounced
 
     def _persist(self, run: run_pb2.Run) -> None:
-        body = json_format.MessageToJson(run, preserving_proto_field_name=True).encode()
-        self.store.put(f"{PREFIX}{run.id}.json", body, content_type="application/json", overwrite=True)
+        self.records.save(run)
 
     # ------------------------------------------------------------------------------ requests
 
@@ -266,20 +260,10 @@ class RunManager:
         if not clean.teacher_kind:
             clean.teacher_kind = tpb.TEACHER_KIND_MODEL
         async with self._lock:
-            request_key = ""
-            fingerprint = hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
-            if request_id:
-                request_key = f"{PREFIX}requests/{hashlib.sha256(request_id.encode()).hexdigest()}.json"
-                try:
-                    seen = json.loads(await asyncio.to_thread(self.store.get_bytes, request_key))
-                except ObjectNotFoundError:
-                    seen = None
-                if seen is not None:
-                    if seen["fingerprint"] != fingerprint:
-                        raise AlreadyExists(
-                            f"request_id {request_id!r} was already used for run {seen['run_id']} with a different request"
-                        )
-                    return self.get(seen["run_id"])
+            print_ = fingerprint(clean)
+            earlier = await self.records.replay(request_id, print_)
+            if earlier is not None:
+                return self.get(earlier)
             clean.id = f"run-{ULID()}"
             clean.suite_version = suite.version
             clean.loop_id = loop_id
@@ -292,9 +276,7 @@ class RunManager:
             clean.counters.tasks = len(tasks)
             clean.counters.episodes_total = len(tasks) * rollouts
             await asyncio.to_thread(self._persist, clean)
-            if request_key:
-                body = json.dumps({"run_id": clean.id, "fingerprint": fingerprint}).encode()
-                await asyncio.to_thread(self.store.put, request_key, body, content_type="application/json")
+            await self.records.remember(request_id, clean.id, print_)
             state = RunState(clean)
             self.runs[clean.id] = state
             self._launch(state)
@@ -398,7 +380,14 @@ class RunManager:
             max_tool_output_chars=s.max_tool_output_chars,
         )
 
-    async def _policy_info(self, run: run_pb2.Run) -> tpb.Policy:
+    async def policy_info(self, state: RunState) -> tpb.Policy:
+        """The run's policy lineage, asked of the gateway once per run (kept on the state)."""
+        if state.policy is not None:
+            return state.policy
+        state.policy = await self._describe(state.run)
+        return state.policy
+
+    async def _describe(self, run: run_pb2.Run) -> tpb.Policy:
         info = tpb.Policy(model=run.model, sampling=run.sampling, prompt_sha256=run.prompt_sha256)
         if run.teacher_kind != tpb.TEACHER_KIND_MODEL:
             return info
@@ -467,7 +456,7 @@ class RunManager:
             run.start_time.CopyFrom(now())
         await asyncio.to_thread(self._persist, run)
         state.notify(opb.WatchRunResponse(run=self.snapshot(run.id)))
-        policy_info = await self._policy_info(run)
+        policy_info = await self.policy_info(state)
         limits = self._limits(run)
         labels = dict(run.labels)
         if run.loop_id:
@@ -614,9 +603,7 @@ class RunManager:
         except Exception:
             log.exception("could not publish run.completed for %s; retried at the next start", run.id)
             return
-        await asyncio.to_thread(
-            self.store.put, f"{PUBLISHED}{run.id}", meta.event_id.encode(), overwrite=True
-        )
+        await self.records.mark_published(run.id, meta.event_id)
 
 
 class _RunFailed(Exception):

@@ -8,13 +8,13 @@ brings them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
 from flywheel_common.errors import InvalidArgument, NotFound
+from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
 from flywheel_orchestrator.evaluations import EvaluationManager
@@ -28,21 +28,6 @@ from flywheel_orchestrator.suites import SuiteCatalog
 NAME = "orchestrator"
 DESCRIPTOR = opb.DESCRIPTOR.services_by_name["OrchestratorService"]
 UNIMPLEMENTED_ISSUE = "a later issue"
-
-
-def page(
-    items: list[Any], page_size: int, page_token: str, field: str = "page_token"
-) -> tuple[list[Any], str]:
-    """Offset pagination over an in-memory list (tokens are decimal offsets)."""
-    size = 50 if page_size <= 0 else min(page_size, 1000)
-    try:
-        start = int(page_token) if page_token else 0
-    except ValueError:
-        raise InvalidArgument(field, f"{page_token!r} is not a page token from this service") from None
-    if start < 0:
-        raise InvalidArgument(field, f"{page_token!r} is not a page token from this service")
-    chunk = items[start : start + size]
-    return chunk, str(start + size) if start + size < len(items) else ""
 
 
 class Orchestrator:
@@ -98,7 +83,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: opb.ListSuitesRequest, context: grpc.aio.ServicerContext
     ) -> opb.ListSuitesResponse:
         suites = [self.core.catalog.suites[n].to_proto() for n in sorted(self.core.catalog.suites)]
-        chunk, token = page(suites, request.page_size, request.page_token)
+        chunk, token = offset_page(suites, request.page_size, request.page_token)
         return opb.ListSuitesResponse(suites=chunk, next_page_token=token)
 
     async def GetSuite(
@@ -134,7 +119,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         runs = self.core.runs.list(
             suite=request.suite, model=request.model, state=request.state, loop_id=request.loop_id
         )
-        chunk, token = page(runs, request.page_size, request.page_token)
+        chunk, token = offset_page(runs, request.page_size, request.page_token)
         return opb.ListRunsResponse(runs=chunk, next_page_token=token)
 
     async def CancelRun(
@@ -173,7 +158,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: opb.ListEvaluationsRequest, context: grpc.aio.ServicerContext
     ) -> opb.ListEvaluationsResponse:
         items = self.core.evaluations.list(suite=request.suite, state=request.state, loop_id=request.loop_id)
-        chunk, token = page(items, request.page_size, request.page_token)
+        chunk, token = offset_page(items, request.page_size, request.page_token)
         return opb.ListEvaluationsResponse(evaluations=chunk, next_page_token=token)
 
     async def CancelEvaluation(
@@ -212,7 +197,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListLoops(
         self, request: opb.ListLoopsRequest, context: grpc.aio.ServicerContext
     ) -> opb.ListLoopsResponse:
-        chunk, token = page(self.core.loops.list(request.state), request.page_size, request.page_token)
+        chunk, token = offset_page(self.core.loops.list(request.state), request.page_size, request.page_token)
         return opb.ListLoopsResponse(loops=chunk, next_page_token=token)
 
     async def CancelLoop(
