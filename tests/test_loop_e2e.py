@@ -137,8 +137,10 @@ async def run_loop_with_crash(stack: Stack) -> str:
         base_model=BASE,
         teacher_kind=tpb.TEACHER_KIND_REFERENCE,
         adapter_name="e2e",
-        limits=run_pb2.EpisodeLimits(max_iterations=2, max_consecutive_parse_errors=2),
-        sampling=common_pb2.SamplingParams(temperature=0, max_tokens=8),
+        episode=run_pb2.EpisodeSettings(
+            limits=run_pb2.EpisodeLimits(max_iterations=2, max_consecutive_parse_errors=2),
+            sampling=common_pb2.SamplingParams(temperature=0, max_tokens=8),
+        ),
         dataset_split=dpb.SplitConfig(train_ratio=1.0),
         hyperparameters=trpb.Hyperparameters(
             max_steps=3,

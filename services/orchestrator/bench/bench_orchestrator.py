@@ -26,7 +26,7 @@ script never writes a file, so repo episodes end as NO_CHANGE without a sandbox 
 
 Overhead is measured inside the orchestrator process: the driver records per episode
 ``EpisodeTimes`` (total_s, model_s = time inside the policy's model call, sandbox_s = time inside
-sandbox calls), and RunManager keeps them per run (``app.core.runs.runs[run_id].times``, in the
+sandbox calls), and RunManager keeps them per run (``app.core.runs.job(run_id).times``, in the
 same order as ``.results``, whose ``steps`` are the assistant turns). Per episode,
 ``overhead per step = (total_s - model_s - sandbox_s) / steps``; reported as the mean over all
 steps (sum over sum) and p50/p95 over episodes. It covers the driver's own work (prompting,
@@ -290,7 +290,7 @@ async def level(
     for run in finished:
         if run.state != common_pb2.JOB_STATE_SUCCEEDED:
             run_failures.append(f"{run.id}: {common_pb2.JobState.Name(run.state)} {run.error.message}")
-        state = app.core.runs.runs[run.id]
+        state = app.core.runs.job(run.id)
         if len(state.times) != len(state.results):
             raise RuntimeError(f"run {run.id}: {len(state.times)} times for {len(state.results)} results")
         for times, result in zip(state.times, state.results, strict=True):

@@ -43,7 +43,10 @@ def scripted(*replies: Any):
 
 
 async def run_to_end(h: Harness, **fields: Any) -> run_pb2.Run:
-    run = run_pb2.Run(suite="mini", model="scripted", **fields)
+    """Create a run and watch it to its end; episode settings (protocol, limits…) go into
+    ``run.episode``, the other fields into the run."""
+    episode = {k: fields.pop(k) for k in ("protocol", "test_policy", "limits", "sampling") if k in fields}
+    run = run_pb2.Run(suite="mini", model="scripted", episode=run_pb2.EpisodeSettings(**episode), **fields)
     created = await h.stub.CreateRun(opb.CreateRunRequest(run=run))
     last = None
     async for update in h.stub.WatchRun(opb.WatchRunRequest(run_id=created.run.id), timeout=120):
@@ -372,7 +375,12 @@ async def test_bad_requests_name_the_problem(backends: Backends, service_env: di
                 "must be empty",
             ),
             (
-                run_pb2.Run(suite="mini", model="m", split=TRAIN, protocol=common_pb2.TOOL_PROTOCOL_IO),
+                run_pb2.Run(
+                    suite="mini",
+                    model="m",
+                    split=TRAIN,
+                    episode=run_pb2.EpisodeSettings(protocol=common_pb2.TOOL_PROTOCOL_IO),
+                ),
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "applies to input/output problems",
             ),
@@ -383,7 +391,10 @@ async def test_bad_requests_name_the_problem(backends: Backends, service_env: di
             ),
             (
                 run_pb2.Run(
-                    suite="mini", model="m", split=TRAIN, sampling=common_pb2.SamplingParams(top_p=0)
+                    suite="mini",
+                    model="m",
+                    split=TRAIN,
+                    episode=run_pb2.EpisodeSettings(sampling=common_pb2.SamplingParams(top_p=0)),
                 ),
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "top_p",

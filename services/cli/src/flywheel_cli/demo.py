@@ -84,12 +84,16 @@ def demo_loop(args: dict[str, Any]) -> lpb.Loop:
         base_model=args["base_model"],
         teacher_kind=tpb.TEACHER_KIND_MODEL if teacher else tpb.TEACHER_KIND_REFERENCE,
         teacher_model=teacher,
-        protocol=common_pb2.TOOL_PROTOCOL_JSON,
-        test_policy=run_pb2.TEST_POLICY_END,
-        limits=run_pb2.EpisodeLimits(max_iterations=args["max_iterations"], max_consecutive_parse_errors=2),
-        # Greedy, and a stop at a blank line: a JSON turn is one line, so this only cuts rambling.
-        sampling=common_pb2.SamplingParams(
-            temperature=0.0, max_tokens=args["max_completion_tokens"], stop=["\n\n"]
+        episode=run_pb2.EpisodeSettings(
+            protocol=common_pb2.TOOL_PROTOCOL_JSON,
+            test_policy=run_pb2.TEST_POLICY_END,
+            limits=run_pb2.EpisodeLimits(
+                max_iterations=args["max_iterations"], max_consecutive_parse_errors=2
+            ),
+            # Greedy, and a stop at a blank line: a JSON turn is one line, so this only cuts rambling.
+            sampling=common_pb2.SamplingParams(
+                temperature=0.0, max_tokens=args["max_completion_tokens"], stop=["\n\n"]
+            ),
         ),
         concurrency=1,
         recipe="step_sft",

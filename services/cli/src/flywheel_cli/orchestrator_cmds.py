@@ -209,16 +209,17 @@ def _fill_common(msg: run_pb2.Run | epb.Evaluation, opts: dict[str, Any]) -> Non
     """Copy the shared options into a Run or an Evaluation (both have the same field names)."""
     msg.task_ids.extend(opts["tasks"])
     msg.rollouts_per_task = opts["rollouts"]
+    episode = msg.episode
     if opts["protocol"]:
-        msg.protocol = PROTOCOLS[opts["protocol"]]
+        episode.protocol = PROTOCOLS[opts["protocol"]]
     if opts["test_policy"]:
-        msg.test_policy = TEST_POLICIES[opts["test_policy"]]
-    msg.limits.max_iterations = opts["max_iterations"]
-    msg.limits.max_tokens = opts["max_tokens"]
-    msg.limits.max_consecutive_parse_errors = opts["max_parse_errors"]
+        episode.test_policy = TEST_POLICIES[opts["test_policy"]]
+    episode.limits.max_iterations = opts["max_iterations"]
+    episode.limits.max_tokens = opts["max_tokens"]
+    episode.limits.max_consecutive_parse_errors = opts["max_parse_errors"]
     if opts["max_wall_time"]:
-        msg.limits.max_wall_time.FromNanoseconds(int(opts["max_wall_time"] * 1e9))
-    sampling = msg.sampling
+        episode.limits.max_wall_time.FromNanoseconds(int(opts["max_wall_time"] * 1e9))
+    sampling = episode.sampling
     if opts["temperature"] is not None:
         sampling.temperature = opts["temperature"]
     if opts["top_p"] is not None:
@@ -612,11 +613,12 @@ def run_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
 
 
 def _settings_line(job: run_pb2.Run | epb.Evaluation) -> str:
-    lim, sp = job.limits, job.sampling
+    ep = job.episode
+    lim, sp = ep.limits, ep.sampling
     parts = [
         f"rollouts {job.rollouts_per_task or 1}",
-        f"protocol {_enum(job.protocol, common_pb2.ToolProtocol, 'TOOL_PROTOCOL_') if job.protocol else 'by task kind'}",
-        f"tests {_enum(job.test_policy, run_pb2.TestPolicy, 'TEST_POLICY_') if job.test_policy else 'end'}",
+        f"protocol {_enum(ep.protocol, common_pb2.ToolProtocol, 'TOOL_PROTOCOL_') if ep.protocol else 'by task kind'}",
+        f"tests {_enum(ep.test_policy, run_pb2.TestPolicy, 'TEST_POLICY_') if ep.test_policy else 'end'}",
         f"concurrency {job.concurrency or 'default'}",
     ]
     if lim.max_iterations:

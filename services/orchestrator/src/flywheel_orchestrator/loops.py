@@ -6,13 +6,20 @@ JetStream consumers; an event that names a loop (``loop_id``) makes that loop lo
 stage and move on when the stage's artefact is finished. The artefact's own service is the
 source of truth (the run and evaluation here, ``GetDatasetBuild``, ``GetFineTuneJob``, the
 gateway's model list for the hot-load), so a duplicate or late event is harmless, and a loop
-re-checks its stage at start-up, so an event missed while the orchestrator was down is too.
+re-checks its stage at start-up and every ``loop_reconcile_s``, so a lost event is too.
 
-Every stage's job is created with the request id ``<loop id>-<stage>`` (the trainer allows only ``[A-Za-z0-9_-]`` in request ids): a restart between
-creating a job and recording it gets the same job back, never a second one. The loop is
-persisted as ``orchestrator/loops/<id>.json`` after every transition, and every artefact names
-the loop (``loop_id``) and the artefacts it came from (the dataset its runs, the job its
-dataset, the evaluation its models).
+The stages are a table (:attr:`LoopManager.handlers`): one handler per stage looks at the stage's
+artefact and either starts the next stage (True) or waits (False). Each stage may have a timeout
+(``loop_<stage>_timeout_s``). Every retry — a dependency that was down, the hot-load poll, the
+reconcile sweep — goes through :meth:`LoopManager.advance`, under the loop's lock.
+
+Every stage's job is created with the request id ``<loop id>-<stage>`` (the trainer allows only
+``[A-Za-z0-9_-]`` in request ids): a restart between creating a job and recording it gets the
+same job back, never a second one. The loop itself lives in the job core
+(``flywheel_common.jobs``) under ``orchestrator/loops/``; its stage changes and its terminal
+events (``flywheel.loop.promoted`` or ``flywheel.loop.rejected`` when the gate decided, and the
+last ``flywheel.loop.stage_changed``) go through the core's outbox, so a gate that decides while
+NATS is down still ends the loop SUCCEEDED, and the events go out when NATS returns.
 """
 
 from __future__ import annotations
@@ -22,11 +29,10 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import grpc
-from ulid import ULID
 
 from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as dpb
@@ -39,27 +45,47 @@ from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
-from flywheel_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from flywheel_common.errors import FailedPrecondition, InvalidArgument
 from flywheel_common.events import Event, EventBus
+from flywheel_common.jobs import (
+    CANCELLED,
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    Announcement,
+    Job,
+    JobFailed,
+    JobTable,
+    now,
+    state_name,
+)
 from flywheel_common.objectstore import ObjectStore
+from flywheel_orchestrator import validation as check
 from flywheel_orchestrator.evaluations import EvaluationManager
 from flywheel_orchestrator.model import ModelClient
-from flywheel_orchestrator.records import Records, fingerprint
-from flywheel_orchestrator.runs import LABEL_KEY, PRODUCER, TERMINAL, RunManager, now
+from flywheel_orchestrator.report import loop_markdown
+from flywheel_orchestrator.runs import PRODUCER, RunManager
 from flywheel_orchestrator.settings import OrchestratorSettings
-from flywheel_orchestrator.suites import SuiteError
 
 log = logging.getLogger("flywheel.orchestrator.loops")
 
 PREFIX = "orchestrator/loops/"
 ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 S = lpb  # stage and gate enums
-SUCCEEDED, FAILED, CANCELLED = (
-    common_pb2.JOB_STATE_SUCCEEDED,
-    common_pb2.JOB_STATE_FAILED,
-    common_pb2.JOB_STATE_CANCELLED,
+OUTPUT_ONLY = (
+    "id",
+    "state",
+    "error",
+    "stage",
+    "stages",
+    "candidate_model",
+    "gate_result",
+    "report",
+    "create_time",
+    "start_time",
+    "end_time",
 )
-RUNNING, QUEUED = common_pb2.JOB_STATE_RUNNING, common_pb2.JOB_STATE_QUEUED
 
 #: (durable consumer, subject filter) of the events that move loops.
 SUBSCRIPTIONS = (
@@ -116,24 +142,78 @@ def decide(
     )
 
 
-class _LoopFailed(Exception):
-    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.ABORTED) -> None:
-        super().__init__(message)
-        self.code = code
+class LoopJob(Job[lpb.Loop]):
+    """A loop and what the service keeps beside it: its lock and its pending retry."""
+
+    def __init__(self, loop: lpb.Loop) -> None:
+        super().__init__(loop)
+        self.lock = asyncio.Lock()
+        self.retry: asyncio.Task[None] | None = None
 
 
-@dataclass
-class LoopState:
-    loop: lpb.Loop
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    watchers: list[asyncio.Queue] = field(default_factory=list)
-    poller: asyncio.Task | None = None
+def current(loop: lpb.Loop) -> lpb.LoopStageStatus | None:
+    return loop.stages[-1] if loop.stages else None
 
-    def notify(self) -> None:
-        snap = lpb.Loop()
-        snap.CopyFrom(self.loop)
-        for q in self.watchers:
-            q.put_nowait(snap)
+
+def artefact(status: lpb.LoopStageStatus, kind: int) -> str:
+    return next((a.id for a in status.artefacts if a.kind == kind), "")
+
+
+def stage_event(loop: lpb.Loop, status: lpb.LoopStageStatus) -> Announcement:
+    """``flywheel.loop.stage_changed`` for one stage status."""
+    event_id = f"loop-stage:{loop.id}:{stage_name(status.stage)}:{state_name(status.state)}"
+    msg = events_pb2.LoopStageChanged(
+        meta=events_pb2.EventMeta(event_id=event_id, occurred_at=now(), producer=PRODUCER),
+        loop_id=loop.id,
+        stage=status.stage,
+        stage_state=status.state,
+        artefacts=status.artefacts,
+        error=status.error,
+    )
+    return Announcement("flywheel.loop.stage_changed", msg, event_id)
+
+
+def terminal_events(loop: lpb.Loop) -> list[Announcement]:
+    """A finished loop's events: the gate's decision (when it decided), then its last stage."""
+    out = []
+    if loop.state == SUCCEEDED and loop.HasField("gate_result"):
+        gate = loop.gate_result
+        name, _, version = artefact(
+            next(s for s in loop.stages if s.stage == S.LOOP_STAGE_HOT_LOAD), common_pb2.RESOURCE_KIND_ADAPTER
+        ).partition("/")
+        adapter = trpb.AdapterRef(
+            name=name, version=int(version or 0), object_prefix=f"adapters/{name}/v{version}/"
+        )
+        meta = events_pb2.EventMeta(occurred_at=loop.end_time, producer=PRODUCER)
+        if gate.decision == S.GATE_DECISION_PROMOTE:
+            meta.event_id = f"loop-promoted:{loop.id}"
+            promoted = events_pb2.LoopPromoted(
+                meta=meta,
+                loop_id=loop.id,
+                promoted_model=loop.candidate_model,
+                previous_model=loop.incumbent_model,
+                adapter=adapter,
+                gate=gate,
+            )
+            out.append(Announcement("flywheel.loop.promoted", promoted, meta.event_id))
+        else:
+            meta.event_id = f"loop-rejected:{loop.id}"
+            rejected = events_pb2.LoopRejected(
+                meta=meta,
+                loop_id=loop.id,
+                candidate_model=loop.candidate_model,
+                incumbent_model=loop.incumbent_model,
+                adapter=adapter,
+                gate=gate,
+            )
+            out.append(Announcement("flywheel.loop.rejected", rejected, meta.event_id))
+    cur = current(loop)
+    if cur is not None:
+        out.append(stage_event(loop, cur))
+    return out
+
+
+Handler = Callable[[LoopJob, lpb.LoopStageStatus | None, object | None], Awaitable[bool]]
 
 
 class LoopManager:
@@ -152,17 +232,47 @@ class LoopManager:
         self.runs = runs
         self.evaluations = evaluations
         self.models = models
-        self.records = Records(store, PREFIX, lpb.Loop, "loop", "loop_id")
-        self.loops: dict[str, LoopState] = {}
-        self._lock = asyncio.Lock()
+        self.table: JobTable[lpb.Loop, LoopJob] = JobTable(
+            store=store,
+            bus=bus,
+            prefix=PREFIX,
+            message_class=lpb.Loop,
+            kind="loop",
+            id_prefix="loop",
+            announce=terminal_events,
+            make_job=LoopJob,
+            on_cancel=self._cancel,
+        )
+        #: The stage table: what to do when a loop is at a stage (0: not started yet).
+        self.handlers: dict[int, Handler] = {
+            S.LOOP_STAGE_UNSPECIFIED: self._start_rollouts,
+            S.LOOP_STAGE_ROLLOUTS: self._after_rollouts,
+            S.LOOP_STAGE_DATASET: self._after_dataset,
+            S.LOOP_STAGE_FINE_TUNE: self._after_fine_tune,
+            S.LOOP_STAGE_HOT_LOAD: self._after_hot_load,
+            S.LOOP_STAGE_EVALUATION: self._after_evaluation,
+            S.LOOP_STAGE_GATE: self._gate,
+        }
+        #: Seconds a stage may last (0: no limit), from the settings.
+        self.timeouts: dict[int, float] = {
+            S.LOOP_STAGE_ROLLOUTS: settings.loop_rollouts_timeout_s,
+            S.LOOP_STAGE_DATASET: settings.loop_dataset_timeout_s,
+            S.LOOP_STAGE_FINE_TUNE: settings.loop_fine_tune_timeout_s,
+            S.LOOP_STAGE_HOT_LOAD: settings.loop_hot_load_timeout_s,
+            S.LOOP_STAGE_EVALUATION: settings.loop_evaluation_timeout_s,
+        }
         self._channels: list[grpc.aio.Channel] = []  # made in start(), inside the event loop
-        self._subs: list = []
+        self._subs: list[Any] = []
         self._stopping = False
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def store(self) -> ObjectStore:
         return self._store()
+
+    @property
+    def loops(self) -> dict[str, LoopJob]:
+        return self.table.jobs
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -173,24 +283,23 @@ class LoopManager:
         ]
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channels[0])
         self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels[1])
-        for loop in await asyncio.to_thread(self.records.load):
-            self.loops[loop.id] = LoopState(loop)
+        resumed: list[str] = []
+        await self.table.start(lambda job: resumed.append(job.id))
         bus = self._bus()
         if bus is not None:
             for durable, subject in SUBSCRIPTIONS:
                 self._subs.append(await bus.subscribe(durable, subject, self._on_event))
-        for st in list(self.loops.values()):
-            if st.loop.state not in TERMINAL:
-                log.info("resuming loop %s at stage %s", st.loop.id, stage_name(st.loop.stage))
-                self._spawn(self.advance(st.loop.id))
+        for loop_id in resumed:
+            log.info("resuming loop %s at stage %s", loop_id, stage_name(self.loops[loop_id].resource.stage))
+            self._spawn(self.advance(loop_id))
         self._spawn(self._reconcile())
 
     async def _reconcile(self) -> None:
         """Events move loops; this only catches what a lost event would leave waiting."""
         while not self._stopping:
             await asyncio.sleep(self.settings.loop_reconcile_s)
-            for loop_id, st in list(self.loops.items()):
-                if st.loop.state not in TERMINAL and not st.lock.locked():
+            for loop_id, job in list(self.loops.items()):
+                if not job.terminal and not job.lock.locked():
                     await self.advance(loop_id)
 
     async def stop(self) -> None:
@@ -198,158 +307,93 @@ class LoopManager:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.stop(grace_s=2.0)
-        for st in self.loops.values():
-            if st.poller is not None:
-                st.poller.cancel()
+        for job in self.loops.values():
+            if job.retry is not None:
+                job.retry.cancel()
         for task in list(self._background):
             task.cancel()
+        await self.table.stop()
         for channel in self._channels:
             await channel.close()
 
-    def _persist(self, loop: lpb.Loop) -> None:
-        self.records.save(loop)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------------------ requests
 
     def validate(self, loop: lpb.Loop) -> None:
-        if not loop.suite:
-            raise InvalidArgument("loop.suite", "is required")
-        suite = self.runs.catalog.get(loop.suite)
-        if suite is None:
-            raise NotFound(
-                f"suite {loop.suite!r} does not exist (known: {', '.join(sorted(self.runs.catalog.suites))})"
-            )
-        proto = suite.to_proto()
-        if not proto.train_task_count or not proto.test_task_count:
+        path = "loop"
+        suite = check.suite(self.runs.catalog, loop.suite, path)
+        info = suite.to_proto()
+        if not info.train_task_count or not info.test_task_count:
             raise FailedPrecondition(f"suite {loop.suite!r} needs tasks on both sides of its split")
         if not loop.base_model:
             raise InvalidArgument(
-                "loop.base_model", "is required (a trainer base-model name, e.g. gemma-3-270m)"
+                f"{path}.base_model", "is required (a trainer base-model name, e.g. gemma-3-270m)"
             )
         if not ADAPTER_NAME.match(loop.adapter_name):
-            raise InvalidArgument("loop.adapter_name", f"is required and must match {ADAPTER_NAME.pattern}")
-        kind = loop.teacher_kind or tpb.TEACHER_KIND_MODEL
-        run = run_pb2.Run(
-            suite=loop.suite,
-            split=common_pb2.TASK_SPLIT_TRAIN,
-            task_ids=loop.train_task_ids,
-            teacher_kind=kind,
-            model=loop.teacher_model,
+            raise InvalidArgument(
+                f"{path}.adapter_name", f"is required and must match {ADAPTER_NAME.pattern}"
+            )
+        train = check.tasks(suite, common_pb2.TASK_SPLIT_TRAIN, loop.train_task_ids, path, "train_task_ids")
+        test = check.tasks(suite, common_pb2.TASK_SPLIT_TEST, loop.test_task_ids, path, "test_task_ids")
+        check.teacher(loop.teacher_kind, loop.teacher_model, train, path, "teacher_model")
+        check.counts(
+            path,
             rollouts_per_task=loop.rollouts_per_task,
-            protocol=loop.protocol,
-            test_policy=loop.test_policy,
-            limits=loop.limits,
-            sampling=loop.sampling,
+            max_rollouts=self.settings.max_rollouts_per_task,
             concurrency=loop.concurrency,
         )
-        try:
-            self.runs.validate(run)
-        except InvalidArgument as err:
-            field_name = err.field.replace("run.model", "loop.teacher_model").replace("run.", "loop.", 1)
-            raise InvalidArgument(field_name, err.message.split(": ", 1)[-1]) from None
-        try:
-            suite.select(common_pb2.TASK_SPLIT_TEST, loop.test_task_ids)
-        except KeyError as err:
-            raise NotFound(f"loop.test_task_ids: suite {suite.name!r} has no task {err.args[0]!r}") from None
-        except SuiteError as err:
-            raise InvalidArgument("loop.test_task_ids", str(err)) from None
+        check.episode(loop.episode, train + test, path)
         if loop.gate.margin < 0:
-            raise InvalidArgument("loop.gate.margin", "must be >= 0")
+            raise InvalidArgument(f"{path}.gate.margin", "must be >= 0")
         if loop.gate.metric not in (0, *HIGHER_IS_BETTER):
-            raise InvalidArgument("loop.gate.metric", f"unknown metric {loop.gate.metric}")
-        if loop.eval_rollouts_per_task < 0:
-            raise InvalidArgument("loop.eval_rollouts_per_task", "must be >= 0")
-        for key in loop.labels:
-            if not LABEL_KEY.match(key):
-                raise InvalidArgument(f"loop.labels[{key!r}]", "keys are 1-63 characters of [a-z0-9_.-]")
+            raise InvalidArgument(f"{path}.gate.metric", f"unknown metric {loop.gate.metric}")
+        if not 0 <= loop.eval_rollouts_per_task <= self.settings.max_rollouts_per_task:
+            raise InvalidArgument(
+                f"{path}.eval_rollouts_per_task",
+                f"must be between 0 and {self.settings.max_rollouts_per_task}",
+            )
+        check.labels(loop.labels, path)
 
     async def create(self, loop: lpb.Loop, request_id: str = "") -> lpb.Loop:
         self.validate(loop)
         clean = lpb.Loop()
         clean.CopyFrom(loop)
-        for name in (
-            "id",
-            "state",
-            "error",
-            "stage",
-            "stages",
-            "candidate_model",
-            "gate_result",
-            "report",
-            "create_time",
-            "start_time",
-            "end_time",
-        ):
+        for name in OUTPUT_ONLY:
             clean.ClearField(name)
         if not clean.teacher_kind:
             clean.teacher_kind = tpb.TEACHER_KIND_MODEL
         if not clean.incumbent_model:
             clean.incumbent_model = clean.base_model
-        async with self._lock:
-            print_ = fingerprint(clean)
-            earlier = await self.records.replay(request_id, print_)
-            if earlier is not None:
-                return self.get(earlier)
-            clean.id = f"loop-{ULID()}"
-            clean.state = QUEUED
-            clean.create_time.CopyFrom(now())
-            await asyncio.to_thread(self._persist, clean)
-            await self.records.remember(request_id, clean.id, print_)
-            self.loops[clean.id] = LoopState(clean)
-        self._spawn(self.advance(clean.id))
-        return self.get(clean.id)
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        job, created = await self.table.create(clean, request_id)
+        if created:
+            self._spawn(self.advance(job.id))
+        return self.table.snapshot(job)
 
     def get(self, loop_id: str) -> lpb.Loop:
-        st = self.loops.get(loop_id)
-        if st is None:
-            raise NotFound(f"loop {loop_id!r} does not exist")
-        out = lpb.Loop()
-        out.CopyFrom(st.loop)
-        return out
+        return self.table.get(loop_id)
 
     def list(self, state: int = 0) -> list[lpb.Loop]:
-        return [
-            self.get(i)
-            for i in sorted(self.loops, reverse=True)
-            if not state or self.loops[i].loop.state == state
-        ]
+        return [self.table.snapshot(j) for j in self.table.select(lambda r: not state or r.state == state)]
 
     async def cancel(self, loop_id: str) -> lpb.Loop:
-        st = self.loops.get(loop_id)
-        if st is None:
-            raise NotFound(f"loop {loop_id!r} does not exist")
-        async with st.lock:
-            loop = st.loop
-            if loop.state in TERMINAL:
-                return self.get(loop_id)
-            current = self._current(loop)
-            if current is not None:
-                await self._cancel_artefacts(current)
-            await self._end(st, CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED)
-        return self.get(loop_id)
+        return await self.table.cancel(loop_id)
+
+    async def _cancel(self, job: LoopJob) -> None:
+        async with job.lock:
+            if job.terminal:
+                return
+            cur = current(job.resource)
+            if cur is not None:
+                await self._cancel_artefacts(cur)
+            await self._end(job, CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED)
 
     async def watch(self, loop_id: str) -> AsyncIterator[opb.WatchLoopResponse]:
-        st = self.loops.get(loop_id)
-        if st is None:
-            raise NotFound(f"loop {loop_id!r} does not exist")
-        queue: asyncio.Queue = asyncio.Queue()
-        st.watchers.append(queue)
-        try:
-            yield opb.WatchLoopResponse(loop=self.get(loop_id))
-            if st.loop.state in TERMINAL:
-                return
-            while True:
-                snap = await queue.get()
-                yield opb.WatchLoopResponse(loop=snap)
-                if snap.state in TERMINAL:
-                    return
-        finally:
-            st.watchers.remove(queue)
+        async for snap in self.table.watch(loop_id):
+            yield opb.WatchLoopResponse(loop=snap)
 
     # ------------------------------------------------------------------------------ events
 
@@ -367,221 +411,230 @@ class LoopManager:
 
     # ------------------------------------------------------------------------------ the stages
 
-    def _current(self, loop: lpb.Loop) -> lpb.LoopStageStatus | None:
-        return loop.stages[-1] if loop.stages else None
-
-    def _artefact(self, status: lpb.LoopStageStatus, kind: int) -> str:
-        return next((a.id for a in status.artefacts if a.kind == kind), "")
-
     async def advance(self, loop_id: str, event: object | None = None) -> None:
-        """Look at the loop's current stage and move on as far as its artefacts allow."""
-        st = self.loops[loop_id]
-        async with st.lock:
-            if st.loop.state in TERMINAL or self._stopping:
+        """Look at the loop's current stage and move on as far as its artefacts allow.
+
+        The one path of every transition and every retry. A dependency that is down (gRPC
+        UNAVAILABLE, a deadline) keeps the loop where it is and retries after ``loop_retry_s``;
+        NOT_FOUND of an artefact, a stage's own failure, or its timeout ends the loop FAILED.
+        """
+        job = self.loops[loop_id]
+        async with job.lock:
+            if job.terminal or self._stopping:
                 return
             try:
-                for _ in range(len(lpb.LoopStage.values())):  # at most one pass per stage
-                    if not await self._step(st, event):
+                for _ in range(len(self.handlers)):  # at most one pass per stage
+                    cur = current(job.resource)
+                    handler = self.handlers[cur.stage if cur is not None else S.LOOP_STAGE_UNSPECIFIED]
+                    if not await handler(job, cur, event):
+                        self._check_timeout(job)
                         break
                     event = None
-            except _LoopFailed as err:
-                await self._end(st, FAILED, str(err), err.code)
+            except JobFailed as err:
+                await self._end(job, FAILED, str(err), err.code)
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     await self._end(
-                        st, FAILED, f"{stage_name(st.loop.stage)}: {err.details()}", grpc.StatusCode.NOT_FOUND
+                        job,
+                        FAILED,
+                        f"{stage_name(job.resource.stage)}: {err.details()}",
+                        grpc.StatusCode.NOT_FOUND,
                     )
                     return
-                # A dependency is down: keep the loop where it is; the next event or start retries.
                 log.warning("loop %s waits: %s %s", loop_id, err.code().name, err.details())
-                self._schedule_retry(st)
+                self.retry_later(job, self.settings.loop_retry_s)
             except Exception as err:
                 log.exception("loop %s failed", loop_id)
-                await self._end(st, FAILED, f"internal error: {err}", grpc.StatusCode.INTERNAL)
+                await self._end(job, FAILED, f"internal error: {err}", grpc.StatusCode.INTERNAL)
 
-    def _schedule_retry(self, st: LoopState, delay: float = 5.0) -> None:
-        if st.poller is not None and not st.poller.done():
+    def _check_timeout(self, job: LoopJob) -> None:
+        cur = current(job.resource)
+        limit = self.timeouts.get(cur.stage, 0.0) if cur is not None else 0.0
+        if cur is None or not limit:
+            return
+        if time.time() - cur.start_time.ToNanoseconds() / 1e9 > limit:
+            hint = " (is adapter sync running?)" if cur.stage == S.LOOP_STAGE_HOT_LOAD else ""
+            raise JobFailed(
+                f"{stage_name(cur.stage)}: not finished within {limit:.0f} s{hint}",
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+
+    def retry_later(self, job: LoopJob, delay: float) -> None:
+        """Advance the loop again after ``delay`` seconds (one pending retry per loop)."""
+        if job.retry is not None and not job.retry.done():
             return
 
         async def later() -> None:
             await asyncio.sleep(delay)
-            st.poller = None
-            await self.advance(st.loop.id)
+            job.retry = None
+            await self.advance(job.id)
 
-        st.poller = asyncio.create_task(later())
+        job.retry = asyncio.create_task(later())
 
-    async def _begin(self, st: LoopState, stage: int, artefacts: list[common_pb2.ResourceRef]) -> None:
-        loop = st.loop
-        if loop.stages:
-            prev = loop.stages[-1]
-            if prev.state not in TERMINAL:
-                prev.state = SUCCEEDED
-                prev.end_time.CopyFrom(now())
+    async def _begin(self, job: LoopJob, stage: int, artefacts: list[common_pb2.ResourceRef]) -> None:
+        loop = job.resource
+        prev = current(loop)
+        if prev is not None and prev.state not in TERMINAL:
+            prev.state = SUCCEEDED
+            prev.end_time.CopyFrom(now())
         status = lpb.LoopStageStatus(stage=stage, state=RUNNING, artefacts=artefacts, start_time=now())
         loop.stages.append(status)
         loop.stage = stage
-        loop.state = RUNNING
-        if not loop.HasField("start_time"):
-            loop.start_time.CopyFrom(now())
-        await self._save(st)
-        await self._stage_event(loop, status)
+        if loop.state != RUNNING:
+            await self.table.set_running(job)
+        else:
+            await self.table.save(job)
+        await self.table.outbox.send([stage_event(loop, status)])
 
-    async def _save(self, st: LoopState) -> None:
-        await asyncio.to_thread(self._persist, st.loop)
-        st.notify()
+    async def _end(
+        self, job: LoopJob, state: int, message: str = "", code: grpc.StatusCode | None = None
+    ) -> None:
+        cur = current(job.resource)
+        if cur is not None and cur.state not in TERMINAL:
+            cur.state = state
+            cur.end_time.CopyFrom(now())
+            if message and code is not None:
+                cur.error.CopyFrom(common_pb2.Error(code=code.value[0], message=message))
+        await self.table.finish(job, state, message, code)
 
-    async def _step(self, st: LoopState, event: object | None) -> bool:
-        """One transition; True when the loop moved (and may move again)."""
-        loop = st.loop
-        cur = self._current(loop)
-        if cur is None:
-            run = await self.runs.create(self._rollout_run(loop), f"{loop.id}-rollouts", loop_id=loop.id)
-            await self._begin(
-                st,
-                S.LOOP_STAGE_ROLLOUTS,
-                [common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_RUN, id=run.id)],
-            )
-            return False
-        if cur.stage == S.LOOP_STAGE_ROLLOUTS:
-            run_id = self._artefact(cur, common_pb2.RESOURCE_KIND_RUN)
-            run = self.runs.get(run_id)
-            if run.state not in TERMINAL:
-                return False
-            if run.state != SUCCEEDED:
-                raise _LoopFailed(
-                    f"rollouts: run {run_id} ended {common_pb2.JobState.Name(run.state)}: {run.error.message}"
-                )
-            build = await self._dataset_build(loop, run_id)
-            await self._begin(
-                st,
-                S.LOOP_STAGE_DATASET,
-                [common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_DATASET_BUILD, id=build.id)],
-            )
-            return True
-        if cur.stage == S.LOOP_STAGE_DATASET:
-            build_id = self._artefact(cur, common_pb2.RESOURCE_KIND_DATASET_BUILD)
-            build = (
-                await self.datasets.GetDatasetBuild(dpb.GetDatasetBuildRequest(build_id=build_id), timeout=30)
-            ).build
-            if build.state not in TERMINAL:
-                return False
-            if build.state != SUCCEEDED:
-                raise _LoopFailed(
-                    f"dataset: build {build_id} ended {common_pb2.JobState.Name(build.state)}: {build.error.message}"
-                )
-            cur.artefacts.append(
-                common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_DATASET, id=build.dataset_id)
-            )
-            job = await self._fine_tune(loop, build.dataset_id)
-            await self._begin(
-                st,
-                S.LOOP_STAGE_FINE_TUNE,
-                [common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_FINE_TUNE_JOB, id=job.id)],
-            )
-            return True
-        if cur.stage == S.LOOP_STAGE_FINE_TUNE:
-            job_id = self._artefact(cur, common_pb2.RESOURCE_KIND_FINE_TUNE_JOB)
-            job = (
-                await self.trainer.GetFineTuneJob(trpb.GetFineTuneJobRequest(job_id=job_id), timeout=30)
-            ).job
-            if job.state not in TERMINAL:
-                return False
-            if job.state != SUCCEEDED or not job.adapter.name:
-                raise _LoopFailed(
-                    f"fine-tune: job {job_id} ended {common_pb2.JobState.Name(job.state)}: {job.error.message}"
-                )
-            adapter = f"{job.adapter.name}/{job.adapter.version}"
-            cur.artefacts.append(common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_ADAPTER, id=adapter))
-            loop.candidate_model = (
-                f"{self.settings.adapter_route_prefix}{job.adapter.name}-v{job.adapter.version}"
-            )
-            await self._begin(
-                st,
-                S.LOOP_STAGE_HOT_LOAD,
-                [common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_ADAPTER, id=adapter)],
-            )
-            return True
-        if cur.stage == S.LOOP_STAGE_HOT_LOAD:
-            name, _, version = self._artefact(cur, common_pb2.RESOURCE_KIND_ADAPTER).partition("/")
-            if (
-                isinstance(event, events_pb2.AdapterLoadFailed)
-                and event.name == name
-                and str(event.version) == version
-            ):
-                raise _LoopFailed(
-                    f"hot-load: adapter {name}/{version} failed to load on {event.replica}: {event.error.message}"
-                )
-            loaded = (
-                isinstance(event, events_pb2.AdapterLoaded)
-                and event.name == name
-                and str(event.version) == version
-            )
-            if loaded and event.served_model_name:  # type: ignore[union-attr]
-                loop.candidate_model = event.served_model_name  # type: ignore[union-attr]
-            if not loaded:
-                loaded = bool(await self.models.describe(loop.candidate_model))
-            if not loaded:
-                self._hot_load_watchdog(st)
-                return False
-            evaluation = await self.evaluations.create(
-                self._evaluation(loop), f"{loop.id}-evaluation", loop_id=loop.id
-            )
-            await self._begin(
-                st,
-                S.LOOP_STAGE_EVALUATION,
-                [common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_EVALUATION, id=evaluation.id)],
-            )
-            return True
-        if cur.stage == S.LOOP_STAGE_EVALUATION:
-            eval_id = self._artefact(cur, common_pb2.RESOURCE_KIND_EVALUATION)
-            e = self.evaluations.get(eval_id)
-            if e.state not in TERMINAL:
-                return False
-            if e.state != SUCCEEDED:
-                raise _LoopFailed(
-                    f"evaluation: {eval_id} ended {common_pb2.JobState.Name(e.state)}: {e.error.message}"
-                )
-            await self._begin(
-                st,
-                S.LOOP_STAGE_GATE,
-                [common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_EVALUATION, id=eval_id)],
-            )
-            return True
-        if cur.stage == S.LOOP_STAGE_GATE:
-            await self._gate(st)
-            return False
+    @staticmethod
+    def _ref(kind: int, ref_id: str) -> list[common_pb2.ResourceRef]:
+        return [common_pb2.ResourceRef(kind=kind, id=ref_id)]
+
+    async def _start_rollouts(
+        self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None
+    ) -> bool:
+        loop = job.resource
+        run = await self.runs.create(self._rollout_run(loop), f"{loop.id}-rollouts", loop_id=loop.id)
+        await self._begin(job, S.LOOP_STAGE_ROLLOUTS, self._ref(common_pb2.RESOURCE_KIND_RUN, run.id))
         return False
 
-    def _hot_load_watchdog(self, st: LoopState) -> None:
-        """Adapter sync normally answers with adapter.loaded; if it never does (not running, a
-        lost event), poll the gateway's model list, and fail after the configured wait."""
-        if st.poller is not None and not st.poller.done():
-            return
-        cur = self._current(st.loop)
-        started = cur.start_time.ToNanoseconds() / 1e9 if cur is not None else 0.0
+    async def _after_rollouts(
+        self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None
+    ) -> bool:
+        assert cur is not None
+        loop = job.resource
+        run_id = artefact(cur, common_pb2.RESOURCE_KIND_RUN)
+        run = self.runs.get(run_id)
+        if run.state not in TERMINAL:
+            return False
+        if run.state != SUCCEEDED:
+            raise JobFailed(
+                f"rollouts: run {run_id} ended {common_pb2.JobState.Name(run.state)}: {run.error.message}"
+            )
+        build = await self._dataset_build(loop, run_id)
+        await self._begin(
+            job, S.LOOP_STAGE_DATASET, self._ref(common_pb2.RESOURCE_KIND_DATASET_BUILD, build.id)
+        )
+        return True
 
-        async def poll() -> None:
-            while True:
-                await asyncio.sleep(self.settings.loop_hot_load_poll_s)
-                if st.loop.state in TERMINAL or st.loop.stage != S.LOOP_STAGE_HOT_LOAD:
-                    return
-                if await self.models.describe(st.loop.candidate_model):
-                    st.poller = None
-                    await self.advance(st.loop.id)
-                    return
-                if time.time() - started > self.settings.loop_hot_load_timeout_s:
-                    async with st.lock:
-                        if st.loop.stage == S.LOOP_STAGE_HOT_LOAD and st.loop.state not in TERMINAL:
-                            await self._end(
-                                st,
-                                FAILED,
-                                f"hot-load: {st.loop.candidate_model} was not served by the gateway within "
-                                f"{self.settings.loop_hot_load_timeout_s:.0f} s (is adapter sync running?)",
-                                grpc.StatusCode.DEADLINE_EXCEEDED,
-                            )
-                    return
+    async def _after_dataset(
+        self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None
+    ) -> bool:
+        assert cur is not None
+        loop = job.resource
+        build_id = artefact(cur, common_pb2.RESOURCE_KIND_DATASET_BUILD)
+        build = (
+            await self.datasets.GetDatasetBuild(dpb.GetDatasetBuildRequest(build_id=build_id), timeout=30)
+        ).build
+        if build.state not in TERMINAL:
+            return False
+        if build.state != SUCCEEDED:
+            raise JobFailed(
+                f"dataset: build {build_id} ended {common_pb2.JobState.Name(build.state)}: {build.error.message}"
+            )
+        cur.artefacts.append(
+            common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_DATASET, id=build.dataset_id)
+        )
+        ft = await self._fine_tune(loop, build.dataset_id)
+        await self._begin(
+            job, S.LOOP_STAGE_FINE_TUNE, self._ref(common_pb2.RESOURCE_KIND_FINE_TUNE_JOB, ft.id)
+        )
+        return True
 
-        st.poller = asyncio.create_task(poll())
+    async def _after_fine_tune(
+        self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None
+    ) -> bool:
+        assert cur is not None
+        loop = job.resource
+        job_id = artefact(cur, common_pb2.RESOURCE_KIND_FINE_TUNE_JOB)
+        ft = (await self.trainer.GetFineTuneJob(trpb.GetFineTuneJobRequest(job_id=job_id), timeout=30)).job
+        if ft.state not in TERMINAL:
+            return False
+        if ft.state != SUCCEEDED or not ft.adapter.name:
+            raise JobFailed(
+                f"fine-tune: job {job_id} ended {common_pb2.JobState.Name(ft.state)}: {ft.error.message}"
+            )
+        adapter = f"{ft.adapter.name}/{ft.adapter.version}"
+        cur.artefacts.append(common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_ADAPTER, id=adapter))
+        loop.candidate_model = f"{self.settings.adapter_route_prefix}{ft.adapter.name}-v{ft.adapter.version}"
+        await self._begin(job, S.LOOP_STAGE_HOT_LOAD, self._ref(common_pb2.RESOURCE_KIND_ADAPTER, adapter))
+        return True
+
+    async def _after_hot_load(
+        self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None
+    ) -> bool:
+        """Adapter sync normally answers with adapter.loaded; without it (not running, a lost
+        event) the gateway's model list is polled every ``loop_hot_load_poll_s``."""
+        assert cur is not None
+        loop = job.resource
+        name, _, version = artefact(cur, common_pb2.RESOURCE_KIND_ADAPTER).partition("/")
+        if (
+            isinstance(event, events_pb2.AdapterLoadFailed)
+            and event.name == name
+            and str(event.version) == version
+        ):
+            raise JobFailed(
+                f"hot-load: adapter {name}/{version} failed to load on {event.replica}: {event.error.message}"
+            )
+        loaded = (
+            isinstance(event, events_pb2.AdapterLoaded)
+            and event.name == name
+            and str(event.version) == version
+        )
+        if loaded and isinstance(event, events_pb2.AdapterLoaded) and event.served_model_name:
+            loop.candidate_model = event.served_model_name
+        if not loaded:
+            loaded = bool(await self.models.describe(loop.candidate_model))
+        if not loaded:
+            self.retry_later(job, self.settings.loop_hot_load_poll_s)
+            return False
+        evaluation = await self.evaluations.create(
+            self._evaluation(loop), f"{loop.id}-evaluation", loop_id=loop.id
+        )
+        await self._begin(
+            job, S.LOOP_STAGE_EVALUATION, self._ref(common_pb2.RESOURCE_KIND_EVALUATION, evaluation.id)
+        )
+        return True
+
+    async def _after_evaluation(
+        self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None
+    ) -> bool:
+        assert cur is not None
+        eval_id = artefact(cur, common_pb2.RESOURCE_KIND_EVALUATION)
+        e = self.evaluations.get(eval_id)
+        if e.state not in TERMINAL:
+            return False
+        if e.state != SUCCEEDED:
+            raise JobFailed(
+                f"evaluation: {eval_id} ended {common_pb2.JobState.Name(e.state)}: {e.error.message}"
+            )
+        await self._begin(job, S.LOOP_STAGE_GATE, self._ref(common_pb2.RESOURCE_KIND_EVALUATION, eval_id))
+        return True
+
+    async def _gate(self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None) -> bool:
+        """Decide, write the report, end the loop SUCCEEDED; its events follow through the outbox."""
+        assert cur is not None
+        loop = job.resource
+        eval_id = artefact(cur, common_pb2.RESOURCE_KIND_EVALUATION)
+        e = self.evaluations.get(eval_id)
+        by_model = {m.model: m for m in e.model_metrics}
+        loop.gate_result.CopyFrom(
+            decide(loop.gate, by_model[loop.incumbent_model], by_model[loop.candidate_model], eval_id)
+        )
+        await self._write_report(loop, e)
+        await self._end(job, SUCCEEDED)
+        return False
 
     # ------------------------------------------------------------------------------ stage jobs
 
@@ -596,10 +649,7 @@ class LoopManager:
             teacher_kind=loop.teacher_kind,
             model=loop.teacher_model,
             rollouts_per_task=loop.rollouts_per_task,
-            protocol=loop.protocol,
-            test_policy=loop.test_policy,
-            limits=loop.limits,
-            sampling=loop.sampling,
+            episode=loop.episode,
             concurrency=loop.concurrency,
             labels=dict(loop.labels),
         )
@@ -641,7 +691,7 @@ class LoopManager:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 grpc.StatusCode.NOT_FOUND,
             ):
-                raise _LoopFailed(
+                raise JobFailed(
                     f"fine-tune: the trainer refused the job: {err.details()}", err.code()
                 ) from None
             raise
@@ -655,63 +705,15 @@ class LoopManager:
             models=[loop.incumbent_model, loop.candidate_model],
             baseline_model=loop.incumbent_model,
             rollouts_per_task=loop.eval_rollouts_per_task,
-            protocol=loop.protocol,
-            test_policy=loop.test_policy,
-            limits=loop.limits,
-            sampling=loop.sampling,
+            episode=loop.episode,
             concurrency=loop.concurrency,
             labels=self._labels(loop),
         )
-
-    async def _gate(self, st: LoopState) -> None:
-        loop = st.loop
-        cur = self._current(loop)
-        assert cur is not None
-        eval_id = self._artefact(cur, common_pb2.RESOURCE_KIND_EVALUATION)
-        e = self.evaluations.get(eval_id)
-        by_model = {m.model: m for m in e.model_metrics}
-        result = decide(loop.gate, by_model[loop.incumbent_model], by_model[loop.candidate_model], eval_id)
-        loop.gate_result.CopyFrom(result)
-        await self._write_report(loop, e)
-        name, _, version = self._artefact(
-            self._stage(loop, S.LOOP_STAGE_HOT_LOAD), common_pb2.RESOURCE_KIND_ADAPTER
-        ).partition("/")
-        adapter = trpb.AdapterRef(
-            name=name, version=int(version or 0), object_prefix=f"adapters/{name}/v{version}/"
-        )
-        bus = self._bus()
-        if bus is not None:
-            meta = events_pb2.EventMeta(occurred_at=now(), producer=PRODUCER)
-            if result.decision == S.GATE_DECISION_PROMOTE:
-                meta.event_id = f"loop-promoted:{loop.id}"
-                msg = events_pb2.LoopPromoted(
-                    meta=meta,
-                    loop_id=loop.id,
-                    promoted_model=loop.candidate_model,
-                    previous_model=loop.incumbent_model,
-                    adapter=adapter,
-                    gate=result,
-                )
-                await bus.publish("flywheel.loop.promoted", msg, msg_id=meta.event_id)
-            else:
-                meta.event_id = f"loop-rejected:{loop.id}"
-                msg = events_pb2.LoopRejected(
-                    meta=meta,
-                    loop_id=loop.id,
-                    candidate_model=loop.candidate_model,
-                    incumbent_model=loop.incumbent_model,
-                    adapter=adapter,
-                    gate=result,
-                )
-                await bus.publish("flywheel.loop.rejected", msg, msg_id=meta.event_id)
-        await self._end(st, SUCCEEDED)
 
     def _stage(self, loop: lpb.Loop, stage: int) -> lpb.LoopStageStatus:
         return next(s for s in loop.stages if s.stage == stage)
 
     async def _write_report(self, loop: lpb.Loop, e: epb.Evaluation) -> None:
-        from flywheel_orchestrator.report import loop_markdown
-
         key = f"reports/{loop.id}/loop.md"
         loop.report.key = key
         text = loop_markdown(loop, e).encode()
@@ -732,40 +734,3 @@ class LoopManager:
                     )
                 elif ref.kind == common_pb2.RESOURCE_KIND_EVALUATION:
                     await self.evaluations.cancel(ref.id)
-
-    async def _end(
-        self, st: LoopState, state: int, message: str = "", code: grpc.StatusCode | None = None
-    ) -> None:
-        loop = st.loop
-        cur = self._current(loop)
-        if cur is not None and cur.state not in TERMINAL:
-            cur.state = state
-            cur.end_time.CopyFrom(now())
-            if message and code is not None:
-                cur.error.CopyFrom(common_pb2.Error(code=code.value[0], message=message))
-        loop.state = state
-        loop.end_time.CopyFrom(now())
-        if message and code is not None:
-            loop.error.CopyFrom(common_pb2.Error(code=code.value[0], message=message))
-        await self._save(st)
-        if cur is not None:
-            await self._stage_event(loop, cur)
-
-    async def _stage_event(self, loop: lpb.Loop, status: lpb.LoopStageStatus) -> None:
-        bus = self._bus()
-        if bus is None:
-            return
-        state = common_pb2.JobState.Name(status.state).removeprefix("JOB_STATE_").lower()
-        event_id = f"loop-stage:{loop.id}:{stage_name(status.stage)}:{state}"
-        msg = events_pb2.LoopStageChanged(
-            meta=events_pb2.EventMeta(event_id=event_id, occurred_at=now(), producer=PRODUCER),
-            loop_id=loop.id,
-            stage=status.stage,
-            stage_state=status.state,
-            artefacts=status.artefacts,
-            error=status.error,
-        )
-        try:
-            await bus.publish("flywheel.loop.stage_changed", msg, msg_id=event_id)
-        except Exception:
-            log.exception("could not publish %s", event_id)

@@ -1,8 +1,7 @@
 """The gRPC surface of the agent orchestrator.
 
 Thin transport: the servicer maps protobuf messages to the domain code (suites.py, runs.py,
-evaluations.py) and back. RPCs not defined here answer UNIMPLEMENTED naming the issue that
-brings them.
+evaluations.py, loops.py) and back.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
 from flywheel_common.errors import InvalidArgument, NotFound
 from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
-from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
+from flywheel_common.server import GrpcApp, ServiceBinding
 from flywheel_orchestrator.evaluations import EvaluationManager
 from flywheel_orchestrator.loops import LoopManager
 from flywheel_orchestrator.model import ModelClient
@@ -27,7 +26,6 @@ from flywheel_orchestrator.suites import SuiteCatalog
 
 NAME = "orchestrator"
 DESCRIPTOR = opb.DESCRIPTOR.services_by_name["OrchestratorService"]
-UNIMPLEMENTED_ISSUE = "a later issue"
 
 
 class Orchestrator:
@@ -214,9 +212,6 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise InvalidArgument("loop_id", "is required")
         async for item in self.core.loops.watch(request.loop_id):
             yield item
-
-
-fill_unimplemented(OrchestratorService, DESCRIPTOR, UNIMPLEMENTED_ISSUE)
 
 
 def build_app(settings: OrchestratorSettings) -> GrpcApp:

@@ -88,8 +88,23 @@ class OrchestratorSettings(ServiceSettings):
         "ft/",
         description="Gateway prefix of adapter routes: a loop's candidate is <prefix><name>-v<version>.",
     )
+    loop_rollouts_timeout_s: float = Field(
+        0.0, ge=0, description="A loop fails if its rollouts stage lasts longer than this; 0: no limit."
+    )
+    loop_dataset_timeout_s: float = Field(
+        0.0, ge=0, description="A loop fails if its dataset build lasts longer than this; 0: no limit."
+    )
+    loop_fine_tune_timeout_s: float = Field(
+        0.0, ge=0, description="A loop fails if its fine-tune lasts longer than this; 0: no limit."
+    )
     loop_hot_load_timeout_s: float = Field(
         900.0, gt=0, description="A loop fails if its adapter is not served by the gateway within this time."
+    )
+    loop_evaluation_timeout_s: float = Field(
+        0.0, ge=0, description="A loop fails if its evaluation lasts longer than this; 0: no limit."
+    )
+    loop_retry_s: float = Field(
+        5.0, gt=0, description="A loop whose next step found a dependency down tries again after this long."
     )
     loop_reconcile_s: float = Field(
         30.0, gt=0, description="Every this often a loop re-checks its stage (a safety net for lost events)."

@@ -138,7 +138,7 @@ class EvaluationProgress(_message.Message):
     def __init__(self, episodes_total: _Optional[int] = ..., episodes_finished: _Optional[int] = ...) -> None: ...
 
 class Evaluation(_message.Message):
-    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "models", "baseline_model", "rollouts_per_task", "protocol", "test_policy", "limits", "sampling", "concurrency", "confidence_level", "labels", "loop_id", "state", "error", "progress", "model_metrics", "task_results", "report", "create_time", "start_time", "end_time")
+    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "models", "baseline_model", "rollouts_per_task", "episode", "concurrency", "confidence_level", "labels", "loop_id", "state", "error", "progress", "model_metrics", "task_results", "report", "create_time", "start_time", "end_time")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -154,10 +154,7 @@ class Evaluation(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     BASELINE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ROLLOUTS_PER_TASK_FIELD_NUMBER: _ClassVar[int]
-    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
-    TEST_POLICY_FIELD_NUMBER: _ClassVar[int]
-    LIMITS_FIELD_NUMBER: _ClassVar[int]
-    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_LEVEL_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -179,10 +176,7 @@ class Evaluation(_message.Message):
     models: _containers.RepeatedScalarFieldContainer[str]
     baseline_model: str
     rollouts_per_task: int
-    protocol: _common_pb2.ToolProtocol
-    test_policy: _run_pb2.TestPolicy
-    limits: _run_pb2.EpisodeLimits
-    sampling: _common_pb2.SamplingParams
+    episode: _run_pb2.EpisodeSettings
     concurrency: int
     confidence_level: float
     labels: _containers.ScalarMap[str, str]
@@ -196,4 +190,4 @@ class Evaluation(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., baseline_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[_run_pb2.TestPolicy, str]] = ..., limits: _Optional[_Union[_run_pb2.EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., concurrency: _Optional[int] = ..., confidence_level: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., progress: _Optional[_Union[EvaluationProgress, _Mapping]] = ..., model_metrics: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., task_results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., baseline_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., confidence_level: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., progress: _Optional[_Union[EvaluationProgress, _Mapping]] = ..., model_metrics: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., task_results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

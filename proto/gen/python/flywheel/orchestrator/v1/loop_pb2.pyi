@@ -99,7 +99,7 @@ class GateResult(_message.Message):
     def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., margin: _Optional[float] = ..., incumbent_value: _Optional[float] = ..., candidate_value: _Optional[float] = ..., improvement: _Optional[float] = ..., decision: _Optional[_Union[GateDecision, str]] = ..., reason: _Optional[str] = ..., evaluation_id: _Optional[str] = ...) -> None: ...
 
 class Loop(_message.Message):
-    __slots__ = ("id", "suite", "base_model", "incumbent_model", "teacher_kind", "teacher_model", "rollouts_per_task", "protocol", "test_policy", "limits", "sampling", "concurrency", "recipe", "recipe_parameters", "dataset_split", "method", "hyperparameters", "adapter_name", "eval_rollouts_per_task", "gate", "labels", "state", "error", "stage", "stages", "candidate_model", "gate_result", "report", "create_time", "start_time", "end_time", "train_task_ids", "test_task_ids")
+    __slots__ = ("id", "suite", "base_model", "incumbent_model", "teacher_kind", "teacher_model", "rollouts_per_task", "episode", "concurrency", "recipe", "recipe_parameters", "dataset_split", "method", "hyperparameters", "adapter_name", "eval_rollouts_per_task", "gate", "labels", "state", "error", "stage", "stages", "candidate_model", "gate_result", "report", "create_time", "start_time", "end_time", "train_task_ids", "test_task_ids")
     class RecipeParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,10 +121,7 @@ class Loop(_message.Message):
     TEACHER_KIND_FIELD_NUMBER: _ClassVar[int]
     TEACHER_MODEL_FIELD_NUMBER: _ClassVar[int]
     ROLLOUTS_PER_TASK_FIELD_NUMBER: _ClassVar[int]
-    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
-    TEST_POLICY_FIELD_NUMBER: _ClassVar[int]
-    LIMITS_FIELD_NUMBER: _ClassVar[int]
-    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     RECIPE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -154,10 +151,7 @@ class Loop(_message.Message):
     teacher_kind: _trajectory_pb2.TeacherKind
     teacher_model: str
     rollouts_per_task: int
-    protocol: _common_pb2.ToolProtocol
-    test_policy: _run_pb2.TestPolicy
-    limits: _run_pb2.EpisodeLimits
-    sampling: _common_pb2.SamplingParams
+    episode: _run_pb2.EpisodeSettings
     concurrency: int
     recipe: str
     recipe_parameters: _containers.ScalarMap[str, str]
@@ -180,4 +174,4 @@ class Loop(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     train_task_ids: _containers.RepeatedScalarFieldContainer[str]
     test_task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., base_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., teacher_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[_run_pb2.TestPolicy, str]] = ..., limits: _Optional[_Union[_run_pb2.EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., concurrency: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., dataset_split: _Optional[_Union[_dataset_pb2.SplitConfig, _Mapping]] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., eval_rollouts_per_task: _Optional[int] = ..., gate: _Optional[_Union[PromotionGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., stages: _Optional[_Iterable[_Union[LoopStageStatus, _Mapping]]] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_task_ids: _Optional[_Iterable[str]] = ..., test_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., base_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., teacher_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., dataset_split: _Optional[_Union[_dataset_pb2.SplitConfig, _Mapping]] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., eval_rollouts_per_task: _Optional[int] = ..., gate: _Optional[_Union[PromotionGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., stages: _Optional[_Iterable[_Union[LoopStageStatus, _Mapping]]] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_task_ids: _Optional[_Iterable[str]] = ..., test_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -36,6 +36,18 @@ class EpisodeLimits(_message.Message):
     max_consecutive_parse_errors: int
     def __init__(self, max_iterations: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_consecutive_parse_errors: _Optional[int] = ...) -> None: ...
 
+class EpisodeSettings(_message.Message):
+    __slots__ = ("protocol", "test_policy", "limits", "sampling")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    TEST_POLICY_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    protocol: _common_pb2.ToolProtocol
+    test_policy: TestPolicy
+    limits: EpisodeLimits
+    sampling: _common_pb2.SamplingParams
+    def __init__(self, protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[TestPolicy, str]] = ..., limits: _Optional[_Union[EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+
 class RunCounters(_message.Message):
     __slots__ = ("tasks", "episodes_total", "episodes_finished", "episodes_resolved", "episodes_errored", "episodes_with_write", "steps", "parse_errors", "loop_detections", "usage", "trajectories_stored")
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -63,7 +75,7 @@ class RunCounters(_message.Message):
     def __init__(self, tasks: _Optional[int] = ..., episodes_total: _Optional[int] = ..., episodes_finished: _Optional[int] = ..., episodes_resolved: _Optional[int] = ..., episodes_errored: _Optional[int] = ..., episodes_with_write: _Optional[int] = ..., steps: _Optional[int] = ..., parse_errors: _Optional[int] = ..., loop_detections: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., trajectories_stored: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "teacher_kind", "model", "rollouts_per_task", "protocol", "test_policy", "limits", "sampling", "concurrency", "labels", "loop_id", "prompt_sha256", "state", "error", "counters", "create_time", "start_time", "end_time")
+    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "teacher_kind", "model", "rollouts_per_task", "episode", "concurrency", "labels", "loop_id", "prompt_sha256", "state", "error", "counters", "create_time", "start_time", "end_time")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,10 +91,7 @@ class Run(_message.Message):
     TEACHER_KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROLLOUTS_PER_TASK_FIELD_NUMBER: _ClassVar[int]
-    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
-    TEST_POLICY_FIELD_NUMBER: _ClassVar[int]
-    LIMITS_FIELD_NUMBER: _ClassVar[int]
-    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LOOP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -101,10 +110,7 @@ class Run(_message.Message):
     teacher_kind: _trajectory_pb2.TeacherKind
     model: str
     rollouts_per_task: int
-    protocol: _common_pb2.ToolProtocol
-    test_policy: TestPolicy
-    limits: EpisodeLimits
-    sampling: _common_pb2.SamplingParams
+    episode: EpisodeSettings
     concurrency: int
     labels: _containers.ScalarMap[str, str]
     loop_id: str
@@ -115,7 +121,7 @@ class Run(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[TestPolicy, str]] = ..., limits: _Optional[_Union[EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., concurrency: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., prompt_sha256: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., counters: _Optional[_Union[RunCounters, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., prompt_sha256: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., counters: _Optional[_Union[RunCounters, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EpisodeResult(_message.Message):
     __slots__ = ("model", "task_id", "attempt", "trajectory_id", "resolved", "failure_category", "steps", "parse_errors", "loop_detections", "wrote_file", "usage", "wall_time")
