@@ -60,7 +60,8 @@ def build_gateway(settings: GatewaySettings):
     prepare_litellm_env(settings)
     from litellm.proxy.proxy_server import app as litellm_app
 
-    from flywheel_gateway.app import GatewayApp, resolve_callbacks
+    from flywheel_gateway.app import GatewayApp
+    from flywheel_gateway.fast_path import resolve_callbacks
 
     names = build_config(settings).get("litellm_settings", {}).get("callbacks", [])
     return GatewayApp(settings, litellm_app, resolve_callbacks(names))

@@ -1,10 +1,14 @@
 """The sandbox runner's engine: a bounded queue, a pool of warm sandboxes, and one run end to end.
 
 A warm sandbox is a started bubblewrap sandbox, already in its own cgroups, whose launcher
-(``launcher.py``) has started the interpreter and waits for a request. A run takes one, sets
-the run's limits on its cgroups, sends the files and the command, feeds stdin, reads stdout and
-stderr under a byte cap, enforces the wall and CPU deadlines, then kills every process of the
-cgroup and removes it. Sandboxes are never reused; the pool refills in the background.
+(``launcher.py``) has started the interpreter and waits for a request. A run takes one and goes
+through three steps: *send* (the run's limits on its cgroups, the files and the command to the
+launcher, stdin to the program), *supervise* (stdout and stderr read under a byte cap, the wall and
+CPU deadlines enforced, until no process of the run is left) and *collect* (the output, the
+launcher's status and the side channel read, usage measured, the outcome classified). The sandbox
+is then destroyed: every process of its cgroup killed, the cgroup removed. Sandboxes are never
+reused; the pool refills in the background. In unsafe-local mode a :class:`NullCgroup` stands in
+for the cgroup.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 from flywheel_common.errors import ResourceExhausted
 from flywheel_sandbox import isolation
 from flywheel_sandbox.classify import Category, category_for_exception, last_exception
+from flywheel_sandbox.null_cgroup import Cgroup, NullCgroup
 
 log = logging.getLogger("flywheel.sandbox")
 
@@ -142,7 +147,7 @@ class _Sandbox:
     def __init__(
         self,
         proc: asyncio.subprocess.Process,
-        cgroup: isolation.RunCgroup | None,
+        cgroup: Cgroup,
         req_w: int,
         status_r: int,
         side_r: int,
@@ -156,7 +161,7 @@ class _Sandbox:
         self.side_r = side_r
         self.workspace_bytes = workspace_bytes
         self.extra = extra
-        self.name = cgroup.name if cgroup else f"unsafe-{proc.pid}"
+        self.name = cgroup.name
         self.workdir: Path | None = None  # unsafe-local mode: the host directory used as workspace
 
     def close_fds(self) -> None:
@@ -363,7 +368,7 @@ class Runner:
         os.set_blocking(status_r, False)
         os.set_blocking(side_r, False)
         child_fds = [req_r, status_w, side_w]
-        cgroup = None
+        cgroup: Cgroup = NullCgroup()  # until a real one exists: nothing to remove if the start fails
         workdir: Path | None = None
         env = {"PATH": "/usr/bin:/bin"}
         try:
@@ -408,13 +413,14 @@ class Runner:
         except BaseException:
             for fd in (req_w, status_r, side_r):
                 os.close(fd)
-            if cgroup is not None:
-                await asyncio.to_thread(cgroup.kill_and_remove)
+            await asyncio.to_thread(cgroup.kill_and_remove)
             raise
         finally:
             for fd in child_fds:
                 os.close(fd)
-        if not self.unsafe_local:
+        if self.unsafe_local:
+            cgroup = NullCgroup(proc.pid)  # its kills reach the session the sandbox started
+        else:
             # The pipes were created by root (mode 0600): hand them to the sandbox user, so that
             # reopening them (`open("/dev/stdout")`, `/proc/self/fd/0`) works as it does normally.
             for n in (0, 1, 2):
@@ -443,11 +449,7 @@ class Runner:
 
     async def _destroy(self, sb: _Sandbox) -> None:
         sb.close_fds()
-        if sb.cgroup is not None:
-            await asyncio.to_thread(sb.cgroup.kill_and_remove)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(sb.proc.pid, signal.SIGKILL)
+        await asyncio.to_thread(sb.cgroup.kill_and_remove)
         with contextlib.suppress(ProcessLookupError):
             sb.proc.kill()
         await sb.proc.wait()
@@ -500,36 +502,25 @@ class Runner:
     async def _run(
         self, sb: _Sandbox, spec: RunSpec, on_output: OutputCallback | None, queue_s: float
     ) -> RunResult:
+        """One run in ``sb``: send its input, supervise it until it ends, collect what it left."""
+        try:
+            sent = self._send(sb, spec)
+        except _NotSent as err:
+            return _sandbox_error(str(err), queue_s, self.backend)
+        watched = await self._supervise(sb, spec, sent, on_output)
+        return await self._collect(sb, spec.limits, sent, watched, queue_s)
+
+    def _send(self, sb: _Sandbox, spec: RunSpec) -> _Sent:
+        """Sets the run's limits on its cgroup, sends the request to the launcher and starts feeding stdin."""
         lim = spec.limits
         cg = sb.cgroup
-        proc = sb.proc
-        assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
-        if cg is not None:
-            try:
-                cg.set_limits(lim.memory_bytes, lim.max_processes + BWRAP_PIDS, self.cpu_cores)
-                cg.reset_peak_memory()
-            except OSError as err:
-                return _sandbox_error(f"cannot apply the run's cgroup limits: {err}", queue_s, self.backend)
-            cpu0 = cg.cpu_ns()
-        else:
-            cpu0 = 0
-        header = {
-            "files": [{"path": f.path, "size": len(f.data), "executable": f.executable} for f in spec.files],
-            "env": spec.env,
-            "limits": {
-                "cpu_s": max(1, int(lim.cpu_s + 0.999)),
-                "file_size": lim.file_size_bytes,
-                "open_files": lim.max_open_files,
-            },
-            "argv": spec.argv,
-            "entry": spec.entry,
-            "args": spec.args,
-            "side": spec.pass_pipe,
-        }
-        if any(k.startswith("PYTHON") for k in spec.env) and not spec.argv:
-            header["argv"] = ["python3", spec.entry, *spec.args]
-        head = marshal.dumps(header, 4)
-        payload = [struct.pack(">Q", len(head)), head, *(f.data for f in spec.files)]
+        try:
+            cg.set_limits(lim.memory_bytes, lim.max_processes + BWRAP_PIDS, self.cpu_cores)
+            cg.reset_peak_memory()
+        except OSError as err:
+            raise _NotSent(f"cannot apply the run's cgroup limits: {err}") from err
+        cpu0 = cg.cpu_ns()
+        payload = _request(spec)
         started = time.monotonic()
         if sum(len(p) for p in payload) < 60_000:
             # Fits in the (empty) pipe's buffer: the write cannot block, so skip the thread hop.
@@ -539,71 +530,39 @@ class Runner:
         else:
             writer = asyncio.ensure_future(asyncio.to_thread(_write_all_close, sb.req_w, payload))
         sb.req_w = -1
+        assert sb.proc.stdin is not None
+        feeder = asyncio.ensure_future(_feed(sb.proc.stdin, spec.stdin))
+        return _Sent(started=started, cpu0_ns=cpu0, writer=writer, feeder=feeder)
 
-        killed: list[Status] = []
-        caps = {"stdout": bytearray(), "stderr": bytearray()}
-        truncated = {"stdout": False, "stderr": False}
-        peak_pids = 0
-
-        def kill(reason: Status) -> None:
-            if not killed:
-                killed.append(reason)
-            if cg is not None:
-                cg.signal_all()
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-        async def pump(name: str, stream: asyncio.StreamReader) -> None:
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
-            buf = caps[name]
-            while True:
-                chunk = await stream.read(65536)
-                if not chunk:
-                    break
-                room = lim.output_bytes - len(buf)
-                if len(chunk) > room:
-                    buf.extend(chunk[: max(0, room)])
-                    truncated[name] = True
-                    kill(Status.OUTPUT_LIMIT)
-                    chunk = chunk[: max(0, room)]
-                else:
-                    buf.extend(chunk)
-                if on_output is not None and chunk:
-                    text = decoder.decode(chunk)
-                    if text:
-                        await on_output(name, text, time.monotonic() - started)
-                if truncated[name]:
-                    # Drain (and drop) the rest so the process is never blocked on a full pipe.
-                    while await stream.read(65536):
-                        pass
-                    break
-
-        async def feed() -> None:
-            try:
-                if spec.stdin:
-                    proc.stdin.write(spec.stdin)
-                    await proc.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    proc.stdin.close()
-
+    @staticmethod
+    async def _supervise(
+        sb: _Sandbox, spec: RunSpec, sent: _Sent, on_output: OutputCallback | None
+    ) -> _Watched:
+        """Enforces the wall and CPU deadlines and the output cap until no process of the run is left."""
+        lim = spec.limits
+        cg = sb.cgroup
+        proc = sb.proc
+        assert proc.stdout is not None and proc.stderr is not None
+        kill = _Killer(cg)
+        stdout, stderr = _Capture(), _Capture()
         # The side channel is read while the program runs, so a large report never blocks its writer.
-        side_task = (
+        side = (
             asyncio.ensure_future(_read_fd(sb.side_r, lim.wall_s + 10, want_eof=True, cap=SIDE_CHANNEL_CAP))
             if spec.pass_pipe
             else None
         )
         pumps = [
-            asyncio.ensure_future(pump("stdout", proc.stdout)),
-            asyncio.ensure_future(pump("stderr", proc.stderr)),
+            asyncio.ensure_future(
+                _pump("stdout", proc.stdout, stdout, lim.output_bytes, kill, on_output, sent.started)
+            ),
+            asyncio.ensure_future(
+                _pump("stderr", proc.stderr, stderr, lim.output_bytes, kill, on_output, sent.started)
+            ),
         ]
-        feeder = asyncio.ensure_future(feed())
         waiter = asyncio.ensure_future(proc.wait())
-        deadline = started + lim.wall_s
+        deadline = sent.started + lim.wall_s
         tick = 0.02
+        peak_pids = 0
         while not waiter.done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -611,57 +570,65 @@ class Runner:
                 break
             await asyncio.wait([waiter], timeout=min(remaining, tick))
             tick = min(tick * 2, 0.2)
-            if cg is not None and not waiter.done():
+            if not waiter.done():
                 peak_pids = max(peak_pids, cg.pids_current())
-                if (cg.cpu_ns() - cpu0) / 1e9 > lim.cpu_s:
+                if (cg.cpu_ns() - sent.cpu0_ns) / 1e9 > lim.cpu_s:
                     kill(Status.CPU_TIMEOUT)
                     break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(waiter), 5.0)
         if not waiter.done():
             kill(Status.SANDBOX_ERROR)
-            if cg is not None:
-                await asyncio.to_thread(cg.kill)
+            await asyncio.to_thread(cg.kill)
             await waiter
-        wall = time.monotonic() - started
+        wall = time.monotonic() - sent.started
         # The run's init is gone, so every process of the run has been killed by the kernel; the
         # cgroup kill catches anything that raced out (and is a no-op otherwise).
-        if cg is not None and cg.signal_all():
+        if cg.signal_all():
             await asyncio.to_thread(cg.kill)  # something raced out: kill until none is left
-        elif cg is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        return _Watched(
+            killed=kill.reason,
+            wall_s=wall,
+            peak_pids=peak_pids,
+            stdout=stdout,
+            stderr=stderr,
+            pumps=pumps,
+            side=side,
+        )
+
+    async def _collect(
+        self, sb: _Sandbox, lim: Limits, sent: _Sent, watched: _Watched, queue_s: float
+    ) -> RunResult:
+        """Reads the output, the launcher's status and the side channel, then classifies the run."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*pumps, return_exceptions=True), 2.0)
-        for p in pumps:
+            await asyncio.wait_for(asyncio.gather(*watched.pumps, return_exceptions=True), 2.0)
+        for p in watched.pumps:
             p.cancel()
-        feeder.cancel()
+        sent.feeder.cancel()
         with contextlib.suppress(Exception):
-            await writer
+            await sent.writer
         status_bytes = _read_available(sb.status_r)
         side = b""
-        if side_task is not None:
+        if watched.side is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(side_task), 2.0)
-            side_task.cancel()
-            side = side_task.result() if side_task.done() and not side_task.cancelled() else b""
+                await asyncio.wait_for(asyncio.shield(watched.side), 2.0)
+            watched.side.cancel()
+            side = watched.side.result() if watched.side.done() and not watched.side.cancelled() else b""
 
-        cpu_s = (cg.cpu_ns() - cpu0) / 1e9 if cg is not None else 0.0
-        peak_mem = cg.peak_memory() if cg is not None else 0
-        oom = cg.oom_kills() if cg is not None else 0
-        pid_hits = cg.pids_max_hits() if cg is not None else 0
-        pids_peak = cg.pids_peak() if cg is not None else 0
-        rc = proc.returncode if proc.returncode is not None else -9
+        cg = sb.cgroup
+        cpu_s = (cg.cpu_ns() - sent.cpu0_ns) / 1e9
+        peak_mem = cg.peak_memory()
+        rc = sb.proc.returncode if sb.proc.returncode is not None else -9
         exit_code = -(rc - 128) if 128 < rc < 128 + 65 else rc
-        stdout, stderr = bytes(caps["stdout"]), bytes(caps["stderr"])
+        stdout, stderr = bytes(watched.stdout.data), bytes(watched.stderr.data)
 
         status, category, message = _classify(
-            killed=killed[0] if killed else None,
+            killed=watched.killed,
             launcher=status_bytes,
             exit_code=exit_code,
             stderr=stderr.decode("utf-8", "replace"),
-            oom=oom,
-            pid_hits=pid_hits,
+            oom=cg.oom_kills(),
+            pid_hits=cg.pids_max_hits(),
             cpu_s=cpu_s,
             cpu_limit=lim.cpu_s,
             peak_mem=peak_mem,
@@ -671,19 +638,136 @@ class Runner:
             status=status,
             exit_code=exit_code,
             stdout=stdout,
-            stdout_truncated=truncated["stdout"],
+            stdout_truncated=watched.stdout.truncated,
             stderr=stderr,
-            stderr_truncated=truncated["stderr"],
-            wall_s=wall,
+            stderr_truncated=watched.stderr.truncated,
+            wall_s=watched.wall_s,
             cpu_s=cpu_s,
             peak_memory_bytes=peak_mem,
-            peak_processes=max(peak_pids - BWRAP_PIDS, pids_peak - BWRAP_PIDS, 1),
+            peak_processes=max(watched.peak_pids - BWRAP_PIDS, cg.pids_peak() - BWRAP_PIDS, 1),
             queue_s=queue_s,
             category=category,
             error_message=message,
             backend=self.backend,
             side=side,
         )
+
+
+class _NotSent(Exception):
+    """The run could not be sent to its sandbox; the message says why."""
+
+
+@dataclass
+class _Sent:
+    """What sending a run started: its clock, and the tasks still writing its input."""
+
+    started: float  # time.monotonic() when the request went to the launcher
+    cpu0_ns: int  # the cgroup's CPU time before the run; the run's own is counted from here
+    writer: asyncio.Future[None]  # the request (header, then the files' bytes) into the launcher's pipe
+    feeder: asyncio.Future[None]  # stdin into the program
+
+
+@dataclass
+class _Capture:
+    """One output stream as the run keeps it: at most the output cap, and whether more came."""
+
+    data: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+
+
+@dataclass
+class _Watched:
+    """What supervising a run saw, up to the moment no process of it was left."""
+
+    killed: Status | None  # why the runner killed it, if it did (the first reason)
+    wall_s: float
+    peak_pids: int  # the highest process count sampled, bubblewrap's own two included
+    stdout: _Capture
+    stderr: _Capture
+    pumps: list[asyncio.Task[None]]  # still reading stdout and stderr (the pipes may hold more)
+    side: asyncio.Future[bytes] | None  # the side channel's reader, where the run has one
+
+
+class _Killer:
+    """Kills every process of a run; the first reason it is given is the one the run reports."""
+
+    def __init__(self, cgroup: Cgroup) -> None:
+        self.cgroup = cgroup
+        self.reason: Status | None = None
+
+    def __call__(self, reason: Status) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.cgroup.signal_all()
+
+
+def _request(spec: RunSpec) -> list[bytes]:
+    """The launcher's request: a length-prefixed marshal header, then every file's bytes in order."""
+    lim = spec.limits
+    header = {
+        "files": [{"path": f.path, "size": len(f.data), "executable": f.executable} for f in spec.files],
+        "env": spec.env,
+        "limits": {
+            "cpu_s": max(1, int(lim.cpu_s + 0.999)),
+            "file_size": lim.file_size_bytes,
+            "open_files": lim.max_open_files,
+        },
+        "argv": spec.argv,
+        "entry": spec.entry,
+        "args": spec.args,
+        "side": spec.pass_pipe,
+    }
+    if any(k.startswith("PYTHON") for k in spec.env) and not spec.argv:
+        header["argv"] = ["python3", spec.entry, *spec.args]
+    head = marshal.dumps(header, 4)
+    return [struct.pack(">Q", len(head)), head, *(f.data for f in spec.files)]
+
+
+async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    try:
+        if data:
+            stdin.write(data)
+            await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            stdin.close()
+
+
+async def _pump(
+    name: str,
+    stream: asyncio.StreamReader,
+    capture: _Capture,
+    cap: int,
+    kill: _Killer,
+    on_output: OutputCallback | None,
+    started: float,
+) -> None:
+    """Keeps up to ``cap`` bytes of one output stream (killing the run past it) and streams it out."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    buf = capture.data
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            break
+        room = cap - len(buf)
+        if len(chunk) > room:
+            buf.extend(chunk[: max(0, room)])
+            capture.truncated = True
+            kill(Status.OUTPUT_LIMIT)
+            chunk = chunk[: max(0, room)]
+        else:
+            buf.extend(chunk)
+        if on_output is not None and chunk:
+            text = decoder.decode(chunk)
+            if text:
+                await on_output(name, text, time.monotonic() - started)
+        if capture.truncated:
+            # Drain (and drop) the rest so the process is never blocked on a full pipe.
+            while await stream.read(65536):
+                pass
+            break
 
 
 async def _compile_launcher(python: str) -> bytes:
