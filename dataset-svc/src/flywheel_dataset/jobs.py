@@ -1,21 +1,20 @@
-"""Build jobs: queued, run in a worker thread, persisted in the object store, resumed on restart.
+"""Build jobs: queued, run in a worker thread, kept by the job core, resumed on restart.
 
-A build is stored as ``dataset-builds/<id>.json`` (the DatasetBuild message as JSON) on every
-state change, and an idempotency key as ``dataset-builds/requests/<sha256 of the key>.json``.
-At start-up every QUEUED or RUNNING build is queued again: a build has no partial output
+A build lives in the job core (``flywheel_common.jobs``) under ``dataset-builds/``: the
+DatasetBuild message as ``dataset-builds/<id>.json``, rewritten on every state change, the
+request-id ledger, and ``dataset-builds/published/<id>`` once its terminal event is in the
+outbox. At start-up every QUEUED or RUNNING build is queued again: a build has no partial output
 outside its temporary folder, and the same inputs give the same dataset id, so running it again
 from the start yields the same dataset (and an already published dataset is not rewritten).
-Events use ids derived from the build id, so a re-run never publishes twice. Once a terminal
-event is out, ``dataset-builds/published/<id>`` records it; a terminal build without that record
-at start-up (the service stopped in between, or NATS was down) has its event published again.
+The terminal event (``flywheel.dataset.built`` with the dataset's manifest, or
+``flywheel.dataset.failed``) has an id derived from the build id and goes out through the
+core's outbox, so NATS being down never fails a build.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -23,15 +22,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
-from ulid import ULID
 
-from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as dpb
 from flywheel.events.v1 import events_pb2
-from flywheel_common.errors import AlreadyExists, NotFound
 from flywheel_common.events import EventBus
+from flywheel_common.jobs import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    SUCCEEDED,
+    TERMINAL,
+    Announcement,
+    Job,
+    JobTable,
+)
 from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
 from flywheel_dataset.build import (
     BuildCancelled,
@@ -49,20 +53,20 @@ from flywheel_dataset.validation import spec_from_build
 log = logging.getLogger("flywheel.dataset.jobs")
 
 PREFIX = "dataset-builds/"
-#: ``dataset-builds/published/<build id>`` exists once the build's terminal event is published.
-PUBLISHED = f"{PREFIX}published/"
-TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 PRODUCER = "dataset-builder"
-
-
-def _now() -> Timestamp:
-    ts = Timestamp()
-    ts.GetCurrentTime()
-    return ts
+__all__ = ["TERMINAL", "BuildManager", "grpc_source_factory"]
 
 
 class _Shutdown(Exception):
     """The service is stopping; the build stays RUNNING and is resumed at the next start."""
+
+
+class BuildJob(Job[dpb.DatasetBuild]):
+    """A build and, while its thread runs, its live progress and cancel flag."""
+
+    def __init__(self, build: dpb.DatasetBuild) -> None:
+        super().__init__(build)
+        self.live: tuple[Progress, threading.Event] | None = None
 
 
 class BuildManager:
@@ -78,20 +82,27 @@ class BuildManager:
         work_dir: Path | None = None,
     ) -> None:
         self._store = store
-        self._bus = bus
         self._source_factory = source_factory
         self._workers = workers
         self._price = price_usd_per_million_tokens
         self._ngram = decontamination_ngram
         self._work_dir = work_dir
-        self.builds: dict[str, dpb.DatasetBuild] = {}
-        self._live: dict[str, tuple[Progress, threading.Event]] = {}
-        self._cancel_requested: set[str] = set()
+        self.table: JobTable[dpb.DatasetBuild, BuildJob] = JobTable(
+            store=store,
+            bus=bus,
+            prefix=PREFIX,
+            message_class=dpb.DatasetBuild,
+            kind="dataset build",
+            id_prefix="dsb",
+            announce=self._terminal_event,
+            make_job=BuildJob,
+            snapshot=self._snapshot,
+            on_cancel=self._cancel,
+        )
         self._shutdown = threading.Event()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
 
     @property
     def store(self) -> ObjectStore:
@@ -100,12 +111,7 @@ class BuildManager:
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        pending, unannounced = await asyncio.to_thread(self._load)
-        if unannounced:
-            await self._republish(unannounced)
-        for build in pending:
-            log.info("resuming build %s (was %s)", build.id, common_pb2.JobState.Name(build.state))
-            self._queue.put_nowait(build.id)
+        await self.table.start(lambda job: self._queue.put_nowait(job.id))
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self._workers)]
 
     async def stop(self, grace_s: float = 15.0) -> None:
@@ -115,8 +121,9 @@ class BuildManager:
         that no thread still writes when the object store is closed. Idle workers are cancelled.
         """
         self._shutdown.set()
-        for _, cancel in self._live.values():
-            cancel.set()
+        for job in self.table.jobs.values():
+            if job.live is not None:
+                job.live[1].set()
         if self._busy:
             await asyncio.wait(list(self._busy), timeout=grace_s)
         for task in self._tasks:
@@ -124,75 +131,35 @@ class BuildManager:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    def _load(self) -> tuple[list[dpb.DatasetBuild], list[dpb.DatasetBuild]]:
-        """(builds to run again, terminal builds whose event may not be out)."""
-        store = self.store
-        pending = []
-        published = {info.key[len(PUBLISHED) :] for info in store.list(PUBLISHED)}
-        unannounced = []
-        for info in store.list(PREFIX):
-            rest = info.key[len(PREFIX) :]
-            if "/" in rest or not rest.endswith(".json"):
-                continue
-            build = json_format.Parse(
-                store.get_bytes(info.key), dpb.DatasetBuild(), ignore_unknown_fields=True
-            )
-            self.builds[build.id] = build
-            if build.state not in TERMINAL:
-                pending.append(build)
-            elif build.id not in published:
-                unannounced.append(build)
-        pending.sort(key=lambda b: (b.create_time.ToNanoseconds(), b.id))
-        return pending, unannounced
-
-    def _persist(self, build: dpb.DatasetBuild) -> None:
-        body = json_format.MessageToJson(build, preserving_proto_field_name=True).encode()
-        self.store.put(f"{PREFIX}{build.id}.json", body, content_type="application/json", overwrite=True)
+        await self.table.stop()
 
     # ------------------------------------------------------------------------------ requests
 
     async def create(self, build: dpb.DatasetBuild, request_id: str) -> dpb.DatasetBuild:
         """Queue a resolved build; a repeated request_id with the same build returns the first."""
-        async with self._lock:
-            request_key = ""
-            fingerprint = hashlib.sha256(build.SerializeToString(deterministic=True)).hexdigest()
-            if request_id:
-                request_key = f"{PREFIX}requests/{hashlib.sha256(request_id.encode()).hexdigest()}.json"
-                try:
-                    seen = json.loads(await asyncio.to_thread(self.store.get_bytes, request_key))
-                except ObjectNotFoundError:
-                    seen = None
-                if seen is not None:
-                    if seen["fingerprint"] != fingerprint:
-                        raise AlreadyExists(
-                            f"request_id {request_id!r} was already used for build {seen['build_id']} "
-                            "with a different request"
-                        )
-                    return self.get(seen["build_id"])
-            build.id = f"dsb-{ULID()}"
-            build.state = common_pb2.JOB_STATE_QUEUED
-            build.create_time.CopyFrom(_now())
-            await asyncio.to_thread(self._persist, build)
-            if request_key:
-                body = json.dumps({"build_id": build.id, "fingerprint": fingerprint}).encode()
-                await asyncio.to_thread(self.store.put, request_key, body, content_type="application/json")
-            self.builds[build.id] = build
-            self._queue.put_nowait(build.id)
-            return self.snapshot(build.id)
+        job, created = await self.table.create(build, request_id)
+        if created:
+            self._queue.put_nowait(job.id)
+        return self.table.snapshot(job)
 
     def get(self, build_id: str) -> dpb.DatasetBuild:
-        if build_id not in self.builds:
-            raise NotFound(f"dataset build {build_id!r} does not exist")
-        return self.snapshot(build_id)
+        return self.table.get(build_id)
 
-    def snapshot(self, build_id: str) -> dpb.DatasetBuild:
+    def list(
+        self, *, state: int = 0, loop_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[dpb.DatasetBuild], str]:
+        return self.table.page(
+            lambda b: (not state or b.state == state) and (not loop_id or b.loop_id == loop_id),
+            page_size,
+            page_token,
+        )
+
+    def _snapshot(self, job: BuildJob) -> dpb.DatasetBuild:
         """The build with its live progress."""
         out = dpb.DatasetBuild()
-        out.CopyFrom(self.builds[build_id])
-        live = self._live.get(build_id)
-        if live is not None:
-            progress = live[0]
+        out.CopyFrom(job.resource)
+        if job.live is not None:
+            progress = job.live[0]
             out.progress.CopyFrom(
                 dpb.BuildProgress(
                     trajectories_read=progress.trajectories_read,
@@ -204,22 +171,13 @@ class BuildManager:
         return out
 
     async def cancel(self, build_id: str) -> dpb.DatasetBuild:
-        build = self.builds.get(build_id)
-        if build is None:
-            raise NotFound(f"dataset build {build_id!r} does not exist")
-        if build.state in TERMINAL:
-            return self.snapshot(build_id)
-        self._cancel_requested.add(build_id)
-        live = self._live.get(build_id)
-        if live is not None:
-            live[1].set()  # the worker finishes the transition to CANCELLED
-        elif build.state == common_pb2.JOB_STATE_QUEUED:
-            await self._finish(
-                build,
-                common_pb2.JOB_STATE_CANCELLED,
-                error=("cancelled by request", grpc.StatusCode.CANCELLED),
-            )
-        return self.snapshot(build_id)
+        return await self.table.cancel(build_id)
+
+    async def _cancel(self, job: BuildJob) -> None:
+        if job.live is not None:
+            job.live[1].set()  # the worker finishes the transition to CANCELLED
+        elif job.state == QUEUED:
+            await self._finish(job, CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED)
 
     # ------------------------------------------------------------------------------ running
 
@@ -227,14 +185,14 @@ class BuildManager:
         # Returns after its current build once the service is stopping (stop() awaits that).
         while not self._shutdown.is_set():
             build_id = await self._queue.get()
-            build = self.builds.get(build_id)
-            if build is None or build.state in TERMINAL:
+            job = self.table.jobs.get(build_id)
+            if job is None or job.terminal:
                 continue
             task = asyncio.current_task()
             assert task is not None
             self._busy.add(task)
             try:
-                await self._run(build)
+                await self._run(job)
             except _Shutdown:
                 return
             except Exception:  # never let one build stop the worker
@@ -242,16 +200,14 @@ class BuildManager:
             finally:
                 self._busy.discard(task)
 
-    async def _run(self, build: dpb.DatasetBuild) -> None:
+    async def _run(self, job: BuildJob) -> None:
+        build = job.resource
         cancel = threading.Event()
         progress = Progress()
-        self._live[build.id] = (progress, cancel)
-        if build.id in self._cancel_requested:
+        job.live = (progress, cancel)
+        if job.cancel_requested:
             cancel.set()
-        build.state = common_pb2.JOB_STATE_RUNNING
-        if not build.HasField("start_time"):
-            build.start_time.CopyFrom(_now())
-        await asyncio.to_thread(self._persist, build)
+        await self.table.set_running(job)
         source = self._source_factory(cancel)
         spec = spec_from_build(build)
         store = self.store
@@ -274,29 +230,23 @@ class BuildManager:
                 run_build, spec, ctx, str(self._work_dir) if self._work_dir else None
             )
         except BuildCancelled:
-            if self._shutdown.is_set() and build.id not in self._cancel_requested:
-                self._live.pop(build.id, None)
+            if self._shutdown.is_set() and not job.cancel_requested:
+                job.live = None
                 raise _Shutdown() from None
-            await self._finish(
-                build,
-                common_pb2.JOB_STATE_CANCELLED,
-                error=("cancelled by request", grpc.StatusCode.CANCELLED),
-            )
+            await self._finish(job, CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED)
             return
         except EmptyDataset as err:
-            await self._finish(
-                build, common_pb2.JOB_STATE_FAILED, error=(str(err), grpc.StatusCode.FAILED_PRECONDITION)
-            )
+            await self._finish(job, FAILED, str(err), grpc.StatusCode.FAILED_PRECONDITION)
             return
         except Exception as err:
             if self._shutdown.is_set():
-                self._live.pop(build.id, None)
+                job.live = None
                 raise _Shutdown() from None
             log.exception("build %s failed", build.id)
             code = (
                 grpc.StatusCode.UNAVAILABLE if isinstance(err, StoreUnavailable) else grpc.StatusCode.INTERNAL
             )
-            await self._finish(build, common_pb2.JOB_STATE_FAILED, error=(str(err), code))
+            await self._finish(job, FAILED, str(err), code)
             return
         finally:
             close = getattr(source, "close", None)
@@ -304,36 +254,32 @@ class BuildManager:
                 close()
         log.info("build %s produced %s in %.1f s", build.id, dataset.id, time.monotonic() - started)
         build.dataset_id = dataset.id
-        await self._finish(build, common_pb2.JOB_STATE_SUCCEEDED, dataset=dataset)
+        await self._finish(job, SUCCEEDED)
 
     async def _finish(
-        self,
-        build: dpb.DatasetBuild,
-        state: int,
-        *,
-        error: tuple[str, grpc.StatusCode] | None = None,
-        dataset: dpb.Dataset | None = None,
+        self, job: BuildJob, state: int, message: str = "", code: grpc.StatusCode | None = None
     ) -> None:
-        final = self.snapshot(build.id)
-        build.progress.CopyFrom(final.progress)
-        if state == common_pb2.JOB_STATE_SUCCEEDED:
+        build = job.resource
+        build.progress.CopyFrom(self._snapshot(job).progress)
+        if state == SUCCEEDED:
             build.progress.fraction = 1.0
-        build.state = state
-        build.end_time.CopyFrom(_now())
-        if error is not None:
-            build.error.CopyFrom(common_pb2.Error(code=error[1].value[0], message=error[0]))
-        await asyncio.to_thread(self._persist, build)
-        self._live.pop(build.id, None)
-        await self._publish(build, dataset)
+        job.live = None
+        await self.table.finish(job, state, message, code)
 
-    async def _publish(self, build: dpb.DatasetBuild, dataset: dpb.Dataset | None) -> None:
-        bus = self._bus()
-        if bus is None:
-            return
+    def _terminal_event(self, build: dpb.DatasetBuild) -> list[Announcement]:
+        """``flywheel.dataset.built`` (with the dataset read back from its manifest) or
+        ``flywheel.dataset.failed``; runs in a worker thread (it reads the store)."""
         meta = events_pb2.EventMeta(occurred_at=build.end_time, producer=PRODUCER)
-        if dataset is not None:
+        if build.state == SUCCEEDED:
+            key = f"datasets/{build.dataset_id}/manifest.json"
+            try:
+                dataset = manifest_to_dataset(self.store.get_bytes(key))
+            except ObjectNotFoundError:
+                log.error("build %s succeeded but %s is missing; no event", build.id, key)
+                return []
+            dataset.manifest.key = key
             meta.event_id = f"dataset-built:{build.id}"
-            event = events_pb2.DatasetBuilt(
+            built = events_pb2.DatasetBuilt(
                 meta=meta,
                 dataset_id=dataset.id,
                 build_id=build.id,
@@ -345,42 +291,17 @@ class BuildManager:
                 manifest=dataset.manifest,
                 loop_id=build.loop_id,
             )
-            subject = "flywheel.dataset.built"
-        else:
-            meta.event_id = f"dataset-failed:{build.id}"
-            event = events_pb2.DatasetBuildFailed(
-                meta=meta,
-                build_id=build.id,
-                recipe=build.recipe,
-                state=build.state,
-                error=build.error,
-                loop_id=build.loop_id,
-            )
-            subject = "flywheel.dataset.failed"
-        try:
-            await bus.publish(subject, event, msg_id=meta.event_id)
-        except Exception:
-            log.exception("could not publish %s for build %s; retried at the next start", subject, build.id)
-            return
-        await asyncio.to_thread(
-            self.store.put, f"{PUBLISHED}{build.id}", meta.event_id.encode(), overwrite=True
+            return [Announcement("flywheel.dataset.built", built, meta.event_id)]
+        meta.event_id = f"dataset-failed:{build.id}"
+        failed = events_pb2.DatasetBuildFailed(
+            meta=meta,
+            build_id=build.id,
+            recipe=build.recipe,
+            state=build.state,
+            error=build.error,
+            loop_id=build.loop_id,
         )
-
-    async def _republish(self, builds: list[dpb.DatasetBuild]) -> None:
-        """Publish the events of terminal builds whose event is not known to be out (the service
-        stopped between the terminal state and the publish). Same msg id: JetStream drops a
-        duplicate within its window, and consumers are idempotent on the ids beyond it."""
-        for build in builds:
-            dataset = None
-            if build.state == common_pb2.JOB_STATE_SUCCEEDED:
-                key = f"datasets/{build.dataset_id}/manifest.json"
-                try:
-                    dataset = manifest_to_dataset(await asyncio.to_thread(self.store.get_bytes, key))
-                except ObjectNotFoundError:
-                    log.error("build %s succeeded but %s is missing; no event", build.id, key)
-                    continue
-                dataset.manifest.key = key
-            await self._publish(build, dataset)
+        return [Announcement("flywheel.dataset.failed", failed, meta.event_id)]
 
 
 def grpc_source_factory(address: str, timeout_s: float) -> Callable[[threading.Event], TrajectorySource]:

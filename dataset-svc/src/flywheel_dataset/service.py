@@ -19,7 +19,7 @@ from flywheel_common.errors import InvalidArgument, NotFound
 from flywheel_common.objectstore import ObjectNotFoundError
 from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
-from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
+from flywheel_common.server import GrpcApp, ServiceBinding
 from flywheel_dataset.build import manifest_to_dataset
 from flywheel_dataset.jobs import TERMINAL, BuildManager, grpc_source_factory
 from flywheel_dataset.recipes import RECIPES
@@ -89,17 +89,13 @@ class DatasetService(dataset_pb2_grpc.DatasetServiceServicer):
         return dataset_pb2.GetDatasetBuildResponse(build=self.manager.get(request.build_id))
 
     async def ListDatasetBuilds(self, request: Any, context: Any) -> dataset_pb2.ListDatasetBuildsResponse:
-        builds = [
-            b
-            for b in self.manager.builds.values()
-            if (not request.state or b.state == request.state)
-            and (not request.loop_id or b.loop_id == request.loop_id)
-        ]
-        builds.sort(key=lambda b: (b.create_time.ToNanoseconds(), b.id), reverse=True)
-        chunk, token = offset_page(builds, request.page_size, request.page_token)
-        return dataset_pb2.ListDatasetBuildsResponse(
-            builds=[self.manager.snapshot(b.id) for b in chunk], next_page_token=token
+        builds, token = self.manager.list(
+            state=request.state,
+            loop_id=request.loop_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
+        return dataset_pb2.ListDatasetBuildsResponse(builds=builds, next_page_token=token)
 
     async def CancelDatasetBuild(self, request: Any, context: Any) -> dataset_pb2.CancelDatasetBuildResponse:
         if not request.build_id:
@@ -202,9 +198,6 @@ class DatasetService(dataset_pb2_grpc.DatasetServiceServicer):
 
         examples = await asyncio.to_thread(read)
         return dataset_pb2.PreviewDatasetResponse(examples=examples, total_count=files[0].example_count)
-
-
-fill_unimplemented(DatasetService, DESCRIPTOR, "issue #6")
 
 
 def build_app(settings: DatasetSettings) -> GrpcApp:

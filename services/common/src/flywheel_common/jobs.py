@@ -82,7 +82,7 @@ class JobResource(Protocol):
     def start_time(self) -> Timestamp: ...
     @property
     def end_time(self) -> Timestamp: ...
-    def HasField(self, field_name: str) -> bool: ...  # noqa: N802 - the protobuf API
+    def HasField(self, field_name: str) -> bool: ...  # the protobuf API
 
 
 M = TypeVar("M", bound=Message)
@@ -400,7 +400,8 @@ class JobTable(Generic[M, J]):
     """The jobs of one kind: the in-memory map over a :class:`JobStore`, and their life.
 
     - ``id_prefix``: new ids are ``<id_prefix>-<ULID>`` (ULIDs sort by creation time);
-    - ``announce(resource)``: the terminal event(s) of a finished resource, in order;
+    - ``announce(resource)``: the terminal event(s) of a finished resource, in order (called in
+      a worker thread, so it may read the object store);
     - ``make_job``: builds the manager's :class:`Job` subclass for a resource;
     - ``snapshot``: the copy callers see (default: the stored message as is);
     - ``on_cancel``: how a cancel reaches live work; default :meth:`cancel_task`.
@@ -615,7 +616,8 @@ class JobTable(Generic[M, J]):
         await self._announce_once(job)
 
     async def _announce_once(self, job: J) -> None:
-        await self.outbox.send(self._announce(job.resource))
+        # In a worker thread: an announcement may read the store (a dataset's manifest).
+        await self.outbox.send(await asyncio.to_thread(self._announce, job.resource))
         try:
             await asyncio.to_thread(self.records.mark_published, job.id)
         except Exception:  # the outbox has the events; a start-up resends them, deduplicated by id
