@@ -234,10 +234,10 @@ class Announcement:
 class Outbox:
     """Events that must go out, kept in the object store (``<prefix>``) until NATS has them.
 
-    :meth:`send` writes each event, then tries to publish at once (the healthy path costs one
-    put and one delete). What cannot go out now waits, in order, for the pump, which retries
-    with back-off from ``retry_initial_s`` to ``retry_max_s``; :meth:`start` picks up what an
-    earlier process left. With events turned off (``bus()`` is None) nothing is kept.
+    :meth:`send` writes each event and wakes the pump, which publishes at once (the healthy
+    path costs one put and one delete). What cannot go out now waits, in order, and the pump
+    retries with back-off from ``retry_initial_s`` to ``retry_max_s``; :meth:`start` picks up
+    what an earlier process left. With events turned off (``bus()`` is None) nothing is kept.
     """
 
     def __init__(
@@ -276,8 +276,12 @@ class Outbox:
         self._pump = asyncio.create_task(self._run(), name=f"outbox {self.prefix}")
         self._wake.set()
 
-    async def stop(self) -> None:
-        """Stop retrying; what is still pending stays in the store for the next start."""
+    async def stop(self, flush_s: float = 2.0) -> None:
+        """One last try (at most ``flush_s``), then stop; what is still pending stays in the
+        store for the next start."""
+        if self._pending and self._pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush(), timeout=flush_s)
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -285,7 +289,11 @@ class Outbox:
             self._pump = None
 
     async def send(self, events: Sequence[Announcement]) -> None:
-        """Keep ``events`` until they are out; publish them now if NATS is up."""
+        """Keep ``events`` until they are out; the pump publishes them right away (in order).
+
+        Returns once they are kept, without waiting for NATS: a caller never blocks on a bus
+        that is down (a JetStream publish waits seconds for its ack before it fails).
+        """
         if not events or self._bus() is None:
             return
         for event in events:
@@ -297,7 +305,7 @@ class Outbox:
                 # The store failing as well: keep it in memory; still retried while we live.
                 log.exception("outbox %s: could not keep %s; retried from memory", self.prefix, event.msg_id)
             self._pending[key] = event
-        await self.flush()
+        self._wake.set()
 
     async def flush(self) -> bool:
         """Publish what is pending, in order; True when nothing is left."""

@@ -207,9 +207,15 @@ def terminal_events(loop: lpb.Loop) -> list[Announcement]:
                 gate=gate,
             )
             out.append(Announcement("flywheel.loop.rejected", rejected, meta.event_id))
+    # The last stage as it ended; a loop that ended before its first stage is announced as
+    # stage UNSPECIFIED, so every loop's end has an event.
+    last = lpb.LoopStageStatus(stage=S.LOOP_STAGE_UNSPECIFIED, state=loop.state, error=loop.error)
     cur = current(loop)
     if cur is not None:
-        out.append(stage_event(loop, cur))
+        last.CopyFrom(cur)
+        if last.state not in TERMINAL:
+            last.state = loop.state
+    out.append(stage_event(loop, last))
     return out
 
 
