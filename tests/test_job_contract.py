@@ -455,7 +455,6 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
     await until(lambda: manager.table.outbox.pending == 0, "the loop's events once NATS is back")
     decision = "promoted" if promote else "rejected"
     assert await stored_events(bus, subject) == [f"loop-{decision}:{job.id}"]
-    ]
     stages = await stored_events(bus, "flywheel.loop.stage_changed")
     assert stages == [f"loop-stage:{job.id}:gate:succeeded"]
     await manager.stop()
