@@ -190,7 +190,8 @@ async def bus(own_nats: Nats, request: pytest.FixtureRequest) -> AsyncIterator[E
     nc = await nats.connect(own_nats.url)
     js = nc.jetstream()
     for info in await js.streams_info():
-        await js.delete_stream(info.config.name)
+        if info.config.name:
+            await js.delete_stream(info.config.name)
     await nc.close()
     connected = await EventBus.connect(settings, name="contract")
     await connected.ensure_stream()
@@ -413,7 +414,7 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
         OrchestratorSettings(dataset_address="127.0.0.1:1", trainer_address="127.0.0.1:1"),
         lambda: store,
         lambda: bus,
-        runs=None,  # type: ignore[arg-type] - the gate reads only the evaluation
+        runs=None,  # type: ignore[arg-type]  # the gate reads only the evaluation
         evaluations=Evaluations(),  # type: ignore[arg-type]
         models=None,  # type: ignore[arg-type]
     )

@@ -47,7 +47,7 @@ from flywheel_dataset.build import (
     run_build,
 )
 from flywheel_dataset.source import GrpcTrajectorySource, StoreUnavailable
-from flywheel_dataset.tokens import load_counter
+from flywheel_dataset.tokens import TokenCounter, load_counter
 from flywheel_dataset.validation import spec_from_build
 
 log = logging.getLogger("flywheel.dataset.jobs")
@@ -145,13 +145,13 @@ class BuildManager:
     def get(self, build_id: str) -> dpb.DatasetBuild:
         return self.table.get(build_id)
 
-    def list(
-        self, *, state: int = 0, loop_id: str = "", page_size: int = 0, page_token: str = ""
-    ) -> tuple[list[dpb.DatasetBuild], str]:
+    def page(self, request: dpb.ListDatasetBuildsRequest) -> tuple[list[dpb.DatasetBuild], str]:
+        """One page of builds matching the request's filters, newest first."""
+        state, loop_id = request.state, request.loop_id
         return self.table.page(
             lambda b: (not state or b.state == state) and (not loop_id or b.loop_id == loop_id),
-            page_size,
-            page_token,
+            request.page_size,
+            request.page_token,
         )
 
     def _snapshot(self, job: BuildJob) -> dpb.DatasetBuild:
@@ -212,7 +212,7 @@ class BuildManager:
         spec = spec_from_build(build)
         store = self.store
 
-        def counter(workdir: Path):
+        def counter(workdir: Path) -> TokenCounter:
             return load_counter(store, spec.target_base_model, workdir)
 
         ctx = BuildContext(

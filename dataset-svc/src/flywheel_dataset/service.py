@@ -89,12 +89,7 @@ class DatasetService(dataset_pb2_grpc.DatasetServiceServicer):
         return dataset_pb2.GetDatasetBuildResponse(build=self.manager.get(request.build_id))
 
     async def ListDatasetBuilds(self, request: Any, context: Any) -> dataset_pb2.ListDatasetBuildsResponse:
-        builds, token = self.manager.list(
-            state=request.state,
-            loop_id=request.loop_id,
-            page_size=request.page_size,
-            page_token=request.page_token,
-        )
+        builds, token = self.manager.page(request)
         return dataset_pb2.ListDatasetBuildsResponse(builds=builds, next_page_token=token)
 
     async def CancelDatasetBuild(self, request: Any, context: Any) -> dataset_pb2.CancelDatasetBuildResponse:

@@ -468,8 +468,10 @@ class JobTable(Generic[M, J]):
         """Stop where we are: running jobs stay RUNNING on the store and resume at the next start."""
         self.stopping = True
         tasks = [j.task for j in self.jobs.values() if j.task is not None and not j.task.done()]
-        for task in tasks:
-            task.cancel()
+        for job in self.jobs.values():
+            # A job that reached its end is only announcing it: let it finish, never cut it off.
+            if job.task is not None and not job.task.done() and not job.terminal:
+                job.task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -621,7 +623,8 @@ class JobTable(Generic[M, J]):
             res.error.CopyFrom(make_error(code or grpc.StatusCode.UNKNOWN, message, details))
         await self.save(job)
         job.done.set()
-        await self._announce_once(job)
+        # Shielded: a cancel arriving now (a shutdown) must not lose the announcement.
+        await asyncio.shield(self._announce_once(job))
 
     async def _announce_once(self, job: J) -> None:
         # In a worker thread: an announcement may read the store (a dataset's manifest).

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
@@ -194,15 +194,18 @@ class EvaluationManager:
     def get(self, eval_id: str) -> epb.Evaluation:
         return self.table.get(eval_id)
 
-    def list(self, *, suite: str = "", state: int = 0, loop_id: str = "") -> list[epb.Evaluation]:
+    def page(self, request: opb.ListEvaluationsRequest) -> tuple[list[epb.Evaluation], str]:
+        """One page of evaluations matching the request's filters, newest first, without their
+        per-task tables."""
+
         def keep(e: epb.Evaluation) -> bool:
             return (
-                (not suite or e.suite == suite)
-                and (not state or e.state == state)
-                and (not loop_id or e.loop_id == loop_id)
+                (not request.suite or e.suite == request.suite)
+                and (not request.state or e.state == request.state)
+                and (not request.loop_id or e.loop_id == request.loop_id)
             )
 
-        return [without_tasks(j) for j in self.table.select(keep)]
+        return self.table.page(keep, request.page_size, request.page_token, view=without_tasks)
 
     async def cancel(self, eval_id: str) -> epb.Evaluation:
         return await self.table.cancel(eval_id)
@@ -271,7 +274,7 @@ class EvaluationManager:
                 )
         level = e.confidence_level or 0.95
         rollouts = e.rollouts_per_task or 1
-        per_model: dict[str, list[run_pb2.EpisodeResult]] = {}
+        per_model: dict[str, Sequence[run_pb2.EpisodeResult]] = {}
         final: list[epb.ModelMetrics] = []
         for m in e.model_metrics:
             results = await self.runs.results(m.run_id)

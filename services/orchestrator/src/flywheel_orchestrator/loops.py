@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as dpb
@@ -382,8 +383,10 @@ class LoopManager:
     def get(self, loop_id: str) -> lpb.Loop:
         return self.table.get(loop_id)
 
-    def list(self, state: int = 0) -> list[lpb.Loop]:
-        return [self.table.snapshot(j) for j in self.table.select(lambda r: not state or r.state == state)]
+    def page(self, request: opb.ListLoopsRequest) -> tuple[list[lpb.Loop], str]:
+        """One page of loops (of one state if the request names it), newest first."""
+        state = request.state
+        return self.table.page(lambda r: not state or r.state == state, request.page_size, request.page_token)
 
     async def cancel(self, loop_id: str) -> lpb.Loop:
         return await self.table.cancel(loop_id)
@@ -404,12 +407,12 @@ class LoopManager:
     # ------------------------------------------------------------------------------ events
 
     async def _on_event(self, event: Event) -> None:
-        cls = EVENT_TYPES.get(event.subject)
+        cls: type[Message] | None = EVENT_TYPES.get(event.subject)
         if cls is None:
             if not event.subject.startswith("flywheel.finetune."):
                 return
             cls = events_pb2.FineTuneStateChanged
-        message = event.parse(cls)
+        message: Message = event.parse(cls)
         loop_id = getattr(message, "loop_id", "")
         if not loop_id or loop_id not in self.loops:
             return
@@ -477,7 +480,9 @@ class LoopManager:
 
         job.retry = asyncio.create_task(later())
 
-    async def _begin(self, job: LoopJob, stage: int, artefacts: list[common_pb2.ResourceRef]) -> None:
+    async def _begin(
+        self, job: LoopJob, stage: lpb.LoopStage, artefacts: list[common_pb2.ResourceRef]
+    ) -> None:
         loop = job.resource
         prev = current(loop)
         if prev is not None and prev.state not in TERMINAL:
@@ -493,7 +498,11 @@ class LoopManager:
         await self.table.outbox.send([stage_event(loop, status)])
 
     async def _end(
-        self, job: LoopJob, state: int, message: str = "", code: grpc.StatusCode | None = None
+        self,
+        job: LoopJob,
+        state: common_pb2.JobState,
+        message: str = "",
+        code: grpc.StatusCode | None = None,
     ) -> None:
         cur = current(job.resource)
         if cur is not None and cur.state not in TERMINAL:
@@ -504,7 +513,7 @@ class LoopManager:
         await self.table.finish(job, state, message, code)
 
     @staticmethod
-    def _ref(kind: int, ref_id: str) -> list[common_pb2.ResourceRef]:
+    def _ref(kind: common_pb2.ResourceKind, ref_id: str) -> list[common_pb2.ResourceRef]:
         return [common_pb2.ResourceRef(kind=kind, id=ref_id)]
 
     async def _start_rollouts(
@@ -672,7 +681,7 @@ class LoopManager:
             loop_id=loop.id,
             labels=self._labels(loop),
         )
-        reply = await self.datasets.CreateDatasetBuild(
+        reply: dpb.CreateDatasetBuildResponse = await self.datasets.CreateDatasetBuild(
             dpb.CreateDatasetBuildRequest(build=build, request_id=f"{loop.id}-dataset"), timeout=60
         )
         return reply.build
@@ -688,7 +697,7 @@ class LoopManager:
             labels=self._labels(loop),
         )
         try:
-            reply = await self.trainer.CreateFineTuneJob(
+            reply: trpb.CreateFineTuneJobResponse = await self.trainer.CreateFineTuneJob(
                 trpb.CreateFineTuneJobRequest(job=job, request_id=f"{loop.id}-fine-tune"), timeout=60
             )
         except grpc.aio.AioRpcError as err:

@@ -32,7 +32,7 @@ from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator import validation as check
 from flywheel_orchestrator.agent import Episode, EpisodeSpec, EpisodeTimes, Limits, episode_result
 from flywheel_orchestrator.metrics import add_to_counters
-from flywheel_orchestrator.model import ModelClient
+from flywheel_orchestrator.model import ModelClient, Policy
 from flywheel_orchestrator.reference import REFERENCE_LABEL, ReferencePolicy
 from flywheel_orchestrator.sandbox import SandboxClient
 from flywheel_orchestrator.settings import OrchestratorSettings
@@ -211,18 +211,18 @@ class RunManager:
     def job(self, run_id: str) -> RunJob:
         return self.table.job(run_id)
 
-    def list(
-        self, *, suite: str = "", model: str = "", state: int = 0, loop_id: str = ""
-    ) -> list[run_pb2.Run]:
+    def page(self, request: opb.ListRunsRequest) -> tuple[list[run_pb2.Run], str]:
+        """One page of runs matching the request's filters, newest first."""
+
         def keep(r: run_pb2.Run) -> bool:
             return (
-                (not suite or r.suite == suite)
-                and (not model or r.model == model)
-                and (not state or r.state == state)
-                and (not loop_id or r.loop_id == loop_id)
+                (not request.suite or r.suite == request.suite)
+                and (not request.model or r.model == request.model)
+                and (not request.state or r.state == request.state)
+                and (not request.loop_id or r.loop_id == request.loop_id)
             )
 
-        return [self.table.snapshot(j) for j in self.table.select(keep)]
+        return self.table.page(keep, request.page_size, request.page_token)
 
     async def cancel(self, run_id: str) -> run_pb2.Run:
         return await self.table.cancel(run_id)
@@ -344,7 +344,7 @@ class RunManager:
             for task in tasks
             if trajectory_id(run.id, task.id, attempt) not in done_ids
         ]
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[tuple[Task, int]] = asyncio.Queue()
         for item in plan:
             queue.put_nowait(item)
 
@@ -392,12 +392,14 @@ class RunManager:
             policy_info=policy_info,
             labels=labels,
         )
+        policy: Policy
         if run.teacher_kind == tpb.TEACHER_KIND_REFERENCE:
-            policy = ReferencePolicy(task, protocol)
+            reference = ReferencePolicy(task, protocol)
             # The reference script has a known length; a budget meant for models (e.g. a loop's
             # short evaluation episodes) must not cut a demonstration short.
-            if limits.max_iterations < policy.turns:
-                spec.limits = replace(limits, max_iterations=policy.turns)
+            if limits.max_iterations < reference.turns:
+                spec.limits = replace(limits, max_iterations=reference.turns)
+            policy = reference
         else:
             policy = self.models.policy(run.model)
         episode = Episode(spec, policy, self.sandbox)

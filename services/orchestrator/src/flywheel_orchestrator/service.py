@@ -114,10 +114,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListRuns(
         self, request: opb.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> opb.ListRunsResponse:
-        runs = self.core.runs.list(
-            suite=request.suite, model=request.model, state=request.state, loop_id=request.loop_id
-        )
-        chunk, token = offset_page(runs, request.page_size, request.page_token)
+        chunk, token = self.core.runs.page(request)
         return opb.ListRunsResponse(runs=chunk, next_page_token=token)
 
     async def CancelRun(
@@ -155,8 +152,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListEvaluations(
         self, request: opb.ListEvaluationsRequest, context: grpc.aio.ServicerContext
     ) -> opb.ListEvaluationsResponse:
-        items = self.core.evaluations.list(suite=request.suite, state=request.state, loop_id=request.loop_id)
-        chunk, token = offset_page(items, request.page_size, request.page_token)
+        chunk, token = self.core.evaluations.page(request)
         return opb.ListEvaluationsResponse(evaluations=chunk, next_page_token=token)
 
     async def CancelEvaluation(
@@ -195,7 +191,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListLoops(
         self, request: opb.ListLoopsRequest, context: grpc.aio.ServicerContext
     ) -> opb.ListLoopsResponse:
-        chunk, token = offset_page(self.core.loops.list(request.state), request.page_size, request.page_token)
+        chunk, token = self.core.loops.page(request)
         return opb.ListLoopsResponse(loops=chunk, next_page_token=token)
 
     async def CancelLoop(
