@@ -28,6 +28,7 @@ from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.sandbox.v1 import sandbox_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+from flywheel_common.jobs import now
 from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator.model import ModelError, ModelTurn, Policy
 from flywheel_orchestrator.sandbox import SandboxClient, SandboxError, TestVerdict
@@ -81,12 +82,6 @@ class EpisodeTimes:
     model_s: float = 0.0
     sandbox_s: float = 0.0
     total_s: float = 0.0
-
-
-def _now() -> Timestamp:
-    ts = Timestamp()
-    ts.GetCurrentTime()
-    return ts
 
 
 def _dur(seconds: float) -> Duration:
@@ -157,7 +152,7 @@ class Episode:
 
     def _send(self, role: str, content: str, step_role: int, **fields: Any) -> tpb.Step:
         self.messages.append({"role": role, "content": content})
-        return self._add(step_role, content, start_time=_now(), **fields)
+        return self._add(step_role, content, start_time=now(), **fields)
 
     def _left(self) -> float:
         return self.deadline - time.monotonic()
@@ -184,7 +179,7 @@ class Episode:
 
     async def run(self) -> tpb.Trajectory:
         spec = self.spec
-        start_ts = _now()
+        start_ts = now()
         started = time.perf_counter()
         self.deadline = time.monotonic() + spec.limits.max_wall_time_s
         system = proto.system_prompt(self.task, spec.protocol)
@@ -211,7 +206,7 @@ class Episode:
             left = self._left()
             if left <= 0:
                 raise _Stop(F.FAILURE_CATEGORY_TIME_BUDGET, f"used the {limits.max_wall_time_s:.0f} s budget")
-            turn_start = _now()
+            turn_start = now()
             t0 = time.perf_counter()
             try:
                 turn = await self.policy.turn(
@@ -450,7 +445,7 @@ class Episode:
                 tpb.ROLE_TOOL,
                 content,
                 tool_call_id=call_id,
-                start_time=_now(),
+                start_time=now(),
                 tool_result=self._result_proto(action, outcome),
                 duration=_dur(time.perf_counter() - t0),
             )
@@ -557,7 +552,7 @@ class Episode:
             run_id=spec.run_id,
             attempt=spec.attempt,
             start_time=start_ts,
-            end_time=_now(),
+            end_time=now(),
             labels=spec.labels,
         )
         if self.sandbox_info is not None and self.sandbox_info.backend:
