@@ -9,7 +9,7 @@ BIN := $(abspath $(VENV))/bin
 
 # Every distribution of the repository, installed editable by `make install`.
 PACKAGES := proto services/common services/cli services/orchestrator services/trajectory-store \
-	services/model-server sandbox-runner dataset-svc trainer-svc gateway
+	services/model-server sandbox-runner dataset-svc trainer-svc gateway services/testing
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 STAMP := $(VENV)/.installed
 

@@ -1,11 +1,12 @@
 """Fixtures shared by every test folder in the repository.
 
-They live in ``flywheel_common.testing`` so that each service's own test suite can use the same
-real components (a nats-server per session, an S3 HTTP endpoint) without copying them.
+They live in ``flywheel_testing`` (``services/testing/``, a dev-only distribution) so that each
+service's own test suite can use the same real components (a nats-server per session, an S3 HTTP
+endpoint) without copying them.
 """
 
 pytest_plugins = [
-    "flywheel_common.testing.nats",
-    "flywheel_common.testing.s3",
-    "flywheel_common.testing.services",
+    "flywheel_testing.nats",
+    "flywheel_testing.s3",
+    "flywheel_testing.services",
 ]

@@ -47,7 +47,7 @@ BASE = "tiny-agent"
 def build_base_model(folder: Path) -> Path:
     """The trainer's tiny test model, with a tokenizer trained on the suite's own text."""
     from flywheel_orchestrator.protocol import IO_JSON_SYSTEM, REPO_JSON_SYSTEM
-    from flywheel_trainer.testing import build_tiny_model
+    from flywheel_testing.trainer import build_tiny_model
 
     corpus = [REPO_JSON_SYSTEM, IO_JSON_SYSTEM]
     corpus += [p.read_text() for p in MINI.rglob("*") if p.is_file()]

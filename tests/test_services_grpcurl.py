@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flywheel_cli.components import COMPONENTS
-from flywheel_common.testing.processes import grpcurl, start_module
+from flywheel_testing.processes import grpcurl, start_module
 
 GRPC_COMPONENTS = [c for c in COMPONENTS if c.protocol == "grpc"]
 

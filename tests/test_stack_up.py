@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from flywheel_common.procs import pid_alive
-from flywheel_common.testing.processes import grpcurl, tool
+from flywheel_testing.processes import grpcurl, tool
 
 COMPONENT_COUNT = 7  # five gRPC services, the model server and the gateway
 

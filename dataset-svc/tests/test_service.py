@@ -26,10 +26,10 @@ from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_common.events import Event, EventBus
 from flywheel_common.objectstore.fs import FilesystemObjectStore
-from flywheel_common.testing.processes import grpcurl, start_module
-from flywheel_common.testing.services import boot_service, health_status
 from flywheel_dataset.service import build_app
 from flywheel_dataset.settings import DatasetSettings
+from flywheel_testing.processes import grpcurl, start_module
+from flywheel_testing.services import boot_service, health_status
 
 RUN = "run-1"
 

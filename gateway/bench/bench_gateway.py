@@ -2,7 +2,7 @@
 
 Starts, on loopback:
 
-* an upstream that answers at once (``flywheel_gateway.testing.upstream``, aiohttp, one process);
+* an upstream that answers at once (``flywheel_testing.gateway_upstream``, aiohttp, one process);
 * the stock LiteLLM proxy: ``litellm --config <cfg> --num_workers 1`` with a plain config (the
   same two routes, a master key, nothing else);
 * our gateway: ``python -m flywheel_gateway serve`` (LiteLLM + our layer, one process).
@@ -129,7 +129,7 @@ def main() -> None:
         up_port, stock_port, ours_port, hook_port = free_port(), free_port(), free_port(), free_port()
         up_log = work / "upstream.log"
         procs.append(
-            spawn([py, "-m", "flywheel_gateway.testing.upstream", "--port", str(up_port)], {}, up_log)
+            spawn([py, "-m", "flywheel_testing.gateway_upstream", "--port", str(up_port)], {}, up_log)
         )
         wait_port(up_port, procs[-1], up_log)
         upstream = f"http://127.0.0.1:{up_port}/v1"
@@ -216,7 +216,7 @@ def main() -> None:
                 {
                     **ours_env,
                     "FLYWHEEL_GATEWAY_PORT": str(hook_port),
-                    "FLYWHEEL_GATEWAY_CALLBACKS": '["flywheel_gateway.testing.callbacks.counting_logger"]',
+                    "FLYWHEEL_GATEWAY_CALLBACKS": '["flywheel_testing.gateway_callbacks.counting_logger"]',
                 },
                 hook_log,
             )

@@ -1,6 +1,6 @@
 """Real processes for the gateway tests: an OpenAI-compatible upstream, the gateway, a trajectory sink.
 
-* ``upstream``: ``flywheel_gateway.testing.upstream`` as its own process — a tiny server with
+* ``upstream``: ``flywheel_testing.gateway_upstream`` as its own process — a tiny server with
   vLLM's HTTP surface (chat, ``/v1/models``, ``/v1/load_lora_adapter``) that answers at once.
   It stands in for the model server, which needs a real model to answer.
 * ``trajectory_sink``: a real gRPC server in this process serving ``PutTrajectory`` of
@@ -95,7 +95,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL (no /v1) of the tiny upstream."""
     root = tmp_path_factory.mktemp("upstream")
     port_file = root / "port"
-    proc = _spawn(["-m", "flywheel_gateway.testing.upstream", "--port", "0", "--port-file", str(port_file),
+    proc = _spawn(["-m", "flywheel_testing.gateway_upstream", "--port", "0", "--port-file", str(port_file),
                    "--base-model", BASE_MODEL], {}, root / "log")  # fmt: skip
     deadline = time.monotonic() + 20
     while not port_file.exists() or not port_file.read_text():

@@ -11,8 +11,8 @@ from litellm import ModelResponse
 
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1.trajectory_pb2_grpc import TrajectoryServiceStub
-from flywheel_common.testing.processes import start_module
 from flywheel_gateway.capture import REDACTED, TrajectoryCapture, build_trajectory, redact
+from flywheel_testing.processes import start_module
 
 
 def test_redact_patterns_and_known_values(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,10 +12,10 @@ from google.protobuf import duration_pb2
 from flywheel.common.v1 import common_pb2
 from flywheel.sandbox.v1 import sandbox_pb2 as S
 from flywheel.sandbox.v1 import sandbox_pb2_grpc
-from flywheel_common.testing.services import boot_service
 from flywheel_sandbox.isolation import IsolationUnavailable
 from flywheel_sandbox.service import build_app
 from flywheel_sandbox.settings import SandboxSettings
+from flywheel_testing.services import boot_service
 
 from .conftest import Sandbox
 

@@ -12,8 +12,8 @@ import pytest
 
 from flywheel_common.objectstore import ObjectStore, ObjectStoreSettings, open_object_store
 from flywheel_common.procs import die_with_parent
+from flywheel_testing.trainer import DPO_ROWS, FACTS, SFT_ROWS, TINY, build_tiny_model, write_dataset
 from flywheel_trainer import catalog
-from flywheel_trainer.testing import DPO_ROWS, FACTS, SFT_ROWS, TINY, build_tiny_model, write_dataset
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from flywheel.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
-from flywheel_common.testing.services import boot_service
+from flywheel_testing.services import boot_service
 from flywheel_trainer import catalog
 from flywheel_trainer.gguf_import import GEMMA_DESCRIPTION, GEMMA_NAME
 from flywheel_trainer.service import build_app

@@ -157,7 +157,7 @@ def big_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random Qwen2-1.5B-shaped model with 31 layers (1.45 B parameters) and the tests' tokenizer."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from flywheel_trainer.testing import FACTS, build_tiny_model
+    from flywheel_testing.trainer import FACTS, build_tiny_model
 
     folder = tmp_path_factory.mktemp("big") / "model"
     build_tiny_model(folder, [f"{q} {a} I do not know." for q, a in FACTS] * 20)
@@ -188,7 +188,7 @@ def big_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _sft_rows(n: int) -> list[dict]:
-    from flywheel_trainer.testing import FACTS
+    from flywheel_testing.trainer import FACTS
 
     rows = []
     for i in range(n):
@@ -226,12 +226,12 @@ async def test_jobs_on_a_gpu_through_the_service(
 
     from flywheel.trainer.v1 import trainer_pb2 as S
     from flywheel.trainer.v1 import trainer_pb2_grpc
-    from flywheel_common.testing.services import boot_service
+    from flywheel_testing.services import boot_service
+    from flywheel_testing.trainer import DPO_ROWS, wait_for, write_dataset
     from flywheel_trainer import catalog
     from flywheel_trainer.service import build_app
     from flywheel_trainer.settings import TrainerSettings
     from flywheel_trainer.storeio import download_dir
-    from flywheel_trainer.testing import DPO_ROWS, wait_for, write_dataset
 
     env = {**service_env, "FLYWHEEL_TRAINER_STATE_DIR": str(tmp_path / "state")}
     store = store_of(env)

@@ -24,11 +24,11 @@ from flywheel.events.v1 import events_pb2
 from flywheel.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from flywheel_common.events import EventBus, NatsSettings
 from flywheel_common.objectstore import ObjectStore
-from flywheel_common.testing.services import boot_service, health_status
+from flywheel_testing.services import boot_service, health_status
+from flywheel_testing.trainer import TINY, sft_job, wait_for
 from flywheel_trainer.service import build_app
 from flywheel_trainer.settings import TrainerSettings
 from flywheel_trainer.storeio import download_dir
-from flywheel_trainer.testing import TINY, sft_job, wait_for
 
 S = trainer_pb2
 DONE = (3, 4, 5)  # SUCCEEDED, FAILED, CANCELLED

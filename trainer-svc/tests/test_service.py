@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from flywheel.trainer.v1 import trainer_pb2_grpc
-from flywheel_common.testing.services import boot_service, check_unimplemented_rpcs
+from flywheel_testing.services import boot_service, check_unimplemented_rpcs
 from flywheel_trainer.service import DESCRIPTOR, build_app
 from flywheel_trainer.settings import TrainerSettings
 

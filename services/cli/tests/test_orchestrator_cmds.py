@@ -33,11 +33,11 @@ from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
 from flywheel_cli.main import cli
-from flywheel_common.testing.processes import start_module
-from flywheel_common.testing.services import boot_service
 from flywheel_orchestrator.scripted import Responder, ScriptedModelServer, json_call, text
 from flywheel_orchestrator.service import build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
+from flywheel_testing.processes import start_module
+from flywheel_testing.services import boot_service
 
 MINI = Path(__file__).resolve().parents[2] / "orchestrator" / "tests" / "fixtures" / "mini"
 GREET_FIX = 'def greet(name):\n    return "Hello, " + name + "!"\n'

@@ -1,4 +1,4 @@
-"""The event bus against a real nats-server (the session's, from flywheel_common.testing.nats).
+"""The event bus against a real nats-server (the session's, from flywheel_testing.nats).
 
 No mocks: every test talks to JetStream; the cross-process tests start child Python processes.
 """

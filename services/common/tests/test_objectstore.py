@@ -1,7 +1,7 @@
 """Contract tests of the object store: one suite, run on the filesystem backend and on S3 (moto).
 
 The S3 half talks HTTP to a real moto server started as a subprocess by the ``s3_endpoint``
-fixture (flywheel_common.testing.s3), through the minio SDK, exactly as in production.
+fixture (flywheel_testing.s3), through the minio SDK, exactly as in production.
 """
 
 from __future__ import annotations

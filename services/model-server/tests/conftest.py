@@ -130,7 +130,7 @@ def wait_model_ready(url: str, timeout: float = 240) -> dict:
 def server(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real server (`python -m flywheel_model_server`, uvicorn) on a free port, serving the tiny model."""
     # Imported here: it pulls in the gRPC scaffold, which the GPU machine's test run does without.
-    from flywheel_common.testing.processes import start_module
+    from flywheel_testing.processes import start_module
 
     tmp = tmp_path_factory.mktemp("server")
     env = {

@@ -21,11 +21,11 @@ import grpc
 import pytest
 
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
-from flywheel_common.testing.processes import start_module
-from flywheel_common.testing.services import boot_service
 from flywheel_orchestrator.scripted import Responder, ScriptedModelServer
 from flywheel_orchestrator.service import build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
+from flywheel_testing.processes import start_module
+from flywheel_testing.services import boot_service
 
 MINI = Path(__file__).parent / "fixtures" / "mini"
 

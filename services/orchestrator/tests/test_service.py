@@ -7,9 +7,9 @@ import pytest
 
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
-from flywheel_common.testing.services import boot_service, check_unimplemented_rpcs
 from flywheel_orchestrator.service import DESCRIPTOR, build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
+from flywheel_testing.services import boot_service, check_unimplemented_rpcs
 
 
 async def test_serves_health_and_suites(service_env: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from flywheel.common.v1 import common_pb2
 from flywheel.events.v1 import events_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
-from flywheel_common.testing.services import boot_service
+from flywheel_testing.services import boot_service
 from flywheel_trajectory.service import build_app
 from flywheel_trajectory.settings import TrajectorySettings
 

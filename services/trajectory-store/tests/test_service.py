@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
-from flywheel_common.testing.services import boot_service, check_unimplemented_rpcs
+from flywheel_testing.services import boot_service, check_unimplemented_rpcs
 from flywheel_trajectory.service import DESCRIPTOR, build_app
 from flywheel_trajectory.settings import TrajectorySettings
 

@@ -1,6 +1,6 @@
 """Pytest plugin: a real nats-server (JetStream) for the test session, and an event bus per test.
 
-Loaded by the repository's root ``conftest.py`` (``pytest_plugins``) or ``-p flywheel_common.testing.nats``.
+Loaded by the repository's root ``conftest.py`` (``pytest_plugins``) or ``-p flywheel_testing.nats``.
 
 Fixtures
 --------

@@ -7,7 +7,7 @@ it is the "upstream that answers at once". It is deliberately small, but its sta
 bodies follow vLLM's: an unknown model is 404, loading a LoRA name twice is 400, unloading an
 unknown one is 404, and ``/v1/models`` lists adapters with ``root`` (their path) and ``parent``.
 
-Run alone: ``python -m flywheel_gateway.testing.upstream --port 8000 --base-model gemma-3-270m``.
+Run alone: ``python -m flywheel_testing.gateway_upstream --port 8000 --base-model gemma-3-270m``.
 """
 
 from __future__ import annotations

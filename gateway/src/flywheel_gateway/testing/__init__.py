@@ -1,1 +1,0 @@
-"""Test support: a tiny OpenAI-compatible upstream with vLLM's runtime LoRA endpoints."""

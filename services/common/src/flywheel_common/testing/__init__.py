@@ -1,1 +1,0 @@
-"""Pytest fixtures with real components, shared by every test suite in the repository."""
