@@ -3,7 +3,7 @@
 The orchestrator boots in-process on port 0 (the CLI still reaches it over gRPC only, from a
 worker thread or, for Ctrl-C, from a real ``python -m flywheel_cli`` process), wired to the real
 sandbox runner and trajectory store started as processes, and to the session's nats-server. The
-one stand-in is the model: ``flywheel_orchestrator.scripted.ScriptedModelServer``, an
+one stand-in is the model: ``flywheel_testing.scripted_model.ScriptedModelServer``, an
 OpenAI-compatible HTTP server answering from a script, because a hosted model cannot run here and
 a small real model would not give the same answers twice. Runs with ``--reference`` need no model.
 The suite is the orchestrator's hand-checked ``mini`` fixture: TRAIN = add-bug (repo) and double
@@ -33,10 +33,10 @@ from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
 from flywheel_cli.main import cli
-from flywheel_orchestrator.scripted import Responder, ScriptedModelServer, json_call, text
 from flywheel_orchestrator.service import build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
 from flywheel_testing.processes import start_module
+from flywheel_testing.scripted_model import Responder, ScriptedModelServer, json_call, text
 from flywheel_testing.services import boot_service
 
 MINI = Path(__file__).resolve().parents[2] / "orchestrator" / "tests" / "fixtures" / "mini"

@@ -9,7 +9,7 @@ What runs, all real except the model:
 - a nats-server (JetStream) on a free port, on temporary folders;
 - the sandbox runner (``python -m flywheel_sandbox``: bubblewrap + cgroups) and the trajectory
   store (``python -m flywheel_trajectory``), each its own process;
-- the scripted OpenAI-compatible model server (``flywheel_orchestrator.scripted``, ``explore``
+- the scripted OpenAI-compatible model server (``flywheel_testing.scripted_model``, ``explore``
   script) in its OWN process, so the CPU it burns answering is not charged to the orchestrator;
   it answers at once: list_files -> read_file -> final for repo tasks, run_code -> final for
   I/O problems;
@@ -127,7 +127,7 @@ def start_model_server(work: Path) -> tuple[subprocess.Popen, str]:
     """The scripted model server (``explore``) as its own process; returns it and its base URL."""
     ready = work / "model.port"
     log = work / "model.log"
-    code = "import sys; from flywheel_orchestrator.scripted import main; sys.exit(main())"
+    code = "import sys; from flywheel_testing.scripted_model import main; sys.exit(main())"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", code, "--port", "0", "--ready-file", str(ready)],

@@ -3,7 +3,7 @@
 Real services wherever they run here: the sandbox runner (bubblewrap + cgroups, as root) and the
 trajectory store start once per test module as processes; NATS is the session's nats-server; the
 orchestrator itself boots in-process on port 0. The only stand-in is the model: a scripted
-OpenAI-compatible HTTP server (flywheel_orchestrator.scripted) answers chat completions, because
+OpenAI-compatible HTTP server (flywheel_testing.scripted_model) answers chat completions, because
 a hosted model cannot run here and a real small model is neither fast nor predictable enough to
 hit each edge case of the driver on purpose.
 """
@@ -21,10 +21,10 @@ import grpc
 import pytest
 
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
-from flywheel_orchestrator.scripted import Responder, ScriptedModelServer
 from flywheel_orchestrator.service import build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
 from flywheel_testing.processes import start_module
+from flywheel_testing.scripted_model import Responder, ScriptedModelServer
 from flywheel_testing.services import boot_service
 
 MINI = Path(__file__).parent / "fixtures" / "mini"

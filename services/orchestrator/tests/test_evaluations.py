@@ -27,7 +27,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_common.events import Event, EventBus
 from flywheel_orchestrator.metrics import pass_at_k, wilson_interval
-from flywheel_orchestrator.scripted import json_call, text
+from flywheel_testing.scripted_model import json_call, text
 
 from .conftest import Backends, orchestrator
 

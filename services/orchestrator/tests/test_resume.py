@@ -13,7 +13,7 @@ from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
-from flywheel_orchestrator.scripted import Delay, json_call, text
+from flywheel_testing.scripted_model import Delay, json_call, text
 
 from .conftest import Backends, orchestrator
 from .test_runs import stored

@@ -20,7 +20,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
-from flywheel_orchestrator.scripted import Delay, Fail, json_call, text, tool_call
+from flywheel_testing.scripted_model import Delay, Fail, json_call, text, tool_call
 
 from .conftest import Backends, Harness, orchestrator
 
