@@ -7,29 +7,23 @@ Talks to ``flywheel.dataset.v1.DatasetService`` over gRPC only. The address come
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
-import grpc
 from google.protobuf import json_format
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as pb
-from flywheel.dataset.v1 import dataset_pb2_grpc
+from flywheel.dataset.v1.dataset_pb2_grpc import DatasetServiceStub
 from flywheel.trajectory.v1 import trajectory_pb2
-from flywheel_cli.stack import service_address
+from flywheel_cli import rpc
+from flywheel_cli.render import console, out
 
-console = Console(stderr=True)
-out = Console()
-TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 FORMATS = {
     name.removeprefix("OUTPUT_FORMAT_").lower(): value for name, value in pb.OutputFormat.items() if value
 }
@@ -41,49 +35,19 @@ SPLITS = {
 }
 
 
-def resolve_address(address: str | None, state_dir: Path) -> str:
-    return service_address("dataset-svc", address, state_dir)
-
-
-@contextlib.contextmanager
-def _stub(ctx: click.Context) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
-    address = resolve_address(ctx.obj.get("address"), ctx.obj["state_dir"])
-    with grpc.insecure_channel(address) as channel:
-        try:
-            yield dataset_pb2_grpc.DatasetServiceStub(channel)
-        except grpc.RpcError as err:
-            details = err.details() if hasattr(err, "details") else str(err)
-            code = err.code().name if hasattr(err, "code") else "ERROR"
-            if code == "UNAVAILABLE":
-                details = (
-                    f"cannot reach the dataset builder at {address} ({details}); is `flywheel up` running?"
-                )
-            console.print(f"[red]error ({code}):[/] {details}")
-            sys.exit(1)
-
-
 @click.group()
-@click.option(
-    "--address", default=None, help="host:port of the dataset builder (env FLYWHEEL_DATASET_ADDRESS)."
-)
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel")),
-    show_default=True,
-    help="The embedded stack's folder, to find the builder's address in stack.json.",
-)
+@rpc.connection_options(rpc.DATASET_BUILDER)
 @click.pass_context
 def dataset(ctx: click.Context, address: str | None, state_dir: Path) -> None:
     """Build SFT / DPO datasets from trajectories and look at them."""
-    ctx.obj = {"address": address, "state_dir": state_dir}
+    rpc.remember_connection(ctx, address, state_dir)
 
 
 @dataset.command()
 @click.pass_context
 def recipes(ctx: click.Context) -> None:
     """List the recipes and their parameters."""
-    with _stub(ctx) as stub:
+    with rpc.stub(ctx, rpc.DATASET_BUILDER, DatasetServiceStub) as stub:
         reply = stub.ListRecipes(pb.ListRecipesRequest(page_size=100))
     for recipe in reply.recipes:
         table = Table(
@@ -122,7 +86,7 @@ def _parse_split(text: str | None) -> pb.SplitConfig:
     return pb.SplitConfig(train_ratio=parts[0], validation_ratio=parts[1], test_ratio=parts[2])
 
 
-def _watch(stub: dataset_pb2_grpc.DatasetServiceStub, build_id: str) -> pb.DatasetBuild:
+def _watch(stub: DatasetServiceStub, build_id: str) -> pb.DatasetBuild:
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -185,33 +149,33 @@ def _watch(stub: dataset_pb2_grpc.DatasetServiceStub, build_id: str) -> pb.Datas
 @click.option("--no-wait", is_flag=True, help="Print the build id and return without following it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final build as JSON.")
 @click.pass_context
-def build(ctx: click.Context, **o: object) -> None:
+def build(ctx: click.Context, **o: Any) -> None:
     """Start a dataset build and follow it to the end."""
-    source = pb.DatasetSource(run_ids=list(o["run_ids"]))  # type: ignore[arg-type]
+    source = pb.DatasetSource(run_ids=list(o["run_ids"]))
     if o["suite"] or o["task_ids"] or o["model"]:
         source.filter.CopyFrom(
-            trajectory_pb2.TrajectoryFilter(suite=o["suite"], task_ids=list(o["task_ids"]), model=o["model"])  # type: ignore[arg-type]
+            trajectory_pb2.TrajectoryFilter(suite=o["suite"], task_ids=list(o["task_ids"]), model=o["model"])
         )
-    hygiene = pb.HygieneConfig(decontaminate_suites=list(o["suites"]))  # type: ignore[arg-type]
+    hygiene = pb.HygieneConfig(decontaminate_suites=list(o["suites"]))
     if o["near_duplicate_threshold"] is not None:
-        hygiene.near_duplicate_threshold = float(o["near_duplicate_threshold"])  # type: ignore[arg-type]
-    split = _parse_split(o["split_text"])  # type: ignore[arg-type]
+        hygiene.near_duplicate_threshold = float(o["near_duplicate_threshold"])
+    split = _parse_split(o["split_text"])
     split.seed = str(o["seed"])
     request = pb.CreateDatasetBuildRequest(
         build=pb.DatasetBuild(
             recipe=str(o["recipe"]),
             source=source,
-            parameters=_parse_params(o["params"]),  # type: ignore[arg-type]
+            parameters=_parse_params(o["params"]),
             split=split,
             hygiene=hygiene,
-            formats=[FORMATS[f] for f in o["formats"]],  # type: ignore[union-attr]
-            file_formats=[FILE_FORMATS[f] for f in o["file_formats"]],  # type: ignore[union-attr]
+            formats=[FORMATS[f] for f in o["formats"]],
+            file_formats=[FILE_FORMATS[f] for f in o["file_formats"]],
             target_base_model=str(o["base_model"]),
-            max_seq_length=int(o["max_seq_length"]),  # type: ignore[arg-type]
+            max_seq_length=int(o["max_seq_length"]),
         ),
         request_id=str(o["request_id"]),
     )
-    with _stub(ctx) as stub:
+    with rpc.stub(ctx, rpc.DATASET_BUILDER, DatasetServiceStub) as stub:
         created = stub.CreateDatasetBuild(request).build
         console.print(f"build [bold]{created.id}[/] queued ({created.recipe})")
         if o["no_wait"]:
@@ -265,7 +229,7 @@ def _print_dataset(d: pb.Dataset) -> None:
 @click.pass_context
 def show(ctx: click.Context, resource_id: str, as_json: bool) -> None:
     """Show a dataset (ds-…) or a build (dsb-…)."""
-    with _stub(ctx) as stub:
+    with rpc.stub(ctx, rpc.DATASET_BUILDER, DatasetServiceStub) as stub:
         if resource_id.startswith("dsb-"):
             message = stub.GetDatasetBuild(pb.GetDatasetBuildRequest(build_id=resource_id)).build
         else:
@@ -291,7 +255,7 @@ def preview(ctx: click.Context, dataset_id: str, split: str, count: int, fmt: st
     request = pb.PreviewDatasetRequest(
         dataset_id=dataset_id, split=SPLITS[split], count=count, format=FORMATS[fmt] if fmt else 0
     )
-    with _stub(ctx) as stub:
+    with rpc.stub(ctx, rpc.DATASET_BUILDER, DatasetServiceStub) as stub:
         reply = stub.PreviewDataset(request)
     console.print(f"{len(reply.examples)} of {reply.total_count} {split} examples")
     for example in reply.examples:

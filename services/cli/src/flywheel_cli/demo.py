@@ -1,4 +1,4 @@
-"""``flywheel demo`` (what ``make demo`` runs) and ``flywheel loop …``: the improvement loop.
+"""``flywheel demo`` (what ``make demo`` runs): one improvement loop, end to end, on this machine.
 
 The demo starts the embedded stack, makes sure the base model is in the registry (importing the
 packaged Gemma 3 270M GGUF the first time), and starts one automated loop on the orchestrator:
@@ -8,7 +8,7 @@ against the base model on held-out TEST tasks (JSON tool protocol), and the prom
 loop itself runs in the services and moves on NATS events; this command only starts it, shows
 its progress, prints the command that repeats each step by hand, and writes the report.
 
-``flywheel loop show|list|watch|cancel`` look at loops started by the demo or by ``grpcurl``.
+``flywheel loop show|list|watch|cancel`` (loops.py) look at loops started by the demo or by ``grpcurl``.
 """
 
 from __future__ import annotations
@@ -25,25 +25,21 @@ from typing import Any
 import click
 import grpc
 from google.protobuf import json_format
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as dpb
-from flywheel.dataset.v1 import dataset_pb2_grpc
 from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.orchestrator.v1 import loop_pb2 as lpb
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
-from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, run_pb2
+from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trainer.v1 import trainer_pb2 as trpb
-from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
-from flywheel_cli.orchestrator_cmds import delta_table, model_table, resolve_address
+from flywheel_cli import rpc
+from flywheel_cli.evals import delta_table, model_table
+from flywheel_cli.loops import Follower, stage_name, stage_seconds, state_name
+from flywheel_cli.render import console
 from flywheel_cli.stack import Stack, StackError
 
-console = Console(stderr=True)
-TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 ORCH = "flywheel.orchestrator.v1.OrchestratorService"
 
 #: The demo's default tasks: the smallest of each side of repo-bugs' split (the test ones are
@@ -59,21 +55,6 @@ DEMO_TEST_TASKS = (
     "fahrenheit-int-division", "inventory-low-stock-order", "version-compare-numeric", "word-wrap-space",
     "priority-fifo-ties", "log-message-spaces",
 )  # fmt: skip
-
-
-def _stage(stage: int) -> str:
-    return lpb.LoopStage.Name(stage).removeprefix("LOOP_STAGE_").lower().replace("_", "-")
-
-
-def _state(state: int) -> str:
-    return common_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
-
-
-def _secs(start: Any, end: Any) -> float:
-    if not start.seconds:
-        return 0.0
-    stop = end.ToNanoseconds() if end.seconds else time.time_ns()
-    return max(0.0, (stop - start.ToNanoseconds()) / 1e9)
 
 
 def demo_loop(args: dict[str, Any]) -> lpb.Loop:
@@ -148,135 +129,44 @@ def grpcurl_line(address: str, method: str, message: Any) -> str:
     return f"grpcurl -plaintext -d '{body}' {address} {method}"
 
 
-class Follower:
-    """Polls the loop and its current stage's job once a second and renders one table."""
-
-    def __init__(self, stack_addresses: dict[str, str]) -> None:
-        self.addr = stack_addresses
-        # Addresses left empty (``flywheel loop show`` knows only the orchestrator's) get no
-        # channel; their stage details are then left out.
-        self.channels = {name: grpc.insecure_channel(a) for name, a in stack_addresses.items() if a}
-        self.orch = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channels["orchestrator"])
-        ch = self.channels.get
-        self.datasets = dataset_pb2_grpc.DatasetServiceStub(ch("dataset-svc")) if ch("dataset-svc") else None
-        self.trainer = trainer_pb2_grpc.TrainerServiceStub(ch("trainer-svc")) if ch("trainer-svc") else None
-        self.detail: dict[int, str] = {}
-        self.announced: set[int] = set()
-
-    def close(self) -> None:
-        for ch in self.channels.values():
-            ch.close()
-
-    def stage_detail(self, status: lpb.LoopStageStatus) -> str:
-        ids = {a.kind: a.id for a in status.artefacts}
-        with contextlib.suppress(grpc.RpcError, AttributeError, KeyError):
-            if status.stage == lpb.LOOP_STAGE_ROLLOUTS:
-                r = self.orch.GetRun(
-                    opb.GetRunRequest(run_id=ids[common_pb2.RESOURCE_KIND_RUN]), timeout=5
-                ).run
-                c = r.counters
-                return f"{c.episodes_finished}/{c.episodes_total} episodes, {c.episodes_resolved} resolved"
-            if status.stage == lpb.LOOP_STAGE_DATASET:
-                b = self.datasets.GetDatasetBuild(
-                    dpb.GetDatasetBuildRequest(build_id=ids[common_pb2.RESOURCE_KIND_DATASET_BUILD]),
-                    timeout=5,
-                ).build
-                return f"{b.progress.trajectories_read} trajectories read, {b.progress.examples_written} examples"
-            if status.stage == lpb.LOOP_STAGE_FINE_TUNE:
-                j = self.trainer.GetFineTuneJob(
-                    trpb.GetFineTuneJobRequest(job_id=ids[common_pb2.RESOURCE_KIND_FINE_TUNE_JOB]), timeout=5
-                ).job
-                p, m = j.progress, j.latest_metrics
-                text = f"step {p.step}/{p.total_steps}" if p.total_steps else _state(j.state)
-                if m.loss:
-                    text += f", loss {m.loss:.3f}"
-                if p.eta.seconds:
-                    text += f", ETA {p.eta.seconds} s"
-                return text
-            if status.stage == lpb.LOOP_STAGE_EVALUATION:
-                e = self.orch.GetEvaluation(
-                    opb.GetEvaluationRequest(evaluation_id=ids[common_pb2.RESOURCE_KIND_EVALUATION]),
-                    timeout=5,
+def repeat_commands(follower: Follower, status: lpb.LoopStageStatus) -> list[str]:
+    """How to look at, and how to repeat by hand, what a stage did."""
+    o, d, t = follower.addr["orchestrator"], follower.addr["dataset-svc"], follower.addr["trainer-svc"]
+    datasets, trainer = follower.datasets, follower.trainer
+    out: list[str] = []
+    with contextlib.suppress(grpc.RpcError):
+        for a in status.artefacts:
+            if a.kind == common_pb2.RESOURCE_KIND_RUN:
+                run = follower.orch.GetRun(opb.GetRunRequest(run_id=a.id), timeout=10).run
+                out += [f"look:   flywheel run show {a.id}",
+                        "repeat: " + grpcurl_line(o, f"{ORCH}/CreateRun", opb.CreateRunRequest(run=repeatable(run)))]  # fmt: skip
+            elif a.kind == common_pb2.RESOURCE_KIND_DATASET_BUILD and datasets is not None:
+                build = datasets.GetDatasetBuild(dpb.GetDatasetBuildRequest(build_id=a.id), timeout=10).build
+                out += [f"look:   flywheel dataset show {a.id}",
+                        "repeat: " + grpcurl_line(d, "flywheel.dataset.v1.DatasetService/CreateDatasetBuild",
+                                                  dpb.CreateDatasetBuildRequest(build=repeatable(build)))]  # fmt: skip
+            elif a.kind == common_pb2.RESOURCE_KIND_FINE_TUNE_JOB and trainer is not None:
+                job = trainer.GetFineTuneJob(trpb.GetFineTuneJobRequest(job_id=a.id), timeout=10).job
+                out += [f"look:   flywheel finetune watch {a.id}",
+                        "repeat: " + grpcurl_line(t, "flywheel.trainer.v1.TrainerService/CreateFineTuneJob",
+                                                  trpb.CreateFineTuneJobRequest(job=repeatable(job)))]  # fmt: skip
+            elif a.kind == common_pb2.RESOURCE_KIND_ADAPTER:
+                name, _, version = a.id.partition("/")
+                out += ["look:   " + grpcurl_line(t, "flywheel.trainer.v1.TrainerService/GetAdapter",
+                                                  trpb.GetAdapterRequest(name=name, version=int(version or 0)))]  # fmt: skip
+            elif a.kind == common_pb2.RESOURCE_KIND_EVALUATION:
+                e = follower.orch.GetEvaluation(
+                    opb.GetEvaluationRequest(evaluation_id=a.id), timeout=10
                 ).evaluation
-                return f"{e.progress.episodes_finished}/{e.progress.episodes_total} episodes"
-            if status.stage == lpb.LOOP_STAGE_HOT_LOAD:
-                return f"waiting for adapter sync to load {ids.get(common_pb2.RESOURCE_KIND_ADAPTER, '?')}"
-        return ""
-
-    def commands(self, status: lpb.LoopStageStatus) -> list[str]:
-        """How to look at, and how to repeat by hand, what a stage did."""
-        o, d, t = self.addr["orchestrator"], self.addr["dataset-svc"], self.addr["trainer-svc"]
-        out = []
-        with contextlib.suppress(grpc.RpcError, AttributeError):
-            for a in status.artefacts:
-                if a.kind == common_pb2.RESOURCE_KIND_RUN:
-                    run = self.orch.GetRun(opb.GetRunRequest(run_id=a.id), timeout=10).run
-                    out += [f"look:   flywheel run show {a.id}",
-                            "repeat: " + grpcurl_line(o, f"{ORCH}/CreateRun", opb.CreateRunRequest(run=repeatable(run)))]  # fmt: skip
-                elif a.kind == common_pb2.RESOURCE_KIND_DATASET_BUILD:
-                    build = self.datasets.GetDatasetBuild(
-                        dpb.GetDatasetBuildRequest(build_id=a.id), timeout=10
-                    ).build
-                    out += [f"look:   flywheel dataset show {a.id}",
-                            "repeat: " + grpcurl_line(d, "flywheel.dataset.v1.DatasetService/CreateDatasetBuild",
-                                                      dpb.CreateDatasetBuildRequest(build=repeatable(build)))]  # fmt: skip
-                elif a.kind == common_pb2.RESOURCE_KIND_FINE_TUNE_JOB:
-                    job = self.trainer.GetFineTuneJob(trpb.GetFineTuneJobRequest(job_id=a.id), timeout=10).job
-                    out += [f"look:   flywheel finetune watch {a.id}",
-                            "repeat: " + grpcurl_line(t, "flywheel.trainer.v1.TrainerService/CreateFineTuneJob",
-                                                      trpb.CreateFineTuneJobRequest(job=repeatable(job)))]  # fmt: skip
-                elif a.kind == common_pb2.RESOURCE_KIND_ADAPTER:
-                    name, _, version = a.id.partition("/")
-                    out += ["look:   " + grpcurl_line(t, "flywheel.trainer.v1.TrainerService/GetAdapter",
-                                                      trpb.GetAdapterRequest(name=name, version=int(version or 0)))]  # fmt: skip
-                elif a.kind == common_pb2.RESOURCE_KIND_EVALUATION:
-                    e = self.orch.GetEvaluation(
-                        opb.GetEvaluationRequest(evaluation_id=a.id), timeout=10
-                    ).evaluation
-                    out += [f"look:   flywheel eval show {a.id}",
-                            "repeat: " + grpcurl_line(o, f"{ORCH}/CreateEvaluation",
-                                                      opb.CreateEvaluationRequest(evaluation=repeatable(e)))]  # fmt: skip
-        return out
-
-    def table(self, loop: lpb.Loop) -> Table:
-        table = Table(title=f"loop {loop.id} · {_state(loop.state)}", title_justify="left")
-        table.add_column("stage")
-        table.add_column("state")
-        table.add_column("time", justify="right")
-        table.add_column("progress")
-        reached = {s.stage: s for s in loop.stages}
-        for stage in range(1, len(lpb.LoopStage.values())):
-            s = reached.get(stage)
-            if s is None:
-                table.add_row(_stage(stage), "[dim]waiting[/]", "", "")
-                continue
-            if s.state not in TERMINAL:
-                self.detail[stage] = self.stage_detail(s) or self.detail.get(stage, "")
-            colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(
-                _state(s.state), "cyan"
-            )
-            table.add_row(_stage(stage), f"[{colour}]{_state(s.state)}[/]", f"{_secs(s.start_time, s.end_time):.0f} s",
-                          self.detail.get(stage, ""))  # fmt: skip
-        return table
-
-    def follow(self, loop_id: str) -> lpb.Loop:
-        with Live(console=console, refresh_per_second=2, transient=False) as live:
-            while True:
-                loop = self.orch.GetLoop(opb.GetLoopRequest(loop_id=loop_id), timeout=10).loop
-                for s in loop.stages:
-                    if s.stage not in self.announced and s.artefacts:
-                        self.announced.add(s.stage)
-                        live.console.print(f"[bold]{_stage(s.stage)}[/] started; to look at it by hand:")
-                        for line in self.commands(s):
-                            live.console.print(f"  [cyan]{line}[/]", soft_wrap=True, highlight=False)
-                live.update(self.table(loop))
-                if loop.state in TERMINAL:
-                    return loop
-                time.sleep(1.0)
+                out += [f"look:   flywheel eval show {a.id}",
+                        "repeat: " + grpcurl_line(o, f"{ORCH}/CreateEvaluation",
+                                                  opb.CreateEvaluationRequest(evaluation=repeatable(e)))]  # fmt: skip
+    return out
 
 
 def ensure_base_model(stack: Stack, follower: Follower, base_model: str, gguf: str | None) -> float:
     """Import the packaged Gemma 3 270M (or --gguf) once; returns the seconds it took (0 if present)."""
+    assert follower.trainer is not None, "the demo follows the loop with every service's address"
     names = [
         m.name for m in follower.trainer.ListBaseModels(trpb.ListBaseModelsRequest(), timeout=30).base_models
     ]
@@ -326,7 +216,7 @@ def write_report(
         "",
         f"**Gate ({decision})**: {loop.gate_result.reason}."
         if loop.HasField("gate_result")
-        else f"**Loop {_state(loop.state)}**: {loop.error.message}",
+        else f"**Loop {state_name(loop.state)}**: {loop.error.message}",
         "",
         "## Wall time per stage",
         "",
@@ -336,8 +226,10 @@ def write_report(
     for name, secs in timings.items():
         lines.append(f"| {name} | {secs:.0f} |")
     for s in loop.stages:
-        lines.append(f"| {_stage(s.stage)} | {_secs(s.start_time, s.end_time):.0f} |")
-    lines.append(f"| **total** | {sum(timings.values()) + _secs(loop.create_time, loop.end_time):.0f} |")
+        lines.append(f"| {stage_name(s.stage)} | {stage_seconds(s.start_time, s.end_time):.0f} |")
+    lines.append(
+        f"| **total** | {sum(timings.values()) + stage_seconds(loop.create_time, loop.end_time):.0f} |"
+    )
     charts: list[tuple[str, str]] = []
     eval_id = ids.get(common_pb2.RESOURCE_KIND_EVALUATION)
     e: epb.Evaluation | None = None
@@ -351,7 +243,7 @@ def write_report(
         if e.report.markdown.key:
             (out_dir / "evaluation.md").write_bytes(read_object(stack, e.report.markdown.key))
     adapter = ids.get(common_pb2.RESOURCE_KIND_ADAPTER)
-    if adapter:
+    if adapter and follower.trainer is not None:
         name, _, version = adapter.partition("/")
         a = follower.trainer.GetAdapter(
             trpb.GetAdapterRequest(name=name, version=int(version)), timeout=30
@@ -437,7 +329,7 @@ def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, *
     def event(name: str, message: str) -> None:
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] [bold]{name:<16}[/] {message}")
 
-    stack = Stack(state_dir, grace_s=10.0, on_event=event)
+    stack = Stack(state_dir, on_event=event)
     try:
         with console.status("starting the stack…"):
             stack.start(timeout_s=120)
@@ -445,52 +337,54 @@ def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, *
         raise click.ClickException(str(err)) from None
     timings["start the stack"] = time.monotonic() - started
     addresses = {c.component.name: c.address for c in stack.children}
-    follower = Follower(addresses)
+    follower = Follower(addresses, describe=repeat_commands)
     try:
-        t = time.monotonic()
-        ensure_base_model(stack, follower, base_model, gguf)
-        timings["base model import"] = time.monotonic() - t
-        loop = demo_loop(args)
-        orch = addresses["orchestrator"]
-        console.print("starting the loop:")
-        console.print(
-            f"  [cyan]{grpcurl_line(orch, f'{ORCH}/CreateLoop', opb.CreateLoopRequest(loop=loop))}[/]",
-            soft_wrap=True,
-            highlight=False,
-        )
-        created = follower.orch.CreateLoop(opb.CreateLoopRequest(loop=loop), timeout=60).loop
-        console.print(
-            f"loop [bold]{created.id}[/]; follow it elsewhere with [cyan]flywheel loop watch {created.id}[/]"
-        )
-        final = follower.follow(created.id)
-        report = write_report(stack, follower, final, report_dir.resolve(), timings)
-        e_id = next(
-            (
-                a.id
-                for s in final.stages
-                for a in s.artefacts
-                if a.kind == common_pb2.RESOURCE_KIND_EVALUATION
-            ),
-            "",
-        )
-        if e_id:
-            e = follower.orch.GetEvaluation(
-                opb.GetEvaluationRequest(evaluation_id=e_id), timeout=30
-            ).evaluation
-            console.print(model_table(e))
-            deltas = delta_table(e)
-            if deltas is not None:
-                console.print(deltas)
-        console.print(
-            f"report: [bold]{report}[/] (charts beside it); total {time.monotonic() - started:.0f} s"
-        )
-        if final.state != common_pb2.JOB_STATE_SUCCEEDED:
-            raise click.ClickException(f"the loop ended {_state(final.state)}: {final.error.message}")
-        if args["keep_running"]:
-            console.print("the stack keeps running; Ctrl-C stops it")
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(3600)
+        # The demo starts its own stack: a failed RPC is shown without the `flywheel up` hint.
+        with rpc.errors():
+            t = time.monotonic()
+            ensure_base_model(stack, follower, base_model, gguf)
+            timings["base model import"] = time.monotonic() - t
+            loop = demo_loop(args)
+            orch = addresses["orchestrator"]
+            console.print("starting the loop:")
+            console.print(
+                f"  [cyan]{grpcurl_line(orch, f'{ORCH}/CreateLoop', opb.CreateLoopRequest(loop=loop))}[/]",
+                soft_wrap=True,
+                highlight=False,
+            )
+            created = follower.orch.CreateLoop(opb.CreateLoopRequest(loop=loop), timeout=60).loop
+            console.print(
+                f"loop [bold]{created.id}[/]; follow it elsewhere with [cyan]flywheel loop watch {created.id}[/]"
+            )
+            final = follower.follow(created.id)
+            report = write_report(stack, follower, final, report_dir.resolve(), timings)
+            e_id = next(
+                (
+                    a.id
+                    for s in final.stages
+                    for a in s.artefacts
+                    if a.kind == common_pb2.RESOURCE_KIND_EVALUATION
+                ),
+                "",
+            )
+            if e_id:
+                e = follower.orch.GetEvaluation(
+                    opb.GetEvaluationRequest(evaluation_id=e_id), timeout=30
+                ).evaluation
+                console.print(model_table(e))
+                deltas = delta_table(e)
+                if deltas is not None:
+                    console.print(deltas)
+            console.print(
+                f"report: [bold]{report}[/] (charts beside it); total {time.monotonic() - started:.0f} s"
+            )
+            if final.state != common_pb2.JOB_STATE_SUCCEEDED:
+                raise click.ClickException(f"the loop ended {state_name(final.state)}: {final.error.message}")
+            if args["keep_running"]:
+                console.print("the stack keeps running; Ctrl-C stops it")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
     except KeyboardInterrupt:
         console.print(
             "[yellow]interrupted: stopping the stack (the loop resumes if you run the demo again)[/]"
@@ -498,82 +392,3 @@ def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, *
     finally:
         follower.close()
         stack.stop()
-
-
-# ---------------------------------------------------------------------------------- flywheel loop
-
-
-@click.group("loop")
-@click.option(
-    "--address",
-    default=None,
-    help="Orchestrator host:port (default: FLYWHEEL_ORCHESTRATOR_ADDRESS or the stack's).",
-)
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel")),
-)
-@click.pass_context
-def loop_cmd(ctx: click.Context, address: str | None, state_dir: Path) -> None:
-    """Look at automated loops (started by `flywheel demo` or CreateLoop)."""
-    ctx.obj = resolve_address(address, state_dir)
-
-
-def _orch(ctx: click.Context) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
-    return orchestrator_pb2_grpc.OrchestratorServiceStub(grpc.insecure_channel(ctx.obj))
-
-
-def _call(fn: Any, request: Any) -> Any:
-    try:
-        return fn(request, timeout=30)
-    except grpc.RpcError as err:
-        raise click.ClickException(f"{err.code().name}: {err.details()}") from None
-
-
-@loop_cmd.command("list")
-@click.pass_context
-def loop_list(ctx: click.Context) -> None:
-    loops = _call(_orch(ctx).ListLoops, opb.ListLoopsRequest(page_size=100)).loops
-    table = Table("id", "state", "stage", "suite", "candidate", "gate")
-    for lp in loops:
-        g = (
-            lpb.GateDecision.Name(lp.gate_result.decision).removeprefix("GATE_DECISION_").lower()
-            if lp.HasField("gate_result")
-            else ""
-        )
-        table.add_row(lp.id, _state(lp.state), _stage(lp.stage), lp.suite, lp.candidate_model, g)
-    Console().print(table)
-
-
-@loop_cmd.command("show")
-@click.argument("loop_id")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def loop_show(ctx: click.Context, loop_id: str, as_json: bool) -> None:
-    lp = _call(_orch(ctx).GetLoop, opb.GetLoopRequest(loop_id=loop_id)).loop
-    if as_json:
-        click.echo(json_format.MessageToJson(lp, preserving_proto_field_name=True))
-        return
-    follower = Follower({"orchestrator": ctx.obj, "dataset-svc": "", "trainer-svc": ""})
-    Console().print(follower.table(lp))
-    if lp.HasField("gate_result"):
-        Console().print(f"gate: {lp.gate_result.reason}")
-
-
-@loop_cmd.command("watch")
-@click.argument("loop_id")
-@click.pass_context
-def loop_watch(ctx: click.Context, loop_id: str) -> None:
-    for update in _orch(ctx).WatchLoop(opb.WatchLoopRequest(loop_id=loop_id)):
-        lp = update.loop
-        console.print(f"{time.strftime('%H:%M:%S')} stage {_stage(lp.stage)} · {_state(lp.state)}")
-    Console().print(f"gate: {lp.gate_result.reason}" if lp.HasField("gate_result") else lp.error.message)
-
-
-@loop_cmd.command("cancel")
-@click.argument("loop_id")
-@click.pass_context
-def loop_cancel(ctx: click.Context, loop_id: str) -> None:
-    lp = _call(_orch(ctx).CancelLoop, opb.CancelLoopRequest(loop_id=loop_id)).loop
-    console.print(f"loop {lp.id}: {_state(lp.state)}")

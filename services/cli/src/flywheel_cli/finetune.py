@@ -7,56 +7,28 @@ Talks to ``flywheel.trainer.v1.TrainerService`` over gRPC only. The address come
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
-import grpc
 from google.protobuf import json_format
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flywheel.common.v1 import common_pb2
 from flywheel.trainer.v1 import trainer_pb2 as pb
-from flywheel.trainer.v1 import trainer_pb2_grpc
-from flywheel_cli.stack import service_address
+from flywheel.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
+from flywheel_cli import rpc
+from flywheel_cli.render import STATES, console, out
 
-console = Console(stderr=True)
-out = Console()
-TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 METHODS = {"sft": pb.FINE_TUNE_METHOD_SFT, "dpo": pb.FINE_TUNE_METHOD_DPO}
 SCHEDULERS = {
     "cosine": pb.LR_SCHEDULER_COSINE,
     "linear": pb.LR_SCHEDULER_LINEAR,
     "constant": pb.LR_SCHEDULER_CONSTANT,
 }
-STATES = {
-    name.removeprefix("JOB_STATE_").lower(): value for name, value in common_pb2.JobState.items() if value
-}
-
-
-def resolve_address(address: str | None, state_dir: Path) -> str:
-    return service_address("trainer-svc", address, state_dir)
-
-
-@contextlib.contextmanager
-def _stub(ctx: click.Context) -> Iterator[trainer_pb2_grpc.TrainerServiceStub]:
-    address = resolve_address(ctx.obj.get("address"), ctx.obj["state_dir"])
-    with grpc.insecure_channel(address) as channel:
-        try:
-            yield trainer_pb2_grpc.TrainerServiceStub(channel)
-        except grpc.RpcError as err:
-            details = err.details() if hasattr(err, "details") else str(err)
-            code = err.code().name if hasattr(err, "code") else "ERROR"
-            if code == "UNAVAILABLE":
-                details = f"cannot reach the trainer at {address} ({details}); is `flywheel up` running?"
-            console.print(f"[red]error ({code}):[/] {details}")
-            sys.exit(1)
 
 
 def _state(job: pb.FineTuneJob) -> str:
@@ -64,18 +36,11 @@ def _state(job: pb.FineTuneJob) -> str:
 
 
 @click.group()
-@click.option("--address", default=None, help="host:port of the trainer (env FLYWHEEL_TRAINER_ADDRESS).")
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel")),
-    help="State folder of the embedded stack, to find the trainer's address.",
-)
+@rpc.connection_options(rpc.TRAINER)
 @click.pass_context
 def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
     """Fine-tune LoRA adapters (SFT or DPO) with the trainer."""
-    ctx.ensure_object(dict)
-    ctx.obj.update(address=address, state_dir=state_dir)
+    rpc.remember_connection(ctx, address, state_dir)
 
 
 @finetune.command()
@@ -118,7 +83,7 @@ def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
     "--watch/--no-watch", default=True, show_default=True, help="Follow the job with a progress bar."
 )
 @click.pass_context
-def create(ctx: click.Context, **opts: object) -> None:
+def create(ctx: click.Context, **opts: Any) -> None:
     """Queue a fine-tune job and (by default) watch it to the end."""
     job = pb.FineTuneJob(
         base_model=str(opts["base_model"]),
@@ -127,31 +92,31 @@ def create(ctx: click.Context, **opts: object) -> None:
         method=METHODS[str(opts["method"])],
     )
     hp = job.hyperparameters
-    hp.lora.rank = int(opts["rank"])  # type: ignore[arg-type]
-    hp.lora.alpha = float(opts["alpha"])  # type: ignore[arg-type]
+    hp.lora.rank = int(opts["rank"])
+    hp.lora.alpha = float(opts["alpha"])
     if opts["dropout"] is not None:
-        hp.lora.dropout = float(opts["dropout"])  # type: ignore[arg-type]
-    hp.lora.target_modules.extend(opts["targets"])  # type: ignore[arg-type]
+        hp.lora.dropout = float(opts["dropout"])
+    hp.lora.target_modules.extend(opts["targets"])
     if opts["qlora"]:
         hp.quantization.quantization = pb.QUANTIZATION_NF4
-    hp.epochs = float(opts["epochs"])  # type: ignore[arg-type]
-    hp.max_steps = int(opts["max_steps"])  # type: ignore[arg-type]
-    hp.learning_rate = float(opts["learning_rate"])  # type: ignore[arg-type]
+    hp.epochs = float(opts["epochs"])
+    hp.max_steps = int(opts["max_steps"])
+    hp.learning_rate = float(opts["learning_rate"])
     hp.scheduler = SCHEDULERS[str(opts["scheduler"])]
     if opts["warmup"] is not None:
-        hp.warmup_ratio = float(opts["warmup"])  # type: ignore[arg-type]
-    hp.batch_size = int(opts["batch_size"])  # type: ignore[arg-type]
-    hp.gradient_accumulation_steps = int(opts["grad_accum"])  # type: ignore[arg-type]
-    hp.max_seq_length = int(opts["max_seq_length"])  # type: ignore[arg-type]
+        hp.warmup_ratio = float(opts["warmup"])
+    hp.batch_size = int(opts["batch_size"])
+    hp.gradient_accumulation_steps = int(opts["grad_accum"])
+    hp.max_seq_length = int(opts["max_seq_length"])
     hp.packing = bool(opts["packing"])
     if opts["seed"] is not None:
-        hp.seed = int(opts["seed"])  # type: ignore[arg-type]
-    hp.checkpoint_every_steps = int(opts["checkpoint_every"])  # type: ignore[arg-type]
-    hp.dpo_beta = float(opts["beta"])  # type: ignore[arg-type]
+        hp.seed = int(opts["seed"])
+    hp.checkpoint_every_steps = int(opts["checkpoint_every"])
+    hp.dpo_beta = float(opts["beta"])
     request = pb.CreateFineTuneJobRequest(
         job=job, request_id=str(opts["request_id"]), validate_only=bool(opts["validate_only"])
     )
-    with _stub(ctx) as stub:
+    with rpc.stub(ctx, rpc.TRAINER, TrainerServiceStub) as stub:
         created = stub.CreateFineTuneJob(request).job
         if opts["validate_only"]:
             out.print_json(json_format.MessageToJson(created))
@@ -167,11 +132,11 @@ def create(ctx: click.Context, **opts: object) -> None:
 @click.pass_context
 def watch(ctx: click.Context, job_id: str) -> None:
     """Follow a job: live progress bar with loss, learning rate and throughput; exits 1 unless it succeeds."""
-    with _stub(ctx) as stub:
+    with rpc.stub(ctx, rpc.TRAINER, TrainerServiceStub) as stub:
         sys.exit(_follow(stub, job_id))
 
 
-def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, job_id: str) -> int:
+def _follow(stub: TrainerServiceStub, job_id: str) -> int:
     columns = (
         TextColumn("[bold]{task.fields[state]:<9}"),
         BarColumn(),
@@ -226,7 +191,7 @@ def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, job_id: str) -> int:
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
     """Ask a job to stop; its last checkpoint is kept and nothing is published."""
-    with _stub(ctx) as stub:
+    with rpc.stub(ctx, rpc.TRAINER, TrainerServiceStub) as stub:
         job = stub.CancelFineTuneJob(pb.CancelFineTuneJobRequest(job_id=job_id)).job
     console.print(f"{job.id}: {_state(job)} (cancellation requested)")
 
@@ -239,14 +204,8 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 def list_jobs(ctx: click.Context, state: str | None, adapter_name: str, as_json: bool) -> None:
     """List fine-tune jobs, newest first."""
     request = pb.ListFineTuneJobsRequest(state=STATES[state] if state else 0, adapter_name=adapter_name)
-    jobs = []
-    with _stub(ctx) as stub:
-        while True:
-            reply = stub.ListFineTuneJobs(request)
-            jobs.extend(reply.jobs)
-            if not reply.next_page_token:
-                break
-            request.page_token = reply.next_page_token
+    with rpc.stub(ctx, rpc.TRAINER, TrainerServiceStub) as stub:
+        jobs: list[pb.FineTuneJob] = list(rpc.pages(stub.ListFineTuneJobs, request, "jobs"))
     if as_json:
         for job in jobs:
             out.print(json.dumps(json_format.MessageToDict(job)), soft_wrap=True)

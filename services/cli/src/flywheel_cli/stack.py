@@ -12,9 +12,15 @@ What it starts, in order:
    ``<state>/logs/<name>.log``.
 
 It waits until each one is healthy, writes ``<state>/stack.json`` (what ``flywheel status``
-reads) and stays in the foreground. Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL
-after a grace period) and NATS, and removes ``stack.json``; children are also killed by the
-kernel if this process dies without cleaning up (``flywheel_common.procs.die_with_parent``).
+reads) and stays in the foreground, where :mod:`flywheel_cli.supervisor` restarts what crashes.
+Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after the grace period) and NATS, and
+removes ``stack.json``; children are also killed by the kernel if this process dies without
+cleaning up (``flywheel_common.procs.die_with_parent``).
+
+Two timeouts, one inside the other: each service's own shutdown is bounded by its
+``SHUTDOWN_TIMEOUT_S`` (set here to :func:`drain_budget`, 5 s with the default grace), and the
+supervisor's grace (``--grace``, :data:`DEFAULT_GRACE_S`, 15 s) is three times that. A service
+that drains for its whole budget still exits on its own, so SIGKILL is only for one that hangs.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,21 @@ from flywheel_common.server import ready_file_info
 STACK_FILE = "stack.json"
 GATEWAY_KEY_FILE = "gateway.key"  #: the gateway's master key, generated on the first `flywheel up`
 LOCAL_HOST = "127.0.0.1"
+#: Where a stack keeps its data when no --state-dir is given (env FLYWHEEL_STATE_DIR).
+DEFAULT_STATE_DIR = Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel"))
+#: Seconds each process of the stack gets between SIGTERM and SIGKILL when the stack stops.
+DEFAULT_GRACE_S = 15.0
+#: The longest shutdown a service is given (its ``FLYWHEEL_<…>_SHUTDOWN_TIMEOUT_S``), seconds.
+MAX_DRAIN_S = 5.0
+
+
+def drain_budget(grace_s: float) -> float:
+    """How long a service's own shutdown may take under a supervisor grace of ``grace_s``.
+
+    A third of the grace, at most :data:`MAX_DRAIN_S`: the rest covers the interpreter's exit,
+    the process group's workers and a loaded machine, so SIGKILL stays for a service that hangs.
+    """
+    return min(MAX_DRAIN_S, grace_s / 3)
 
 
 class StackError(RuntimeError):
@@ -53,10 +74,13 @@ class Running:
     """A started child process and where it listens."""
 
     component: Component
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     log_path: Path
     ready_path: Path
     port: int | None = None
+    restarts: int = 0  #: how many times the supervisor started this component again after it died
+    started_at: float = field(default_factory=time.monotonic)  #: time.monotonic() of the spawn
+    healthy: bool = False  #: answered SERVING since this process was started
 
     @property
     def address(self) -> str:
@@ -81,6 +105,8 @@ class StackInfo:
     object_store: str
     services: list[dict[str, Any]] = field(default_factory=list)
     gateway_key_file: str = ""
+    grace_s: float = DEFAULT_GRACE_S  #: each process's time between SIGTERM and SIGKILL
+    nats_restarts: int = 0  #: times the supervisor started the embedded nats-server again
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -89,7 +115,10 @@ class StackInfo:
 
     @classmethod
     def load(cls, path: Path) -> StackInfo:
-        return cls(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        # A stack.json from another version of the CLI may have more keys: ignore them.
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 def service_address(name: str, address: str | None, state_dir: Path) -> str:
@@ -137,15 +166,18 @@ class Stack:
         state_dir: Path,
         *,
         components: tuple[Component, ...] = COMPONENTS,
-        grace_s: float = 10.0,
+        grace_s: float = DEFAULT_GRACE_S,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         self.state_dir = state_dir.expanduser().resolve()
         self.components = components
         self.grace_s = grace_s
+        self.drain_s = drain_budget(grace_s)
         self.on_event = on_event or (lambda name, message: None)
         self.nats: NatsServerProcess | None = None
         self.nats_url = ""
+        self.nats_port = 0
+        self.nats_restarts = 0
         self.children: list[Running] = []
         self.moved_ports: dict[str, int] = {}
         self.ports: dict[str, int] = {}
@@ -182,12 +214,42 @@ class Stack:
         port, moved = choose_port(4222)
         if moved:
             self.on_event("nats", f"port 4222 is taken; the embedded NATS uses {port}")
-        self.nats = NatsServerProcess(
-            host=LOCAL_HOST, port=port, store_dir=self.state_dir / "nats", log_file=self.log_dir / "nats.log"
-        )
+        self.nats = self._nats_process(port)
         self.nats.start()
         self.nats_url = self.nats.url
+        self.nats_port = port
         self.on_event("nats", f"embedded nats-server with JetStream at {self.nats_url}")
+
+    def _nats_process(self, port: int) -> NatsServerProcess:
+        return NatsServerProcess(
+            host=LOCAL_HOST,
+            port=port,
+            store_dir=self.state_dir / "nats",
+            log_file=self.nats_log,
+            stop_grace_s=self.grace_s,
+        )
+
+    @property
+    def nats_log(self) -> Path:
+        return self.log_dir / "nats.log"
+
+    def restart_nats(self) -> None:
+        """Start the embedded nats-server again, on the same port and JetStream store.
+
+        The services keep their URL and reconnect on their own; streams and consumers are on
+        disk, so unacknowledged messages are delivered again. Raises NatsServerError (e.g. the
+        port was taken meanwhile); the old process must have exited.
+        """
+        if self.nats is not None:
+            self.nats.stop()  # reaps it and removes its run folder
+        self.nats = self._nats_process(self.nats_port)
+        try:
+            self.nats.start()
+        except BaseException:
+            self.nats = None
+            raise
+        self.nats_restarts += 1
+        self.save_info()
 
     def object_store_env(self) -> dict[str, str]:
         if os.environ.get("FLYWHEEL_OBJECT_STORE_BACKEND", "fs") == "s3":
@@ -244,9 +306,13 @@ class Stack:
         env[f"{prefix}HOST"] = LOCAL_HOST
         env[f"{prefix}PORT"] = str(ports[component.name])
         env[f"{prefix}READY_FILE"] = str(self.state_dir / "run" / f"{component.name}.ready")
+        # A service's own shutdown ends well inside our grace (see drain_budget), so it exits on
+        # its own; SIGKILL is for one that hangs. HTTP services only read GRACE_PERIOD_S.
+        env.setdefault(f"{prefix}SHUTDOWN_TIMEOUT_S", f"{self.drain_s:g}")
+        env.setdefault(f"{prefix}GRACE_PERIOD_S", f"{self.drain_s / 2:g}")
         return env
 
-    def spawn(self, component: Component, ports: dict[str, int]) -> Running:
+    def spawn(self, component: Component, ports: dict[str, int], restarts: int = 0) -> Running:
         log_path = self.log_dir / f"{component.name}.log"
         ready_path = self.state_dir / "run" / f"{component.name}.ready"
         with contextlib.suppress(FileNotFoundError):
@@ -263,7 +329,17 @@ class Stack:
                 cwd=self.state_dir,
             )
         self.on_event(component.name, f"started (pid {proc.pid}), log {log_path}")
-        return Running(component, proc, log_path, ready_path)
+        return Running(component, proc, log_path, ready_path, restarts=restarts)
+
+    def check_health(self, child: Running, timeout: float = 1.0) -> bool:
+        """Whether ``child`` answers SERVING (learning its port from its ready file first)."""
+        if child.port is None:
+            info = ready_file_info(child.ready_path)
+            if info is None:
+                return False
+            child.port = int(info["port"])
+        child.healthy = child.health(timeout=timeout) == "SERVING"
+        return child.healthy
 
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -276,12 +352,7 @@ class Stack:
                         f"{child.component.name} exited with status {code} while starting; "
                         f"last lines of {child.log_path}:\n{log_tail(child.log_path)}"
                     )
-                if child.port is None:
-                    info = ready_file_info(child.ready_path)
-                    if info is None:
-                        continue
-                    child.port = int(info["port"])
-                if child.health(timeout=1.0) == "SERVING":
+                if self.check_health(child):
                     pending.remove(child)
                     self.on_event(child.component.name, f"healthy at {child.address}")
             if pending and time.monotonic() > deadline:
@@ -309,6 +380,11 @@ class Stack:
         info.save(self.stack_file)
         return info
 
+    def save_info(self) -> None:
+        """Rewrite stack.json (new pids, restart counts) while the stack runs."""
+        if self.stack_file.exists():
+            self.info().save(self.stack_file)
+
     def info(self) -> StackInfo:
         return StackInfo(
             supervisor_pid=os.getpid(),
@@ -317,15 +393,19 @@ class Stack:
             nats_embedded=self.nats is not None,
             object_store=self.describe_object_store(),
             gateway_key_file=str(self.state_dir / GATEWAY_KEY_FILE),
+            grace_s=self.grace_s,
+            nats_restarts=self.nats_restarts,
             services=[
                 {
                     "name": c.component.name,
                     "protocol": c.component.protocol,
-                    "address": c.address,
+                    # Until a restarted process has written its ready file: the port it was given.
+                    "address": f"{LOCAL_HOST}:{c.port or self.ports.get(c.component.name)}",
                     "pid": c.proc.pid,
                     "log": str(c.log_path),
                     "grpc_service": c.component.grpc_service,
                     "health_path": c.component.health_path,
+                    "restarts": c.restarts,
                 }
                 for c in self.children
             ],
@@ -344,32 +424,27 @@ class Stack:
             child.proc.wait()
         else:
             stop_process_group(child.proc, self.grace_s)
-        self.children.remove(child)
-        fresh = self.spawn(child.component, self.ports)
-        self.children.append(fresh)
+        fresh = self.replace(child)
         deadline = time.monotonic() + timeout_s
-        while True:
+        while not self.check_health(fresh):
             if fresh.proc.poll() is not None:
                 raise StackError(f"{name} exited while restarting:\n{log_tail(fresh.log_path)}")
-            if fresh.port is None:
-                info = ready_file_info(fresh.ready_path)
-                if info is not None:
-                    fresh.port = int(info["port"])
-            if fresh.port is not None and fresh.health(timeout=1.0) == "SERVING":
-                break
             if time.monotonic() > deadline:
                 raise StackError(
                     f"{name} not healthy {timeout_s:.0f} s after a restart:\n{log_tail(fresh.log_path)}"
                 )
             time.sleep(0.1)
-        if self.stack_file.exists():
-            self.info().save(self.stack_file)
+        self.save_info()
         self.on_event(name, f"restarted (pid {fresh.proc.pid})")
         return fresh
 
-    def exited(self) -> list[Running]:
-        """Children that have exited on their own since the start."""
-        return [c for c in self.children if c.proc.poll() is not None]
+    def replace(self, dead: Running) -> Running:
+        """Start a fresh process for ``dead``'s component in its place (same port, same stop order)."""
+        # Whatever the dead process left in its group (workers that outlived it) goes first.
+        stop_process_group(dead.proc, self.grace_s)
+        fresh = self.spawn(dead.component, self.ports, restarts=dead.restarts + 1)
+        self.children[self.children.index(dead)] = fresh
+        return fresh
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -391,22 +466,3 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_for_signal(stack: Stack, on_exit: Callable[[Running], None]) -> None:
-    """Block until SIGINT/SIGTERM; report children that die meanwhile (they are not restarted)."""
-    stop = False
-
-    def handler(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    reported: set[int] = set()
-    while not stop:
-        for child in stack.exited():
-            if child.proc.pid not in reported:
-                reported.add(child.proc.pid)
-                on_exit(child)
-        time.sleep(0.2)

@@ -10,16 +10,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
-import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console, Group
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -28,13 +27,16 @@ from rich.text import Text
 
 from flywheel.common.v1 import common_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
-from flywheel.trajectory.v1 import trajectory_pb2_grpc
-from flywheel_cli.stack import service_address
+from flywheel.trajectory.v1.trajectory_pb2_grpc import TrajectoryServiceStub
+from flywheel_cli import rpc
+from flywheel_cli.job_options import parse_labels
+from flywheel_cli.render import console, out
+from flywheel_common.server import MAX_MESSAGE_BYTES
 
-console = Console(stderr=True)
-out = Console()
-#: The server accepts requests up to 64 MiB; a larger file must be put in the object store first.
-MAX_IMPORT_BYTES = 60 * 1024 * 1024
+F = TypeVar("F", bound=Callable[..., Any])
+#: The server accepts requests up to 64 MiB (the request's other fields need a little of it); a
+#: larger file must be put in the object store first.
+MAX_IMPORT_BYTES = MAX_MESSAGE_BYTES - 4 * 1024 * 1024
 FORMATS = {
     "aide": pb.IMPORT_FORMAT_AIDE_JOURNAL,
     "swe": pb.IMPORT_FORMAT_SWE_JSONL,
@@ -48,53 +50,18 @@ ROLE_STYLE = {
 }
 
 
-def resolve_address(address: str | None, state_dir: Path) -> str:
-    return service_address("trajectory-store", address, state_dir)
-
-
-@contextlib.contextmanager
-def _stub(ctx: click.Context) -> Iterator[trajectory_pb2_grpc.TrajectoryServiceStub]:
-    address = resolve_address(ctx.obj.get("address"), ctx.obj["state_dir"])
-    options = [
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ]
-    with grpc.insecure_channel(address, options=options) as channel:
-        try:
-            yield trajectory_pb2_grpc.TrajectoryServiceStub(channel)
-        except grpc.RpcError as err:
-            code = err.code().name if hasattr(err, "code") else "ERROR"
-            details = err.details() if hasattr(err, "details") else str(err)
-            if code == "UNAVAILABLE":
-                details = (
-                    f"cannot reach the trajectory store at {address} ({details}); is `flywheel up` running?"
-                )
-            console.print(f"[red]error:[/] {code}: {escape(details or '')}")
-            sys.exit(1)
-
-
 @click.group("trajectories")
-@click.option(
-    "--address", default=None, help="host:port of the trajectory store (env FLYWHEEL_TRAJECTORY_ADDRESS)."
-)
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel")),
-    show_default=True,
-    help="Embedded stack whose trajectory store to use when no address is given.",
-)
+@rpc.connection_options(rpc.TRAJECTORY_STORE)
 @click.pass_context
 def trajectories(ctx: click.Context, address: str | None, state_dir: Path) -> None:
     """List, show, export and import agent trajectories."""
-    ctx.ensure_object(dict)
-    ctx.obj.update(address=address, state_dir=state_dir)
+    rpc.remember_connection(ctx, address, state_dir)
 
 
 # ------------------------------------------------------------------------------- filters
 
 
-def _filter_options(fn):
+def _filter_options(fn: F) -> F:
     options = [
         click.option("--run", "runs", multiple=True, help="Run id (repeatable)."),
         click.option("--suite", default="", help="Suite name."),
@@ -126,23 +93,13 @@ def _timestamp(value: str, name: str) -> Timestamp:
     return stamp
 
 
-def _labels(pairs: tuple[str, ...], name: str) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} must be KEY=VALUE", param_hint=name)
-        labels[key] = value
-    return labels
-
-
-def build_filter(**kw) -> pb.TrajectoryFilter:
+def build_filter(**kw: Any) -> pb.TrajectoryFilter:
     flt = pb.TrajectoryFilter(
         run_ids=list(kw["runs"]),
         suite=kw["suite"],
         task_ids=list(kw["tasks"]),
         model=kw["model"],
-        labels=_labels(kw["labels"], "--label"),
+        labels=parse_labels(kw["labels"]),
     )
     if kw["split"]:
         flt.split = common_pb2.TASK_SPLIT_TRAIN if kw["split"] == "train" else common_pb2.TASK_SPLIT_TEST
@@ -172,11 +129,11 @@ def build_filter(**kw) -> pb.TrajectoryFilter:
 @click.option("--limit", default=50, show_default=True, help="Show at most this many (0 = all).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @click.pass_context
-def list_cmd(ctx: click.Context, limit: int, as_json: bool, **kw) -> None:
+def list_cmd(ctx: click.Context, limit: int, as_json: bool, **kw: Any) -> None:
     """List trajectories, oldest stored first."""
     flt = build_filter(**kw)
     rows: list[pb.Trajectory] = []
-    with _stub(ctx) as stub:
+    with rpc.stub(ctx, rpc.TRAJECTORY_STORE, TrajectoryServiceStub) as stub:
         token = ""
         while True:
             size = 1000 if limit == 0 else min(1000, limit - len(rows))
@@ -222,7 +179,7 @@ def list_cmd(ctx: click.Context, limit: int, as_json: bool, **kw) -> None:
 @click.pass_context
 def show_cmd(ctx: click.Context, trajectory_id: str, as_json: bool, max_chars: int) -> None:
     """Show one trajectory with its conversation."""
-    with _stub(ctx) as stub:
+    with rpc.stub(ctx, rpc.TRAJECTORY_STORE, TrajectoryServiceStub) as stub:
         t = stub.GetTrajectory(pb.GetTrajectoryRequest(trajectory_id=trajectory_id)).trajectory
     if as_json:
         out.print_json(json_format.MessageToJson(t))
@@ -283,7 +240,7 @@ def render_step(step: pb.Step, max_chars: int) -> Panel:
     content = step.content
     if max_chars and len(content) > max_chars:
         content = content[:max_chars] + f"\n… ({len(step.content) - max_chars} more characters)"
-    parts: list = [Text(content)]
+    parts: list[RenderableType] = [Text(content)]
     for call in step.tool_calls:
         parts.append(Text(f"→ {call.name}({call.arguments_json})", style="bold green"))
     if step.HasField("parse_error"):
@@ -325,7 +282,7 @@ def render_step(step: pb.Step, max_chars: int) -> Panel:
 )
 @click.option("--view", type=click.Choice(["full", "basic"]), default="full", show_default=True)
 @click.pass_context
-def export_cmd(ctx: click.Context, output: Path, view: str, **kw) -> None:
+def export_cmd(ctx: click.Context, output: Path, view: str, **kw: Any) -> None:
     """Export matching trajectories as JSONL (one trajectory per line, protobuf JSON mapping)."""
     flt = build_filter(**kw)
     request = pb.ExportTrajectoriesRequest(
@@ -335,7 +292,7 @@ def export_cmd(ctx: click.Context, output: Path, view: str, **kw) -> None:
     # Written next to the target and renamed at the end: an interrupted export leaves no half file.
     partial = output.with_name(output.name + ".partial")
     count = 0
-    with _stub(ctx) as stub, contextlib.ExitStack() as stack:
+    with rpc.stub(ctx, rpc.TRAJECTORY_STORE, TrajectoryServiceStub) as stub, contextlib.ExitStack() as stack:
         if not to_stdout:
             stack.callback(partial.unlink, missing_ok=True)  # a no-op once renamed
         sink = sys.stdout if to_stdout else stack.enter_context(open(partial, "w", encoding="utf-8"))
@@ -396,10 +353,13 @@ def import_cmd(
         source_name=str(path),
         suite=suite,
         run_id=run_id,
-        labels=_labels(labels, "--label"),
+        labels=parse_labels(labels),
         validate_only=validate_only,
     )
-    with _stub(ctx) as stub, console.status(f"importing {path}…"):
+    with (
+        rpc.stub(ctx, rpc.TRAJECTORY_STORE, TrajectoryServiceStub) as stub,
+        console.status(f"importing {path}…"),
+    ):
         reply = stub.ImportTrajectories(request)
     for err in reply.errors:
         where = f"{err.source}:{err.line}" if err.line else err.source

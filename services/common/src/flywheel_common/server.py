@@ -9,8 +9,11 @@ One :class:`GrpcApp` gives a service, with no code of its own:
   metadata or made up, returned in the trailing metadata and put on every log line), one
   structured log line per RPC, Prometheus metrics, and the mapping of exceptions to canonical
   status codes (:mod:`flywheel_common.errors`);
-* graceful shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight RPCs get
-  ``grace_period_s`` to finish, then the service's own resources are closed;
+* graceful shutdown on SIGTERM/SIGINT that ends within ``shutdown_timeout_s``: health goes
+  NOT_SERVING, in-flight RPCs get ``grace_period_s`` to finish (at most half the budget), then
+  the service's own resources are closed (shutdown hooks, in what is left of the budget). Run by
+  :func:`run_service`, a process that has not exited by then stops the children it started and
+  exits anyway, so that its supervisor (``flywheel up``, the kubelet) never has to SIGKILL it;
 * a ready file with the bound ports, so a caller that asked for port 0 learns the real one.
 
 RPCs that the contract has but the service does not serve yet answer UNIMPLEMENTED with a message
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,6 +51,16 @@ S = TypeVar("S", bound=ServiceSettings)
 log = logging.getLogger("flywheel.server")
 
 REQUEST_ID_KEY = "x-request-id"
+#: Largest message a server receives (trajectory imports carry files of up to 60 MiB); clients
+#: (the CLI) use the same limit both ways.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: How often a client may ping a connection while it has a call in flight (seconds). gRPC's
+#: default (5 min) makes a server close a quiet Watch stream whose client checks every minute
+#: that the server is still there.
+MIN_CLIENT_PING_INTERVAL_S = 30
+#: Seconds a process that ran past its shutdown budget gets to exit on its own before
+#: :func:`run_service`'s watchdog ends it (its asyncio loop and thread pools close in this time).
+EXIT_SLACK_S = 1.0
 
 
 class Metrics:
@@ -301,7 +315,11 @@ class GrpcApp:
             await hook()
         self.server = grpc.aio.server(
             interceptors=[ObservabilityInterceptor(self.metrics)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_S * 1000),
+            ],
         )
         for binding in self.bindings:
             binding.add_to_server(binding.servicer, self.server)
@@ -337,15 +355,39 @@ class GrpcApp:
             write_ready_file(self.settings.ready_file, self.name, self.port, self.metrics_port)
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, let in-flight RPCs finish within the grace period, then run the shutdown hooks."""
+        """NOT_SERVING, let in-flight RPCs finish, then run the shutdown hooks; all within the budget.
+
+        The budget is ``settings.shutdown_timeout_s``: in-flight RPCs get ``grace`` seconds
+        (default: ``grace_period_s``, at most half the budget), the hooks what is left. A hook
+        still running at the end of the budget is cancelled, and the hooks after it are skipped
+        (each one logged): the process is about to exit, and its supervisor would otherwise
+        SIGKILL it half-way through anyway.
+        """
         if self.server is None:
             return
+        loop = asyncio.get_running_loop()
+        budget = self.settings.shutdown_timeout_s
+        if grace is None:
+            grace = min(self.settings.grace_period_s, budget / 2)
+        deadline = loop.time() + max(budget, grace)
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_period_s if grace is None else grace)
+        await self.server.stop(grace)
         self.server = None
         for hook in reversed(self.on_shutdown):
+            name = getattr(hook, "__qualname__", repr(hook))
+            left = deadline - loop.time()
+            if left <= 0:
+                log.error("%s: shutdown budget of %.1f s used up; skipping %s", self.name, budget, name)
+                continue
             try:
-                await hook()
+                await asyncio.wait_for(hook(), left)
+            except TimeoutError:
+                log.error(
+                    "%s: shutdown hook %s did not finish within the %.1f s budget; abandoned",
+                    self.name,
+                    name,
+                    budget,
+                )
             except Exception:
                 log.exception("%s: a shutdown hook failed", self.name)
         if self.settings.ready_file is not None:
@@ -353,8 +395,12 @@ class GrpcApp:
                 self.settings.ready_file.unlink()
         log.info("%s stopped", self.name)
 
-    async def serve_until_signal(self) -> None:
-        """Start, then wait for SIGTERM or SIGINT and stop gracefully."""
+    async def serve_until_signal(self, on_signal: Callable[[], None] | None = None) -> None:
+        """Start, then wait for SIGTERM or SIGINT and stop gracefully.
+
+        ``on_signal`` runs when the signal arrives, before the shutdown starts (run_service arms
+        its exit watchdog there).
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -363,6 +409,8 @@ class GrpcApp:
             await self.start()
             await stop.wait()
             log.info("%s: shutdown signal received", self.name)
+            if on_signal is not None:
+                on_signal()
         finally:
             await self.stop()
 
@@ -372,10 +420,17 @@ def run_service(name: str, settings_cls: type[S], build: Callable[[S], GrpcApp])
 
     A configuration error prints one line per bad variable and exits with status 2; a dependency
     that cannot be reached (NATS, the object store, a taken port) exits with status 1.
+
+    Once the shutdown signal has arrived the process is gone within ``shutdown_timeout_s`` plus
+    :data:`EXIT_SLACK_S`: :meth:`GrpcApp.stop` keeps to the budget, then any process this one
+    started in a process group of its own (``flywheel_common.procs.stop_detached_children``) is
+    stopped, and a watchdog thread ends the process (status 1) if something (a thread pool
+    waiting on a stuck call, say) still holds it after that.
     """
     import sys
 
     from flywheel_common.logs import configure_logging
+    from flywheel_common.procs import stop_detached_children
     from flywheel_common.runtime import StartupError
     from flywheel_common.settings import SettingsError, load_settings
 
@@ -385,12 +440,36 @@ def run_service(name: str, settings_cls: type[S], build: Callable[[S], GrpcApp])
         print(f"error: {err}", file=sys.stderr)
         return 2
     configure_logging(name, settings.log_level, settings.log_format)
+    budget = settings.shutdown_timeout_s
+
+    def watchdog() -> None:
+        log.error(
+            "%s: still running %.1f s after the shutdown signal (budget %.1f s); exiting now",
+            name,
+            budget + EXIT_SLACK_S,
+            budget,
+        )
+        stop_detached_children(grace_s=0)
+        logging.shutdown()
+        os._exit(1)
+
+    def arm_watchdog() -> None:
+        timer = threading.Timer(budget + EXIT_SLACK_S, watchdog)
+        timer.daemon = True
+        timer.start()
+
     try:
-        asyncio.run(build(settings).serve_until_signal())
+        asyncio.run(build(settings).serve_until_signal(on_signal=arm_watchdog))
     except (OSError, StartupError) as err:
         log.error("%s cannot start: %s", name, err)
         print(f"error: {err}", file=sys.stderr)
         return 1
+    # Children in our process group are stopped with it (the supervisor signals what is left of
+    # the group once we are gone); the ones a hook should have stopped and that live in a group
+    # of their own would be orphans.
+    left = stop_detached_children(grace_s=EXIT_SLACK_S / 2)
+    if left:
+        log.warning("%s: stopped %d leftover child process(es): %s", name, len(left), left)
     return 0
 
 

@@ -34,7 +34,17 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line; text: human.")
     grace_period_s: float = Field(
-        10.0, gt=0, description="On SIGTERM, seconds in-flight RPCs get to finish before they are cancelled."
+        10.0,
+        gt=0,
+        description="On SIGTERM, seconds in-flight RPCs get to finish before they are cancelled; at most "
+        "half of shutdown_timeout_s (the rest is for closing the service's own resources).",
+    )
+    shutdown_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="On SIGTERM, seconds the whole shutdown may take (in-flight RPCs, then the shutdown "
+        "hooks); past it the process stops its children and exits with status 1. Keep it well under "
+        "the supervisor's grace (`flywheel up --grace`, 15 s; terminationGracePeriodSeconds, 30 s).",
     )
     ready_file: Path | None = Field(
         None,
