@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as dpb
 from flywheel.events.v1 import events_pb2
 from flywheel_common.events import EventBus
@@ -114,11 +115,13 @@ class BuildManager:
         await self.table.start(lambda job: self._queue.put_nowait(job.id))
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self._workers)]
 
-    async def stop(self, grace_s: float = 15.0) -> None:
+    async def stop(self, grace_s: float = 2.0) -> None:
         """Stop running builds where they are (they stay RUNNING and rerun at the next start).
 
-        A build's thread notices within one trajectory or 256 examples; its worker is awaited so
-        that no thread still writes when the object store is closed. Idle workers are cancelled.
+        A build's thread notices within one trajectory or 256 examples; its worker is awaited (at
+        most ``grace_s``, which fits the service's shutdown budget) so that no thread normally
+        still writes when the object store is closed; a build cut off here reruns from the start.
+        Idle workers are cancelled.
         """
         self._shutdown.set()
         for job in self.table.jobs.values():
@@ -257,7 +260,7 @@ class BuildManager:
         await self._finish(job, SUCCEEDED)
 
     async def _finish(
-        self, job: BuildJob, state: int, message: str = "", code: grpc.StatusCode | None = None
+        self, job: BuildJob, state: common_pb2.JobState, message: str = "", code: grpc.StatusCode | None = None
     ) -> None:
         build = job.resource
         build.progress.CopyFrom(self._snapshot(job).progress)

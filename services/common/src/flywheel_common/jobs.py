@@ -72,7 +72,7 @@ class JobResource(Protocol):
     """What every job message has (checked structurally; generated protobuf classes match)."""
 
     id: str
-    state: int
+    state: common_pb2.JobState
 
     @property
     def error(self) -> common_pb2.Error: ...
@@ -94,7 +94,7 @@ def now() -> Timestamp:
     return ts
 
 
-def state_name(state: int) -> str:
+def state_name(state: common_pb2.JobState) -> str:
     """``JOB_STATE_SUCCEEDED`` → ``succeeded`` (event subjects and ids use this form)."""
     return common_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
 
@@ -276,7 +276,7 @@ class Outbox:
         self._pump = asyncio.create_task(self._run(), name=f"outbox {self.prefix}")
         self._wake.set()
 
-    async def stop(self, flush_s: float = 2.0) -> None:
+    async def stop(self, flush_s: float = 1.0) -> None:
         """One last try (at most ``flush_s``), then stop; what is still pending stays in the
         store for the next start."""
         if self._pending and self._pump is not None:
@@ -393,7 +393,7 @@ class Job(Generic[M]):
         return _res(self.resource).id
 
     @property
-    def state(self) -> int:
+    def state(self) -> common_pb2.JobState:
         return _res(self.resource).state
 
     @property
@@ -601,7 +601,7 @@ class JobTable(Generic[M, J]):
     async def finish(
         self,
         job: J,
-        state: int,
+        state: common_pb2.JobState,
         message: str = "",
         code: grpc.StatusCode | None = None,
         *,
