@@ -9,14 +9,14 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
 from flywheel_orchestrator.service import DESCRIPTOR, build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
-from flywheel_testing.services import boot_service, check_unimplemented_rpcs
+from flywheel_testing.services import boot_service, unserved_rpcs
 
 
 async def test_serves_health_and_suites(service_env: dict[str, str]) -> None:
     async with boot_service(build_app, OrchestratorSettings, service_env) as address:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
-            pending = await check_unimplemented_rpcs(channel, stub, DESCRIPTOR, "")
+            pending = await unserved_rpcs(channel, stub, DESCRIPTOR)
             assert pending == []  # every RPC is served
             suites = (await stub.ListSuites(opb.ListSuitesRequest())).suites
             assert {"repo-bugs", "io-problems"} <= {s.name for s in suites}

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
-from flywheel_testing.services import boot_service, check_unimplemented_rpcs
+from flywheel_testing.services import boot_service, unserved_rpcs
 from flywheel_trajectory.service import DESCRIPTOR, build_app
 from flywheel_trajectory.settings import TrajectorySettings
 
@@ -14,8 +14,8 @@ from flywheel_trajectory.settings import TrajectorySettings
 async def test_serves_health_and_reflection(service_env: dict[str, str]) -> None:
     async with boot_service(build_app, TrajectorySettings, service_env, write_processes=0) as address:
         async with grpc.aio.insecure_channel(address) as channel:
-            pending = await check_unimplemented_rpcs(
-                channel, trajectory_pb2_grpc.TrajectoryServiceStub(channel), DESCRIPTOR, "issue #4"
+            pending = await unserved_rpcs(
+                channel, trajectory_pb2_grpc.TrajectoryServiceStub(channel), DESCRIPTOR
             )
             assert pending == []
 

@@ -15,9 +15,6 @@ One :class:`GrpcApp` gives a service, with no code of its own:
   :func:`run_service`, a process that has not exited by then stops the children it started and
   exits anyway, so that its supervisor (``flywheel up``, the kubelet) never has to SIGKILL it;
 * a ready file with the bound ports, so a caller that asked for port 0 learns the real one.
-
-RPCs that the contract has but the service does not serve yet answer UNIMPLEMENTED with a message
-that names the method and the issue that will bring it (:func:`fill_unimplemented`).
 """
 
 from __future__ import annotations
@@ -42,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
-from flywheel_common.errors import Unimplemented, status_for
+from flywheel_common.errors import status_for
 from flywheel_common.logs import request_id_var
 from flywheel_common.settings import ServiceSettings
 
@@ -241,41 +238,6 @@ def _handler_parts(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., grpc.R
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler, handler.stream_unary
     return grpc.stream_stream_rpc_method_handler, handler.stream_stream
-
-
-def fill_unimplemented(servicer_cls: type, service: ServiceDescriptor, planned_in: str) -> type:
-    """Give every RPC the class does not define a clear UNIMPLEMENTED answer; returns the class.
-
-    The generated base class already answers UNIMPLEMENTED, but with "Method not implemented!"
-    and from a synchronous method; ours name the RPC and where it is planned, e.g.
-    ``flywheel.sandbox.v1.SandboxService/Judge is not implemented yet (planned in issue #3)``.
-    """
-    for method in service.methods:
-        own = any(method.name in vars(klass) for klass in servicer_cls.__mro__ if not _is_generated(klass))
-        if own:
-            continue
-        message = f"{service.full_name}/{method.name} is not implemented yet (planned in {planned_in})"
-        setattr(servicer_cls, method.name, _unimplemented(message, method.server_streaming))
-    return servicer_cls
-
-
-def _is_generated(klass: type) -> bool:
-    return klass.__module__.endswith("_pb2_grpc") or klass is object
-
-
-def _unimplemented(message: str, server_streaming: bool) -> Callable[..., Any]:
-    if server_streaming:
-
-        async def stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            raise Unimplemented(message)
-            yield  # pragma: no cover - makes this an async generator
-
-        return stream
-
-    async def unary(self: Any, request: Any, context: Any) -> Any:
-        raise Unimplemented(message)
-
-    return unary
 
 
 @dataclass
