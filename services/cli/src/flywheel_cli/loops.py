@@ -29,7 +29,8 @@ from flywheel.orchestrator.v1.orchestrator_pb2_grpc import OrchestratorServiceSt
 from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
 from flywheel_cli import rpc
-from flywheel_cli.render import TERMINAL, console, enum_name, out
+from flywheel_cli.render import console, enum_name, out
+from flywheel_common.jobs import TERMINAL
 
 #: What a stage's first appearance prints (``flywheel demo``: how to look at it, how to repeat it).
 Describe = Callable[["Follower", lpb.LoopStageStatus], list[str]]

@@ -22,7 +22,6 @@ from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 console = Console(stderr=True)
 out = Console()
 
-TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 #: ``--state`` choices: queued, running, succeeded, failed, cancelled.
 STATES = {
     name.removeprefix("JOB_STATE_").lower(): value for name, value in common_pb2.JobState.items() if value
