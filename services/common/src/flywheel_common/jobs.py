@@ -48,7 +48,7 @@ from ulid import ULID
 
 from flywheel.common.v1 import common_pb2
 from flywheel_common.errors import AlreadyExists, NotFound
-from flywheel_common.events import EventBus
+from flywheel_common.events import EventBus, EventBusError
 from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
 from flywheel_common.paging import offset_page
 
@@ -316,10 +316,18 @@ class Outbox:
             for key, event in list(self._pending.items()):
                 try:
                     await bus.publish(event.subject, event.message, msg_id=event.msg_id)
+                except (ValueError, TypeError) as err:
+                    # A malformed event (subject, id) can never go out: drop it rather than let it
+                    # block every event behind it.
+                    log.error("outbox %s: dropped %s (%s): %s", self.prefix, event.subject, event.msg_id, err)
                 except Exception as err:
                     log.warning(
                         "outbox %s: %s (%s) waits for NATS: %s", self.prefix, event.subject, event.msg_id, err
                     )
+                    if isinstance(err, EventBusError):
+                        # NATS came back without our stream (e.g. memory storage): set it up again.
+                        with contextlib.suppress(Exception):
+                            await bus.ensure_stream()
                     self._wake.set()
                     return False
                 self._pending.pop(key, None)
