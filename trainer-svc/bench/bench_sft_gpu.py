@@ -13,10 +13,11 @@ default) in every SFT variant, so the losses at equal steps compare.
   gradient checkpointing on); only ``max_length=2048``, ``bf16``, the learning rate and the step
   count set.
 * ours16, ours8, ours4: exactly the worker's CUDA path for a packed SFT job with ``batch_size``
-  16, 8 or 4 (the default): :func:`flywheel_trainer.worker.cuda_sft_overrides` (packed, padding-free rows
-  padded to ``batch_size x 2048`` tokens, Liger's fused linear + cross-entropy, no recomputation),
-  :func:`~flywheel_trainer.worker.cuda_model_kwargs` (flex attention) and
-  :func:`~flywheel_trainer.worker.fuse_lora` (one fused autograd node per LoRA layer).
+  16, 8 or 4 (the default): :func:`flywheel_trainer.device_options.cuda_sft_overrides` (packed,
+  padding-free rows padded to ``batch_size x 2048`` tokens, Liger's fused linear + cross-entropy,
+  no recomputation),
+  :func:`~flywheel_trainer.device_options.cuda_model_kwargs` (flex attention) and
+  :func:`~flywheel_trainer.fused_lora.fuse_lora` (one fused autograd node per LoRA layer).
 * ours16_p0: ours16 with LoRA dropout 0 (a job's ``lora.dropout = 0``).
 * peft16: ours16 without ``fuse_lora`` (PEFT's own LoRA layers): the previous configuration.
 * ours16_compile: ours16 plus ``torch_compile=True`` (an experiment; not what the worker does).
@@ -118,7 +119,8 @@ def run_variant(variant: str, steps: int) -> dict:
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from flywheel_trainer.worker import cuda_model_kwargs, cuda_sft_overrides, fuse_lora
+    from flywheel_trainer.device_options import cuda_model_kwargs, cuda_sft_overrides
+    from flywheel_trainer.fused_lora import fuse_lora
 
     torch.backends.cuda.matmul.allow_tf32 = True
     lora = LoraConfig(

@@ -1,7 +1,7 @@
 """The trainer's CUDA path: its fused LoRA layer (CPU and GPU) and real jobs on a GPU.
 
 * ``test_fused_lora_*``: the fused LoRA layer that the worker puts in place of PEFT's on a GPU
-  (``worker.fuse_lora``) against float64 arithmetic and against PEFT's own layers. They run on the
+  (``fused_lora.fuse_lora``) against float64 arithmetic and against PEFT's own layers. They run on the
   CPU in CI (float32) and again on a GPU (bfloat16 under autocast, as in training).
 * ``test_jobs_on_a_gpu_through_the_service``: the production path on a GPU: a real gRPC service and
   nats-server, ``CreateFineTuneJob`` for SFT with LoRA, SFT with QLoRA and DPO on a randomly
@@ -46,7 +46,7 @@ def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_lora_layer_matches_float64(device: str, p: float) -> None:
     """Output and the gradients of input, A and B against float64 with the very dropout mask drawn."""
-    from flywheel_trainer.worker import _fused_lora_function
+    from flywheel_trainer.fused_lora import fused_lora_function
 
     gen = torch.Generator().manual_seed(int(p * 10))
     n_in, n_out, rank, scaling = 64, 48, 8, 2.0
@@ -62,7 +62,7 @@ def test_fused_lora_layer_matches_float64(device: str, p: float) -> None:
 
     torch.manual_seed(123)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-        y = _fused_lora_function().apply(x, weight, bias, a, b, scaling, p)
+        y = fused_lora_function().apply(x, weight, bias, a, b, scaling, p)
     y.backward(grad_y)
     keep = torch.ones(15, n_in, dtype=torch.bool, device=device)
     if p:
@@ -92,7 +92,7 @@ def test_fused_lora_matches_peft_in_a_model(device: str) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from flywheel_trainer.worker import fuse_lora
+    from flywheel_trainer.fused_lora import fuse_lora
 
     torch.manual_seed(0)
     config = Qwen2Config(

@@ -1,17 +1,20 @@
-"""Validation of a CreateFineTuneJob request and resolution of its defaults.
+"""Validation of a CreateFineTuneJob request (names, dataset, hyperparameters) and its defaults.
 
 Plain functions over the protobuf messages; no torch import, so the service validates a request
 in milliseconds. The resolved values are written back into the job's ``hyperparameters`` (so a
-client sees what will run) and into a flat dict the training process reads.
+client sees what will run); the training process gets them as ``WorkerHyperparameters``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
 from flywheel.trainer.v1 import trainer_pb2
 from flywheel_common.errors import FailedPrecondition, InvalidArgument
+from flywheel_common.objectstore import ObjectStore
+from flywheel_trainer import catalog
 from flywheel_trainer.catalog import NAME_RE, BaseModelInfo
+from flywheel_trainer.protocol import WorkerHyperparameters
 from flywheel_trainer.settings import TrainerSettings
 
 SCHEDULERS = {
@@ -25,8 +28,8 @@ F = "job.hyperparameters"
 
 def resolve(
     job: trainer_pb2.FineTuneJob, settings: TrainerSettings, base: BaseModelInfo, gpu: bool
-) -> dict[str, Any]:
-    """Fill the defaults into ``job.hyperparameters`` in place; return the flat dict for the worker.
+) -> WorkerHyperparameters:
+    """Fill the defaults into ``job.hyperparameters`` in place; return what the worker gets.
 
     Raises InvalidArgument naming the field for a bad value and FailedPrecondition for a request
     this trainer cannot run (NF4 without a GPU).
@@ -127,28 +130,29 @@ def resolve(
     return worker_hparams(hp)
 
 
-def worker_hparams(hp: trainer_pb2.Hyperparameters) -> dict[str, Any]:
-    """The flat, resolved dict the training process reads from ``spec.json``."""
-    return {
-        "lora_rank": hp.lora.rank,
-        "lora_alpha": hp.lora.alpha,
-        "lora_dropout": hp.lora.dropout,
-        "target_modules": list(hp.lora.target_modules),
-        "quantization": "NF4" if hp.quantization.quantization == trainer_pb2.QUANTIZATION_NF4 else "NONE",
-        "double_quantization": hp.quantization.double_quantization,
-        "epochs": hp.epochs,
-        "max_steps": hp.max_steps,
-        "learning_rate": hp.learning_rate,
-        "scheduler": SCHEDULERS[hp.scheduler],
-        "warmup_ratio": hp.warmup_ratio,
-        "batch_size": hp.batch_size,
-        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
-        "max_seq_length": hp.max_seq_length,
-        "packing": hp.packing,
-        "seed": hp.seed,
-        "checkpoint_every_steps": hp.checkpoint_every_steps,
-        "dpo_beta": hp.dpo_beta,
-    }
+def worker_hparams(hp: trainer_pb2.Hyperparameters) -> WorkerHyperparameters:
+    """What the training process reads from ``spec.json``: a function of the resolved
+    ``hyperparameters`` alone, so a job's stored message is all a resumed job needs."""
+    return WorkerHyperparameters(
+        lora_rank=hp.lora.rank,
+        lora_alpha=hp.lora.alpha,
+        lora_dropout=hp.lora.dropout,
+        target_modules=list(hp.lora.target_modules),
+        quantization="NF4" if hp.quantization.quantization == trainer_pb2.QUANTIZATION_NF4 else "NONE",
+        double_quantization=hp.quantization.double_quantization,
+        epochs=hp.epochs,
+        max_steps=hp.max_steps,
+        learning_rate=hp.learning_rate,
+        scheduler=SCHEDULERS[hp.scheduler],
+        warmup_ratio=hp.warmup_ratio,
+        batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        max_seq_length=hp.max_seq_length,
+        packing=hp.packing,
+        seed=hp.seed,
+        checkpoint_every_steps=hp.checkpoint_every_steps,
+        dpo_beta=hp.dpo_beta,
+    )
 
 
 def check_names(job: trainer_pb2.FineTuneJob) -> None:
@@ -160,3 +164,36 @@ def check_names(job: trainer_pb2.FineTuneJob) -> None:
         raise InvalidArgument("job.method", "required: FINE_TUNE_METHOD_SFT or FINE_TUNE_METHOD_DPO")
     if not NAME_RE.match(job.adapter_name):
         raise InvalidArgument("job.adapter_name", f"{job.adapter_name!r} must match {NAME_RE.pattern}")
+
+
+def check_dataset(store: ObjectStore, job: trainer_pb2.FineTuneJob) -> None:
+    """The dataset exists, suits the method, and its first rows have the right shape (blocking)."""
+    try:
+        info = catalog.dataset_info(store, job.dataset_id)
+    except catalog.DatasetError as err:
+        if err.missing:
+            raise InvalidArgument("job.dataset_id", str(err)) from None
+        raise FailedPrecondition(f"job.dataset_id: {err}") from None
+    want = "SFT" if job.method == trainer_pb2.FINE_TUNE_METHOD_SFT else "PREFERENCE"
+    method = trainer_pb2.FineTuneMethod.Name(job.method)
+    if info.kind != want:
+        raise FailedPrecondition(
+            f"job.dataset_id: dataset {job.dataset_id} is a {info.kind} dataset but {method} needs "
+            f"a {want} dataset"
+        )
+    rows = []
+    with store.open(info.train_key) as stream:
+        for n, line in enumerate(stream):
+            if n >= 50:  # the shape check looks at the head only; the worker reads the rest
+                break
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise FailedPrecondition(
+                        f"job.dataset_id: {info.train_key} line {n + 1} is not JSON: {err}"
+                    ) from None
+    try:
+        catalog.check_rows(rows, info.kind, info.train_key)
+    except catalog.DatasetError as err:
+        raise FailedPrecondition(f"job.dataset_id: {err}") from None

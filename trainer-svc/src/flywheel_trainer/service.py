@@ -1,13 +1,13 @@
 """The gRPC surface of the trainer.
 
 Thin transport: the servicer maps protobuf messages to :class:`~flywheel_trainer.jobs.JobManager`
-(jobs, adapters) and :mod:`flywheel_trainer.catalog` (base models) and back.
+(jobs), :mod:`flywheel_trainer.adapters` (published adapters) and :mod:`flywheel_trainer.catalog`
+(base models) and back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,10 +15,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from flywheel.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from flywheel_common.errors import InvalidArgument, NotFound
+from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
-from flywheel_common.server import GrpcApp, ServiceBinding, fill_unimplemented
-from flywheel_trainer import catalog
-from flywheel_trainer.jobs import JobManager, page_bounds
+from flywheel_common.server import GrpcApp, ServiceBinding
+from flywheel_trainer import adapters, catalog
+from flywheel_trainer.jobs import JobManager
 from flywheel_trainer.settings import TrainerSettings
 
 NAME = "trainer-svc"
@@ -31,20 +32,13 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, settings: TrainerSettings, deps: Dependencies) -> None:
         self.settings = settings
         self.deps = deps
-        self._manager: JobManager | None = None
-
-    @property
-    def manager(self) -> JobManager:
-        assert self._manager is not None, "the job manager starts with the service"
-        return self._manager
+        self.manager = JobManager(settings, lambda: deps.store, lambda: deps.bus)
 
     async def start(self) -> None:
-        self._manager = JobManager(self.settings, self.deps.store, self.deps.bus)
-        await self._manager.start()
+        await self.manager.start()
 
     async def stop(self) -> None:
-        if self._manager is not None:
-            await self._manager.stop()
+        await self.manager.stop()
 
     async def CreateFineTuneJob(self, request: Any, context: Any) -> trainer_pb2.CreateFineTuneJobResponse:
         job = await self.manager.create(request.job, request.request_id, request.validate_only)
@@ -54,7 +48,8 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.GetFineTuneJobResponse(job=self.manager.get(request.job_id))
 
     async def ListFineTuneJobs(self, request: Any, context: Any) -> trainer_pb2.ListFineTuneJobsResponse:
-        return self.manager.list(request)
+        jobs, token = self.manager.page(request)
+        return trainer_pb2.ListFineTuneJobsResponse(jobs=jobs, next_page_token=token)
 
     async def CancelFineTuneJob(self, request: Any, context: Any) -> trainer_pb2.CancelFineTuneJobResponse:
         return trainer_pb2.CancelFineTuneJobResponse(job=await self.manager.cancel(request.job_id))
@@ -66,25 +61,23 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
             yield item
 
     async def ListAdapters(self, request: Any, context: Any) -> trainer_pb2.ListAdaptersResponse:
-        fp = hashlib.sha256(f"{request.name}|{request.base_model}".encode()).hexdigest()[:12]
-        offset, size = page_bounds(request.page_size, request.page_token, fp)
-        adapters = [
+        found = [
             a
-            for a in await asyncio.to_thread(self.manager.load_adapters)
+            for a in await asyncio.to_thread(adapters.load_all, self.deps.store)
             if (not request.name or a.name == request.name)
             and (not request.base_model or a.base_model == request.base_model)
         ]
-        reply = trainer_pb2.ListAdaptersResponse(adapters=adapters[offset : offset + size])
-        if offset + size < len(adapters):
-            reply.next_page_token = f"{offset + size}:{fp}"
-        return reply
+        chunk, token = offset_page(found, request.page_size, request.page_token)
+        return trainer_pb2.ListAdaptersResponse(adapters=chunk, next_page_token=token)
 
     async def GetAdapter(self, request: Any, context: Any) -> trainer_pb2.GetAdapterResponse:
         if not request.name:
             raise InvalidArgument("name", "required: the adapter name")
         if request.version < 0:
             raise InvalidArgument("version", f"must be >= 0, got {request.version}")
-        versions = [a for a in await asyncio.to_thread(self.manager.load_adapters) if a.name == request.name]
+        versions = [
+            a for a in await asyncio.to_thread(adapters.load_all, self.deps.store) if a.name == request.name
+        ]
         if request.version:
             versions = [a for a in versions if a.version == request.version]
         if not versions:
@@ -93,10 +86,10 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.GetAdapterResponse(adapter=max(versions, key=lambda a: a.version))
 
     async def ListBaseModels(self, request: Any, context: Any) -> trainer_pb2.ListBaseModelsResponse:
-        offset, size = page_bounds(request.page_size, request.page_token, "base-models")
         models = await asyncio.to_thread(catalog.list_base_models, self.deps.store)
-        reply = trainer_pb2.ListBaseModelsResponse()
-        for info in models[offset : offset + size]:
+        chunk, token = offset_page(models, request.page_size, request.page_token)
+        reply = trainer_pb2.ListBaseModelsResponse(next_page_token=token)
+        for info in chunk:
             model = reply.base_models.add(
                 name=info.name,
                 description=info.description,
@@ -111,12 +104,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
                 ts = Timestamp()
                 ts.FromJsonString(info.create_time.replace("+00:00", "Z"))
                 model.create_time.CopyFrom(ts)
-        if offset + size < len(models):
-            reply.next_page_token = f"{offset + size}:base-models"
         return reply
-
-
-fill_unimplemented(TrainerService, DESCRIPTOR, "issue #7")
 
 
 def build_app(settings: TrainerSettings) -> GrpcApp:

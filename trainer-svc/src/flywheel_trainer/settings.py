@@ -18,8 +18,9 @@ class TrainerSettings(ServiceSettings):
     port: int = Field(50055, ge=0, le=65535, description="gRPC port; 0 picks a free one (see ready_file).")
     state_dir: Path = Field(
         default_factory=lambda: Path.home() / ".flywheel" / "trainer",
-        description="Local folder for job records (jobs/<id>.json), job work folders and the base-model "
-        "cache. Keep it on a persistent volume: a restart reloads the jobs from here and resumes them.",
+        description="Local folder for job work folders (work/<id>/) and the base-model cache. Job records "
+        "and checkpoints are in the object store, so a new pod with an empty folder resumes every job; "
+        "records an earlier trainer kept in jobs/<id>.json here are imported once at start-up.",
     )
     slots: int = Field(
         1, ge=1, le=64, description="Jobs that train at the same time (GPU slots); the rest wait QUEUED."
