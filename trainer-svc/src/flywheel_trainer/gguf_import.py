@@ -118,7 +118,8 @@ def gemma_tokenizer(fields: dict[str, Any]) -> Any:
 
     tokenizer = GemmaTokenizer(
         vocab=vocab,
-        merges=_merges_by_token_order(vocab),
+        # transformers annotates merges as list[str]; its tokenizers backend takes (left, right) pairs.
+        merges=_merges_by_token_order(vocab),  # type: ignore[arg-type]
         unk_token=special("unknown_token_id", "<unk>"),
         bos_token=special("bos_token_id", "<bos>"),
         eos_token=special("eos_token_id", "<eos>"),
@@ -142,7 +143,7 @@ def gemma_tokenizer(fields: dict[str, Any]) -> Any:
 
 def _merges_by_token_order(vocab: dict[str, int]) -> list[tuple[str, str]]:
     """BPE merges implied by a vocabulary: every split of a token into two tokens, earliest token first."""
-    merges = []
+    merges: list[tuple[int, int, int, str, str]] = []
     for token, index in vocab.items():
         local = []
         for cut in range(1, len(token)):

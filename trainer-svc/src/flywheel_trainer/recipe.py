@@ -135,7 +135,8 @@ class Recipe:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         lora = LoraConfig(
             r=hp.lora_rank,
-            lora_alpha=hp.lora_alpha,
+            # PEFT annotates an int but scales by alpha / r in floats; our API allows a fractional alpha.
+            lora_alpha=hp.lora_alpha,  # type: ignore[arg-type]
             lora_dropout=hp.lora_dropout,
             target_modules=hp.target_modules,
             bias="none",

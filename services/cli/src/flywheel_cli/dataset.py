@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from google.protobuf import json_format
@@ -24,9 +24,11 @@ from flywheel.trajectory.v1 import trajectory_pb2
 from flywheel_cli import rpc
 from flywheel_cli.render import console, out
 
-FORMATS = {
-    name.removeprefix("OUTPUT_FORMAT_").lower(): value for name, value in pb.OutputFormat.items() if value
-}
+# (The stubs type the enum wrapper's items() as plain ints; the values are the enum's numbers.)
+FORMATS = cast(
+    dict[str, pb.OutputFormat],
+    {name.removeprefix("OUTPUT_FORMAT_").lower(): value for name, value in pb.OutputFormat.items() if value},
+)
 FILE_FORMATS = {"jsonl": pb.FILE_FORMAT_JSONL, "parquet": pb.FILE_FORMAT_PARQUET}
 SPLITS = {
     "train": pb.DATASET_SPLIT_TRAIN,
@@ -253,7 +255,7 @@ def show(ctx: click.Context, resource_id: str, as_json: bool) -> None:
 def preview(ctx: click.Context, dataset_id: str, split: str, count: int, fmt: str | None) -> None:
     """Print the first examples of a split, as stored."""
     request = pb.PreviewDatasetRequest(
-        dataset_id=dataset_id, split=SPLITS[split], count=count, format=FORMATS[fmt] if fmt else 0
+        dataset_id=dataset_id, split=SPLITS[split], count=count, format=FORMATS[fmt] if fmt else None
     )
     with rpc.stub(ctx, rpc.DATASET_BUILDER, DatasetServiceStub) as stub:
         reply = stub.PreviewDataset(request)

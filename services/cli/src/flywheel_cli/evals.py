@@ -60,6 +60,7 @@ from flywheel_cli.stack import STACK_FILE, StackInfo
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
+    /,
     address: str | None,
     state_dir: Path,
     suite: str | None,
@@ -336,7 +337,7 @@ def print_evaluation(e: epb.Evaluation, state_dir: Path, *, with_tasks: bool = T
 @click.pass_context
 def eval_list(ctx: click.Context, suite: str, state: str | None, limit: int, as_json: bool) -> None:
     """List evaluations, newest first, with each model's pass rate."""
-    request = opb.ListEvaluationsRequest(suite=suite, state=STATES[state] if state else 0)
+    request = opb.ListEvaluationsRequest(suite=suite, state=STATES[state] if state else None)
     with rpc.stub(ctx, rpc.ORCHESTRATOR, OrchestratorServiceStub) as stub:
         items: list[epb.Evaluation] = list(rpc.pages(stub.ListEvaluations, request, "evaluations", limit))
     if as_json:

@@ -203,7 +203,7 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 @click.pass_context
 def list_jobs(ctx: click.Context, state: str | None, adapter_name: str, as_json: bool) -> None:
     """List fine-tune jobs, newest first."""
-    request = pb.ListFineTuneJobsRequest(state=STATES[state] if state else 0, adapter_name=adapter_name)
+    request = pb.ListFineTuneJobsRequest(state=STATES[state] if state else None, adapter_name=adapter_name)
     with rpc.stub(ctx, rpc.TRAINER, TrainerServiceStub) as stub:
         jobs: list[pb.FineTuneJob] = list(rpc.pages(stub.ListFineTuneJobs, request, "jobs"))
     if as_json:

@@ -15,7 +15,9 @@ def grpc_health(address: str, timeout: float = 2.0, service: str = "") -> str:
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            reply = stub.Check(  # type: ignore[attr-defined]  # the stub package's HealthStub lists no RPCs
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
             return (

@@ -7,7 +7,7 @@ command group keeps the tables that only it prints.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.duration_pb2 import Duration
 from rich.console import Console
@@ -22,10 +22,12 @@ from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 console = Console(stderr=True)
 out = Console()
 
-#: ``--state`` choices: queued, running, succeeded, failed, cancelled.
-STATES = {
-    name.removeprefix("JOB_STATE_").lower(): value for name, value in common_pb2.JobState.items() if value
-}
+#: ``--state`` choices: queued, running, succeeded, failed, cancelled. (The stubs type the enum
+#: wrapper's items() as plain ints; the values are the enum's numbers.)
+STATES = cast(
+    dict[str, common_pb2.JobState],
+    {name.removeprefix("JOB_STATE_").lower(): value for name, value in common_pb2.JobState.items() if value},
+)
 STATE_STYLE: dict[int, str] = {
     common_pb2.JOB_STATE_QUEUED: "yellow",
     common_pb2.JOB_STATE_RUNNING: "cyan",

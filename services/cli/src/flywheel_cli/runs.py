@@ -59,6 +59,7 @@ from flywheel_cli.render import (
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
+    /,
     address: str | None,
     state_dir: Path,
     suite: str | None,
@@ -210,7 +211,7 @@ def run_list(
     ctx: click.Context, suite: str, model: str, state: str | None, limit: int, as_json: bool
 ) -> None:
     """List runs, newest first."""
-    request = opb.ListRunsRequest(suite=suite, model=model, state=STATES[state] if state else 0)
+    request = opb.ListRunsRequest(suite=suite, model=model, state=STATES[state] if state else None)
     with rpc.stub(ctx, rpc.ORCHESTRATOR, OrchestratorServiceStub) as stub:
         runs: list[run_pb2.Run] = list(rpc.pages(stub.ListRuns, request, "runs", limit))
     if as_json:

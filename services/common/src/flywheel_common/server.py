@@ -105,9 +105,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -116,7 +116,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         factory, behaviour = _handler_parts(handler)
         streaming_out = handler.response_streaming
 
-        def start(context: grpc.aio.ServicerContext) -> tuple[str, contextvars_token, float]:
+        def start(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, contextvars_token, float]:
             rid = str(incoming.get(REQUEST_ID_KEY) or uuid.uuid4().hex)
             token = request_id_var.set(rid)
             context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
@@ -160,7 +160,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
         if not streaming_out:
 
-            async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_out(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 _, token, started = start(context)
                 code, error = grpc.StatusCode.OK, None
                 try:
@@ -187,7 +187,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             wrapped: Callable[..., Any] = unary_out
         else:
 
-            async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream_out(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
                 _, token, started = start(context)
                 code, error = grpc.StatusCode.OK, None
                 try:
@@ -224,13 +226,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 contextvars_token = Any  # the Token type of contextvars is not subscriptable on 3.11
 
 
-def _code_of(context: grpc.aio.ServicerContext, fallback: grpc.StatusCode) -> grpc.StatusCode:
+def _code_of(context: grpc.aio.ServicerContext[Any, Any], fallback: grpc.StatusCode) -> grpc.StatusCode:
     # A handler may set a code on the context without raising; prefer what the caller will see.
     code = context.code()
     return code if isinstance(code, grpc.StatusCode) else fallback
 
 
-def _handler_parts(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., grpc.RpcMethodHandler], Any]:
+def _handler_parts(
+    handler: grpc.RpcMethodHandler[Any, Any],
+) -> tuple[Callable[..., grpc.RpcMethodHandler[Any, Any]], Any]:
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler, handler.unary_unary
     if handler.unary_stream:
@@ -451,6 +455,7 @@ def write_ready_file(path: Path, service: str, port: int, metrics_port: int | No
 def ready_file_info(path: Path) -> dict[str, Any] | None:
     """Read a ready file written by :func:`write_ready_file`, or None while it does not exist yet."""
     try:
-        return json.loads(path.read_text())
+        info: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    return info

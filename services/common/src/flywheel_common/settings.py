@@ -12,7 +12,7 @@ process at boot with one line per problem that names the environment variable to
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,7 +92,7 @@ def describe_validation_error(cls: type[BaseSettings], err: ValidationError) -> 
     return "\n".join(lines)
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S], **overrides: Any) -> S:
     """Read ``cls`` from the environment (plus explicit overrides) or raise :class:`SettingsError`."""
     try:
         return cls(**overrides)
