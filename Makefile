@@ -13,7 +13,7 @@ PACKAGES := proto services/common services/cli services/orchestrator services/tr
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo proto proto-check lint format test test-fast up status down clean
+.PHONY: help install demo proto proto-check lint typecheck format test test-fast up status down clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,11 +44,14 @@ lint: $(STAMP) ## ruff on all Python code, buf lint on the protos
 	$(BIN)/ruff check .
 	cd proto && $(BIN)/buf lint
 
+typecheck: $(STAMP) ## mypy on every service's package (config: [tool.mypy] in pyproject.toml)
+	$(BIN)/mypy
+
 format: $(STAMP) ## Fix what ruff can fix and format the code
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(STAMP) proto-check lint ## Everything CI runs: install, generated-code drift, lint, all tests
+test: $(STAMP) proto-check lint typecheck ## Everything CI runs: install, generated-code drift, lint, types, all tests
 	$(BIN)/pytest --timeout=300
 
 test-fast: $(STAMP) ## All tests except the slow ones
@@ -64,5 +67,5 @@ down: $(STAMP) ## Stop an embedded stack started elsewhere
 	$(BIN)/flywheel down
 
 clean: ## Remove the virtualenv and caches (not ~/.flywheel)
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -23,12 +23,12 @@ S = sandbox_pb2
 MiB = 1024 * 1024
 
 
-def limits(**kw: object) -> S.Limits:
+def limits(**kw: float) -> S.Limits:
     out = S.Limits()
     for key in ("wall_time", "cpu_time"):
         if key in kw:
             d = duration_pb2.Duration()
-            d.FromMilliseconds(int(float(kw.pop(key)) * 1000))  # type: ignore[arg-type]
+            d.FromMilliseconds(int(kw.pop(key) * 1000))
             getattr(out, key).CopyFrom(d)
     for key, value in kw.items():
         setattr(out, key, value)

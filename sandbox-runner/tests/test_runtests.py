@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Mapping, Sequence
 
 import grpc
 import pytest
@@ -36,15 +37,23 @@ ALL_IDS = [
 K = S.IntegrityFindingKind
 
 
-def request(src: str = SRC, tests: str = TESTS, **kw: object) -> S.RunTestsRequest:
-    files = [S.File(path="calc.py", text=src), S.File(path=T, text=tests)]
-    files += list(kw.pop("extra", []))  # type: ignore[arg-type]
+def request(
+    src: str = SRC,
+    tests: str = TESTS,
+    *,
+    extra: Sequence[S.File] = (),
+    allow_conftest: bool = False,
+    pytest_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> S.RunTestsRequest:
     return S.RunTestsRequest(
-        files=files,
+        files=[S.File(path="calc.py", text=src), S.File(path=T, text=tests), *extra],
         protected_files=[S.File(path=T, text=TESTS)],
         targets=["tests"],
         expected_test_ids=[f"{T}::test_small"],
-        **kw,
+        allow_conftest=allow_conftest,
+        pytest_args=pytest_args,
+        env=env or {},
     )
 
 

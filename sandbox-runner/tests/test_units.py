@@ -81,21 +81,32 @@ def test_last_exception() -> None:
     assert last_exception("") is None
 
 
-def _cls(**kw: object) -> tuple[Status, Category, str]:
-    base: dict[str, object] = dict(
-        killed=None,
-        launcher=b"S",
-        exit_code=0,
-        stderr="",
-        oom=0,
-        pid_hits=0,
-        cpu_s=0.1,
-        cpu_limit=1.0,
-        peak_mem=0,
-        mem_limit=1,
+def _cls(
+    *,
+    killed: Status | None = None,
+    launcher: bytes = b"S",
+    exit_code: int = 0,
+    stderr: str = "",
+    oom: int = 0,
+    pid_hits: int = 0,
+    cpu_s: float = 0.1,
+    cpu_limit: float = 1.0,
+    peak_mem: int = 0,
+    mem_limit: int = 1,
+) -> tuple[Status, Category, str]:
+    """_classify with the observations of a clean run, but for the ones given."""
+    return _classify(
+        killed=killed,
+        launcher=launcher,
+        exit_code=exit_code,
+        stderr=stderr,
+        oom=oom,
+        pid_hits=pid_hits,
+        cpu_s=cpu_s,
+        cpu_limit=cpu_limit,
+        peak_mem=peak_mem,
+        mem_limit=mem_limit,
     )
-    base.update(kw)
-    return _classify(**base)  # type: ignore[arg-type]
 
 
 def test_status_precedence() -> None:

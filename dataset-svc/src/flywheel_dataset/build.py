@@ -80,8 +80,8 @@ class BuildSpec:
     source: dpb.DatasetSource
     split: dpb.SplitConfig
     hygiene: dpb.HygieneConfig
-    formats: list[int]
-    file_formats: list[int]
+    formats: list[dpb.OutputFormat]
+    file_formats: list[dpb.FileFormat]
     target_base_model: str
     max_seq_length: int
     loop_id: str = ""
@@ -161,7 +161,7 @@ def _bucket(trajectory: tpb.Trajectory) -> int:
 
 
 def _read_bucket(path: Path) -> list[tpb.Trajectory]:
-    out = []
+    out: list[tpb.Trajectory] = []
     if not path.exists():
         return out
     with path.open("rb") as fh:
@@ -187,11 +187,11 @@ class Builder:
         self.trajectory_ids: list[str] = []
         self.decontaminator = Decontaminator(ctx.decontamination_ngram)
         self.dedup = Deduplicator(spec.hygiene.keep_exact_duplicates, spec.threshold)
-        self.split_counts: Counter[int] = Counter()
-        self.split_tasks: dict[int, set[tuple[str, str]]] = {s: set() for s in SPLITS}
+        self.split_counts: Counter[dpb.DatasetSplit] = Counter()
+        self.split_tasks: dict[dpb.DatasetSplit, set[tuple[str, str]]] = {s: set() for s in SPLITS}
         self.lengths = LengthStats()
         self.preview: list[dict[str, Any]] = []
-        self._files: dict[tuple[int, int], IO[str]] = {}
+        self._files: dict[tuple[dpb.DatasetSplit, dpb.OutputFormat], IO[str]] = {}
         self.counter: TokenCounter | None = None
 
     def _check_cancel(self) -> None:
@@ -261,11 +261,10 @@ class Builder:
             if example.trajectory_id != current:
                 current = example.trajectory_id
                 self.decontaminator.new_trajectory()
-            texts = (
-                example.messages
-                if example.chosen is None
-                else [*example.messages, example.chosen, example.rejected]
-            )
+            texts = example.messages
+            if example.chosen is not None:
+                assert example.rejected is not None  # a preference example has both answers
+                texts = [*example.messages, example.chosen, example.rejected]
             if self.decontaminator.overlaps(texts):
                 self.decontaminator.by_content += 1
                 continue
@@ -295,6 +294,7 @@ class Builder:
     def _tokens(self, example: Example, counter: TokenCounter) -> int:
         if example.chosen is None:
             return counter.count(chatml_text(example.messages))
+        assert example.rejected is not None  # a preference example has both answers
         prompt = counter.count(chatml_text(example.messages))
         return prompt + max(
             counter.count(chatml_text([example.chosen])), counter.count(chatml_text([example.rejected]))

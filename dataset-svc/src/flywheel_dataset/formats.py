@@ -98,7 +98,7 @@ def _trl_preference(example: Example) -> Record:
     return {"prompt": example.messages, "chosen": [example.chosen], "rejected": [example.rejected]}
 
 
-FORMATTERS: dict[int, Callable[[Example], Record]] = {
+FORMATTERS: dict[dpb.OutputFormat, Callable[[Example], Record]] = {
     dpb.OUTPUT_FORMAT_CHAT_MESSAGES: _chat_messages,
     dpb.OUTPUT_FORMAT_CHATML: _chatml,
     dpb.OUTPUT_FORMAT_ALPACA: _alpaca,
@@ -108,10 +108,10 @@ FORMATTERS: dict[int, Callable[[Example], Record]] = {
 }
 
 
-def render(example: Example, output_format: int) -> Record:
+def render(example: Example, output_format: dpb.OutputFormat) -> Record:
     return FORMATTERS[output_format](example)
 
 
-def object_name(split: int, output_format: int, file_format: int) -> str:
+def object_name(split: dpb.DatasetSplit, output_format: dpb.OutputFormat, file_format: dpb.FileFormat) -> str:
     """File name inside ``datasets/<id>/``: ``<split>.<format>.<jsonl|parquet>``."""
     return f"{SPLIT_NAMES[split]}.{FORMAT_NAMES[output_format]}.{FILE_EXTENSIONS[file_format]}"

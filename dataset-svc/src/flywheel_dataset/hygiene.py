@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 import xxhash
 
+from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as dpb
-from flywheel_dataset.messages import words
+from flywheel_dataset.messages import Message, words
 
 SHINGLE_WORDS = 5
 NUM_PERMUTATIONS = 128
 
 
-def split_of(seed: str, suite: str, task_id: str, train: float, validation: float) -> int:
+def split_of(seed: str, suite: str, task_id: str, train: float, validation: float) -> dpb.DatasetSplit:
     """The split of a task: a stable hash of (seed, suite, task id) mapped to [0, 1)."""
     digest = hashlib.sha256(f"{seed}\x00{suite}\x00{task_id}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
@@ -135,9 +137,7 @@ class Decontaminator:
     def active(self) -> bool:
         return bool(self.task_keys or self.suites)
 
-    def is_test_task(self, suite: str, task_id: str, split: int) -> bool:
-        from flywheel.common.v1 import common_pb2
-
+    def is_test_task(self, suite: str, task_id: str, split: common_pb2.TaskSplit) -> bool:
         return (suite, task_id) in self.task_keys or (
             suite in self.suites and split == common_pb2.TASK_SPLIT_TEST
         )
@@ -145,7 +145,7 @@ class Decontaminator:
     def new_trajectory(self) -> None:
         self._memo.clear()
 
-    def overlaps(self, messages: list[dict]) -> bool:
+    def overlaps(self, messages: Sequence[Message]) -> bool:
         """Whether any message's text shares an n-gram with an evaluation problem."""
         if not self._grams:
             return False

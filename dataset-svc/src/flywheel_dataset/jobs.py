@@ -260,7 +260,11 @@ class BuildManager:
         await self._finish(job, SUCCEEDED)
 
     async def _finish(
-        self, job: BuildJob, state: common_pb2.JobState, message: str = "", code: grpc.StatusCode | None = None
+        self,
+        job: BuildJob,
+        state: common_pb2.JobState,
+        message: str = "",
+        code: grpc.StatusCode | None = None,
     ) -> None:
         build = job.resource
         build.progress.CopyFrom(self._snapshot(job).progress)

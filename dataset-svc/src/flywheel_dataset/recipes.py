@@ -63,7 +63,7 @@ class ParameterError(ValueError):
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: int  # dpb.ParameterType
+    type: dpb.ParameterType
     default: str
     description: str
     allowed: tuple[str, ...] = ()
@@ -106,17 +106,17 @@ RecipeFn = Callable[[Iterable[tpb.Trajectory], dict[str, Any], Counts], Iterator
 class Recipe:
     name: str
     description: str
-    kind: int  # dpb.DatasetKind
+    kind: dpb.DatasetKind
     params: tuple[Param, ...]
-    task_kinds: tuple[int, ...]
+    task_kinds: tuple[common_pb2.TaskKind, ...]
     fn: RecipeFn = field(repr=False)
 
     @property
-    def formats(self) -> tuple[int, ...]:
+    def formats(self) -> tuple[dpb.OutputFormat, ...]:
         return SFT_FORMATS if self.kind == dpb.DATASET_KIND_SFT else PREFERENCE_FORMATS
 
     @property
-    def default_format(self) -> int:
+    def default_format(self) -> dpb.OutputFormat:
         return self.formats[0]
 
     def resolve(self, given: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:

@@ -12,8 +12,12 @@ import logging
 import math
 from array import array
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flywheel_common.objectstore import ObjectStore
+
+if TYPE_CHECKING:  # imported where a tokenizer is loaded, not at start-up
+    from tokenizers import Tokenizer
 
 log = logging.getLogger("flywheel.dataset.tokens")
 
@@ -21,7 +25,7 @@ APPROXIMATE_NAME = "approximate: ceil(UTF-8 bytes / 4)"
 
 
 class TokenCounter:
-    def __init__(self, tokenizer: object | None, name: str) -> None:
+    def __init__(self, tokenizer: Tokenizer | None, name: str) -> None:
         self._tokenizer = tokenizer
         #: What the manifest names as the tokenizer.
         self.name = name
@@ -33,7 +37,7 @@ class TokenCounter:
     def count(self, text: str) -> int:
         if self._tokenizer is None:
             return math.ceil(len(text.encode("utf-8")) / 4)
-        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)  # type: ignore[attr-defined]
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 def load_counter(store: ObjectStore | None, base_model: str, workdir: Path) -> TokenCounter:

@@ -345,7 +345,8 @@ class Runner:
 
     def known_sandboxes(self) -> set[str]:
         names = set(self._active) | self._spawning
-        names.update(sb.name for sb in list(self._pool._queue))  # type: ignore[attr-defined]
+        # asyncio.Queue has no public way to look at its items without taking them out.
+        names.update(sb.name for sb in list(self._pool._queue))  # type: ignore[attr-defined]  # private deque
         return names
 
     def leftover_processes(self) -> dict[str, list[int]]:
@@ -423,8 +424,9 @@ class Runner:
         else:
             # The pipes were created by root (mode 0600): hand them to the sandbox user, so that
             # reopening them (`open("/dev/stdout")`, `/proc/self/fd/0`) works as it does normally.
+            # asyncio's Process keeps its pipe transports private; the raw pipes are needed here.
             for n in (0, 1, 2):
-                pipe = proc._transport.get_pipe_transport(n).get_extra_info("pipe")  # type: ignore[attr-defined]
+                pipe = proc._transport.get_pipe_transport(n).get_extra_info("pipe")  # type: ignore[attr-defined]  # private
                 with contextlib.suppress(OSError):
                     os.fchown(pipe.fileno(), isolation.SANDBOX_UID, isolation.SANDBOX_GID)
         sb = _Sandbox(proc, cgroup, req_w, status_r, side_r, workspace_bytes, extra_names)

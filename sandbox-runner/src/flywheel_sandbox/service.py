@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 from google.protobuf import duration_pb2
@@ -22,7 +23,7 @@ from flywheel_common.server import GrpcApp, ServiceBinding
 from flywheel_sandbox import judge as judging
 from flywheel_sandbox import testrun
 from flywheel_sandbox.classify import Category
-from flywheel_sandbox.runner import RUNNER_VERSION, FileSpec, Limits, Runner, RunResult, RunSpec
+from flywheel_sandbox.runner import RUNNER_VERSION, FileSpec, Limits, Runner, RunResult, RunSpec, Status
 from flywheel_sandbox.settings import SandboxSettings
 from flywheel_sandbox.workspace import FileCaps, check_env, check_files, check_path, extract_archive
 
@@ -146,7 +147,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
 
     def _result(self, r: RunResult) -> sandbox_pb2.ExecutionResult:
         return sandbox_pb2.ExecutionResult(
-            status=sandbox_pb2.ExecutionStatus.Value(f"EXECUTION_STATUS_{r.status.name}"),
+            status=_status(r.status),
             exit_code=r.exit_code,
             stdout=r.stdout_text,
             stdout_truncated=r.stdout_truncated,
@@ -260,7 +261,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
             cases=[
                 sandbox_pb2.CaseResult(
                     index=o.index,
-                    verdict=sandbox_pb2.Verdict.Value(f"VERDICT_{o.verdict.name}"),
+                    verdict=_verdict(o.verdict),
                     error_category=_category(o.category),
                     diff=o.diff,
                     debug_hint=o.debug_hint,
@@ -271,7 +272,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
             passed_count=outcome.passed,
             total_count=outcome.total,
             pass_fraction=outcome.pass_fraction,
-            verdict=sandbox_pb2.Verdict.Value(f"VERDICT_{outcome.verdict.name}"),
+            verdict=_verdict(outcome.verdict),
         )
 
     async def RunTests(
@@ -328,7 +329,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
             tests=[
                 sandbox_pb2.PerTestResult(
                     test_id=t.test_id,
-                    outcome=sandbox_pb2.TestOutcome.Value(f"TEST_OUTCOME_{t.outcome.name}"),
+                    outcome=_outcome(t.outcome),
                     duration=_duration(t.duration_s),
                     message=t.message,
                     error_category=_category(t.category),
@@ -342,7 +343,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
             missing_count=counts[testrun.Outcome.MISSING],
             findings=[
                 sandbox_pb2.IntegrityFinding(
-                    kind=sandbox_pb2.IntegrityFindingKind.Value(f"INTEGRITY_FINDING_KIND_{f.kind.name}"),
+                    kind=_finding(f.kind),
                     subject=f.subject,
                     detail=f.detail,
                 )
@@ -361,8 +362,31 @@ def _fits_workspace(files: list[FileSpec], limits: Limits) -> None:
         )
 
 
-def _category(cat: Category) -> common_pb2.ErrorCategory.ValueType:
-    return common_pb2.ErrorCategory.Value(f"ERROR_CATEGORY_{cat.name}")
+# The runner's enums mirror the proto enums name for name. EnumTypeWrapper.Value() is typed as
+# returning a plain int; the number it returns is a member of the enum it was called on, hence
+# the casts.
+
+
+def _status(status: Status) -> sandbox_pb2.ExecutionStatus:
+    value = sandbox_pb2.ExecutionStatus.Value(f"EXECUTION_STATUS_{status.name}")
+    return cast(sandbox_pb2.ExecutionStatus, value)
+
+
+def _verdict(verdict: judging.Verdict) -> sandbox_pb2.Verdict:
+    return cast(sandbox_pb2.Verdict, sandbox_pb2.Verdict.Value(f"VERDICT_{verdict.name}"))
+
+
+def _outcome(outcome: testrun.Outcome) -> sandbox_pb2.TestOutcome:
+    return cast(sandbox_pb2.TestOutcome, sandbox_pb2.TestOutcome.Value(f"TEST_OUTCOME_{outcome.name}"))
+
+
+def _finding(kind: testrun.Finding) -> sandbox_pb2.IntegrityFindingKind:
+    value = sandbox_pb2.IntegrityFindingKind.Value(f"INTEGRITY_FINDING_KIND_{kind.name}")
+    return cast(sandbox_pb2.IntegrityFindingKind, value)
+
+
+def _category(cat: Category) -> common_pb2.ErrorCategory:
+    return cast(common_pb2.ErrorCategory, common_pb2.ErrorCategory.Value(f"ERROR_CATEGORY_{cat.name}"))
 
 
 def build_app(settings: SandboxSettings) -> GrpcApp:

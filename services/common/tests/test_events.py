@@ -312,7 +312,7 @@ async def test_publish_rejects_bad_msg_id(event_bus: EventBus, msg_id: str) -> N
 
 async def test_publish_requires_a_protobuf_message(event_bus: EventBus) -> None:
     with pytest.raises(TypeError, match="protobuf Message"):
-        await event_bus.publish("flywheel.test.x", b"raw", msg_id="m-1")  # type: ignore[arg-type]
+        await event_bus.publish("flywheel.test.x", b"raw", msg_id="m-1")  # type: ignore[arg-type]  # the wrong type is the test
 
 
 async def test_subscribe_rejects_bad_filter_and_durable(event_bus: EventBus) -> None:

@@ -132,7 +132,7 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
     build_adapter(base, adapter)
     settings = ModelServerSettings(
         model_path=base, base_model="bench", device=args.device, torch_threads=args.threads
-    )  # type: ignore[call-arg]
+    )
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -25,7 +25,7 @@ from flywheel_model_server.settings import ModelServerSettings
 async def running(tmp_path: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     settings.setdefault("cache_dir", tmp_path / "cache")
     settings.setdefault("device", "cpu")
-    config = ModelServerSettings(object_store={"backend": "fs", "root": tmp_path / "objects"}, **settings)  # type: ignore[arg-type]
+    config = ModelServerSettings(object_store={"backend": "fs", "root": tmp_path / "objects"}, **settings)
     app = build_app(config)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -24,7 +24,7 @@ async def test_serves_base_and_adapters_on_the_gpu(tmp_path: Path, tiny: Any) ->
     from flywheel_model_server.app import build_app
     from flywheel_model_server.settings import ModelServerSettings
 
-    settings = ModelServerSettings(model_path=tiny.base, base_model="tiny", cache_dir=tmp_path)  # type: ignore[call-arg]
+    settings = ModelServerSettings(model_path=tiny.base, base_model="tiny", cache_dir=tmp_path)
     app = build_app(settings)
     engine = app.state.engine
     async with app.router.lifespan_context(app):

@@ -519,7 +519,7 @@ class EventBus:
         wanted = self._stream_config()
         for _ in range(5):
             try:
-                info = await self.js.stream_info(wanted.name)
+                info = await self.js.stream_info(self.settings.stream)
             except nats.js.errors.NotFoundError:
                 try:
                     info = await self.js.add_stream(wanted)

@@ -250,7 +250,9 @@ class Engine:
                 dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-        model.to(device).eval()
+        # PreTrainedModel.to is decorated with functools.wraps, whose typeshed type does not bind
+        # as a method (mypy reads `device` as `self`).
+        model.to(device).eval()  # type: ignore[arg-type]  # see above: a stub limitation, not a bug
         config = model.config.get_text_config()
         gen = model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else []

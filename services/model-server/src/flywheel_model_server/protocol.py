@@ -179,9 +179,11 @@ class CompletionRequest(SamplingRequest):
             return [prompt]
         if not prompt:
             raise bad_request("prompt is empty", "prompt")
-        if all(isinstance(p, int) for p in prompt):
-            return [list(prompt)]  # type: ignore[arg-type]
-        return list(prompt)  # type: ignore[arg-type]
+        # Validation matched one member of the union, so the list is homogeneous.
+        ids = [p for p in prompt if isinstance(p, int)]
+        if len(ids) == len(prompt):  # one prompt, as token ids
+            return [ids]
+        return [p for p in prompt if not isinstance(p, int)]  # a batch of texts or of token-id lists
 
 
 class LoadLoRAAdapterRequest(_Lenient):

@@ -66,11 +66,11 @@ class EpisodeSpec:
     suite: str
     suite_version: str
     task: Task
-    protocol: int  # effective protocol (never UNSPECIFIED)
-    test_policy: int  # never UNSPECIFIED
+    protocol: common_pb2.ToolProtocol  # effective protocol (never UNSPECIFIED)
+    test_policy: run_pb2.TestPolicy  # never UNSPECIFIED
     limits: Limits
     sampling: common_pb2.SamplingParams
-    teacher_kind: int
+    teacher_kind: tpb.TeacherKind
     policy_info: tpb.Policy
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -91,7 +91,7 @@ def _dur(seconds: float) -> Duration:
 
 
 class _Stop(Exception):
-    def __init__(self, category: int, detail: str) -> None:
+    def __init__(self, category: tpb.FailureCategory, detail: str) -> None:
         super().__init__(detail)
         self.category = category
         self.detail = detail
@@ -145,19 +145,19 @@ class Episode:
 
     # ------------------------------------------------------------------------------ helpers
 
-    def _add(self, role: int, content: str, **fields: Any) -> tpb.Step:
+    def _add(self, role: tpb.Role, content: str, **fields: Any) -> tpb.Step:
         step = tpb.Step(index=len(self.steps), role=role, content=content, **fields)
         self.steps.append(step)
         return step
 
-    def _send(self, role: str, content: str, step_role: int, **fields: Any) -> tpb.Step:
+    def _send(self, role: str, content: str, step_role: tpb.Role, **fields: Any) -> tpb.Step:
         self.messages.append({"role": role, "content": content})
         return self._add(step_role, content, start_time=now(), **fields)
 
     def _left(self) -> float:
         return self.deadline - time.monotonic()
 
-    async def _tests(self, trigger: int) -> TestVerdict:
+    async def _tests(self, trigger: tpb.TestTrigger) -> TestVerdict:
         started = time.perf_counter()
         try:
             if isinstance(self.task, RepoTask):

@@ -156,7 +156,7 @@ def current(loop: lpb.Loop) -> lpb.LoopStageStatus | None:
     return loop.stages[-1] if loop.stages else None
 
 
-def artefact(status: lpb.LoopStageStatus, kind: int) -> str:
+def artefact(status: lpb.LoopStageStatus, kind: common_pb2.ResourceKind) -> str:
     return next((a.id for a in status.artefacts if a.kind == kind), "")
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from flywheel.common.v1 import common_pb2
 
@@ -69,12 +70,8 @@ class ModelClient:
     ) -> None:
         self.base_url = base_url
         self.timeout_s = timeout_s
-        self._args = {
-            "base_url": base_url,
-            "api_key": api_key or "none",
-            "max_retries": max_retries,
-            "timeout": timeout_s,
-        }
+        self._api_key = api_key or "none"
+        self._max_retries = max_retries
         self._client: openai.AsyncOpenAI | None = None
         self._concurrency = concurrency
         self._limit: asyncio.Semaphore | None = None
@@ -83,7 +80,12 @@ class ModelClient:
     def client(self) -> openai.AsyncOpenAI:
         # Made on first use, inside the running event loop its connections belong to.
         if self._client is None:
-            self._client = openai.AsyncOpenAI(**self._args)
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=self._api_key,
+                max_retries=self._max_retries,
+                timeout=self.timeout_s,
+            )
         return self._client
 
     @property
@@ -131,7 +133,12 @@ class GatewayPolicy:
             started = time.perf_counter()
             try:
                 reply = await self.client.client.chat.completions.create(
-                    model=self.model, messages=messages, timeout=timeout_s, **kwargs
+                    model=self.model,
+                    # The episode keeps plain dicts in the OpenAI wire shape; the SDK's TypedDicts
+                    # describe exactly that shape, so this is a boundary cast, not a conversion.
+                    messages=cast(list[ChatCompletionMessageParam], messages),
+                    timeout=timeout_s,
+                    **kwargs,
                 )
             except openai.APITimeoutError as err:
                 raise TimeoutError(f"model call timed out after {timeout_s:.1f} s") from err
@@ -144,15 +151,17 @@ class GatewayPolicy:
             raise ModelError("the gateway answered with no choices")
         choice = reply.choices[0]
         msg = choice.message
-        calls = [
-            {
-                "id": c.id,
-                "type": "function",
-                "function": {"name": c.function.name, "arguments": c.function.arguments},
-            }
-            for c in (msg.tool_calls or [])
-            if getattr(c, "function", None) is not None
-        ]
+        calls: list[dict[str, Any]] = []
+        for c in msg.tool_calls or []:
+            function = getattr(c, "function", None)  # custom (free-text) tool calls have none
+            if function is not None:
+                calls.append(
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": function.name, "arguments": function.arguments},
+                    }
+                )
         usage = reply.usage
         return ModelTurn(
             content=msg.content or "",

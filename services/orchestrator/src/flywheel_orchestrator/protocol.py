@@ -54,11 +54,11 @@ The program reads standard input and writes standard output. Results come back a
 IO_NATIVE_SYSTEM = """You are a careful Python programmer solving a programming problem. Call run_code to try a complete program (it reads standard input and writes standard output) on one test case, and submit to hand in the final program."""
 
 
-def default_protocol(task: Task) -> int:
+def default_protocol(task: Task) -> common_pb2.ToolProtocol:
     return IO if isinstance(task, IoTask) else JSON
 
 
-def effective_protocol(task: Task, requested: int) -> int:
+def effective_protocol(task: Task, requested: common_pb2.ToolProtocol) -> common_pb2.ToolProtocol:
     """The protocol an episode runs under; JSON on an I/O problem means IO (same encoding)."""
     if requested == common_pb2.TOOL_PROTOCOL_UNSPECIFIED:
         return default_protocol(task)
@@ -67,7 +67,7 @@ def effective_protocol(task: Task, requested: int) -> int:
     return requested
 
 
-def check_protocol(task: Task, requested: int) -> str | None:
+def check_protocol(task: Task, requested: common_pb2.ToolProtocol) -> str | None:
     """Why the protocol cannot run this task, or None."""
     if requested == IO and isinstance(task, RepoTask):
         return f"protocol TOOL_PROTOCOL_IO applies to input/output problems; task {task.id!r} is a repo task"
@@ -76,19 +76,19 @@ def check_protocol(task: Task, requested: int) -> str | None:
     return None
 
 
-def tools_for(task: Task, protocol: int) -> tuple[ToolSpec, ...]:
+def tools_for(task: Task, protocol: common_pb2.ToolProtocol) -> tuple[ToolSpec, ...]:
     if isinstance(task, IoTask):
         return IO_TOOLS + ((SUBMIT_TOOL,) if protocol == NATIVE else ())
     return REPO_TOOLS
 
 
-def system_prompt(task: Task, protocol: int) -> str:
+def system_prompt(task: Task, protocol: common_pb2.ToolProtocol) -> str:
     if isinstance(task, IoTask):
         return IO_NATIVE_SYSTEM if protocol == NATIVE else IO_JSON_SYSTEM
     return REPO_NATIVE_SYSTEM if protocol == NATIVE else REPO_JSON_SYSTEM
 
 
-def prompt_sha256(task: Task, protocol: int) -> str:
+def prompt_sha256(task: Task, protocol: common_pb2.ToolProtocol) -> str:
     return hashlib.sha256(system_prompt(task, protocol).encode()).hexdigest()
 
 
@@ -115,7 +115,7 @@ class Action:
 
 
 class TurnParseError(Exception):
-    def __init__(self, kind: int, message: str) -> None:
+    def __init__(self, kind: tpb.ParseErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -224,7 +224,7 @@ def parse_native_call(call: dict[str, Any], tool_names: set[str]) -> Action:
     return action
 
 
-def corrective_message(message: str, protocol: int) -> str:
+def corrective_message(message: str, protocol: common_pb2.ToolProtocol) -> str:
     """What the model is told after a turn it got wrong."""
     if protocol == NATIVE:
         return f"error: {message}"

@@ -52,7 +52,7 @@ class ReferencePolicy:
 
     model = ""
 
-    def __init__(self, task: Task, protocol: int) -> None:
+    def __init__(self, task: Task, protocol: common_pb2.ToolProtocol) -> None:
         if not task.has_reference:
             raise ValueError(f"task {task.id!r} has no reference solution")
         self.protocol = protocol

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
 
 from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as epb
@@ -20,7 +22,7 @@ HEADLINE = (
 )
 
 
-def _secs(d) -> float:
+def _secs(d: Duration) -> float:
     return d.seconds + d.nanos / 1e9
 
 
@@ -105,7 +107,7 @@ def chart_png(e: epb.Evaluation) -> bytes:
     colours = ["#7f7f7f" if m.baseline else "#1f77b4" for m in e.model_metrics]
     for ax, (fld, label, higher) in zip(axes, HEADLINE, strict=True):
         values = [getattr(m, fld) for m in e.model_metrics]
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if fld == "pass_rate":
             kwargs["yerr"] = [
                 [v - m.pass_rate_ci.lower for v, m in zip(values, e.model_metrics, strict=True)],

@@ -84,7 +84,7 @@ class SandboxClient:
                 raise SandboxError(f"sandbox {err.code().name}: {err.details()}") from err
 
     async def run_tests(
-        self, task: RepoTask, files: dict[str, str], trigger: int, deadline: float
+        self, task: RepoTask, files: dict[str, str], trigger: tpb.TestTrigger, deadline: float
     ) -> TestVerdict:
         """Run the task's tests on the workspace; the original test files are authoritative."""
         tests = task.test_files
@@ -149,7 +149,7 @@ class SandboxClient:
         )
 
     async def judge(
-        self, task: IoTask, code: str, indices: list[int], trigger: int, deadline: float
+        self, task: IoTask, code: str, indices: list[int], trigger: tpb.TestTrigger, deadline: float
     ) -> tuple[TestVerdict, list[sandbox_pb2.CaseResult]]:
         """Judge a program on some of the problem's cases (all of them for the final verdict)."""
         request = sandbox_pb2.JudgeRequest(
@@ -195,5 +195,5 @@ _HINTS = {
 }
 
 
-def _hint(category: int) -> str:
+def _hint(category: common_pb2.ErrorCategory) -> str:
     return _HINTS.get(category, "read the failing test and the code it calls")

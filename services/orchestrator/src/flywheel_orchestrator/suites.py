@@ -44,7 +44,7 @@ def is_test_file(path: str) -> bool:
     )
 
 
-def split_of(task_id: str, *, seed: str, train_ratio: float) -> int:
+def split_of(task_id: str, *, seed: str, train_ratio: float) -> common_pb2.TaskSplit:
     """TRAIN or TEST for a task: a stable hash of (seed, id) against the ratio (see SUITES.md)."""
     digest = hashlib.sha256(f"{seed}:{task_id}".encode()).hexdigest()
     position = int(digest[:16], 16) / 2**64
@@ -64,7 +64,7 @@ class RepoTask:
     test_targets: tuple[str, ...]
     fix: Mapping[str, str]
     tags: tuple[str, ...] = ()
-    split: int = common_pb2.TASK_SPLIT_UNSPECIFIED
+    split: common_pb2.TaskSplit = common_pb2.TASK_SPLIT_UNSPECIFIED
 
     kind = common_pb2.TASK_KIND_REPO
 
@@ -93,7 +93,7 @@ class IoTask:
     outputs: tuple[str, ...]
     reference_solution: str = ""
     tags: tuple[str, ...] = ()
-    split: int = common_pb2.TASK_SPLIT_UNSPECIFIED
+    split: common_pb2.TaskSplit = common_pb2.TASK_SPLIT_UNSPECIFIED
 
     kind = common_pb2.TASK_KIND_IO
 
@@ -132,7 +132,7 @@ class Suite:
             split_seed=self.split_seed,
         )
 
-    def select(self, split: int, task_ids: Iterable[str] = ()) -> list[Task]:
+    def select(self, split: common_pb2.TaskSplit, task_ids: Iterable[str] = ()) -> list[Task]:
         """Tasks of one side of the split (ALL-like UNSPECIFIED is refused by the caller)."""
         wanted = list(task_ids)
         if wanted:
@@ -358,7 +358,7 @@ def build_suite(files: Mapping[str, bytes], *, folder_name: str, source: str, bu
     return suite
 
 
-def _with_split(task: Task, split: int) -> Task:
+def _with_split(task: Task, split: common_pb2.TaskSplit) -> Task:
     return replace(task, split=split)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import regex  # the `regex` package: like `re`, plus a timeout, so a model's pattern cannot hang us
 
+from flywheel.common.v1 import common_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 
 
@@ -173,11 +174,12 @@ class ToolOutcome:
     """What one tool call returned, before it is shown to the model."""
 
     output: str
-    status: int = tpb.TOOL_RESULT_STATUS_OK
+    status: tpb.ToolResultStatus = tpb.TOOL_RESULT_STATUS_OK
     error: str = ""
     truncated: bool = False
     written: list[str] = field(default_factory=list)
-    category: int = 0  #: code runs judged by the sandbox: the ErrorCategory of a failure
+    #: code runs judged by the sandbox: the ErrorCategory of a failure
+    category: common_pb2.ErrorCategory = common_pb2.ERROR_CATEGORY_UNSPECIFIED
 
     def shown(self) -> str:
         """The text the model sees: the output, or the error when there is none."""
@@ -209,7 +211,7 @@ class Workspace:
 
     def patch(self) -> str:
         """Unified diff of the workspace against the snapshot (the trajectory's final_patch)."""
-        chunks = []
+        chunks: list[str] = []
         for path in self.changed():
             before = self.original.get(path, "").splitlines(keepends=True)
             after = self.files.get(path, "").splitlines(keepends=True)

@@ -32,7 +32,7 @@ def suite(catalog: SuiteCatalog, name: str, path: str) -> Suite:
 
 
 def tasks(
-    found: Suite, split: int, task_ids: Sequence[str], path: str, ids_field: str = "task_ids"
+    found: Suite, split: common_pb2.TaskSplit, task_ids: Sequence[str], path: str, ids_field: str = "task_ids"
 ) -> list[Task]:
     """The selected tasks of one side of the split; an empty selection is FAILED_PRECONDITION."""
     if split not in (common_pb2.TASK_SPLIT_TRAIN, common_pb2.TASK_SPLIT_TEST):
@@ -50,7 +50,9 @@ def tasks(
     return selected
 
 
-def teacher(kind: int, model: str, selected: Sequence[Task], path: str, model_field: str = "model") -> None:
+def teacher(
+    kind: tpb.TeacherKind, model: str, selected: Sequence[Task], path: str, model_field: str = "model"
+) -> None:
     kind = kind or tpb.TEACHER_KIND_MODEL
     if kind == tpb.TEACHER_KIND_MODEL:
         if not model:

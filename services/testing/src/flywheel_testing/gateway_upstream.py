@@ -171,7 +171,7 @@ async def start_upstream(
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]  # (host, port, …) of the socket it listens on
     return runner, port
 
 

@@ -74,9 +74,10 @@ async def delete_flywheel_streams(url: str) -> list[str]:
         js = nc.jetstream()
         deleted = []
         for info in await js.streams_info():
-            if any(_is_flywheel_subject(s) for s in info.config.subjects or []):
-                await js.delete_stream(info.config.name)
-                deleted.append(info.config.name)
+            name = info.config.name
+            if name is not None and any(_is_flywheel_subject(s) for s in info.config.subjects or []):
+                await js.delete_stream(name)
+                deleted.append(name)
         return deleted
     finally:
         with contextlib.suppress(Exception):

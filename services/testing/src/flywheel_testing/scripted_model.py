@@ -25,7 +25,6 @@ from typing import Any
 from aiohttp import web
 
 Reply = dict[str, Any]
-Responder = Callable[[str, list[dict[str, Any]], list[dict[str, Any]] | None], "Reply | Awaitable[Reply]"]
 
 
 @dataclass
@@ -42,6 +41,11 @@ class Delay:
 
     seconds: float
     then: Reply | Fail | None = None
+
+
+#: What a responder answers: a completion, an HTTP error, or a delay before one of those.
+Answer = Reply | Fail | Delay
+Responder = Callable[[str, list[dict[str, Any]], list[dict[str, Any]] | None], Answer | Awaitable[Answer]]
 
 
 def text(content: str) -> Reply:
@@ -87,8 +91,7 @@ class ScriptedModelServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        sockets = site._server.sockets  # type: ignore[union-attr]  # aiohttp exposes no public getter
-        self.port = sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]  # (host, port, …) of the socket it listens on
         return self.base_url
 
     @property
@@ -120,7 +123,7 @@ class ScriptedModelServer:
             return _error(404, f"The model `{model}` does not exist.", "model_not_found")
         reply = self.responder(model, body.get("messages", []), body.get("tools"))
         if asyncio.iscoroutine(reply) or isinstance(reply, Awaitable):
-            reply = await reply  # type: ignore[misc]
+            reply = await reply
         while isinstance(reply, Delay):
             await asyncio.sleep(reply.seconds)
             reply = reply.then if reply.then is not None else text("")

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -57,7 +58,9 @@ async def boot_service(
 
 
 async def health_status(channel: grpc.aio.Channel, service: str = "") -> str:
-    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service=service)
+    reply = await stub.Check(request)  # type: ignore[attr-defined]  # the stub package's HealthStub lists no RPCs
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
@@ -70,7 +73,7 @@ async def unserved_rpcs(channel: grpc.aio.Channel, stub: object, descriptor: Ser
     unserved = []
     for method in descriptor.methods:
         call = getattr(stub, method.name)
-        request = method.input_type._concrete_class()
+        request = message_factory.GetMessageClass(method.input_type)()
         try:
             if method.client_streaming:
 

@@ -78,7 +78,7 @@ def default_run_id(content_sha256: str) -> str:
     return f"imp-{content_sha256[:24]}"
 
 
-def trajectory_id(fmt: int, run_id: str, record: bytes) -> str:
+def trajectory_id(fmt: pb.ImportFormat, run_id: str, record: bytes) -> str:
     digest = hashlib.sha256(f"{fmt}\0{run_id}\0".encode() + record).hexdigest()
     return f"imp-{digest[:24]}"
 
@@ -124,7 +124,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _base(fmt: int, ctx: ImportContext, record: bytes, line: int) -> pb.Trajectory:
+def _base(fmt: pb.ImportFormat, ctx: ImportContext, record: bytes, line: int) -> pb.Trajectory:
     t = pb.Trajectory(
         id=trajectory_id(fmt, ctx.run_id, record),
         run_id=ctx.run_id,
@@ -438,7 +438,7 @@ def _parse_json_protocol(step: pb.Step) -> None:
 # ------------------------------------------------------------------------------- driver
 
 
-def convert(fmt: int, lines: Iterable[bytes] | bytes, ctx: ImportContext) -> Iterator[Imported]:
+def convert(fmt: pb.ImportFormat, lines: Iterable[bytes] | bytes, ctx: ImportContext) -> Iterator[Imported]:
     """Convert a source: ``lines`` for JSONL formats, the whole document (bytes) for AIDE.
 
     Blank lines are skipped silently; every other bad record is yielded as an error with its line.

@@ -140,14 +140,13 @@ class TrajectoryIndex:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                tokens = [
-                    int(
-                        self._conn.execute(
-                            "INSERT INTO pending (id, content_sha256) VALUES (?, ?)", item
-                        ).lastrowid
+                tokens: list[int] = []
+                for item in items:
+                    cursor = self._conn.execute(
+                        "INSERT INTO pending (id, content_sha256) VALUES (?, ?)", item
                     )
-                    for item in items
-                ]
+                    assert cursor.lastrowid is not None  # an INSERT always sets it
+                    tokens.append(cursor.lastrowid)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")

@@ -210,7 +210,10 @@ class TrajectoryService(trajectory_pb2_grpc.TrajectoryServiceServicer):
                 info = await asyncio.to_thread(self.deps.store.stat, source)
             except ObjectNotFoundError:
                 raise NotFound(f"object_key: no object {source!r} in the object store") from None
-            content_hash = info.sha256 or await asyncio.to_thread(_hash_object, self.deps.store, source)
+            if info.sha256:
+                content_hash = info.sha256
+            else:  # a backend that does not know the hash: read the object once
+                content_hash = await asyncio.to_thread(_hash_object, self.deps.store, source)
         run_id = request.run_id or importers.default_run_id(content_hash)
         ctx = importers.ImportContext(
             source=source, run_id=run_id, suite=request.suite, labels=dict(request.labels)
@@ -244,6 +247,7 @@ class TrajectoryService(trajectory_pb2_grpc.TrajectoryServiceServicer):
             if item.error is not None:
                 report(item.line, item.error.pointer, item.error.message)
                 continue
+            assert item.trajectory is not None  # a record without an error was converted
             chunk.append((item.line, item.trajectory))
             if len(chunk) >= self.settings.batch_chunk:
                 await flush()
@@ -252,7 +256,7 @@ class TrajectoryService(trajectory_pb2_grpc.TrajectoryServiceServicer):
         return reply
 
     async def _import_items(
-        self, fmt: int, which: str, request, source: str, ctx
+        self, fmt: pb.ImportFormat, which: str, request, source: str, ctx
     ) -> AsyncIterator[importers.Imported]:
         if which == "content":
             for item in importers.convert(fmt, request.content, ctx):

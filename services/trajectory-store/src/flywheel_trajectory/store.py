@@ -32,6 +32,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from flywheel.common.v1 import common_pb2
 from flywheel.events.v1 import events_pb2
@@ -43,6 +44,8 @@ from flywheel_trajectory.index import Query, TrajectoryIndex, rebuild
 from flywheel_trajectory.writer import WriterPool
 
 log = logging.getLogger("flywheel.trajectory")
+
+T = TypeVar("T")
 
 SUBJECT_STORED = "flywheel.trajectory.stored"
 PRODUCER = "trajectory-store"
@@ -101,10 +104,10 @@ class TrajectoryStore:
         self._index_pool.shutdown(wait=True)
         self.index.close()
 
-    async def _io(self, fn: Callable[..., object], *args: object) -> object:
+    async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def _idx(self, fn: Callable[..., object], *args: object) -> object:
+    async def _idx(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._index_pool, fn, *args)
 
     # ---------------------------------------------------------------------------------- clock
@@ -224,7 +227,9 @@ class TrajectoryStore:
             return None
         return model.parse_stored(key, data)
 
-    async def get(self, trajectory_id: str, view: int = pb.TRAJECTORY_VIEW_FULL) -> pb.Trajectory:
+    async def get(
+        self, trajectory_id: str, view: pb.TrajectoryView = pb.TRAJECTORY_VIEW_FULL
+    ) -> pb.Trajectory:
         model.validate_id("trajectory_id", trajectory_id)
         t = await self._io(self._read_object, trajectory_id)
         if t is None:
@@ -232,7 +237,7 @@ class TrajectoryStore:
         return model.basic_view(t) if view == pb.TRAJECTORY_VIEW_BASIC else t
 
     async def list_page(
-        self, flt: pb.TrajectoryFilter, view: int, page_size: int, page_token: str
+        self, flt: pb.TrajectoryFilter, view: pb.TrajectoryView, page_size: int, page_token: str
     ) -> tuple[list[pb.Trajectory], str]:
         if page_size < 0:
             raise InvalidArgument("page_size", f"must be >= 0, got {page_size}")
@@ -248,7 +253,7 @@ class TrajectoryStore:
         return items, token
 
     async def _materialize(
-        self, rows: Sequence[tuple[int, str, str, bytes, int, str]], view: int
+        self, rows: Sequence[tuple[int, str, str, bytes, int, str]], view: pb.TrajectoryView
     ) -> list[pb.Trajectory]:
         if view != pb.TRAJECTORY_VIEW_FULL:
             out = []
@@ -260,7 +265,7 @@ class TrajectoryStore:
         loaded = await asyncio.gather(*(self._io(self._read_object, row[1]) for row in rows))
         return [t for t in loaded if t is not None]  # a row whose object a DeleteRun just removed
 
-    async def export(self, flt: pb.TrajectoryFilter, view: int) -> AsyncIterator[pb.Trajectory]:
+    async def export(self, flt: pb.TrajectoryFilter, view: pb.TrajectoryView) -> AsyncIterator[pb.Trajectory]:
         """Every match in list order, EXPORT_CHUNK rows at a time (constant memory)."""
         query = build_query(flt)
         after: tuple[int, str] | None = None
@@ -431,7 +436,7 @@ def _ref(row: model.IndexRow) -> common_pb2.ObjectRef:
     return common_pb2.ObjectRef(key=row.object_key, size_bytes=row.size_bytes, sha256=row.sha256)
 
 
-def _fingerprint(flt: pb.TrajectoryFilter, view: int) -> str:
+def _fingerprint(flt: pb.TrajectoryFilter, view: pb.TrajectoryView) -> str:
     raw = flt.SerializeToString(deterministic=True) + bytes([view])
     return hashlib.sha256(raw).hexdigest()[:16]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import builtins
 import contextlib
 import io
 import itertools
@@ -378,7 +379,7 @@ class ObjectStore(abc.ABC):
 
     def list_page(
         self, prefix: str = "", page_size: int = 1000, page_token: str | None = None, *, start_after: str = ""
-    ) -> tuple[list[ObjectInfo], str | None]:
+    ) -> tuple[builtins.list[ObjectInfo], str | None]:
         """One page of :meth:`list` and the token of the next page (None after the last page).
 
         ``page_token`` comes from the previous call; when given it overrides ``start_after``.

@@ -227,7 +227,8 @@ class FilesystemObjectStore(ObjectStore):
                 f.flush()
                 os.fsync(f.fileno())
                 st = os.fstat(f.fileno())
-            entry = {"content_type": content_type, "metadata": metadata, "sha256": digest.hexdigest()}
+            sha256 = digest.hexdigest()
+            entry = {"content_type": content_type, "metadata": metadata, "sha256": sha256}
             with self._key_lock(key):
                 created = self._publish(key, path, tmp, st.st_ino, entry, overwrite)
             for folder in {path.parent, *(c.parent for c in created)}:
@@ -239,7 +240,7 @@ class FilesystemObjectStore(ObjectStore):
             key=key,
             size=st.st_size,
             last_modified=_utc(st.st_mtime_ns),
-            sha256=entry["sha256"],
+            sha256=sha256,
             content_type=content_type,
             metadata=metadata,
         )

@@ -34,6 +34,7 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from urllib3 import BaseHTTPResponse
 
 from flywheel_common.objectstore.base import (
     ObjectExistsError,
@@ -224,10 +225,16 @@ class S3ObjectStore(ObjectStore):
         body: bytes | memoryview | None = None,
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
-    ) -> Any:
+    ) -> BaseHTTPResponse:
         # The SDK signs the body and sends it as is; a memoryview part is never copied.
         return self._client._execute(
-            method, self.bucket, key, body=body, headers=dict(headers or {}), query_params=query
+            method,
+            self.bucket,
+            key,
+            # _execute (private) is annotated `bytes`, but it only hashes and sends the body.
+            body=body,  # type: ignore[arg-type]  # a memoryview part must not be copied into bytes
+            headers=dict(headers or {}),
+            query_params=dict(query) if query is not None else None,
         )
 
     def _upload_part(self, key: str, upload_id: str, number: int, part: memoryview) -> str:
@@ -236,7 +243,9 @@ class S3ObjectStore(ObjectStore):
         )
         return response.headers.get("etag", "").strip('"')
 
-    def _complete(self, key: str, upload_id: str, etags: list[str], headers: dict[str, str]) -> Any:
+    def _complete(
+        self, key: str, upload_id: str, etags: list[str], headers: dict[str, str]
+    ) -> BaseHTTPResponse:
         root = ET.Element("CompleteMultipartUpload")
         for number, etag in enumerate(etags, 1):
             part = ET.SubElement(root, "Part")
