@@ -42,7 +42,9 @@ def test_unary_calls_get_the_default_deadline_unless_they_name_one(clock: str) -
         call = channel.unary_unary(METHOD)
         (default,) = struct.unpack("!d", call(b""))
         (own,) = struct.unpack("!d", call(b"", timeout=5))
-    assert rpc.UNARY_TIMEOUT_S - 30 < default <= rpc.UNARY_TIMEOUT_S
+    # gRPC sends the timeout in whole units and the server rounds the deadline: a second over is
+    # the clocks' rounding, not another deadline.
+    assert rpc.UNARY_TIMEOUT_S - 30 < default <= rpc.UNARY_TIMEOUT_S + 2
     assert 0 < own < 10  # its own 5 s (give or take the clocks' rounding), not the default
 
 

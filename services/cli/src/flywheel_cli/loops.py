@@ -71,6 +71,7 @@ class Follower:
         self.trainer = TrainerServiceStub(channels["trainer-svc"]) if "trainer-svc" in channels else None
         self.detail: dict[int, str] = {}
         self.announced: set[int] = set()
+        self.settled: set[int] = set()  #: finished stages whose detail was read after their end
 
     def close(self) -> None:
         self._channels.close()
@@ -123,8 +124,12 @@ class Follower:
             if s is None:
                 table.add_row(stage_name(stage), "[dim]waiting[/]", "", "")
                 continue
-            if s.state not in TERMINAL:
+            # Live stages are asked each redraw; a finished one once more, for its final figures
+            # (a short stage can end between two redraws).
+            if s.state not in TERMINAL or stage not in self.settled:
                 self.detail[stage] = self.stage_detail(s) or self.detail.get(stage, "")
+                if s.state in TERMINAL:
+                    self.settled.add(stage)
             colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(
                 state_name(s.state), "cyan"
             )
