@@ -297,8 +297,14 @@ async def test_ctrl_c_cancels_the_run(backends: dict[str, str], service_env: dic
         return text('{"type":"final","answer":"late"}')
 
     async with orchestrator(backends, service_env, stall, ("scripted",)) as (address, _):
+        # As in a terminal, whatever this test process inherited: a shell starts background jobs
+        # with SIGINT ignored, and Python keeps an inherited SIG_IGN (Ctrl-C would do nothing).
+        as_in_a_terminal = (
+            "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv[0] = 'flywheel'; runpy.run_module('flywheel_cli', run_name='__main__')"
+        )
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flywheel_cli", "run", "--address", address, "--suite", "mini",
+            sys.executable, "-c", as_in_a_terminal, "run", "--address", address, "--suite", "mini",
             "--split", "train", "--model", "scripted",
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
         )  # fmt: skip
