@@ -32,7 +32,6 @@ from flywheel_common.jobs import (
     FAILED,
     QUEUED,
     SUCCEEDED,
-    TERMINAL,
     Announcement,
     Job,
     JobTable,
@@ -55,7 +54,6 @@ log = logging.getLogger("flywheel.dataset.jobs")
 
 PREFIX = "dataset-builds/"
 PRODUCER = "dataset-builder"
-__all__ = ["TERMINAL", "BuildManager", "grpc_source_factory"]
 
 
 class _Shutdown(Exception):

@@ -16,12 +16,13 @@ import pyarrow.parquet as pq
 
 from flywheel.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 from flywheel_common.errors import InvalidArgument, NotFound
+from flywheel_common.jobs import TERMINAL
 from flywheel_common.objectstore import ObjectNotFoundError
 from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding
 from flywheel_dataset.build import manifest_to_dataset
-from flywheel_dataset.jobs import TERMINAL, BuildManager, grpc_source_factory
+from flywheel_dataset.jobs import BuildManager, grpc_source_factory
 from flywheel_dataset.recipes import RECIPES
 from flywheel_dataset.settings import DatasetSettings
 from flywheel_dataset.validation import resolve_build

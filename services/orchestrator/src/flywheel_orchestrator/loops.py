@@ -725,9 +725,6 @@ class LoopManager:
             labels=self._labels(loop),
         )
 
-    def _stage(self, loop: lpb.Loop, stage: int) -> lpb.LoopStageStatus:
-        return next(s for s in loop.stages if s.stage == stage)
-
     async def _write_report(self, loop: lpb.Loop, e: epb.Evaluation) -> None:
         key = f"reports/{loop.id}/loop.md"
         loop.report.key = key
