@@ -75,6 +75,9 @@ class IntegrityFindingKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTEGRITY_FINDING_KIND_REPORT_MISSING: _ClassVar[IntegrityFindingKind]
     INTEGRITY_FINDING_KIND_EXPECTED_TEST_MISSING: _ClassVar[IntegrityFindingKind]
     INTEGRITY_FINDING_KIND_CONFTEST_IGNORED: _ClassVar[IntegrityFindingKind]
+    INTEGRITY_FINDING_KIND_PYTEST_TAMPERED: _ClassVar[IntegrityFindingKind]
+    INTEGRITY_FINDING_KIND_OUTCOME_FROM_CODE_UNDER_TEST: _ClassVar[IntegrityFindingKind]
+    INTEGRITY_FINDING_KIND_COMPARISON_FORGED: _ClassVar[IntegrityFindingKind]
 LANGUAGE_UNSPECIFIED: Language
 LANGUAGE_PYTHON: Language
 EXECUTION_STATUS_UNSPECIFIED: ExecutionStatus
@@ -119,6 +122,9 @@ INTEGRITY_FINDING_KIND_REPORT_FORGED: IntegrityFindingKind
 INTEGRITY_FINDING_KIND_REPORT_MISSING: IntegrityFindingKind
 INTEGRITY_FINDING_KIND_EXPECTED_TEST_MISSING: IntegrityFindingKind
 INTEGRITY_FINDING_KIND_CONFTEST_IGNORED: IntegrityFindingKind
+INTEGRITY_FINDING_KIND_PYTEST_TAMPERED: IntegrityFindingKind
+INTEGRITY_FINDING_KIND_OUTCOME_FROM_CODE_UNDER_TEST: IntegrityFindingKind
+INTEGRITY_FINDING_KIND_COMPARISON_FORGED: IntegrityFindingKind
 
 class File(_message.Message):
     __slots__ = ("path", "text", "data", "executable")
@@ -389,7 +395,7 @@ class IntegrityFinding(_message.Message):
     def __init__(self, kind: _Optional[_Union[IntegrityFindingKind, str]] = ..., subject: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RunTestsResponse(_message.Message):
-    __slots__ = ("passed", "tests", "passed_count", "failed_count", "error_count", "skipped_count", "missing_count", "findings", "execution")
+    __slots__ = ("passed", "tests", "passed_count", "failed_count", "error_count", "skipped_count", "missing_count", "findings", "execution", "timed_out")
     PASSED_FIELD_NUMBER: _ClassVar[int]
     TESTS_FIELD_NUMBER: _ClassVar[int]
     PASSED_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -399,6 +405,7 @@ class RunTestsResponse(_message.Message):
     MISSING_COUNT_FIELD_NUMBER: _ClassVar[int]
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     passed: bool
     tests: _containers.RepeatedCompositeFieldContainer[PerTestResult]
     passed_count: int
@@ -408,4 +415,5 @@ class RunTestsResponse(_message.Message):
     missing_count: int
     findings: _containers.RepeatedCompositeFieldContainer[IntegrityFinding]
     execution: ExecutionResult
-    def __init__(self, passed: _Optional[bool] = ..., tests: _Optional[_Iterable[_Union[PerTestResult, _Mapping]]] = ..., passed_count: _Optional[int] = ..., failed_count: _Optional[int] = ..., error_count: _Optional[int] = ..., skipped_count: _Optional[int] = ..., missing_count: _Optional[int] = ..., findings: _Optional[_Iterable[_Union[IntegrityFinding, _Mapping]]] = ..., execution: _Optional[_Union[ExecutionResult, _Mapping]] = ...) -> None: ...
+    timed_out: bool
+    def __init__(self, passed: _Optional[bool] = ..., tests: _Optional[_Iterable[_Union[PerTestResult, _Mapping]]] = ..., passed_count: _Optional[int] = ..., failed_count: _Optional[int] = ..., error_count: _Optional[int] = ..., skipped_count: _Optional[int] = ..., missing_count: _Optional[int] = ..., findings: _Optional[_Iterable[_Union[IntegrityFinding, _Mapping]]] = ..., execution: _Optional[_Union[ExecutionResult, _Mapping]] = ..., timed_out: _Optional[bool] = ...) -> None: ...

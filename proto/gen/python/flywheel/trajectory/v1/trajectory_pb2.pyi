@@ -67,6 +67,7 @@ class FailureCategory(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_CATEGORY_WRONG_ANSWER: _ClassVar[FailureCategory]
     FAILURE_CATEGORY_RUNTIME_ERROR: _ClassVar[FailureCategory]
     FAILURE_CATEGORY_OTHER: _ClassVar[FailureCategory]
+    FAILURE_CATEGORY_TIMEOUT: _ClassVar[FailureCategory]
 
 class ImportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -124,6 +125,7 @@ FAILURE_CATEGORY_INTEGRITY: FailureCategory
 FAILURE_CATEGORY_WRONG_ANSWER: FailureCategory
 FAILURE_CATEGORY_RUNTIME_ERROR: FailureCategory
 FAILURE_CATEGORY_OTHER: FailureCategory
+FAILURE_CATEGORY_TIMEOUT: FailureCategory
 IMPORT_FORMAT_UNSPECIFIED: ImportFormat
 IMPORT_FORMAT_AIDE_JOURNAL: ImportFormat
 IMPORT_FORMAT_SWE_JSONL: ImportFormat
