@@ -323,3 +323,26 @@ async def test_an_export_cancelled_by_the_client_leaves_the_service_working(
             m.trajectory.id async for m in svc.stub.ExportTrajectories(pb.ExportTrajectoriesRequest())
         ]
         assert exported == [f"c-{i:03d}" for i in range(150)]
+
+
+async def test_out_of_range_view_is_invalid_argument_on_every_read(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    accepted = "TRAJECTORY_VIEW_BASIC, TRAJECTORY_VIEW_FULL"
+    async with running(service_env, tmp_path / "idx") as svc:
+        await svc.stub.PutTrajectory(pb.PutTrajectoryRequest(trajectory=full_trajectory("traj-v")))
+        for view in (3, 999, -1, 2**31 - 1):
+            for call, default in (
+                (svc.stub.GetTrajectory(pb.GetTrajectoryRequest(trajectory_id="traj-v", view=view)), "FULL"),
+                (svc.stub.ListTrajectories(pb.ListTrajectoriesRequest(view=view)), "BASIC"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                expected = f"view: {view} is not one of {accepted} (or unset for TRAJECTORY_VIEW_{default})"
+                assert err.value.details() == expected
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in svc.stub.ExportTrajectories(pb.ExportTrajectoriesRequest(view=view)):
+                    pytest.fail("an export with a bad view must send nothing")
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith(f"view: {view} is not one of {accepted}")

@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
-from flywheel_common.errors import status_for
+from flywheel_common.errors import bounded_message, status_for
 from flywheel_common.logs import request_id_var
 from flywheel_common.settings import ServiceSettings
 
@@ -176,7 +176,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     # Record before the status goes out: a caller that sees the error must also
                     # find it in the metrics and the log.
                     code, message = describe(exc)
-                    error = message if code is not grpc.StatusCode.INTERNAL else repr(exc)
+                    error = message if code is not grpc.StatusCode.INTERNAL else bounded_message(repr(exc))
                     finish(token, started, code, error)
                     token = None
                     await context.abort(code, message)
@@ -206,7 +206,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     # Record before the status goes out: a caller that sees the error must also
                     # find it in the metrics and the log.
                     code, message = describe(exc)
-                    error = message if code is not grpc.StatusCode.INTERNAL else repr(exc)
+                    error = message if code is not grpc.StatusCode.INTERNAL else bounded_message(repr(exc))
                     finish(token, started, code, error)
                     token = None
                     await context.abort(code, message)

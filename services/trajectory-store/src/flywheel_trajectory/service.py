@@ -10,13 +10,14 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import grpc
 
 from flywheel.common.v1 import common_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
-from flywheel_common.errors import FlywheelError, InvalidArgument, NotFound
+from flywheel_common.errors import FlywheelError, InvalidArgument, NotFound, check_enum, shown
 from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding
@@ -146,20 +147,20 @@ class TrajectoryService(trajectory_pb2_grpc.TrajectoryServiceServicer):
         return reply
 
     async def GetTrajectory(self, request: pb.GetTrajectoryRequest, context) -> pb.GetTrajectoryResponse:
-        view = request.view or pb.TRAJECTORY_VIEW_FULL
+        view = _view(request.view, pb.TRAJECTORY_VIEW_FULL)
         return pb.GetTrajectoryResponse(trajectory=await self.store.get(request.trajectory_id, view))
 
     async def ListTrajectories(
         self, request: pb.ListTrajectoriesRequest, context
     ) -> pb.ListTrajectoriesResponse:
-        view = request.view or pb.TRAJECTORY_VIEW_BASIC
+        view = _view(request.view, pb.TRAJECTORY_VIEW_BASIC)
         items, token = await self.store.list_page(request.filter, view, request.page_size, request.page_token)
         return pb.ListTrajectoriesResponse(trajectories=items, next_page_token=token)
 
     async def ExportTrajectories(
         self, request: pb.ExportTrajectoriesRequest, context
     ) -> AsyncIterator[pb.ExportTrajectoriesResponse]:
-        view = request.view or pb.TRAJECTORY_VIEW_FULL
+        view = _view(request.view, pb.TRAJECTORY_VIEW_FULL)
         async for t in self.store.export(request.filter, view):
             yield pb.ExportTrajectoriesResponse(trajectory=t)
 
@@ -209,7 +210,7 @@ class TrajectoryService(trajectory_pb2_grpc.TrajectoryServiceServicer):
             try:
                 info = await asyncio.to_thread(self.deps.store.stat, source)
             except ObjectNotFoundError:
-                raise NotFound(f"object_key: no object {source!r} in the object store") from None
+                raise NotFound(f"object_key: no object {shown(source)} in the object store") from None
             if info.sha256:
                 content_hash = info.sha256
             else:  # a backend that does not know the hash: read the object once
@@ -291,6 +292,11 @@ class TrajectoryService(trajectory_pb2_grpc.TrajectoryServiceServicer):
                 raise item
             yield item
         await worker
+
+
+def _view(value: int, default: int) -> pb.TrajectoryView:
+    """A request's ``view``: 0 (unset) means ``default``; a number outside the enum is refused."""
+    return cast(pb.TrajectoryView, check_enum("view", value, pb.TrajectoryView, default=default))
 
 
 def _hash_object(store: ObjectStore, key: str) -> str:
