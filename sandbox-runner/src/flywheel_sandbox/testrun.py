@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 
 from flywheel_sandbox.classify import Category, category_for_exception
-from flywheel_sandbox.runner import FileSpec, Limits, Runner, RunResult, RunSpec
+from flywheel_sandbox.runner import FileSpec, Limits, Runner, RunResult, RunSpec, Status
 
 # The only ini pytest reads (workspace ini files and their addopts are ignored). `pythonpath` puts the
 # workspace on sys.path after pytest and the guard plugin are imported, as `python -m pytest` would
@@ -95,6 +95,9 @@ class Finding(enum.Enum):
     REPORT_MISSING = 5
     EXPECTED_TEST_MISSING = 6
     CONFTEST_IGNORED = 7
+    PYTEST_TAMPERED = 8
+    OUTCOME_FROM_CODE_UNDER_TEST = 9
+    COMPARISON_FORGED = 10
 
 
 @dataclass
@@ -120,6 +123,32 @@ class TestRunOutcome:
     findings: list[IntegrityFinding]
     execution: RunResult
     counts: dict[Outcome, int] = field(default_factory=dict)
+    timed_out: bool = False
+
+
+# A target is a test id: a relative path, then optional ``::name`` parts, the last of which may
+# carry a parametrization in brackets. Nothing that pytest could read as an option.
+_TARGET = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*(::[A-Za-z_]\w*)*(\[[^\]\n]*\])?$")
+
+
+def target_problem(target: str, workspace_paths: Sequence[str]) -> str | None:
+    """Why ``target`` is not a test id naming something in the workspace (None if it is)."""
+    if not target or target.startswith("-"):
+        return f"{target!r:.120} is not a test id (targets are paths or node ids, never options)"
+    if not _TARGET.match(target):
+        return f"{target!r:.120} is not a test id like `tests/test_x.py::test_name[param]`"
+    path = target.split("::", 1)[0].rstrip("/")
+    parts = path.split("/")
+    if any(p in ("", "..") for p in parts) and path not in (".",):
+        return f"{target!r:.120}: the path must be relative, without `..` or empty parts"
+    if path == "." or any(p == path or p.startswith(path + "/") for p in workspace_paths):
+        return None
+    return f"{target!r:.120}: no file or folder {path!r} in the workspace"
+
+
+def is_bytecode(path: str) -> bool:
+    """Compiled files are never taken from a request: a planted .pyc could replace a test."""
+    return path.endswith((".pyc", ".pyo")) or "__pycache__" in path.split("/")
 
 
 def forbidden_arg(arg: str) -> bool:
@@ -164,6 +193,22 @@ def _in_targets(path: str, targets: Sequence[str]) -> bool:
     for target in targets:
         t = target.split("::", 1)[0].rstrip("/")
         if t in ("", ".") or path == t or path.startswith(t + "/"):
+            return True
+    return False
+
+
+def _selected(test_id: str, targets: Sequence[str]) -> bool:
+    """Whether a statically found test is one the targets select (node-id targets select less)."""
+    if not targets:
+        return True
+    for target in targets:
+        if "::" not in target:
+            t = target.rstrip("/")
+            if t in ("", ".") or test_id.startswith(t + "/") or test_id.startswith(t + "::"):
+                return True
+            continue
+        base = _base(target)
+        if test_id == base or test_id.startswith(base + "::"):
             return True
     return False
 
@@ -239,11 +284,17 @@ async def run_tests(
                 IntegrityFinding(Finding.CONFTEST_IGNORED, p, "conftest.py ignored (allow_conftest is off)")
             )
 
+    for path in [p for p in workspace if is_bytecode(p)]:
+        del workspace[path]
     static: list[str] = []
     for path in sorted(workspace):
         if is_test_file(path) and _in_targets(path, targets):
             ids = static_test_ids(path, workspace[path].data)
-            static.extend(ids or [])
+            static.extend(t for t in ids or [] if _selected(t, targets))
+    tests_doc = {
+        "authoritative": sorted(f.path for f in protected),
+        "test_files": sorted(p for p in workspace if is_test_file(p)),
+    }
     key = secrets.token_hex(32).encode()
     argv = [
         "python3",
@@ -265,7 +316,8 @@ async def run_tests(
     ]
     if not allow_conftest:
         argv.append("--noconftest")
-    argv += [*pytest_args, *targets]
+    # Targets come after `--`: whatever they look like, pytest reads them as paths or node ids.
+    argv += [*pytest_args, "--", *targets]
     run_env = dict(env)
     run_env.update(
         {"PYTHONPATH": "/.flywheel", "PYTHONDONTWRITEBYTECODE": "1", "FLYWHEEL_SANDBOX_GUARD": "1"}
@@ -278,11 +330,38 @@ async def run_tests(
         argv=argv,
         env=run_env,
         stdin=key + b"\n",
-        extra_data={"flywheel_guard.py": _PLUGIN, "pytest.ini": PYTEST_INI},
+        extra_data={
+            "flywheel_guard.py": _PLUGIN,
+            "pytest.ini": PYTEST_INI,
+            "tests.json": json.dumps(tests_doc).encode(),
+        },
         pass_pipe=True,
     )
     result = await runner.execute(spec)
     return evaluate(result, key, static, expected_ids, findings)
+
+
+_LIMIT_STATUSES = {
+    Status.WALL_TIMEOUT: "the test run timed out (wall-clock limit)",
+    Status.CPU_TIMEOUT: "the test run used up its CPU time",
+    Status.MEMORY_LIMIT: "the test run hit its memory limit",
+    Status.OUTPUT_LIMIT: "the test run hit its output limit",
+    Status.PROCESS_LIMIT: "the test run hit its process limit",
+    Status.FILE_SIZE_LIMIT: "the test run hit its file size limit",
+}
+_VOIDING = frozenset(
+    {
+        Finding.REPORT_FORGED,
+        Finding.PYTEST_TAMPERED,
+        Finding.COMPARISON_FORGED,
+        Finding.OUTCOME_FROM_CODE_UNDER_TEST,
+    }
+)
+_TAMPER_KINDS = {
+    "PYTEST_TAMPERED": Finding.PYTEST_TAMPERED,
+    "OUTCOME_FROM_CODE_UNDER_TEST": Finding.OUTCOME_FROM_CODE_UNDER_TEST,
+    "COMPARISON_FORGED": Finding.COMPARISON_FORGED,
+}
 
 
 def evaluate(
@@ -292,15 +371,23 @@ def evaluate(
     expected_ids: list[str],
     findings: list[IntegrityFinding],
 ) -> TestRunOutcome:
-    """Turns the run's evidence into per-test outcomes and findings (pure; unit-tested directly)."""
+    """Turns the run's evidence into per-test outcomes and findings (pure; unit-tested directly).
+
+    A run stopped by one of its limits (time, memory, output, processes) is not evidence of
+    tampering: tests without a result are MISSING with the limit as their message, and no
+    REPORT_MISSING / EXIT_BEFORE_ASSERTS finding is raised for it.
+    """
+    limit_hit = _LIMIT_STATUSES.get(result.status)
+    timed_out = result.status in (Status.WALL_TIMEOUT, Status.CPU_TIMEOUT)
     record = None
     mac, _, body = result.side.partition(b"\n")
     if not result.side:
-        findings.append(
-            IntegrityFinding(
-                Finding.REPORT_MISSING, "", "pytest produced no report (it exited early or was killed)"
+        if limit_hit is None:
+            findings.append(
+                IntegrityFinding(
+                    Finding.REPORT_MISSING, "", "pytest produced no report (it exited early or was killed)"
+                )
             )
-        )
     elif not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).hexdigest().encode()):
         findings.append(
             IntegrityFinding(Finding.REPORT_FORGED, "", "the report was not written by the runner's plugin")
@@ -310,17 +397,30 @@ def evaluate(
             record = json.loads(body)
         except ValueError:
             findings.append(IntegrityFinding(Finding.REPORT_FORGED, "", "the report does not parse"))
+    if record is not None and not isinstance(record, dict):
+        findings.append(IntegrityFinding(Finding.REPORT_FORGED, "", "the report has the wrong shape"))
+        record = None
 
     results: dict[str, TestResult] = {}
     collected: list[str] = []
+    raw: dict[str, str] = {}
+    xfail_marked: set[str] = set()
     if record is not None:
         collected = list(record.get("collected", []))
         live: dict[str, str] = record.get("outcomes", {})
+        raw = dict(record.get("raw", {}))
+        xfail_marked = set(record.get("xfail_marked", []))
+        for entry in record.get("tamper", []):
+            kind, subject, detail = [*list(entry), "", "", ""][:3]
+            findings.append(
+                IntegrityFinding(_TAMPER_KINDS.get(kind, Finding.PYTEST_TAMPERED), subject, detail)
+            )
         by_key = {_junit_key(t): t for t in collected}
         junit_seen: set[str] = set()
         xml = record.get("junit") or ""
         if not xml:
-            findings.append(IntegrityFinding(Finding.REPORT_MISSING, "", "the JUnit report is empty"))
+            if limit_hit is None:
+                findings.append(IntegrityFinding(Finding.REPORT_MISSING, "", "the JUnit report is empty"))
         else:
             try:
                 root = _parse_junit(xml)
@@ -375,6 +475,27 @@ def evaluate(
                     IntegrityFinding(Finding.REPORT_FORGED, tid, "pytest ran the test but JUnit omits it")
                 )
                 results[tid] = TestResult(tid, _LIVE.get(live[tid], Outcome.ERROR))
+        # The guard's own record of what each test raised, taken before any report object
+        # existed, outranks pytest's reports: a "pass" it did not see is a forged pass.
+        for tid, res in results.items():
+            seen = raw.get(tid)
+            if res.outcome in (Outcome.PASSED, Outcome.XPASSED) and seen != "passed":
+                findings.append(
+                    IntegrityFinding(
+                        Finding.REPORT_FORGED,
+                        tid,
+                        f"reported {res.outcome.name.lower()} but the guard saw "
+                        + (f"the test end as {seen!r}" if seen else "no call of the test complete"),
+                    )
+                )
+                res.outcome = Outcome.FAILED if seen in (None, "failed", "setup-ok") else Outcome.ERROR
+            elif res.outcome is Outcome.XFAILED and tid not in xfail_marked and seen != "xfailed":
+                findings.append(
+                    IntegrityFinding(
+                        Finding.REPORT_FORGED, tid, "reported xfailed but the test carries no xfail marker"
+                    )
+                )
+                res.outcome = Outcome.FAILED
 
     # Ordering: pytest's collection order, then statically known tests it never collected.
     order: list[str] = list(collected)
@@ -390,11 +511,15 @@ def evaluate(
     for tid in order:
         res = results.get(tid)
         if res is None:
-            res = TestResult(tid, Outcome.MISSING, message="no result reported for this test")
+            res = TestResult(
+                tid,
+                Outcome.MISSING,
+                message=f"not reached: {limit_hit}" if limit_hit else "no result reported for this test",
+            )
             if tid in collected or record is None:
                 missing_ran = True
         tests.append(res)
-    if missing_ran or (record is None and static):
+    if limit_hit is None and (missing_ran or (record is None and static)):
         findings.append(
             IntegrityFinding(
                 Finding.EXIT_BEFORE_ASSERTS,
@@ -404,6 +529,8 @@ def evaluate(
         )
     for tid in expected_ids:
         if tid not in collected and not (record is None and _base(tid) in static):
+            if record is None and limit_hit is not None:
+                continue
             findings.append(
                 IntegrityFinding(Finding.EXPECTED_TEST_MISSING, tid, "expected test was not collected")
             )
@@ -419,6 +546,13 @@ def evaluate(
                     )
                 )
 
+    # Once the process's machinery was tampered with, none of its passes can be believed.
+    distrust = [f for f in findings if f.kind in _VOIDING]
+    if distrust:
+        why = f"not trusted: {distrust[0].kind.name} ({distrust[0].subject or 'the run'})"
+        for t in tests:
+            if t.outcome in (Outcome.PASSED, Outcome.XPASSED, Outcome.XFAILED):
+                t.outcome, t.message = Outcome.FAILED, why
     counts = {o: 0 for o in Outcome}
     for t in tests:
         counts[t.outcome] += 1
@@ -429,8 +563,8 @@ def evaluate(
     )
     bad = counts[Outcome.FAILED] + counts[Outcome.XPASSED] + counts[Outcome.ERROR] + counts[Outcome.MISSING]
     serious = [f for f in findings if f.kind is not Finding.CONFTEST_IGNORED]
-    passed = expected_ok and bad == 0 and not serious and bool(tests)
-    return TestRunOutcome(passed, tests, _dedupe(findings), result, counts)
+    passed = expected_ok and bad == 0 and not serious and bool(tests) and limit_hit is None
+    return TestRunOutcome(passed, tests, _dedupe(findings), result, counts, timed_out)
 
 
 _LIVE = {
