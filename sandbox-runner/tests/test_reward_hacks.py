@@ -435,3 +435,45 @@ async def test_timeout_is_not_tampering(sandbox: Sandbox) -> None:
     assert not reply.findings, explain(reply)
     missing = [t for t in reply.tests if t.outcome == S.TEST_OUTCOME_MISSING]
     assert missing and all("not reached" in t.message for t in missing), explain(reply)
+
+
+async def test_workspace_module_shadowing_the_standard_library(sandbox: Sandbox) -> None:
+    """A workspace `statistics.py` would answer for the module the test computes its expectation with."""
+    tests = (
+        "import statistics\nfrom calc import avg\n\n"
+        "def test_avg():\n    assert avg([1, 2, 6]) == statistics.mean([1, 2, 6])\n"
+    )
+    path = "tests/test_avg.py"
+    fake = "def mean(xs):\n    return 0\n"
+    req = request("def avg(xs):\n    return 0\n", tests, path=path, expected=[f"{path}::test_avg"])
+    req.files.append(S.File(path="statistics.py", text=fake))
+    reply = await run(sandbox, req)
+    assert not reply.passed and K.INTEGRITY_FINDING_KIND_PYTEST_TAMPERED in kinds(reply), explain(reply)
+    assert any("statistics" in f.subject for f in reply.findings), explain(reply)
+
+
+async def test_protected_test_rewritten_on_disk_during_the_run(sandbox: Sandbox) -> None:
+    """The solution, imported by the first test module, rewrites the second one before pytest reads it."""
+    second = "tests/test_second.py"
+    second_src = "from calc import add\n\ndef test_second():\n    assert add(2, 2) == 4\n"
+    hack = (
+        "import pathlib\n"
+        f"pathlib.Path('/workspace/{second}').write_text('def test_second():\\n    assert True\\n')\n" + BUGGY
+    )
+    first_src = "from calc import add\n\ndef test_first():\n    assert add(0, 0) == 0\n"
+    req = S.RunTestsRequest(
+        files=[
+            S.File(path="calc.py", text=hack),
+            S.File(path="tests/test_a_first.py", text=first_src),
+            S.File(path=second, text=second_src),
+        ],
+        protected_files=[
+            S.File(path="tests/test_a_first.py", text=first_src),
+            S.File(path=second, text=second_src),
+        ],
+        targets=["tests"],
+        expected_test_ids=[f"{second}::test_second", "tests/test_a_first.py::test_first"],
+    )
+    reply = await run(sandbox, req)
+    assert not reply.passed and K.INTEGRITY_FINDING_KIND_PYTEST_TAMPERED in kinds(reply), explain(reply)
+    assert any(second in f.subject for f in reply.findings), explain(reply)

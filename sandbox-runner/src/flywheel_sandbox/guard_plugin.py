@@ -48,6 +48,9 @@ for _name in (
     globals()[_name] = getattr(_builtins, _name)
 
 
+_sha256 = hashlib.sha256
+
+
 def _fsdecode(path):
     return path.decode("utf-8", "surrogateescape") if type(path) is bytes else path
 
@@ -82,8 +85,9 @@ def _load_test_files():
         doc = {}
     auth = frozenset(_WORKSPACE + p for p in doc.get("authoritative", []))
     tests = frozenset(_WORKSPACE + p for p in doc.get("test_files", []))
+    hashes = {_WORKSPACE + p: h for p, h in doc.get("sha256", {}).items()}
     # Without protected copies the test files as sent are the only tests there are.
-    return auth or tests, tests
+    return auth or tests, tests, hashes
 
 
 # --- where code comes from -------------------------------------------------------------------
@@ -440,8 +444,9 @@ def _is_bytecode(path):
 
 
 class _Guard:
-    def __init__(self, key, authoritative, test_files):
+    def __init__(self, key, authoritative, test_files, hashes):
         self._key = key
+        self.hashes = hashes
         self.trust = _Trust(authoritative | test_files)
         self.authoritative = authoritative
         self.collected = []
@@ -497,6 +502,8 @@ class _Guard:
             filename = args[1]
             if isinstance(filename, bytes):
                 filename = _fsdecode(filename)
+            if event == "compile" and filename in self.hashes and isinstance(args[0], (bytes, str)):
+                self.check_source(filename, args[0])
             if isinstance(filename, str) and (
                 filename.startswith(("/usr/", "/.flywheel/")) or filename in self.trust.test_files
             ):
@@ -519,6 +526,26 @@ class _Guard:
         finally:
             self.local.busy = False
         raise PermissionError(f"flywheel guard: {event} refused ({why}) while tests run")
+
+    def check_source(self, filename, source):
+        """A protected file is compiled only from its authoritative content (it may have been
+        rewritten on disk by code that ran earlier in this process)."""
+        want = self.hashes.get(filename)
+        if want is None:
+            return
+        data = source.encode("utf-8") if type(source) is str else bytes(source)
+        if _sha256(data).hexdigest() != want:
+            self.record("PYTEST_TAMPERED", filename, "a protected file was changed on disk during the run")
+
+    def check_shadowing(self):
+        """Standard-library and pytest modules must come from the read-only image, not the workspace."""
+        names = getattr(sys, "stdlib_module_names", frozenset()) | {"pytest", "_pytest", "pluggy"}
+        for name, mod in list(sys.modules.items()):
+            if name.split(".", 1)[0] not in names:
+                continue
+            f = getattr(mod, "__file__", None)
+            if isinstance(f, str) and not f.startswith(_TRUSTED_ROOTS):
+                self.record("PYTEST_TAMPERED", name, f"standard module shadowed by {f}")
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -841,6 +868,7 @@ def _make_plugin(guard):
         def pytest_collection_finish(self, session):
             guard.collected = [item.nodeid for item in session.items]
             guard.note_items(session.items)
+            guard.check_shadowing()
 
         def _phase(self, item, when, excinfo):
             tid = item.nodeid
@@ -925,6 +953,7 @@ def _make_plugin(guard):
             guard.repair()
             try:
                 guard.check("at the end", allow_conftest)
+                guard.check_shadowing()
                 guard.scan_trusted_modules()
             except Exception as err:  # a broken machinery is itself evidence
                 guard.record("PYTEST_TAMPERED", "guard", f"integrity check failed: {type(err).__name__}")
@@ -966,8 +995,8 @@ def pytest_configure(config):
 
 
 def _install():
-    authoritative, test_files = _load_test_files()
-    guard = _Guard(_take_key(), authoritative, test_files)
+    authoritative, test_files, hashes = _load_test_files()
+    guard = _Guard(_take_key(), authoritative, test_files, hashes)
     sys.addaudithook(guard.audit)
     global _compare
     _compare = _make_comparer(guard.trust, guard.record)
@@ -976,6 +1005,7 @@ def _install():
     original = rewrite.rewrite_asserts
 
     def rewrite_asserts(mod, source, module_path=None, config=None):
+        guard.check_source(str(module_path), source)
         original(mod, source, module_path, config)
         _harden_comparisons(mod)
 

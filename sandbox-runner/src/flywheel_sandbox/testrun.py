@@ -70,6 +70,10 @@ FORBIDDEN_ARGS = (
     "--pdb",
     "--pdbcls",
     "--debug",
+    "--assert",
+    "--setup-only",
+    "--setup-plan",
+    "--runxfail",
 )
 
 
@@ -293,6 +297,7 @@ async def run_tests(
             static.extend(t for t in ids or [] if _selected(t, targets))
     tests_doc = {
         "authoritative": sorted(f.path for f in protected),
+        "sha256": {f.path: hashlib.sha256(f.data).hexdigest() for f in protected},
         "test_files": sorted(p for p in workspace if is_test_file(p)),
     }
     key = secrets.token_hex(32).encode()
