@@ -75,6 +75,15 @@ class InvalidArgument(FlywheelError):
         self.field = field
 
 
+def check_timestamp(field: str, stamp: Any) -> None:
+    """:class:`InvalidArgument` unless a ``google.protobuf.Timestamp`` is in its valid range
+    (years 1-9999, nanos in [0, 1e9)); protobuf's conversions raise ValueError on any other."""
+    try:
+        stamp.ToNanoseconds()
+    except ValueError as err:
+        raise InvalidArgument(field, f"is not a valid timestamp: {err}") from None
+
+
 def check_enum(
     field: str, value: int, enum: Any, *, allowed: Iterable[int] | None = None, default: int | None = None
 ) -> int:

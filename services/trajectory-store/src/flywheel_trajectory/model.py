@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from flywheel.common.v1 import common_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
-from flywheel_common.errors import InvalidArgument
+from flywheel_common.errors import InvalidArgument, check_timestamp
 
 #: Prefix of every trajectory object key.
 OBJECT_PREFIX = "trajectories/"
@@ -82,6 +82,9 @@ def normalize(
             )
         if len(value) > MAX_LABEL_VALUE:
             raise InvalidArgument(f"{field}.labels[{key}]", f"value is {len(value)} characters; at most 256")
+    for name in ("start_time", "end_time"):
+        if t.HasField(name):
+            check_timestamp(f"{field}.{name}", getattr(t, name))
     if t.HasField("start_time") and t.HasField("end_time"):
         if t.end_time.ToNanoseconds() < t.start_time.ToNanoseconds():
             raise InvalidArgument(f"{field}.end_time", "is before start_time")

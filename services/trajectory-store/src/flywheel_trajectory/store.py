@@ -37,7 +37,7 @@ from typing import TypeVar
 from flywheel.common.v1 import common_pb2
 from flywheel.events.v1 import events_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
-from flywheel_common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from flywheel_common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, check_timestamp
 from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
 from flywheel_trajectory import model
 from flywheel_trajectory.index import Query, TrajectoryIndex, rebuild
@@ -421,6 +421,9 @@ def build_query(flt: pb.TrajectoryFilter) -> Query:
     elif flt.outcome == pb.OUTCOME_FILTER_UNRESOLVED:
         q.eq("resolved", 0)
     rng = flt.create_time_range
+    for name in ("start_time", "end_time"):
+        if rng.HasField(name):
+            check_timestamp(f"filter.create_time_range.{name}", getattr(rng, name))
     if rng.HasField("start_time"):
         q.raw("create_time_us >= ?", rng.start_time.ToMicroseconds())
     if rng.HasField("end_time"):
