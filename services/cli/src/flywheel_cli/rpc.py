@@ -16,6 +16,7 @@ command exits with status 1.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,11 +25,12 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import grpc
+from click.core import ParameterSource
 from rich.console import Console
 from rich.markup import escape
 
 from flywheel_cli.components import by_name
-from flywheel_cli.stack import DEFAULT_STATE_DIR, service_address
+from flywheel_cli.stack import DEFAULT_STATE_DIR, NoStackError, service_address
 from flywheel_common.server import MAX_MESSAGE_BYTES, MIN_CLIENT_PING_INTERVAL_S
 
 console = Console(stderr=True)
@@ -96,14 +98,30 @@ def connection_options(service: Service) -> Callable[[F], F]:
 
 
 def remember_connection(ctx: click.Context, address: str | None, state_dir: Path) -> None:
-    """Keep a group's ``--address``/``--state-dir`` for its sub-commands (in ``ctx.obj``)."""
+    """Keep a group's ``--address``/``--state-dir`` for its sub-commands (in ``ctx.obj``), and
+    whether the state folder was named (option or FLYWHEEL_STATE_DIR) rather than the default."""
     ctx.ensure_object(dict)
-    ctx.obj.update(address=address, state_dir=state_dir)
+    source = ctx.get_parameter_source("state_dir")
+    named = source not in (None, ParameterSource.DEFAULT) or bool(os.environ.get("FLYWHEEL_STATE_DIR"))
+    ctx.obj.update(address=address, state_dir=state_dir, state_dir_named=named)
 
 
 def resolve(ctx: click.Context, service: Service) -> str:
-    """The address of ``service`` for this invocation (see :func:`flywheel_cli.stack.service_address`)."""
-    return service_address(service.component, ctx.obj.get("address"), ctx.obj["state_dir"])
+    """The address of ``service`` for this invocation (see :func:`flywheel_cli.stack.service_address`).
+
+    A named ``--state-dir`` with no stack running from it ends the command with an error saying
+    so, rather than a call to whatever listens on the default port.
+    """
+    try:
+        return service_address(
+            service.component,
+            ctx.obj.get("address"),
+            ctx.obj["state_dir"],
+            state_dir_named=ctx.obj.get("state_dir_named", False),
+        )
+    except NoStackError as err:
+        console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        sys.exit(1)
 
 
 class _CallDetails(grpc.ClientCallDetails):

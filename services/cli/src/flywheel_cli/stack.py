@@ -121,20 +121,45 @@ class StackInfo:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-def service_address(name: str, address: str | None, state_dir: Path) -> str:
+class NoStackError(StackError):
+    """A state folder was named but no stack runs from it (so no address can come from it)."""
+
+
+def service_address(name: str, address: str | None, state_dir: Path, *, state_dir_named: bool = False) -> str:
     """Where a CLI command finds a service: ``--address``, else ``FLYWHEEL_<…>_ADDRESS``, else the
-    running stack's ``stack.json`` under ``state_dir``, else the component's default port here."""
+    running stack's ``stack.json`` under ``state_dir``, else the component's default port here.
+
+    The default port is only a guess for the default state folder: when ``state_dir_named``
+    (``--state-dir`` or ``FLYWHEEL_STATE_DIR`` was given) and no stack runs from that folder,
+    :class:`NoStackError` says so instead of reaching whatever listens on the default port.
+    """
     if address:
         return address
     component = by_name(name)
     env = os.environ.get(component.address_variable)
     if env:
         return env
-    stack_file = state_dir.expanduser() / STACK_FILE
+    folder = state_dir.expanduser()
+    stack_file = folder / STACK_FILE
+    why = f"there is no {STACK_FILE} in it"
     if stack_file.exists():
-        for service in StackInfo.load(stack_file).services:
-            if service.get("name") == name:
-                return str(service["address"])
+        try:
+            info: StackInfo | None = StackInfo.load(stack_file)
+        except (ValueError, TypeError, OSError) as err:
+            info, why = None, f"its {STACK_FILE} cannot be read ({err})"
+        if info is not None and (pid_alive(info.supervisor_pid) or not state_dir_named):
+            for service in info.services:
+                if service.get("name") == name:
+                    return str(service["address"])
+            why = f"its {STACK_FILE} lists no {name}"
+        elif info is not None:
+            why = f"its {STACK_FILE} is left from a stack whose supervisor (pid {info.supervisor_pid}) has exited"
+    if state_dir_named:
+        raise NoStackError(
+            f"no Flywheel stack is running from {folder} ({why}); start one with "
+            f"`flywheel up --state-dir {folder}`, or name the service with --address or "
+            f"{component.address_variable}"
+        )
     return f"{LOCAL_HOST}:{component.default_port}"
 
 

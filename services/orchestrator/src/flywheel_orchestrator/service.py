@@ -6,13 +6,14 @@ evaluations.py, loops.py) and back.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
-from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
-from flywheel_common.errors import InvalidArgument, NotFound
+from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, suite_pb2
+from flywheel_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, shown
 from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding
@@ -22,9 +23,12 @@ from flywheel_orchestrator.model import ModelClient
 from flywheel_orchestrator.runs import RunManager
 from flywheel_orchestrator.sandbox import SandboxClient
 from flywheel_orchestrator.settings import OrchestratorSettings
-from flywheel_orchestrator.suites import SuiteCatalog
+from flywheel_orchestrator.suite_check import MAX_FILES, check_suite, manifest_for
+from flywheel_orchestrator.suites import NAME_RE, SuiteCatalog, write_object_store
 
 NAME = "orchestrator"
+#: Problems named in the message of a failed ImportSuite (all of them come with validate_only).
+PROBLEMS_IN_MESSAGE = 5
 DESCRIPTOR = opb.DESCRIPTOR.services_by_name["OrchestratorService"]
 
 
@@ -35,6 +39,7 @@ class Orchestrator:
         self.settings = settings
         self.deps = deps
         self.catalog = SuiteCatalog(settings.suite_dirs)
+        self._suites_lock = asyncio.Lock()
         self.models = ModelClient(
             settings.base_url,
             settings.gateway_api_key.get_secret_value(),
@@ -53,6 +58,11 @@ class Orchestrator:
 
     def _bus(self):
         return self.deps.bus if self.deps.want_events else None
+
+    async def refresh_suites(self, *, force: bool = False) -> None:
+        """Load the suites again if a listing changed (``force``: in any case), off the event loop."""
+        async with self._suites_lock:
+            await asyncio.to_thread(self.catalog.reload if force else self.catalog.refresh)
 
     async def start(self) -> None:
         self.catalog.store = self.deps.store
@@ -80,7 +90,11 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListSuites(
         self, request: opb.ListSuitesRequest, context: grpc.aio.ServicerContext
     ) -> opb.ListSuitesResponse:
-        suites = [self.core.catalog.suites[n].to_proto() for n in sorted(self.core.catalog.suites)]
+        catalog = self.core.catalog
+        await self.core.refresh_suites()
+        listed = [(n, catalog.suites[n].to_proto()) for n in catalog.suites]
+        listed += [(f.name, f.to_proto()) for f in catalog.failures.values()]
+        suites = [s for _, s in sorted(listed, key=lambda pair: (pair[0], pair[1].source))]
         chunk, token = offset_page(suites, request.page_size, request.page_token)
         return opb.ListSuitesResponse(suites=chunk, next_page_token=token)
 
@@ -89,11 +103,90 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> opb.GetSuiteResponse:
         if not request.suite:
             raise InvalidArgument("suite", "is required")
+        await self.core.refresh_suites()
         suite = self.core.catalog.get(request.suite)
         if suite is None:
+            failure = self.core.catalog.failure(request.suite)
+            if failure is not None:
+                raise FailedPrecondition(
+                    f"suite {shown(request.suite)} failed to load from {failure.source}: {failure.error}"
+                )
             known = ", ".join(sorted(self.core.catalog.suites)) or "none"
-            raise NotFound(f"suite {request.suite!r} does not exist (known: {known})")
+            raise NotFound(f"suite {shown(request.suite)} does not exist (known: {known})")
         return opb.GetSuiteResponse(suite=suite.to_proto())
+
+    async def ImportSuite(
+        self, request: opb.ImportSuiteRequest, context: grpc.aio.ServicerContext
+    ) -> opb.ImportSuiteResponse:
+        if not request.files:
+            raise InvalidArgument("files", "is empty: send every file of the suite (see SUITES.md)")
+        if len(request.files) > MAX_FILES:
+            raise InvalidArgument("files", f"{len(request.files)} files; a suite may hold {MAX_FILES}")
+        files: dict[str, bytes] = {}
+        for i, f in enumerate(request.files):
+            if f.path in files:
+                raise InvalidArgument(f"files[{i}].path", f"{shown(f.path)} appears twice")
+            files[f.path] = f.content
+        name = request.name or _manifest_name(files)
+        if not name:
+            raise InvalidArgument("name", "is required when the files hold no suite.toml naming the suite")
+        if not NAME_RE.match(name):
+            raise InvalidArgument("name", f"{shown(name)} must match {NAME_RE.pattern}")
+        manifest = manifest_for(name, files)
+        if manifest is not None:
+            files["suite.toml"] = manifest
+        result = await asyncio.to_thread(check_suite, files, name=name, source=f"suites/{name}/")
+        reply = opb.ImportSuiteResponse(
+            problems=[
+                suite_pb2.SuiteProblem(path=p.path, message=p.message, warning=p.warning)
+                for p in result.problems
+            ]
+        )
+        if request.validate_only:
+            if result.suite is not None:
+                reply.suite.CopyFrom(result.suite.to_proto())
+            return reply
+        errors = result.errors
+        if errors or result.suite is None:
+            first = "; ".join(str(p) for p in errors[:PROBLEMS_IN_MESSAGE])
+            more = (
+                f" (and {len(errors) - PROBLEMS_IN_MESSAGE} more)"
+                if len(errors) > PROBLEMS_IN_MESSAGE
+                else ""
+            )
+            raise InvalidArgument(
+                "files",
+                f"suite {name!r} has {len(errors)} problem{'s' if len(errors) != 1 else ''}, nothing was "
+                f"imported: {first}{more}; ImportSuite with validate_only lists them all",
+            )
+        catalog = self.core.catalog
+        await self.core.refresh_suites()
+        existing = catalog.get(name)
+        if existing is not None and not request.replace:
+            raise AlreadyExists(
+                f"suite {name!r} already exists (from {existing.source}); set replace to replace it"
+            )
+        store = self.core.deps.store
+        await asyncio.to_thread(write_object_store, store, name, files)
+        await self.core.refresh_suites(force=True)
+        loaded = catalog.get(name)
+        if loaded is None or loaded.source != f"suites/{name}/":  # another source won: cannot happen today
+            failure = catalog.failure(name)
+            raise FailedPrecondition(
+                f"suite {name!r} was stored but did not load: {failure.error if failure else 'unknown reason'}"
+            )
+        reply.suite.CopyFrom(loaded.to_proto())
+        return reply
+
+    async def ReloadSuites(
+        self, request: opb.ReloadSuitesRequest, context: grpc.aio.ServicerContext
+    ) -> opb.ReloadSuitesResponse:
+        await self.core.refresh_suites(force=True)
+        catalog = self.core.catalog
+        failed = sorted(catalog.failures.values(), key=lambda f: (f.name, f.source))
+        return opb.ReloadSuitesResponse(
+            suite_count=len(catalog.suites), failed=[f.to_proto() for f in failed]
+        )
 
     # ---------------------------------------------------------------------------- runs
 
@@ -208,6 +301,18 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise InvalidArgument("loop_id", "is required")
         async for item in self.core.loops.watch(request.loop_id):
             yield item
+
+
+def _manifest_name(files: dict[str, bytes]) -> str:
+    """The `name` of the files' suite.toml, or "" (its problems are reported by the check)."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(files.get("suite.toml", b"").decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ""
+    name = doc.get("name")
+    return name if isinstance(name, str) else ""
 
 
 def build_app(settings: OrchestratorSettings) -> GrpcApp:

@@ -7,10 +7,12 @@ every episode start without touching the disk or the object store.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
 import re
+import threading
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -376,66 +378,153 @@ def load_folder(folder: Path, *, bundled: bool = False) -> Suite:
     return build_suite(read_folder(folder), folder_name=folder.name, source=str(folder), bundled=bundled)
 
 
-def load_object_store(store: ObjectStore, name: str) -> Suite:
+def read_object_store(store: ObjectStore, name: str) -> dict[str, bytes]:
+    """Every file of the suite ``name`` in the object store (paths relative to ``suites/<name>/``)."""
     prefix = f"suites/{name}/"
-    files = {info.key[len(prefix) :]: store.get_bytes(info.key) for info in store.list(prefix)}
+    return {info.key[len(prefix) :]: store.get_bytes(info.key) for info in store.list(prefix)}
+
+
+def load_object_store(store: ObjectStore, name: str) -> Suite:
+    files = read_object_store(store, name)
     if not files:
-        raise SuiteError(f"object store: nothing under {prefix}")
-    return build_suite(files, folder_name=name, source=prefix, bundled=False)
+        raise SuiteError(f"object store: nothing under suites/{name}/")
+    return build_suite(files, folder_name=name, source=f"suites/{name}/", bundled=False)
+
+
+def write_object_store(store: ObjectStore, name: str, files: Mapping[str, bytes]) -> None:
+    """Store a checked suite under ``suites/<name>/``, replacing whatever was there.
+
+    ``suite.toml`` goes last, and a catalog only sees a suite with a ``suite.toml``, so a new
+    suite appears whole; files of an earlier version that the new one lacks are removed after.
+    """
+    prefix = f"suites/{name}/"
+    stale = {info.key for info in store.list(prefix)} - {prefix + p for p in files}
+    for path in sorted(files, key=lambda p: p == "suite.toml"):
+        store.put(prefix + path, files[path], overwrite=True)
+    for key in sorted(stale):
+        store.delete(key)
+
+
+@dataclass(frozen=True)
+class SuiteFailure:
+    """A suite that did not load: its name (the folder's), where it was, and every problem found."""
+
+    name: str
+    source: str
+    error: str
+    bundled: bool = False
+
+    def to_proto(self) -> suite_pb2.Suite:
+        return suite_pb2.Suite(
+            name=self.name, source=self.source, bundled=self.bundled, load_error=self.error
+        )
 
 
 class SuiteCatalog:
     """Every suite the orchestrator knows: bundled, extra folders, and the object store.
 
     Later sources win on a name clash, so an operator can replace a bundled suite. Loaded at
-    start-up and on ``reload()``; a malformed suite is logged and skipped (the error is kept
-    and shown by ``errors``) rather than taking the service down.
+    start-up, by ``reload()``, and by ``refresh()`` when a listing of the extra folders and of
+    ``suites/`` in the object store changed since the last load (one directory walk and one
+    object listing; the bundled suites ship with the code and are read again only by
+    ``reload()``). A suite that fails to load does not take the service down: it is kept in
+    ``failures`` with every problem found (``flywheel_orchestrator.suite_check``), and shown by
+    ListSuites and ``flywheel suites``. Safe to call from several threads.
     """
 
     def __init__(self, folders: Iterable[Path] = (), store: ObjectStore | None = None) -> None:
         self.folders = list(folders)
         self.store = store
         self.suites: dict[str, Suite] = {}
-        self.errors: dict[str, str] = {}
+        self.failures: dict[str, SuiteFailure] = {}  #: by source
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Source → error of each suite that failed to load."""
+        return {source: f.error for source, f in self.failures.items()}
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """What changes when a suite in an extra folder or the object store changes."""
+        seen: list[Any] = []
+        for root in self.folders:
+            if root.is_dir():
+                for path in sorted(root.rglob("*")):
+                    with contextlib.suppress(OSError):
+                        st = path.stat()
+                        seen.append((str(path), st.st_mtime_ns, st.st_size))
+            else:
+                seen.append((str(root), None, None))
+        if self.store is not None:
+            for info in self.store.list("suites/"):
+                seen.append((info.key, info.size, info.etag or info.last_modified.isoformat()))
+        return tuple(seen)
+
+    def refresh(self) -> bool:
+        """Load again if anything changed since the last load; True if it did."""
+        if self._fingerprint is not None and self.fingerprint() == self._fingerprint:
+            return False
+        self.reload()
+        return True
 
     def reload(self) -> None:
-        suites: dict[str, Suite] = {}
-        errors: dict[str, str] = {}
+        from flywheel_orchestrator.suite_check import check_suite  # it imports this module
 
-        def scan(root: Path, bundled: bool) -> None:
-            if (root / "suite.toml").is_file():
-                candidates = [root]
-            else:
-                candidates = (
-                    sorted(p for p in root.iterdir() if (p / "suite.toml").is_file()) if root.is_dir() else []
-                )
-            for folder in candidates:
-                try:
-                    suite = load_folder(folder, bundled=bundled)
-                except SuiteError as err:
-                    errors[str(folder)] = str(err)
-                    continue
-                suites[suite.name] = suite
+        with self._lock:
+            fingerprint = self.fingerprint()
+            suites: dict[str, Suite] = {}
+            failures: dict[str, SuiteFailure] = {}
 
-        scan(BUNDLED_DIR, True)
-        for folder in self.folders:
-            scan(folder, False)
-        if self.store is not None:
-            names = set()
-            for info in self.store.list("suites/"):
-                rest = info.key[len("suites/") :]
-                if rest.count("/") >= 1 and rest.split("/", 1)[1] == "suite.toml":
-                    names.add(rest.split("/", 1)[0])
-            for name in sorted(names):
-                try:
-                    suites[name] = load_object_store(self.store, name)
-                except SuiteError as err:
-                    errors[f"suites/{name}/"] = str(err)
-        self.suites = suites
-        self.errors = errors
+            def load(name: str, files: dict[str, bytes], source: str, bundled: bool) -> None:
+                result = check_suite(files, name=name, source=source, bundled=bundled)
+                if result.suite is None:
+                    error = "; ".join(str(p) for p in result.errors) or "the suite did not load"
+                    failures[source] = SuiteFailure(name, source, error, bundled)
+                else:
+                    suites[result.suite.name] = result.suite
+
+            def scan(root: Path, bundled: bool) -> None:
+                if (root / "suite.toml").is_file():
+                    candidates = [root]
+                else:
+                    candidates = (
+                        sorted(p for p in root.iterdir() if (p / "suite.toml").is_file())
+                        if root.is_dir()
+                        else []
+                    )
+                for folder in candidates:
+                    try:
+                        files = read_folder(folder)
+                    except OSError as err:
+                        failures[str(folder)] = SuiteFailure(
+                            folder.name, str(folder), f"cannot read: {err}", bundled
+                        )
+                        continue
+                    load(folder.name, files, str(folder), bundled)
+
+            scan(BUNDLED_DIR, True)
+            for folder in self.folders:
+                scan(folder, False)
+            if self.store is not None:
+                names = set()
+                for info in self.store.list("suites/"):
+                    rest = info.key[len("suites/") :]
+                    if rest.count("/") >= 1 and rest.split("/", 1)[1] == "suite.toml":
+                        names.add(rest.split("/", 1)[0])
+                for name in sorted(names):
+                    load(name, read_object_store(self.store, name), f"suites/{name}/", False)
+            self.suites = suites
+            self.failures = failures
+            self._fingerprint = fingerprint
 
     def get(self, name: str) -> Suite | None:
         return self.suites.get(name)
+
+    def failure(self, name: str) -> SuiteFailure | None:
+        """The last failure of a suite called ``name`` (when no source of that name loaded)."""
+        found = [f for f in self.failures.values() if f.name == name]
+        return found[-1] if found else None
 
 
 # ---------------------------------------------------------------------------------- importers

@@ -39,6 +39,38 @@ class GetSuiteResponse(_message.Message):
     suite: _suite_pb2.Suite
     def __init__(self, suite: _Optional[_Union[_suite_pb2.Suite, _Mapping]] = ...) -> None: ...
 
+class ImportSuiteRequest(_message.Message):
+    __slots__ = ("name", "files", "validate_only", "replace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    files: _containers.RepeatedCompositeFieldContainer[_suite_pb2.SuiteFile]
+    validate_only: bool
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Iterable[_Union[_suite_pb2.SuiteFile, _Mapping]]] = ..., validate_only: _Optional[bool] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class ImportSuiteResponse(_message.Message):
+    __slots__ = ("suite", "problems")
+    SUITE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    suite: _suite_pb2.Suite
+    problems: _containers.RepeatedCompositeFieldContainer[_suite_pb2.SuiteProblem]
+    def __init__(self, suite: _Optional[_Union[_suite_pb2.Suite, _Mapping]] = ..., problems: _Optional[_Iterable[_Union[_suite_pb2.SuiteProblem, _Mapping]]] = ...) -> None: ...
+
+class ReloadSuitesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadSuitesResponse(_message.Message):
+    __slots__ = ("suite_count", "failed")
+    SUITE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    suite_count: int
+    failed: _containers.RepeatedCompositeFieldContainer[_suite_pb2.Suite]
+    def __init__(self, suite_count: _Optional[int] = ..., failed: _Optional[_Iterable[_Union[_suite_pb2.Suite, _Mapping]]] = ...) -> None: ...
+
 class CreateRunRequest(_message.Message):
     __slots__ = ("run", "request_id")
     RUN_FIELD_NUMBER: _ClassVar[int]

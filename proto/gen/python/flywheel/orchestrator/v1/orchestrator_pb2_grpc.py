@@ -47,6 +47,16 @@ class OrchestratorServiceStub:
                 request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSuiteRequest.SerializeToString,
                 response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSuiteResponse.FromString,
                 _registered_method=True)
+        self.ImportSuite = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/ImportSuite',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ImportSuiteRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ImportSuiteResponse.FromString,
+                _registered_method=True)
+        self.ReloadSuites = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/ReloadSuites',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReloadSuitesRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReloadSuitesResponse.FromString,
+                _registered_method=True)
         self.CreateRun = channel.unary_unary(
                 '/flywheel.orchestrator.v1.OrchestratorService/CreateRun',
                 request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateRunRequest.SerializeToString,
@@ -131,14 +141,37 @@ class OrchestratorServiceServicer:
     """
 
     def ListSuites(self, request, context):
-        """Lists the task suites the orchestrator knows, by name.
+        """Lists the task suites the orchestrator knows, by name, and those that failed to load (with
+        `load_error` set). Suites added, changed or removed in the suite folders or the object store
+        since the last call are picked up first (a listing is compared; nothing is re-read when
+        nothing changed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSuite(self, request, context):
-        """Returns one suite. NOT_FOUND if unknown.
+        """Returns one suite. NOT_FOUND if unknown; FAILED_PRECONDITION, with every problem, if a suite
+        of that name failed to load.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSuite(self, request, context):
+        """Validates a suite given as its files and stores it in the object store (`suites/<name>/`),
+        where every orchestrator of the deployment loads it. Every problem is found at once: unknown
+        keys, missing files, test ids that name no test (a parametrised test named without its
+        parameters lists the ids that exist). With `validate_only` the problems come back in the
+        response and nothing is stored; without it, any problem is INVALID_ARGUMENT naming how many
+        there are and the first few. A name already in use is ALREADY_EXISTS unless `replace`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadSuites(self, request, context):
+        """Reads every suite again (bundled, folders, object store), whether or not a listing changed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +301,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetSuite,
                     request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSuiteRequest.FromString,
                     response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSuiteResponse.SerializeToString,
+            ),
+            'ImportSuite': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSuite,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ImportSuiteRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ImportSuiteResponse.SerializeToString,
+            ),
+            'ReloadSuites': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadSuites,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReloadSuitesRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReloadSuitesResponse.SerializeToString,
             ),
             'CreateRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateRun,
@@ -402,6 +445,60 @@ class OrchestratorService:
             '/flywheel.orchestrator.v1.OrchestratorService/GetSuite',
             flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSuiteRequest.SerializeToString,
             flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSuiteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSuite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/ImportSuite',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ImportSuiteRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ImportSuiteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadSuites(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/ReloadSuites',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReloadSuitesRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReloadSuitesResponse.FromString,
             options,
             channel_credentials,
             insecure,

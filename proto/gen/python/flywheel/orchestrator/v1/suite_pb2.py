@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flywheel.common.v1 import common_pb2 as flywheel_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$flywheel/orchestrator/v1/suite.proto\x12\x18\x66lywheel.orchestrator.v1\x1a\x1f\x66lywheel/common/v1/common.proto\"\xf9\x01\n\x05Suite\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07\x62undled\x18\x05 \x01(\x08\x12+\n\x05kinds\x18\x06 \x03(\x0e\x32\x1c.flywheel.common.v1.TaskKind\x12\x12\n\ntask_count\x18\x07 \x01(\x05\x12\x18\n\x10train_task_count\x18\x08 \x01(\x05\x12\x17\n\x0ftest_task_count\x18\t \x01(\x05\x12\x13\n\x0btrain_ratio\x18\n \x01(\x01\x12\x12\n\nsplit_seed\x18\x0b \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$flywheel/orchestrator/v1/suite.proto\x12\x18\x66lywheel.orchestrator.v1\x1a\x1f\x66lywheel/common/v1/common.proto\"\x8d\x02\n\x05Suite\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07\x62undled\x18\x05 \x01(\x08\x12+\n\x05kinds\x18\x06 \x03(\x0e\x32\x1c.flywheel.common.v1.TaskKind\x12\x12\n\ntask_count\x18\x07 \x01(\x05\x12\x18\n\x10train_task_count\x18\x08 \x01(\x05\x12\x17\n\x0ftest_task_count\x18\t \x01(\x05\x12\x13\n\x0btrain_ratio\x18\n \x01(\x01\x12\x12\n\nsplit_seed\x18\x0b \x01(\t\x12\x12\n\nload_error\x18\x0c \x01(\t\"*\n\tSuiteFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\">\n\x0cSuiteProblem\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07warning\x18\x03 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flywheel.orchestrator.v1.su
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUITE']._serialized_start=100
-  _globals['_SUITE']._serialized_end=349
+  _globals['_SUITE']._serialized_end=369
+  _globals['_SUITEFILE']._serialized_start=371
+  _globals['_SUITEFILE']._serialized_end=413
+  _globals['_SUITEPROBLEM']._serialized_start=415
+  _globals['_SUITEPROBLEM']._serialized_end=477
 # @@protoc_insertion_point(module_scope)
