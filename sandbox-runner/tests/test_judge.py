@@ -7,7 +7,17 @@ from google.protobuf import duration_pb2
 
 from flywheel.common.v1 import common_pb2
 from flywheel.sandbox.v1 import sandbox_pb2 as S
-from flywheel_sandbox.judge import Comparator, Whitespace, cases_from_input_output, outputs_match, short_diff
+from flywheel_sandbox.judge import (
+    Comparator,
+    Whitespace,
+    cases_from_input_output,
+    decode_output,
+    head_bytes,
+    kept_output_bytes,
+    outputs_match,
+    short_diff,
+    tail_bytes,
+)
 
 from .conftest import Sandbox
 
@@ -54,6 +64,70 @@ def test_short_diff_is_bounded() -> None:
     assert lines[0].startswith("--- expected") and lines[-1].startswith("…")
     assert "whitespace" in short_diff("a\n", "a")
     assert short_diff("a\n", "a \n").endswith("+a ")
+
+
+def test_comparison_stays_exact_past_the_diff_caps() -> None:
+    """The diff looks at a window; the verdict always compares the whole outputs."""
+    expected = "".join(f"{i} {i * 3}\n" for i in range(300_000))  # ~3.7 MB, far past DIFF_SCAN_BYTES
+    last_char = expected[:-2] + "x\n"
+    middle = expected.replace("150000 450000\n", "150000 450001\n")
+    for cmp in (TRAILING, EXACT, TOKENS, Comparator(abs_tol=1e-9)):
+        assert outputs_match(expected, expected, cmp)
+        assert not outputs_match(expected, last_char, cmp)
+        assert not outputs_match(expected, middle, cmp)
+    diff = short_diff(expected, middle).splitlines()
+    assert diff[2].startswith("@@ -150000,") and "-150000 450000" in diff and "+150000 450001" in diff
+    assert outputs_match(expected, expected + "\n\n", TRAILING) and not outputs_match(
+        expected, expected + "\n", EXACT
+    )
+
+
+def test_short_diff_walks_past_differences_the_comparator_ignores() -> None:
+    expected = "x\n" * 10_000 + "A\n"
+    actual = "x  \n" * 10_000 + "B\n"
+    trailing = short_diff(expected, actual).splitlines()
+    assert trailing[2].startswith("@@ -10000,") and trailing[3:6] == [" x", "-A", "+B"], trailing
+    exact = short_diff(expected, actual, EXACT).splitlines()
+    assert exact[2].startswith("@@ -1,") and exact[3] == "-x"  # for EXACT the spaces are the difference
+    # Past the scan budget the diff shows the raw difference and says what counts comes later.
+    far = short_diff("x\n" * 100_000 + "A\n", "x \n" * 100_000 + "B\n").splitlines()
+    assert "comparator ignores" in far[2] and len(far) <= 20
+
+
+def test_short_diff_cost_is_bounded_for_any_output() -> None:
+    import time
+
+    lines = [f"{i} {i * i}" for i in range(1_000_000)]  # ~13 MB
+    expected = "\n".join(lines)
+    reordered = "\n".join(lines[1::2] + lines[::2])  # the shape that makes a whole-output difflib quadratic
+    one_line = "7" * 10_000_000
+    started = time.monotonic()
+    for exp, act in ((expected, reordered), (one_line, one_line[:-1] + "8"), (one_line, "x" + one_line)):
+        diff = short_diff(exp, act).splitlines()
+        assert 3 <= len(diff) <= 20 and all(len(line) <= 200 for line in diff), diff
+    assert time.monotonic() - started < 5.0  # generous: well under a second when the machine is idle
+
+
+def test_output_kept_in_a_response_is_cut_at_character_boundaries() -> None:
+    text = ("é" * 10 + "🙂" * 10).encode()
+    for keep in range(len(text) + 1):
+        head, cut = head_bytes(text, keep)
+        tail, cut_tail = tail_bytes(text, keep)
+        assert len(head) <= keep and len(tail) <= keep and cut == cut_tail == (keep < len(text))
+        assert text.startswith(head) and text.endswith(tail)
+        head.decode("utf-8"), tail.decode("utf-8")  # whole characters only
+    assert kept_output_bytes(1) == 64 * 1024 and kept_output_bytes(10_000) == 1024  # the floor
+    assert kept_output_bytes(100) == 2 * 1024 * 1024 // 200
+
+
+def test_stepwise_decoding_equals_one_decode() -> None:
+    import random
+
+    rng = random.Random(7)
+    data = bytes(rng.getrandbits(8) for _ in range(3 * 1024 * 1024 + 5)) + "é🙂".encode() * 1000
+    assert decode_output(data) == data.decode("utf-8", "replace")
+    aligned = ("a" * (1024 * 1024 - 1) + "🙂" * 3).encode()  # a character across the 1 MiB step
+    assert decode_output(aligned) == aligned.decode()
 
 
 def test_cases_from_input_output_format() -> None:

@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2
 
 from flywheel.common.v1 import common_pb2
 from flywheel.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
-from flywheel_common.errors import InvalidArgument, NotFound
+from flywheel_common.errors import InvalidArgument, NotFound, shown
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding
 from flywheel_sandbox import judge as judging
@@ -25,7 +25,14 @@ from flywheel_sandbox import testrun
 from flywheel_sandbox.classify import Category
 from flywheel_sandbox.runner import RUNNER_VERSION, FileSpec, Limits, Runner, RunResult, RunSpec, Status
 from flywheel_sandbox.settings import SandboxSettings
-from flywheel_sandbox.workspace import FileCaps, check_env, check_files, check_path, extract_archive
+from flywheel_sandbox.workspace import (
+    FileCaps,
+    check_env,
+    check_files,
+    check_path,
+    extract_archive,
+    max_archive_bytes,
+)
 
 NAME = "sandbox-runner"
 DESCRIPTOR = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"]
@@ -149,9 +156,9 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         return sandbox_pb2.ExecutionResult(
             status=_status(r.status),
             exit_code=r.exit_code,
-            stdout=r.stdout_text,
+            stdout=judging.decode_output(r.stdout),
             stdout_truncated=r.stdout_truncated,
-            stderr=r.stderr_text,
+            stderr=judging.decode_output(r.stderr),
             stderr_truncated=r.stderr_truncated,
             usage=sandbox_pb2.ResourceUsage(
                 wall_time=_duration(r.wall_s),
@@ -179,6 +186,33 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
             )
         return spec
 
+    async def _archive_files(self, key: str) -> list[FileSpec]:
+        """The files of the request's archive, read and extracted in a worker thread within the caps.
+
+        Never more than ``max_archive_bytes`` is read from the store, and extraction streams (see
+        ``workspace.extract_archive``), so neither a huge object nor a compression bomb reaches the
+        runner's memory or blocks its event loop.
+        """
+        limit = max_archive_bytes(self.caps)
+
+        def fetch() -> bytes:
+            with self.deps.store.open(key) as stream:
+                return stream.read(limit + 1)
+
+        try:
+            blob = await asyncio.to_thread(fetch)
+        except LookupError as err:
+            raise NotFound(f"archive.key: no object {shown(key)} in the object store") from err
+        except ValueError as err:
+            raise InvalidArgument("archive.key", str(err)) from err
+        if len(blob) > limit:
+            raise InvalidArgument(
+                "archive.key",
+                f"{shown(key)} is larger than {limit} bytes, more than any archive a request may use "
+                "(max_request_bytes plus tar headers)",
+            )
+        return await asyncio.to_thread(extract_archive, "archive", key, blob, self.caps)
+
     # --- RPCs ----------------------------------------------------------------------------------
 
     async def Execute(
@@ -186,7 +220,8 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
     ) -> sandbox_pb2.ExecuteResponse:
         spec = self._exec_spec(request)
         result = await self.runner.execute(spec)
-        return sandbox_pb2.ExecuteResponse(result=self._result(result))
+        # Decoding up to 2 x 64 MiB of output is CPU work: off the event loop (see decode_output).
+        return sandbox_pb2.ExecuteResponse(result=await asyncio.to_thread(self._result, result))
 
     async def ExecuteStream(
         self, request: sandbox_pb2.ExecuteStreamRequest, context: grpc.aio.ServicerContext
@@ -209,7 +244,8 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         try:
             while (item := await chunks.get()) is not None:
                 yield item
-            yield sandbox_pb2.ExecuteStreamResponse(result=self._result(await task))
+            result = await task
+            yield sandbox_pb2.ExecuteStreamResponse(result=await asyncio.to_thread(self._result, result))
         finally:
             if not task.done():
                 task.cancel()  # the caller went away: cancelling the run kills its sandbox
@@ -281,14 +317,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         limits = build_limits(self.settings, request.limits)
         files: list[FileSpec] = []
         if request.HasField("archive") and request.archive.key:
-            key = request.archive.key
-            try:
-                blob = await asyncio.to_thread(self.deps.store.get_bytes, key)
-            except LookupError as err:
-                raise NotFound(f"archive.key: no object {key!r} in the object store") from err
-            except ValueError as err:
-                raise InvalidArgument("archive.key", str(err)) from err
-            files = extract_archive("archive", key, blob, self.caps)
+            files = await self._archive_files(request.archive.key)
         overlay = _files(list(request.files))
         check_files("files", overlay, self.caps)
         merged = {f.path: f for f in files}
