@@ -11,8 +11,9 @@ trajectory, with its timing, usage and what the driver made of it.
 Outcome rules (``Outcome.failure_category`` when not resolved), first match wins:
 MODEL_ERROR / SANDBOX_ERROR (infrastructure), INTEGRITY (tests tampered with), NO_CHANGE (a repo
 episode that never changed a file, or an I/O episode with no program), the reason the episode
-was stopped (PARSE_ERRORS, LOOP, ITERATION_LIMIT, TOKEN_BUDGET, TIME_BUDGET), then
-TESTS_FAILED (repo) or WRONG_ANSWER / RUNTIME_ERROR (I/O).
+was stopped (PARSE_ERRORS, LOOP, ITERATION_LIMIT, TOKEN_BUDGET, TIME_BUDGET), TIMEOUT (the final
+test run, or the first failing I/O case, hit its wall-clock or CPU limit: slow or looping code,
+never counted as tampering), then TESTS_FAILED (repo) or WRONG_ANSWER / RUNTIME_ERROR (I/O).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ F = tpb  # FailureCategory values live in trajectory_pb2
 
 #: Findings that mean the agent tampered with the tests. The others (a report or an expected test
 #: missing) also follow from code that breaks pytest's collection, e.g. a syntax error the agent
-#: wrote: those episodes fail as TESTS_FAILED, with the findings in the test run.
+#: wrote: those episodes fail as TESTS_FAILED, with the findings in the test run. A run stopped at
+#: its time limit never has EXIT_BEFORE_ASSERTS here (sandbox.py drops what the kill leaves
+#: behind), so a timeout is never called tampering.
 TAMPERING = {
     "INTEGRITY_FINDING_KIND_TEST_EDITED",
     "INTEGRITY_FINDING_KIND_TEST_DELETED",
@@ -102,7 +105,14 @@ def test_summary(verdict: TestVerdict, *, io: bool = False) -> str:
     what = "cases" if io else "tests"
     if verdict.resolved:
         return f"{proto.TESTS_PREFIX} PASS: {run.passed}/{run.total} {what} passed."
-    head = f"{proto.TESTS_PREFIX} FAIL: {run.passed}/{run.total} {what} passed."
+    if verdict.timeout:
+        stopped = "a case was" if io else "the test run was"
+        head = (
+            f"{proto.TESTS_PREFIX} TIMEOUT: the {what} timed out: {stopped} stopped at {verdict.timeout}; "
+            f"{run.passed}/{run.total} {what} passed."
+        )
+    else:
+        head = f"{proto.TESTS_PREFIX} FAIL: {run.passed}/{run.total} {what} passed."
     parts = [head]
     if run.output:
         parts.append(run.output[:1500])
@@ -297,7 +307,7 @@ class Episode:
             self.times.sandbox_s += time.perf_counter() - started
         self.sandbox_info = verdict
         verdict.run.trigger = tpb.TEST_TRIGGER_RUN_CODE
-        return _case_feedback(index, cases, self.task), verdict.run, ""
+        return _case_feedback(index, cases, self.task, verdict.timeout), verdict.run, ""
 
     async def _run_call(
         self, action: proto.Action, step: tpb.Step
@@ -482,8 +492,11 @@ class Episode:
         verdict: TestVerdict | None = None
         if changed and not (stop is not None and stop.category == F.FAILURE_CATEGORY_SANDBOX_ERROR):
             # The final tests decide the outcome, whatever stopped the episode; they get their
-            # own time (the episode's budget may be spent) so a verdict is always reached.
-            self.deadline = max(self.deadline, time.monotonic() + 120.0)
+            # own time (the episode's budget may be spent) so a verdict is always reached, even
+            # when every run is stopped at its limit.
+            runs = len(self.task.inputs) if isinstance(self.task, IoTask) else 1
+            own = 120.0 + runs * self.sandbox.limits_for(self.task).wall_time_s
+            self.deadline = max(self.deadline, time.monotonic() + own)
             try:
                 verdict = await self._tests(tpb.TEST_TRIGGER_FINAL)
             except (SandboxError, TimeoutError) as err:
@@ -515,6 +528,13 @@ class Episode:
                 out.failure_detail += f"; stopped: {stop.detail}"
         elif stop is not None:
             out.failure_category, out.failure_detail = stop.category, stop.detail
+        elif verdict is not None and verdict.timeout:
+            out.failure_category = F.FAILURE_CATEGORY_TIMEOUT
+            what = "cases" if self.io else "tests"
+            out.failure_detail = (
+                f"{'a case' if self.io else 'the test run'} was stopped at {verdict.timeout}; "
+                f"{verdict.run.passed}/{verdict.run.total} {what} passed"
+            )
         elif self.io:
             assert verdict is not None
             out.failure_category = (
@@ -566,7 +586,9 @@ class Episode:
         return traj
 
 
-def _case_feedback(index: int, cases: list[sandbox_pb2.CaseResult], task: IoTask) -> ToolOutcome:
+def _case_feedback(
+    index: int, cases: list[sandbox_pb2.CaseResult], task: IoTask, timeout: str = ""
+) -> ToolOutcome:
     if not cases:
         return ToolOutcome("", tpb.TOOL_RESULT_STATUS_ERROR, "the judge returned no result")
     case = cases[0]
@@ -575,6 +597,8 @@ def _case_feedback(index: int, cases: list[sandbox_pb2.CaseResult], task: IoTask
     verdict = sandbox_pb2.Verdict.Name(case.verdict).removeprefix("VERDICT_")
     category = common_pb2.ErrorCategory.Name(case.error_category).removeprefix("ERROR_CATEGORY_")
     lines = [f"test case {index}: {verdict} ({category})", f"input:\n{task.inputs[index][:500]}"]
+    if timeout:
+        lines.insert(1, f"the program timed out: it was stopped at {timeout}")
     if case.diff:
         lines.append(f"diff (expected vs got):\n{case.diff[:1200]}")
     stderr = case.execution.stderr.strip()

@@ -21,7 +21,7 @@ from flywheel_orchestrator.evaluations import EvaluationManager
 from flywheel_orchestrator.loops import LoopManager
 from flywheel_orchestrator.model import ModelClient
 from flywheel_orchestrator.runs import RunManager
-from flywheel_orchestrator.sandbox import SandboxClient
+from flywheel_orchestrator.sandbox import RunLimits, SandboxClient
 from flywheel_orchestrator.settings import OrchestratorSettings
 from flywheel_orchestrator.suite_check import MAX_FILES, check_suite, manifest_for
 from flywheel_orchestrator.suites import NAME_RE, SuiteCatalog, write_object_store
@@ -47,7 +47,11 @@ class Orchestrator:
             timeout_s=settings.model_timeout_s,
             concurrency=settings.model_concurrency,
         )
-        self.sandbox = SandboxClient(settings.sandbox_address, call_timeout_s=settings.sandbox_timeout_s)
+        self.sandbox = SandboxClient(
+            settings.sandbox_address,
+            call_timeout_s=settings.sandbox_timeout_s,
+            limits=RunLimits(settings.test_wall_time_s, settings.test_cpu_time_s, settings.test_memory_mb),
+        )
         self.runs = RunManager(
             settings, lambda: deps.store, self._bus, self.catalog, self.models, self.sandbox
         )

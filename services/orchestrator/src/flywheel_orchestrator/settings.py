@@ -82,7 +82,17 @@ class OrchestratorSettings(ServiceSettings):
         default_factory=list,
         description="Extra folders of suites (a suite folder, or a folder of suite folders), JSON list.",
     )
-    sandbox_timeout_s: float = Field(180.0, gt=0, description="Timeout of one sandbox call, in seconds.")
+    sandbox_timeout_s: float = Field(
+        180.0, gt=0, description="Timeout of one sandbox call, in seconds (at least a run's limit + 60 s)."
+    )
+    # Limits of a task's test run, unless its task.toml `[limits]` (or an I/O problem's `limits`) says
+    # otherwise: a repo task's whole pytest run, or each case of an I/O problem. The sandbox's own
+    # maxima (FLYWHEEL_SANDBOX_MAX_*) still apply.
+    test_wall_time_s: float = Field(10.0, gt=0, description="Wall-clock limit of a test run, in seconds.")
+    test_cpu_time_s: float = Field(
+        10.0, gt=0, description="CPU-time limit of a test run (all its processes), in seconds."
+    )
+    test_memory_mb: int = Field(256, ge=16, description="Memory limit of a test run, in MiB (swap off).")
     trajectory_timeout_s: float = Field(60.0, gt=0, description="Timeout of one trajectory-store call.")
     adapter_route_prefix: str = Field(
         "ft/",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import posixpath
 import re
 import threading
@@ -54,6 +55,52 @@ def split_of(task_id: str, *, seed: str, train_ratio: float) -> common_pb2.TaskS
 
 
 @dataclass(frozen=True)
+class TaskLimits:
+    """A task's own limits for its test run (``[limits]`` in task.toml, ``limits`` of an I/O problem).
+
+    For a repo task they bound the whole pytest run; for an I/O problem, each case's run. A field
+    left as None takes the orchestrator's default (settings ``test_wall_time_s`` and the like).
+    """
+
+    wall_time_s: float | None = None
+    cpu_time_s: float | None = None
+    memory_mb: int | None = None
+
+
+#: The sandbox cannot start an interpreter in less memory than this.
+MIN_MEMORY_MB = 16
+#: The keys of a task's limits, and what each value must be.
+LIMIT_KEYS = {
+    "wall_time_s": "a number of seconds > 0",
+    "cpu_time_s": "a number of seconds > 0",
+    "memory_mb": f"a whole number of MiB >= {MIN_MEMORY_MB}",
+}
+
+
+def parse_limits(where: str, value: Any) -> TaskLimits:
+    """A task's limits from a TOML table or JSON object; errors name ``where`` and the key."""
+    if not isinstance(value, dict):
+        raise SuiteError(f"{where}: must be a table of {', '.join(LIMIT_KEYS)}, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(LIMIT_KEYS))
+    if unknown:
+        raise SuiteError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(LIMIT_KEYS)})")
+    for key, number in value.items():
+        # bool is an int in Python: `wall_time_s = true` must not pass as 1 second.
+        ok = isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number)
+        if key == "memory_mb":
+            ok = ok and isinstance(number, int) and number >= MIN_MEMORY_MB
+        else:
+            ok = ok and number > 0
+        if not ok:
+            raise SuiteError(f"{where}.{key}: must be {LIMIT_KEYS[key]}, got {number!r}")
+    return TaskLimits(
+        wall_time_s=float(value["wall_time_s"]) if "wall_time_s" in value else None,
+        cpu_time_s=float(value["cpu_time_s"]) if "cpu_time_s" in value else None,
+        memory_mb=int(value["memory_mb"]) if "memory_mb" in value else None,
+    )
+
+
+@dataclass(frozen=True)
 class RepoTask:
     """A repository snapshot with a problem statement and the tests that decide the outcome."""
 
@@ -67,6 +114,7 @@ class RepoTask:
     fix: Mapping[str, str]
     tags: tuple[str, ...] = ()
     split: common_pb2.TaskSplit = common_pb2.TASK_SPLIT_UNSPECIFIED
+    limits: TaskLimits = field(default_factory=TaskLimits)
 
     kind = common_pb2.TASK_KIND_REPO
 
@@ -96,6 +144,7 @@ class IoTask:
     reference_solution: str = ""
     tags: tuple[str, ...] = ()
     split: common_pb2.TaskSplit = common_pb2.TASK_SPLIT_UNSPECIFIED
+    limits: TaskLimits = field(default_factory=TaskLimits)
 
     kind = common_pb2.TASK_KIND_IO
 
@@ -262,6 +311,7 @@ def parse_repo_task(task_id: str, where: str, files: Mapping[str, bytes]) -> Rep
         test_targets=targets,
         fix=fix,
         tags=_str_list(here, doc, "tags"),
+        limits=parse_limits(f"{here}: [limits]", doc["limits"]) if "limits" in doc else TaskLimits(),
     )
 
 
@@ -298,6 +348,7 @@ def parse_io_problem(where: str, record: Any) -> IoTask:
         if record.get(key) is not None and not isinstance(record[key], str):
             raise SuiteError(f"{where}: {key} must be a string")
     tags = record.get("tags") or []
+    limits = parse_limits(f"{where}: limits", record["limits"]) if record.get("limits") is not None else None
     return IoTask(
         id=task_id,
         title=record.get("title") or task_id,
@@ -307,6 +358,7 @@ def parse_io_problem(where: str, record: Any) -> IoTask:
         outputs=tuple(outputs),
         reference_solution=record.get("reference_solution") or "",
         tags=tuple(str(t) for t in tags),
+        limits=limits or TaskLimits(),
     )
 
 
