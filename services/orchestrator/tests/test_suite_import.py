@@ -7,6 +7,7 @@ nats-server and a fresh filesystem object store, and talk to it over gRPC.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, suite_pb2
@@ -241,3 +244,99 @@ async def test_import_list_reload_over_grpc(service_env: dict[str, str], tmp_pat
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.ImportSuite(request({"tasks/t/task.toml": b""}))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name:" in err.value.details()
+
+
+# Each part is mostly valid (so whole suites load often enough to compare with the loader) and
+# sometimes broken in one of many ways: unparsable, unreadable or undecidable test files, wrong
+# ids, bad TOML or JSON (deeply nested too), stray and forbidden files, bad names.
+def _mostly(valid: list[object], broken: list[object]) -> st.SearchStrategy[object]:
+    return st.one_of(
+        st.sampled_from(valid), st.sampled_from(valid), st.sampled_from(valid), st.sampled_from(broken)
+    )
+
+
+_SOURCES = _mostly(
+    [PARAM_TESTS],
+    [
+        "def test_a():\n    pass\n",
+        "from helpers import test_shared\n",
+        "import pytest\npytestmark = pytest.mark.parametrize('n', [1, 2])\ndef test_a(n):\n    pass\n",
+        "import pytest\n@pytest.fixture(params=[1, 2])\ndef num(request):\n    return request.param\n"
+        "def test_a(num):\n    pass\n",
+        "class TestBase(Base):\n    def test_x(self):\n        pass\n",
+        "@pytest.mark.parametrize()\ndef test_a():\n    pass\n",
+        "@pytest.mark.parametrize('a,b', [1, (1,), pytest.param(id=3)], ids=lambda v: v)\ndef test_a(a, b):\n"
+        "    pass\n",
+        "def test_(:\n",
+        "x = " + "(" * 5000 + ")" * 5000 + "\n",
+        "\udcff",
+    ],
+)
+_IDS = _mostly(
+    ["test_f[1]", "test_f[2]", "test_plain", "test_multi[custom]", "TestK::test_m[7]", "test_two[b-1]"],
+    ["test_a", "test_f", "test_two[a-0]", "test_shared", "test_x", "nope[", "test_plain[1]", ""],
+)
+_TEXT = st.one_of(st.text(max_size=30), st.sampled_from(["[", "a=" + "[" * 3000, '"""', "\x00"]))
+
+
+@st.composite
+def _task_files(draw: st.DrawFn) -> dict[str, bytes]:
+    test_file = str(draw(_mostly(["tests/test_calc.py"], ["test_other.py", "calc.py", "../x.py"])))
+    ids = draw(st.lists(_IDS.map(lambda t: f"{test_file}::{t}" if t else test_file), min_size=1, max_size=3))
+    good = f"problem_statement = 'x'\nfail_to_pass = {json.dumps(ids)}\n"
+    toml = draw(
+        st.one_of(
+            _mostly(
+                [good, good + "test_targets = ['tests']\n", good + "limits = { wall_time_s = 5 }\n"],
+                [
+                    good + "test_targets = ['zz']\n",
+                    f"fail_to_pass = {json.dumps(ids)}\nlimits = {{ wall_time_s = -1 }}\nextra = 1\n",
+                ],
+            ),
+            _TEXT,
+        )
+    )
+    files = {"task.toml": str(toml).encode("utf-8", "surrogatepass")}
+    files[f"repo/{test_file}"] = str(draw(_SOURCES)).encode("utf-8", "surrogatepass")
+    files["repo/calc.py"] = b"def add(a, b):\n    return a - b\n"
+    if draw(st.integers(0, 3)) == 0:
+        extra = draw(st.sampled_from(["repo/conftest.py", "fix/tests/test_calc.py", "x", "fix/calc.py"]))
+        files[extra] = draw(st.sampled_from([b"", b"\xff", b"x = 1\n"]))
+    return files
+
+
+@st.composite
+def _suite_files(draw: st.DrawFn) -> dict[str, bytes]:
+    manifest = str(draw(_mostly(['name = "fz"\n'], ['name = "fz"\ntrain_ratio = 2\n', "[", 'name = "x"\n'])))
+    files = {"suite.toml": manifest.encode()}
+    task_ids = _mostly(["t1", "t2", "t3", "t4"], ["Bad Id", ".."])
+    for task_id in draw(st.lists(task_ids, max_size=3, unique=True)):
+        files.update({f"tasks/{task_id}/{p}": d for p, d in draw(_task_files()).items()})
+    if draw(st.booleans()):
+        line = draw(
+            _mostly(
+                ['{"query_id": "q", "question": "?", "input_output": {"inputs": ["1"], "outputs": ["1"]}}'],
+                [
+                    '{"query_id": "t1", "question": "?", "input_output": {"inputs": ["1"], "outputs": ["1"]}}',
+                    '{"query_id": "q2", "question": "?", "input_output": {"inputs": [], "outputs": []}}',
+                    "[" * 5000,
+                    "not json",
+                ],
+            )
+        )
+        files["problems.jsonl"] = (str(line) + "\n").encode()
+    return files
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_suite_files())
+def test_the_check_never_raises_and_agrees_with_the_loader(files: dict[str, bytes]) -> None:
+    result = check_suite(files, name="fz", source="fuzz")
+    if result.suite is not None:
+        assert result.errors == []
+        assert (
+            S.build_suite(files, folder_name="fz", source="fuzz", bundled=False).version
+            == result.suite.version
+        )
+    else:
+        assert result.errors, "a suite that did not load must say why"

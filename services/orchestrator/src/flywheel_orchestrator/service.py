@@ -313,7 +313,7 @@ def _manifest_name(files: dict[str, bytes]) -> str:
 
     try:
         doc = tomllib.loads(files.get("suite.toml", b"").decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return ""
     name = doc.get("name")
     return name if isinstance(name, str) else ""

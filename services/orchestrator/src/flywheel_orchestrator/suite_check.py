@@ -354,6 +354,8 @@ def _decode_toml(where: str, data: bytes, problems: list[Problem]) -> dict[str, 
         problems.append(Problem(where, f"not UTF-8 text ({err})"))
     except tomllib.TOMLDecodeError as err:
         problems.append(Problem(where, f"invalid TOML: {err}"))
+    except RecursionError:
+        problems.append(Problem(where, "invalid TOML: nested too deeply"))
     return None
 
 
@@ -478,6 +480,9 @@ def _check_problems_jsonl(data: bytes, problems: list[Problem]) -> list[IoTask]:
         except json.JSONDecodeError as err:
             problems.append(Problem(f"problems.jsonl:{n}", f"invalid JSON: {err.msg} at column {err.colno}"))
             continue
+        except RecursionError:
+            problems.append(Problem(f"problems.jsonl:{n}", "invalid JSON: nested too deeply"))
+            continue
         try:
             tasks.append(parse_io_problem(f"problems.jsonl:{n}", record))
         except SuiteError as err:
@@ -495,7 +500,7 @@ def manifest_for(name: str, files: Mapping[str, bytes]) -> bytes | None:
         return _manifest(name, "", 0.7, name)
     try:
         doc = tomllib.loads(old.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return None
     if doc.get("name") == name:
         return old
@@ -515,9 +520,7 @@ def _manifest(name: str, description: str, ratio: float, seed: str) -> bytes:
     ).encode()
 
 
-def check_suite(
-    files: Mapping[str, bytes], *, name: str, source: str, bundled: bool = False
-) -> CheckResult:
+def check_suite(files: Mapping[str, bytes], *, name: str, source: str, bundled: bool = False) -> CheckResult:
     """Every problem of a suite given as its files (paths relative to the suite folder)."""
     result = CheckResult()
     problems = result.problems

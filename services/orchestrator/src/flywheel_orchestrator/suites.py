@@ -529,7 +529,11 @@ class SuiteCatalog:
             failures: dict[str, SuiteFailure] = {}
 
             def load(name: str, files: dict[str, bytes], source: str, bundled: bool) -> None:
-                result = check_suite(files, name=name, source=source, bundled=bundled)
+                try:
+                    result = check_suite(files, name=name, source=source, bundled=bundled)
+                except Exception as err:  # a bug in the checks must not hide every other suite
+                    failures[source] = SuiteFailure(name, source, f"could not be checked: {err!r}", bundled)
+                    return
                 if result.suite is None:
                     error = "; ".join(str(p) for p in result.errors) or "the suite did not load"
                     failures[source] = SuiteFailure(name, source, error, bundled)
