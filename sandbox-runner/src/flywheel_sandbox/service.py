@@ -327,8 +327,11 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         all_files = list(merged.values())
         check_files("files", all_files, self.caps, already=sum(len(p.data) for p in protected))
         _fits_workspace([*all_files, *protected], limits)
+        workspace_paths = [*merged, *(p.path for p in protected)]
         for i, t in enumerate(request.targets):
-            check_path(f"targets[{i}]", t.split("::", 1)[0])
+            problem = testrun.target_problem(t, workspace_paths)
+            if problem is not None:
+                raise InvalidArgument(f"targets[{i}]", problem)
         for i, arg in enumerate(request.pytest_args):
             if testrun.forbidden_arg(arg):
                 raise InvalidArgument(
@@ -379,6 +382,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
                 for f in outcome.findings
             ],
             execution=self._result(outcome.execution),
+            timed_out=outcome.timed_out,
         )
 
 
