@@ -47,6 +47,12 @@ TAMPERING = {
     "INTEGRITY_FINDING_KIND_TEST_EDITED",
     "INTEGRITY_FINDING_KIND_TEST_DELETED",
     "INTEGRITY_FINDING_KIND_EXIT_BEFORE_ASSERTS",
+    # The sandbox's guard saw the code under test change pytest's machinery, forge a report or a
+    # comparison, or raise pytest's own outcomes: never an accident of a syntax error.
+    "INTEGRITY_FINDING_KIND_REPORT_FORGED",
+    "INTEGRITY_FINDING_KIND_PYTEST_TAMPERED",
+    "INTEGRITY_FINDING_KIND_OUTCOME_FROM_CODE_UNDER_TEST",
+    "INTEGRITY_FINDING_KIND_COMPARISON_FORGED",
 }
 
 
