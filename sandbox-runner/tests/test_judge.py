@@ -261,3 +261,20 @@ async def test_judge_bad_requests(sandbox: Sandbox) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and (
             err.value.details() or ""
         ).startswith(field)
+
+
+@pytestmark_async
+async def test_a_case_refused_by_a_full_queue_fails_the_call_and_stops_the_others(sandbox: Sandbox) -> None:
+    """The runner has 2 slots and 4 places in its queue: 8 cases at once leave 2 refused."""
+    from flywheel_common.errors import ResourceExhausted
+    from flywheel_sandbox.judge import Case, judge
+    from flywheel_sandbox.runner import FileSpec, RunSpec
+
+    spec = RunSpec(
+        files=[FileSpec("main.py", b"import time\ntime.sleep(2)\nprint(input())\n")],
+        limits=sandbox.runner.defaults,
+    )
+    cases = [Case(str(i), str(i)) for i in range(8)]
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await judge(sandbox.runner, spec, cases, [], Comparator(), False, parallel=8)
+    await sandbox.assert_healthy_and_clean()

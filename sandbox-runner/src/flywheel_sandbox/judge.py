@@ -473,9 +473,13 @@ async def judge(
             async with gate:
                 outcomes[i] = await one(i)
 
-        async with asyncio.TaskGroup() as group:
-            for i in chosen:
-                group.create_task(gated(i))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i in chosen:
+                    group.create_task(gated(i))
+        except BaseExceptionGroup as failed:
+            # The first case's error as it is (e.g. RESOURCE_EXHAUSTED), not wrapped in a group.
+            raise failed.exceptions[0] from None
     ordered = [outcomes[i] for i in chosen]
     passed = sum(o.verdict is Verdict.PASSED for o in ordered)
     first_bad = next((o.verdict for o in ordered if o.verdict not in (Verdict.PASSED, Verdict.SKIPPED)), None)
