@@ -477,3 +477,23 @@ async def test_protected_test_rewritten_on_disk_during_the_run(sandbox: Sandbox)
     reply = await run(sandbox, req)
     assert not reply.passed and K.INTEGRITY_FINDING_KIND_PYTEST_TAMPERED in kinds(reply), explain(reply)
     assert any(second in f.subject for f in reply.findings), explain(reply)
+
+
+async def test_a_syntax_error_is_not_tampering(sandbox: Sandbox) -> None:
+    """A module that fails to import is a collection error (tests missing), never a forged report."""
+    reply = await run(sandbox, request("def add(a, b:\n"))
+    assert not reply.passed, explain(reply)
+    voiding = {
+        K.INTEGRITY_FINDING_KIND_REPORT_FORGED,
+        K.INTEGRITY_FINDING_KIND_PYTEST_TAMPERED,
+        K.INTEGRITY_FINDING_KIND_COMPARISON_FORGED,
+        K.INTEGRITY_FINDING_KIND_OUTCOME_FROM_CODE_UNDER_TEST,
+    }
+    assert not kinds(reply) & voiding, explain(reply)
+
+
+async def test_a_test_file_too_deep_to_parse_is_an_answer_not_internal(sandbox: Sandbox) -> None:
+    deep = "x = " + "+".join(["1"] * 100_000) + "\n\ndef test_x():\n    assert x\n"
+    reply = await run(sandbox, request(CORRECT, deep, expected=[]))
+    # Answered (not INTERNAL): pytest ran and decided what it could collect.
+    assert reply.execution.status != S.EXECUTION_STATUS_UNSPECIFIED, explain(reply)

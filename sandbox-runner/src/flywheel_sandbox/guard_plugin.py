@@ -603,11 +603,12 @@ class _Guard:
             "heapq",
             "bisect",
             "random",
+            "hmac",
+            "hashlib",
             "dataclasses",
             "enum",
             "typing",
             "os",
-            "sys",
             "io",
             "datetime",
             "unittest.mock",
@@ -629,8 +630,12 @@ class _Guard:
         for name, (mod, snap) in self.pristine.items():
             cur = vars(mod)
             for attr, value in snap.items():
-                if cur.get(attr, _MISSING) is not value:
-                    self.record("PYTEST_TAMPERED", f"{name}.{attr}", "replaced or removed (repaired at the end)")
+                if cur.get(attr, _MISSING) is not value and (
+                    callable(value) or isinstance(value, types.ModuleType)
+                ):
+                    self.record(
+                        "PYTEST_TAMPERED", f"{name}.{attr}", "replaced or removed (repaired at the end)"
+                    )
                     try:
                         cur[attr] = value
                     except Exception:

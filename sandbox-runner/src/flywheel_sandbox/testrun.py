@@ -17,6 +17,7 @@ MISSING; a report that does not verify or disagrees is REPORT_FORGED.
 from __future__ import annotations
 
 import ast
+import asyncio
 import enum
 import hashlib
 import hmac
@@ -171,8 +172,8 @@ def static_test_ids(path: str, source: bytes) -> list[str] | None:
     """pytest node ids (without parametrization) of a test file, by parsing it; None if it does not parse."""
     try:
         tree = ast.parse(source, filename=path)
-    except (SyntaxError, ValueError):
-        return None
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None  # pytest will report the module as a collection error
     ids = []
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test"):
@@ -290,11 +291,18 @@ async def run_tests(
 
     for path in [p for p in workspace if is_bytecode(p)]:
         del workspace[path]
-    static: list[str] = []
-    for path in sorted(workspace):
-        if is_test_file(path) and _in_targets(path, targets):
-            ids = static_test_ids(path, workspace[path].data)
-            static.extend(t for t in ids or [] if _selected(t, targets))
+
+    def collect_statically() -> list[str]:
+        found: list[str] = []
+        for path in sorted(workspace):
+            if is_test_file(path) and _in_targets(path, targets):
+                ids = static_test_ids(path, workspace[path].data)
+                found.extend(t for t in ids or [] if _selected(t, targets))
+        return found
+
+    # Parsing and evaluating are CPU work proportional to the request: off the event loop, so a
+    # huge test file or report never stalls health checks or other calls.
+    static = await asyncio.to_thread(collect_statically)
     tests_doc = {
         "authoritative": sorted(f.path for f in protected),
         "sha256": {f.path: hashlib.sha256(f.data).hexdigest() for f in protected},
@@ -343,7 +351,7 @@ async def run_tests(
         pass_pipe=True,
     )
     result = await runner.execute(spec)
-    return evaluate(result, key, static, expected_ids, findings)
+    return await asyncio.to_thread(evaluate, result, key, static, expected_ids, findings)
 
 
 _LIMIT_STATUSES = {
@@ -436,6 +444,8 @@ def evaluate(
                 )
             for case in root.iter("testcase") if root is not None else []:
                 tid = _junit_id(case, by_key)
+                if tid is None and _collection_error(case):
+                    continue  # a module that failed to import: its tests are reported missing
                 if tid is None:
                     findings.append(
                         IntegrityFinding(
@@ -580,6 +590,14 @@ _LIVE = {
     "xfailed": Outcome.XFAILED,
     "xpassed": Outcome.XPASSED,
 }
+
+
+def _collection_error(case: ET.Element) -> bool:
+    """pytest's JUnit entry for a module that could not be collected (e.g. a syntax error)."""
+    error = case.find("error")
+    return (
+        case.get("classname", "") == "" and error is not None and error.get("message") == "collection failure"
+    )
 
 
 def _junit_outcome(case: ET.Element) -> tuple[Outcome, str]:
