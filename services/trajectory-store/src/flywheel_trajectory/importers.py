@@ -276,7 +276,11 @@ _SWE_FAILURES = {
     "empty_patch": pb.FAILURE_CATEGORY_NO_CHANGE,
     "tests_failed": pb.FAILURE_CATEGORY_TESTS_FAILED,
     "test_failure": pb.FAILURE_CATEGORY_TESTS_FAILED,
+    # SWE-style records say "timeout" for the agent's own time budget; the tests' time limit is
+    # its own category.
     "timeout": pb.FAILURE_CATEGORY_TIME_BUDGET,
+    "test_timeout": pb.FAILURE_CATEGORY_TIMEOUT,
+    "tests_timed_out": pb.FAILURE_CATEGORY_TIMEOUT,
     "parse_error": pb.FAILURE_CATEGORY_PARSE_ERRORS,
 }
 
