@@ -14,22 +14,26 @@ Calls that could start real work (Execute, RunTests, CreateRun …) are safe to 
 random request is refused before any work starts, and what does start is small (a random snippet
 in the sandbox, a run on a suite whose model the stand-in gateway address cannot serve).
 
-Bounded: EXAMPLES calls per RPC (47 RPCs), well under two minutes on the 2-core machine.
+Bounded: EXAMPLES calls per RPC (47 RPCs; 470 calls, about 10 s here); FLYWHEEL_FUZZ_EXAMPLES sets
+another number for a longer hunt, FLYWHEEL_FUZZ_STATS=1 (with -s) prints the codes each RPC answered.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,7 +50,7 @@ from flywheel_cli.components import COMPONENTS, Component
 from flywheel_testing.processes import start_module
 
 #: Random requests per RPC.
-EXAMPLES = 8
+EXAMPLES = 10
 #: Deadline of one call, seconds: generous for a busy machine; DEADLINE_EXCEEDED is an accepted answer.
 CALL_TIMEOUT_S = 20.0
 #: Messages read from a server stream before the call is cancelled.
@@ -196,6 +200,125 @@ def messages(desc: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
     return _MESSAGES[key]
 
 
+# A valid request for the RPCs whose random requests are nearly all refused at the first check:
+# one field of it (at any depth) is replaced by a random value, so the checks behind the first
+# one and the work behind them are reached too. Each would start only small work: one task, one
+# rollout, an empty store.
+_CALC = "def add(a, b):\n    return a + b\n"
+_TEST = "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+_TASK_TOML = 'problem_statement = "add"\nfail_to_pass = ["tests/test_calc.py::test_add"]\n'
+BASES: dict[str, dict[str, Any]] = {
+    "flywheel.sandbox.v1.SandboxService/Execute": {
+        "program": {"source": "print(input())"},
+        "stdin": "hi",
+        "limits": {"wall_time": "2s"},
+    },
+    "flywheel.sandbox.v1.SandboxService/ExecuteStream": {"program": {"source": "print(1)"}},
+    "flywheel.sandbox.v1.SandboxService/Judge": {
+        "program": {"source": "print(input())"},
+        "cases": [{"input": "1", "expected_output": "1"}],
+    },
+    "flywheel.sandbox.v1.SandboxService/RunTests": {
+        "files": [{"path": "calc.py", "text": _CALC}, {"path": "tests/test_calc.py", "text": _TEST}],
+        "protected_files": [{"path": "tests/test_calc.py", "text": _TEST}],
+        "expected_test_ids": ["tests/test_calc.py::test_add"],
+    },
+    "flywheel.trajectory.v1.TrajectoryService/PutTrajectory": {
+        "trajectory": {
+            "id": "traj-fuzz-1",
+            "run_id": "run-fuzz",
+            "task": {"suite": "repo-bugs", "task_id": "quicksort"},
+            "policy": {"model": "gemma-3-270m"},
+            "teacher_kind": "TEACHER_KIND_MODEL",
+            "steps": [{"role": "ROLE_USER", "content": "Fix it."}],
+        }
+    },
+    "flywheel.trajectory.v1.TrajectoryService/ImportTrajectories": {
+        "format": "IMPORT_FORMAT_CHAT_JSONL",
+        "content": "eyJtZXNzYWdlcyI6IFtdfQo=",  # {"messages": []}
+    },
+    "flywheel.dataset.v1.DatasetService/CreateDatasetBuild": {
+        "build": {"recipe": "step_sft", "source": {"filter": {"suite": "repo-bugs"}}}
+    },
+    "flywheel.trainer.v1.TrainerService/CreateFineTuneJob": {
+        "job": {
+            "base_model": "gemma-3-270m",
+            "dataset_id": "ds-3f9a1c2b7d4e5f60",
+            "method": "FINE_TUNE_METHOD_SFT",
+            "adapter_name": "fuzz",
+        }
+    },
+    "flywheel.orchestrator.v1.OrchestratorService/CreateRun": {
+        "run": {
+            "suite": "repo-bugs",
+            "split": "TASK_SPLIT_TRAIN",
+            "teacher_kind": "TEACHER_KIND_MODEL",
+            "model": "no-such-model",
+            "rollouts_per_task": 1,
+        }
+    },
+    "flywheel.orchestrator.v1.OrchestratorService/CreateEvaluation": {
+        "evaluation": {"suite": "repo-bugs", "split": "TASK_SPLIT_TEST", "models": ["no-such-model"]}
+    },
+    "flywheel.orchestrator.v1.OrchestratorService/ImportSuite": {
+        "name": "fuzz",
+        "validate_only": True,
+        "files": [
+            {"path": "suite.toml", "content": "bmFtZSA9ICJmdXp6Igo="},  # name = "fuzz"
+            {"path": "tasks/t/task.toml", "content": ""},
+            {"path": "tasks/t/repo/calc.py", "content": ""},
+            {"path": "tasks/t/repo/tests/test_calc.py", "content": ""},
+        ],
+    },
+}
+
+
+def _base(method: MethodDescriptor) -> Message | None:
+    doc = BASES.get(f"{method.containing_service.full_name}/{method.name}")
+    if doc is None:
+        return None
+    doc = json.loads(json.dumps(doc))
+    if method.name == "ImportSuite":
+        contents = [b'name = "fuzz"\n', _TASK_TOML.encode(), _CALC.encode(), _TEST.encode()]
+        for f, content in zip(doc["files"], contents, strict=True):
+            f["content"] = base64.b64encode(content).decode()
+    return json_format.ParseDict(doc, message_factory.GetMessageClass(method.input_type)())
+
+
+def _paths(desc: Descriptor, depth: int = 0) -> Iterator[tuple[FieldDescriptor, ...]]:
+    """Every field reachable through singular message fields, up to MAX_DEPTH levels."""
+    for f in desc.fields:
+        yield (f,)
+        is_map = f.message_type is not None and f.message_type.GetOptions().map_entry
+        if f.message_type is not None and not f.is_repeated and not is_map and depth + 1 < MAX_DEPTH:
+            if f.message_type.full_name not in _WELL_KNOWN:
+                yield from ((f, *rest) for rest in _paths(f.message_type, depth + 1))
+
+
+def _replaced(base: Message, path: tuple[FieldDescriptor, ...], value: Any) -> Message:
+    msg = type(base)()
+    msg.CopyFrom(base)
+    target = msg
+    for f in path[:-1]:
+        target = getattr(target, f.name)
+    target.ClearField(path[-1].name)
+    target.MergeFrom(_build(type(target), {path[-1].name: value}))
+    return msg
+
+
+def requests_for(method: MethodDescriptor) -> st.SearchStrategy[Message]:
+    """Random requests; for an RPC in BASES, also its valid request with one field replaced."""
+    random = messages(method.input_type)
+    base = _base(method)
+    if base is None:
+        return random
+    paths = list(_paths(method.input_type))
+    one_off = st.sampled_from(paths).flatmap(
+        lambda path: _field(path[-1], len(path)).map(lambda v: _replaced(base, path, v))
+    )
+    return st.one_of(random, one_off, one_off)
+
+
 def _methods() -> list[tuple[Component, MethodDescriptor]]:
     pool = descriptor_pool.Default()
     out = []
@@ -272,7 +395,9 @@ def _shown(requests: list[Message]) -> str:
     return text if len(text) < 3000 else text[:3000] + f"… ({len(text)} characters)"
 
 
-def _call(stack: Stack, component: Component, method: MethodDescriptor, requests: list[Message]) -> None:
+def _call(
+    stack: Stack, component: Component, method: MethodDescriptor, requests: list[Message]
+) -> grpc.StatusCode:
     channel = stack.channels[component.name]
     path = f"/{method.containing_service.full_name}/{method.name}"
     ser = type(requests[0]).SerializeToString
@@ -296,12 +421,14 @@ def _call(stack: Stack, component: Component, method: MethodDescriptor, requests
         assert isinstance(err, grpc.Call)
         code = err.code()
         if code == grpc.StatusCode.CANCELLED and method.server_streaming:
-            return  # our own cancel after STREAM_READS messages
+            return grpc.StatusCode.OK  # our own cancel after STREAM_READS messages
         if code in BAD_CODES:
             pytest.fail(
                 f"{path} answered {code.name}: {err.details()}\nrequest:\n{_shown(requests)}\n"
                 f"{component.name}'s log:\n{stack.log_tail(component.name)}"
             )
+        return code
+    return grpc.StatusCode.OK
 
 
 def _healthy(stack: Stack, component: Component) -> None:
@@ -321,7 +448,8 @@ def test_rpc_never_answers_internal_or_unknown(
     stack: Stack, component: Component, method: MethodDescriptor
 ) -> None:
     count = st.integers(1, 3) if method.client_streaming else st.just(1)
-    requests = count.flatmap(lambda n: st.lists(messages(method.input_type), min_size=n, max_size=n))
+    requests = count.flatmap(lambda n: st.lists(requests_for(method), min_size=n, max_size=n))
+    codes: Counter[str] = Counter()
 
     @settings(
         max_examples=int(os.environ.get("FLYWHEEL_FUZZ_EXAMPLES", EXAMPLES)),
@@ -335,7 +463,9 @@ def test_rpc_never_answers_internal_or_unknown(
     )
     @given(requests)
     def fuzz(batch: list[Message]) -> None:
-        _call(stack, component, method, batch)
+        codes[_call(stack, component, method, batch).name] += 1
 
     fuzz()
     _healthy(stack, component)
+    if os.environ.get("FLYWHEEL_FUZZ_STATS"):  # with -s: which answers the random requests got
+        print(f"\n{component.name}/{method.name}: {dict(codes.most_common())}")

@@ -325,7 +325,7 @@ async def test_an_export_cancelled_by_the_client_leaves_the_service_working(
         assert exported == [f"c-{i:03d}" for i in range(150)]
 
 
-async def test_out_of_range_view_is_invalid_argument_on_every_read(
+async def test_out_of_range_view_and_bad_filters_are_invalid_argument(
     service_env: dict[str, str], tmp_path: Path
 ) -> None:
     accepted = "TRAJECTORY_VIEW_BASIC, TRAJECTORY_VIEW_FULL"
@@ -346,3 +346,15 @@ async def test_out_of_range_view_is_invalid_argument_on_every_read(
                     pytest.fail("an export with a bad view must send nothing")
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert err.value.details().startswith(f"view: {view} is not one of {accepted}")
+        # Values that would break the index query: refused naming the field, never INTERNAL.
+        bad_filters = [
+            pb.TrajectoryFilter(labels={'a"b': "x"}),
+            pb.TrajectoryFilter(labels={"\0": ""}),
+            pb.TrajectoryFilter(create_time_range={"start_time": {"seconds": 253402300800}}),
+            pb.TrajectoryFilter(create_time_range={"end_time": {"nanos": -1}}),
+        ]
+        for flt in bad_filters:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await svc.stub.ListTrajectories(pb.ListTrajectoriesRequest(filter=flt))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith("filter."), err.value.details()

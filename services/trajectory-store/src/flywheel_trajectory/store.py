@@ -37,7 +37,14 @@ from typing import TypeVar
 from flywheel.common.v1 import common_pb2
 from flywheel.events.v1 import events_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
-from flywheel_common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, check_timestamp
+from flywheel_common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    check_timestamp,
+    shown,
+)
 from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
 from flywheel_trajectory import model
 from flywheel_trajectory.index import Query, TrajectoryIndex, rebuild
@@ -431,6 +438,9 @@ def build_query(flt: pb.TrajectoryFilter) -> Query:
     if flt.teacher_kinds:
         q.any_of("teacher_kind", [int(k) for k in flt.teacher_kinds])
     for key, value in sorted(flt.labels.items()):
+        # The key goes into a JSON path: only label keys as stored ones are (no quotes, no NULs).
+        if not model.LABEL_KEY_RE.fullmatch(key):
+            raise InvalidArgument(f"filter.labels[{shown(key)}]", "keys are 1-63 characters of [a-z0-9_.-]")
         q.raw("json_extract(labels_json, ?) = ?", f'$."{key}"', value)
     return q
 
