@@ -7,7 +7,9 @@ on a free port, then measures from this process as a gRPC client:
   ``subprocess.run([python3, "-c", 'print("hi")'])``, alternating one call of each;
 * throughput (runs/s) with several concurrent clients, and for bare subprocesses with one thread per
   core, in alternating phases (the machine is shared, so both must see the same load);
-* CPU per run (sandbox processes from the runner's cgroup tree, the runner process, this client);
+* CPU per run (sandbox processes from the runner's cgroup tree, the runner process with its gRPC
+  server, this client); sandboxes are reused between runs (see the README's "Warm pool"), so the
+  sandbox figure includes the starts of replacements, amortised;
 * RunTests of a 20-test pytest file (p50 of a few runs).
 
 Usage (from the repository root, as root):  .venv/bin/python sandbox-runner/bench/bench_execute.py
@@ -126,7 +128,7 @@ async def measure(
     req = S.ExecuteRequest(program=S.Program(source='print("hi")'))
     async with grpc.aio.insecure_channel(address) as channel:
         stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
-        for _ in range(20):  # warm-up (connection, pool)
+        for _ in range(20):  # warm-up (connection, pool, the runner's code paths)
             await stub.Execute(req)
         lat, lat_bare = [], []
         for _ in range(n):  # alternate one sandboxed call and one bare start
@@ -212,6 +214,7 @@ def main() -> None:
     ap.add_argument("--pytest-runs", type=int, default=5)
     args = ap.parse_args()
     cores = os.cpu_count() or 1
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         proc, address = start_runner(Path(tmp))
         try:
@@ -222,7 +225,10 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-    print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.2f}; sandbox python: {PYTHON}")
+    print(
+        f"machine: {cores} cores, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+        f"(other processes share the cores); sandbox python: {PYTHON}"
+    )
     print(f"{'':38}{'p50 ms':>9}{'p99 ms':>9}{'runs/s':>9}")
     print(
         f"{'bare python3 -c (subprocess)':38}{baseline['p50_ms']:9.1f}{baseline['p99_ms']:9.1f}{baseline['runs_per_s']:9.0f}"
