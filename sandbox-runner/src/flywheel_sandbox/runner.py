@@ -547,7 +547,8 @@ class Runner:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._waiting = 0
         self._pool: deque[_Sandbox] = deque()  # ready, default-size sandboxes
-        self._takers: deque[asyncio.Future[_Sandbox | None]] = deque()  # runs waiting for a filling one
+        # Runs waiting for a sandbox that is being started or re-armed.
+        self._takers: deque[asyncio.Future[_Sandbox | None]] = deque()
         self._members = 0  # sandboxes counted in the pool's size: ready, running, or being prepared
         self._coming = 0  # sandboxes being started or re-armed that will go to the pool
         self._active: set[str] = set()  # sandboxes and run cgroups of runs in progress
