@@ -328,7 +328,7 @@ def _suite_files(draw: st.DrawFn) -> dict[str, bytes]:
     return files
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_suite_files())
 def test_the_check_never_raises_and_agrees_with_the_loader(files: dict[str, bytes]) -> None:
     result = check_suite(files, name="fz", source="fuzz")
