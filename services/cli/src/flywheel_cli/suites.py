@@ -90,6 +90,8 @@ def suites_show(ctx: click.Context, name: str, as_json: bool) -> None:
         out.print(Markdown(s.description))
 
 
+#: Most bytes one import may send (the orchestrator's limit, ImportSuiteRequest.files).
+MAX_IMPORT_BYTES = 48 * 1024 * 1024
 #: Names a suite may have (the orchestrator's rule, repeated to pick a default name here).
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -173,6 +175,12 @@ def suites_import(ctx: click.Context, source: Path, name: str, replace: bool, ch
     imported while any remains. The suite is then usable at once, without a restart.
     """
     files, suggested = suite_files(source)
+    total = sum(len(d) for d in files.values())
+    if total > MAX_IMPORT_BYTES:
+        raise click.ClickException(
+            f"{source}: {len(files)} files, {total:,} bytes; a suite may hold {MAX_IMPORT_BYTES:,} "
+            "(is this the folder you meant?)"
+        )
     if not name and "suite.toml" not in files:
         name = suggested.lower()
         if not NAME_RE.match(name):
