@@ -199,6 +199,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> opb.CreateRunResponse:
         if not request.HasField("run"):
             raise InvalidArgument("run", "is required")
+        await self.core.refresh_suites()  # a suite another replica imported is seen here too
         return opb.CreateRunResponse(run=await self.core.runs.create(request.run, request.request_id))
 
     async def GetRun(
@@ -236,6 +237,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> opb.CreateEvaluationResponse:
         if not request.HasField("evaluation"):
             raise InvalidArgument("evaluation", "is required")
+        await self.core.refresh_suites()
         e = await self.core.evaluations.create(request.evaluation, request.request_id)
         return opb.CreateEvaluationResponse(evaluation=e)
 
@@ -276,6 +278,7 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> opb.CreateLoopResponse:
         if not request.HasField("loop"):
             raise InvalidArgument("loop", "is required")
+        await self.core.refresh_suites()
         return opb.CreateLoopResponse(loop=await self.core.loops.create(request.loop, request.request_id))
 
     async def GetLoop(
