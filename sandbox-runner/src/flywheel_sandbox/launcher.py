@@ -18,8 +18,8 @@ run reach it; see the README's "Warm pool" section for the whole argument):
   to it, no POSIX message queues (they cannot be listed, so they could not be checked away);
 * the child closes the control socket before anything else, so runs never hold it;
 * after each run the zygote checks its own rlimits and scheduling state against its start and
-  the namespaces for objects a run could leave behind (SysV IPC, sockets); any difference is
-  reported and the runner destroys the sandbox.
+  the IPC namespace for objects a run could leave behind (SysV IPC); any difference is reported
+  and the runner destroys the sandbox.
 
 The zygote never reads anything of a run (request, files, output): a child forked for the next
 run starts from the same memory as the first one did.
@@ -77,14 +77,11 @@ SECCOMP_MODE_FILTER = 2
 # everywhere; this is only the after-run check).
 IOPRIO_GET = {"x86_64": 252, "aarch64": 31}.get(os.uname().machine)
 RLIMITS = tuple(getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_"))
-# A run's objects that outlive its processes: SysV IPC objects (listed per IPC namespace) and
-# sockets, which may linger after their process (TCP TIME_WAIT). `sockstat` counts the sockets of
-# this network namespace (`sockets: used` covers every family, unix included; `tw` is TIME_WAIT;
-# a TCP table walk would cost ~2 ms per file, the kernel's hash being host-wide). Read only after
-# a run; anything found means "destroy, do not reuse".
+# A run's objects that outlive its processes and are only listed per IPC namespace (so the runner,
+# outside it, cannot see them): SysV IPC objects. Read only after a run; anything found means
+# "destroy, do not reuse". (Sockets, which can linger after their process, are counted by the runner
+# through /proc/<pid>/net/sockstat before it arms the next run.)
 SYSV_TABLES = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
-SOCKSTATS = ("/proc/net/sockstat", "/proc/net/sockstat6")
-SOCKSTAT_KEYS = (b"used", b"inuse", b"tw")  # per namespace; `alloc`, `mem` and `orphan` are host-wide
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -326,18 +323,6 @@ def _leftovers():
                     found.append(path.rpartition("/")[2])
         except OSError:
             continue
-    for path in SOCKSTATS:
-        try:
-            with open(path, "rb") as fh:
-                lines = fh.read().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            kind, _, rest = line.partition(b":")
-            words = rest.split()
-            for key, value in zip(words[::2], words[1::2], strict=False):
-                if (key in SOCKSTAT_KEYS or kind.startswith(b"FRAG")) and value != b"0":
-                    found.append(f"{kind.decode()} {key.decode()} {value.decode()}")
     return found
 
 

@@ -496,6 +496,45 @@ class _Pipes:
                 setattr(self, name, -1)
 
 
+SOCKSTAT_KEYS = (b"used", b"inuse", b"tw")  # per network namespace; `alloc`, `mem`, `orphan` are host-wide
+QUIET_WAIT_S = 0.2  # how long a sandbox's sockets may take to go after its run (RCU-deferred frees)
+
+
+def _sockets(zygote_pid: int) -> list[str]:
+    """Sockets of the sandbox's network namespace, from ``/proc/<pid>/net/sockstat{,6}``.
+
+    ``sockets: used`` counts every family (unix and netlink included), ``tw`` the TIME_WAIT ones;
+    both files are per namespace and cheap (listing ``/proc/net/tcp`` walks the host-wide hash).
+    """
+    found = []
+    for name in ("sockstat", "sockstat6"):
+        try:
+            with open(f"/proc/{zygote_pid}/net/{name}", "rb") as fh:
+                lines = fh.read().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            kind, _, rest = line.partition(b":")
+            words = rest.split()
+            for key, value in zip(words[::2], words[1::2], strict=False):
+                if (key in SOCKSTAT_KEYS or kind.startswith(b"FRAG")) and value != b"0":
+                    found.append(f"{kind.decode()} {key.decode()} {value.decode()}")
+    return found
+
+
+async def _sockets_gone(zygote_pid: int) -> list[str]:
+    """Waits up to :data:`QUIET_WAIT_S` for the namespace to hold no socket; what is left, if any.
+
+    A closed socket can stay counted for an RCU grace period (bubblewrap's netlink socket right
+    after the start, a run's ``getaddrinfo``); a TCP socket in TIME_WAIT stays for a minute.
+    """
+    for _ in range(int(QUIET_WAIT_S / 0.005)):  # a kernel counter: polled, nothing to wait on
+        if not _sockets(zygote_pid):
+            return []
+        await asyncio.sleep(0.005)
+    return _sockets(zygote_pid)
+
+
 def _attach(procs_files: list[str], pid: int) -> None:
     """Moves ``pid`` into a cgroup (one ``cgroup.procs`` per v1 controller).
 
@@ -665,23 +704,28 @@ class Runner:
             self._give(sb)
 
     async def _rearm(self, sb: _Sandbox) -> None:
-        """After a clean run and its scrub: the sandbox's next child, then back to the pool."""
+        """After a clean run and its scrub: no socket left, the next child armed, back to the pool."""
+        problem: str | None = None
         try:
-            await self._arm(sb)
-        except BaseException as err:
+            left = await _sockets_gone(sb.zygote)
+            if left:
+                problem = "sockets left: " + ", ".join(left)
+                log.info("sandbox not reused: %s", problem, extra={"sandbox": sb.name})
+            else:
+                await self._arm(sb)
+        except asyncio.CancelledError:
             self._coming -= 1
-            if not isinstance(err, asyncio.CancelledError):
-                log.warning("sandbox not re-armed: %s", err, extra={"sandbox": sb.name})
             self._drop(sb)
-            self._wake_takers(self._coming)
-            if isinstance(err, asyncio.CancelledError):
-                raise
-            return
+            raise
+        except Exception as err:
+            problem = str(err)
+            log.warning("sandbox not re-armed: %s", err, extra={"sandbox": sb.name})
         self._coming -= 1
-        if self._closed:
-            self._drop(sb)
-        else:
+        if problem is None and not self._closed:
             self._give(sb)
+            return
+        self._drop(sb)
+        self._wake_takers(self._coming)
 
     def _give(self, sb: _Sandbox) -> None:
         """A ready sandbox: to the first run waiting for one, or into the pool."""
