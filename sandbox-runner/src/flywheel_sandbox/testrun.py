@@ -524,16 +524,16 @@ def evaluate(
     tests: list[TestResult] = []
     missing_ran = False
     for tid in order:
-        res = results.get(tid)
-        if res is None:
-            res = TestResult(
+        got = results.get(tid)
+        if got is None:
+            got = TestResult(
                 tid,
                 Outcome.MISSING,
                 message=f"not reached: {limit_hit}" if limit_hit else "no result reported for this test",
             )
             if tid in collected or record is None:
                 missing_ran = True
-        tests.append(res)
+        tests.append(got)
     if limit_hit is None and (missing_ran or (record is None and static)):
         findings.append(
             IntegrityFinding(
