@@ -10,12 +10,24 @@ from flywheel.trajectory.v1 import trajectory_pb2 as _trajectory_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AdapterVerification(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ADAPTER_VERIFICATION_UNSPECIFIED: _ClassVar[AdapterVerification]
+    ADAPTER_VERIFICATION_DIGEST: _ClassVar[AdapterVerification]
+    ADAPTER_VERIFICATION_FINGERPRINT: _ClassVar[AdapterVerification]
+    ADAPTER_VERIFICATION_FINGERPRINT_RECORDED: _ClassVar[AdapterVerification]
+ADAPTER_VERIFICATION_UNSPECIFIED: AdapterVerification
+ADAPTER_VERIFICATION_DIGEST: AdapterVerification
+ADAPTER_VERIFICATION_FINGERPRINT: AdapterVerification
+ADAPTER_VERIFICATION_FINGERPRINT_RECORDED: AdapterVerification
 
 class EventMeta(_message.Message):
     __slots__ = ("event_id", "occurred_at", "producer")
@@ -146,7 +158,7 @@ class FineTuneStateChanged(_message.Message):
     def __init__(self, meta: _Optional[_Union[EventMeta, _Mapping]] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., previous_state: _Optional[_Union[_common_pb2.JobState, str]] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., adapter_name: _Optional[str] = ..., adapter: _Optional[_Union[_trainer_pb2.AdapterRef, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., latest_metrics: _Optional[_Union[_trainer_pb2.TrainingMetrics, _Mapping]] = ..., loop_id: _Optional[str] = ...) -> None: ...
 
 class AdapterPublished(_message.Message):
-    __slots__ = ("meta", "name", "version", "base_model", "dataset_id", "job_id", "object_prefix", "manifest", "lora_rank", "target_modules", "loop_id")
+    __slots__ = ("meta", "name", "version", "base_model", "dataset_id", "job_id", "object_prefix", "manifest", "lora_rank", "target_modules", "loop_id", "content_digest")
     META_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +170,7 @@ class AdapterPublished(_message.Message):
     LORA_RANK_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     LOOP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     meta: EventMeta
     name: str
     version: int
@@ -169,10 +182,11 @@ class AdapterPublished(_message.Message):
     lora_rank: int
     target_modules: _containers.RepeatedScalarFieldContainer[str]
     loop_id: str
-    def __init__(self, meta: _Optional[_Union[EventMeta, _Mapping]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., job_id: _Optional[str] = ..., object_prefix: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., lora_rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., loop_id: _Optional[str] = ...) -> None: ...
+    content_digest: str
+    def __init__(self, meta: _Optional[_Union[EventMeta, _Mapping]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., job_id: _Optional[str] = ..., object_prefix: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., lora_rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., loop_id: _Optional[str] = ..., content_digest: _Optional[str] = ...) -> None: ...
 
 class AdapterLoaded(_message.Message):
-    __slots__ = ("meta", "name", "version", "served_model_name", "replica", "ready_replicas", "total_replicas", "load_duration", "since_published", "loop_id")
+    __slots__ = ("meta", "name", "version", "served_model_name", "replica", "ready_replicas", "total_replicas", "load_duration", "since_published", "loop_id", "content_digest", "verification")
     META_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +197,8 @@ class AdapterLoaded(_message.Message):
     LOAD_DURATION_FIELD_NUMBER: _ClassVar[int]
     SINCE_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     LOOP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     meta: EventMeta
     name: str
     version: int
@@ -193,7 +209,9 @@ class AdapterLoaded(_message.Message):
     load_duration: _duration_pb2.Duration
     since_published: _duration_pb2.Duration
     loop_id: str
-    def __init__(self, meta: _Optional[_Union[EventMeta, _Mapping]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., served_model_name: _Optional[str] = ..., replica: _Optional[str] = ..., ready_replicas: _Optional[int] = ..., total_replicas: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., since_published: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., loop_id: _Optional[str] = ...) -> None: ...
+    content_digest: str
+    verification: AdapterVerification
+    def __init__(self, meta: _Optional[_Union[EventMeta, _Mapping]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., served_model_name: _Optional[str] = ..., replica: _Optional[str] = ..., ready_replicas: _Optional[int] = ..., total_replicas: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., since_published: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., loop_id: _Optional[str] = ..., content_digest: _Optional[str] = ..., verification: _Optional[_Union[AdapterVerification, str]] = ...) -> None: ...
 
 class AdapterLoadFailed(_message.Message):
     __slots__ = ("meta", "name", "version", "replica", "attempts", "error", "loop_id")

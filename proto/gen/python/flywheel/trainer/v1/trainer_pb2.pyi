@@ -133,14 +133,16 @@ class TrainingMetrics(_message.Message):
     def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eval_loss: _Optional[float] = ..., extra: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class AdapterRef(_message.Message):
-    __slots__ = ("name", "version", "object_prefix")
+    __slots__ = ("name", "version", "object_prefix", "content_digest")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OBJECT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     object_prefix: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., object_prefix: _Optional[str] = ...) -> None: ...
+    content_digest: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., object_prefix: _Optional[str] = ..., content_digest: _Optional[str] = ...) -> None: ...
 
 class FineTuneJob(_message.Message):
     __slots__ = ("id", "base_model", "dataset_id", "method", "hyperparameters", "adapter_name", "loop_id", "labels", "state", "error", "progress", "latest_metrics", "last_checkpoint", "resume_count", "device", "adapter", "create_time", "start_time", "end_time")
@@ -192,7 +194,7 @@ class FineTuneJob(_message.Message):
     def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., last_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., resume_count: _Optional[int] = ..., device: _Optional[str] = ..., adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("name", "version", "base_model", "dataset_id", "job_id", "method", "hyperparameters", "object_prefix", "manifest", "loss_curve", "final_metrics", "chat_template_sha256", "default_chat_template", "loop_id", "labels", "create_time")
+    __slots__ = ("name", "version", "base_model", "dataset_id", "job_id", "method", "hyperparameters", "object_prefix", "manifest", "loss_curve", "final_metrics", "chat_template_sha256", "default_chat_template", "loop_id", "labels", "create_time", "content_digest")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +218,7 @@ class Adapter(_message.Message):
     LOOP_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     base_model: str
@@ -232,7 +235,8 @@ class Adapter(_message.Message):
     loop_id: str
     labels: _containers.ScalarMap[str, str]
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., job_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., object_prefix: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., loss_curve: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., final_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., chat_template_sha256: _Optional[str] = ..., default_chat_template: _Optional[bool] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    content_digest: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., job_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., object_prefix: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., loss_curve: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., final_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., chat_template_sha256: _Optional[str] = ..., default_chat_template: _Optional[bool] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., content_digest: _Optional[str] = ...) -> None: ...
 
 class BaseModel(_message.Message):
     __slots__ = ("name", "description", "source", "architecture", "parameter_count", "max_position_embeddings", "default_chat_template", "default_target_modules", "create_time")

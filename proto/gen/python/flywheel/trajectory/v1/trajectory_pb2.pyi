@@ -225,7 +225,7 @@ class ToolDefinition(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_json_schema: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("index", "role", "content", "name", "tool_calls", "tool_call_id", "parse_error", "tool_result", "test_run", "loop_detected", "start_time", "duration", "usage", "finish_reason", "parent_index", "attributes")
+    __slots__ = ("index", "role", "content", "name", "tool_calls", "tool_call_id", "parse_error", "tool_result", "test_run", "loop_detected", "start_time", "duration", "usage", "finish_reason", "parent_index", "attributes", "adapter")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class Step(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PARENT_INDEX_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     index: int
     role: Role
     content: str
@@ -265,7 +266,20 @@ class Step(_message.Message):
     finish_reason: str
     parent_index: int
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, index: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., parse_error: _Optional[_Union[ParseError, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., test_run: _Optional[_Union[DriverTestRun, _Mapping]] = ..., loop_detected: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., parent_index: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    adapter: AdapterIdentity
+    def __init__(self, index: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., parse_error: _Optional[_Union[ParseError, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., test_run: _Optional[_Union[DriverTestRun, _Mapping]] = ..., loop_detected: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., parent_index: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., adapter: _Optional[_Union[AdapterIdentity, _Mapping]] = ...) -> None: ...
+
+class AdapterIdentity(_message.Message):
+    __slots__ = ("adapter_id", "name", "version", "digest")
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    adapter_id: str
+    name: str
+    version: int
+    digest: str
+    def __init__(self, adapter_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class ToolCall(_message.Message):
     __slots__ = ("id", "name", "arguments_json")
