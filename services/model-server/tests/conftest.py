@@ -137,6 +137,9 @@ def server(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "FLYWHEEL_MODEL_SERVER_MODEL_PATH": str(tiny.base),
         "FLYWHEEL_MODEL_SERVER_BASE_MODEL": "tiny",
         "FLYWHEEL_MODEL_SERVER_DEVICE": "cpu",
+        # float32 everywhere (CPUs with native bfloat16 would get bfloat16): log-probs are compared
+        # with a forward pass at float32 precision.
+        "FLYWHEEL_MODEL_SERVER_DTYPE": "float32",
         "FLYWHEEL_MODEL_SERVER_TORCH_THREADS": "1",
         "FLYWHEEL_MODEL_SERVER_LOG_FORMAT": "text",
         "FLYWHEEL_MODEL_SERVER_MAX_N": "4",

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from flywheel_model_server import toolcalls
 from flywheel_model_server.engine import (
     Delta,
     Done,
@@ -31,6 +32,7 @@ from flywheel_model_server.engine import (
     Prompt,
     SamplingParams,
     Started,
+    TokenLogprob,
 )
 from flywheel_model_server.protocol import (
     APIError,
@@ -149,30 +151,53 @@ class Handlers:
     async def chat_completions(self, request: Request) -> Response:
         req = parse(ChatCompletionRequest, await read_json(request))
         params = sampling(req)
+        choice = req.tool_choice_label()
+        # tool_choice none: the tools are neither shown to the model nor parsed out of its answer.
+        tools = req.tool_dicts() if req.tools and choice != "none" else None
         prompt = Prompt(
             messages=req.template_messages(),
-            tools=req.tools,
+            tools=tools,
             add_generation_prompt=req.add_generation_prompt,
             template_kwargs=req.chat_template_kwargs or {},
+            forced=toolcalls.forced_start(choice) if tools else "",
         )
         job = GenerationJob(
-            self.engine.check_model(req.model), [prompt], params, self.engine.settings.default_max_tokens
+            self.engine.check_model(req.model),
+            [prompt],
+            params,
+            self.engine.settings.default_max_tokens,
+            logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+            want_ids=bool(req.return_token_ids),
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await self._respond(job, req.stream, include_usage, chat=True, echo=False)
+        shape = _Shape(
+            job.model,
+            chat=True,
+            parse_tools=tools is not None,
+            parallel_tool_calls=req.parallel_tool_calls is not False,
+            want_ids=job.want_ids,
+            logprobs=job.logprobs,
+        )
+        return await self._respond(job, req.stream, include_usage, shape, echo=False)
 
     async def completions(self, request: Request) -> Response:
         req = parse(CompletionRequest, await read_json(request))
         params = sampling(req)
         prompts = [Prompt(text=p) if isinstance(p, str) else Prompt(token_ids=p) for p in req.prompts()]
         job = GenerationJob(
-            self.engine.check_model(req.model), prompts, params, COMPLETIONS_DEFAULT_MAX_TOKENS
+            self.engine.check_model(req.model),
+            prompts,
+            params,
+            COMPLETIONS_DEFAULT_MAX_TOKENS,
+            logprobs=req.logprobs,
+            want_ids=bool(req.return_token_ids),
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await self._respond(job, req.stream, include_usage, chat=False, echo=req.echo)
+        shape = _Shape(job.model, chat=False, want_ids=job.want_ids, logprobs=job.logprobs)
+        return await self._respond(job, req.stream, include_usage, shape, echo=req.echo)
 
     async def _respond(
-        self, job: GenerationJob, stream: bool, include_usage: bool, *, chat: bool, echo: bool
+        self, job: GenerationJob, stream: bool, include_usage: bool, shape: _Shape, *, echo: bool
     ) -> Response:
         job.stream = stream
         events = self.engine.submit(job)
@@ -184,49 +209,36 @@ class Handlers:
         if isinstance(first, Failed):
             raise first.error
         assert isinstance(first, Started)
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        shape = _Shape(ident, job.model, chat, job.params.n * len(job.prompts))
-        prefixes = [text if echo else "" for text in first.prompt_texts for _ in range(job.params.n)]
+        shape.start(first, job.params.n, echo)
         if stream:
             return StreamingResponse(
-                self._stream(job, events, shape, prefixes, include_usage),
+                self._stream(job, events, shape, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        texts = list(prefixes)
-        finish: list[str | None] = [None] * shape.choices
-        stop_reasons: list[str | None] = [None] * shape.choices
         try:
             while True:
                 event = await events.get()
                 if isinstance(event, Delta):
-                    texts[event.index] += event.text
-                    if event.finish_reason:
-                        finish[event.index], stop_reasons[event.index] = (
-                            event.finish_reason,
-                            event.stop_reason,
-                        )
+                    shape.add(event)
                 elif isinstance(event, Failed):
                     raise event.error
                 elif isinstance(event, Done):
-                    return JSONResponse(
-                        shape.whole(
-                            texts, finish, stop_reasons, usage(event.prompt_tokens, event.completion_tokens)
-                        )
-                    )
+                    return JSONResponse(shape.whole(usage(event.prompt_tokens, event.completion_tokens)))
         finally:
             job.cancelled.set()  # a client that went away stops the generation
 
     async def _stream(
-        self, job: GenerationJob, events: Any, shape: _Shape, prefixes: list[str], include_usage: bool
+        self, job: GenerationJob, events: Any, shape: _Shape, include_usage: bool
     ) -> AsyncIterator[str]:
         try:
             for index in range(shape.choices):
-                yield sse(shape.chunk(index, prefixes[index], first=True))
+                yield sse(shape.first_chunk(index))
             while True:
                 event = await events.get()
                 if isinstance(event, Delta):
-                    yield sse(shape.chunk(event.index, event.text, event.finish_reason, event.stop_reason))
+                    for chunk in shape.chunks(event):
+                        yield sse(chunk)
                 elif isinstance(event, Failed):
                     yield sse(event.error.body())
                     break
@@ -239,12 +251,48 @@ class Handlers:
             job.cancelled.set()
 
 
-class _Shape:
-    """OpenAI response and chunk bodies for chat (``chat.completion``) or text (``text_completion``)."""
+def _logprob(value: float) -> float:
+    # -inf is not JSON; vLLM reports the same floor.
+    return max(value, -9999.0)
 
-    def __init__(self, ident: str, model: str, chat: bool, choices: int) -> None:
-        self.ident, self.model, self.chat, self.choices = ident, model, chat, choices
+
+class _Shape:
+    """OpenAI response and chunk bodies for chat (``chat.completion``) or text (``text_completion``),
+    with vLLM's extensions: ``token_ids`` / ``prompt_token_ids`` (``return_token_ids``) and
+    ``stop_reason``; tool calls parsed out of chat answers (toolcalls.py)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        chat: bool,
+        parse_tools: bool = False,
+        parallel_tool_calls: bool = True,
+        want_ids: bool = False,
+        logprobs: int | None = None,
+    ) -> None:
+        self.ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.model, self.chat = model, chat
+        self.parse_tools, self.parallel = parse_tools, parallel_tool_calls
+        self.want_ids, self.logprobs = want_ids, logprobs
         self.created = int(time.time())
+        self.choices = 0
+
+    def start(self, started: Started, n: int, echo: bool) -> None:
+        """Per choice (prompt-major, n per prompt): echo prefix, prompt ids, forced start of the answer."""
+        self.choices = n * len(started.prompt_texts)
+        per_prompt = range(len(started.prompt_texts))
+        self.prefixes = [started.prompt_texts[p] if echo else "" for p in per_prompt for _ in range(n)]
+        self.prompt_ids = [started.prompt_token_ids[p] for p in per_prompt for _ in range(n)]
+        forced = started.forced or [""] * len(started.prompt_texts)
+        self.forced = [forced[p] for p in per_prompt for _ in range(n)]
+        self.texts = list(self.prefixes)
+        self.ids: list[list[int]] = [[] for _ in range(self.choices)]
+        self.lps: list[list[TokenLogprob]] = [[] for _ in range(self.choices)]
+        self.finish: list[str | None] = [None] * self.choices
+        self.stop_reasons: list[str | None] = [None] * self.choices
+        self.filters = [toolcalls.StreamFilter(f) for f in self.forced] if self.parse_tools else []
+        self.offsets = [len(p) for p in self.prefixes]  # legacy logprobs' text_offset
 
     def _envelope(self, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -255,46 +303,157 @@ class _Shape:
             "choices": choices,
         }
 
-    def whole(
-        self, texts: list[str], finish: list[str | None], stops: list[str | None], used: dict[str, int]
-    ) -> dict[str, Any]:
+    @property
+    def _kind(self) -> str:
+        return "chat.completion" if self.chat else "text_completion"
+
+    # ------------------------------------------------------------------------------ log-probs
+
+    def _chat_logprobs(self, lps: list[TokenLogprob]) -> dict[str, Any]:
+        return {
+            "content": [
+                {
+                    "token": lp.token,
+                    "logprob": _logprob(lp.logprob),
+                    "bytes": list(lp.token.encode("utf-8")),
+                    "top_logprobs": [
+                        {"token": t, "logprob": _logprob(v), "bytes": list(t.encode("utf-8"))}
+                        for t, v in lp.top
+                    ],
+                }
+                for lp in lps
+            ]
+        }
+
+    def _text_logprobs(self, index: int, lps: list[TokenLogprob]) -> dict[str, Any]:
+        """The legacy completions shape; text_offset counts characters from the start of the choice's text."""
+        offsets = []
+        for lp in lps:
+            offsets.append(self.offsets[index])
+            self.offsets[index] += len(lp.token)
+        return {
+            "text_offset": offsets,
+            "token_logprobs": [_logprob(lp.logprob) for lp in lps],
+            "tokens": [lp.token for lp in lps],
+            "top_logprobs": [
+                {**{t: _logprob(v) for t, v in lp.top}, lp.token: _logprob(lp.logprob)} for lp in lps
+            ],
+        }
+
+    def _logprobs_field(self, index: int, lps: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        if self.logprobs is None or lps is None:
+            return None
+        return self._chat_logprobs(lps) if self.chat else self._text_logprobs(index, lps)
+
+    # ------------------------------------------------------------------------------ whole answers
+
+    def add(self, event: Delta) -> None:
+        i = event.index
+        self.texts[i] += event.text
+        self.ids[i].extend(event.token_ids)
+        if event.logprobs:
+            self.lps[i].extend(event.logprobs)
+        if event.finish_reason:
+            self.finish[i], self.stop_reasons[i] = event.finish_reason, event.stop_reason
+
+    def whole(self, used: dict[str, int]) -> dict[str, Any]:
         choices = []
-        for i, text in enumerate(texts):
+        for i, text in enumerate(self.texts):
             choice: dict[str, Any] = {"index": i}
+            finish = self.finish[i] or "length"
             if self.chat:
-                choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
+                message: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": []}
+                if self.parse_tools:
+                    parsed = toolcalls.parse(self.forced[i] + text)
+                    message["content"] = parsed.content
+                    if parsed.called:
+                        message["tool_calls"] = parsed.calls if self.parallel else parsed.calls[:1]
+                        finish = "tool_calls"
+                choice["message"] = message
             else:
                 choice["text"] = text
-            choice.update(logprobs=None, finish_reason=finish[i] or "length", stop_reason=stops[i])
+            choice.update(
+                logprobs=self._logprobs_field(i, self.lps[i]),
+                finish_reason=finish,
+                stop_reason=self.stop_reasons[i],
+            )
+            if self.want_ids:
+                choice["token_ids"] = self.ids[i]
+                if not self.chat:
+                    choice["prompt_token_ids"] = self.prompt_ids[i]
             choices.append(choice)
-        body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
+        body = self._envelope(self._kind, choices)
+        if self.want_ids and self.chat:
+            body["prompt_token_ids"] = self.prompt_ids[0] if self.prompt_ids else []
         body["usage"] = used
         return body
 
-    def chunk(
+    # ------------------------------------------------------------------------------ streaming
+
+    def first_chunk(self, index: int) -> dict[str, Any]:
+        """The role (chat) or the echoed prompt (text); prompt token ids go here, as vLLM sends them."""
+        choice: dict[str, Any] = {"index": index}
+        if self.chat:
+            choice["delta"] = {"role": "assistant", "content": ""}
+        else:
+            choice["text"] = self.prefixes[index]
+            if self.want_ids:
+                choice["prompt_token_ids"] = self.prompt_ids[index]
+        choice.update(logprobs=None, finish_reason=None)
+        body = self._envelope(self._kind + ".chunk" if self.chat else self._kind, [choice])
+        if self.want_ids and self.chat and index == 0:
+            body["prompt_token_ids"] = self.prompt_ids[0]
+        return body
+
+    def _chunk(
         self,
         index: int,
-        text: str,
+        delta: dict[str, Any] | None = None,
+        text: str = "",
         finish: str | None = None,
         stop_reason: str | None = None,
-        *,
-        first: bool = False,
+        ids: list[int] | None = None,
+        lps: list[TokenLogprob] | None = None,
     ) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": index}
         if self.chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {}
-            if text and not first:
-                delta["content"] = text
-            choice["delta"] = delta
+            choice["delta"] = delta or {}
         else:
             choice["text"] = text
-        choice.update(logprobs=None, finish_reason=finish)
+        choice.update(logprobs=self._logprobs_field(index, lps), finish_reason=finish)
         if finish:
             choice["stop_reason"] = stop_reason
-        return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
+        if self.want_ids and ids is not None:
+            choice["token_ids"] = ids
+        return self._envelope(self._kind + ".chunk" if self.chat else self._kind, [choice])
+
+    def chunks(self, event: Delta) -> list[dict[str, Any]]:
+        """The chunks one engine delta becomes (several when tool calls are settled at the end)."""
+        i = event.index
+        lps = event.logprobs if self.logprobs is not None else None
+        if not self.chat:
+            return [self._chunk(i, text=event.text, finish=event.finish_reason, stop_reason=event.stop_reason,
+                                ids=event.token_ids, lps=lps)]  # fmt: skip
+        if not self.parse_tools:
+            delta = {"content": event.text} if event.text else {}
+            return [self._chunk(i, delta, finish=event.finish_reason, stop_reason=event.stop_reason,
+                                ids=event.token_ids, lps=lps)]  # fmt: skip
+        stream = self.filters[i]
+        content = stream.feed(event.text)
+        if not event.finish_reason:
+            return [self._chunk(i, {"content": content} if content else {}, ids=event.token_ids, lps=lps)]
+        rest, calls = stream.finish()
+        content += rest
+        out = [self._chunk(i, {"content": content} if content else {}, ids=event.token_ids, lps=lps)]
+        calls = calls if self.parallel else calls[:1]
+        for piece in toolcalls.call_deltas(calls):
+            out.append(self._chunk(i, {"tool_calls": [piece]}))
+        finish = "tool_calls" if calls else event.finish_reason
+        out.append(self._chunk(i, {}, finish=finish, stop_reason=event.stop_reason))
+        return out
 
     def usage_chunk(self, used: dict[str, int]) -> dict[str, Any]:
-        body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [])
+        body = self._envelope(self._kind + ".chunk" if self.chat else self._kind, [])
         body["usage"] = used
         return body
 

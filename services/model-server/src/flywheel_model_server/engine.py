@@ -6,10 +6,19 @@ The model, its adapters and the tokenizer belong to ONE worker thread (a single-
 executor). Everything that touches them — loading the base model, loading or unloading an
 adapter, tokenising, generating — is a job on that thread, run in arrival order (FIFO). So
 requests never see an adapter switched under them, and the event loop stays free to answer
-/health, /v1/models and streamed tokens while a generation runs. There is no batching across
-requests: one request generates at a time (its ``n`` choices are one batch). At most
-``max_queued_requests`` jobs wait; more are refused with 429. This is the embedded default for
-one CPU machine, not a throughput engine: vLLM does continuous batching and multi-LoRA kernels.
+/health, /v1/models and streamed tokens while a generation runs. At most ``max_queued_requests``
+jobs wait; more are refused with 429.
+
+Static batching: when the worker is free it takes the oldest waiting request and every other
+waiting request for the same model with the same sampling settings (up to ``max_batch_size``
+choices) and generates them in one left-padded ``generate()`` call; each request gets its answer
+as soon as its own choices are finished. A request with a ``seed`` runs alone, so that its seed
+alone decides its samples. Requests that arrive during a batch wait for it to end (no continuous
+batching): this is the embedded default for one CPU machine, not a throughput engine — vLLM does
+continuous batching and multi-LoRA kernels.
+
+A hot adapter answers from a merged copy of the model (``merging.py``, up to ``merged_adapters``
+copies, least recently used dropped first), the base model stays unmerged for everything else.
 
 Adapters are PEFT LoRA adapters loaded side by side into the base model through transformers'
 PEFT integration (``load_adapter`` / ``set_adapter`` / ``disable_adapters`` /
@@ -23,6 +32,7 @@ HTTP server is up in well under a second and ``/health`` answers while the model
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import inspect
@@ -41,9 +51,17 @@ from typing import Any
 from flywheel_common.hardware import cpu_has_fast_bf16
 from flywheel_common.objectstore import ObjectStore, open_object_store
 from flywheel_model_server.basemodel import LocatedModel, ModelMissingError, locate
+from flywheel_model_server.merging import NotMergeable, merged_copy
 from flywheel_model_server.protocol import APIError, bad_request
+from flywheel_model_server.rows import LogitsCapture, Rows, RowsCriteria, RowSpec, TokenLogprob
 from flywheel_model_server.settings import ModelServerSettings
-from flywheel_model_server.templates import DEFAULT_CHAT_TEMPLATE, folder_chat_template, implicit_stops
+from flywheel_model_server.templates import (
+    DEFAULT_CHAT_TEMPLATE,
+    DEFAULT_TOOL_CHAT_TEMPLATE,
+    folder_chat_template,
+    implicit_stops,
+)
+from flywheel_model_server.toolcalls import fold_tools, template_knows_tools
 
 log = logging.getLogger("flywheel.model_server.engine")
 
@@ -71,6 +89,8 @@ class Adapter:
 class Started:
     prompt_tokens: int
     prompt_texts: list[str]  #: one per prompt, for ``echo``
+    prompt_token_ids: list[list[int]] = field(default_factory=list)  #: one per prompt
+    forced: list[str] = field(default_factory=list)  #: per prompt: text the answer was made to start with
 
 
 @dataclass
@@ -79,6 +99,8 @@ class Delta:
     text: str
     finish_reason: str | None = None  #: "stop" or "length" on a choice's last delta
     stop_reason: str | None = None  #: the stop string that ended it, as vLLM reports
+    token_ids: list[int] = field(default_factory=list)  #: ids sampled since the choice's last delta
+    logprobs: list[TokenLogprob] | None = None  #: one per id in token_ids, when the job asked
 
 
 @dataclass
@@ -118,6 +140,9 @@ class Prompt:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     text: str | None = None
     token_ids: list[int] | None = None
+    #: Appended to the rendered chat prompt: the answer is made to start with it (tool_choice
+    #: required / a named function, see toolcalls.py).
+    forced: str = ""
 
 
 @dataclass
@@ -127,6 +152,8 @@ class GenerationJob:
     params: SamplingParams
     default_max_tokens: int
     stream: bool = False  #: events are wanted as they happen (SSE), not only at the end
+    logprobs: int | None = None  #: None: no log-probs; k >= 0: the sampled token's and the k best
+    want_ids: bool = False  #: token ids in the events' token_ids (return_token_ids)
     emit: Callable[[Event], None] = lambda event: None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -151,6 +178,11 @@ class Engine:
         self._adapter_counter = 0
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self._waiting: collections.deque[GenerationJob] = collections.deque()  #: jobs not started yet
+        self._waiting_lock = threading.Lock()
+        #: Merged copies of hot adapters by PEFT name, least recently used first (merging.py).
+        self._merged: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._unmergeable: set[str] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = threading.Event()  #: set at shutdown: running generations stop at the next token
         # Set on the worker thread by _load_base.
@@ -452,29 +484,213 @@ class Engine:
                 loop.call_soon_threadsafe(put_all, batch)
 
         job.emit = emit
+        with self._waiting_lock:
+            self._waiting.append(job)
         try:
-            loop.run_in_executor(self._executor, self._run_job, job)
+            loop.run_in_executor(self._executor, self._drain)
         except RuntimeError:  # executor shut down
+            with self._waiting_lock, contextlib.suppress(ValueError):
+                self._waiting.remove(job)
             self._release_slot()
             raise APIError(503, "the model server is shutting down") from None
         return queue
 
-    def _run_job(self, job: GenerationJob) -> None:
-        final: Event | None = None
-        try:
-            if not job.cancelled.is_set():
-                final = Done(*self._generate(job))
-        except APIError as err:
-            final = Failed(err)
-        except Exception as err:
-            log.exception("generation failed")
-            final = Failed(
-                APIError(500, f"generation failed: {type(err).__name__}: {err}", "InternalServerError")
-            )
-        finally:
-            self._release_slot()  # before the last event, so a client that saw it can send the next request
+    # ------------------------------------------------------------------------------- static batching
+
+    @staticmethod
+    def _rows_of(job: GenerationJob) -> int:
+        return job.params.n * len(job.prompts)
+
+    @staticmethod
+    def _batch_key(job: GenerationJob) -> tuple[Any, ...] | None:
+        """Jobs with equal keys can share one generate() call; None: this job runs alone.
+
+        A seeded job runs alone so that its seed alone decides its samples (repeatable); the
+        others share a call when they ask for the same model and the same sampling settings
+        (generate() takes one generation config per call). max_tokens and stop strings are
+        per row.
+        """
+        p = job.params
+        if p.seed is not None:
+            return None
+        return (job.model, p.temperature, p.top_p, p.top_k, p.min_p, p.repetition_penalty)
+
+    def _drain(self) -> None:
+        """On the model thread: take the oldest waiting job and every waiting job that can join it."""
+        limit = self.settings.max_batch_size
+        with self._waiting_lock:
+            while self._waiting and self._waiting[0].cancelled.is_set():
+                self._finish_job(self._waiting.popleft(), None)
+            if not self._waiting:
+                return  # an earlier drain took this call's job into its batch
+            first = self._waiting.popleft()
+            batch = [first]
+            key = self._batch_key(first)
+            rows = self._rows_of(first)
+            if key is not None:
+                for other in list(self._waiting):
+                    if self._batch_key(other) == key and rows + self._rows_of(other) <= limit:
+                        self._waiting.remove(other)
+                        batch.append(other)
+                        rows += self._rows_of(other)
+        self._run_batch(batch)
+
+    def _finish_job(self, job: GenerationJob, final: Event | None) -> None:
+        # The slot is freed before the last event, so a client that saw it can send the next request.
+        self._release_slot()
         if final is not None:
             job.emit(final)
+
+    def _run_batch(self, jobs: list[GenerationJob]) -> None:
+        """Generate for jobs that share a model and sampling settings; each gets Started, its
+        Deltas and Done (as soon as its own rows are finished) or Failed."""
+        prepared: list[tuple[GenerationJob, list[tuple[list[int], int, list[str]]]]] = []
+        for job in jobs:
+            try:
+                if job.cancelled.is_set():
+                    self._finish_job(job, None)
+                    continue
+                prepared.append((job, self._prepare(job)))
+            except APIError as err:
+                self._finish_job(job, Failed(err))
+            except Exception as err:
+                log.exception("preparing a generation failed")
+                self._finish_job(job, Failed(self._internal(err)))
+        if not prepared:
+            return
+        left: dict[int, int] = {}  # id(job) -> rows not finished yet
+        tokens: dict[int, int] = {}  # id(job) -> completion tokens
+        finished_jobs: set[int] = set()
+        try:
+            model = self._model_for(prepared[0][0].model)
+            # One generate() call per group of rows: a seeded job one call per prompt (the seed is
+            # set before each, as before batching); other rows up to max_batch_size at a time.
+            groups: list[list[tuple[GenerationJob, int, list[int], int, list[str]]]] = []
+            current: list[tuple[GenerationJob, int, list[int], int, list[str]]] = []
+            for job, prompts in prepared:
+                left[id(job)] = self._rows_of(job)
+                tokens[id(job)] = 0
+                for number, (ids, max_tokens, stops) in enumerate(prompts):
+                    rows = [
+                        (job, number * job.params.n + c, ids, max_tokens, stops) for c in range(job.params.n)
+                    ]
+                    if job.params.seed is not None:
+                        groups.append(rows)
+                        continue
+                    if current and len(current) + len(rows) > self.settings.max_batch_size:
+                        groups.append(current)
+                        current = []
+                    current.extend(rows)
+            if current:
+                groups.append(current)
+            for group in groups:
+                if self._closing.is_set():
+                    break
+                live = [row for row in group if not row[0].cancelled.is_set()]
+                if not live:
+                    continue
+                counts = self._generate_rows(model, live)
+                for (job, *_), count in zip(live, counts, strict=True):
+                    tokens[id(job)] += count
+                    left[id(job)] -= 1
+                for job, prompts in prepared:
+                    if left[id(job)] <= 0 and id(job) not in finished_jobs:
+                        finished_jobs.add(id(job))
+                        self._finish_job(job, Done(sum(len(p[0]) for p in prompts), tokens[id(job)]))
+        except APIError as err:
+            failure: APIError | None = err
+        except Exception as err:
+            log.exception("generation failed")
+            failure = self._internal(err)
+        else:
+            failure = None
+        for job, prompts in prepared:
+            if id(job) in finished_jobs:
+                continue
+            if failure is not None:
+                self._finish_job(job, Failed(failure))
+            else:  # cancelled, or the server is closing: what was generated is counted
+                self._finish_job(job, Done(sum(len(p[0]) for p in prompts), tokens.get(id(job), 0)))
+
+    @staticmethod
+    def _internal(err: Exception) -> APIError:
+        return APIError(500, f"generation failed: {type(err).__name__}: {err}", "InternalServerError")
+
+    def _prepare(self, job: GenerationJob) -> list[tuple[list[int], int, list[str]]]:
+        """Per prompt: token ids, max_tokens, implicit stops; emits Started."""
+        if self.state is not ModelState.READY:
+            self.require_ready()
+        adapter = None
+        if job.model != self.model_name:
+            adapter = self._adapters.get(job.model)
+            if adapter is None:  # unloaded while this request waited
+                raise APIError(404, f"The model `{job.model}` does not exist.", "NotFoundError", "model")
+        params = job.params
+        prepared = []
+        texts = []
+        for prompt in job.prompts:
+            ids, text, stops = self._prompt_ids(prompt, adapter)
+            if not ids:
+                raise bad_request("the prompt is empty after tokenisation", "prompt")
+            room = self.max_model_len - len(ids)
+            max_tokens = params.max_tokens or min(job.default_max_tokens, room)
+            if room < 1 or len(ids) + max_tokens > self.max_model_len:
+                raise bad_request(
+                    f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                    f"requested {len(ids) + max_tokens} tokens ({len(ids)} in the messages, {max_tokens} in "
+                    "the completion). Please reduce the length of the messages or completion.",
+                    "max_tokens" if params.max_tokens else "messages",
+                )
+            prepared.append((ids, max_tokens, stops))
+            texts.append(text)
+        job.emit(
+            Started(
+                sum(len(p[0]) for p in prepared),
+                texts,
+                [p[0] for p in prepared],
+                [prompt.forced for prompt in job.prompts],
+            )
+        )
+        return prepared
+
+    def _model_for(self, name: str) -> Any:
+        """The module that answers ``name``: the base model (adapters off), a merged copy of a hot
+        adapter, or the base model with the adapter active (PEFT's unmerged forward)."""
+        model = self._model
+        if name == self.model_name:
+            if self._adapters:
+                model.disable_adapters()
+            return model
+        adapter = self._adapters[name]
+        key = adapter.internal  # unique per load: a reloaded name never finds an old copy
+        loaded = {a.internal for a in self._adapters.values()}
+        for stale in [k for k in self._merged if k not in loaded]:
+            del self._merged[stale]
+        if key in self._merged:
+            self._merged.move_to_end(key)
+            return self._merged[key]
+        if self.settings.merged_adapters > 0 and key not in self._unmergeable:
+            started = time.monotonic()
+            try:
+                merged, size = merged_copy(model, key)
+            except NotMergeable as err:
+                self._unmergeable.add(key)
+                log.info("adapter %s is served unmerged: %s", name, err, extra={"adapter": name})
+            else:
+                while len(self._merged) >= self.settings.merged_adapters:
+                    self._merged.popitem(last=False)
+                self._merged[key] = merged
+                log.info(
+                    "merged adapter %s into a copy of the model in %.2f s (%.0f MB of merged weights)",
+                    name,
+                    time.monotonic() - started,
+                    size / 2**20,
+                    extra={"adapter": name},
+                )
+                return merged
+        model.enable_adapters()
+        model.set_adapter(adapter.internal)
+        return model
 
     def _prompt_ids(self, prompt: Prompt, adapter: Adapter | None) -> tuple[list[int], str, list[str]]:
         """Token ids, the prompt as text (for echo), and the implicit stop strings."""
@@ -490,96 +706,101 @@ class Engine:
         if prompt.text is not None:
             return tokenizer(prompt.text).input_ids, prompt.text, []
         template = (adapter.chat_template if adapter else None) or self._base_template
+        if template == DEFAULT_CHAT_TEMPLATE:
+            # Renders the same without tools; with tools it writes them and the calls (toolcalls.py).
+            template = DEFAULT_TOOL_CHAT_TEMPLATE
+        messages, tools = prompt.messages or [], prompt.tools
+        if not template_knows_tools(template) and (
+            tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+        ):
+            messages, tools = fold_tools(messages, tools), None
         # chat_template_kwargs are variables for the template, never apply_chat_template's own options.
         own = inspect.signature(tokenizer.apply_chat_template).parameters
         variables = {k: v for k, v in prompt.template_kwargs.items() if k not in own}
         try:
             text = tokenizer.apply_chat_template(
-                prompt.messages,
+                messages,
                 chat_template=template,
-                tools=prompt.tools,
+                tools=tools,
                 add_generation_prompt=prompt.add_generation_prompt,
                 tokenize=False,
                 **variables,
             )
         except Exception as err:  # jinja raises on conversations a template refuses (role order …)
             raise bad_request(f"the chat template cannot render these messages: {err}", "messages") from None
+        text += prompt.forced
         # As transformers' apply_chat_template(tokenize=True) and vLLM do: the template writes
         # any BOS itself, so no special tokens are added here.
         return tokenizer(text, add_special_tokens=False).input_ids, text, implicit_stops(template)
 
-    def _generate(self, job: GenerationJob) -> tuple[int, int]:
-        if self.state is not ModelState.READY:
-            self.require_ready()
-        adapter = None
-        if job.model != self.model_name:
-            adapter = self._adapters.get(job.model)
-            if adapter is None:  # unloaded while this request waited
-                raise APIError(404, f"The model `{job.model}` does not exist.", "NotFoundError", "model")
-        params = job.params
-        prepared = []
-        for prompt in job.prompts:
-            ids, text, stops = self._prompt_ids(prompt, adapter)
-            if not ids:
-                raise bad_request("the prompt is empty after tokenisation", "prompt")
-            room = self.max_model_len - len(ids)
-            max_tokens = params.max_tokens or min(job.default_max_tokens, room)
-            if room < 1 or len(ids) + max_tokens > self.max_model_len:
-                raise bad_request(
-                    f"This model's maximum context length is {self.max_model_len} tokens. However, you "
-                    f"requested {len(ids) + max_tokens} tokens ({len(ids)} in the messages, {max_tokens} in "
-                    "the completion). Please reduce the length of the messages or completion.",
-                    "max_tokens" if params.max_tokens else "messages",
-                )
-            prepared.append((ids, text, stops, max_tokens))
-        job.emit(Started(sum(len(p[0]) for p in prepared), [p[1] for p in prepared]))
-
-        model = self._model
-        if self._adapters:
-            if adapter is None:
-                model.disable_adapters()
-            else:
-                model.enable_adapters()
-                model.set_adapter(adapter.internal)
-        completion_tokens = 0
-        for number, (ids, _, implicit, max_tokens) in enumerate(prepared):
-            if job.cancelled.is_set():
-                break
-            completion_tokens += self._generate_one(job, number * params.n, ids, implicit, max_tokens)
-        return sum(len(p[0]) for p in prepared), completion_tokens
-
-    def _generate_one(
-        self, job: GenerationJob, offset: int, ids: list[int], implicit: list[str], max_tokens: int
-    ) -> int:
+    def _generate_rows(
+        self, model: Any, rows: list[tuple[GenerationJob, int, list[int], int, list[str]]]
+    ) -> list[int]:
+        """One generate() call over rows (job, choice index, prompt ids, max_tokens, implicit stops),
+        left-padded to one length; returns the completion tokens of each row."""
         import transformers
 
         torch = self._torch
-        params = job.params
-        config = self._generation_config(params, max_tokens)
-        tracker = _ChoiceTracker(
-            self._tokenizer,
-            params.n,
-            offset,
-            max_tokens,
-            params.stop,
-            implicit,
-            set(self._eos_ids),
-            job.emit,
-            lambda: job.cancelled.is_set() or self._closing.is_set(),
+        first = rows[0][0]
+        params = first.params
+        specs = []
+        for job, index, _, max_tokens, implicit in rows:
+
+            def emit(
+                i: int,
+                text: str,
+                finish: str | None,
+                stop_reason: str | None,
+                ids: list[int],
+                lps: list[TokenLogprob] | None,
+                job: GenerationJob = job,
+            ) -> None:
+                job.emit(Delta(i, text, finish, stop_reason, ids, lps))
+
+            specs.append(
+                RowSpec(
+                    emit,
+                    index,
+                    max_tokens,
+                    job.params.stop,
+                    implicit,
+                    job.logprobs,
+                    job.want_ids,
+                    job.cancelled.is_set,
+                )
+            )
+        tracker = Rows(self._tokenizer, specs, set(self._eos_ids))
+        width = max(len(row[2]) for row in rows)
+        device = model.device
+        input_ids = torch.tensor(
+            [[self._pad_id] * (width - len(row[2])) + row[2] for row in rows], dtype=torch.long, device=device
         )
-        device = self._model.device
-        input_ids = torch.tensor([ids] * params.n, dtype=torch.long, device=device)
+        mask = torch.tensor(
+            [[0] * (width - len(row[2])) + [1] * len(row[2]) for row in rows], dtype=torch.long, device=device
+        )
+        config = self._generation_config(params, max(row[3] for row in rows))
         if params.seed is not None:
             torch.manual_seed(params.seed)  # the global RNG: safe because generation is serialised
-        with torch.inference_mode():
-            self._model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                generation_config=config,
-                stopping_criteria=transformers.StoppingCriteriaList([_TrackerCriteria(tracker)]),
-            )
-        tracker.finish_all()
-        return tracker.completion_tokens()
+        hook = (
+            model.register_forward_hook(LogitsCapture(tracker), with_kwargs=True)
+            if tracker.logprobs_wanted
+            else None
+        )
+        try:
+            with torch.inference_mode():
+                model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    generation_config=config,
+                    stopping_criteria=transformers.StoppingCriteriaList(
+                        [RowsCriteria(tracker, self._closing.is_set)]
+                    ),
+                )
+        finally:
+            if hook is not None:
+                hook.remove()
+        tracker.finish_all(self._closing.is_set())
+        return [len(t) for t in tracker.tokens]
 
     def _generation_config(self, params: SamplingParams, max_tokens: int) -> Any:
         """The model's generation_config with the request's values; unset values keep the model's."""
@@ -612,107 +833,3 @@ class Engine:
         else:  # greedy: sampling knobs off so transformers does not warn about them
             config.temperature, config.top_p, config.top_k, config.min_p = None, None, None, None
         return config
-
-
-# ----------------------------------------------------------------------------------- stop handling
-
-
-class _ChoiceTracker:
-    """Follows the ``n`` sequences of one generate() call token by token.
-
-    Written here rather than using transformers' ``stop_strings`` because the same text-level
-    check has to (1) cut the stop string out of the answer, (2) hold back streamed text that
-    might be the start of a stop string, and (3) end each choice on its own; it also ends the
-    whole generation when the client goes away.
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        n: int,
-        offset: int,
-        max_tokens: int,
-        stops: list[str],
-        implicit: list[str],
-        eos_ids: set[int],
-        emit: Callable[[Event], None],
-        cancelled: Callable[[], bool],
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.offset = offset
-        self.max_tokens = max_tokens
-        self.stops = stops + [s for s in implicit if s not in stops]
-        self.implicit = set(implicit) - set(stops)
-        self.eos_ids = eos_ids
-        self.emit = emit
-        self.cancelled = cancelled
-        self.tokens: list[list[int]] = [[] for _ in range(n)]
-        self.emitted = [0] * n
-        self.finished: list[str | None] = [None] * n
-
-    def step(self, last_tokens: list[int]) -> list[bool]:
-        for i, token in enumerate(last_tokens):
-            if self.finished[i] is None:
-                self.tokens[i].append(token)
-                self._advance(i, eos=token in self.eos_ids)
-        if self.cancelled():
-            return [True] * len(self.finished)
-        return [reason is not None for reason in self.finished]
-
-    def _advance(self, i: int, eos: bool = False, force: str | None = None) -> None:
-        ids = self.tokens[i][:-1] if eos else self.tokens[i]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        finish = stop_reason = None
-        if eos:
-            finish = "stop"
-        else:
-            cut, hit = len(text) + 1, None
-            for stop in self.stops:
-                at = text.find(stop)
-                if at != -1 and at < cut:
-                    cut, hit = at, stop
-            if hit is not None:
-                text, finish = text[:cut], "stop"
-                stop_reason = None if hit in self.implicit else hit
-            elif len(self.tokens[i]) >= self.max_tokens or force:
-                finish = force or "length"
-        safe = len(text) if finish else len(text) - self._hold_back(text)
-        delta = text[self.emitted[i] : safe] if safe > self.emitted[i] else ""
-        self.emitted[i] = max(self.emitted[i], safe)
-        if finish:
-            self.finished[i] = finish
-        if delta or finish:
-            self.emit(Delta(self.offset + i, delta, finish, stop_reason))
-
-    def _hold_back(self, text: str) -> int:
-        """Characters at the end that must wait: an unfinished UTF-8 character or a stop's prefix."""
-        held = len(text) - len(text.rstrip("\ufffd"))
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:size]):
-                    held = max(held, size)
-                    break
-        return held
-
-    def finish_all(self) -> None:
-        if self.cancelled():
-            return
-        for i, reason in enumerate(self.finished):
-            if reason is None:
-                self._advance(i, force="length")
-
-    def completion_tokens(self) -> int:
-        return sum(len(tokens) for tokens in self.tokens)
-
-
-class _TrackerCriteria:
-    """Adapts _ChoiceTracker to transformers' StoppingCriteria protocol (one bool per sequence)."""
-
-    def __init__(self, tracker: _ChoiceTracker) -> None:
-        self.tracker = tracker
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        done = self.tracker.step(input_ids[:, -1].tolist())
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

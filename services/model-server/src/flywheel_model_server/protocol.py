@@ -1,13 +1,13 @@
 """Request bodies of the OpenAI / vLLM endpoints, validated at the edge, and the error type.
 
 Unknown fields are ignored, as vLLM does (clients such as LiteLLM send extras). Fields the
-server cannot honour (log-probabilities, presence/frequency penalties, JSON-schema output) are
+server cannot honour (presence/frequency penalties, JSON-schema output, prompt log-probs) are
 refused with a 400 that names them rather than silently ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -74,6 +74,9 @@ class SamplingRequest(_Lenient):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    return_token_ids: bool | None = Field(
+        None, description="vLLM extension: the prompt's and each choice's token ids in the answer."
+    )
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -90,6 +93,31 @@ class SamplingRequest(_Lenient):
                 )
         if self.logit_bias:
             raise bad_request("logit_bias is not supported by the embedded model server", "logit_bias")
+
+
+#: Most alternatives per token in ``top_logprobs`` / legacy ``logprobs`` (vLLM's default max_logprobs).
+MAX_LOGPROBS = 20
+
+
+class FunctionDefinition(_Lenient):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolParam(_Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(_Lenient):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class ChatMessage(_Lenient):
@@ -117,10 +145,11 @@ class ChatMessage(_Lenient):
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[ToolParam] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     response_format: dict[str, Any] | None = None
     add_generation_prompt: bool = Field(True, description="vLLM extension.")
     chat_template_kwargs: dict[str, Any] | None = Field(None, description="vLLM extension.")
@@ -133,14 +162,37 @@ class ChatCompletionRequest(SamplingRequest):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs or self.top_logprobs:
-            raise bad_request("logprobs are not supported by the embedded model server", "logprobs")
+        if self.top_logprobs and not self.logprobs:
+            raise bad_request("when using `top_logprobs`, `logprobs` must be set to true", "top_logprobs")
+        if isinstance(self.tool_choice, NamedToolChoice) or self.tool_choice == "required":
+            if not self.tools:
+                raise bad_request(f"tool_choice {self.tool_choice_label()!r} needs `tools`", "tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = [tool.function.name for tool in self.tools or []]
+            if self.tool_choice.function.name not in names:
+                raise bad_request(
+                    f"tool_choice names the function {self.tool_choice.function.name!r}, which is not "
+                    f"among the tools ({', '.join(names)})",
+                    "tool_choice",
+                )
         if self.response_format and self.response_format.get("type", "text") != "text":
             raise bad_request(
                 f"response_format {self.response_format.get('type')!r} is not supported by the embedded "
                 "model server; only 'text'",
                 "response_format",
             )
+
+    def tool_choice_label(self) -> str:
+        """``none``, ``auto``, ``required`` or ``function:<name>``; unset = auto with tools, else none."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return f"function:{self.tool_choice.function.name}"
+        if self.tool_choice is None:
+            return "auto" if self.tools else "none"
+        return self.tool_choice
+
+    def tool_dicts(self) -> list[dict[str, Any]]:
+        """The tools as plain dicts for the chat template (OpenAI's shape, unset fields left out)."""
+        return [tool.model_dump(exclude_none=True) for tool in self.tools or []]
 
     def template_messages(self) -> list[dict[str, Any]]:
         """The messages as plain dicts for the chat template (content flattened to text)."""
@@ -159,14 +211,17 @@ class CompletionRequest(SamplingRequest):
         description="A string, a list of strings, token ids, or a list of token-id lists."
     )
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
     best_of: int | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs is not None:
-            raise bad_request("logprobs are not supported by the embedded model server", "logprobs")
+        if self.logprobs is not None and self.echo:
+            raise bad_request(
+                "logprobs with echo (log-probs of the prompt) are not supported by the embedded model server",
+                "logprobs",
+            )
         if self.suffix:
             raise bad_request("suffix (insertion) is not supported by the embedded model server", "suffix")
         if self.best_of not in (None, 1, self.n):

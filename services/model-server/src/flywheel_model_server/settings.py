@@ -64,6 +64,19 @@ class ModelServerSettings(ServiceSettings):
     max_queued_requests: int = Field(
         64, ge=1, description="Requests waiting for the model (generation is serialised); beyond: 429."
     )
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Choices generated together in one forward pass: waiting requests for the same model "
+        "with the same sampling settings share a batch up to this many rows (static batching).",
+    )
+    merged_adapters: int = Field(
+        2,
+        ge=0,
+        description="Adapters kept as merged copies of the model (least recently used dropped first); each "
+        "costs the memory of the projections it targets. 0 = always PEFT's unmerged forward.",
+    )
     model_poll_interval_s: float = Field(
         30.0,
         gt=0,

@@ -33,6 +33,50 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
 )
 
+#: What the default template writes about the tools a request offers (after the system message).
+#: Hermes' layout (the one vLLM's ``hermes`` tool-call parser reads): one JSON signature per line
+#: inside ``<tools>``, and every call as its own ``<tool_call>`` block holding one JSON object.
+TOOLS_BLOCK = (
+    "{{- '# Tools\\n\\nYou can call functions to help with the request. Their signatures, one JSON "
+    "object per line:\\n<tools>\\n' -}}"
+    "{%- for tool in tools -%}{{- tool | tojson -}}{{- '\\n' -}}{%- endfor -%}"
+    "{{- '</tools>\\n\\nTo call a function, answer with one block per call:\\n<tool_call>\\n"
+    '{"name": <function name>, "arguments": <arguments as a JSON object>}\\n</tool_call>\' -}}'
+)
+
+#: The default template with tool calling: identical output to :data:`DEFAULT_CHAT_TEMPLATE` for a
+#: conversation without tools and without tool calls (a test checks it), so prompts that models were
+#: trained on do not move. With ``tools`` it adds :data:`TOOLS_BLOCK` to the system message (or a
+#: system message of its own); an assistant message's ``tool_calls`` are written the way the model
+#: is asked to write them; ``tool`` results are ``<|tool|>`` turns like any other role.
+DEFAULT_TOOL_CHAT_TEMPLATE = (
+    "{%- if tools and (messages | length == 0 or messages[0]['role'] != 'system') -%}"
+    "{{- '<|system|>\\n' -}}" + TOOLS_BLOCK + "{{- '<|end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{- '<|' + message['role'] + '|>\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{- message['content'] -}}"
+    "{%- if message.get('tool_calls') -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- if message['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- set arguments = call['function']['arguments'] -%}"
+    "{{- '<tool_call>\\n{\"name\": ' + (call['function']['name'] | tojson) + ', \"arguments\": ' -}}"
+    "{{- (arguments if arguments is string else (arguments | tojson)) + '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|end|>\\n' -}}{% endgeneration %}"
+    "{%- else -%}"
+    "{{- message['content'] -}}"
+    "{%- if loop.first and tools and message['role'] == 'system' -%}{{- '\\n\\n' -}}"
+    + TOOLS_BLOCK
+    + "{%- endif -%}"
+    "{{- '<|end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
+)
+
 #: Plain-text end-of-turn markers that become implicit stop sequences when a template uses them.
 END_OF_TURN_MARKERS = ("<|end|>",)
 
