@@ -43,6 +43,7 @@ class Gateway:
     url: str
     proc: subprocess.Popen
     log: Path
+    mode: str = "fast"  #: fast (our fast path) or litellm (FAST_PATH=false)
 
     def post(self, path: str, body: dict, key: str | None = MASTER_KEY, **kw: object) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}

@@ -113,7 +113,7 @@ def ms_gateway(
         proc = subprocess.Popen([sys.executable, "-m", "flywheel_gateway", "serve"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        yield Gateway(f"http://127.0.0.1:{_wait(proc, ready, log)['port']}", proc, log)
+        yield Gateway(f"http://127.0.0.1:{_wait(proc, ready, log)['port']}", proc, log, mode=request.param)
     finally:
         _stop(proc)
 
@@ -169,3 +169,60 @@ async def test_published_adapter_hot_loads_into_model_server(
     assert reply.json()["model"].endswith("tinyco-v1")  # LiteLLM reports the provider's name
     print(f"hot-load latency (published -> loaded, probe included): {hot_load_s:.2f} s")
     assert hot_load_s < 10
+
+
+def _stream(gateway: Gateway, body: dict) -> list[dict]:
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60,
+                      headers={"Authorization": f"Bearer {MASTER_KEY}"}) as stream:  # fmt: skip
+        assert stream.status_code == 200, stream.read()
+        return [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
+
+
+def test_token_ids_and_logprobs_pass_through(ms_gateway: Gateway, model_server: str) -> None:
+    """vLLM's return_token_ids and OpenAI's logprobs reach the caller unchanged on both paths."""
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "temperature": 1.0,
+        "seed": 5,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "return_token_ids": True,
+    }
+    direct = httpx.post(f"{model_server}/v1/chat/completions", json=body, timeout=60).json()
+    reply = ms_gateway.post("/v1/chat/completions", body)
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert answer["prompt_token_ids"] == direct["prompt_token_ids"]
+    (choice,), (expected,) = answer["choices"], direct["choices"]
+    assert choice["token_ids"] == expected["token_ids"]  # seeded: the same sample
+    assert choice["logprobs"]["content"] == expected["logprobs"]["content"]
+    chunks = _stream(ms_gateway, body)
+    prompt_ids = [c["prompt_token_ids"] for c in chunks if c.get("prompt_token_ids")]
+    # LiteLLM rebuilds the first chunk and drops its top-level extras: a known gap of that path.
+    assert prompt_ids == ([direct["prompt_token_ids"]] if ms_gateway.mode == "fast" else [])
+    streamed = [t for c in chunks for ch in c["choices"] for t in ch.get("token_ids") or []]
+    assert streamed == expected["token_ids"]
+    logprobs = [
+        e for c in chunks for ch in c["choices"] if ch.get("logprobs") for e in ch["logprobs"]["content"]
+    ]
+    assert [e["logprob"] for e in logprobs] == [e["logprob"] for e in expected["logprobs"]["content"]]
+    # Text completions: the ids sit in the choice, as vLLM puts them.
+    text = {
+        "model": "tiny",
+        "prompt": "hi",
+        "max_tokens": 3,
+        "temperature": 0,
+        "logprobs": 1,
+        "return_token_ids": True,
+    }
+    direct = httpx.post(f"{model_server}/v1/completions", json=text, timeout=60).json()["choices"][0]
+    reply = ms_gateway.post("/v1/completions", text)
+    assert reply.status_code == 200, reply.text
+    choice = reply.json()["choices"][0]
+    assert (
+        choice["token_ids"] == direct["token_ids"]
+        and choice["prompt_token_ids"] == direct["prompt_token_ids"]
+    )
+    assert choice["logprobs"]["token_logprobs"] == direct["logprobs"]["token_logprobs"]

@@ -290,7 +290,66 @@ class GatewayApp:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()
 
-        await self.inner(scope, replay, _ErrorRewriter(send))
+        send_to = _ErrorRewriter(send)
+        if route == "fast":  # a model-server route that LiteLLM serves (virtual key, fast path off)
+            send_to = _ErrorRewriter(_VllmFieldsRestorer(send))
+        await self.inner(scope, replay, send_to)
+
+
+class _VllmFieldsRestorer:
+    """Puts vLLM's per-choice extras back where vLLM sends them, for answers LiteLLM relays whole.
+
+    LiteLLM keeps choice fields it does not know (``token_ids`` of ``return_token_ids``, vLLM's
+    ``stop_reason``) but moves them into ``provider_specific_fields``; callers that asked vLLM
+    for them look for them on the choice. Only whole JSON answers with status 200 are touched;
+    streams pass through (LiteLLM leaves ``token_ids`` in stream chunks where they were).
+    """
+
+    FIELDS = ("token_ids", "prompt_token_ids", "stop_reason")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.start: Message | None = None
+        self.parts: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = dict(message.get("headers") or [])
+            if message["status"] == 200 and headers.get(b"content-type", b"").startswith(b"application/json"):
+                self.start = message
+                return
+        elif message["type"] == "http.response.body" and self.start is not None:
+            self.parts.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            await self._flush()
+            return
+        await self.send(message)
+
+    async def _flush(self) -> None:
+        assert self.start is not None
+        raw = b"".join(self.parts)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        changed = False
+        for choice in data.get("choices") or () if isinstance(data, dict) else ():
+            extras = choice.get("provider_specific_fields") if isinstance(choice, dict) else None
+            if not isinstance(extras, dict):
+                continue
+            for name in self.FIELDS:
+                if name in extras and name not in choice:
+                    choice[name] = extras.pop(name)
+                    changed = True
+            if not extras:
+                del choice["provider_specific_fields"]
+        if changed:
+            raw = orjson.dumps(data)
+        headers = [(k, v) for k, v in self.start.get("headers") or [] if k != b"content-length"]
+        headers.append((b"content-length", str(len(raw)).encode()))
+        await self.send({**self.start, "headers": headers})
+        await self.send({"type": "http.response.body", "body": raw, "more_body": False})
 
 
 class _ErrorRewriter:

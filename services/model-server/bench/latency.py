@@ -1,4 +1,5 @@
-"""Generation speed of the embedded model server: base model against a LoRA adapter, same run.
+"""Generation speed of the embedded model server: base model, LoRA adapter unmerged and merged, and
+concurrent requests (static batching), in one run.
 
     .venv/bin/python services/model-server/bench/latency.py                  # Gemma-3-270M-shaped model
     .venv/bin/python services/model-server/bench/latency.py --model-path DIR # a real HF folder
@@ -8,21 +9,27 @@ By default the model has Gemma 3 270M's shape (18 layers, hidden 640, 262,144-to
 268M parameters) with random weights: the compute per token is the real model's, and nothing
 has to be downloaded or imported from GGUF. The adapter is LoRA r=16 on every attention and MLP
 projection (the trainer's default) with random non-zero weights. Requests go through the real
-app (HTTP over ASGI, the same code path as uvicorn) one at a time, greedy, a fixed number of
-tokens; the figures are completion tokens per second of wall time and the time to the first
-streamed token. Printed as a Markdown table for the README.
+app (HTTP over ASGI, the same code path as uvicorn), greedy, a fixed number of tokens: first one
+at a time on a server with merging off (PEFT's unmerged forward) and then on one that merges the
+adapter into a copy of the model, base and adapter interleaved; then ``--clients`` requests at
+once (static batching). The figures are completion tokens per second of wall time and the time
+to a one-token answer; it also compares the merged and unmerged greedy answers token by token.
+Printed as a Markdown table for the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -122,6 +129,78 @@ async def measure(client: httpx.AsyncClient, model: str, tokens: int, runs: int)
     }
 
 
+@contextlib.asynccontextmanager
+async def served(
+    base: Path, args: argparse.Namespace, **settings: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict]]:
+    config = ModelServerSettings(
+        model_path=base, base_model="bench", device=args.device, torch_threads=args.threads, **settings
+    )
+    app = build_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=3600) as client:
+            while (await client.get("/health/ready")).status_code != 200:  # noqa: ASYNC110 - a probe, polled
+                await asyncio.sleep(0.1)
+            yield client, (await client.get("/health/ready")).json()
+
+
+async def load(client: httpx.AsyncClient, adapter: Path) -> float:
+    t = time.perf_counter()
+    reply = await client.post("/v1/load_lora_adapter", json={"lora_name": "ft", "lora_path": str(adapter)})
+    reply.raise_for_status()
+    return time.perf_counter() - t
+
+
+async def interleaved(client: httpx.AsyncClient, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Base and adapter, alternating, so that a change in the machine's load hits both alike."""
+    await measure(client, "bench", 4, 1)  # warm-up (and, for a merging server, the merge)
+    await measure(client, "ft", 4, 1)
+    samples: dict[str, list[dict[str, float]]] = {"bench": [], "ft": []}
+    for _ in range(args.runs):
+        for model in samples:
+            samples[model].append(await measure(client, model, args.tokens, 1))
+    return {
+        model: {key: statistics.median(s[key] for s in runs) for key in runs[0]}
+        for model, runs in samples.items()
+    }
+
+
+async def greedy_answer(client: httpx.AsyncClient, tokens: int) -> dict[str, Any]:
+    body = {
+        "model": "ft",
+        "messages": [{"role": "user", "content": " ".join(f"w{i}" for i in range(100, 140))}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "logprobs": True,
+        "return_token_ids": True,
+    }
+    choice = (await client.post("/v1/chat/completions", json=body)).json()["choices"][0]
+    return {"ids": choice["token_ids"], "logprobs": [e["logprob"] for e in choice["logprobs"]["content"]]}
+
+
+async def batched(client: httpx.AsyncClient, model: str, clients: int, tokens: int, runs: int) -> float:
+    """Completion tokens per second of wall time with ``clients`` requests sent at once (median)."""
+    rates = []
+    for run_index in range(runs):
+        bodies = [
+            {
+                "model": model,
+                "messages": [
+                    {"role": "user", "content": " ".join(f"w{i + 7 * c + run_index}" for i in range(10, 60))}
+                ],
+                "max_tokens": tokens,
+                "temperature": 0,
+            }
+            for c in range(clients)
+        ]
+        started = time.perf_counter()
+        replies = await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies))
+        elapsed = time.perf_counter() - started
+        rates.append(sum(r.json()["usage"]["completion_tokens"] for r in replies) / elapsed)
+    return statistics.median(rates)
+
+
 async def run(args: argparse.Namespace, folder: Path) -> None:
     base = Path(args.model_path) if args.model_path else folder / "base"
     if not args.model_path:
@@ -130,53 +209,70 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
         print(f"built a random {args.shape}-shaped model in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     adapter = folder / "adapter"
     build_adapter(base, adapter)
-    settings = ModelServerSettings(
-        model_path=base, base_model="bench", device=args.device, torch_threads=args.threads
+    # 1. PEFT's unmerged forward (merging off), base and adapter interleaved.
+    async with served(base, args, merged_adapters=0) as (client, ready):
+        adapter_s = await load(client, adapter)
+        unmerged = await interleaved(client, args)
+        reference = await greedy_answer(client, args.tokens)
+    # 2. The same with the adapter merged into a copy, then concurrent requests (static batching).
+    async with served(base, args, merged_adapters=2, max_batch_size=max(args.clients)) as (client, ready):
+        await load(client, adapter)
+        t = time.perf_counter()
+        await measure(client, "ft", 1, 1)  # the first request of an adapter merges it
+        merge_s = time.perf_counter() - t
+        merged = await interleaved(client, args)
+        answer = await greedy_answer(client, args.tokens)
+        concurrent = {
+            (model, c): await batched(client, model, c, args.tokens, args.runs)
+            for model in ("bench", "ft")
+            for c in args.clients
+        }
+    same = sum(a == b for a, b in zip(answer["ids"], reference["ids"], strict=False))
+    drift = max(
+        (abs(a - b) for a, b in zip(answer["logprobs"], reference["logprobs"], strict=False)), default=0.0
     )
-    app = build_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=3600) as client:
-            t = time.perf_counter()
-            while (await client.get("/health/ready")).status_code != 200:  # noqa: ASYNC110 - a probe, polled
-                await asyncio.sleep(0.1)
-            ready = (await client.get("/health/ready")).json()
-            load_s = time.perf_counter() - t
-            t = time.perf_counter()
-            (
-                await client.post(
-                    "/v1/load_lora_adapter", json={"lora_name": "ft", "lora_path": str(adapter)}
-                )
-            ).raise_for_status()
-            adapter_s = time.perf_counter() - t
-            await measure(client, "bench", 4, 1)  # warm-up
-            await measure(client, "ft", 4, 1)
-            # Interleaved (base, adapter, base, adapter …) so that a change in the machine's load
-            # during the run hits both alike; the median of each is reported.
-            samples: dict[str, list[dict[str, float]]] = {"bench": [], "ft": []}
-            for _ in range(args.runs):
-                for model in samples:
-                    samples[model].append(await measure(client, model, args.tokens, 1))
-            results = {
-                model: {key: statistics.median(s[key] for s in runs) for key in runs[0]}
-                for model, runs in samples.items()
-            }
-    base_r, ft_r = results["bench"], results["ft"]
     print(
         f"\nmodel: {args.model_path or args.shape + ' shape, random weights'}; device: {ready['device']}; "
-        f"torch threads: {args.threads or 'default'}; base load {load_s:.1f} s; adapter load {adapter_s:.2f} s"
+        f"torch threads: {args.threads or 'default'}; adapter load {adapter_s:.2f} s; first request of the "
+        f"adapter (merge + 1 token) {merge_s:.2f} s"
     )
-    print(
-        f"greedy, {args.tokens} new tokens, median of {args.runs} interleaved runs, one request at a time\n"
-    )
-    print("| model | tokens/s | first token (ms) | tokens/s vs base |")
+    print(f"greedy, {args.tokens} new tokens, median of {args.runs} interleaved runs\n")
+    print("| what | tokens/s | first token (ms) | vs base of the same server |")
     print("|---|---:|---:|---:|")
-    for label, r in (("base", base_r), ("LoRA r=16, all projections", ft_r)):
+    rows = [
+        ("base (merging off)", unmerged["bench"], unmerged["bench"]),
+        ("LoRA r=16, all projections, unmerged (PEFT)", unmerged["ft"], unmerged["bench"]),
+        ("base (merging on)", merged["bench"], merged["bench"]),
+        ("LoRA r=16, merged copy", merged["ft"], merged["bench"]),
+    ]
+    for label, r, ref in rows:
         print(
             f"| {label} | {r['tokens_per_s']:.1f} | {r['first_token_ms']:.0f} | "
-            f"{r['tokens_per_s'] / base_r['tokens_per_s']:.2f}x |"
+            f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x |"
         )
-    print(json.dumps({"base": base_r, "adapter": ft_r, "device": ready["device"]}), file=sys.stderr)
+    for (model, c), rate in concurrent.items():
+        label = "base" if model == "bench" else "merged LoRA"
+        single = merged[model]["tokens_per_s"]
+        print(
+            f"| {label}, {c} concurrent requests (static batching) | {rate:.1f} | | {rate / single:.2f}x one at a time |"
+        )
+    print(
+        f"\nmerged vs unmerged greedy answer: {same}/{len(reference['ids'])} tokens equal, largest log-prob "
+        f"difference {drift:.4f}"
+    )
+    print(
+        json.dumps(
+            {
+                "unmerged": unmerged,
+                "merged": merged,
+                "concurrent": {f"{m}x{c}": r for (m, c), r in concurrent.items()},
+                "tokens_equal": same,
+                "logprob_drift": drift,
+                "device": ready["device"],
+            }
+        ),
+        file=sys.stderr,
+    )
 
 
 def main() -> None:
@@ -189,6 +285,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--tokens", type=int, default=64, help="completion tokens per request")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[4], help="concurrent requests for the batching figures"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="model-server-bench-") as folder:
         asyncio.run(run(args, Path(folder)))

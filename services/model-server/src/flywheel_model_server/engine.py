@@ -183,6 +183,7 @@ class Engine:
         #: Merged copies of hot adapters by PEFT name, least recently used first (merging.py).
         self._merged: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._unmergeable: set[str] = set()
+        self.largest_batch = 0  #: most rows one generate() call has held (tests, /health/ready)
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = threading.Event()  #: set at shutdown: running generations stop at the next token
         # Set on the worker thread by _load_base.
@@ -312,6 +313,8 @@ class Engine:
             "device": self.device,
             "adapters": len(self._adapters),
             "queued": self._pending,
+            "largest_batch": self.largest_batch,
+            "merged_adapters": len(self._merged),
         }
 
     def require_ready(self) -> None:
@@ -770,6 +773,7 @@ class Engine:
                 )
             )
         tracker = Rows(self._tokenizer, specs, set(self._eos_ids))
+        self.largest_batch = max(self.largest_batch, len(rows))
         width = max(len(row[2]) for row in rows)
         device = model.device
         input_ids = torch.tensor(
