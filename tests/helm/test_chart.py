@@ -397,6 +397,35 @@ def test_vllm_runs_on_gpu_nodes_with_lora(values: str) -> None:
         assert spec["initContainers"][0]["name"] == "download-model"
 
 
+def _vllm_args(values: dict[str, Any]) -> list[str]:
+    rendered = _chart().render(values=values, name=RELEASE, namespace=NAMESPACE)
+    docs = [
+        d for p, t in rendered.items() if p.endswith("model-server.yaml") for d in yaml.safe_load_all(t) if d
+    ]
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    return next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "vllm")["args"]
+
+
+def test_vllm_parses_tool_calls_as_values_say() -> None:
+    args = _vllm_args({})
+    # Defaults: the hermes parser, which reads the calls of Flywheel's default chat template.
+    assert "--enable-auto-tool-choice" in args and args[args.index("--tool-call-parser") + 1] == "hermes"
+    assert "--chat-template" not in args
+    custom = _vllm_args(
+        {"modelServer": {"toolCalling": {"parser": "llama3_json", "chatTemplate": "/templates/tools.jinja"}}}
+    )
+    assert custom[custom.index("--tool-call-parser") + 1] == "llama3_json"
+    assert custom[custom.index("--chat-template") + 1] == "/templates/tools.jinja"
+    off = _vllm_args({"modelServer": {"toolCalling": {"enabled": False}}})
+    assert "--enable-auto-tool-choice" not in off and "--tool-call-parser" not in off
+    with pytest.raises(HelmValuesError):
+        _chart().render(
+            values={"modelServer": {"toolCalling": {"parser": "bad parser"}}},
+            name=RELEASE,
+            namespace=NAMESPACE,
+        )
+
+
 def test_every_vllm_replica_gets_every_adapter_through_its_sidecar() -> None:
     spec = component(objects("two-vllm-replicas"), "StatefulSet", "model-server")["spec"]["template"]["spec"]
     names = [c["name"] for c in spec["containers"]]

@@ -351,6 +351,19 @@ props = {
                 },
                 required=["maxLoras", "maxLoraRank", "maxCpuLoras"],
             ),
+            "toolCalling": obj(
+                {
+                    "enabled": b("Parse OpenAI tool calls out of the answers (--enable-auto-tool-choice)."),
+                    "parser": s(
+                        "vLLM --tool-call-parser (hermes reads Flywheel's default template).",
+                        pattern="^[a-z0-9_]+$",
+                    ),
+                    "chatTemplate": s(
+                        "vLLM --chat-template: a path or the template; empty keeps the model's."
+                    ),
+                },
+                required=["enabled", "parser"],
+            ),
             "extraArgs": {
                 "type": "array",
                 "items": {"type": "string"},
