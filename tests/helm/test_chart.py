@@ -986,3 +986,15 @@ def test_services_load_their_settings_from_the_rendered_environment(
     assert settings.object_store.secure is (values != "defaults")
     assert settings.object_store.secret_key.get_secret_value() == "sk-stand-in-for-secretKey"
     assert settings.nats.url == env["FLYWHEEL_NATS_URL"]
+
+
+@pytest.mark.parametrize(("values", "want"), [({}, "auto"), ({"sandboxRunner": {"cgroupVersion": "v2"}}, "v2")])
+def test_sandbox_runner_cgroup_version_reaches_the_runner(values: dict[str, Any], want: str) -> None:
+    objs = _chart_objects(values)
+    env = env_of(component(objs, "Deployment", "sandbox-runner")["spec"]["template"]["spec"]["containers"][0])
+    assert env["FLYWHEEL_SANDBOX_CGROUP_VERSION"]["value"] == want
+
+
+def test_sandbox_runner_cgroup_version_is_validated() -> None:
+    with pytest.raises(HelmValuesError, match="cgroupVersion"):
+        _chart_objects({"sandboxRunner": {"cgroupVersion": "v3"}})

@@ -223,6 +223,11 @@ props = {
                 required=["type"],
             ),
             "scratchSizeLimit": ref("size"),
+            "cgroupVersion": {
+                "type": "string",
+                "enum": ["auto", "v1", "v2"],
+                "description": "cgroup hierarchy the runner drives: auto (detect), v1 or v2.",
+            },
             "maxConcurrency": i("Runs at once per pod.", minimum=1, maximum=256),
             "objectStore": obj(
                 {

@@ -17,8 +17,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flywheel_common.runtime import StartupError
+
+if TYPE_CHECKING:
+    from flywheel_sandbox.cgroup_v2 import CgroupTreeV2
 
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
@@ -157,7 +161,7 @@ class CgroupTree:
     def create(cls, name: str) -> CgroupTree:
         if (CGROUP_ROOT / "cgroup.controllers").exists():
             raise IsolationUnavailable(
-                "cgroup v2 (unified) hierarchy found; this runner drives cgroup v1 controllers only"
+                "cgroup v1 was asked for but the unified (v2) hierarchy is mounted at /sys/fs/cgroup"
             )
         parents: dict[str, Path] = {}
         for ctrl in V1_CONTROLLERS:
@@ -205,6 +209,21 @@ class CgroupTree:
                 parent.rmdir()
             except OSError:
                 pass
+
+
+def create_tree(name: str, version: str = "auto", root: Path = CGROUP_ROOT) -> CgroupTree | CgroupTreeV2:
+    """The runner's cgroup tree on this host: v2 where the unified hierarchy is mounted at ``root``,
+    v1 otherwise (``version`` forces one: "v1", "v2"; "auto" detects)."""
+    from flywheel_sandbox import cgroup_v2
+
+    unified = cgroup_v2.is_unified(root)
+    if version == "v2" or (version == "auto" and unified):
+        if not unified:
+            raise IsolationUnavailable(f"cgroup v2 was asked for but {root} is not a cgroup2 mount")
+        return cgroup_v2.CgroupTreeV2.create(name, root)
+    if version not in ("auto", "v1"):
+        raise IsolationUnavailable(f"unknown cgroup version {version!r} (auto, v1 or v2)")
+    return CgroupTree.create(name)
 
 
 def _remove_stale_siblings(parent: Path) -> None:

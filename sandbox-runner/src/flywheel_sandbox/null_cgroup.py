@@ -13,6 +13,7 @@ import signal
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from flywheel_sandbox.cgroup_v2 import RunCgroupV2
 from flywheel_sandbox.isolation import RunCgroup
 
 
@@ -66,4 +67,4 @@ class NullCgroup:
 
 
 #: What a run's cgroup is: a real one, or the stand-in of unsafe-local mode.
-Cgroup: TypeAlias = RunCgroup | NullCgroup
+Cgroup: TypeAlias = RunCgroup | RunCgroupV2 | NullCgroup

@@ -43,6 +43,7 @@ from typing import Any
 
 from flywheel_common.errors import ResourceExhausted
 from flywheel_sandbox import isolation
+from flywheel_sandbox.cgroup_v2 import CgroupTreeV2
 from flywheel_sandbox.classify import Category, category_for_exception, last_exception
 from flywheel_sandbox.null_cgroup import Cgroup, NullCgroup
 
@@ -573,8 +574,10 @@ class Runner:
         warm_pool_size: int,
         cpu_cores_per_run: float,
         unsafe_local: bool = False,
+        cgroup_version: str = "auto",
     ) -> None:
         self.python = python
+        self.cgroup_version = cgroup_version
         self.defaults = default_limits
         self.max_concurrency = max_concurrency
         self.queue_size = queue_size
@@ -595,7 +598,7 @@ class Runner:
         self._tasks: set[asyncio.Future[None]] = set()
         self._cleanups: set[asyncio.Future[None]] = set()  # destructions: never cancelled
         self._closed = False
-        self.tree: isolation.CgroupTree | None = None
+        self.tree: isolation.CgroupTree | CgroupTreeV2 | None = None
         self.layout: isolation.BwrapLayout | None = None
         self.seccomp = b""
         self._guard = b""
@@ -630,7 +633,9 @@ class Runner:
             self._unsafe_root = Path(tempfile.mkdtemp(prefix="fw-sandbox-unsafe-"))
         else:
             self.tree = await asyncio.to_thread(
-                isolation.CgroupTree.create, f"{isolation.TREE_PREFIX}{os.getpid()}-{next(_TREE_IDS)}"
+                isolation.create_tree,
+                f"{isolation.TREE_PREFIX}{os.getpid()}-{next(_TREE_IDS)}",
+                self.cgroup_version,
             )
             log.info(
                 "sandbox isolation ready",

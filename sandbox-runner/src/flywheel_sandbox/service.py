@@ -111,6 +111,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
             warm_pool_size=settings.pool_size,
             cpu_cores_per_run=settings.cpu_cores_per_run,
             unsafe_local=settings.unsafe_local,
+            cgroup_version=settings.cgroup_version,
         )
         self.caps = FileCaps(settings.max_files, settings.max_file_bytes, settings.max_request_bytes)
 

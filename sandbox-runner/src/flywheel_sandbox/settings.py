@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -38,6 +39,10 @@ class SandboxSettings(ServiceSettings):
     )
     warm_pool_size: int = Field(
         -1, ge=-1, le=256, description="Ready sandboxes kept started; -1 = max_concurrency."
+    )
+    cgroup_version: Literal["auto", "v1", "v2"] = Field(
+        "auto",
+        description="cgroup hierarchy to drive: auto (v2 where /sys/fs/cgroup is a cgroup2 mount, else v1), v1, v2.",
     )
     cpu_cores_per_run: float = Field(1.0, gt=0, le=64, description="CFS CPU quota of one run, in cores.")
 
