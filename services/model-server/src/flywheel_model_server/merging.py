@@ -61,8 +61,10 @@ def merged_copy(model: Any, internal: str) -> tuple[Any, int]:
         for name, module in list(clone.named_modules()):
             if not isinstance(module, LoraLayer):
                 continue
-            base = module.get_base_layer()
+            base: Any = module.get_base_layer()  # an nn.Linear: checked above for this adapter
+            layer: Any
             if internal in module.lora_A:
+                assert isinstance(module, LoraLinear)
                 weight = base.weight
                 delta = module.get_delta_weight(internal).to(device=weight.device, dtype=torch.float32)
                 merged = (weight.to(torch.float32) + delta).to(weight.dtype)
