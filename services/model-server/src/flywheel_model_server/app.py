@@ -131,7 +131,7 @@ class Handlers:
         req = parse(LoadLoRAAdapterRequest, await read_json(request))
         if not req.lora_name or not req.lora_path:
             raise APIError(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
-        await self.engine.load_adapter(req.lora_name, req.lora_path)
+        await self.engine.load_adapter(req.lora_name, req.lora_path, replace=req.load_inplace)
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
 
     async def unload_lora_adapter(self, request: Request) -> Response:

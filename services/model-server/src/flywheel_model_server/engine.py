@@ -51,6 +51,7 @@ from typing import Any
 from flywheel_common.hardware import cpu_has_fast_bf16
 from flywheel_common.objectstore import ObjectStore, open_object_store
 from flywheel_model_server.basemodel import LocatedModel, ModelMissingError, locate
+from flywheel_model_server.digest import LoadedFiles
 from flywheel_model_server.merging import NotMergeable, merged_copy
 from flywheel_model_server.protocol import APIError, bad_request
 from flywheel_model_server.rows import LogitsCapture, Rows, RowsCriteria, RowSpec, TokenLogprob
@@ -80,6 +81,7 @@ class Adapter:
     internal: str  #: PEFT adapter name inside the model
     chat_template: str | None
     created: int
+    digest: str = ""  #: content digest of the files it was loaded from (``digest.py``); /v1/models reports it
 
 
 # ----------------------------------------------------------------------------------------- job events
@@ -361,6 +363,7 @@ class Engine:
                     "root": adapter.path,
                     "parent": self.model_name,
                     "max_model_len": self.max_model_len,
+                    "digest": adapter.digest or None,
                 }
             )
         return cards
@@ -375,8 +378,14 @@ class Engine:
 
     # -------------------------------------------------------------------------------------- adapters
 
-    async def load_adapter(self, name: str, path: str) -> None:
+    async def load_adapter(self, name: str, path: str, replace: bool = False) -> None:
+        """Load ``path`` as ``name``. A loaded name is refused unless ``replace`` (vLLM's
+        ``load_inplace``): then the name is unloaded — its PEFT layers and anything cached for it go —
+        and loaded again from ``path`` in one job, so no request sees the old weights afterwards."""
         self.require_ready()
+        if replace and name in self._adapters:
+            await self._run(self._replace_adapter_sync, name, path)
+            return
         if name in self._adapters or name == self.model_name:
             raise APIError(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
         if len(self._adapters) >= self.settings.max_adapters:
@@ -387,6 +396,11 @@ class Engine:
                 "BadRequestError",
             )
         await self._run(self._load_adapter_sync, name, path)
+
+    def _replace_adapter_sync(self, name: str, path: str) -> None:
+        if name in self._adapters:  # it may have been unloaded while this job waited
+            self._unload_adapter_sync(name)
+        self._load_adapter_sync(name, path)
 
     async def unload_adapter(self, name: str) -> None:
         self.require_ready()
@@ -416,13 +430,19 @@ class Engine:
         self._adapter_counter += 1
         internal = f"lora{self._adapter_counter}"
         started = time.monotonic()
+        files = LoadedFiles.before_load(folder)
         try:
             self._model.load_adapter(str(folder), adapter_name=internal)
+            changed = files.changed_files()
+            if changed:
+                raise RuntimeError(f"{', '.join(changed)} changed while loading; the digest would not hold")
         except Exception as err:
             with contextlib.suppress(Exception):  # remove whatever layers were injected before the error
                 self._model.delete_adapter(internal)
             raise bad_request(f"Loading lora {name} failed: {type(err).__name__}: {err}") from None
-        self._adapters[name] = Adapter(name, path, internal, folder_chat_template(folder), int(time.time()))
+        self._adapters[name] = Adapter(
+            name, path, internal, folder_chat_template(folder), int(time.time()), files.digest
+        )
         log.info(
             "loaded LoRA adapter %s from %s in %.2f s",
             name,

@@ -244,6 +244,9 @@ class CompletionRequest(SamplingRequest):
 class LoadLoRAAdapterRequest(_Lenient):
     lora_name: str | None = None
     lora_path: str | None = None
+    load_inplace: bool = Field(
+        False, description="vLLM's field: replace a loaded name (a forced reload) instead of refusing it."
+    )
 
 
 class UnloadLoRAAdapterRequest(_Lenient):
