@@ -65,8 +65,10 @@ def test_same_name_reload_is_refused_unless_forced(client: httpx.Client, tiny: A
         assert _models(client)["dig-swap"]["digest"] == digest_a  # nothing changed
         assert _greedy(client, "dig-swap") == answer_a
 
+        merged = client.get("/health/ready").json()["merged_adapters"]  # dig-swap's merged copy among them
         forced = _load(client, "dig-swap", tiny.adapter_b, load_inplace=True)
         assert forced.status_code == 200, forced.text
+        assert client.get("/health/ready").json()["merged_adapters"] == merged - 1  # dropped with the name
         card = _models(client)["dig-swap"]
         assert card["digest"] == digest_b and card["root"] == str(tiny.adapter_b)
         assert _greedy(client, "dig-swap") == answer_b  # no state of the old weights is left

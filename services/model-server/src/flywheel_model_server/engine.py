@@ -398,8 +398,12 @@ class Engine:
         await self._run(self._load_adapter_sync, name, path)
 
     def _replace_adapter_sync(self, name: str, path: str) -> None:
-        if name in self._adapters:  # it may have been unloaded while this job waited
+        old = self._adapters.get(name)
+        if old is not None:  # it may have been unloaded while this job waited
             self._unload_adapter_sync(name)
+            # Its merged copy would never be used again (the new load gets a new PEFT name): free it now.
+            self._merged.pop(old.internal, None)
+            self._unmergeable.discard(old.internal)
         self._load_adapter_sync(name, path)
 
     async def unload_adapter(self, name: str) -> None:
