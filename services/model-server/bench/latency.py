@@ -145,30 +145,16 @@ async def served(
             yield client, (await client.get("/health/ready")).json()
 
 
-async def load(client: httpx.AsyncClient, adapter: Path) -> float:
+async def load(client: httpx.AsyncClient, name: str, adapter: Path) -> float:
     t = time.perf_counter()
-    reply = await client.post("/v1/load_lora_adapter", json={"lora_name": "ft", "lora_path": str(adapter)})
+    reply = await client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(adapter)})
     reply.raise_for_status()
     return time.perf_counter() - t
 
 
-async def interleaved(client: httpx.AsyncClient, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Base and adapter, alternating, so that a change in the machine's load hits both alike."""
-    await measure(client, "bench", 4, 1)  # warm-up (and, for a merging server, the merge)
-    await measure(client, "ft", 4, 1)
-    samples: dict[str, list[dict[str, float]]] = {"bench": [], "ft": []}
-    for _ in range(args.runs):
-        for model in samples:
-            samples[model].append(await measure(client, model, args.tokens, 1))
-    return {
-        model: {key: statistics.median(s[key] for s in runs) for key in runs[0]}
-        for model, runs in samples.items()
-    }
-
-
-async def greedy_answer(client: httpx.AsyncClient, tokens: int) -> dict[str, Any]:
+async def greedy_answer(client: httpx.AsyncClient, model: str, tokens: int) -> dict[str, Any]:
     body = {
-        "model": "ft",
+        "model": model,
         "messages": [{"role": "user", "content": " ".join(f"w{i}" for i in range(100, 140))}],
         "max_tokens": tokens,
         "temperature": 0,
@@ -179,26 +165,27 @@ async def greedy_answer(client: httpx.AsyncClient, tokens: int) -> dict[str, Any
     return {"ids": choice["token_ids"], "logprobs": [e["logprob"] for e in choice["logprobs"]["content"]]}
 
 
-async def batched(client: httpx.AsyncClient, model: str, clients: int, tokens: int, runs: int) -> float:
-    """Completion tokens per second of wall time with ``clients`` requests sent at once (median)."""
-    rates = []
-    for run_index in range(runs):
-        bodies = [
-            {
-                "model": model,
-                "messages": [
-                    {"role": "user", "content": " ".join(f"w{i + 7 * c + run_index}" for i in range(10, 60))}
-                ],
-                "max_tokens": tokens,
-                "temperature": 0,
-            }
-            for c in range(clients)
-        ]
-        started = time.perf_counter()
-        replies = await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies))
-        elapsed = time.perf_counter() - started
-        rates.append(sum(r.json()["usage"]["completion_tokens"] for r in replies) / elapsed)
-    return statistics.median(rates)
+async def batched(client: httpx.AsyncClient, model: str, clients: int, tokens: int, seed: int) -> float:
+    """Completion tokens per second of wall time with ``clients`` requests sent at once."""
+    bodies = [
+        {
+            "model": model,
+            "messages": [
+                {"role": "user", "content": " ".join(f"w{i + 7 * c + seed}" for i in range(10, 60))}
+            ],
+            "max_tokens": tokens,
+            "temperature": 0,
+        }
+        for c in range(clients)
+    ]
+    started = time.perf_counter()
+    replies = await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies))
+    elapsed = time.perf_counter() - started
+    return sum(r.json()["usage"]["completion_tokens"] for r in replies) / elapsed
+
+
+def median(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(s[key] for s in samples) for key in samples[0]}
 
 
 async def run(args: argparse.Namespace, folder: Path) -> None:
@@ -209,24 +196,39 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
         print(f"built a random {args.shape}-shaped model in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     adapter = folder / "adapter"
     build_adapter(base, adapter)
-    # 1. PEFT's unmerged forward (merging off), base and adapter interleaved.
-    async with served(base, args, merged_adapters=0) as (client, ready):
-        adapter_s = await load(client, adapter)
-        unmerged = await interleaved(client, args)
-        reference = await greedy_answer(client, args.tokens)
-    # 2. The same with the adapter merged into a copy, then concurrent requests (static batching).
+    # One server: the adapter under two names, one served merged ("ft"), the other kept on PEFT's
+    # unmerged forward ("ft-plain"), so all three are measured interleaved, under the same load.
     async with served(base, args, merged_adapters=2, max_batch_size=max(args.clients)) as (client, ready):
-        await load(client, adapter)
+        engine = client._transport.app.state.engine  # type: ignore[attr-defined]
+        adapter_s = await load(client, "ft", adapter)
+        await load(client, "ft-plain", adapter)
+        engine._unmergeable.add(engine._adapters["ft-plain"].internal)
         t = time.perf_counter()
         await measure(client, "ft", 1, 1)  # the first request of an adapter merges it
         merge_s = time.perf_counter() - t
-        merged = await interleaved(client, args)
-        answer = await greedy_answer(client, args.tokens)
-        concurrent = {
-            (model, c): await batched(client, model, c, args.tokens, args.runs)
-            for model in ("bench", "ft")
-            for c in args.clients
+        models = {
+            "bench": "base",
+            "ft-plain": "LoRA r=16, all projections, unmerged (PEFT)",
+            "ft": "LoRA r=16, merged copy",
         }
+        for model in models:
+            await measure(client, model, 4, 1)  # warm-up
+        samples: dict[str, list[dict[str, float]]] = {model: [] for model in models}
+        for _ in range(args.runs):
+            for model in models:
+                samples[model].append(await measure(client, model, args.tokens, 1))
+        single = {model: median(runs) for model, runs in samples.items()}
+        reference = await greedy_answer(client, "ft-plain", args.tokens)
+        answer = await greedy_answer(client, "ft", args.tokens)
+        # Concurrent requests against one at a time, interleaved likewise.
+        concurrent: dict[tuple[str, int], list[float]] = {}
+        alone: dict[str, list[float]] = {"bench": [], "ft": []}
+        for run_index in range(args.runs):
+            for model in alone:
+                alone[model].append((await measure(client, model, args.tokens, 1))["tokens_per_s"])
+                for c in args.clients:
+                    rate = await batched(client, model, c, args.tokens, run_index)
+                    concurrent.setdefault((model, c), []).append(rate)
     same = sum(a == b for a, b in zip(answer["ids"], reference["ids"], strict=False))
     drift = max(
         (abs(a - b) for a, b in zip(answer["logprobs"], reference["logprobs"], strict=False)), default=0.0
@@ -237,24 +239,19 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
         f"adapter (merge + 1 token) {merge_s:.2f} s"
     )
     print(f"greedy, {args.tokens} new tokens, median of {args.runs} interleaved runs\n")
-    print("| what | tokens/s | first token (ms) | vs base of the same server |")
+    print("| what | tokens/s | first token (ms) | vs base |")
     print("|---|---:|---:|---:|")
-    rows = [
-        ("base (merging off)", unmerged["bench"], unmerged["bench"]),
-        ("LoRA r=16, all projections, unmerged (PEFT)", unmerged["ft"], unmerged["bench"]),
-        ("base (merging on)", merged["bench"], merged["bench"]),
-        ("LoRA r=16, merged copy", merged["ft"], merged["bench"]),
-    ]
-    for label, r, ref in rows:
+    for model, label in models.items():
+        r = single[model]
         print(
             f"| {label} | {r['tokens_per_s']:.1f} | {r['first_token_ms']:.0f} | "
-            f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x |"
+            f"{r['tokens_per_s'] / single['bench']['tokens_per_s']:.2f}x |"
         )
-    for (model, c), rate in concurrent.items():
+    for (model, c), rates in concurrent.items():
         label = "base" if model == "bench" else "merged LoRA"
-        single = merged[model]["tokens_per_s"]
+        rate, one = statistics.median(rates), statistics.median(alone[model])
         print(
-            f"| {label}, {c} concurrent requests (static batching) | {rate:.1f} | | {rate / single:.2f}x one at a time |"
+            f"| {label}, {c} concurrent requests (static batching) | {rate:.1f} | | {rate / one:.2f}x one at a time ({one:.1f}) |"
         )
     print(
         f"\nmerged vs unmerged greedy answer: {same}/{len(reference['ids'])} tokens equal, largest log-prob "
@@ -263,9 +260,9 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
     print(
         json.dumps(
             {
-                "unmerged": unmerged,
-                "merged": merged,
-                "concurrent": {f"{m}x{c}": r for (m, c), r in concurrent.items()},
+                "single": single,
+                "concurrent": {f"{m}x{c}": statistics.median(r) for (m, c), r in concurrent.items()},
+                "alone": {m: statistics.median(r) for m, r in alone.items()},
                 "tokens_equal": same,
                 "logprob_drift": drift,
                 "device": ready["device"],
