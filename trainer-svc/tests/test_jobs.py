@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from flywheel.events.v1 import events_pb2
 from flywheel.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from flywheel_common.adapter_digest import folder_digest
 from flywheel_common.events import EventBus, NatsSettings
 from flywheel_common.objectstore import ObjectStore
 from flywheel_testing.services import boot_service, health_status
@@ -152,6 +153,8 @@ async def test_sft_learns_publishes_and_the_adapter_generates(
         assert manifest["lineage"]["base_model"]["name"] == TINY
         assert manifest["adapter_id"] == "memo/v1"
         assert (local / "chat_template.jinja").exists()
+        # The content digest: recomputed from the downloaded files, it is the one announced everywhere.
+        assert manifest["digest"]["value"] == folder_digest(local).digest == final.adapter.content_digest
 
         # The weights changed: LoRA B matrices start at zero.
         weights = load_file(local / "adapter_model.safetensors")
@@ -160,6 +163,7 @@ async def test_sft_learns_publishes_and_the_adapter_generates(
 
         adapter = (await stub.GetAdapter(S.GetAdapterRequest(name="memo"))).adapter
         assert adapter.version == 1 and adapter.job_id == job.id and adapter.default_chat_template
+        assert adapter.content_digest == final.adapter.content_digest
         assert adapter.loss_curve.key == prefix + "loss_curve.png"
         assert 0 < adapter.final_metrics.eval_loss < losses[0]
         listed = await stub.ListAdapters(S.ListAdaptersRequest(base_model=TINY))
@@ -180,6 +184,7 @@ async def test_sft_learns_publishes_and_the_adapter_generates(
             await sub.stop()
         published = events_pb2.AdapterPublished.FromString(seen["flywheel.adapter.published"])
         assert (published.name, published.version, published.lora_rank) == ("memo", 1, 8)
+        assert published.content_digest == final.adapter.content_digest
         changed = events_pb2.FineTuneStateChanged.FromString(seen["flywheel.finetune.succeeded"])
         assert changed.job_id == job.id and changed.adapter.version == 1
 

@@ -1,9 +1,14 @@
 """Published adapters in the object store: ``adapters/<name>/v<version>/``.
 
 A version is the PEFT files, the tokenizer and chat template, ``manifest.json`` (the ``Adapter``
-message, lineage, metrics, serving limits), ``loss_curve.png`` and ``training_log.json``, with the
-completion marker written last: a version without it is not published. Content is never
-rewritten: a version that is complete stays as it is.
+message, lineage, metrics, serving limits, content digest), ``loss_curve.png`` and
+``training_log.json``, with the completion marker written last: a version without it is not
+published. Content is never rewritten: a version that is complete stays as it is.
+
+The content digest (``flywheel_common.adapter_digest``: SHA-256 over the weight and config files
+in a fixed order) is computed from the files being uploaded and goes into the manifest, the
+``Adapter`` message and the ``adapter.published`` event, so that adapter sync and the model server
+can prove which weights serve the version.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from google.protobuf import json_format
 
 from flywheel.common.v1 import common_pb2
 from flywheel.trainer.v1 import trainer_pb2
+from flywheel_common.adapter_digest import folder_digest
 from flywheel_common.jobs import now
 from flywheel_common.objectstore import ObjectStore
 from flywheel_trainer import catalog
@@ -46,9 +52,10 @@ def publish(
     """Write the trained adapter in ``output`` as ``version`` of the job's adapter name.
 
     Blocking (object-store I/O). A version that is already complete (published before a restart)
-    is not written again.
+    is not written again, and its stored digest is the one returned.
     """
     prefix = version_prefix(job.adapter_name, version)
+    digest = folder_digest(output)
     template_path = output / "chat_template.jinja"
     template = template_path.read_text() if template_path.exists() else ""
     base = catalog.base_model_info(store, job.base_model)
@@ -63,6 +70,7 @@ def publish(
         chat_template_sha256=catalog.template_sha256(template),
         default_chat_template=template == catalog.DEFAULT_CHAT_TEMPLATE,
         loop_id=job.loop_id,
+        content_digest=digest.digest,
     )
     adapter.hyperparameters.CopyFrom(job.hyperparameters)
     adapter.labels.update(job.labels)
@@ -78,6 +86,7 @@ def publish(
     manifest = {
         "adapter": json_format.MessageToDict(adapter),
         "adapter_id": f"{job.adapter_name}/v{version}",
+        "digest": digest.to_json(),
         "lineage": {
             "base_model": base.to_json() if base else {"name": job.base_model},
             "dataset_id": job.dataset_id,
@@ -98,6 +107,9 @@ def publish(
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if not is_complete(store, prefix):
         upload_dir(store, output, prefix, overwrite=True)
+    else:  # published before a restart: what the store holds is what was announced
+        stored = json.loads(store.get_bytes(prefix + "manifest.json")).get("digest") or {}
+        adapter.content_digest = stored.get("value", "")
     return adapter
 
 

@@ -58,6 +58,7 @@ def adapter_published(job: trainer_pb2.FineTuneJob) -> Announcement:
         lora_rank=job.hyperparameters.lora.rank,
         target_modules=list(job.hyperparameters.lora.target_modules),
         loop_id=job.loop_id,
+        content_digest=ref.content_digest,
     )
     return Announcement("flywheel.adapter.published", event, event_id)
 

@@ -465,12 +465,13 @@ class JobManager:
                     self.table.records.save_side, job.id, ADAPTER_SIDE, {"version": job.adapter_version}
                 )
         version = job.adapter_version
-        await asyncio.to_thread(adapters.publish, self.store, res, output, version)
+        adapter = await asyncio.to_thread(adapters.publish, self.store, res, output, version)
         res.adapter.CopyFrom(
             trainer_pb2.AdapterRef(
                 name=res.adapter_name,
                 version=version,
                 object_prefix=adapters.version_prefix(res.adapter_name, version),
+                content_digest=adapter.content_digest,
             )
         )
 
