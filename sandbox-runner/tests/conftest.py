@@ -60,23 +60,21 @@ def stray_sandbox_processes(runner: Runner) -> list[tuple[int, str]]:
     """
     known = runner.known_sandboxes()
     assert runner.tree is not None
-    tree = "/" + runner.tree.parents["pids"].name + "/"
     stray = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             status = Path(f"/proc/{entry}/status").read_text()
-            cgroups = Path(f"/proc/{entry}/cgroup").read_text()
         except OSError:
             continue
         uid_line = next((ln for ln in status.splitlines() if ln.startswith("Uid:")), "")
         state = next((ln for ln in status.splitlines() if ln.startswith("State:")), "State: ?")
         if "65534" not in uid_line.split()[1:2] or state.split()[1] in ("Z", "X"):
             continue
-        pids_cg = next((ln.split(":", 2)[2] for ln in cgroups.splitlines() if ":pids:" in ln), "")
-        if tree in pids_cg + "/" and pids_cg.rsplit("/", 1)[-1] not in known:
-            stray.append((int(entry), pids_cg))
+        run = runner.tree.run_of(int(entry))  # the cgroup of this runner's tree it is in (v1 or v2)
+        if run is not None and run not in known:
+            stray.append((int(entry), run))
     return stray
 
 

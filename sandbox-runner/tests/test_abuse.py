@@ -6,6 +6,9 @@ runner still answers health checks and that no process of the run is left alive.
 
 from __future__ import annotations
 
+import ast
+import os
+import re
 import textwrap
 
 import grpc
@@ -247,6 +250,47 @@ async def test_cannot_read_runner_env_or_host_secrets(sandbox: Sandbox) -> None:
         assert f"{path} denied" in out
     assert "uid 65534 65534 65534" in out
     assert "CapEff:\\t0000000000000000" in out and "NoNewPrivs:\\t1" in out and "Seccomp:\\t2" in out
+
+
+async def test_no_host_path_in_proc_environ_or_cgroup(sandbox: Sandbox) -> None:
+    """/proc/1/environ (the sandbox's init), every other readable environ, /proc/*/cgroup and the
+    mount table show nothing of the host: not the runner's working directory, not its cgroup tree
+    (v1 or v2), not the host's cgroup mount. The only cgroup a run sees is its own, named relative
+    to the sandbox's cgroup namespace."""
+    r = await expect(
+        sandbox,
+        """
+        import os
+        for pid in ["1", "self"] + sorted(p for p in os.listdir("/proc") if p.isdigit()):
+            for name in ("environ", "cgroup", "cmdline"):
+                try:
+                    print(f"/proc/{pid}/{name}", repr(open(f"/proc/{pid}/{name}", "rb").read()))
+                except OSError as err:
+                    print(f"/proc/{pid}/{name}", "denied", type(err).__name__)
+        print("mountinfo", repr(open("/proc/self/mountinfo").read()))
+        print("cwd", os.getcwd())
+        """,
+        S.EXECUTION_STATUS_OK,
+    )
+    out = r.stdout
+    assert sandbox.runner.tree is not None
+    tree_parent = next(iter(sandbox.runner.tree.parents.values()))
+    host = [
+        os.getcwd(),
+        str(tree_parent),
+        tree_parent.name,
+        "flywheel-runner",
+        "/sys/fs/cgroup",
+        "FW_CGROUP",
+        SECRET,
+    ]
+    assert [h for h in host if h in out] == []
+    lines = [ln for ln in out.splitlines() if ln.startswith("/proc/self/cgroup ")]
+    assert len(lines) == 1
+    for entry in ast.literal_eval(lines[0].split(" ", 1)[1]).decode().splitlines():
+        path = entry.split(":", 2)[2]
+        assert re.fullmatch(r"/(\.\./r[0-9a-f]{15})?", path), entry
+    assert "cwd /workspace" in out
 
 
 async def test_writes_outside_workspace_fail(sandbox: Sandbox) -> None:

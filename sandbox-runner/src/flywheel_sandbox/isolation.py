@@ -15,9 +15,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flywheel_common.runtime import StartupError
 
@@ -210,6 +211,23 @@ class CgroupTree:
             except OSError:
                 pass
 
+    def describe(self) -> dict[str, Any]:
+        """What the start-up log says about the tree."""
+        return {"version": "v1", "parents": {k: str(v) for k, v in self.parents.items()}}
+
+    def run_of(self, pid: int) -> str | None:
+        """The name of the cgroup of this tree that ``pid`` is in (its ``pids`` one), else None."""
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        marker = "/" + self.parents["pids"].name + "/"
+        for line in lines:
+            _, ctrls, path = line.split(":", 2)
+            if "pids" in ctrls.split(",") and marker in path + "/":
+                return path.rsplit("/", 1)[-1]
+        return None
+
 
 def create_tree(name: str, version: str = "auto", root: Path = CGROUP_ROOT) -> CgroupTree | CgroupTreeV2:
     """The runner's cgroup tree on this host: v2 where the unified hierarchy is mounted at ``root``,
@@ -219,7 +237,14 @@ def create_tree(name: str, version: str = "auto", root: Path = CGROUP_ROOT) -> C
     unified = cgroup_v2.is_unified(root)
     if version == "v2" or (version == "auto" and unified):
         if not unified:
-            raise IsolationUnavailable(f"cgroup v2 was asked for but {root} is not a cgroup2 mount")
+            hybrid = ""
+            if cgroup_v2.is_unified(root / "unified"):
+                hybrid = (
+                    f" (this host is in hybrid mode: the cgroup2 mount at {root / 'unified'} holds no "
+                    "controller, memory, pids and cpu are bound to cgroup v1 hierarchies; use cgroup "
+                    "version v1 or auto, or boot with systemd.unified_cgroup_hierarchy=1)"
+                )
+            raise IsolationUnavailable(f"cgroup v2 was asked for but {root} is not a cgroup2 mount{hybrid}")
         return cgroup_v2.CgroupTreeV2.create(name, root)
     if version not in ("auto", "v1"):
         raise IsolationUnavailable(f"unknown cgroup version {version!r} (auto, v1 or v2)")
@@ -282,9 +307,136 @@ def _read_keyed(path: str) -> dict[str, int]:
     return out
 
 
+class RunCgroupBase(ABC):
+    """One run's cgroup as the runner uses it, on cgroup v1 (:class:`RunCgroup`) or v2
+    (:class:`~flywheel_sandbox.cgroup_v2.RunCgroupV2`).
+
+    The kernel's event counters (CPU time, OOM kills, memory-limit hits, ``pids.max`` hits) only
+    grow, and ``pids.peak`` cannot be reset: :meth:`reset` records their values as the new zero,
+    and the readers below report what happened since (a new cgroup counts from zero).
+    """
+
+    name: str
+    # Zero points recorded by reset(); class-level defaults, so a new cgroup counts from zero.
+    _zero_cpu_ns = 0
+    _zero_oom_kills = 0
+    _zero_failcnt = 0
+    _zero_pids_max = 0
+    _pids_peak_floor: int | None = None
+    _limits: tuple[int, int, float] | None = None
+
+    @property
+    @abstractmethod
+    def procs_files(self) -> list[str]:
+        """The ``cgroup.procs`` file(s) a process is written to to join the run (one per v1 controller)."""
+
+    @abstractmethod
+    def set_limits(self, memory_bytes: int, max_processes: int, cpu_cores: float) -> None:
+        """Memory (swap off), process and CPU-quota limits; writes only what differs from the last call."""
+
+    @abstractmethod
+    def init_memory(self, memory_bytes: int) -> None:
+        """First set-up of a new cgroup: swap off, then :meth:`set_limits` with defaults."""
+
+    @abstractmethod
+    def peak_memory(self) -> int:
+        """Highest memory use since creation or the last :meth:`reset_peak_memory`, in bytes."""
+
+    @abstractmethod
+    def reset_peak_memory(self) -> None:
+        """Starts :meth:`peak_memory` again from the current use."""
+
+    @abstractmethod
+    def pids_current(self) -> int: ...
+
+    @abstractmethod
+    def pids(self) -> list[int]:
+        """The processes in the cgroup now."""
+
+    @abstractmethod
+    def signal_all(self) -> int:
+        """One SIGKILL pass over the run's processes, without waiting; returns how many there were."""
+
+    @abstractmethod
+    def kill(self, thorough: bool = False) -> None:
+        """SIGKILL every process until none is left (forks racing the kill included)."""
+
+    @abstractmethod
+    def kill_and_remove(self) -> bool:
+        """Kills everything, then removes the cgroup; False if it could not be removed."""
+
+    # The kernel's counters, as they read (since the cgroup was made).
+    @abstractmethod
+    def _cpu_ns_total(self) -> int: ...
+
+    @abstractmethod
+    def _oom_kills_total(self) -> int: ...
+
+    @abstractmethod
+    def _failcnt_total(self) -> int: ...
+
+    @abstractmethod
+    def _pids_max_total(self) -> int: ...
+
+    @abstractmethod
+    def _pids_peak_total(self) -> int: ...
+
+    def cpu_ns(self) -> int:
+        """CPU time of every process of the cgroup since creation or :meth:`reset`, in ns."""
+        return self._cpu_ns_total() - self._zero_cpu_ns
+
+    def oom_kills(self) -> int:
+        return self._oom_kills_total() - self._zero_oom_kills
+
+    def memory_failcnt(self) -> int:
+        """Times the memory limit was hit (v1 ``memsw.failcnt``, v2 ``memory.events`` ``max``)."""
+        return self._failcnt_total() - self._zero_failcnt
+
+    def pids_max_hits(self) -> int:
+        return self._pids_max_total() - self._zero_pids_max
+
+    def pids_peak(self) -> int:
+        """Highest process count since creation, or since :meth:`reset` when it went above the peak
+        before it; 0 when unknown (no ``pids.peak`` on this kernel, or a run after a reset that
+        stayed under an earlier peak): the runner's own sampling stands in then."""
+        peak = self._pids_peak_total()
+        if self._pids_peak_floor is not None and peak <= self._pids_peak_floor:
+            return 0
+        return peak
+
+    def reset(
+        self,
+        memory_bytes: int | None = None,
+        max_processes: int | None = None,
+        cpu_cores: float | None = None,
+    ) -> None:
+        """Makes the cgroup count like a new one, for reuse by another run.
+
+        Resets: the zero of CPU time, OOM kills, memory-limit hits and ``pids.max`` hits (the
+        kernel's counters are recorded, not cleared); the memory peak (v1: cleared; v2: restarted
+        where the kernel allows, see :meth:`reset_peak_memory`); the process peak (recorded as a
+        floor: see :meth:`pids_peak`). Limits given here are applied (``None`` keeps that limit).
+        Call it with no process of the previous run left (the runner's clean-up kills them); a
+        process already moved in for the next run is fine.
+        """
+        self._zero_cpu_ns = self._cpu_ns_total()
+        self._zero_oom_kills = self._oom_kills_total()
+        self._zero_failcnt = self._failcnt_total()
+        self._zero_pids_max = self._pids_max_total()
+        self._pids_peak_floor = self._pids_peak_total()
+        self.reset_peak_memory()
+        if (memory_bytes, max_processes, cpu_cores) != (None, None, None):
+            old = self._limits or (memory_bytes or 0, max_processes or 0, cpu_cores or 0.0)
+            self.set_limits(
+                old[0] if memory_bytes is None else memory_bytes,
+                old[1] if max_processes is None else max_processes,
+                old[2] if cpu_cores is None else cpu_cores,
+            )
+
+
 @dataclass
-class RunCgroup:
-    """One run's cgroups. Every process of the run lives here, so killing them all is exact."""
+class RunCgroup(RunCgroupBase):
+    """One run's cgroups on v1. Every process of the run lives here, so killing them all is exact."""
 
     dirs: dict[str, Path]
     memory_limit: int = 1 << 62  # a new cgroup starts unlimited
@@ -307,6 +459,7 @@ class RunCgroup:
             self.applied[fname] = value
 
     def set_limits(self, memory_bytes: int, max_processes: int, cpu_cores: float) -> None:
+        self._limits = (memory_bytes, max_processes, cpu_cores)
         if memory_bytes != self.memory_limit:
             # memsw (memory + swap) must stay >= the memory limit at every step; equal means no swap.
             order = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
@@ -323,7 +476,7 @@ class RunCgroup:
         _write(os.path.join(self.s["memory"], "memory.swappiness"), 0)
         self.set_limits(memory_bytes, 64, 1.0)
 
-    def cpu_ns(self) -> int:
+    def _cpu_ns_total(self) -> int:
         return _read_int(os.path.join(self.s["cpuacct"], "cpuacct.usage"))
 
     def peak_memory(self) -> int:
@@ -332,16 +485,16 @@ class RunCgroup:
     def reset_peak_memory(self) -> None:
         _write(os.path.join(self.s["memory"], "memory.max_usage_in_bytes"), 0)
 
-    def oom_kills(self) -> int:
+    def _oom_kills_total(self) -> int:
         return _read_keyed(os.path.join(self.s["memory"], "memory.oom_control")).get("oom_kill", 0)
 
-    def memory_failcnt(self) -> int:
+    def _failcnt_total(self) -> int:
         return _read_int(os.path.join(self.s["memory"], "memory.memsw.failcnt"))
 
-    def pids_max_hits(self) -> int:
+    def _pids_max_total(self) -> int:
         return _read_keyed(os.path.join(self.s["pids"], "pids.events")).get("max", 0)
 
-    def pids_peak(self) -> int:
+    def _pids_peak_total(self) -> int:
         """Highest process count since the cgroup was made (0 where the kernel has no pids.peak)."""
         return _read_int(os.path.join(self.s["pids"], "pids.peak"))
 
@@ -493,13 +646,18 @@ class BwrapLayout:
         ]
         return a
 
-    def wrap(self, bwrap_argv: list[str]) -> list[str]:
-        """Joins the run's cgroups (as root), drops to uid 65534 with no capabilities, then execs bwrap.
+    def wrap(self, bwrap_argv: list[str], procs_files: list[str]) -> list[str]:
+        """Joins the sandbox's cgroup (as root: ``procs_files``, one per v1 controller), drops to
+        uid 65534 with no capabilities, then execs bwrap.
 
         bubblewrap then runs unprivileged in a new user namespace, so outside the sandbox every
-        process of the run is uid 65534, never root.
+        process of the run is uid 65534, never root. Nothing of the host reaches bubblewrap's
+        environment or working directory: the cgroup paths are arguments, not variables, and the
+        shell moves to ``/`` and drops ``PWD`` (which it would otherwise export with the runner's
+        working directory). Without ``--as-pid-1`` bubblewrap's own init, a copy of it, is the
+        sandbox's pid 1, so its environment is what ``/proc/1/environ`` shows inside.
         """
-        script = 'for f in $FW_CGROUP_PROCS; do echo $$ > "$f" || exit 97; done; exec "$@"'
+        script = 'cd / || exit 97; unset PWD OLDPWD; while [ "$1" != -- ]; do echo $$ > "$1" || exit 97; shift; done; shift; exec "$@"'
         setpriv = [
             self.setpriv,
             f"--reuid={SANDBOX_UID}",
@@ -508,7 +666,7 @@ class BwrapLayout:
             "--inh-caps=-all",
             "--bounding-set=-all",
         ]
-        return ["/bin/sh", "-c", script, "sh", *setpriv, *bwrap_argv]
+        return ["/bin/sh", "-c", script, "sh", *procs_files, "--", *setpriv, *bwrap_argv]
 
 
 def find_tools(python: str) -> BwrapLayout:
@@ -549,7 +707,16 @@ def smoke_test(layout: BwrapLayout, seccomp: bytes) -> None:
             "-c",
             "echo ok",
         ]
-        proc = subprocess.run(wrapped, capture_output=True, timeout=20, pass_fds=(r,), check=False)
+        # A clean environment and cwd: this sandbox has no --clearenv and bubblewrap's init is its pid 1.
+        proc = subprocess.run(
+            wrapped,
+            capture_output=True,
+            timeout=20,
+            pass_fds=(r,),
+            check=False,
+            env={"PATH": "/usr/bin:/bin"},
+            cwd="/",
+        )
     finally:
         os.close(r)
     if proc.returncode != 0 or proc.stdout.strip() != b"ok":

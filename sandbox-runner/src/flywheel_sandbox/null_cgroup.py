@@ -1,6 +1,6 @@
 """The cgroup of a run where there are no cgroups (unsafe-local mode), so the runner never asks which.
 
-:class:`NullCgroup` has :class:`~flywheel_sandbox.isolation.RunCgroup`'s interface: it applies no
+:class:`NullCgroup` has :class:`~flywheel_sandbox.isolation.RunCgroupBase`'s interface: it applies no
 limit and reports zero usage. Its kills still reach the run's processes through their process
 group (the sandbox starts in a session of its own), which is what the runner did without cgroups.
 """
@@ -13,8 +13,7 @@ import signal
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from flywheel_sandbox.cgroup_v2 import RunCgroupV2
-from flywheel_sandbox.isolation import RunCgroup
+from flywheel_sandbox.isolation import RunCgroupBase
 
 
 @dataclass
@@ -39,6 +38,14 @@ class NullCgroup:
 
     def reset_peak_memory(self) -> None:
         pass
+
+    def reset(
+        self,
+        memory_bytes: int | None = None,
+        max_processes: int | None = None,
+        cpu_cores: float | None = None,
+    ) -> None:
+        """Nothing to reset: nothing is counted or limited."""
 
     def _zero(self) -> int:
         return 0
@@ -67,4 +74,4 @@ class NullCgroup:
 
 
 #: What a run's cgroup is: a real one, or the stand-in of unsafe-local mode.
-Cgroup: TypeAlias = RunCgroup | RunCgroupV2 | NullCgroup
+Cgroup: TypeAlias = RunCgroupBase | NullCgroup

@@ -639,7 +639,7 @@ class Runner:
             )
             log.info(
                 "sandbox isolation ready",
-                extra={"cgroups": {k: str(v) for k, v in self.tree.parents.items()}},
+                extra={"cgroups": self.tree.describe()},
             )
         # Self-test through the whole path (cgroup set-up, limits, launcher, clean-up): a runner that
         # cannot run `print("ok")` must not report SERVING.
@@ -812,8 +812,7 @@ class Runner:
                 # from signals sent inside its namespace (see launcher.py).
                 bw.insert(1, "--as-pid-1")
                 bw += [str(theirs.fileno()), "/workspace", GUARD_PATH]
-                argv = self.layout.wrap(bw)
-                env["FW_CGROUP_PROCS"] = " ".join(holding.procs_files)
+                argv = self.layout.wrap(bw, holding.procs_files)
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
