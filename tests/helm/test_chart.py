@@ -988,7 +988,9 @@ def test_services_load_their_settings_from_the_rendered_environment(
     assert settings.nats.url == env["FLYWHEEL_NATS_URL"]
 
 
-@pytest.mark.parametrize(("values", "want"), [({}, "auto"), ({"sandboxRunner": {"cgroupVersion": "v2"}}, "v2")])
+@pytest.mark.parametrize(
+    ("values", "want"), [({}, "auto"), ({"sandboxRunner": {"cgroupVersion": "v2"}}, "v2")]
+)
 def test_sandbox_runner_cgroup_version_reaches_the_runner(values: dict[str, Any], want: str) -> None:
     objs = _chart_objects(values)
     env = env_of(component(objs, "Deployment", "sandbox-runner")["spec"]["template"]["spec"]["containers"][0])
