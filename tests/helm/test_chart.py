@@ -80,6 +80,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "cpu-only": {"modelServer": {"engine": "embedded", "replicas": 2}, "trainer": {"backend": "local"}},
+    "sandbox-delegated": {
+        "sandboxRunner": {
+            "cgroupAccess": "delegated",
+            "hostUsers": False,
+            "runtimeClassName": "runc-cgroup-writable",
+            "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/flywheel-sandbox.json"},
+        }
+    },
     "example-gpu": _example("values-gpu.example.yaml"),
     "example-one-gpu-node": _example("values-one-gpu-node.example.yaml"),
     "example-external-s3": _example("values-external-s3.example.yaml"),
@@ -266,12 +274,20 @@ def test_the_kubernetes_validator_rejects_a_misspelt_field() -> None:
 
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
 def test_every_container_is_hardened_and_has_resources(values: str) -> None:
+    """Every pod but the sandbox runner's, which must be root with a writable cgroup tree (its own
+    test below)."""
     checked = 0
     for obj in objects(values):
         spec = pod_spec(obj)
         if spec is None:
             continue
         where = f"{obj['kind']} {obj['metadata'].get('name', '(job template)')}"
+        if (
+            obj["kind"] == "Deployment"
+            and obj["metadata"]["labels"]["app.kubernetes.io/component"] == "sandbox-runner"
+        ):
+            assert spec["containers"][0]["resources"]["limits"].get("memory"), where
+            continue
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["runAsUser"] > 0, where
         assert spec.get("hostNetwork") is not True and spec.get("hostPID") is not True, where
@@ -285,7 +301,7 @@ def test_every_container_is_hardened_and_has_resources(values: str) -> None:
             assert c["resources"]["requests"] and c["resources"]["limits"], (where, c["name"])
             assert c["resources"]["limits"].get("memory"), (where, c["name"])
             checked += 1
-    assert checked >= 12
+    assert checked >= 11
 
 
 @pytest.mark.parametrize("values", ["defaults", "shared-volume", "postgres-on", "trainer-local"])
@@ -644,7 +660,7 @@ def test_sandbox_runner_has_no_egress_and_no_infrastructure_settings() -> None:
     assert egress_policies, "a policy must restrict the sandbox runner's egress"
     assert all(p["spec"].get("egress", []) == [] for p in egress_policies), "no egress rule may exist"
     spec = sandbox["spec"]["template"]["spec"]
-    assert spec["runtimeClassName"] == "gvisor"
+    assert "runtimeClassName" not in spec  # the node's runc: gVisor's cgroupfs cannot hold the runner
     env = env_of(spec["containers"][0])
     assert not [n for n in env if n.startswith(("FLYWHEEL_NATS", "FLYWHEEL_OBJECT_STORE"))]
 
@@ -788,8 +804,7 @@ def test_notes_give_ready_to_paste_commands_that_match_the_protos(values: str) -
         assert "https://llm.example.com" in notes
     else:
         assert f"port-forward svc/{RELEASE}-flywheel-gateway" in notes
-    if values == "example-one-gpu-node":
-        assert "WARNING: sandboxRunner.runtimeClassName is empty" in notes
+    assert "WARNING: the sandbox runner's pod is privileged" in notes  # the default cgroupAccess
     commands = _grpcurl_commands(notes)
     methods = {c[-1] for c in commands}
     assert "flywheel.dataset.v1.DatasetService/CreateDatasetBuild" in methods
@@ -825,6 +840,10 @@ BAD_VALUES = [
     (
         {"sandboxRunner": {"seccompProfile": {"type": "Unconfined"}}},
         "/sandboxRunner/seccompProfile/type': value must be one of",
+    ),
+    (
+        {"sandboxRunner": {"cgroupAccess": "hostPath"}},
+        "/sandboxRunner/cgroupAccess': value must be one of 'privileged', 'delegated'",
     ),
     ({"modelServer": {"model": {"source": "pvc"}}}, "/modelServer/model/existingClaim': minLength"),
     ({"gatewy": {}}, "additional properties 'gatewy' not allowed"),
@@ -1000,3 +1019,50 @@ def test_sandbox_runner_cgroup_version_reaches_the_runner(values: dict[str, Any]
 def test_sandbox_runner_cgroup_version_is_validated() -> None:
     with pytest.raises(HelmValuesError, match="cgroupVersion"):
         _chart_objects({"sandboxRunner": {"cgroupVersion": "v3"}})
+
+
+def _sandbox_pod(values: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = component(objects(values), "Deployment", "sandbox-runner")["spec"]["template"]["spec"]
+    return spec, spec["containers"][0]
+
+
+def test_sandbox_runner_default_can_start_on_a_stock_cgroup_v2_node() -> None:
+    """The runner must be root (it creates cgroups and drops to uid 65534) and needs a writable
+    /sys/fs/cgroup and an unmasked /proc: on a stock node only a privileged container has both."""
+    spec, c = _sandbox_pod("defaults")
+    assert spec["securityContext"]["runAsUser"] == 0 and spec["securityContext"]["runAsNonRoot"] is False
+    ctx = c["securityContext"]
+    assert ctx["privileged"] is True and ctx["allowPrivilegeEscalation"] is True
+    assert ctx["runAsUser"] == 0 and ctx["readOnlyRootFilesystem"] is True
+    assert "hostUsers" not in spec and "runtimeClassName" not in spec
+    assert spec.get("hostNetwork") is not True and spec.get("hostPID") is not True
+    assert env_of(c)["FLYWHEEL_SANDBOX_CGROUP_VERSION"]["value"] == "auto"
+    # No host path is mounted: the runner uses the container's own cgroup (v2: its namespace root).
+    assert not [v for v in spec["volumes"] if "hostPath" in v]
+
+
+def test_sandbox_runner_delegated_is_not_privileged() -> None:
+    spec, c = _sandbox_pod("sandbox-delegated")
+    ctx = c["securityContext"]
+    assert "privileged" not in ctx and ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID", "SYS_PTRACE"],
+    }
+    assert ctx["procMount"] == "Unmasked" and spec["hostUsers"] is False
+    assert ctx["seccompProfile"] == {
+        "type": "Localhost",
+        "localhostProfile": "profiles/flywheel-sandbox.json",
+    }
+    assert spec["runtimeClassName"] == "runc-cgroup-writable"
+    assert (
+        "WARNING: the sandbox runner's pod is privileged"
+        not in _chart().render(values=VALUE_SETS["sandbox-delegated"], name=RELEASE, namespace=NAMESPACE)[
+            "flywheel/templates/NOTES.txt"
+        ]
+    )
+
+
+def test_sandbox_runner_delegated_needs_its_own_user_namespace() -> None:
+    with pytest.raises(HelmRenderError, match=r"cgroupAccess delegated needs sandboxRunner\.hostUsers false"):
+        _chart_objects({"sandboxRunner": {"cgroupAccess": "delegated"}})

@@ -204,9 +204,12 @@ props = {
     "sandboxRunner": grpc_service(
         "Sandbox runner.",
         {
-            "runtimeClassName": s(
-                "RuntimeClass of the pods (gvisor by default); empty for the node default."
-            ),
+            "runtimeClassName": s("RuntimeClass of the pods; empty for the node default."),
+            "cgroupAccess": {
+                "type": "string",
+                "enum": ["privileged", "delegated"],
+                "description": "privileged container, or delegated (a runtime that mounts the cgroup writable).",
+            },
             "hostUsers": {
                 "type": ["boolean", "null"],
                 "description": "false: own user namespace; null: cluster default.",
