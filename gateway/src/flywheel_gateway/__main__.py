@@ -2,7 +2,8 @@
 
 * ``config``        print the LiteLLM configuration generated from ``FLYWHEEL_GATEWAY_*``;
 * ``serve``         run the LiteLLM proxy with our auth / 404 / fast-path layer (the default);
-* ``adapter-sync``  run the durable consumer of ``flywheel.adapter.published``.
+* ``adapter-sync``  run the durable consumer of ``flywheel.adapter.published``;
+  ``adapter-sync --reload <name>/v<n> [--force]`` syncs one version again and exits.
 """
 
 from __future__ import annotations
@@ -23,13 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("config", help="print the LiteLLM config generated from FLYWHEEL_GATEWAY_* settings")
     commands.add_parser("serve", help="run the gateway (LiteLLM proxy + our layer) until SIGTERM")
-    commands.add_parser("adapter-sync", help="load published adapters on every model-server replica")
+    sync = commands.add_parser("adapter-sync", help="load published adapters on every model-server replica")
+    sync.add_argument("--reload", metavar="NAME/vN", help="sync this published version again, then exit")
+    sync.add_argument(
+        "--force",
+        action="store_true",
+        help="with --reload: replace the name where a replica already serves it",
+    )
     args = parser.parse_args(argv)
     command = args.command or "serve"
     if command == "adapter-sync":
         from flywheel_gateway.adapter_sync import main as sync_main
 
-        return sync_main()
+        return sync_main(reload=args.reload, force=args.force)
     try:
         settings = load_settings(GatewaySettings)
     except SettingsError as err:

@@ -215,6 +215,8 @@ class GatewayApp:
                         "created": model.get("created", 0),
                         "owned_by": "flywheel",
                         "parent": model["parent"],
+                        # The content digest of what the replica loaded (our model server; vLLM has none).
+                        **({"digest": model["digest"]} if isinstance(model.get("digest"), str) else {}),
                     }
                 )
         await respond(send, 200, orjson.dumps(listing))

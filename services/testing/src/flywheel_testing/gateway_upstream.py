@@ -4,8 +4,11 @@ A model named ``fail-…`` always answers 503 (to test retries and fallbacks).
 
 Used by the gateway tests (until/besides the embedded model server) and by the benchmark, where
 it is the "upstream that answers at once". It is deliberately small, but its status codes and
-bodies follow vLLM's: an unknown model is 404, loading a LoRA name twice is 400, unloading an
-unknown one is 404, and ``/v1/models`` lists adapters with ``root`` (their path) and ``parent``.
+bodies follow vLLM's: an unknown model is 404, loading a LoRA name twice is 400 (unless
+``load_inplace``), unloading an unknown one is 404, and ``/v1/models`` lists adapters with ``root``
+(their path) and ``parent`` — and, like vLLM, no digest. ``/v1/completions`` answers greedy text
+with ``logprobs`` that depend on the bytes of the adapter's weights as they were when it was loaded
+(a seeded random walk), so adapter sync's log-prob fingerprint tells weights apart here as on vLLM.
 
 Run alone: ``python -m flywheel_testing.gateway_upstream --port 8000 --base-model gemma-3-270m``.
 """
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ class UpstreamState:
 
     base_model: str = "gemma-3-270m"
     adapters: dict[str, str] = field(default_factory=dict)  #: lora_name -> lora_path
+    weights: dict[str, str] = field(default_factory=dict)  #: lora_name -> sha256 of its weights at load
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  #: (path, body), bounded
     record: bool = True
     failures: int = 0  #: answers to `fail-*` models, which always fail with 503
@@ -129,17 +135,50 @@ def build_upstream(state: UpstreamState) -> web.Application:
         await reply.write_eof()
         return reply
 
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        state.note(request.path, body)
+        model = body.get("model")
+        if model != state.base_model and model not in state.adapters:
+            return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+        seed = f"{state.weights.get(model, state.base_model)}|{body.get('prompt')}"
+        rng = random.Random(hashlib.sha256(seed.encode()).digest())
+        words = "alpha beta gamma delta epsilon zeta eta theta".split()
+        tokens, values, tops = [], [], []
+        for _ in range(int(body.get("max_tokens") or 16)):
+            scores = {w: -rng.uniform(0.05, 6.0) for w in words}
+            best = max(scores, key=lambda w: scores[w])
+            tokens.append(" " + best)
+            values.append(scores[best])
+            top = sorted(scores, key=lambda w: -scores[w])[: int(body.get("logprobs") or 0)]
+            tops.append({" " + w: scores[w] for w in top})
+        logprobs = None
+        if body.get("logprobs") is not None:
+            offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+            logprobs = {
+                "tokens": tokens,
+                "token_logprobs": values,
+                "top_logprobs": tops,
+                "text_offset": offsets,
+            }
+        choice = {"index": 0, "text": "".join(tokens), "logprobs": logprobs, "finish_reason": "length"}
+        usage = {"prompt_tokens": 5, "completion_tokens": len(tokens), "total_tokens": 5 + len(tokens)}
+        answer = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
+        return web.json_response({**answer, "model": model, "choices": [choice], "usage": usage})
+
     async def load(request: web.Request) -> web.Response:
         body = await request.json()
         state.note(request.path, body)
         name, path = body.get("lora_name"), body.get("lora_path")
         if not name or not path:
             return _error(400, "Both 'lora_name' and 'lora_path' must be provided.", "BadRequestError")
-        if name in state.adapters:
+        if name in state.adapters and not body.get("load_inplace"):
             return _error(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
         if not (Path(path) / "adapter_config.json").is_file():
             return _error(404, f"No adapter found for {path}", "NotFoundError")
+        weights = Path(path) / "adapter_model.safetensors"
         state.adapters[name] = path
+        state.weights[name] = hashlib.sha256(weights.read_bytes() if weights.is_file() else b"").hexdigest()
         return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 
     async def unload(request: web.Request) -> web.Response:
@@ -149,6 +188,7 @@ def build_upstream(state: UpstreamState) -> web.Application:
         if name not in state.adapters:
             return _error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
         del state.adapters[name]
+        state.weights.pop(name, None)
         return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def health(request: web.Request) -> web.Response:
@@ -157,6 +197,7 @@ def build_upstream(state: UpstreamState) -> web.Application:
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/load_lora_adapter", load)
     app.router.add_post("/v1/unload_lora_adapter", unload)
     app.router.add_get("/health", health)
