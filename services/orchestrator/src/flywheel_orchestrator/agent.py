@@ -262,6 +262,7 @@ class Episode:
                 prompt_tokens=turn.prompt_tokens, completion_tokens=turn.completion_tokens
             ),
             finish_reason=turn.finish_reason,
+            **turn.step_fields(),
         )
 
     def _parse_failed(self, step: tpb.Step, err: proto.TurnParseError) -> None:

@@ -4,11 +4,19 @@
 already retries connection errors, 408/409/429 and 5xx answers with exponential back-off (we set
 the count and the timeout); a semaphore bounds the calls in flight across all episodes.
 :class:`ReferencePolicy` lives in ``reference.py``.
+
+Adapter identity: every turn of a model that is a LoRA adapter carries its id, version and
+content digest (:class:`AdapterIdentity` in the trajectory's step), taken from the gateway's
+``GET /v1/models`` entry for the model — which our model server fills with the digest of the
+files it loaded (vLLM reports none: the digest stays empty). The listing is asked at most once per
+``identity_ttl_s`` (2 s) per model and shared by every episode; a version's digest can change
+only by a forced reload, which adapter sync verifies and announces.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -17,6 +25,12 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from flywheel.common.v1 import common_pb2
+from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+
+#: The gateway's name of an adapter version: ``<prefix><name>-v<version>`` (``ft/coder-v3``).
+ADAPTER_MODEL = re.compile(r"^(?:[^/]+/)?(?P<name>[a-z0-9][a-z0-9._-]*)-v(?P<version>[1-9][0-9]*)$")
+#: How long the gateway's listing of a model is reused for the identity of its turns (seconds).
+IDENTITY_TTL_S = 2.0
 
 
 @dataclass
@@ -29,6 +43,11 @@ class ModelTurn:
     completion_tokens: int = 0
     finish_reason: str = ""
     latency_s: float = 0.0
+    adapter: tpb.AdapterIdentity | None = None  #: the LoRA adapter that answered, when the model is one
+
+    def step_fields(self) -> dict[str, Any]:
+        """Fields of the trajectory step that records this turn, beyond what the agent sets itself."""
+        return {"adapter": self.adapter} if self.adapter is not None else {}
 
 
 class ModelError(Exception):
@@ -66,10 +85,21 @@ class ModelClient:
     """One OpenAI client for the gateway, shared by every episode of the service."""
 
     def __init__(
-        self, base_url: str, api_key: str, *, max_retries: int, timeout_s: float, concurrency: int
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        max_retries: int,
+        timeout_s: float,
+        concurrency: int,
+        identity_ttl_s: float = IDENTITY_TTL_S,
     ) -> None:
         self.base_url = base_url
         self.timeout_s = timeout_s
+        self.identity_ttl_s = identity_ttl_s
+        # model -> (monotonic time it was asked, identity or None when the model is not an adapter)
+        self._identities: dict[str, tuple[float, tpb.AdapterIdentity | None]] = {}
+        self._identity_locks: dict[str, asyncio.Lock] = {}
         self._api_key = api_key or "none"
         self._max_retries = max_retries
         self._client: openai.AsyncOpenAI | None = None
@@ -100,14 +130,51 @@ class ModelClient:
     async def describe(self, model: str) -> dict[str, Any]:
         """What the gateway says about a model name (``root``/``parent`` when it is an adapter);
         empty when it does not list it. Best-effort: used for lineage, never blocks a run."""
+        return await self._entry(model) or {}
+
+    async def _entry(self, model: str) -> dict[str, Any] | None:
+        """The gateway's listing entry of ``model``: empty when not listed, None when listing failed."""
         try:
             listing = await self.client.models.list(timeout=10.0)
         except Exception:
-            return {}
+            return None
         for entry in listing.data:
             if entry.id == model:
                 return entry.model_dump()
         return {}
+
+    async def identity(self, model: str) -> tpb.AdapterIdentity | None:
+        """The adapter behind ``model`` as the gateway lists it now (cached ``identity_ttl_s``);
+        None for a model that is not an adapter. Best-effort: a listing that fails gives an
+        identity from the name alone (no digest), never an error."""
+        match = ADAPTER_MODEL.match(model)
+        if match is None:
+            return None
+        cached = self._identities.get(model)
+        if cached is not None and time.monotonic() - cached[0] < self.identity_ttl_s:
+            return cached[1]
+        lock = self._identity_locks.setdefault(model, asyncio.Lock())
+        async with lock:  # one listing at a time per model, shared by every episode waiting on it
+            cached = self._identities.get(model)
+            if cached is not None and time.monotonic() - cached[0] < self.identity_ttl_s:
+                return cached[1]
+            asked = time.monotonic()
+            entry = await self._entry(model)
+            identity: tpb.AdapterIdentity | None = None
+            # The gateway lists adapters with their base model as parent; without a listing, an
+            # adapter route's name (``ft/…``) still says which adapter version was asked for.
+            if (entry or {}).get("parent") or (not entry and model.startswith("ft/")):
+                name, version = match["name"], int(match["version"])
+                digest = (entry or {}).get("digest")
+                identity = tpb.AdapterIdentity(
+                    adapter_id=f"{name}/v{version}",
+                    name=name,
+                    version=version,
+                    digest=digest if isinstance(digest, str) else "",
+                )
+            if entry is not None:  # a failed listing is asked again at the next turn
+                self._identities[model] = (asked, identity)
+            return identity
 
     async def close(self) -> None:
         if self._client is not None:
@@ -129,6 +196,7 @@ class GatewayPolicy:
         kwargs = sampling_kwargs(sampling)
         if tools:
             kwargs["tools"] = tools
+        adapter = await self.client.identity(self.model)
         async with self.client.limit:
             started = time.perf_counter()
             try:
@@ -170,6 +238,7 @@ class GatewayPolicy:
             completion_tokens=usage.completion_tokens if usage else 0,
             finish_reason=choice.finish_reason or "",
             latency_s=latency,
+            adapter=adapter,
         )
 
 
