@@ -48,7 +48,9 @@ BUGGY = "def add(a, b):\n    return a - b\n"
 CORRECT = "def add(a, b):\n    return a + b\n"
 
 
-def request(src: str, tests: str = TESTS, *, path: str = T, expected: list[str] | None = None) -> S.RunTestsRequest:
+def request(
+    src: str, tests: str = TESTS, *, path: str = T, expected: list[str] | None = None
+) -> S.RunTestsRequest:
     return S.RunTestsRequest(
         files=[S.File(path="calc.py", text=src), S.File(path=path, text=tests)],
         protected_files=[S.File(path=path, text=tests)],
@@ -294,7 +296,8 @@ async def test_math_patch_is_caught(sandbox: Sandbox) -> None:
     reply = await run(sandbox, request(hack, tests, path=path, expected=[f"{path}::test_half"]))
     assert not reply.passed and K.INTEGRITY_FINDING_KIND_PYTEST_TAMPERED in kinds(reply), explain(reply)
     honest = await run(
-        sandbox, request("def half(x):\n    return x / 2\n", tests, path=path, expected=[f"{path}::test_half"])
+        sandbox,
+        request("def half(x):\n    return x / 2\n", tests, path=path, expected=[f"{path}::test_half"]),
     )
     assert honest.passed, explain(honest)
 
@@ -399,8 +402,17 @@ async def test_correct_fix_passes(sandbox: Sandbox) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["--co", "-p", "no:flywheel_guard", "--deselect=tests/test_calc.py::test_small", "-k", "tests/../etc",
-     "/etc/passwd", "tests/missing_file.py", "tests/test_calc.py::test small"],
+    [
+        "--co",
+        "-p",
+        "no:flywheel_guard",
+        "--deselect=tests/test_calc.py::test_small",
+        "-k",
+        "tests/../etc",
+        "/etc/passwd",
+        "tests/missing_file.py",
+        "tests/test_calc.py::test small",
+    ],
 )
 async def test_targets_are_test_ids(sandbox: Sandbox, target: str) -> None:
     req = request(CORRECT)
