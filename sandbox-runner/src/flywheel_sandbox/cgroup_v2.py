@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from flywheel_sandbox.isolation import (
-    TREE_PREFIX,
     IsolationUnavailable,
     RunCgroupBase,
     _read,
@@ -45,6 +44,7 @@ from flywheel_sandbox.isolation import (
     _read_keyed,
     _read_pids,
     _write,
+    stale_trees,
 )
 
 CONTROLLERS = ("memory", "pids", "cpu")
@@ -329,10 +329,7 @@ def _remove_stale_siblings(parent: Path) -> None:
     """Removes the trees of earlier runners (``flywheel-sandbox-<pid>-<n>``) whose process is gone."""
     if not parent.parent.exists():
         return
-    for other in parent.parent.glob(TREE_PREFIX + "*"):
-        pid = other.name[len(TREE_PREFIX) :].split("-", 1)[0]
-        if other == parent or not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
+    for other in stale_trees(parent):
         for child in list(other.iterdir()):
             if child.is_dir():
                 RunCgroupV2({"unified": child}).kill_and_remove()

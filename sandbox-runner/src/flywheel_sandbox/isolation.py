@@ -251,12 +251,19 @@ def create_tree(name: str, version: str = "auto", root: Path = CGROUP_ROOT) -> C
     return CgroupTree.create(name)
 
 
-def _remove_stale_siblings(parent: Path) -> None:
-    """Removes the cgroup trees of earlier runners (``flywheel-sandbox-<pid>-<n>``) whose process is gone."""
+def stale_trees(parent: Path) -> list[Path]:
+    """The sibling trees of earlier runners (``flywheel-sandbox-<pid>-<n>``) whose process is gone."""
+    stale = []
     for other in parent.parent.glob(TREE_PREFIX + "*"):
         pid = other.name[len(TREE_PREFIX) :].split("-", 1)[0]
-        if other == parent or not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
+        if other != parent and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            stale.append(other)
+    return stale
+
+
+def _remove_stale_siblings(parent: Path) -> None:
+    """Removes the cgroup trees of earlier runners whose process is gone."""
+    for other in stale_trees(parent):
         for child in list(other.iterdir()):
             if child.is_dir():
                 RunCgroup({"x": child}).kill_and_remove()
