@@ -157,7 +157,8 @@ def stack(
                        "FLYWHEEL_OBJECT_STORE_ROOT": str(root / "objects")}  # fmt: skip
         sandbox, info, _ = start_module("flywheel_sandbox", "FLYWHEEL_SANDBOX_", sandbox_env, root)
         started.append(sandbox)
-        yield {"model_server": model_server, "gateway": gateway, "sandbox": f"127.0.0.1:{info['port']}"}
+        yield {"model_server": model_server, "gateway": gateway, "sandbox": f"127.0.0.1:{info['port']}",
+               "model": str(root / "model")}  # fmt: skip
     finally:
         for proc in reversed(started):
             _stop(proc)
@@ -195,7 +196,8 @@ async def test_native_protocol_episode_on_the_embedded_server(stack: dict[str, s
     models = ModelClient(f"{stack['gateway']}/v1", MASTER_KEY, max_retries=1, timeout_s=60, concurrency=1)
     sandbox = SandboxClient(stack["sandbox"])
     try:
-        trajectory = await Episode(spec, models.policy("tiny-agent"), sandbox).run()
+        # record_tokens: the run setting that stores each turn's sampled ids and log-probs.
+        trajectory = await Episode(spec, models.policy("tiny-agent", record_tokens=True), sandbox).run()
     finally:
         await models.close()
         await sandbox.close()
@@ -213,3 +215,28 @@ async def test_native_protocol_episode_on_the_embedded_server(stack: dict[str, s
     assert final.content == "done" and not final.tool_calls and final.finish_reason == "stop"
     # It ended normally: the final tests ran in the sandbox (and fail, the model fixed nothing).
     assert trajectory.outcome.failure_category == tpb.FAILURE_CATEGORY_NO_CHANGE, trajectory.outcome
+
+    # Token records: both model turns carry the ids the server sampled and their log-probs, and
+    # they are the real thing — the text decodes from the ids, and the model, scoring the
+    # stored prompt + completion ids itself, gives the stored log-probs back.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(stack["model"])
+    model = AutoModelForCausalLM.from_pretrained(stack["model"], torch_dtype=torch.float32).eval()
+    for turn in (call_turn, final):
+        record = turn.tokens
+        prompt, ids, lps = (
+            list(record.prompt_token_ids),
+            list(record.completion_token_ids),
+            list(record.completion_logprobs),
+        )
+        assert prompt and ids and len(lps) == len(ids), record
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1]
+        rescored = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+        assert torch.allclose(rescored, torch.tensor(lps), atol=1e-3), (rescored.tolist(), lps)
+    assert tokenizer.decode(final.tokens.completion_token_ids, skip_special_tokens=True) == "done"
+    assert tokenizer.decode(call_turn.tokens.completion_token_ids, skip_special_tokens=True) == CALL
+    # The second call's prompt holds the first call's sampled ids as the chat template renders them.
+    assert len(final.tokens.prompt_token_ids) > len(call_turn.tokens.prompt_token_ids)

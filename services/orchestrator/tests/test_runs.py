@@ -45,7 +45,11 @@ def scripted(*replies: Any):
 async def run_to_end(h: Harness, **fields: Any) -> run_pb2.Run:
     """Create a run and watch it to its end; episode settings (protocol, limits…) go into
     ``run.episode``, the other fields into the run."""
-    episode = {k: fields.pop(k) for k in ("protocol", "test_policy", "limits", "sampling") if k in fields}
+    episode = {
+        k: fields.pop(k)
+        for k in ("protocol", "test_policy", "limits", "sampling", "record_tokens")
+        if k in fields
+    }
     run = run_pb2.Run(suite="mini", model="scripted", episode=run_pb2.EpisodeSettings(**episode), **fields)
     created = await h.stub.CreateRun(opb.CreateRunRequest(run=run))
     last = None
@@ -275,6 +279,46 @@ async def test_native_tool_calling(backends: Backends, service_env: dict[str, st
     assert [s.tool_call_id for s in tool_steps] == ["c1", "c2", "c3"]
     assert tool_steps[1].tool_result.status == tpb.TOOL_RESULT_STATUS_REJECTED
     assert run.counters.parse_errors == 1
+
+
+async def test_record_tokens_stores_sampled_ids_and_logprobs_only_when_asked(
+    backends: Backends, service_env: dict[str, str]
+) -> None:
+    """The scripted server's tokeniser is UTF-8 bytes with a known log-prob per id, so the record
+    can be checked exactly; the real model's record is checked in gateway/tests/test_native_episode."""
+    from flywheel_testing.scripted_model import token_ids, token_logprob
+
+    replies = (json_call("read_file", {"rel_path": "calc.py"}), text('{"type": "final", "answer": "ok"}'))
+    async with orchestrator(backends, service_env, scripted(*replies)) as h:
+        on = await run_to_end(h, split=TRAIN, task_ids=["add-bug"], record_tokens=True)
+        off = await run_to_end(h, split=TRAIN, task_ids=["add-bug"])
+        asked = [bool(r.get("return_token_ids")) and r.get("logprobs") is True for r in h.model.requests]
+    assert asked == [True, True, False, False]
+    [t_on], [t_off] = await stored(backends, on.id), await stored(backends, off.id)
+    turns_on = [s for s in t_on.steps if s.role == tpb.ROLE_ASSISTANT]
+    assert len(turns_on) == 2
+    for step, reply in zip(turns_on, replies, strict=True):
+        ids = token_ids(reply["content"])
+        assert list(step.tokens.completion_token_ids) == ids
+        assert list(step.tokens.completion_logprobs) == pytest.approx([token_logprob(i) for i in ids])
+        assert bytes(step.tokens.completion_token_ids).decode() == step.content
+    # The prompt of each call is what the server tokenised: every message sent so far.
+    first_prompt = bytes(turns_on[0].tokens.prompt_token_ids).decode()
+    assert first_prompt.startswith(t_on.steps[0].content) and first_prompt.endswith(t_on.steps[1].content)
+    assert len(turns_on[1].tokens.prompt_token_ids) > len(turns_on[0].tokens.prompt_token_ids)
+    assert all(not s.HasField("tokens") for s in t_off.steps), "an ordinary run must stay small"
+    assert t_on.ByteSize() > t_off.ByteSize()
+
+
+async def test_token_ids_that_do_not_match_their_logprobs_are_a_model_error(
+    backends: Backends, service_env: dict[str, str]
+) -> None:
+    bad = {**json_call("read_file", {"rel_path": "calc.py"}), "token_ids": [1, 2, 3], "logprobs": [-0.1]}
+    async with orchestrator(backends, service_env, scripted(bad)) as h:
+        run = await run_to_end(h, split=TRAIN, task_ids=["add-bug"], record_tokens=True)
+    [t] = await stored(backends, run.id)
+    assert t.outcome.failure_category == tpb.FAILURE_CATEGORY_MODEL_ERROR
+    assert "3 completion token ids but 1 log-probs" in t.outcome.failure_detail, t.outcome
 
 
 async def test_io_problem_with_run_code_feedback(backends: Backends, service_env: dict[str, str]) -> None:

@@ -67,6 +67,11 @@ def episode_options(fn: F) -> F:
             "--max-completion-tokens", type=int, default=None, help="Completion tokens per model call."
         ),
         click.option("--seed", type=int, default=None, help="Sampling seed, where the backend supports it."),
+        click.option(
+            "--record-tokens",
+            is_flag=True,
+            help="Store each model turn's token ids and log-probs in the trajectories (for RL).",
+        ),
         click.option("--concurrency", type=int, default=0, help="Episodes in flight at once (0 = default)."),
         click.option(
             "--label", "labels", multiple=True, help="KEY=VALUE copied to every trajectory (repeatable)."
@@ -135,6 +140,7 @@ def fill_episode(msg: run_pb2.Run | epb.Evaluation, opts: dict[str, Any]) -> Non
         sampling.max_tokens = opts["max_completion_tokens"]
     if opts["seed"] is not None:
         sampling.seed = opts["seed"]
+    episode.record_tokens = opts["record_tokens"]
     msg.concurrency = opts["concurrency"]
     msg.labels.update(parse_labels(opts["labels"]))
 

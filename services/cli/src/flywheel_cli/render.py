@@ -132,4 +132,6 @@ def settings_line(job: run_pb2.Run | epb.Evaluation) -> str:
             parts.append(
                 f"{'max_completion_tokens' if field == 'max_tokens' else field} {getattr(sp, field):g}"
             )
+    if ep.record_tokens:
+        parts.append("token ids recorded")
     return ", ".join(parts)

@@ -11,6 +11,13 @@ content digest (:class:`AdapterIdentity` in the trajectory's step), taken from t
 files it loaded (vLLM reports none: the digest stays empty). The listing is asked at most once per
 ``identity_ttl_s`` (2 s) per model and shared by every episode; a version's digest can change
 only by a forced reload, which adapter sync verifies and announces.
+
+Token records: a run with ``record_tokens`` asks every call for vLLM's ``return_token_ids`` and
+OpenAI's ``logprobs`` and keeps what comes back (:class:`TurnTokens` in the step) — the ids the
+server sampled, not a re-tokenisation of the text, which in general differs (RL on re-tokenised
+text is silently off-policy). A server that returns no ids (hosted APIs) leaves the step without
+tokens; one that returns ids whose count disagrees with its log-probs is a model error, since
+such a record would mislead a trainer.
 """
 
 from __future__ import annotations
@@ -44,10 +51,16 @@ class ModelTurn:
     finish_reason: str = ""
     latency_s: float = 0.0
     adapter: tpb.AdapterIdentity | None = None  #: the LoRA adapter that answered, when the model is one
+    tokens: tpb.TurnTokens | None = None  #: sampled ids and log-probs, when the run records them
 
     def step_fields(self) -> dict[str, Any]:
         """Fields of the trajectory step that records this turn, beyond what the agent sets itself."""
-        return {"adapter": self.adapter} if self.adapter is not None else {}
+        out: dict[str, Any] = {}
+        if self.adapter is not None:
+            out["adapter"] = self.adapter
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
+        return out
 
 
 class ModelError(Exception):
@@ -124,8 +137,8 @@ class ModelClient:
             self._limit = asyncio.Semaphore(self._concurrency)
         return self._limit
 
-    def policy(self, model: str) -> GatewayPolicy:
-        return GatewayPolicy(self, model)
+    def policy(self, model: str, *, record_tokens: bool = False) -> GatewayPolicy:
+        return GatewayPolicy(self, model, record_tokens=record_tokens)
 
     async def describe(self, model: str) -> dict[str, Any]:
         """What the gateway says about a model name (``root``/``parent`` when it is an adapter);
@@ -185,6 +198,7 @@ class ModelClient:
 class GatewayPolicy:
     client: ModelClient
     model: str
+    record_tokens: bool = False  #: ask for and keep the turn's token ids and log-probs
 
     async def turn(
         self,
@@ -196,6 +210,9 @@ class GatewayPolicy:
         kwargs = sampling_kwargs(sampling)
         if tools:
             kwargs["tools"] = tools
+        if self.record_tokens:
+            kwargs["logprobs"] = True
+            kwargs["extra_body"] = {"return_token_ids": True}
         adapter = await self.client.identity(self.model)
         async with self.client.limit:
             started = time.perf_counter()
@@ -231,6 +248,7 @@ class GatewayPolicy:
                     }
                 )
         usage = reply.usage
+        tokens = turn_tokens(reply) if self.record_tokens else None
         return ModelTurn(
             content=msg.content or "",
             tool_calls=calls,
@@ -239,7 +257,39 @@ class GatewayPolicy:
             finish_reason=choice.finish_reason or "",
             latency_s=latency,
             adapter=adapter,
+            tokens=tokens,
         )
+
+
+def turn_tokens(reply: Any) -> tpb.TurnTokens | None:
+    """The token record of a chat completion (vLLM's field names: ``prompt_token_ids`` on the
+    response, ``token_ids`` on the choice; log-probs from OpenAI's ``logprobs.content``); None
+    when the server sent no completion ids."""
+    choice = reply.choices[0]
+    ids = _extra(choice, "token_ids")
+    if not ids:
+        return None
+    prompt = _extra(reply, "prompt_token_ids") or _extra(choice, "prompt_token_ids") or []
+    content = choice.logprobs.content if choice.logprobs is not None else None
+    logprobs = [float(t.logprob) for t in content or []]
+    if logprobs and len(logprobs) != len(ids):
+        raise ModelError(
+            f"the model returned {len(ids)} completion token ids but {len(logprobs)} log-probs; "
+            "refusing to record tokens that do not line up"
+        )
+    return tpb.TurnTokens(
+        prompt_token_ids=[int(i) for i in prompt],
+        completion_token_ids=[int(i) for i in ids],
+        completion_logprobs=logprobs,
+    )
+
+
+def _extra(obj: Any, name: str) -> Any:
+    """A field the OpenAI SDK's models do not declare (kept in ``model_extra``)."""
+    value = getattr(obj, name, None)
+    if value is None and getattr(obj, "model_extra", None):
+        value = obj.model_extra.get(name)
+    return value
 
 
 def _message(err: openai.APIStatusError) -> str:

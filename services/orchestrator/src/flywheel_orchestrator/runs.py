@@ -401,7 +401,7 @@ class RunManager:
                 spec.limits = replace(limits, max_iterations=reference.turns)
             policy = reference
         else:
-            policy = self.models.policy(run.model)
+            policy = self.models.policy(run.model, record_tokens=run.episode.record_tokens)
         episode = Episode(spec, policy, self.sandbox)
         traj = await episode.run()
         await self._put(traj)

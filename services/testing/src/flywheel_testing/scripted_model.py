@@ -5,6 +5,12 @@ driver's edge cases; this server answers ``/v1/chat/completions`` from a Python 
 request, instantly, with OpenAI's response shape (usage included). It can also fail on purpose
 (HTTP errors, delays) to exercise retries, timeouts and cancellation.
 
+Token records: a request with ``return_token_ids`` gets vLLM's fields (``prompt_token_ids`` on
+the response, ``token_ids`` on the choice) and one with ``logprobs`` gets OpenAI's
+``logprobs.content``. The scripted "tokeniser" is the UTF-8 bytes of the text (ids 0 to 255), and
+each token's log-prob is ``-(id % 7 + 1) / 10``, so a test can check a record exactly. A reply
+may carry its own ``token_ids``/``logprobs`` (e.g. mismatched, to test the orchestrator's check).
+
 Run alone (the benchmark does): ``flywheel-scripted-model --port 0 --ready-file F`` serves the
 ``explore`` script: list the files, read the first source file, then give a final answer (or,
 for I/O problems, run a trivial program and submit it).
@@ -65,6 +71,16 @@ def tool_call(name: str, args: dict[str, Any], call_id: str = "call-1") -> Reply
 def json_call(name: str, args: dict[str, Any]) -> Reply:
     """A JSON-protocol tool call as the assistant's text."""
     return text(json.dumps({"type": "tool_call", "name": name, "args": args}))
+
+
+def token_ids(s: str) -> list[int]:
+    """The scripted server's tokenisation: one id per UTF-8 byte."""
+    return list(s.encode())
+
+
+def token_logprob(token_id: int) -> float:
+    """The scripted server's log-prob of sampling ``token_id``."""
+    return -((token_id % 7) + 1) / 10
 
 
 def _tokens(s: str) -> int:
@@ -136,26 +152,39 @@ class ScriptedModelServer:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls
-        return web.json_response(
-            {
-                "id": f"chatcmpl-{time.monotonic_ns()}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "finish_reason": reply.get("finish_reason") or ("tool_calls" if calls else "stop"),
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                },
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": message,
+            "finish_reason": reply.get("finish_reason") or ("tool_calls" if calls else "stop"),
+        }
+        out: dict[str, Any] = {
+            "id": f"chatcmpl-{time.monotonic_ns()}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+        sampled = reply.get("token_ids", token_ids(content + json.dumps(calls) if calls else content))
+        if body.get("return_token_ids"):
+            out["prompt_token_ids"] = token_ids(
+                "".join(str(m.get("content") or "") for m in body.get("messages", []))
+            )
+            choice["token_ids"] = sampled
+        if body.get("logprobs"):
+            lps = reply.get("logprobs", [token_logprob(i) for i in sampled])
+            names = [f"<{i}>" for i in sampled] + ["<?>"] * max(0, len(lps) - len(sampled))
+            choice["logprobs"] = {
+                "content": [
+                    {"token": name, "logprob": lp, "bytes": None, "top_logprobs": []}
+                    for name, lp in zip(names, lps, strict=False)
+                ]
             }
-        )
+        return web.json_response(out)
 
 
 def _error(status: int, message: str, code: str) -> web.Response:

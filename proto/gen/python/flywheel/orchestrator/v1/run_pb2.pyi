@@ -37,16 +37,18 @@ class EpisodeLimits(_message.Message):
     def __init__(self, max_iterations: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_consecutive_parse_errors: _Optional[int] = ...) -> None: ...
 
 class EpisodeSettings(_message.Message):
-    __slots__ = ("protocol", "test_policy", "limits", "sampling")
+    __slots__ = ("protocol", "test_policy", "limits", "sampling", "record_tokens")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     TEST_POLICY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    RECORD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     protocol: _common_pb2.ToolProtocol
     test_policy: TestPolicy
     limits: EpisodeLimits
     sampling: _common_pb2.SamplingParams
-    def __init__(self, protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[TestPolicy, str]] = ..., limits: _Optional[_Union[EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    record_tokens: bool
+    def __init__(self, protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[TestPolicy, str]] = ..., limits: _Optional[_Union[EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., record_tokens: _Optional[bool] = ...) -> None: ...
 
 class RunCounters(_message.Message):
     __slots__ = ("tasks", "episodes_total", "episodes_finished", "episodes_resolved", "episodes_errored", "episodes_with_write", "steps", "parse_errors", "loop_detections", "usage", "trajectories_stored")

@@ -225,7 +225,7 @@ class ToolDefinition(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_json_schema: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("index", "role", "content", "name", "tool_calls", "tool_call_id", "parse_error", "tool_result", "test_run", "loop_detected", "start_time", "duration", "usage", "finish_reason", "parent_index", "attributes", "adapter")
+    __slots__ = ("index", "role", "content", "name", "tool_calls", "tool_call_id", "parse_error", "tool_result", "test_run", "loop_detected", "start_time", "duration", "usage", "finish_reason", "parent_index", "attributes", "adapter", "tokens")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +250,7 @@ class Step(_message.Message):
     PARENT_INDEX_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     index: int
     role: Role
     content: str
@@ -267,7 +268,18 @@ class Step(_message.Message):
     parent_index: int
     attributes: _containers.ScalarMap[str, str]
     adapter: AdapterIdentity
-    def __init__(self, index: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., parse_error: _Optional[_Union[ParseError, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., test_run: _Optional[_Union[DriverTestRun, _Mapping]] = ..., loop_detected: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., parent_index: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., adapter: _Optional[_Union[AdapterIdentity, _Mapping]] = ...) -> None: ...
+    tokens: TurnTokens
+    def __init__(self, index: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., parse_error: _Optional[_Union[ParseError, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., test_run: _Optional[_Union[DriverTestRun, _Mapping]] = ..., loop_detected: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., parent_index: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., adapter: _Optional[_Union[AdapterIdentity, _Mapping]] = ..., tokens: _Optional[_Union[TurnTokens, _Mapping]] = ...) -> None: ...
+
+class TurnTokens(_message.Message):
+    __slots__ = ("prompt_token_ids", "completion_token_ids", "completion_logprobs")
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    completion_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    completion_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., completion_token_ids: _Optional[_Iterable[int]] = ..., completion_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AdapterIdentity(_message.Message):
     __slots__ = ("adapter_id", "name", "version", "digest")
