@@ -17,6 +17,7 @@ class DatasetKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATASET_KIND_UNSPECIFIED: _ClassVar[DatasetKind]
     DATASET_KIND_SFT: _ClassVar[DatasetKind]
     DATASET_KIND_PREFERENCE: _ClassVar[DatasetKind]
+    DATASET_KIND_RL: _ClassVar[DatasetKind]
 
 class ParameterType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -36,6 +37,7 @@ class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_FORMAT_SHAREGPT: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_TOGETHER_DPO: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_TRL_PREFERENCE: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_GRPO_TOKENS: _ClassVar[OutputFormat]
 
 class FileFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,6 +54,7 @@ class DatasetSplit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 DATASET_KIND_UNSPECIFIED: DatasetKind
 DATASET_KIND_SFT: DatasetKind
 DATASET_KIND_PREFERENCE: DatasetKind
+DATASET_KIND_RL: DatasetKind
 PARAMETER_TYPE_UNSPECIFIED: ParameterType
 PARAMETER_TYPE_BOOL: ParameterType
 PARAMETER_TYPE_INT: ParameterType
@@ -65,6 +68,7 @@ OUTPUT_FORMAT_ALPACA: OutputFormat
 OUTPUT_FORMAT_SHAREGPT: OutputFormat
 OUTPUT_FORMAT_TOGETHER_DPO: OutputFormat
 OUTPUT_FORMAT_TRL_PREFERENCE: OutputFormat
+OUTPUT_FORMAT_GRPO_TOKENS: OutputFormat
 FILE_FORMAT_UNSPECIFIED: FileFormat
 FILE_FORMAT_JSONL: FileFormat
 FILE_FORMAT_PARQUET: FileFormat
@@ -268,7 +272,7 @@ class CostEstimate(_message.Message):
     def __init__(self, tokens_per_epoch: _Optional[int] = ..., usd_per_epoch: _Optional[float] = ..., price_basis: _Optional[str] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "build_id", "recipe", "parameters", "kind", "source", "trajectory_count", "trajectory_ids", "split", "hygiene", "splits", "files", "filter_reasons", "failure_categories", "hygiene_stats", "token_stats", "cost_estimate", "manifest", "loop_id", "labels", "create_time")
+    __slots__ = ("id", "build_id", "recipe", "parameters", "kind", "source", "trajectory_count", "trajectory_ids", "split", "hygiene", "splits", "files", "filter_reasons", "failure_categories", "hygiene_stats", "token_stats", "cost_estimate", "manifest", "loop_id", "labels", "create_time", "rl_stats")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +322,7 @@ class Dataset(_message.Message):
     LOOP_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RL_STATS_FIELD_NUMBER: _ClassVar[int]
     id: str
     build_id: str
     recipe: str
@@ -339,7 +344,30 @@ class Dataset(_message.Message):
     loop_id: str
     labels: _containers.ScalarMap[str, str]
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., build_id: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., kind: _Optional[_Union[DatasetKind, str]] = ..., source: _Optional[_Union[DatasetSource, _Mapping]] = ..., trajectory_count: _Optional[int] = ..., trajectory_ids: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., split: _Optional[_Union[SplitConfig, _Mapping]] = ..., hygiene: _Optional[_Union[HygieneConfig, _Mapping]] = ..., splits: _Optional[_Iterable[_Union[SplitStats, _Mapping]]] = ..., files: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., filter_reasons: _Optional[_Mapping[str, int]] = ..., failure_categories: _Optional[_Mapping[str, int]] = ..., hygiene_stats: _Optional[_Union[HygieneStats, _Mapping]] = ..., token_stats: _Optional[_Union[TokenStats, _Mapping]] = ..., cost_estimate: _Optional[_Union[CostEstimate, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    rl_stats: RlStats
+    def __init__(self, id: _Optional[str] = ..., build_id: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., kind: _Optional[_Union[DatasetKind, str]] = ..., source: _Optional[_Union[DatasetSource, _Mapping]] = ..., trajectory_count: _Optional[int] = ..., trajectory_ids: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., split: _Optional[_Union[SplitConfig, _Mapping]] = ..., hygiene: _Optional[_Union[HygieneConfig, _Mapping]] = ..., splits: _Optional[_Iterable[_Union[SplitStats, _Mapping]]] = ..., files: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., filter_reasons: _Optional[_Mapping[str, int]] = ..., failure_categories: _Optional[_Mapping[str, int]] = ..., hygiene_stats: _Optional[_Union[HygieneStats, _Mapping]] = ..., token_stats: _Optional[_Union[TokenStats, _Mapping]] = ..., cost_estimate: _Optional[_Union[CostEstimate, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rl_stats: _Optional[_Union[RlStats, _Mapping]] = ...) -> None: ...
+
+class RlStats(_message.Message):
+    __slots__ = ("groups", "episodes", "masked_episodes", "masked_fraction", "zero_advantage_groups", "reward_mean", "reward_std", "policy", "samples")
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    MASKED_EPISODES_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    ZERO_ADVANTAGE_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MEAN_FIELD_NUMBER: _ClassVar[int]
+    REWARD_STD_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    groups: int
+    episodes: int
+    masked_episodes: int
+    masked_fraction: float
+    zero_advantage_groups: int
+    reward_mean: float
+    reward_std: float
+    policy: _trajectory_pb2.AdapterIdentity
+    samples: int
+    def __init__(self, groups: _Optional[int] = ..., episodes: _Optional[int] = ..., masked_episodes: _Optional[int] = ..., masked_fraction: _Optional[float] = ..., zero_advantage_groups: _Optional[int] = ..., reward_mean: _Optional[float] = ..., reward_std: _Optional[float] = ..., policy: _Optional[_Union[_trajectory_pb2.AdapterIdentity, _Mapping]] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class ListRecipesRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

@@ -25,6 +25,12 @@ class LoopStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOOP_STAGE_EVALUATION: _ClassVar[LoopStage]
     LOOP_STAGE_GATE: _ClassVar[LoopStage]
 
+class LoopKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOOP_KIND_UNSPECIFIED: _ClassVar[LoopKind]
+    LOOP_KIND_IMITATION: _ClassVar[LoopKind]
+    LOOP_KIND_RL: _ClassVar[LoopKind]
+
 class GateMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GATE_METRIC_UNSPECIFIED: _ClassVar[GateMetric]
@@ -45,6 +51,9 @@ LOOP_STAGE_FINE_TUNE: LoopStage
 LOOP_STAGE_HOT_LOAD: LoopStage
 LOOP_STAGE_EVALUATION: LoopStage
 LOOP_STAGE_GATE: LoopStage
+LOOP_KIND_UNSPECIFIED: LoopKind
+LOOP_KIND_IMITATION: LoopKind
+LOOP_KIND_RL: LoopKind
 GATE_METRIC_UNSPECIFIED: GateMetric
 GATE_METRIC_PASS_RATE: GateMetric
 GATE_METRIC_PARSE_ERRORS_PER_EPISODE: GateMetric
@@ -53,6 +62,64 @@ GATE_METRIC_LOOP_DETECTIONS_PER_EPISODE: GateMetric
 GATE_DECISION_UNSPECIFIED: GateDecision
 GATE_DECISION_PROMOTE: GateDecision
 GATE_DECISION_REJECT: GateDecision
+
+class RlLoopConfig(_message.Message):
+    __slots__ = ("iterations", "samples_per_task", "eval_every", "sft_warm_start", "sft_hyperparameters", "init_adapter")
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_TASK_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
+    SFT_WARM_START_FIELD_NUMBER: _ClassVar[int]
+    SFT_HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    iterations: int
+    samples_per_task: int
+    eval_every: int
+    sft_warm_start: bool
+    sft_hyperparameters: _trainer_pb2.Hyperparameters
+    init_adapter: str
+    def __init__(self, iterations: _Optional[int] = ..., samples_per_task: _Optional[int] = ..., eval_every: _Optional[int] = ..., sft_warm_start: _Optional[bool] = ..., sft_hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., init_adapter: _Optional[str] = ...) -> None: ...
+
+class RlIteration(_message.Message):
+    __slots__ = ("index", "policy_model", "policy", "run_id", "dataset_build_id", "dataset_id", "fine_tune_job_id", "adapter", "episodes", "masked_episodes", "reward_mean", "reward_std", "train_pass_rate", "evaluation_id", "eval_pass_rate", "eval_baseline_pass_rate", "stage", "state", "train_metrics")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    POLICY_MODEL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    FINE_TUNE_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    MASKED_EPISODES_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MEAN_FIELD_NUMBER: _ClassVar[int]
+    REWARD_STD_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_PASS_RATE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVAL_PASS_RATE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_BASELINE_PASS_RATE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_METRICS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    policy_model: str
+    policy: _trajectory_pb2.AdapterIdentity
+    run_id: str
+    dataset_build_id: str
+    dataset_id: str
+    fine_tune_job_id: str
+    adapter: _trainer_pb2.AdapterRef
+    episodes: int
+    masked_episodes: int
+    reward_mean: float
+    reward_std: float
+    train_pass_rate: float
+    evaluation_id: str
+    eval_pass_rate: float
+    eval_baseline_pass_rate: float
+    stage: LoopStage
+    state: _common_pb2.JobState
+    train_metrics: _trainer_pb2.TrainingMetrics
+    def __init__(self, index: _Optional[int] = ..., policy_model: _Optional[str] = ..., policy: _Optional[_Union[_trajectory_pb2.AdapterIdentity, _Mapping]] = ..., run_id: _Optional[str] = ..., dataset_build_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., fine_tune_job_id: _Optional[str] = ..., adapter: _Optional[_Union[_trainer_pb2.AdapterRef, _Mapping]] = ..., episodes: _Optional[int] = ..., masked_episodes: _Optional[int] = ..., reward_mean: _Optional[float] = ..., reward_std: _Optional[float] = ..., train_pass_rate: _Optional[float] = ..., evaluation_id: _Optional[str] = ..., eval_pass_rate: _Optional[float] = ..., eval_baseline_pass_rate: _Optional[float] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., train_metrics: _Optional[_Union[_trainer_pb2.TrainingMetrics, _Mapping]] = ...) -> None: ...
 
 class LoopStageStatus(_message.Message):
     __slots__ = ("stage", "state", "artefacts", "error", "start_time", "end_time")
@@ -99,7 +166,7 @@ class GateResult(_message.Message):
     def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., margin: _Optional[float] = ..., incumbent_value: _Optional[float] = ..., candidate_value: _Optional[float] = ..., improvement: _Optional[float] = ..., decision: _Optional[_Union[GateDecision, str]] = ..., reason: _Optional[str] = ..., evaluation_id: _Optional[str] = ...) -> None: ...
 
 class Loop(_message.Message):
-    __slots__ = ("id", "suite", "base_model", "incumbent_model", "teacher_kind", "teacher_model", "rollouts_per_task", "episode", "concurrency", "recipe", "recipe_parameters", "dataset_split", "method", "hyperparameters", "adapter_name", "eval_rollouts_per_task", "gate", "labels", "state", "error", "stage", "stages", "candidate_model", "gate_result", "report", "create_time", "start_time", "end_time", "train_task_ids", "test_task_ids")
+    __slots__ = ("id", "suite", "base_model", "incumbent_model", "teacher_kind", "teacher_model", "rollouts_per_task", "episode", "concurrency", "recipe", "recipe_parameters", "dataset_split", "method", "hyperparameters", "adapter_name", "eval_rollouts_per_task", "gate", "labels", "state", "error", "stage", "stages", "candidate_model", "gate_result", "report", "create_time", "start_time", "end_time", "train_task_ids", "test_task_ids", "kind", "rl", "iterations")
     class RecipeParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +211,9 @@ class Loop(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     TRAIN_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     TEST_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RL_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     suite: str
     base_model: str
@@ -174,4 +244,7 @@ class Loop(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     train_task_ids: _containers.RepeatedScalarFieldContainer[str]
     test_task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., base_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., teacher_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., dataset_split: _Optional[_Union[_dataset_pb2.SplitConfig, _Mapping]] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., eval_rollouts_per_task: _Optional[int] = ..., gate: _Optional[_Union[PromotionGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., stages: _Optional[_Iterable[_Union[LoopStageStatus, _Mapping]]] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_task_ids: _Optional[_Iterable[str]] = ..., test_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    kind: LoopKind
+    rl: RlLoopConfig
+    iterations: _containers.RepeatedCompositeFieldContainer[RlIteration]
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., base_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., teacher_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., dataset_split: _Optional[_Union[_dataset_pb2.SplitConfig, _Mapping]] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., eval_rollouts_per_task: _Optional[int] = ..., gate: _Optional[_Union[PromotionGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., stages: _Optional[_Iterable[_Union[LoopStageStatus, _Mapping]]] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_task_ids: _Optional[_Iterable[str]] = ..., test_task_ids: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[LoopKind, str]] = ..., rl: _Optional[_Union[RlLoopConfig, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[RlIteration, _Mapping]]] = ...) -> None: ...

@@ -37,21 +37,23 @@ class EpisodeLimits(_message.Message):
     def __init__(self, max_iterations: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_consecutive_parse_errors: _Optional[int] = ...) -> None: ...
 
 class EpisodeSettings(_message.Message):
-    __slots__ = ("protocol", "test_policy", "limits", "sampling", "record_tokens")
+    __slots__ = ("protocol", "test_policy", "limits", "sampling", "record_tokens", "reward")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     TEST_POLICY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RECORD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
     protocol: _common_pb2.ToolProtocol
     test_policy: TestPolicy
     limits: EpisodeLimits
     sampling: _common_pb2.SamplingParams
     record_tokens: bool
-    def __init__(self, protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[TestPolicy, str]] = ..., limits: _Optional[_Union[EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., record_tokens: _Optional[bool] = ...) -> None: ...
+    reward: _trajectory_pb2.RewardWeights
+    def __init__(self, protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[TestPolicy, str]] = ..., limits: _Optional[_Union[EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., record_tokens: _Optional[bool] = ..., reward: _Optional[_Union[_trajectory_pb2.RewardWeights, _Mapping]] = ...) -> None: ...
 
 class RunCounters(_message.Message):
-    __slots__ = ("tasks", "episodes_total", "episodes_finished", "episodes_resolved", "episodes_errored", "episodes_with_write", "steps", "parse_errors", "loop_detections", "usage", "trajectories_stored")
+    __slots__ = ("tasks", "episodes_total", "episodes_finished", "episodes_resolved", "episodes_errored", "episodes_with_write", "steps", "parse_errors", "loop_detections", "usage", "trajectories_stored", "episodes_rewarded", "reward_sum", "reward_sq_sum")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     EPISODES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     EPISODES_FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +65,9 @@ class RunCounters(_message.Message):
     LOOP_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TRAJECTORIES_STORED_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_REWARDED_FIELD_NUMBER: _ClassVar[int]
+    REWARD_SUM_FIELD_NUMBER: _ClassVar[int]
+    REWARD_SQ_SUM_FIELD_NUMBER: _ClassVar[int]
     tasks: int
     episodes_total: int
     episodes_finished: int
@@ -74,10 +79,13 @@ class RunCounters(_message.Message):
     loop_detections: int
     usage: _common_pb2.TokenUsage
     trajectories_stored: int
-    def __init__(self, tasks: _Optional[int] = ..., episodes_total: _Optional[int] = ..., episodes_finished: _Optional[int] = ..., episodes_resolved: _Optional[int] = ..., episodes_errored: _Optional[int] = ..., episodes_with_write: _Optional[int] = ..., steps: _Optional[int] = ..., parse_errors: _Optional[int] = ..., loop_detections: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., trajectories_stored: _Optional[int] = ...) -> None: ...
+    episodes_rewarded: int
+    reward_sum: float
+    reward_sq_sum: float
+    def __init__(self, tasks: _Optional[int] = ..., episodes_total: _Optional[int] = ..., episodes_finished: _Optional[int] = ..., episodes_resolved: _Optional[int] = ..., episodes_errored: _Optional[int] = ..., episodes_with_write: _Optional[int] = ..., steps: _Optional[int] = ..., parse_errors: _Optional[int] = ..., loop_detections: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., trajectories_stored: _Optional[int] = ..., episodes_rewarded: _Optional[int] = ..., reward_sum: _Optional[float] = ..., reward_sq_sum: _Optional[float] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "teacher_kind", "model", "rollouts_per_task", "episode", "concurrency", "labels", "loop_id", "prompt_sha256", "state", "error", "counters", "create_time", "start_time", "end_time")
+    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "teacher_kind", "model", "rollouts_per_task", "episode", "concurrency", "labels", "loop_id", "prompt_sha256", "state", "error", "counters", "create_time", "start_time", "end_time", "adapter")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +112,7 @@ class Run(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     id: str
     suite: str
     suite_version: str
@@ -123,10 +132,11 @@ class Run(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., prompt_sha256: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., counters: _Optional[_Union[RunCounters, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    adapter: _trajectory_pb2.AdapterIdentity
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., prompt_sha256: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., counters: _Optional[_Union[RunCounters, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adapter: _Optional[_Union[_trajectory_pb2.AdapterIdentity, _Mapping]] = ...) -> None: ...
 
 class EpisodeResult(_message.Message):
-    __slots__ = ("model", "task_id", "attempt", "trajectory_id", "resolved", "failure_category", "steps", "parse_errors", "loop_detections", "wrote_file", "usage", "wall_time")
+    __slots__ = ("model", "task_id", "attempt", "trajectory_id", "resolved", "failure_category", "steps", "parse_errors", "loop_detections", "wrote_file", "usage", "wall_time", "reward", "reward_masked")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +149,8 @@ class EpisodeResult(_message.Message):
     WROTE_FILE_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MASKED_FIELD_NUMBER: _ClassVar[int]
     model: str
     task_id: str
     attempt: int
@@ -151,4 +163,6 @@ class EpisodeResult(_message.Message):
     wrote_file: bool
     usage: _common_pb2.TokenUsage
     wall_time: _duration_pb2.Duration
-    def __init__(self, model: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., trajectory_id: _Optional[str] = ..., resolved: _Optional[bool] = ..., failure_category: _Optional[_Union[_trajectory_pb2.FailureCategory, str]] = ..., steps: _Optional[int] = ..., parse_errors: _Optional[int] = ..., loop_detections: _Optional[int] = ..., wrote_file: _Optional[bool] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    reward: float
+    reward_masked: bool
+    def __init__(self, model: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., trajectory_id: _Optional[str] = ..., resolved: _Optional[bool] = ..., failure_category: _Optional[_Union[_trajectory_pb2.FailureCategory, str]] = ..., steps: _Optional[int] = ..., parse_errors: _Optional[int] = ..., loop_detections: _Optional[int] = ..., wrote_file: _Optional[bool] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reward: _Optional[float] = ..., reward_masked: _Optional[bool] = ...) -> None: ...

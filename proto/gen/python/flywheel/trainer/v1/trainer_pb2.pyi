@@ -17,6 +17,15 @@ class FineTuneMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINE_TUNE_METHOD_UNSPECIFIED: _ClassVar[FineTuneMethod]
     FINE_TUNE_METHOD_SFT: _ClassVar[FineTuneMethod]
     FINE_TUNE_METHOD_DPO: _ClassVar[FineTuneMethod]
+    FINE_TUNE_METHOD_GRPO: _ClassVar[FineTuneMethod]
+
+class GrpoLossType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRPO_LOSS_TYPE_UNSPECIFIED: _ClassVar[GrpoLossType]
+    GRPO_LOSS_TYPE_GRPO: _ClassVar[GrpoLossType]
+    GRPO_LOSS_TYPE_BNPO: _ClassVar[GrpoLossType]
+    GRPO_LOSS_TYPE_DR_GRPO: _ClassVar[GrpoLossType]
+    GRPO_LOSS_TYPE_DAPO: _ClassVar[GrpoLossType]
 
 class Quantization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,6 +42,12 @@ class LrScheduler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 FINE_TUNE_METHOD_UNSPECIFIED: FineTuneMethod
 FINE_TUNE_METHOD_SFT: FineTuneMethod
 FINE_TUNE_METHOD_DPO: FineTuneMethod
+FINE_TUNE_METHOD_GRPO: FineTuneMethod
+GRPO_LOSS_TYPE_UNSPECIFIED: GrpoLossType
+GRPO_LOSS_TYPE_GRPO: GrpoLossType
+GRPO_LOSS_TYPE_BNPO: GrpoLossType
+GRPO_LOSS_TYPE_DR_GRPO: GrpoLossType
+GRPO_LOSS_TYPE_DAPO: GrpoLossType
 QUANTIZATION_UNSPECIFIED: Quantization
 QUANTIZATION_NONE: Quantization
 QUANTIZATION_NF4: Quantization
@@ -40,6 +55,20 @@ LR_SCHEDULER_UNSPECIFIED: LrScheduler
 LR_SCHEDULER_COSINE: LrScheduler
 LR_SCHEDULER_LINEAR: LrScheduler
 LR_SCHEDULER_CONSTANT: LrScheduler
+
+class GrpoConfig(_message.Message):
+    __slots__ = ("epsilon", "epsilon_high", "kl_beta", "loss_type", "iterations")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_HIGH_FIELD_NUMBER: _ClassVar[int]
+    KL_BETA_FIELD_NUMBER: _ClassVar[int]
+    LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    epsilon_high: float
+    kl_beta: float
+    loss_type: GrpoLossType
+    iterations: int
+    def __init__(self, epsilon: _Optional[float] = ..., epsilon_high: _Optional[float] = ..., kl_beta: _Optional[float] = ..., loss_type: _Optional[_Union[GrpoLossType, str]] = ..., iterations: _Optional[int] = ...) -> None: ...
 
 class LoraConfig(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "target_modules")
@@ -62,7 +91,7 @@ class QuantizationConfig(_message.Message):
     def __init__(self, quantization: _Optional[_Union[Quantization, str]] = ..., double_quantization: _Optional[bool] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("lora", "quantization", "epochs", "max_steps", "learning_rate", "scheduler", "warmup_ratio", "batch_size", "gradient_accumulation_steps", "max_seq_length", "packing", "seed", "checkpoint_every_steps", "dpo_beta")
+    __slots__ = ("lora", "quantization", "epochs", "max_steps", "learning_rate", "scheduler", "warmup_ratio", "batch_size", "gradient_accumulation_steps", "max_seq_length", "packing", "seed", "checkpoint_every_steps", "dpo_beta", "grpo")
     LORA_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +106,7 @@ class Hyperparameters(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     DPO_BETA_FIELD_NUMBER: _ClassVar[int]
+    GRPO_FIELD_NUMBER: _ClassVar[int]
     lora: LoraConfig
     quantization: QuantizationConfig
     epochs: float
@@ -91,7 +121,8 @@ class Hyperparameters(_message.Message):
     seed: int
     checkpoint_every_steps: int
     dpo_beta: float
-    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationConfig, _Mapping]] = ..., epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., warmup_ratio: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., seed: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., dpo_beta: _Optional[float] = ...) -> None: ...
+    grpo: GrpoConfig
+    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationConfig, _Mapping]] = ..., epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., warmup_ratio: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., seed: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., dpo_beta: _Optional[float] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "fraction", "eta")
@@ -145,7 +176,7 @@ class AdapterRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., object_prefix: _Optional[str] = ..., content_digest: _Optional[str] = ...) -> None: ...
 
 class FineTuneJob(_message.Message):
-    __slots__ = ("id", "base_model", "dataset_id", "method", "hyperparameters", "adapter_name", "loop_id", "labels", "state", "error", "progress", "latest_metrics", "last_checkpoint", "resume_count", "device", "adapter", "create_time", "start_time", "end_time")
+    __slots__ = ("id", "base_model", "dataset_id", "method", "hyperparameters", "adapter_name", "loop_id", "labels", "state", "error", "progress", "latest_metrics", "last_checkpoint", "resume_count", "device", "adapter", "create_time", "start_time", "end_time", "init_adapter")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +203,7 @@ class FineTuneJob(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     id: str
     base_model: str
     dataset_id: str
@@ -191,10 +223,11 @@ class FineTuneJob(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., last_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., resume_count: _Optional[int] = ..., device: _Optional[str] = ..., adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    init_adapter: str
+    def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., last_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., resume_count: _Optional[int] = ..., device: _Optional[str] = ..., adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., init_adapter: _Optional[str] = ...) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("name", "version", "base_model", "dataset_id", "job_id", "method", "hyperparameters", "object_prefix", "manifest", "loss_curve", "final_metrics", "chat_template_sha256", "default_chat_template", "loop_id", "labels", "create_time", "content_digest")
+    __slots__ = ("name", "version", "base_model", "dataset_id", "job_id", "method", "hyperparameters", "object_prefix", "manifest", "loss_curve", "final_metrics", "chat_template_sha256", "default_chat_template", "loop_id", "labels", "create_time", "content_digest", "init_adapter")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +252,7 @@ class Adapter(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     base_model: str
@@ -236,7 +270,8 @@ class Adapter(_message.Message):
     labels: _containers.ScalarMap[str, str]
     create_time: _timestamp_pb2.Timestamp
     content_digest: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., job_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., object_prefix: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., loss_curve: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., final_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., chat_template_sha256: _Optional[str] = ..., default_chat_template: _Optional[bool] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., content_digest: _Optional[str] = ...) -> None: ...
+    init_adapter: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., job_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., object_prefix: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., loss_curve: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., final_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., chat_template_sha256: _Optional[str] = ..., default_chat_template: _Optional[bool] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., content_digest: _Optional[str] = ..., init_adapter: _Optional[str] = ...) -> None: ...
 
 class BaseModel(_message.Message):
     __slots__ = ("name", "description", "source", "architecture", "parameter_count", "max_position_embeddings", "default_chat_template", "default_target_modules", "create_time")

@@ -352,7 +352,7 @@ class DriverTestRun(_message.Message):
     def __init__(self, trigger: _Optional[_Union[TestTrigger, str]] = ..., passed: _Optional[int] = ..., total: _Optional[int] = ..., failed_ids: _Optional[_Iterable[str]] = ..., error_category: _Optional[_Union[_common_pb2.ErrorCategory, str]] = ..., debug_hint: _Optional[str] = ..., integrity_findings: _Optional[_Iterable[str]] = ..., output: _Optional[str] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("resolved", "tests_passed", "tests_total", "reward", "failure_category", "failure_detail", "final_patch")
+    __slots__ = ("resolved", "tests_passed", "tests_total", "reward", "failure_category", "failure_detail", "final_patch", "reward_detail")
     RESOLVED_FIELD_NUMBER: _ClassVar[int]
     TESTS_PASSED_FIELD_NUMBER: _ClassVar[int]
     TESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -360,6 +360,7 @@ class Outcome(_message.Message):
     FAILURE_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     FAILURE_DETAIL_FIELD_NUMBER: _ClassVar[int]
     FINAL_PATCH_FIELD_NUMBER: _ClassVar[int]
+    REWARD_DETAIL_FIELD_NUMBER: _ClassVar[int]
     resolved: bool
     tests_passed: int
     tests_total: int
@@ -367,7 +368,58 @@ class Outcome(_message.Message):
     failure_category: FailureCategory
     failure_detail: str
     final_patch: str
-    def __init__(self, resolved: _Optional[bool] = ..., tests_passed: _Optional[int] = ..., tests_total: _Optional[int] = ..., reward: _Optional[float] = ..., failure_category: _Optional[_Union[FailureCategory, str]] = ..., failure_detail: _Optional[str] = ..., final_patch: _Optional[str] = ...) -> None: ...
+    reward_detail: EpisodeReward
+    def __init__(self, resolved: _Optional[bool] = ..., tests_passed: _Optional[int] = ..., tests_total: _Optional[int] = ..., reward: _Optional[float] = ..., failure_category: _Optional[_Union[FailureCategory, str]] = ..., failure_detail: _Optional[str] = ..., final_patch: _Optional[str] = ..., reward_detail: _Optional[_Union[EpisodeReward, _Mapping]] = ...) -> None: ...
+
+class RewardWeights(_message.Message):
+    __slots__ = ("correctness", "test_runs", "tool_use", "debug_penalty", "format_penalty", "integrity", "max_penalised")
+    CORRECTNESS_FIELD_NUMBER: _ClassVar[int]
+    TEST_RUNS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_USE_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    INTEGRITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_PENALISED_FIELD_NUMBER: _ClassVar[int]
+    correctness: float
+    test_runs: float
+    tool_use: float
+    debug_penalty: float
+    format_penalty: float
+    integrity: float
+    max_penalised: int
+    def __init__(self, correctness: _Optional[float] = ..., test_runs: _Optional[float] = ..., tool_use: _Optional[float] = ..., debug_penalty: _Optional[float] = ..., format_penalty: _Optional[float] = ..., integrity: _Optional[float] = ..., max_penalised: _Optional[int] = ...) -> None: ...
+
+class RewardComponents(_message.Message):
+    __slots__ = ("correctness", "test_runs", "tool_use", "debug_attempts", "parse_errors")
+    CORRECTNESS_FIELD_NUMBER: _ClassVar[int]
+    TEST_RUNS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_USE_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    PARSE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    correctness: float
+    test_runs: float
+    tool_use: float
+    debug_attempts: float
+    parse_errors: float
+    def __init__(self, correctness: _Optional[float] = ..., test_runs: _Optional[float] = ..., tool_use: _Optional[float] = ..., debug_attempts: _Optional[float] = ..., parse_errors: _Optional[float] = ...) -> None: ...
+
+class EpisodeReward(_message.Message):
+    __slots__ = ("total", "masked", "masked_reason", "components", "weights", "rule", "integrity")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FIELD_NUMBER: _ClassVar[int]
+    MASKED_REASON_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    INTEGRITY_FIELD_NUMBER: _ClassVar[int]
+    total: float
+    masked: bool
+    masked_reason: str
+    components: RewardComponents
+    weights: RewardWeights
+    rule: str
+    integrity: bool
+    def __init__(self, total: _Optional[float] = ..., masked: _Optional[bool] = ..., masked_reason: _Optional[str] = ..., components: _Optional[_Union[RewardComponents, _Mapping]] = ..., weights: _Optional[_Union[RewardWeights, _Mapping]] = ..., rule: _Optional[str] = ..., integrity: _Optional[bool] = ...) -> None: ...
 
 class SandboxRef(_message.Message):
     __slots__ = ("backend", "image", "runner_version")
