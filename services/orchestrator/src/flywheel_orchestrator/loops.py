@@ -65,7 +65,9 @@ from flywheel_common.objectstore import ObjectStore
 from flywheel_orchestrator import validation as check
 from flywheel_orchestrator.evaluations import EvaluationManager
 from flywheel_orchestrator.model import ModelClient
-from flywheel_orchestrator.report import loop_markdown
+from flywheel_orchestrator.report import loop_markdown, rl_markdown, rl_plot
+from flywheel_orchestrator.rl import RlStages
+from flywheel_orchestrator.rl import validate as validate_rl
 from flywheel_orchestrator.runs import PRODUCER, RunManager
 from flywheel_orchestrator.settings import OrchestratorSettings
 
@@ -86,6 +88,7 @@ OUTPUT_ONLY = (
     "create_time",
     "start_time",
     "end_time",
+    "iterations",
 )
 
 #: (durable consumer, subject filter) of the events that move loops.
@@ -179,9 +182,17 @@ def terminal_events(loop: lpb.Loop) -> list[Announcement]:
     out = []
     if loop.state == SUCCEEDED and loop.HasField("gate_result"):
         gate = loop.gate_result
-        name, _, version = artefact(
-            next(s for s in loop.stages if s.stage == S.LOOP_STAGE_HOT_LOAD), common_pb2.RESOURCE_KIND_ADAPTER
-        ).partition("/")
+        # The candidate's hot-load (an RL loop has one per iteration; the newest is the candidate's
+        # unless its last iteration trained nothing).
+        loads = [
+            artefact(s, common_pb2.RESOURCE_KIND_ADAPTER)
+            for s in loop.stages
+            if s.stage == S.LOOP_STAGE_HOT_LOAD
+        ]
+        chosen = next(
+            (a for a in reversed(loads) if loop.candidate_model.endswith(a.replace("/", "-v"))), loads[-1]
+        )
+        name, _, version = chosen.partition("/")
         adapter = trpb.AdapterRef(
             name=name, version=int(version or 0), object_prefix=f"adapters/{name}/v{version}/"
         )
@@ -260,6 +271,8 @@ class LoopManager:
             S.LOOP_STAGE_EVALUATION: self._after_evaluation,
             S.LOOP_STAGE_GATE: self._gate,
         }
+        #: The stage table of RL loops (``rl.py``): the same stages, repeated per iteration.
+        self.rl = RlStages(self)
         #: Seconds a stage may last (0: no limit), from the settings.
         self.timeouts: dict[int, float] = {
             S.LOOP_STAGE_ROLLOUTS: settings.loop_rollouts_timeout_s,
@@ -346,7 +359,22 @@ class LoopManager:
             )
         train = check.tasks(suite, common_pb2.TASK_SPLIT_TRAIN, loop.train_task_ids, path, "train_task_ids")
         test = check.tasks(suite, common_pb2.TASK_SPLIT_TEST, loop.test_task_ids, path, "test_task_ids")
-        check.teacher(loop.teacher_kind, loop.teacher_model, train, path, "teacher_model")
+        if loop.kind not in (0, S.LOOP_KIND_IMITATION, S.LOOP_KIND_RL):
+            raise InvalidArgument(f"{path}.kind", f"unknown loop kind {loop.kind}")
+        if loop.kind == S.LOOP_KIND_RL:
+            validate_rl(loop, self.settings.max_rollouts_per_task, path)
+            if loop.teacher_model or loop.teacher_kind not in (0, tpb.TEACHER_KIND_MODEL):
+                raise InvalidArgument(
+                    f"{path}.teacher_model",
+                    "an RL loop rolls out its own policy (the base, rl.init_adapter or the warm start): "
+                    "leave teacher_kind and teacher_model unset",
+                )
+            if loop.rl.sft_warm_start:
+                check.teacher(tpb.TEACHER_KIND_REFERENCE, "", train, path, "rl.sft_warm_start")
+        else:
+            if loop.HasField("rl"):
+                raise InvalidArgument(f"{path}.rl", "only for loops of kind RL")
+            check.teacher(loop.teacher_kind, loop.teacher_model, train, path, "teacher_model")
         check.counts(
             path,
             rollouts_per_task=loop.rollouts_per_task,
@@ -431,10 +459,11 @@ class LoopManager:
         async with job.lock:
             if job.terminal or self._stopping:
                 return
+            handlers = self.rl.handlers if job.resource.kind == S.LOOP_KIND_RL else self.handlers
             try:
-                for _ in range(len(self.handlers)):  # at most one pass per stage
+                for _ in range(2 * len(handlers)):  # a few passes at most (RL: into the next iteration)
                     cur = current(job.resource)
-                    handler = self.handlers[cur.stage if cur is not None else S.LOOP_STAGE_UNSPECIFIED]
+                    handler = handlers[cur.stage if cur is not None else S.LOOP_STAGE_UNSPECIFIED]
                     if not await handler(job, cur, event):
                         self._check_timeout(job)
                         break
@@ -593,6 +622,19 @@ class LoopManager:
         event) the gateway's model list is polled every ``loop_hot_load_poll_s``."""
         assert cur is not None
         loop = job.resource
+        if not await self._loaded(job, cur, event):
+            return False
+        evaluation = await self.evaluations.create(
+            self._evaluation(loop), f"{loop.id}-evaluation", loop_id=loop.id
+        )
+        await self._begin(
+            job, S.LOOP_STAGE_EVALUATION, self._ref(common_pb2.RESOURCE_KIND_EVALUATION, evaluation.id)
+        )
+        return True
+
+    async def _loaded(self, job: LoopJob, cur: lpb.LoopStageStatus, event: object | None) -> bool:
+        """Whether the hot-load stage's adapter is served; polls again later when not yet."""
+        loop = job.resource
         name, _, version = artefact(cur, common_pb2.RESOURCE_KIND_ADAPTER).partition("/")
         if (
             isinstance(event, events_pb2.AdapterLoadFailed)
@@ -614,12 +656,6 @@ class LoopManager:
         if not loaded:
             self.retry_later(job, self.settings.loop_hot_load_poll_s)
             return False
-        evaluation = await self.evaluations.create(
-            self._evaluation(loop), f"{loop.id}-evaluation", loop_id=loop.id
-        )
-        await self._begin(
-            job, S.LOOP_STAGE_EVALUATION, self._ref(common_pb2.RESOURCE_KIND_EVALUATION, evaluation.id)
-        )
         return True
 
     async def _after_evaluation(
@@ -728,8 +764,17 @@ class LoopManager:
     async def _write_report(self, loop: lpb.Loop, e: epb.Evaluation) -> None:
         key = f"reports/{loop.id}/loop.md"
         loop.report.key = key
-        text = loop_markdown(loop, e).encode()
-        await asyncio.to_thread(self.store.put, key, text, content_type="text/markdown", overwrite=True)
+        text = loop_markdown(loop, e)
+        if loop.kind == S.LOOP_KIND_RL:
+            png = await asyncio.to_thread(rl_plot, loop)
+            if png:
+                await asyncio.to_thread(
+                    self.store.put, f"reports/{loop.id}/rl.png", png, content_type="image/png", overwrite=True
+                )
+            text += "\n" + rl_markdown(loop, with_plot=bool(png))
+        await asyncio.to_thread(
+            self.store.put, key, text.encode(), content_type="text/markdown", overwrite=True
+        )
 
     async def _cancel_artefacts(self, status: lpb.LoopStageStatus) -> None:
         for ref in status.artefacts:

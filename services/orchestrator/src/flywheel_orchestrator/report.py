@@ -167,3 +167,70 @@ def loop_markdown(loop, e: epb.Evaluation) -> str:
         )
     lines += ["", "## Evaluation", "", to_markdown(e)]
     return "\n".join(lines)
+
+
+def rl_markdown(loop: Any, *, with_plot: bool) -> str:
+    """An RL loop's iterations: rewards of the rollouts, masking, training figures, evaluations."""
+    lines = ["## RL iterations", ""]
+    if with_plot:
+        lines += ["![reward per iteration and held-out pass rate](rl.png)", ""]
+    lines += [
+        "| iteration | policy | episodes | masked | reward mean ± std | train pass rate | adapter | "
+        "KL | clip | TEST pass rate (start) |",
+        "|---:|---|---:|---:|---|---:|---|---:|---:|---|",
+    ]
+    for it in loop.iterations:
+        extra = it.train_metrics.extra
+        adapter = (
+            f"{it.adapter.name}/v{it.adapter.version}"
+            if it.adapter.name
+            else ("— (no reward spread)" if it.index and it.run_id and not it.dataset_build_id else "")
+        )
+        evaluated = (
+            f"{it.eval_pass_rate:.2f} ({it.eval_baseline_pass_rate:.2f})"
+            if it.HasField("eval_pass_rate")
+            else ""
+        )
+        lines.append(
+            f"| {it.index}{' (SFT warm start)' if it.index == 0 else ''} | {it.policy_model or 'reference'} "
+            f"| {it.episodes} | {it.masked_episodes} | {it.reward_mean:.3f} ± {it.reward_std:.3f} "
+            f"| {it.train_pass_rate:.2f} | {adapter} | {extra.get('kl', float('nan')):.4f} "
+            f"| {extra.get('clip_ratio/region_mean', float('nan')):.3f} | {evaluated} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def rl_plot(loop: Any) -> bytes:
+    """Reward of the rollouts per iteration (mean ± std) and the held-out pass rates; empty
+    when there is nothing to plot."""
+    rows = [it for it in loop.iterations if it.index > 0 and it.episodes]
+    if not rows:
+        return b""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    xs = [it.index for it in rows]
+    means = [it.reward_mean for it in rows]
+    stds = [it.reward_std for it in rows]
+    left.errorbar(xs, means, yerr=stds, marker="o", capsize=3)
+    left.set_xlabel("iteration")
+    left.set_title("rollout reward (mean ± std)", fontsize=9)
+    evaluated = [it for it in loop.iterations if it.HasField("eval_pass_rate")]
+    if evaluated:
+        right.plot([it.index for it in evaluated], [it.eval_pass_rate for it in evaluated], marker="o",
+                   label="policy")  # fmt: skip
+        right.plot([it.index for it in evaluated], [it.eval_baseline_pass_rate for it in evaluated],
+                   marker="s", linestyle="--", label="starting policy")  # fmt: skip
+        right.legend(fontsize=8)
+    right.set_ylim(-0.02, 1.02)
+    right.set_xlabel("iteration")
+    right.set_title("TEST pass rate", fontsize=9)
+    fig.suptitle(f"RL loop {loop.id} · {loop.suite}", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

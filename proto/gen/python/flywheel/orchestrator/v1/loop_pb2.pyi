@@ -64,20 +64,22 @@ GATE_DECISION_PROMOTE: GateDecision
 GATE_DECISION_REJECT: GateDecision
 
 class RlLoopConfig(_message.Message):
-    __slots__ = ("iterations", "samples_per_task", "eval_every", "sft_warm_start", "sft_hyperparameters", "init_adapter")
+    __slots__ = ("iterations", "samples_per_task", "eval_every", "sft_warm_start", "sft_hyperparameters", "init_adapter", "temperature")
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_PER_TASK_FIELD_NUMBER: _ClassVar[int]
     EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
     SFT_WARM_START_FIELD_NUMBER: _ClassVar[int]
     SFT_HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
     INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     iterations: int
     samples_per_task: int
     eval_every: int
     sft_warm_start: bool
     sft_hyperparameters: _trainer_pb2.Hyperparameters
     init_adapter: str
-    def __init__(self, iterations: _Optional[int] = ..., samples_per_task: _Optional[int] = ..., eval_every: _Optional[int] = ..., sft_warm_start: _Optional[bool] = ..., sft_hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., init_adapter: _Optional[str] = ...) -> None: ...
+    temperature: float
+    def __init__(self, iterations: _Optional[int] = ..., samples_per_task: _Optional[int] = ..., eval_every: _Optional[int] = ..., sft_warm_start: _Optional[bool] = ..., sft_hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., init_adapter: _Optional[str] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class RlIteration(_message.Message):
     __slots__ = ("index", "policy_model", "policy", "run_id", "dataset_build_id", "dataset_id", "fine_tune_job_id", "adapter", "episodes", "masked_episodes", "reward_mean", "reward_std", "train_pass_rate", "evaluation_id", "eval_pass_rate", "eval_baseline_pass_rate", "stage", "state", "train_metrics")
