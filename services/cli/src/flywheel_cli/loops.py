@@ -1,4 +1,4 @@
-"""``flywheel loop list|show|watch|cancel``: automated improvement loops on the orchestrator.
+"""``flywheel loop create|list|show|watch|cancel``: automated improvement loops on the orchestrator.
 
 A loop runs in the services and moves on NATS events (rollouts, dataset, fine-tune, hot-load,
 evaluation, gate); these commands only look at it. :class:`Follower` polls a loop and the job of
@@ -28,6 +28,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1.orchestrator_pb2_grpc import OrchestratorServiceStub
 from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
+from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_cli import rpc
 from flywheel_cli.render import console, enum_name, out
 from flywheel_common.jobs import TERMINAL
@@ -168,8 +169,178 @@ def gate_decision(loop: lpb.Loop) -> str:
 @rpc.connection_options(rpc.ORCHESTRATOR)
 @click.pass_context
 def loop_cmd(ctx: click.Context, address: str | None, state_dir: Path) -> None:
-    """Look at automated loops (started by `flywheel demo` or CreateLoop)."""
+    """Start automated loops (imitation or RL) and look at them."""
     rpc.remember_connection(ctx, address, state_dir)
+
+
+METHODS = {
+    "sft": trpb.FINE_TUNE_METHOD_SFT,
+    "dpo": trpb.FINE_TUNE_METHOD_DPO,
+    "grpo": trpb.FINE_TUNE_METHOD_GRPO,
+}
+GATE_METRICS = {
+    "pass_rate": lpb.GATE_METRIC_PASS_RATE,
+    "parse_errors": lpb.GATE_METRIC_PARSE_ERRORS_PER_EPISODE,
+    "write_rate": lpb.GATE_METRIC_WRITE_RATE,
+    "loop_detections": lpb.GATE_METRIC_LOOP_DETECTIONS_PER_EPISODE,
+}
+
+
+def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
+    """A Loop from a JSON spec (proto field names) with the command line's options over it."""
+    loop = lpb.Loop()
+    if spec:
+        try:
+            json_format.ParseDict(spec, loop)
+        except json_format.ParseError as err:
+            raise click.BadParameter(str(err), param_hint="--from-json") from None
+    plain = {"suite": "suite", "base_model": "base_model", "adapter_name": "adapter_name",
+             "incumbent": "incumbent_model", "teacher_model": "teacher_model"}  # fmt: skip
+    for opt, fld in plain.items():
+        if opts.get(opt):
+            setattr(loop, fld, opts[opt])
+    if opts.get("kind"):
+        loop.kind = lpb.LOOP_KIND_RL if opts["kind"] == "rl" else lpb.LOOP_KIND_IMITATION
+    if opts.get("reference"):
+        loop.teacher_kind = tpb.TEACHER_KIND_REFERENCE
+    if opts.get("method"):
+        loop.method = METHODS[opts["method"]]
+    if opts.get("train_tasks"):
+        loop.train_task_ids[:] = opts["train_tasks"]
+    if opts.get("test_tasks"):
+        loop.test_task_ids[:] = opts["test_tasks"]
+    if opts.get("rollouts"):
+        loop.rollouts_per_task = opts["rollouts"]
+    if opts.get("eval_rollouts"):
+        loop.eval_rollouts_per_task = opts["eval_rollouts"]
+    if opts.get("gate_metric"):
+        loop.gate.metric = GATE_METRICS[opts["gate_metric"]]
+    if opts.get("gate_margin") is not None:
+        loop.gate.margin = opts["gate_margin"]
+    hp = loop.hyperparameters
+    if opts.get("max_steps"):
+        hp.max_steps = opts["max_steps"]
+    if opts.get("learning_rate"):
+        hp.learning_rate = opts["learning_rate"]
+    if opts.get("lora_rank"):
+        hp.lora.rank = opts["lora_rank"]
+    if opts.get("kl_beta") is not None:
+        hp.grpo.kl_beta = opts["kl_beta"]
+    rl = loop.rl
+    if opts.get("iterations"):
+        rl.iterations = opts["iterations"]
+    if opts.get("samples_per_task"):
+        rl.samples_per_task = opts["samples_per_task"]
+    if opts.get("eval_every"):
+        rl.eval_every = opts["eval_every"]
+    if opts.get("sft_warm_start"):
+        rl.sft_warm_start = True
+    if opts.get("init_adapter"):
+        rl.init_adapter = opts["init_adapter"]
+    if opts.get("rl_temperature") is not None:
+        rl.temperature = opts["rl_temperature"]
+    if loop.kind != lpb.LOOP_KIND_RL and loop.HasField("rl") and rl.ByteSize() == 0:
+        loop.ClearField("rl")
+    return loop
+
+
+@loop_cmd.command("create")
+@click.option("--from-json", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A Loop as JSON (proto field names); the options below override its fields.")  # fmt: skip
+@click.option(
+    "--kind", type=click.Choice(["imitation", "rl"]), default=None, help="What the loop learns from."
+)
+@click.option("--suite", default=None, help="Task suite (TRAIN for rollouts, TEST for evaluations).")
+@click.option("--base-model", default=None, help="Trainer base model, e.g. gemma-3-270m.")
+@click.option("--adapter-name", default=None, help="Name the adapters are published under.")
+@click.option("--incumbent", default=None, help="Gateway model the candidate must beat (default: the base).")
+@click.option("--teacher-model", default=None, help="Imitation: the gateway model that plays the rollouts.")
+@click.option("--reference", is_flag=True, help="Imitation: the tasks' reference fixes play the rollouts.")
+@click.option("--method", type=click.Choice(sorted(METHODS)), default=None, help="Training objective.")
+@click.option("--train-task", "train_tasks", multiple=True, help="TRAIN task id (repeatable; default all).")
+@click.option("--test-task", "test_tasks", multiple=True, help="TEST task id (repeatable; default all).")
+@click.option("--rollouts", type=int, default=0, help="Imitation: rollouts per train task.")
+@click.option("--eval-rollouts", type=int, default=0, help="Episodes per test task and model in evaluations.")
+@click.option(
+    "--gate-metric", type=click.Choice(sorted(GATE_METRICS)), default=None, help="What the gate compares."
+)
+@click.option("--gate-margin", type=float, default=None, help="Improvement the candidate needs (>= 0).")
+@click.option(
+    "--max-steps", type=int, default=0, help="Optimizer steps per fine-tune (0 = the trainer's rule)."
+)
+@click.option("--learning-rate", type=float, default=0.0, help="Peak learning rate of each fine-tune.")
+@click.option("--lora-rank", type=int, default=0, help="LoRA rank.")
+@click.option("--kl-beta", type=float, default=None, help="RL: KL penalty to the starting policy.")
+@click.option("--iterations", type=int, default=0, help="RL: GRPO iterations.")
+@click.option(
+    "--samples-per-task", type=int, default=0, help="RL: episodes per train task per iteration (G)."
+)
+@click.option(
+    "--eval-every", type=int, default=0, help="RL: evaluate every M iterations (and after the last)."
+)
+@click.option("--sft-warm-start", is_flag=True, help="RL: SFT on reference demonstrations first.")
+@click.option("--init-adapter", default=None, help="RL: start from this adapter, NAME/vN.")
+@click.option(
+    "--rl-temperature", type=float, default=None, help="RL: sampling temperature of rollouts (1.0)."
+)
+@click.option("--request-id", default="", help="Idempotency key: a retry with it returns the same loop.")
+@click.option("--watch/--no-watch", default=True, show_default=True, help="Follow it to the end.")
+@click.pass_context
+def loop_create(
+    ctx: click.Context, /, spec_file: Path | None, request_id: str, watch: bool, **opts: Any
+) -> None:
+    """Start a loop: `flywheel loop create --kind rl --suite io-problems --base-model M --adapter-name A
+    --iterations 10 --samples-per-task 8`, or `--from-json loop.json` for every field (episode
+    settings, hyperparameters, recipe parameters…). Prints the loop id; follows it unless --no-watch."""
+    import json
+
+    spec = json.loads(spec_file.read_text()) if spec_file else {}
+    loop = build_loop(spec, opts)
+    with rpc.stub(ctx, rpc.ORCHESTRATOR, OrchestratorServiceStub) as stub:
+        created = stub.CreateLoop(opb.CreateLoopRequest(loop=loop, request_id=request_id)).loop
+        kind = "RL" if created.kind == lpb.LOOP_KIND_RL else "imitation"
+        console.print(f"started {kind} loop [bold]{created.id}[/] on {created.suite} ({created.base_model})")
+        out.print(created.id, soft_wrap=True)
+        if watch:
+            final = watch_loop(stub, created.id)
+            if final is not None and final.state != common_pb2.JOB_STATE_SUCCEEDED:
+                raise SystemExit(1)
+
+
+def iteration_line(it: lpb.RlIteration) -> str:
+    """One RL iteration on one line: its policy, rewards and, when evaluated, the TEST pass rates."""
+    text = (
+        f"iteration {it.index}{' (SFT warm start)' if it.index == 0 else ''} · {stage_name(it.stage)} · "
+        f"{it.policy_model or 'reference'}"
+    )
+    if it.episodes:
+        text += (
+            f" · reward {it.reward_mean:+.3f} ± {it.reward_std:.3f} over {it.episodes - it.masked_episodes}"
+        )
+        if it.masked_episodes:
+            text += f" ({it.masked_episodes} masked)"
+    if it.adapter.name:
+        text += f" → {it.adapter.name}/v{it.adapter.version}"
+    if it.HasField("eval_pass_rate"):
+        text += f" · TEST pass rate {it.eval_pass_rate:.2f} (start {it.eval_baseline_pass_rate:.2f})"
+    return text
+
+
+def watch_loop(stub: OrchestratorServiceStub, loop_id: str) -> lpb.Loop | None:
+    """Print a line at each stage change (and each RL iteration's figures) until the loop ends."""
+    lp: lpb.Loop | None = None
+    shown: dict[int, str] = {}
+    for update in stub.WatchLoop(opb.WatchLoopRequest(loop_id=loop_id)):
+        lp = update.loop
+        console.print(f"{time.strftime('%H:%M:%S')} stage {stage_name(lp.stage)} · {state_name(lp.state)}")
+        for it in lp.iterations:
+            line = iteration_line(it)
+            if shown.get(it.index) != line:
+                shown[it.index] = line
+                console.print(f"  {line}", highlight=False)
+    if lp is not None:
+        out.print(f"gate: {lp.gate_result.reason}" if lp.HasField("gate_result") else lp.error.message)
+    return lp
 
 
 @loop_cmd.command("list")
@@ -212,16 +383,9 @@ def loop_show(ctx: click.Context, loop_id: str, as_json: bool) -> None:
 @click.argument("loop_id")
 @click.pass_context
 def loop_watch(ctx: click.Context, loop_id: str) -> None:
-    """Print a line at each stage change until the loop ends."""
-    lp: lpb.Loop | None = None
+    """Print a line at each stage change (RL loops: each iteration's figures) until the loop ends."""
     with rpc.stub(ctx, rpc.ORCHESTRATOR, OrchestratorServiceStub) as stub:
-        for update in stub.WatchLoop(opb.WatchLoopRequest(loop_id=loop_id)):
-            lp = update.loop
-            console.print(
-                f"{time.strftime('%H:%M:%S')} stage {stage_name(lp.stage)} · {state_name(lp.state)}"
-            )
-    if lp is not None:
-        out.print(f"gate: {lp.gate_result.reason}" if lp.HasField("gate_result") else lp.error.message)
+        watch_loop(stub, loop_id)
 
 
 @loop_cmd.command("cancel")
