@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from flywheel_cli.stack import Stack
 from flywheel_common.adapter_digest import folder_digest
 from flywheel_common.events import Event, EventBus, NatsSettings
 from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
+from flywheel_testing.stack import address, long_context, running_stack
 from flywheel_testing.trainer import SFT_ROWS, build_tiny_model, wait_for, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,44 +41,16 @@ DATASET = "ds-ident00000000001"
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nats_settings: NatsSettings) -> Iterator[Stack]:
-    state = tmp_path / "state"
-    for key in list(os.environ):
-        if key.startswith("FLYWHEEL_"):
-            monkeypatch.delenv(key)
-    env = {
-        "FLYWHEEL_NATS_URL": nats_settings.url,
-        "FLYWHEEL_OBJECT_STORE_BACKEND": "fs",
-        "FLYWHEEL_OBJECT_STORE_ROOT": str(state / "objects"),
-        "FLYWHEEL_MODEL_SERVER_BASE_MODEL": BASE,
-        "FLYWHEEL_MODEL_SERVER_DEVICE": "cpu",
-        "FLYWHEEL_MODEL_SERVER_TORCH_THREADS": "1",
-        "FLYWHEEL_MODEL_SERVER_CACHE_DIR": str(state / "model-cache"),
-        "FLYWHEEL_GATEWAY_BASE_MODELS": json.dumps([BASE]),
-        "FLYWHEEL_TRAINER_STATE_DIR": str(state / "trainer"),
-        "FLYWHEEL_TRAJECTORY_INDEX_DIR": str(state / "trajectory-index"),
-        "FLYWHEEL_ORCHESTRATOR_SUITE_DIRS": json.dumps([str(MINI)]),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    store = open_object_store(ObjectStoreSettings(backend="fs", root=state / "objects"))
-    store.ensure_ready()
-    from flywheel_trainer.catalog import register_base_model
-
     corpus = [p.read_text() for p in MINI.rglob("*") if p.is_file()] + [json.dumps(r) for r in SFT_ROWS]
     folder = build_tiny_model(tmp_path / "base", corpus * 4, with_template=True)
-    config = json.loads((folder / "config.json").read_text())
-    config["max_position_embeddings"] = 8192  # whole episodes fit
-    (folder / "config.json").write_text(json.dumps(config))
-    register_base_model(store, folder, BASE, "tiny test model")
-    write_dataset(store, DATASET, "SFT", SFT_ROWS)
-    s = Stack(state, grace_s=5.0)
-    s.start(timeout_s=120)
-    yield s
-    s.stop()
-
-
-def address(stack: Stack, name: str) -> str:
-    return next(c.address for c in stack.children if c.component.name == name)
+    long_context(folder)
+    state = tmp_path / "state"
+    with running_stack(
+        state, monkeypatch, nats_settings.url, base=BASE, base_folder=folder, suite_dirs=[MINI]
+    ) as s:
+        store = open_object_store(ObjectStoreSettings(backend="fs", root=state / "objects"))
+        write_dataset(store, DATASET, "SFT", SFT_ROWS)
+        yield s
 
 
 async def test_trajectories_carry_the_digest_of_the_adapter_that_answered(

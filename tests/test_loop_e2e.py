@@ -14,8 +14,6 @@ rule gives on the evaluation's measured metrics.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +34,8 @@ from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_cli.stack import Stack
 from flywheel_common.events import Event, EventBus, NatsSettings
-from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
 from flywheel_orchestrator.loops import decide
+from flywheel_testing.stack import address, long_context, running_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "services" / "orchestrator" / "tests" / "fixtures" / "mini"
@@ -57,50 +55,22 @@ def build_base_model(folder: Path) -> Path:
         "[tests]",
     ]
     build_tiny_model(folder, corpus * 4, with_template=True)
-    config = json.loads((folder / "config.json").read_text())
-    config["max_position_embeddings"] = 8192  # whole episodes fit; rope needs no table
-    (folder / "config.json").write_text(json.dumps(config))
+    long_context(folder)
     return folder
 
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nats_settings: NatsSettings) -> Iterator[Stack]:
     """The whole stack; it depends on nats_settings, which empties the streams first (not after)."""
-    nats_url = nats_settings.url
-    state = tmp_path / "state"
-    for key in list(os.environ):
-        if key.startswith("FLYWHEEL_"):
-            monkeypatch.delenv(key)
-    env = {
-        "FLYWHEEL_NATS_URL": nats_url,
-        "FLYWHEEL_OBJECT_STORE_BACKEND": "fs",
-        "FLYWHEEL_OBJECT_STORE_ROOT": str(state / "objects"),
-        "FLYWHEEL_MODEL_SERVER_BASE_MODEL": BASE,
-        "FLYWHEEL_MODEL_SERVER_DEVICE": "cpu",
-        "FLYWHEEL_MODEL_SERVER_TORCH_THREADS": "1",
-        "FLYWHEEL_MODEL_SERVER_CACHE_DIR": str(state / "model-cache"),
-        "FLYWHEEL_GATEWAY_BASE_MODELS": json.dumps([BASE]),
-        "FLYWHEEL_TRAINER_STATE_DIR": str(state / "trainer"),
-        "FLYWHEEL_TRAJECTORY_INDEX_DIR": str(state / "trajectory-index"),
-        "FLYWHEEL_ORCHESTRATOR_SUITE_DIRS": json.dumps([str(MINI)]),
-        "FLYWHEEL_ORCHESTRATOR_LOOP_HOT_LOAD_POLL_S": "1",
-        "FLYWHEEL_DATASET_DEFAULT_BASE_MODEL": BASE,
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    store = open_object_store(ObjectStoreSettings(backend="fs", root=state / "objects"))
-    store.ensure_ready()
-    from flywheel_trainer.catalog import register_base_model
-
-    register_base_model(store, build_base_model(tmp_path / "base"), BASE, "tiny test model")
-    s = Stack(state, grace_s=5.0)
-    s.start(timeout_s=120)
-    yield s
-    s.stop()
-
-
-def address(stack: Stack, name: str) -> str:
-    return next(c.address for c in stack.children if c.component.name == name)
+    with running_stack(
+        tmp_path / "state",
+        monkeypatch,
+        nats_settings.url,
+        base=BASE,
+        base_folder=build_base_model(tmp_path / "base"),
+        suite_dirs=[MINI],
+    ) as s:
+        yield s
 
 
 async def record(bus: EventBus) -> list[Event]:

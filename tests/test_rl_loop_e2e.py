@@ -1,0 +1,272 @@
+"""An RL loop end to end, through every real service, with a crash in the middle: the policy's own
+episodes in the real sandbox → rewards → `grpo_groups` → GRPO from the current adapter → publish →
+hot-load (digest checked) → the next iteration samples the new version → evaluation → gate.
+
+The reward must be learnable in two iterations on a CPU, so the task and the model are shaped
+for it. The suite `rl-mini` holds three I/O problems that the same one-line program solves (two
+on TRAIN, one on TEST). The tiny model's tokenizer is word-level with two whole answers as added
+tokens — the right program as a final answer, and a wrong one — and the model is first taught to
+answer with the right one about 30% of the time and the wrong one about 70%. An episode is one
+turn of one token: the right answer resolves the task (reward 1.0), the wrong one fails it
+(0.0), anything else is a parse error (-0.1). Everything after that is the product: the model
+server samples at temperature 1 and returns token ids and log-probs, the orchestrator stores them
+with rewards, the builder groups and normalises, the trainer runs TRL's GRPO loss on them.
+
+Checked: two iterations, each with exactly one run, dataset, GRPO job and adapter (after a
+SIGKILL of the orchestrator during iteration 2); iteration 2 samples version 1 and its dataset
+and job are pinned to version 1's digest; the stored turns carry token ids and rewards; the
+probability of the right answer rises at every version (measured by loading each adapter); the
+mean rollout reward rises; the gate decides by its rule on the evaluation's figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from flywheel.common.v1 import common_pb2
+from flywheel.dataset.v1 import dataset_pb2 as dpb
+from flywheel.dataset.v1 import dataset_pb2_grpc
+from flywheel.orchestrator.v1 import loop_pb2 as lpb
+from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
+from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, run_pb2
+from flywheel.trainer.v1 import trainer_pb2 as trpb
+from flywheel.trainer.v1 import trainer_pb2_grpc
+from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_cli.stack import Stack
+from flywheel_common.events import NatsSettings
+from flywheel_orchestrator.loops import decide
+from flywheel_testing.stack import address, long_context, running_stack
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "tests" / "fixtures" / "rl-mini"
+BASE = "tiny-rl"
+RIGHT = '{"type":"final","code":"print(2*int(input()))"}'
+WRONG = '{"type":"final","code":"print(int(input()))"}'
+MARKERS = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>"]
+WORDS = "read an integer n and print the on input given output two times".split()
+START_P_RIGHT = 0.3
+
+
+def prompts(tokenizer: Any) -> list[list[int]]:
+    """The token ids of the first turn of every task's episode, as the model server renders it."""
+    from flywheel_model_server.templates import DEFAULT_TOOL_CHAT_TEMPLATE
+    from flywheel_orchestrator import protocol as proto
+    from flywheel_orchestrator.suites import load_folder
+
+    out = []
+    for task in load_folder(SUITE).tasks.values():
+        messages = [
+            {"role": "system", "content": proto.system_prompt(task, proto.effective_protocol(task, 0))},
+            {"role": "user", "content": proto.task_prompt(task)},
+        ]
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=DEFAULT_TOOL_CHAT_TEMPLATE, add_generation_prompt=True, tokenize=False
+        )
+        out.append(tokenizer(text, add_special_tokens=False).input_ids)
+    return out
+
+
+def build_policy_model(folder: Path) -> Path:
+    """A tiny Llama that answers RIGHT ~30% and WRONG ~70% of the time on the suite's prompts."""
+    import torch
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from flywheel_model_server.templates import DEFAULT_TOOL_CHAT_TEMPLATE
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", *WORDS])}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.add_tokens([AddedToken(t, normalized=False) for t in [*MARKERS, RIGHT, WRONG]])
+    tokenizer.chat_template = DEFAULT_TOOL_CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    right, wrong = tokenizer.convert_tokens_to_ids([RIGHT, WRONG])
+    batch = prompts(tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(300):
+        loss = torch.zeros(())
+        for ids in batch:
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
+            # The cross-entropy against a 30/70 mixture is lowest at exactly those probabilities.
+            loss = loss - START_P_RIGHT * logp[right] - (1 - START_P_RIGHT) * logp[wrong]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    p = p_right(model, tokenizer)
+    assert abs(p - START_P_RIGHT) < 0.08, f"the starting policy answers right with p={p:.2f}"
+    model.save_pretrained(folder)
+    long_context(folder)
+    return folder
+
+
+def p_right(model: Any, tokenizer: Any) -> float:
+    """The mean probability of answering RIGHT on the suite's prompts."""
+    import torch
+
+    right = tokenizer.convert_tokens_to_ids(RIGHT)
+    with torch.no_grad():
+        ps = [
+            torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)[right].item()
+            for ids in prompts(tokenizer)
+        ]
+    return sum(ps) / len(ps)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nats_settings: NatsSettings) -> Iterator[Stack]:
+    with running_stack(
+        tmp_path / "state",
+        monkeypatch,
+        nats_settings.url,
+        base=BASE,
+        base_folder=build_policy_model(tmp_path / "base"),
+        suite_dirs=[SUITE],
+    ) as s:
+        yield s
+
+
+LOOP = lpb.Loop(
+    kind=lpb.LOOP_KIND_RL,
+    suite="rl-mini",
+    base_model=BASE,
+    adapter_name="rl",
+    episode=run_pb2.EpisodeSettings(
+        limits=run_pb2.EpisodeLimits(max_iterations=1, max_consecutive_parse_errors=1),
+        sampling=common_pb2.SamplingParams(temperature=0, max_tokens=1),
+    ),
+    rl=lpb.RlLoopConfig(iterations=2, samples_per_task=8),
+    hyperparameters=trpb.Hyperparameters(
+        learning_rate=2e-2,
+        batch_size=8,
+        gradient_accumulation_steps=1,
+        max_seq_length=1024,
+        epochs=2,
+        lora=trpb.LoraConfig(rank=4, alpha=8),
+    ),
+    eval_rollouts_per_task=2,
+    gate=lpb.PromotionGate(metric=lpb.GATE_METRIC_PASS_RATE, margin=0.0),
+)
+
+
+@pytest.mark.slow
+async def test_rl_loop_learns_pins_versions_and_survives_a_crash(stack: Stack, tmp_path: Path) -> None:
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+        created = (await stub.CreateLoop(opb.CreateLoopRequest(loop=LOOP, request_id="rl-e2e"))).loop
+        deadline = time.monotonic() + 420
+        while True:  # until iteration 2's rollouts started
+            got = (await stub.GetLoop(opb.GetLoopRequest(loop_id=created.id))).loop
+            assert got.state != common_pb2.JOB_STATE_FAILED, got.error
+            if len(got.iterations) == 2:
+                break
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.2)
+    stack.restart("orchestrator", kill=True)  # SIGKILL mid-iteration, then start it again
+    async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+        final = None
+        async for update in stub.WatchLoop(opb.WatchLoopRequest(loop_id=created.id), timeout=600):
+            final = update.loop
+        assert final is not None and final.state == common_pb2.JOB_STATE_SUCCEEDED, final
+    print(f"RL loop finished in {time.monotonic() - started:.1f} s")
+    for it in final.iterations:
+        print(
+            f"iteration {it.index}: policy {it.policy_model}, reward {it.reward_mean:.3f} ± {it.reward_std:.3f}"
+            f" over {it.episodes} ({it.masked_episodes} masked), train pass rate {it.train_pass_rate:.2f},"
+            f" metrics {dict(it.train_metrics.extra)}"
+        )
+    await check(stack, final, tmp_path)
+
+
+async def check(stack: Stack, loop: lpb.Loop, tmp_path: Path) -> None:
+    one, two = loop.iterations
+    assert [one.index, two.index] == [1, 2]
+    assert one.policy_model == BASE and two.policy_model == "ft/rl-v1"
+    assert (one.adapter.name, one.adapter.version, two.adapter.version) == ("rl", 1, 2)
+    assert loop.candidate_model == "ft/rl-v2" and two.evaluation_id and not one.evaluation_id
+    async with (
+        grpc.aio.insecure_channel(address(stack, "orchestrator")) as och,
+        grpc.aio.insecure_channel(address(stack, "dataset-svc")) as dch,
+        grpc.aio.insecure_channel(address(stack, "trainer-svc")) as tch,
+        grpc.aio.insecure_channel(address(stack, "trajectory-store")) as sch,
+    ):
+        o = orchestrator_pb2_grpc.OrchestratorServiceStub(och)
+        runs = (await o.ListRuns(opb.ListRunsRequest(loop_id=loop.id))).runs
+        rollouts = sorted(
+            (r for r in runs if r.labels.get("rl_iteration")), key=lambda r: r.labels["rl_iteration"]
+        )
+        assert [r.id for r in rollouts] == [one.run_id, two.run_id], "one run per iteration, crash or not"
+        assert all(r.rollouts_per_task == 8 and r.episode.record_tokens for r in rollouts)
+        assert rollouts[1].adapter.adapter_id == "rl/v1" and rollouts[1].adapter.digest
+        tr = trainer_pb2_grpc.TrainerServiceStub(tch)
+        jobs = (await tr.ListFineTuneJobs(trpb.ListFineTuneJobsRequest(loop_id=loop.id))).jobs
+        jobs = sorted(jobs, key=lambda j: j.adapter.version)
+        assert [j.id for j in jobs] == [one.fine_tune_job_id, two.fine_tune_job_id]
+        assert all(j.method == trpb.FINE_TUNE_METHOD_GRPO for j in jobs)
+        assert [j.init_adapter for j in jobs] == ["", "rl/v1"]
+        v1 = (await tr.GetAdapter(trpb.GetAdapterRequest(name="rl", version=1))).adapter
+        assert rollouts[1].adapter.digest == v1.content_digest  # iteration 2 sampled exactly version 1
+        ds = dataset_pb2_grpc.DatasetServiceStub(dch)
+        d1 = (await ds.GetDataset(dpb.GetDatasetRequest(dataset_id=one.dataset_id))).dataset
+        d2 = (await ds.GetDataset(dpb.GetDatasetRequest(dataset_id=two.dataset_id))).dataset
+        assert d1.kind == dpb.DATASET_KIND_RL and not d1.rl_stats.policy.adapter_id
+        assert d2.rl_stats.policy.adapter_id == "rl/v1" and d2.rl_stats.policy.digest == v1.content_digest
+        assert d2.parameters["policy_digest"] == v1.content_digest
+        store = trajectory_pb2_grpc.TrajectoryServiceStub(sch)
+        listing = await store.ListTrajectories(
+            tpb.ListTrajectoriesRequest(filter=tpb.TrajectoryFilter(run_ids=[two.run_id]), page_size=100)
+        )
+        assert len(listing.trajectories) == 16
+        t = (
+            await store.GetTrajectory(tpb.GetTrajectoryRequest(trajectory_id=listing.trajectories[0].id))
+        ).trajectory
+        [turn] = [s for s in t.steps if s.role == tpb.ROLE_ASSISTANT]
+        assert len(turn.tokens.completion_token_ids) == 1 == len(turn.tokens.completion_logprobs)
+        assert turn.adapter.digest == v1.content_digest and t.outcome.HasField("reward_detail")
+        e = (await o.GetEvaluation(opb.GetEvaluationRequest(evaluation_id=two.evaluation_id))).evaluation
+    # Learning: the right answer's probability rises at every version, and so does the reward.
+    ps = probabilities(stack, tmp_path)
+    print(f"P(right answer): base {ps[0]:.3f}, v1 {ps[1]:.3f}, v2 {ps[2]:.3f}")
+    assert ps[0] < ps[1] < ps[2], ps
+    assert two.reward_mean > one.reward_mean, (one.reward_mean, two.reward_mean)
+    # The gate decided by its rule on the evaluation's figures.
+    metrics = {m.model: m for m in e.model_metrics}
+    expected = decide(loop.gate, metrics[BASE], metrics["ft/rl-v2"], e.id)
+    assert loop.gate_result.decision == expected.decision and loop.report.key
+
+
+def probabilities(stack: Stack, tmp_path: Path) -> list[float]:
+    """P(RIGHT) under the base and under each published version, loaded from the object store."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
+    from flywheel_trainer.storeio import download_dir
+
+    store = open_object_store(ObjectStoreSettings(backend="fs", root=stack.state_dir / "objects"))
+    base_dir = download_dir(store, f"base-models/{BASE}/", tmp_path / "check-base")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    out = [p_right(AutoModelForCausalLM.from_pretrained(base_dir).eval(), tokenizer)]
+    for version in (1, 2):
+        local = download_dir(store, f"adapters/rl/v{version}/", tmp_path / f"check-v{version}")
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), local).eval()
+        out.append(p_right(model, tokenizer))
+    return out
