@@ -57,4 +57,4 @@ async def test_a_gamed_fix_is_integrity_with_no_reward(
     assert not t.outcome.resolved
     assert t.outcome.failure_category == tpb.FAILURE_CATEGORY_INTEGRITY, t.outcome
     assert finding in t.outcome.failure_detail
-    assert t.outcome.tests_passed == 0 and t.outcome.reward == 0.0
+    assert t.outcome.tests_passed == 0 and t.outcome.reward == -2.0 and t.outcome.reward_detail.integrity

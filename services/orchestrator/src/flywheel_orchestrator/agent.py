@@ -14,6 +14,12 @@ episode that never changed a file, or an I/O episode with no program), the reaso
 was stopped (PARSE_ERRORS, LOOP, ITERATION_LIMIT, TOKEN_BUDGET, TIME_BUDGET), TIMEOUT (the final
 test run, or the first failing I/O case, hit its wall-clock or CPU limit: slow or looping code,
 never counted as tampering), then TESTS_FAILED (repo) or WRONG_ANSWER / RUNTIME_ERROR (I/O).
+
+Reward: as the episode runs, the driver collects what rule ``flywheel-reward/v1`` needs (the
+agent's own test runs and their pass counts, ``run_code`` verdicts per case index, executed tool
+calls, failed runs); at the end ``rewards.episode_reward`` turns them and the outcome into
+``Outcome.reward_detail`` (and ``Outcome.reward``, its total), for model and reference episodes
+alike.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_common.jobs import now
 from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator.model import ModelError, ModelTurn, Policy
+from flywheel_orchestrator.rewards import EpisodeFacts, episode_reward
 from flywheel_orchestrator.sandbox import SandboxClient, SandboxError, TestVerdict
 from flywheel_orchestrator.suites import IoTask, RepoTask, Task
 from flywheel_orchestrator.tools import ToolArgumentError, ToolOutcome, Workspace, io_run_args, submit_args
@@ -82,6 +89,8 @@ class EpisodeSpec:
     teacher_kind: tpb.TeacherKind
     policy_info: tpb.Policy
     labels: dict[str, str] = field(default_factory=dict)
+    #: Weights of the episode reward as the request gave them (unset fields take the defaults).
+    reward: tpb.RewardWeights = field(default_factory=tpb.RewardWeights)
 
 
 @dataclass
@@ -158,6 +167,11 @@ class Episode:
         self.wrote = False
         self.sandbox_info: TestVerdict | None = None
         self.finished_normally = False
+        # Facts for the reward (rewards.py): the agent's own runs during the episode.
+        self.tool_calls_executed = 0
+        self.failed_runs = 0  # mid-episode test runs / run_code cases that did not pass
+        self.best_test_fraction = 0.0  # repo tasks: best passed/total of a mid-episode test run
+        self.cases_passed: set[int] = set()  # I/O problems: case indexes a run_code passed
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -297,6 +311,11 @@ class Episode:
                 self.wrote = True
                 if self.spec.test_policy == run_pb2.TEST_POLICY_AFTER_WRITE:
                     verdict = await self._tests(tpb.TEST_TRIGGER_AFTER_WRITE)
+                    if verdict.run.total:
+                        self.best_test_fraction = max(
+                            self.best_test_fraction, verdict.run.passed / verdict.run.total
+                        )
+                    self.failed_runs += int(not verdict.resolved)
                     return outcome, verdict.run, test_summary(verdict)
             return outcome, None, ""
         assert isinstance(self.task, IoTask)
@@ -314,6 +333,10 @@ class Episode:
             self.times.sandbox_s += time.perf_counter() - started
         self.sandbox_info = verdict
         verdict.run.trigger = tpb.TEST_TRIGGER_RUN_CODE
+        if cases and cases[0].verdict == sandbox_pb2.VERDICT_PASSED:
+            self.cases_passed.add(index)
+        else:
+            self.failed_runs += 1
         return _case_feedback(index, cases, self.task, verdict.timeout), verdict.run, ""
 
     async def _run_call(
@@ -329,6 +352,8 @@ class Episode:
         except TimeoutError as err:
             raise _Stop(F.FAILURE_CATEGORY_TIME_BUDGET, str(err)) from None
         self.consecutive_parse_errors = 0
+        if result[0].status != tpb.TOOL_RESULT_STATUS_REJECTED:
+            self.tool_calls_executed += 1
         return result
 
     def _result_proto(self, action: proto.Action, outcome: ToolOutcome) -> tpb.ToolResult:
@@ -484,6 +509,30 @@ class Episode:
     # ------------------------------------------------------------------------------ outcome
 
     async def _outcome(self, stop: _Stop | None) -> tpb.Outcome:
+        """The outcome (see the module's rules) with the episode's reward."""
+        out = await self._judge(stop)
+        if self.io:
+            cases = len(self.task.inputs) if isinstance(self.task, IoTask) else 0
+            test_runs = len(self.cases_passed) / cases if cases else 0.0
+        else:
+            test_runs = self.best_test_fraction
+        facts = EpisodeFacts(
+            resolved=out.resolved,
+            tests_passed=out.tests_passed,
+            tests_total=out.tests_total,
+            failure_category=out.failure_category,
+            failure_detail=out.failure_detail,
+            test_runs=test_runs,
+            tool_calls_executed=self.tool_calls_executed,
+            failed_runs=self.failed_runs,
+            parse_errors=self.parse_errors,
+        )
+        detail = episode_reward(facts, self.spec.reward)
+        out.reward_detail.CopyFrom(detail)
+        out.reward = detail.total
+        return out
+
+    async def _judge(self, stop: _Stop | None) -> tpb.Outcome:
         out = tpb.Outcome()
         infra = stop is not None and stop.category in (
             F.FAILURE_CATEGORY_MODEL_ERROR,
@@ -517,9 +566,6 @@ class Episode:
                 self._send("user", summary, tpb.ROLE_USER, test_run=verdict.run)
         resolved = verdict is not None and verdict.resolved and not infra
         out.resolved = resolved
-        out.reward = (
-            1.0 if resolved else (out.tests_passed / out.tests_total * 0.5 if out.tests_total else 0.0)
-        )
         if resolved:
             return out
         if infra:
@@ -642,4 +688,6 @@ def episode_result(traj: tpb.Trajectory) -> run_pb2.EpisodeResult:
         wrote_file=any(s.tool_result.written_paths for s in traj.steps),
         usage=usage,
         wall_time=wall,
+        reward=traj.outcome.reward,
+        reward_masked=traj.outcome.reward_detail.masked,
     )

@@ -12,6 +12,14 @@ files it loaded (vLLM reports none: the digest stays empty). The listing is aske
 ``identity_ttl_s`` (2 s) per model and shared by every episode; a version's digest can change
 only by a forced reload, which adapter sync verifies and announces.
 
+Adapter pinning: a run on an adapter pins the identity it saw when it started (``Run.adapter``)
+and gives it to its :class:`GatewayPolicy`. Before each call the policy compares the current
+identity with the pinned one; when both have a digest and they differ, the turn raises
+:class:`ModelError` naming both digests, so the episode ends as MODEL_ERROR and its reward is
+masked: a run never mixes adapter versions. (An empty digest — vLLM, or a listing that failed —
+cannot be compared and is let through. The identity is cached ``identity_ttl_s``, so a turn may
+still be answered in the few seconds after a reload, before the listing shows it.)
+
 Token records: a run with ``record_tokens`` asks every call for vLLM's ``return_token_ids`` and
 OpenAI's ``logprobs`` and keeps what comes back (:class:`TurnTokens` in the step) — the ids the
 server sampled, not a re-tokenisation of the text, which in general differs (RL on re-tokenised
@@ -137,8 +145,10 @@ class ModelClient:
             self._limit = asyncio.Semaphore(self._concurrency)
         return self._limit
 
-    def policy(self, model: str, *, record_tokens: bool = False) -> GatewayPolicy:
-        return GatewayPolicy(self, model, record_tokens=record_tokens)
+    def policy(
+        self, model: str, *, record_tokens: bool = False, pinned: tpb.AdapterIdentity | None = None
+    ) -> GatewayPolicy:
+        return GatewayPolicy(self, model, record_tokens=record_tokens, pinned=pinned)
 
     async def describe(self, model: str) -> dict[str, Any]:
         """What the gateway says about a model name (``root``/``parent`` when it is an adapter);
@@ -199,6 +209,8 @@ class GatewayPolicy:
     client: ModelClient
     model: str
     record_tokens: bool = False  #: ask for and keep the turn's token ids and log-probs
+    #: The adapter identity the run started with; a turn from another digest is a ModelError.
+    pinned: tpb.AdapterIdentity | None = None
 
     async def turn(
         self,
@@ -214,6 +226,7 @@ class GatewayPolicy:
             kwargs["logprobs"] = True
             kwargs["extra_body"] = {"return_token_ids": True}
         adapter = await self.client.identity(self.model)
+        check_pinned(self.model, self.pinned, adapter)
         async with self.client.limit:
             started = time.perf_counter()
             try:
@@ -258,6 +271,17 @@ class GatewayPolicy:
             latency_s=latency,
             adapter=adapter,
             tokens=tokens,
+        )
+
+
+def check_pinned(model: str, pinned: tpb.AdapterIdentity | None, now: tpb.AdapterIdentity | None) -> None:
+    """Raise ModelError when ``model`` now serves another digest than the pinned one (both known)."""
+    if pinned is None or now is None or not pinned.digest or not now.digest:
+        return
+    if now.digest != pinned.digest:
+        raise ModelError(
+            f"adapter {model} changed during the run: pinned {pinned.digest} now {now.digest}; "
+            "the episode is masked so the run never mixes adapter versions"
         )
 
 

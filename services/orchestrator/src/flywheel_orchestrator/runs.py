@@ -6,6 +6,15 @@ announced once by ``flywheel.run.completed`` (event id ``run-completed:<run id>`
 ids are derived from (run, task, attempt), so a restarted service resumes a RUNNING run by
 asking the trajectory store which episodes already exist and running only the others: nothing
 stored is lost or done twice, and the counters are rebuilt from what the store holds.
+
+Rewards: every episode's ``Outcome.reward_detail`` (rule ``flywheel-reward/v1``, rewards.py) is
+summed into the counters ``episodes_rewarded``, ``reward_sum`` and ``reward_sq_sum`` — masked
+episodes (infrastructure errors) left out — live and again when a resumed run rebuilds them from
+the stored trajectories' outcomes.
+
+Adapter pinning: a MODEL run whose model is an adapter stores the identity the gateway lists when
+the run starts (``Run.adapter``, persisted, kept by a resumed run); every episode's policy checks
+its turns against it (model.py), so a run never mixes adapter versions.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from flywheel_orchestrator.agent import Episode, EpisodeSpec, EpisodeTimes, Limi
 from flywheel_orchestrator.metrics import add_to_counters
 from flywheel_orchestrator.model import ModelClient, Policy
 from flywheel_orchestrator.reference import REFERENCE_LABEL, ReferencePolicy
+from flywheel_orchestrator.rewards import INFRA
 from flywheel_orchestrator.sandbox import SandboxClient
 from flywheel_orchestrator.settings import OrchestratorSettings
 from flywheel_orchestrator.suites import Suite, SuiteCatalog, Task
@@ -43,7 +53,6 @@ log = logging.getLogger("flywheel.orchestrator.runs")
 PREFIX = "orchestrator/runs/"
 PRODUCER = "orchestrator"
 ADAPTER_ROUTE = re.compile(r"^(?:ft/)?(?P<name>[a-z0-9][a-z0-9._-]*)-v(?P<version>[0-9]+)$")
-INFRA = (tpb.FAILURE_CATEGORY_MODEL_ERROR, tpb.FAILURE_CATEGORY_SANDBOX_ERROR)
 #: Fields of a Run the service sets; cleared from a request before it is fingerprinted.
 OUTPUT_ONLY = (
     "id",
@@ -56,6 +65,7 @@ OUTPUT_ONLY = (
     "create_time",
     "start_time",
     "end_time",
+    "adapter",
 )
 
 
@@ -80,7 +90,18 @@ def result_from_basic(traj: tpb.Trajectory) -> run_pb2.EpisodeResult:
         wrote_file=s.wrote_file,
         usage=s.usage,
         wall_time=s.wall_time,
+        reward=traj.outcome.reward,
+        reward_masked=traj.outcome.reward_detail.masked,
     )
+
+
+def count_result(counters: run_pb2.RunCounters, r: run_pb2.EpisodeResult) -> None:
+    """Add one finished episode to a run's counters, its reward unless it is masked."""
+    add_to_counters(counters, r, errored=r.failure_category in INFRA)
+    if not r.reward_masked:
+        counters.episodes_rewarded += 1
+        counters.reward_sum += r.reward
+        counters.reward_sq_sum += r.reward * r.reward
 
 
 class RunJob(Job[run_pb2.Run]):
@@ -328,7 +349,12 @@ class RunManager:
         for t in stored:
             r = result_from_basic(t)
             state.results.append(r)
-            add_to_counters(run.counters, r, errored=r.failure_category in INFRA)
+            count_result(run.counters, r)
+        if run.teacher_kind == tpb.TEACHER_KIND_MODEL and not run.HasField("adapter"):
+            # Pinned once, when the run first starts; a resumed run keeps what it pinned.
+            identity = await self.models.identity(run.model)
+            if identity is not None:
+                run.adapter.CopyFrom(identity)
         await self.table.set_running(state)
         policy_info = await self.policy_info(state)
         limits = self._limits(run)
@@ -391,6 +417,7 @@ class RunManager:
             teacher_kind=run.teacher_kind,
             policy_info=policy_info,
             labels=labels,
+            reward=run.episode.reward,
         )
         policy: Policy
         if run.teacher_kind == tpb.TEACHER_KIND_REFERENCE:
@@ -401,14 +428,18 @@ class RunManager:
                 spec.limits = replace(limits, max_iterations=reference.turns)
             policy = reference
         else:
-            policy = self.models.policy(run.model, record_tokens=run.episode.record_tokens)
+            policy = self.models.policy(
+                run.model,
+                record_tokens=run.episode.record_tokens,
+                pinned=run.adapter if run.HasField("adapter") else None,
+            )
         episode = Episode(spec, policy, self.sandbox)
         traj = await episode.run()
         await self._put(traj)
         result = episode_result(traj)
         state.results.append(result)
         state.times.append(episode.times)
-        add_to_counters(run.counters, result, errored=result.failure_category in INFRA)
+        count_result(run.counters, result)
         await self.table.save(state, notify=False)
         self.table.notify(state, result)
         self.table.notify(state)

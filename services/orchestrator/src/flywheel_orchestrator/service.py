@@ -46,6 +46,7 @@ class Orchestrator:
             max_retries=settings.model_max_retries,
             timeout_s=settings.model_timeout_s,
             concurrency=settings.model_concurrency,
+            identity_ttl_s=settings.model_identity_ttl_s,
         )
         self.sandbox = SandboxClient(
             settings.sandbox_address,

@@ -63,6 +63,13 @@ class OrchestratorSettings(ServiceSettings):
     model_concurrency: int = Field(
         64, ge=1, le=1024, description="Model calls in flight at once over all episodes of the service."
     )
+    model_identity_ttl_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="How long the gateway's listing of an adapter (its digest) is reused for the "
+        "identity of its turns and the check against a run's pinned adapter, in seconds (0 = ask every turn).",
+    )
     default_concurrency: int = Field(8, ge=1, description="Episodes in flight per run when a run asks for 0.")
     max_concurrency: int = Field(128, ge=1, description="Cap on a run's episodes in flight.")
     max_iterations: int = Field(20, ge=1, description="Default agent iterations per episode.")

@@ -16,6 +16,7 @@ from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel_orchestrator import protocol as proto
+from flywheel_orchestrator import rewards
 from flywheel_orchestrator.suites import Suite, SuiteCatalog, SuiteError, Task
 
 LABEL_KEY = re.compile(r"^[a-z0-9_.-]{1,63}$")
@@ -94,6 +95,12 @@ def episode(settings: run_pb2.EpisodeSettings, selected: Sequence[Task], path: s
         raise InvalidArgument(f"{at}.sampling.top_p", "must be in (0, 1]")
     if sp.HasField("max_tokens") and sp.max_tokens < 1:
         raise InvalidArgument(f"{at}.sampling.max_tokens", "must be at least 1")
+    # Reward weights (rule flywheel-reward/v1): finite, non-negative, and an integrity reward
+    # below every other reward they allow, so gaming the tests never pays.
+    problems = rewards.weight_problems(settings.reward)
+    if problems:
+        name, problem = problems[0]
+        raise InvalidArgument(f"{at}.reward.{name}", problem)
 
 
 def counts(path: str, *, rollouts_per_task: int, max_rollouts: int, concurrency: int) -> None:

@@ -90,7 +90,11 @@ def _tokens(s: str) -> int:
 @dataclass
 class ScriptedModelServer:
     """``responder(model, messages, tools)`` returns a reply dict (``content``, optional
-    ``tool_calls``, ``finish_reason``), a :class:`Fail` or a :class:`Delay`."""
+    ``tool_calls``, ``finish_reason``), a :class:`Fail` or a :class:`Delay`.
+
+    ``listing`` adds fields to a model's ``/v1/models`` entry, e.g. ``{"ft/coder-v1": {"parent":
+    "base", "digest": "sha256:…"}}`` to list it as an adapter the way our gateway does; it is read
+    at every request, so a test can change a digest mid-run (a forced reload)."""
 
     responder: Responder
     models: tuple[str, ...] = ("scripted",)
@@ -98,6 +102,7 @@ class ScriptedModelServer:
     port: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     record: bool = True
+    listing: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def start(self) -> str:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -126,7 +131,15 @@ class ScriptedModelServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "scripted", "root": m} for m in self.models
+            {
+                "id": m,
+                "object": "model",
+                "created": 0,
+                "owned_by": "scripted",
+                "root": m,
+                **self.listing.get(m, {}),
+            }
+            for m in self.models
         ]
         return web.json_response({"object": "list", "data": data})
 
