@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from rich.table import Table
 from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
+from flywheel.orchestrator.v1 import run_pb2
 from flywheel.orchestrator.v1.orchestrator_pb2_grpc import OrchestratorServiceStub
 from flywheel_cli import rpc
 from flywheel_cli.job_options import (
@@ -39,6 +40,7 @@ from flywheel_cli.render import (
     duration,
     elapsed,
     episode_line,
+    episodes_reward_text,
     failure_name,
     job_state,
     out,
@@ -128,6 +130,7 @@ def follow_evaluation(
     resolved: Counter[str] = Counter()
     finished: Counter[str] = Counter()
     parse_errors = 0
+    episodes: dict[str, list[run_pb2.EpisodeResult]] = defaultdict(list)
     stream: Any = None
     try:
         stream = stub.WatchEvaluation(opb.WatchEvaluationRequest(evaluation_id=eval_id))
@@ -139,6 +142,7 @@ def follow_evaluation(
                     finished[ep.model] += 1
                     resolved[ep.model] += ep.resolved
                     parse_errors += ep.parse_errors
+                    episodes[ep.model].append(ep)
                     if not quiet:
                         progress.console.print(episode_line(ep, with_model=True))
                 else:
@@ -166,6 +170,8 @@ def follow_evaluation(
         return 1
     final = stub.GetEvaluation(opb.GetEvaluationRequest(evaluation_id=eval_id)).evaluation
     print_evaluation(final, state_dir)
+    for model, eps in episodes.items():  # rewards of the episodes seen while following
+        out.print(f"{escape(model or 'reference')}: {episodes_reward_text(eps)}")
     if final.state == common_pb2.JOB_STATE_SUCCEEDED:
         return 0
     reason = f": {escape(final.error.message)}" if final.HasField("error") else ""

@@ -13,6 +13,7 @@ import click
 from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.orchestrator.v1 import run_pb2
+from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_cli.render import console, job_state
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,6 +26,8 @@ PROTOCOLS = {
     "native": common_pb2.TOOL_PROTOCOL_NATIVE,
     "io": common_pb2.TOOL_PROTOCOL_IO,
 }
+#: ``--reward`` keys: the fields of ``RewardWeights`` (rule ``flywheel-reward/v1``).
+REWARD_KEYS = tuple(f.name for f in tpb.RewardWeights.DESCRIPTOR.fields)
 TEST_POLICIES = {
     "never": run_pb2.TEST_POLICY_NEVER,
     "after_write": run_pb2.TEST_POLICY_AFTER_WRITE,
@@ -72,6 +75,13 @@ def episode_options(fn: F) -> F:
             is_flag=True,
             help="Store each model turn's token ids and log-probs in the trajectories (for RL).",
         ),
+        click.option(
+            "--reward",
+            "rewards",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help=f"Episode reward weight (repeatable; keys: {', '.join(REWARD_KEYS)}).",
+        ),
         click.option("--concurrency", type=int, default=0, help="Episodes in flight at once (0 = default)."),
         click.option(
             "--label", "labels", multiple=True, help="KEY=VALUE copied to every trajectory (repeatable)."
@@ -117,6 +127,29 @@ def parse_labels(pairs: tuple[str, ...], param_hint: str = "--label") -> dict[st
     return labels
 
 
+def parse_rewards(pairs: tuple[str, ...], param_hint: str = "--reward") -> tpb.RewardWeights:
+    """``KEY=VALUE`` pairs as reward weights; an unknown key or a bad number is a usage error (the
+    server checks the values themselves: signs, finiteness, the integrity bound)."""
+    weights = tpb.RewardWeights()
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} must be KEY=VALUE", param_hint=param_hint)
+        if key not in REWARD_KEYS:
+            raise click.BadParameter(
+                f"unknown key {key!r} (known: {', '.join(REWARD_KEYS)})", param_hint=param_hint
+            )
+        try:
+            if key == "max_penalised":
+                weights.max_penalised = int(value)
+            else:
+                setattr(weights, key, float(value))
+        except ValueError:
+            kind = "an integer" if key == "max_penalised" else "a number"
+            raise click.BadParameter(f"{key}: {value!r} is not {kind}", param_hint=param_hint) from None
+    return weights
+
+
 def fill_episode(msg: run_pb2.Run | epb.Evaluation, opts: dict[str, Any]) -> None:
     """Copy the shared options into a Run or an Evaluation (both have the same field names)."""
     msg.task_ids.extend(opts["tasks"])
@@ -141,6 +174,8 @@ def fill_episode(msg: run_pb2.Run | epb.Evaluation, opts: dict[str, Any]) -> Non
     if opts["seed"] is not None:
         sampling.seed = opts["seed"]
     episode.record_tokens = opts["record_tokens"]
+    if opts["rewards"]:
+        episode.reward.CopyFrom(parse_rewards(opts["rewards"]))
     msg.concurrency = opts["concurrency"]
     msg.labels.update(parse_labels(opts["labels"]))
 

@@ -7,6 +7,8 @@ command group keeps the tables that only it prints.
 from __future__ import annotations
 
 import datetime as dt
+import math
+from collections.abc import Sequence
 from typing import Any, cast
 
 from google.protobuf.duration_pb2 import Duration
@@ -89,6 +91,37 @@ def rate(part: int, whole: int) -> str:
     return f"{part}/{whole} ({part / whole:.0%})" if whole else f"{part}/0"
 
 
+def reward_stats(n: int, total: float, squares: float) -> tuple[float, float]:
+    """Mean and (population) standard deviation from a count, a sum and a sum of squares."""
+    if n <= 0:
+        return 0.0, 0.0
+    mean = total / n
+    return mean, math.sqrt(max(0.0, squares / n - mean * mean))
+
+
+def reward_text(counters: run_pb2.RunCounters) -> str:
+    """``reward 0.950 ± 0.100 (2 episodes, 1 masked)`` from a run's counters; empty before any."""
+    n = counters.episodes_rewarded
+    masked = counters.episodes_finished - n
+    if n == 0 and masked <= 0:
+        return ""
+    mean, std = reward_stats(n, counters.reward_sum, counters.reward_sq_sum)
+    head = f"reward {mean:.3f} ± {std:.3f}" if n else "reward -"
+    return f"{head} ({n} episode{'' if n == 1 else 's'}" + (f", {masked} masked)" if masked > 0 else ")")
+
+
+def episodes_reward_text(episodes: Sequence[run_pb2.EpisodeResult]) -> str:
+    """The same figures from finished episodes (what WatchEvaluation streams per model)."""
+    kept = [e.reward for e in episodes if not e.reward_masked]
+    counters = run_pb2.RunCounters(
+        episodes_finished=len(episodes),
+        episodes_rewarded=len(kept),
+        reward_sum=sum(kept),
+        reward_sq_sum=sum(r * r for r in kept),
+    )
+    return reward_text(counters)
+
+
 def episode_line(ep: run_pb2.EpisodeResult, with_model: bool = False) -> str:
     """One finished episode on one line: what ran, how it ended, and what it cost."""
     mark = "[green]✓[/]" if ep.resolved else "[red]✗[/]"
@@ -103,6 +136,7 @@ def episode_line(ep: run_pb2.EpisodeResult, with_model: bool = False) -> str:
     if tokens:
         extras.append(f"{tokens:,} tok")
     extras.append(duration(ep.wall_time))
+    extras.append("reward masked" if ep.reward_masked else f"reward {ep.reward:.2f}")
     return (
         f"{mark} {who}{escape(ep.task_id)} #{ep.attempt}  {outcome}  "
         f"[dim]{escape(', '.join(extras))}  {escape(ep.trajectory_id)}[/]"
@@ -134,4 +168,11 @@ def settings_line(job: run_pb2.Run | epb.Evaluation) -> str:
             )
     if ep.record_tokens:
         parts.append("token ids recorded")
+    weights = [
+        f"{f.name}={value:g}"
+        for f, value in ep.reward.ListFields()
+        if not (f.name == "max_penalised" and not value)
+    ]
+    if weights:
+        parts.append(f"reward {' '.join(weights)}")
     return ", ".join(parts)

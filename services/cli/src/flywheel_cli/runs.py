@@ -43,6 +43,7 @@ from flywheel_cli.render import (
     job_state,
     out,
     rate,
+    reward_text,
     settings_line,
     split_name,
     when,
@@ -197,6 +198,8 @@ def run_summary(run: run_pb2.Run, episodes: list[run_pb2.EpisodeResult]) -> Tabl
             f"{sum(e.usage.prompt_tokens + e.usage.completion_tokens for e in eps):,}",
         )
     table.caption = f"{c.trajectories_stored} trajectories stored: flywheel trajectories list --run {run.id}"
+    if reward_text(c):
+        table.caption = f"{reward_text(c)}\n{table.caption}"
     return table
 
 
@@ -273,6 +276,7 @@ def run_panel(r: run_pb2.Run) -> Panel:
             f"{c.steps} steps, {c.parse_errors} parse errors, {c.loop_detections} loop detections, "
             f"tokens {c.usage.prompt_tokens:,}+{c.usage.completion_tokens:,}",
         ),
+        ("reward", reward_text(c) or "-"),
         ("stored", f"{c.trajectories_stored} trajectories (flywheel trajectories list --run {r.id})"),
         ("time", f"created {when(r.create_time)}, ran {elapsed(r.start_time, r.end_time)}"),
     ]
