@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -29,6 +30,8 @@ from flywheel_trainer import catalog
 from flywheel_trainer.storeio import COMPLETE_MARKER, is_complete, upload_dir
 
 ADAPTERS_PREFIX = "adapters/"
+#: An adapter version as a job names it (``FineTuneJob.init_adapter``): ``<name>/v<version>``.
+ADAPTER_ID_RE = re.compile(r"^([a-z0-9][a-z0-9._-]{0,62})/v([1-9][0-9]{0,8})$")
 
 
 def version_prefix(name: str, version: int) -> str:
@@ -44,6 +47,24 @@ def versions(store: ObjectStore, name: str) -> set[int]:
         if match:
             found.add(int(match.group(1)))
     return found
+
+
+def load(store: ObjectStore, name: str, version: int) -> trainer_pb2.Adapter | None:
+    """One complete adapter version from its manifest; None if it is not published (blocking)."""
+    prefix = version_prefix(name, version)
+    if not is_complete(store, prefix):
+        return None
+    data = json.loads(store.get_bytes(prefix + "manifest.json"))
+    adapter = json_format.ParseDict(data["adapter"], trainer_pb2.Adapter(), ignore_unknown_fields=True)
+    if not adapter.content_digest:  # a manifest of a version published before digests were in the message
+        adapter.content_digest = (data.get("digest") or {}).get("value", "")
+    return adapter
+
+
+def lora_config(store: ObjectStore, adapter: trainer_pb2.Adapter) -> dict[str, Any]:
+    """The PEFT ``adapter_config.json`` of a published version (blocking)."""
+    config: dict[str, Any] = json.loads(store.get_bytes(adapter.object_prefix + "adapter_config.json"))
+    return config
 
 
 def publish(
@@ -71,6 +92,7 @@ def publish(
         default_chat_template=template == catalog.DEFAULT_CHAT_TEMPLATE,
         loop_id=job.loop_id,
         content_digest=digest.digest,
+        init_adapter=job.init_adapter,
     )
     adapter.hyperparameters.CopyFrom(job.hyperparameters)
     adapter.labels.update(job.labels)
@@ -95,6 +117,7 @@ def publish(
             "hyperparameters": json_format.MessageToDict(job.hyperparameters),
             "resume_count": job.resume_count,
             "device": job.device,
+            "init_adapter": _init_lineage(store, job.init_adapter),
         },
         "metrics": {"final": json_format.MessageToDict(adapter.final_metrics), "history": history},
         "serving": {
@@ -129,6 +152,15 @@ def load_all(store: ObjectStore) -> list[trainer_pb2.Adapter]:
         adapters.append(adapter)
     adapters.sort(key=lambda a: (a.create_time.seconds, a.create_time.nanos, a.name, a.version), reverse=True)
     return adapters
+
+
+def _init_lineage(store: ObjectStore, adapter_id: str) -> dict[str, str] | None:
+    """``{"adapter_id", "digest"}`` of the version a job continued, or None for a fresh adapter."""
+    match = ADAPTER_ID_RE.match(adapter_id)
+    if not match:
+        return None
+    init = load(store, match.group(1), int(match.group(2)))
+    return {"adapter_id": adapter_id, "digest": init.content_digest if init else ""}
 
 
 def _ref(path: Path, key: str) -> common_pb2.ObjectRef:

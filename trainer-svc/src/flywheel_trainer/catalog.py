@@ -57,6 +57,7 @@ PROJECTION_MODULES = (
 DATASET_KINDS = {"SFT": "SFT", "DATASET_KIND_SFT": "SFT", "PREFERENCE": "PREFERENCE"}
 DATASET_KINDS["DATASET_KIND_PREFERENCE"] = "PREFERENCE"
 DATASET_KINDS["DPO"] = "PREFERENCE"
+DATASET_KINDS["RL"] = DATASET_KINDS["DATASET_KIND_RL"] = "RL"
 
 
 def template_sha256(template: str) -> str:
@@ -193,7 +194,7 @@ class DatasetInfo:
     """``datasets/<id>/manifest.json``, as far as the trainer needs it."""
 
     dataset_id: str
-    kind: str  # "SFT" or "PREFERENCE"
+    kind: str  # "SFT", "PREFERENCE" or "RL"
     train_key: str
     validation_key: str | None
     raw: dict[str, Any]
@@ -220,7 +221,7 @@ def dataset_info(store: ObjectStore, dataset_id: str) -> DatasetInfo:
         raise DatasetError(f"{prefix}manifest.json is not valid JSON: {err}") from None
     kind = DATASET_KINDS.get(str(raw.get("kind", "")).upper())
     if kind is None:
-        raise DatasetError(f"{prefix}manifest.json: kind {raw.get('kind')!r} is not SFT or PREFERENCE")
+        raise DatasetError(f"{prefix}manifest.json: kind {raw.get('kind')!r} is not SFT, PREFERENCE or RL")
     files = raw.get("files") or {}
     train_key = prefix + files.get("train", "train.jsonl")
     if not store.exists(train_key):
@@ -243,11 +244,14 @@ def read_jsonl(store: ObjectStore, key: str) -> list[dict[str, Any]]:
 
 
 def check_rows(rows: list[dict[str, Any]], kind: str, key: str) -> None:
-    """Check the shape of the rows: chat ``messages`` for SFT, prompt/chosen/rejected for PREFERENCE."""
+    """Check the shape of the rows: chat ``messages`` for SFT, prompt/chosen/rejected for PREFERENCE,
+    token ids, behaviour log-probs and an advantage for RL (``grpo_groups``)."""
     if not rows:
         raise DatasetError(f"{key} has no examples")
     for n, row in enumerate(rows, 1):
-        if kind == "SFT":
+        if kind == "RL":
+            check_rl_row(row, f"{key} line {n}")
+        elif kind == "SFT":
             msgs = row.get("messages")
             if not isinstance(msgs, list) or not msgs:
                 raise DatasetError(f"{key} line {n}: an SFT example needs a non-empty 'messages' list")
@@ -257,3 +261,29 @@ def check_rows(rows: list[dict[str, Any]], kind: str, key: str) -> None:
             for part in ("prompt", "chosen", "rejected"):
                 if part not in row:
                     raise DatasetError(f"{key} line {n}: a preference example needs '{part}'")
+
+
+def check_rl_row(row: dict[str, Any], where: str) -> None:
+    """One record of OUTPUT_FORMAT_GRPO_TOKENS: the sampled ids, their log-probs and the advantage."""
+    for part in ("prompt_token_ids", "completion_token_ids"):
+        ids = row.get(part)
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
+            raise DatasetError(f"{where}: an RL sample needs '{part}', a non-empty list of token ids")
+    logprobs = row.get("behaviour_logprobs")
+    if not isinstance(logprobs, list) or not all(isinstance(v, int | float) for v in logprobs):
+        raise DatasetError(f"{where}: an RL sample needs 'behaviour_logprobs', a list of numbers")
+    if len(logprobs) != len(row["completion_token_ids"]):
+        raise DatasetError(
+            f"{where}: {len(logprobs)} behaviour_logprobs for {len(row['completion_token_ids'])} "
+            "completion tokens (one log-prob per completion token is needed)"
+        )
+    if not isinstance(row.get("advantage"), int | float):
+        raise DatasetError(f"{where}: an RL sample needs a numeric 'advantage'")
+
+
+def rl_policy(info: DatasetInfo) -> tuple[str, str]:
+    """(adapter id, content digest) of the policy an RL dataset's episodes came from; ("", "") for
+    the base model. Reads ``rl_stats.policy`` of the manifest (the builder writes proto field names)."""
+    stats = info.raw.get("rl_stats") or info.raw.get("rlStats") or {}
+    policy = stats.get("policy") or {}
+    return str(policy.get("adapter_id") or policy.get("adapterId") or ""), str(policy.get("digest") or "")

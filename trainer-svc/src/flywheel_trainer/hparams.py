@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 
 from flywheel.trainer.v1 import trainer_pb2
-from flywheel_common.errors import FailedPrecondition, InvalidArgument
+from flywheel_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel_common.objectstore import ObjectStore
-from flywheel_trainer import catalog
+from flywheel_trainer import adapters, catalog
 from flywheel_trainer.catalog import NAME_RE, BaseModelInfo
 from flywheel_trainer.protocol import WorkerHyperparameters
 from flywheel_trainer.settings import TrainerSettings
@@ -24,6 +24,27 @@ SCHEDULERS = {
     trainer_pb2.LR_SCHEDULER_CONSTANT: "constant_with_warmup",
 }
 F = "job.hyperparameters"
+GRPO_LOSS_TYPES = {
+    trainer_pb2.GRPO_LOSS_TYPE_UNSPECIFIED: "dapo",
+    trainer_pb2.GRPO_LOSS_TYPE_DAPO: "dapo",
+    trainer_pb2.GRPO_LOSS_TYPE_GRPO: "grpo",
+    trainer_pb2.GRPO_LOSS_TYPE_BNPO: "bnpo",
+    trainer_pb2.GRPO_LOSS_TYPE_DR_GRPO: "dr_grpo",
+}
+#: Default peak learning rates per method. GRPO's is 1e-5, above the 1e-6 common for full-model
+#: RL: the update goes through a LoRA adapter (whose effective step is scaled by alpha / r) and
+#: the trust region is enforced by the clipped ratio anyway; tests set their own.
+DEFAULT_LR = {
+    trainer_pb2.FINE_TUNE_METHOD_SFT: 2e-4,
+    trainer_pb2.FINE_TUNE_METHOD_DPO: 5e-6,
+    trainer_pb2.FINE_TUNE_METHOD_GRPO: 1e-5,
+}
+#: The dataset kind each method trains on.
+DATASET_KIND_FOR = {
+    trainer_pb2.FINE_TUNE_METHOD_SFT: "SFT",
+    trainer_pb2.FINE_TUNE_METHOD_DPO: "PREFERENCE",
+    trainer_pb2.FINE_TUNE_METHOD_GRPO: "RL",
+}
 
 
 def resolve(
@@ -95,7 +116,7 @@ def resolve(
         raise InvalidArgument(f"{F}.max_steps", f"must be >= 0, got {hp.max_steps}")
     if hp.learning_rate < 0:
         raise InvalidArgument(f"{F}.learning_rate", f"must be positive, got {hp.learning_rate}")
-    hp.learning_rate = hp.learning_rate or (2e-4 if sft else 5e-6)
+    hp.learning_rate = hp.learning_rate or DEFAULT_LR[job.method]
     if hp.scheduler not in SCHEDULERS:
         raise InvalidArgument(f"{F}.scheduler", f"unknown scheduler {hp.scheduler}")
     if hp.scheduler == trainer_pb2.LR_SCHEDULER_UNSPECIFIED:
@@ -123,11 +144,39 @@ def resolve(
     hp.checkpoint_every_steps = hp.checkpoint_every_steps or settings.default_checkpoint_every_steps
     if hp.dpo_beta < 0:
         raise InvalidArgument(f"{F}.dpo_beta", f"must be positive, got {hp.dpo_beta}")
-    if not sft:
+    if job.method == trainer_pb2.FINE_TUNE_METHOD_DPO:
         hp.dpo_beta = hp.dpo_beta or 0.1
-        if hp.packing:
-            raise InvalidArgument(f"{F}.packing", "packing is for SFT only; DPO pairs are never packed")
+    if not sft and hp.packing:
+        raise InvalidArgument(
+            f"{F}.packing", "packing is for SFT only; DPO pairs and RL samples are never packed"
+        )
+    if job.method == trainer_pb2.FINE_TUNE_METHOD_GRPO:
+        _resolve_grpo(hp.grpo)
+    elif hp.HasField("grpo"):
+        raise InvalidArgument(f"{F}.grpo", "GRPO settings are for FINE_TUNE_METHOD_GRPO only")
     return worker_hparams(hp)
+
+
+def _resolve_grpo(grpo: trainer_pb2.GrpoConfig) -> None:
+    if not grpo.HasField("epsilon"):
+        grpo.epsilon = 0.2
+    if not 0.0 < grpo.epsilon < 1.0:
+        raise InvalidArgument(f"{F}.grpo.epsilon", f"must be in (0, 1), got {grpo.epsilon}")
+    if not grpo.HasField("epsilon_high"):
+        grpo.epsilon_high = grpo.epsilon
+    if grpo.epsilon_high <= 0.0:
+        raise InvalidArgument(f"{F}.grpo.epsilon_high", f"must be positive, got {grpo.epsilon_high}")
+    if not grpo.HasField("kl_beta"):
+        grpo.kl_beta = 0.0
+    if grpo.kl_beta < 0.0:
+        raise InvalidArgument(f"{F}.grpo.kl_beta", f"must be >= 0, got {grpo.kl_beta}")
+    if grpo.loss_type not in GRPO_LOSS_TYPES:
+        raise InvalidArgument(f"{F}.grpo.loss_type", f"unknown loss type {grpo.loss_type}")
+    if grpo.loss_type == trainer_pb2.GRPO_LOSS_TYPE_UNSPECIFIED:
+        grpo.loss_type = trainer_pb2.GRPO_LOSS_TYPE_DAPO
+    if grpo.iterations < 0:
+        raise InvalidArgument(f"{F}.grpo.iterations", f"must be >= 0, got {grpo.iterations}")
+    grpo.iterations = grpo.iterations or 1
 
 
 def worker_hparams(hp: trainer_pb2.Hyperparameters) -> WorkerHyperparameters:
@@ -152,6 +201,11 @@ def worker_hparams(hp: trainer_pb2.Hyperparameters) -> WorkerHyperparameters:
         seed=hp.seed,
         checkpoint_every_steps=hp.checkpoint_every_steps,
         dpo_beta=hp.dpo_beta,
+        grpo_epsilon=hp.grpo.epsilon if hp.grpo.HasField("epsilon") else 0.2,
+        grpo_epsilon_high=hp.grpo.epsilon_high if hp.grpo.HasField("epsilon_high") else 0.2,
+        grpo_kl_beta=hp.grpo.kl_beta,
+        grpo_loss_type=GRPO_LOSS_TYPES.get(hp.grpo.loss_type, "dapo"),
+        grpo_iterations=hp.grpo.iterations or 1,
     )
 
 
@@ -160,13 +214,75 @@ def check_names(job: trainer_pb2.FineTuneJob) -> None:
         raise InvalidArgument("job.base_model", "required: a base model name (see ListBaseModels)")
     if not job.dataset_id:
         raise InvalidArgument("job.dataset_id", "required: the id of a dataset built by the dataset builder")
-    if job.method not in (trainer_pb2.FINE_TUNE_METHOD_SFT, trainer_pb2.FINE_TUNE_METHOD_DPO):
-        raise InvalidArgument("job.method", "required: FINE_TUNE_METHOD_SFT or FINE_TUNE_METHOD_DPO")
+    if job.method not in DATASET_KIND_FOR:
+        raise InvalidArgument(
+            "job.method", "required: FINE_TUNE_METHOD_SFT, FINE_TUNE_METHOD_DPO or FINE_TUNE_METHOD_GRPO"
+        )
     if not NAME_RE.match(job.adapter_name):
         raise InvalidArgument("job.adapter_name", f"{job.adapter_name!r} must match {NAME_RE.pattern}")
+    if job.init_adapter and not adapters.ADAPTER_ID_RE.match(job.init_adapter):
+        raise InvalidArgument(
+            "job.init_adapter",
+            f"{job.init_adapter!r} is not an adapter version: expected <name>/v<version>, e.g. coder/v3",
+        )
 
 
-def check_dataset(store: ObjectStore, job: trainer_pb2.FineTuneJob) -> None:
+def check_init_adapter(store: ObjectStore, job: trainer_pb2.FineTuneJob) -> trainer_pb2.Adapter | None:
+    """The published version ``job.init_adapter`` names (None when empty): NOT_FOUND if it is not
+    published, FAILED_PRECONDITION if it was trained on another base model (blocking)."""
+    match = adapters.ADAPTER_ID_RE.match(job.init_adapter)
+    if match is None:
+        return None
+    name, version = match.group(1), int(match.group(2))
+    init = adapters.load(store, name, version)
+    if init is None:
+        known = sorted(adapters.versions(store, name))
+        listing = ", ".join(f"v{v}" for v in known) if known else "none"
+        raise NotFound(
+            f"job.init_adapter: adapter {job.init_adapter} is not published (versions of {name}: {listing})"
+        )
+    if init.base_model != job.base_model:
+        raise FailedPrecondition(
+            f"job.init_adapter: adapter {job.init_adapter} was trained on base model {init.base_model!r}, "
+            f"not on the job's base model {job.base_model!r}"
+        )
+    return init
+
+
+def apply_init_lora(store: ObjectStore, job: trainer_pb2.FineTuneJob, init: trainer_pb2.Adapter) -> None:
+    """The continued adapter's LoRA settings replace the request's (the weights have its shapes)."""
+    config = adapters.lora_config(store, init)
+    lora = job.hyperparameters.lora
+    lora.rank = int(config["r"])
+    lora.alpha = float(config.get("lora_alpha") or lora.rank)
+    lora.dropout = float(config.get("lora_dropout") or 0.0)
+    targets = config.get("target_modules") or []
+    del lora.target_modules[:]
+    lora.target_modules.extend(sorted(targets) if isinstance(targets, list) else [str(targets)])
+
+
+def check_policy(
+    info: catalog.DatasetInfo, job: trainer_pb2.FineTuneJob, init: trainer_pb2.Adapter | None
+) -> None:
+    """GRPO learns from rollouts of the policy it starts from: the RL dataset's behaviour policy must
+    be exactly the init adapter (same version and content digest) or, with no init adapter, the base."""
+    have_id, have_digest = catalog.rl_policy(info)
+    want_id = job.init_adapter
+    want_digest = init.content_digest if init is not None else ""
+    if (have_id, have_digest) == (want_id, want_digest):
+        return
+
+    def show(adapter_id: str, digest: str) -> str:
+        return f"adapter {adapter_id} (digest {digest or 'none'})" if adapter_id else "the base model"
+
+    raise FailedPrecondition(
+        f"job.dataset_id: dataset {info.dataset_id}'s episodes were sampled from {show(have_id, have_digest)} "
+        f"but the job starts from {show(want_id, want_digest)}: GRPO needs rollouts of its starting policy "
+        "(rebuild the dataset from that policy's episodes, or set job.init_adapter to the policy that sampled them)"
+    )
+
+
+def check_dataset(store: ObjectStore, job: trainer_pb2.FineTuneJob) -> catalog.DatasetInfo:
     """The dataset exists, suits the method, and its first rows have the right shape (blocking)."""
     try:
         info = catalog.dataset_info(store, job.dataset_id)
@@ -174,7 +290,7 @@ def check_dataset(store: ObjectStore, job: trainer_pb2.FineTuneJob) -> None:
         if err.missing:
             raise InvalidArgument("job.dataset_id", str(err)) from None
         raise FailedPrecondition(f"job.dataset_id: {err}") from None
-    want = "SFT" if job.method == trainer_pb2.FINE_TUNE_METHOD_SFT else "PREFERENCE"
+    want = DATASET_KIND_FOR[job.method]
     method = trainer_pb2.FineTuneMethod.Name(job.method)
     if info.kind != want:
         raise FailedPrecondition(
@@ -197,3 +313,4 @@ def check_dataset(store: ObjectStore, job: trainer_pb2.FineTuneJob) -> None:
         catalog.check_rows(rows, info.kind, info.train_key)
     except catalog.DatasetError as err:
         raise FailedPrecondition(f"job.dataset_id: {err}") from None
+    return info

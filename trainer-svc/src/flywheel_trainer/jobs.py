@@ -40,7 +40,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import assert_never
+from typing import Literal, assert_never
 
 import grpc
 from google.protobuf import json_format
@@ -99,6 +99,26 @@ ADAPTER_SIDE, CANCEL_SIDE = "adapter", "cancel"
 #: log at once; after a crash the resumed job writes its progress again).
 PROGRESS_SAVE_S = 2.0
 _CANCELLED = "cancelled by request"
+METHOD_NAMES: dict[int, Literal["SFT", "DPO", "GRPO"]] = {
+    trainer_pb2.FINE_TUNE_METHOD_SFT: "SFT",
+    trainer_pb2.FINE_TUNE_METHOD_DPO: "DPO",
+    trainer_pb2.FINE_TUNE_METHOD_GRPO: "GRPO",
+}
+#: TRL log keys kept in TrainingMetrics.extra besides the ``rewards/``, ``logps/`` and ``logits/``
+#: families (DPO): SFT's token accuracy, GRPO's KL to the starting policy, clipped fractions and
+#: entropy, and the rewards of the RL dataset.
+EXTRA_KEYS = frozenset(
+    {
+        "mean_token_accuracy",
+        "entropy",
+        "kl",
+        "clip_ratio/region_mean",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "reward_mean",
+        "reward_std",
+    }
+)
 
 
 # ---------------------------------------------------------------------------------- jobs
@@ -206,6 +226,7 @@ class JobManager:
             loop_id=job_in.loop_id,
             hyperparameters=job_in.hyperparameters,
             labels=job_in.labels,
+            init_adapter=job_in.init_adapter,
         )
         if request_id:  # a repeated request is answered as the first was, before any check
             earlier = await asyncio.to_thread(self.table.records.replay, request_id, fingerprint(clean))
@@ -219,9 +240,14 @@ class JobManager:
                 "job.base_model",
                 f"unknown base model {clean.base_model!r} (known: {', '.join(known) or 'none'})",
             )
-        await asyncio.to_thread(hparams.check_dataset, self.store, clean)
+        info = await asyncio.to_thread(hparams.check_dataset, self.store, clean)
+        init = await asyncio.to_thread(hparams.check_init_adapter, self.store, clean)
+        if clean.method == trainer_pb2.FINE_TUNE_METHOD_GRPO:
+            hparams.check_policy(info, clean, init)
         resolved = FineTuneJob()
         resolved.CopyFrom(clean)
+        if init is not None:
+            await asyncio.to_thread(hparams.apply_init_lora, self.store, resolved, init)
         hparams.resolve(resolved, self.settings, base, self.gpu)
         if validate_only:
             return resolved
@@ -295,8 +321,10 @@ class JobManager:
             job_id=job.id,
             base_model=res.base_model,
             dataset_id=res.dataset_id,
-            method="SFT" if res.method == trainer_pb2.FINE_TUNE_METHOD_SFT else "DPO",
+            method=METHOD_NAMES[res.method],
             hyperparameters=hparams.worker_hparams(res.hyperparameters),
+            init_adapter=res.init_adapter,
+            init_adapter_prefix=_init_prefix(res.init_adapter),
             cache_dir=str(self.cache_dir),
             logging_steps=self.settings.logging_steps,
             step_delay_s=self.settings.step_delay_s,
@@ -401,7 +429,7 @@ class JobManager:
         if record.eval_loss is not None:
             metrics.eval_loss = record.eval_loss
         for key, value in record.extra.items():
-            if key.startswith(("rewards/", "logps/", "logits/")) or key in ("mean_token_accuracy", "entropy"):
+            if key.startswith(("rewards/", "logps/", "logits/")) or key in EXTRA_KEYS:
                 metrics.extra[key] = value
         total = record.total_steps or res.progress.total_steps
         progress = trainer_pb2.TrainingProgress(step=record.step, total_steps=total, epoch=record.epoch)
@@ -509,6 +537,11 @@ def import_local_records(folder: Path, records: JobStore[trainer_pb2.FineTuneJob
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _init_prefix(adapter_id: str) -> str:
+    match = adapters.ADAPTER_ID_RE.match(adapter_id)
+    return adapters.version_prefix(match.group(1), int(match.group(2))) if match else ""
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -49,6 +49,12 @@ class WorkerHyperparameters(_Message):
     seed: int
     checkpoint_every_steps: int
     dpo_beta: float
+    # GRPO only (defaults keep spec.json files of earlier versions readable).
+    grpo_epsilon: float = 0.2
+    grpo_epsilon_high: float = 0.2
+    grpo_kl_beta: float = 0.0
+    grpo_loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    grpo_iterations: int = 1
 
 
 class Spec(_Message):
@@ -57,8 +63,12 @@ class Spec(_Message):
     job_id: str
     base_model: str  # a registered base-model name (``base-models/<name>/``)
     dataset_id: str
-    method: Literal["SFT", "DPO"]
+    method: Literal["SFT", "DPO", "GRPO"]
     hyperparameters: WorkerHyperparameters
+    # The published adapter to continue (`<name>/v<version>`) and its object-store prefix; empty
+    # for a fresh adapter on the base model.
+    init_adapter: str = ""
+    init_adapter_prefix: str = ""
     cache_dir: str  # local folder of downloaded base models
     logging_steps: int  # optimizer steps between two Log records
     step_delay_s: float = 0.0  # testing aid: sleep after every optimizer step

@@ -1,8 +1,10 @@
 """The training recipe of one fine-tune job: setup → train → save → cleanup, resumable.
 
 - **setup**: the base model (fetched from the object store into the local cache), its tokenizer,
-  the dataset's splits, the model (NF4-quantised for QLoRA), the LoRA config and TRL's
-  ``SFTTrainer`` (assistant-only loss) or ``DPOTrainer``; on a CUDA GPU the device options
+  the dataset's splits, the model (NF4-quantised for QLoRA), the LoRA config — or, for a job
+  continuing a published adapter (``init_adapter``), that adapter loaded trainable — and TRL's
+  ``SFTTrainer`` (assistant-only loss), ``DPOTrainer`` or, for GRPO, ``grpo.RolloutGRPOTrainer``
+  (TRL's ``GRPOTrainer`` on the dataset's stored rollouts); on a CUDA GPU the device options
   (``device_options.py``) and the fused LoRA layer (``fused_lora.py``); and the newest complete
   checkpoint of the job, if any, downloaded to resume from.
 - **train**: the Trainer's own loop; a callback reports every log, uploads every checkpoint to
@@ -31,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -72,6 +74,7 @@ class Recipe:
         self.trainer: Any = None
         self.has_eval = False
         self.resume_path: Path | None = None
+        self.rollouts: list[dict[str, Any]] = []  # GRPO: the training rows (grpo.prepare_rows)
 
     # ------------------------------------------------------------------ setup
 
@@ -133,7 +136,11 @@ class Recipe:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        lora = LoraConfig(
+        if spec.method == "GRPO":
+            train_ds = self._rollouts(train_ds, model.config.vocab_size)
+            if isinstance(train_ds, Failure):
+                return train_ds
+        lora: LoraConfig | None = LoraConfig(
             r=hp.lora_rank,
             # PEFT annotates an int but scales by alpha / r in floats; our API allows a fractional alpha.
             lora_alpha=hp.lora_alpha,  # type: ignore[arg-type]
@@ -153,14 +160,27 @@ class Recipe:
         # its own initial adapter) end with different weights. Seeding here makes the initial
         # adapter a function of the seed.
         set_seed(hp.seed)
+        if spec.init_adapter_prefix:
+            # Continued training: the published version's weights are the initial state (its LoRA
+            # settings were echoed into the job's hyperparameters at create).
+            from peft import PeftModel
+
+            init_dir = download_dir(store, spec.init_adapter_prefix, self.job_dir / "init-adapter")
+            model = cast(Any, PeftModel.from_pretrained(model, str(init_dir), is_trainable=True))
+            lora = None
+        kwargs: dict[str, Any] = {"eval_dataset": eval_ds}
+        if spec.method == "GRPO":
+            from flywheel_trainer.grpo import RolloutGRPOTrainer, reward_stats
+
+            trainer_cls, kwargs = RolloutGRPOTrainer, {"rewards": reward_stats(self.rollouts)}
         self.trainer = trainer_cls(
             model=model,
             args=args,
             train_dataset=train_ds,
-            eval_dataset=eval_ds,
             processing_class=tokenizer,
             peft_config=lora,
             callbacks=[_reporter(self)],
+            **kwargs,
         )
         if cuda:
             fused = fuse_lora(self.trainer.model)
@@ -185,6 +205,10 @@ class Recipe:
 
         dataset = catalog.dataset_info(self.store, self.spec.dataset_id)
         train_rows = catalog.read_jsonl(self.store, dataset.train_key)
+        if self.spec.method == "GRPO":
+            # Rows as read; _rollouts checks and cuts them once the model's vocabulary is known. No
+            # evaluation: GRPO's eval would sample from the model, and this trainer samples nothing.
+            return train_rows, None
         eval_rows = catalog.read_jsonl(self.store, dataset.validation_key) if dataset.validation_key else []
         # SFT keeps the chat messages; DPO keeps TRL's preference columns (plain or conversational).
         keys = ("messages",) if self.spec.method == "SFT" else ("prompt", "chosen", "rejected")
@@ -193,6 +217,21 @@ class Recipe:
             Dataset.from_list([{k: row[k] for k in keys} for row in eval_rows]) if eval_rows else None
         )
         return train, evaluation
+
+    def _rollouts(self, rows: list[dict[str, Any]], vocab_size: int) -> Any:
+        """The GRPO training rows as a ``datasets.Dataset``, or a Failure naming the bad record."""
+        from datasets import Dataset
+
+        from flywheel_trainer.catalog import DatasetError, check_rl_row
+        from flywheel_trainer.grpo import RolloutError, prepare_rows
+
+        try:
+            for n, row in enumerate(rows, 1):
+                check_rl_row(row, f"dataset {self.spec.dataset_id} record {n}")
+            self.rollouts = prepare_rows(rows, self.spec.hyperparameters.max_seq_length, vocab_size)
+        except (DatasetError, RolloutError) as err:
+            return Failure.of(grpc.StatusCode.FAILED_PRECONDITION, f"dataset {self.spec.dataset_id}: {err}")
+        return Dataset.from_list(self.rollouts)
 
     def _trainer_config(self, *, cuda: bool, bf16: bool, cpu_bf16: bool, has_eval: bool) -> tuple[Any, Any]:
         """(TRL config, TRL trainer class) for the job's method and this device."""
@@ -235,6 +274,29 @@ class Recipe:
             elif not hp.packing:
                 sft.update(cpu_sft_overrides(hp.batch_size, hp.gradient_accumulation_steps))
             return SFTConfig(**sft), SFTTrainer
+        if spec.method == "GRPO":
+            from trl import GRPOConfig, GRPOTrainer
+
+            del common["max_length"]  # prepare_rows cut every sample to max_seq_length already
+            gb = hp.batch_size * hp.gradient_accumulation_steps
+            grpo = GRPOConfig(
+                **common,
+                # TRL's num_generations (G) shapes its own sampler and reward grouping, which we
+                # replace; it only has to pass GRPOConfig's checks (>= 2, divides the batch).
+                num_generations=gb if gb >= 2 else 2,
+                generation_batch_size=gb if gb >= 2 else 2,
+                max_completion_length=max(len(r["completion_token_ids"]) for r in self.rollouts),
+                temperature=1.0,  # the stored log-probs are of the unscaled distribution
+                beta=hp.grpo_kl_beta,
+                epsilon=hp.grpo_epsilon,
+                epsilon_high=hp.grpo_epsilon_high,
+                loss_type=hp.grpo_loss_type,
+                num_iterations=hp.grpo_iterations,
+                remove_unused_columns=False,
+            )
+            if gb < 2:  # one sample per optimizer step: what GRPOConfig's check cannot express
+                grpo.generation_batch_size, grpo.steps_per_generation = gb, hp.gradient_accumulation_steps
+            return grpo, GRPOTrainer
         from trl import DPOConfig, DPOTrainer
 
         return DPOConfig(**common, beta=hp.dpo_beta, dataset_num_proc=None), DPOTrainer
@@ -279,7 +341,8 @@ class Recipe:
         trainer, tokenizer, output = self.trainer, self.tokenizer, self.output
         assert isinstance(trainer.model, PeftModel)  # what is saved is the adapter, not a whole model
         output.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(str(output))
+        # Only the trained adapter: TRL may hold a frozen copy of the starting one ("ref") beside it.
+        trainer.model.save_pretrained(str(output), selected_adapters=["default"])
         tokenizer.save_pretrained(output)
         if not (output / "chat_template.jinja").exists():
             (output / "chat_template.jinja").write_text(tokenizer.chat_template)

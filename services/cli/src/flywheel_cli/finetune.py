@@ -23,7 +23,13 @@ from flywheel.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
 from flywheel_cli import rpc
 from flywheel_cli.render import STATES, console, out
 
-METHODS = {"sft": pb.FINE_TUNE_METHOD_SFT, "dpo": pb.FINE_TUNE_METHOD_DPO}
+METHODS = {"sft": pb.FINE_TUNE_METHOD_SFT, "dpo": pb.FINE_TUNE_METHOD_DPO, "grpo": pb.FINE_TUNE_METHOD_GRPO}
+LOSS_TYPES = {
+    "dapo": pb.GRPO_LOSS_TYPE_DAPO,
+    "grpo": pb.GRPO_LOSS_TYPE_GRPO,
+    "bnpo": pb.GRPO_LOSS_TYPE_BNPO,
+    "dr_grpo": pb.GRPO_LOSS_TYPE_DR_GRPO,
+}
 SCHEDULERS = {
     "cosine": pb.LR_SCHEDULER_COSINE,
     "linear": pb.LR_SCHEDULER_LINEAR,
@@ -39,7 +45,7 @@ def _state(job: pb.FineTuneJob) -> str:
 @rpc.connection_options(rpc.TRAINER)
 @click.pass_context
 def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
-    """Fine-tune LoRA adapters (SFT or DPO) with the trainer."""
+    """Fine-tune LoRA adapters (SFT, DPO or GRPO) with the trainer."""
     rpc.remember_connection(ctx, address, state_dir)
 
 
@@ -62,7 +68,11 @@ def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
 @click.option("--epochs", type=float, default=0.0, help="Epochs (0 = 1).")
 @click.option("--max-steps", type=int, default=0, help="Stop after this many optimizer steps (0 = no limit).")
 @click.option(
-    "--lr", "learning_rate", type=float, default=0.0, help="Peak learning rate (0 = 2e-4 SFT, 5e-6 DPO)."
+    "--lr",
+    "learning_rate",
+    type=float,
+    default=0.0,
+    help="Peak learning rate (0 = 2e-4 SFT, 5e-6 DPO, 1e-5 GRPO).",
 )
 @click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default="cosine", show_default=True)
 @click.option("--warmup", type=float, default=None, help="Warm-up ratio (default 0.03).")
@@ -75,6 +85,25 @@ def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
     "--checkpoint-every", type=int, default=0, help="Checkpoint every N steps (0 = service default)."
 )
 @click.option("--beta", type=float, default=0.0, help="DPO beta (0 = 0.1).")
+@click.option(
+    "--init-adapter",
+    default="",
+    help="Continue this published adapter, NAME/vN (its weights and LoRA settings); default a fresh one.",
+)
+@click.option(
+    "--kl-beta", type=float, default=None, help="GRPO: KL weight to the starting policy (default 0)."
+)
+@click.option(
+    "--epsilon", type=float, default=None, help="GRPO: lower clip range of the ratio (default 0.2)."
+)
+@click.option("--epsilon-high", type=float, default=None, help="GRPO: upper clip range (default --epsilon).")
+@click.option(
+    "--loss-type",
+    type=click.Choice(sorted(LOSS_TYPES)),
+    default=None,
+    help="GRPO: loss aggregation (default dapo).",
+)
+@click.option("--iterations", type=int, default=0, help="GRPO: passes over each batch of rollouts (0 = 1).")
 @click.option(
     "--request-id", default="", help="Idempotency key: a retry with the same key returns the same job."
 )
@@ -90,6 +119,7 @@ def create(ctx: click.Context, **opts: Any) -> None:
         dataset_id=str(opts["dataset_id"]),
         adapter_name=str(opts["adapter_name"]),
         method=METHODS[str(opts["method"])],
+        init_adapter=str(opts["init_adapter"]),
     )
     hp = job.hyperparameters
     hp.lora.rank = int(opts["rank"])
@@ -113,6 +143,21 @@ def create(ctx: click.Context, **opts: Any) -> None:
         hp.seed = int(opts["seed"])
     hp.checkpoint_every_steps = int(opts["checkpoint_every"])
     hp.dpo_beta = float(opts["beta"])
+    grpo_opts = (opts["kl_beta"], opts["epsilon"], opts["epsilon_high"], opts["loss_type"])
+    if any(v is not None for v in grpo_opts) or opts["iterations"]:
+        if job.method != pb.FINE_TUNE_METHOD_GRPO:
+            raise click.UsageError(
+                "--kl-beta, --epsilon, --epsilon-high, --loss-type and --iterations need --method grpo"
+            )
+        if opts["kl_beta"] is not None:
+            hp.grpo.kl_beta = float(opts["kl_beta"])
+        if opts["epsilon"] is not None:
+            hp.grpo.epsilon = float(opts["epsilon"])
+        if opts["epsilon_high"] is not None:
+            hp.grpo.epsilon_high = float(opts["epsilon_high"])
+        if opts["loss_type"] is not None:
+            hp.grpo.loss_type = LOSS_TYPES[str(opts["loss_type"])]
+        hp.grpo.iterations = int(opts["iterations"])
     request = pb.CreateFineTuneJobRequest(
         job=job, request_id=str(opts["request_id"]), validate_only=bool(opts["validate_only"])
     )

@@ -1,0 +1,377 @@
+"""GRPO on stored rollouts and continued training (init_adapter).
+
+Real TRL/PEFT on the tiny offline Llama; the service tests go through the real gRPC server, a real
+nats-server and one real training process per job. The rollouts are sampled in the test from the
+tiny model itself with torch (temperature 1), standing in for the model server that records them in
+production, and scored by a rule (the rewarded first token) standing in for the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flywheel.trainer.v1 import trainer_pb2 as S
+from flywheel.trainer.v1 import trainer_pb2_grpc
+from flywheel_common.objectstore import ObjectStore
+from flywheel_testing.services import boot_service
+from flywheel_testing.trainer import sft_job, wait_for
+from flywheel_trainer import catalog
+from flywheel_trainer.service import build_app
+from flywheel_trainer.settings import TrainerSettings
+from flywheel_trainer.storeio import download_dir
+
+PROMPT = "What is the capital of France?"
+G = 16  # samples per group
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _load(model_dir: Path, adapter_dir: Path | None = None) -> tuple[Any, Any]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return tok, model.eval()
+
+
+def _sample_group(model: Any, prompt_ids: list[int], seed: int, target: int | None) -> tuple[list[dict], int]:
+    """G completions of 2 tokens at temperature 1 with their log-probs; reward 1 when the first token
+    is ``target`` (chosen here, when None, as the most frequent first token that not all samples share)."""
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    with torch.no_grad():
+        for _ in range(G):
+            ids, logps = list(prompt_ids), []
+            for _ in range(2):
+                logits = model(torch.tensor([ids])).logits[0, -1]
+                dist = torch.log_softmax(logits.float(), -1)
+                token = int(torch.multinomial(dist.exp(), 1, generator=gen))
+                ids.append(token)
+                logps.append(float(dist[token]))
+            samples.append((ids[len(prompt_ids) :], logps))
+    if target is None:
+        firsts = [c[0] for c, _ in samples]
+        target = max((t for t in set(firsts) if firsts.count(t) < G), key=firsts.count)
+    rewards = [1.0 if c[0] == target else 0.0 for c, _ in samples]
+    mean = sum(rewards) / G
+    std = (sum((r - mean) ** 2 for r in rewards) / G) ** 0.5
+    rows = [
+        {
+            "group_id": f"g-{seed}",
+            "task_id": "t-1",
+            "trajectory_id": f"tr-{seed}-{i}",
+            "turn": 0,
+            "prompt_token_ids": list(prompt_ids),
+            "completion_token_ids": completion,
+            "behaviour_logprobs": logps,
+            "reward": reward,
+            "advantage": (reward - mean) / (std + 1e-4),
+            "adapter": None,
+        }
+        for i, ((completion, logps), reward) in enumerate(zip(samples, rewards, strict=True))
+    ]
+    return rows, target
+
+
+def _first_token_prob(model: Any, prompt_ids: list[int], token: int) -> float:
+    with torch.no_grad():
+        return float(torch.softmax(model(torch.tensor([prompt_ids])).logits[0, -1], -1)[token])
+
+
+def _write_rl(store: ObjectStore, dataset_id: str, rows: list[dict], policy: dict[str, str] | None) -> None:
+    """An RL dataset the way the builder writes one (proto field names, rl_stats with the policy)."""
+    prefix = f"datasets/{dataset_id}/"
+    for row in rows:
+        row["adapter"] = policy
+    store.put(prefix + "train.grpo_tokens.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    rl_stats: dict[str, Any] = {"groups": 1, "episodes": len(rows), "samples": len(rows)}
+    if policy:
+        name, version = policy["adapter_id"].split("/v")
+        rl_stats["policy"] = {**policy, "name": name, "version": int(version)}
+    manifest = {
+        "id": dataset_id,
+        "kind": "DATASET_KIND_RL",
+        "files": {"train": "train.grpo_tokens.jsonl"},
+        "rl_stats": rl_stats,
+    }
+    store.put(prefix + "manifest.json", json.dumps(manifest).encode())
+
+
+def grpo_job(dataset_id: str, init: str = "", **grpo: Any) -> S.FineTuneJob:
+    job = sft_job("policy", learning_rate=2e-2, batch_size=8, max_steps=0, epochs=6, max_seq_length=64)
+    job.method = S.FINE_TUNE_METHOD_GRPO
+    job.dataset_id = dataset_id
+    job.init_adapter = init
+    job.hyperparameters.warmup_ratio = 0.0
+    job.hyperparameters.scheduler = S.LR_SCHEDULER_CONSTANT
+    for key, value in grpo.items():
+        setattr(job.hyperparameters.grpo, key, value)
+    return job
+
+
+async def _run(stub: trainer_pb2_grpc.TrainerServiceStub, job: S.FineTuneJob) -> S.FineTuneJob:
+    created = (await stub.CreateFineTuneJob(S.CreateFineTuneJobRequest(job=job))).job
+    done = await wait_for(stub, created.id, lambda j: j.state in (3, 4, 5))
+    assert done.state == 3, done.error
+    return done
+
+
+async def _error(stub: trainer_pb2_grpc.TrainerServiceStub, job: S.FineTuneJob) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CreateFineTuneJob(S.CreateFineTuneJobRequest(job=job, validate_only=True))
+    return info.value
+
+
+# ---------------------------------------------------------------------------------- the loss
+
+
+def test_masked_positions_carry_no_gradient(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Token ids and log-probs under the padding (prompt_mask / completion_mask 0) do not change the
+    loss or any gradient; a completion token inside the mask does (so the check can fail)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import GRPOConfig
+
+    from flywheel_trainer.grpo import RolloutGRPOTrainer, prepare_rows, reward_stats
+
+    tok, model = _load(tiny_model_dir)
+    base = tok(PROMPT).input_ids
+    raw = [
+        {
+            "prompt_token_ids": base[: 3 + i],
+            "completion_token_ids": [10 + i] * (1 + i),
+            "advantage": a,
+            "reward": r,
+        }
+        for i, (a, r) in enumerate([(1.0, 1.0), (-1.0, 0.0), (0.5, 1.0), (-0.5, 0.0)])
+    ]
+    for row in raw:
+        row["behaviour_logprobs"] = [-3.0] * len(row["completion_token_ids"])
+    rows = prepare_rows(raw, 64, model.config.vocab_size)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        generation_batch_size=4,
+        max_completion_length=4,
+        remove_unused_columns=False,
+        report_to=[],
+        use_cpu=True,
+        beta=0.05,
+        epsilon_high=0.3,
+    )
+    torch.manual_seed(0)
+    trainer = RolloutGRPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        rewards=reward_stats(rows),
+    )
+    trainer.current_gradient_accumulation_steps = 1
+    peft_model = trainer.model
+    with torch.no_grad():  # B = 0 at init: give the adapter some weight so every LoRA matrix has gradients
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    peft_model.train()
+    batch = trainer._generate_and_score_completions(rows[:4])
+    assert batch["prompt_mask"].eq(0).any() and batch["completion_mask"].eq(0).any()  # padding on both sides
+
+    def loss_and_grads(inputs: dict[str, Any]) -> tuple[float, list[torch.Tensor]]:
+        peft_model.zero_grad()
+        loss = trainer.compute_loss(peft_model, inputs)
+        loss.backward()
+        grads = [p.grad.clone() for p in peft_model.parameters() if p.requires_grad]
+        assert any(g.abs().sum() > 0 for g in grads)
+        return float(loss.detach()), grads
+
+    loss0, grads0 = loss_and_grads(batch)
+    noisy = dict(batch)
+    gen = torch.Generator().manual_seed(1)
+    for ids, mask in (("prompt_ids", "prompt_mask"), ("completion_ids", "completion_mask")):
+        random_ids = torch.randint(0, model.config.vocab_size, batch[ids].shape, generator=gen)
+        noisy[ids] = torch.where(batch[mask].bool(), batch[ids], random_ids)
+    noise = torch.randn(batch["old_per_token_logps"].shape, generator=gen)
+    noisy["old_per_token_logps"] = torch.where(
+        batch["completion_mask"].bool(), batch["old_per_token_logps"], noise
+    )
+    noisy["ref_per_token_logps"] = torch.where(
+        batch["completion_mask"].bool(), batch["ref_per_token_logps"], noise
+    )
+    loss1, grads1 = loss_and_grads(noisy)
+    assert loss1 == pytest.approx(loss0, abs=1e-6)
+    for g0, g1 in zip(grads0, grads1, strict=True):
+        torch.testing.assert_close(g0, g1, atol=1e-6, rtol=1e-5)
+
+    changed = dict(batch)
+    changed["completion_ids"] = batch["completion_ids"].clone()
+    changed["completion_ids"][0, 0] = (int(batch["completion_ids"][0, 0]) + 1) % model.config.vocab_size
+    _, grads2 = loss_and_grads(changed)
+    assert any(not torch.allclose(g0, g2, atol=1e-6) for g0, g2 in zip(grads0, grads2, strict=True))
+
+
+# ---------------------------------------------------------------------------------- through the service
+
+
+async def test_grpo_learns_continues_adapters_and_refuses_stale_rollouts(
+    trainer_env: dict[str, str],
+    channel_to: Callable,
+    store_of: Callable,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    store = store_of(trainer_env)
+    tok, base = _load(tiny_model_dir)
+    prompt_ids = tok(PROMPT).input_ids
+    rows0, target = _sample_group(base, prompt_ids, seed=0, target=None)
+    _write_rl(store, "ds-rl00000000000000", rows0, None)
+    p_base = _first_token_prob(base, prompt_ids, target)
+
+    async with boot_service(build_app, TrainerSettings, trainer_env) as address:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel_to(address))
+
+        # GRPO needs an RL dataset, and an RL dataset is for GRPO only.
+        err = await _error(stub, grpo_job("ds-sft0000000000001"))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "FINE_TUNE_METHOD_GRPO needs a RL dataset" in err.details()
+        wrong = sft_job()
+        wrong.dataset_id = "ds-rl00000000000000"
+        assert (await _error(stub, wrong)).code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        # Round 1, from the base model: the rewarded first token becomes more likely.
+        job1 = await _run(stub, grpo_job("ds-rl00000000000000", kl_beta=0.01, epsilon_high=1.0))
+        assert job1.hyperparameters.grpo.loss_type == S.GRPO_LOSS_TYPE_DAPO
+        assert job1.adapter.name == "policy" and job1.adapter.version == 1
+        extra = job1.latest_metrics.extra
+        for key in ("kl", "clip_ratio/region_mean", "entropy", "reward_mean", "reward_std"):
+            assert key in extra, key
+        assert extra["reward_mean"] == pytest.approx(sum(r["reward"] for r in rows0) / G)
+        assert job1.latest_metrics.tokens_per_second > 0
+        v1 = (await stub.GetAdapter(S.GetAdapterRequest(name="policy", version=1))).adapter
+        assert v1.method == S.FINE_TUNE_METHOD_GRPO and not v1.init_adapter
+        assert store.exists(v1.loss_curve.key)
+        v1_dir = download_dir(store, v1.object_prefix, tmp_path / "v1")
+        _, policy1 = _load(tiny_model_dir, v1_dir)
+        p1 = _first_token_prob(policy1, prompt_ids, target)
+        assert p1 > 1.3 * p_base, (p_base, p1)
+
+        # Round 2 continues policy/v1 on rollouts of policy/v1 (same digest): the rise goes on.
+        rows1, _ = _sample_group(policy1, prompt_ids, seed=1, target=target)
+        identity = {"adapter_id": "policy/v1", "digest": v1.content_digest}
+        _write_rl(store, "ds-rl00000000000001", rows1, identity)
+        stale = {"adapter_id": "policy/v1", "digest": "sha256:" + "0" * 64}
+        _write_rl(store, "ds-rl00000000000002", rows1, stale)
+
+        # Refusals: stale rollouts, base rollouts for a continued adapter, an adapter's rollouts for
+        # a fresh one, unknown and malformed adapters, another base model.
+        err = await _error(stub, grpo_job("ds-rl00000000000002", init="policy/v1"))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "sha256:" + "0" * 64 in err.details() and v1.content_digest in err.details()
+        err = await _error(stub, grpo_job("ds-rl00000000000000", init="policy/v1"))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "the base model" in err.details()
+        err = await _error(stub, grpo_job("ds-rl00000000000001"))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "policy/v1" in err.details()
+        err = await _error(stub, grpo_job("ds-rl00000000000001", init="policy/v9"))
+        assert err.code() == grpc.StatusCode.NOT_FOUND and "v1" in err.details()
+        err = await _error(stub, grpo_job("ds-rl00000000000001", init="policy-v1"))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "job.init_adapter" in err.details()
+        _register_copy(store, tiny_model_dir, tmp_path / "other-base", "tiny-other")
+        on_other = grpo_job("ds-rl00000000000001", init="policy/v1")
+        on_other.base_model = "tiny-other"
+        err = await _error(stub, on_other)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "tiny-other" in err.details()
+
+        # The init adapter's LoRA settings win over the request's, and are echoed.
+        request = grpo_job("ds-rl00000000000001", init="policy/v1", epsilon_high=1.0, kl_beta=0.01)
+        request.hyperparameters.lora.rank = 4
+        resolved = (
+            await stub.CreateFineTuneJob(S.CreateFineTuneJobRequest(job=request, validate_only=True))
+        ).job
+        assert (resolved.hyperparameters.lora.rank, resolved.hyperparameters.lora.alpha) == (8, 16.0)
+        job2 = await _run(stub, request)
+        v2 = (await stub.GetAdapter(S.GetAdapterRequest(name="policy", version=2))).adapter
+        assert job2.adapter.version == 2 and v2.init_adapter == "policy/v1"
+        manifest = json.loads(store.get_bytes(v2.manifest.key))
+        assert manifest["lineage"]["init_adapter"] == identity
+        # Only the trained adapter is published, not TRL's frozen "ref" copy of the starting one.
+        assert not [o.key for o in store.list(v2.object_prefix) if "/ref/" in o.key]
+        _, policy2 = _load(tiny_model_dir, download_dir(store, v2.object_prefix, tmp_path / "v2"))
+        assert _first_token_prob(policy2, prompt_ids, target) > p1
+
+        # SFT continues a published adapter too.
+        sft = sft_job("policy", max_steps=2)
+        sft.init_adapter = "policy/v2"
+        job3 = await _run(stub, sft)
+        assert job3.hyperparameters.lora.rank == 8
+        v3 = (await stub.GetAdapter(S.GetAdapterRequest(name="policy", version=3))).adapter
+        assert v3.init_adapter == "policy/v2" and v3.method == S.FINE_TUNE_METHOD_SFT
+
+    # The continued job's initial weights are v1's, exactly: the recipe's setup, in this process.
+    _assert_starts_from(trainer_env, job2, v1_dir, tmp_path / "setup")
+
+
+def _register_copy(store: ObjectStore, source: Path, folder: Path, name: str) -> None:
+    folder.mkdir()
+    for f in source.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    catalog.register_base_model(store, folder, name, "a second base model")
+
+
+def _assert_starts_from(env: dict[str, str], job: S.FineTuneJob, adapter_dir: Path, work: Path) -> None:
+    import threading
+
+    from flywheel_trainer import hparams, recipe
+    from flywheel_trainer.jobs import METHOD_NAMES, _init_prefix
+    from flywheel_trainer.protocol import Spec
+
+    work.mkdir()
+    spec = Spec(
+        job_id="ftj-setup",
+        base_model=job.base_model,
+        dataset_id=job.dataset_id,
+        method=METHOD_NAMES[job.method],
+        hyperparameters=hparams.worker_hparams(job.hyperparameters),
+        cache_dir=str(work / "cache"),
+        logging_steps=1,
+        init_adapter=job.init_adapter,
+        init_adapter_prefix=_init_prefix(job.init_adapter),
+    )
+    (work / "spec.json").write_text(spec.model_dump_json())
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("FLYWHEEL_OBJECT_STORE_")})
+    try:
+        setup = recipe.Recipe(work, threading.Event(), lambda record: None)
+        assert setup.setup() is None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    published = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    state = {k: v for k, v in setup.trainer.model.state_dict().items() if ".default." in k or "lora_" in k}
+    compared = 0
+    for key, value in published.items():
+        # PEFT stores "…lora_A.weight"; the live model names it "…lora_A.default.weight".
+        live = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+            ".lora_B.weight", ".lora_B.default.weight"
+        )
+        assert live in state, (key, sorted(state)[:4])
+        torch.testing.assert_close(state[live], value, rtol=0, atol=0)
+        compared += 1
+    assert compared > 0 and any(v.abs().sum() > 0 for k, v in published.items() if "lora_B" in k)
