@@ -225,6 +225,64 @@ def test_masked_positions_carry_no_gradient(tiny_model_dir: Path, tmp_path: Path
     assert any(not torch.allclose(g0, g2, atol=1e-6) for g0, g2 in zip(grads0, grads2, strict=True))
 
 
+def test_each_record_once_per_epoch_and_iteration(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """5 records, generation batch 4 (2 x 2 accumulation), 2 iterations: 2 batches collated (the
+    second filled with the padding row), each trained on twice: 4 optimizer steps, and tokens/s
+    counts the real samples' tokens of every pass."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import GRPOConfig
+
+    from flywheel_trainer.grpo import RolloutGRPOTrainer, prepare_rows, reward_stats
+
+    tok, model = _load(tiny_model_dir)
+    raw = [
+        {
+            "prompt_token_ids": [5, 6, 40 + i],
+            "completion_token_ids": [20 + i, 30],
+            "behaviour_logprobs": [-4.0, -4.0],
+            "advantage": (-1.0) ** i,
+            "reward": float(i % 2),
+        }
+        for i in range(5)
+    ]
+    rows = prepare_rows(raw, 32, model.config.vocab_size)
+    collated: list[list[Any]] = []
+
+    class Recording(RolloutGRPOTrainer):
+        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+            collated.append(["pad" if r["pad"] else r["prompt_token_ids"][-1] - 40 for r in inputs])
+            return super()._generate_and_score_completions(inputs)
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        num_generations=4,
+        generation_batch_size=4,
+        num_iterations=2,
+        max_completion_length=2,
+        remove_unused_columns=False,
+        report_to=[],
+        use_cpu=True,
+        num_train_epochs=1,
+        disable_tqdm=True,
+    )
+    trainer = Recording(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]),
+        rewards=reward_stats(rows),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert len(collated) == 2 and collated[1].count("pad") == 3
+    assert sorted(i for batch in collated for i in batch if i != "pad") == [0, 1, 2, 3, 4]
+    assert trainer.state.num_input_tokens_seen == 2 * 5 * 5  # 2 passes x 5 samples x 5 tokens
+
+
 # ---------------------------------------------------------------------------------- through the service
 
 

@@ -149,7 +149,9 @@ class RolloutGRPOTrainer(GRPOTrainer):
     def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
         inputs: dict[str, Any] = super()._prepare_inputs(generation_batch)
         if self.model is not None and self.model.training:
-            tokens = inputs["prompt_mask"].sum() + inputs["completion_mask"].sum()
+            completion = inputs["completion_mask"].sum(1)
+            # Tokens of real samples only: the padding row's prompt is not training data.
+            tokens = (inputs["prompt_mask"].sum(1) * (completion > 0)).sum() + completion.sum()
             self.state.num_input_tokens_seen += int(self.accelerator.gather(tokens).sum().item())
         return inputs
 
