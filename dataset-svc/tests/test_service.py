@@ -145,6 +145,7 @@ async def test_unknown_ids_are_not_found(service_env: dict[str, str]) -> None:
             assert [r.name for r in recipes.recipes] == [
                 "debug_dialogues",
                 "dpo_steps",
+                "grpo_groups",
                 "journal_pairs",
                 "patch_sft",
                 "step_sft",

@@ -270,9 +270,11 @@ class Builder:
                 continue
             records = [render(example, f) for f in spec.formats]
             lines = [_dumps(r) for r in records]
-            verdict = self.dedup.check(exact_key(lines[0].encode()), example.similarity_text or lines[0])
-            if verdict is not None:
-                continue
+            # RL samples are never de-duplicated: identical episodes of a group are legitimate.
+            if example.record is None:
+                verdict = self.dedup.check(exact_key(lines[0].encode()), example.similarity_text or lines[0])
+                if verdict is not None:
+                    continue
             split = split_of(
                 seed, example.suite, example.task_id, split_cfg.train_ratio, split_cfg.validation_ratio
             )
@@ -292,6 +294,8 @@ class Builder:
             self.ctx.progress.examples_written += 1
 
     def _tokens(self, example: Example, counter: TokenCounter) -> int:
+        if example.record is not None:
+            return example.token_count  # token ids already: nothing to tokenise
         if example.chosen is None:
             return counter.count(chatml_text(example.messages))
         assert example.rejected is not None  # a preference example has both answers
@@ -445,6 +449,12 @@ class Builder:
         )
         if spec.create_time is not None:
             dataset.create_time.CopyFrom(spec.create_time)
+        if self.counts.rl is not None:
+            stats = self.counts.rl.stats(self.counts)
+            policy = stats.pop("policy")
+            dataset.rl_stats.CopyFrom(dpb.RlStats(**stats))
+            if policy is not None:
+                dataset.rl_stats.policy.CopyFrom(policy)
         return dataset
 
 
@@ -512,6 +522,7 @@ def _tools_to_text(record: dict[str, Any]) -> None:
 TRAINER_FORMATS = {
     dpb.DATASET_KIND_SFT: dpb.OUTPUT_FORMAT_CHAT_MESSAGES,
     dpb.DATASET_KIND_PREFERENCE: dpb.OUTPUT_FORMAT_TRL_PREFERENCE,
+    dpb.DATASET_KIND_RL: dpb.OUTPUT_FORMAT_GRPO_TOKENS,
 }
 
 

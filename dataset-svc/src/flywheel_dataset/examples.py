@@ -32,6 +32,9 @@ class Example:
     pair_type: str = ""
     #: Text for near-duplicate detection (bounded size; see the recipe); None = whole example.
     similarity_text: str | None = None
+    #: RL recipes: the record as written (token ids, advantages), and its length in tokens.
+    record: dict[str, Any] | None = None
+    token_count: int = 0
 
     @property
     def task_key(self) -> tuple[str, str]:
@@ -49,6 +52,8 @@ class Counts:
     filter_reasons: Counter[str] = field(default_factory=Counter)
     failure_categories: Counter[str] = field(default_factory=Counter)
     pair_types: Counter[str] = field(default_factory=Counter)
+    #: RL recipes: what they read and kept (``rl.RlTally``), for the manifest's ``rl_stats``.
+    rl: Any = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.filter_reasons[reason] += n

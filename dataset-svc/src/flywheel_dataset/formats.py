@@ -10,6 +10,8 @@ Layouts (what the trainer and hosted fine-tuning APIs read):
 - TOGETHER_DPO: ``{"input": {"messages"}, "preferred_output": [msg], "non_preferred_output": [msg]}``.
 - TRL_PREFERENCE: ``{"prompt": [msgs], "chosen": [msg], "rejected": [msg]}`` — TRL's
   conversational preference format, read as-is by DPOTrainer.
+- GRPO_TOKENS: one assistant turn's token ids, behaviour log-probs and advantage (``rl.py``) —
+  the trainer's GRPO jobs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ FORMAT_NAMES = {
     dpb.OUTPUT_FORMAT_SHAREGPT: "sharegpt",
     dpb.OUTPUT_FORMAT_TOGETHER_DPO: "together_dpo",
     dpb.OUTPUT_FORMAT_TRL_PREFERENCE: "trl_preference",
+    dpb.OUTPUT_FORMAT_GRPO_TOKENS: "grpo_tokens",
 }
 SPLIT_NAMES = {
     dpb.DATASET_SPLIT_TRAIN: "train",
@@ -94,6 +97,11 @@ def _together_dpo(example: Example) -> Record:
     }
 
 
+def _grpo_tokens(example: Example) -> Record:
+    assert example.record is not None  # RL recipes make their records themselves
+    return example.record
+
+
 def _trl_preference(example: Example) -> Record:
     return {"prompt": example.messages, "chosen": [example.chosen], "rejected": [example.rejected]}
 
@@ -105,6 +113,7 @@ FORMATTERS: dict[dpb.OutputFormat, Callable[[Example], Record]] = {
     dpb.OUTPUT_FORMAT_SHAREGPT: _sharegpt,
     dpb.OUTPUT_FORMAT_TOGETHER_DPO: _together_dpo,
     dpb.OUTPUT_FORMAT_TRL_PREFERENCE: _trl_preference,
+    dpb.OUTPUT_FORMAT_GRPO_TOKENS: _grpo_tokens,
 }
 
 

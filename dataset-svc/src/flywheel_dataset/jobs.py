@@ -46,6 +46,7 @@ from flywheel_dataset.build import (
     manifest_to_dataset,
     run_build,
 )
+from flywheel_dataset.rl import PolicyMismatch
 from flywheel_dataset.source import GrpcTrajectorySource, StoreUnavailable
 from flywheel_dataset.tokens import TokenCounter, load_counter
 from flywheel_dataset.validation import spec_from_build
@@ -236,7 +237,7 @@ class BuildManager:
                 raise _Shutdown() from None
             await self._finish(job, CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED)
             return
-        except EmptyDataset as err:
+        except (EmptyDataset, PolicyMismatch) as err:
             await self._finish(job, FAILED, str(err), grpc.StatusCode.FAILED_PRECONDITION)
             return
         except Exception as err:

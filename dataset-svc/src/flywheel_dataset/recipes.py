@@ -37,6 +37,7 @@ from flywheel_dataset.messages import (
     trajectory_tools,
     words,
 )
+from flywheel_dataset.rl import GRPO_DOC, grpo_groups
 
 SFT_FORMATS = (
     dpb.OUTPUT_FORMAT_CHAT_MESSAGES,
@@ -45,6 +46,7 @@ SFT_FORMATS = (
     dpb.OUTPUT_FORMAT_SHAREGPT,
 )
 PREFERENCE_FORMATS = (dpb.OUTPUT_FORMAT_TRL_PREFERENCE, dpb.OUTPUT_FORMAT_TOGETHER_DPO)
+RL_FORMATS = (dpb.OUTPUT_FORMAT_GRPO_TOKENS,)
 
 _INFRA_FAILURES = (tpb.FAILURE_CATEGORY_MODEL_ERROR, tpb.FAILURE_CATEGORY_SANDBOX_ERROR)
 
@@ -67,6 +69,7 @@ class Param:
     default: str
     description: str
     allowed: tuple[str, ...] = ()
+    pattern: str = ""  #: a regular expression the whole text must match (empty text always passes)
 
     def parse(self, text: str) -> Any:
         text = text.strip()
@@ -86,6 +89,8 @@ class Param:
             return value
         if self.type == dpb.PARAMETER_TYPE_STRING_LIST:
             return tuple(v.strip() for v in text.split(",") if v.strip())
+        if self.pattern and text and not re.fullmatch(self.pattern, text):
+            raise ParameterError(self.name, f"{text!r} must match {self.pattern}")
         if self.allowed and text not in self.allowed:
             raise ParameterError(self.name, f"{text!r} is not one of {', '.join(self.allowed)}")
         return text
@@ -113,6 +118,8 @@ class Recipe:
 
     @property
     def formats(self) -> tuple[dpb.OutputFormat, ...]:
+        if self.kind == dpb.DATASET_KIND_RL:
+            return RL_FORMATS
         return SFT_FORMATS if self.kind == dpb.DATASET_KIND_SFT else PREFERENCE_FORMATS
 
     @property
@@ -794,6 +801,36 @@ RECIPES: dict[str, Recipe] = {
             ),
             (_REPO, _IO, _CHAT),
             dpo_steps,
+        ),
+        Recipe(
+            "grpo_groups",
+            GRPO_DOC,
+            dpb.DATASET_KIND_RL,
+            (
+                _bool(
+                    "normalize_std", True, "Divide advantages by the group's reward std (false: Dr. GRPO)."
+                ),
+                _bool(
+                    "drop_zero_advantage_groups", True, "Drop groups whose episodes all got the same reward."
+                ),
+                _int("min_group_size", 2, "Groups with fewer kept episodes are dropped."),
+                Param(
+                    "policy_adapter",
+                    dpb.PARAMETER_TYPE_STRING,
+                    "",
+                    "The policy every turn must come from: name/vN, base, or empty for any single one.",
+                    pattern=r"base|[a-z0-9][a-z0-9._-]{0,62}/v[1-9][0-9]*",
+                ),
+                Param(
+                    "policy_digest",
+                    dpb.PARAMETER_TYPE_STRING,
+                    "",
+                    "Content digest (sha256:...) every turn's adapter must have; empty: not checked.",
+                    pattern=r"sha256:[0-9a-f]{64}",
+                ),
+            ),
+            (_REPO, _IO),
+            grpo_groups,
         ),
     )
 }
