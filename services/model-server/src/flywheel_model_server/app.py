@@ -259,7 +259,13 @@ def _logprob(value: float) -> float:
 class _Shape:
     """OpenAI response and chunk bodies for chat (``chat.completion``) or text (``text_completion``),
     with vLLM's extensions: ``token_ids`` / ``prompt_token_ids`` (``return_token_ids``) and
-    ``stop_reason``; tool calls parsed out of chat answers (toolcalls.py)."""
+    ``stop_reason``; tool calls parsed out of chat answers (toolcalls.py).
+
+    ``system_fingerprint`` (OpenAI's field, on the response and on every chunk) is the content
+    digest (``sha256:<hex>``) of the adapter whose weights generated the answer, as the engine
+    reported it for this very generation (``Started.adapter_digest``) — never looked up again by
+    name, which could race with a reload. It is null for the base model (and for an adapter loaded
+    without a digest): clients read a null as "no adapter identity", as for vLLM or a hosted API."""
 
     def __init__(
         self,
@@ -277,10 +283,12 @@ class _Shape:
         self.want_ids, self.logprobs = want_ids, logprobs
         self.created = int(time.time())
         self.choices = 0
+        self.fingerprint: str | None = None
 
     def start(self, started: Started, n: int, echo: bool) -> None:
         """Per choice (prompt-major, n per prompt): echo prefix, prompt ids, forced start of the answer."""
         self.choices = n * len(started.prompt_texts)
+        self.fingerprint = started.adapter_digest
         per_prompt = range(len(started.prompt_texts))
         self.prefixes = [started.prompt_texts[p] if echo else "" for p in per_prompt for _ in range(n)]
         self.prompt_ids = [started.prompt_token_ids[p] for p in per_prompt for _ in range(n)]
@@ -300,6 +308,7 @@ class _Shape:
             "object": kind,
             "created": self.created,
             "model": self.model,
+            "system_fingerprint": self.fingerprint,
             "choices": choices,
         }
 

@@ -93,6 +93,10 @@ class Started:
     prompt_texts: list[str]  #: one per prompt, for ``echo``
     prompt_token_ids: list[list[int]] = field(default_factory=list)  #: one per prompt
     forced: list[str] = field(default_factory=list)  #: per prompt: text the answer was made to start with
+    #: Content digest (``sha256:<hex>``) of the adapter whose weights generate this job's answer,
+    #: taken from the very :class:`Adapter` object the generation uses (so a reload of the name
+    #: cannot slip in between); None for the base model or an adapter loaded without a digest.
+    adapter_digest: str | None = None
 
 
 @dataclass
@@ -572,12 +576,16 @@ class Engine:
         """Generate for jobs that share a model and sampling settings; each gets Started, its
         Deltas and Done (as soon as its own rows are finished) or Failed."""
         prepared: list[tuple[GenerationJob, list[tuple[list[int], int, list[str]]]]] = []
+        # Every job of a batch names the same model (see _batch_key) and is prepared here, on the
+        # worker thread, where no load or unload can run in between: they all see this one Adapter.
+        adapter: Adapter | None = None
         for job in jobs:
             try:
                 if job.cancelled.is_set():
                     self._finish_job(job, None)
                     continue
-                prepared.append((job, self._prepare(job)))
+                adapter, prompts = self._prepare(job)
+                prepared.append((job, prompts))
             except APIError as err:
                 self._finish_job(job, Failed(err))
             except Exception as err:
@@ -589,7 +597,7 @@ class Engine:
         tokens: dict[int, int] = {}  # id(job) -> completion tokens
         finished_jobs: set[int] = set()
         try:
-            model = self._model_for(prepared[0][0].model)
+            model = self._model_for(adapter)
             # One generate() call per group of rows: a seeded job one call per prompt (the seed is
             # set before each, as before batching); other rows up to max_batch_size at a time.
             groups: list[list[tuple[GenerationJob, int, list[int], int, list[str]]]] = []
@@ -643,8 +651,9 @@ class Engine:
     def _internal(err: Exception) -> APIError:
         return APIError(500, f"generation failed: {type(err).__name__}: {err}", "InternalServerError")
 
-    def _prepare(self, job: GenerationJob) -> list[tuple[list[int], int, list[str]]]:
-        """Per prompt: token ids, max_tokens, implicit stops; emits Started."""
+    def _prepare(self, job: GenerationJob) -> tuple[Adapter | None, list[tuple[list[int], int, list[str]]]]:
+        """The adapter that answers (None: the base model) and per prompt: token ids, max_tokens,
+        implicit stops; emits Started (with that adapter's digest)."""
         if self.state is not ModelState.READY:
             self.require_ready()
         adapter = None
@@ -676,19 +685,22 @@ class Engine:
                 texts,
                 [p[0] for p in prepared],
                 [prompt.forced for prompt in job.prompts],
+                (adapter.digest or None) if adapter is not None else None,
             )
         )
-        return prepared
+        return adapter, prepared
 
-    def _model_for(self, name: str) -> Any:
-        """The module that answers ``name``: the base model (adapters off), a merged copy of a hot
-        adapter, or the base model with the adapter active (PEFT's unmerged forward)."""
+    def _model_for(self, adapter: Adapter | None) -> Any:
+        """The module that answers with ``adapter``: the base model (None: adapters off), a merged
+        copy of a hot adapter, or the base model with the adapter active (PEFT's unmerged forward).
+        It takes the Adapter object _prepare found, not its name, so the weights that answer are
+        the ones whose digest Started reported."""
         model = self._model
-        if name == self.model_name:
+        if adapter is None:
             if self._adapters:
                 model.disable_adapters()
             return model
-        adapter = self._adapters[name]
+        name = adapter.name
         key = adapter.internal  # unique per load: a reloaded name never finds an old copy
         loaded = {a.internal for a in self._adapters.values()}
         for stale in [k for k in self._merged if k not in loaded]:

@@ -6,19 +6,27 @@ the count and the timeout); a semaphore bounds the calls in flight across all ep
 :class:`ReferencePolicy` lives in ``reference.py``.
 
 Adapter identity: every turn of a model that is a LoRA adapter carries its id, version and
-content digest (:class:`AdapterIdentity` in the trajectory's step), taken from the gateway's
-``GET /v1/models`` entry for the model — which our model server fills with the digest of the
-files it loaded (vLLM reports none: the digest stays empty). The listing is asked at most once per
+content digest (:class:`AdapterIdentity` in the trajectory's step). The id and version come from
+the model name (``ft/<name>-v<N>``) and the gateway's ``GET /v1/models`` entry (which says whether
+the name is an adapter). The digest comes from the answer itself when it carries one: our model
+server sets OpenAI's ``system_fingerprint`` to the content digest (``sha256:<hex>``) of the
+adapter whose weights generated that very answer, so it is the authority and cannot race with a
+reload. When the answer carries none (vLLM, hosted APIs; their fingerprints are not digests) the
+digest is the listing's, which our model server fills with the digest of the files it loaded
+(vLLM lists none: the digest stays empty). The listing is asked at most once per
 ``identity_ttl_s`` (2 s) per model and shared by every episode; a version's digest can change
 only by a forced reload, which adapter sync verifies and announces.
 
 Adapter pinning: a run on an adapter pins the identity it saw when it started (``Run.adapter``)
-and gives it to its :class:`GatewayPolicy`. Before each call the policy compares the current
-identity with the pinned one; when both have a digest and they differ, the turn raises
-:class:`ModelError` naming both digests, so the episode ends as MODEL_ERROR and its reward is
-masked: a run never mixes adapter versions. (An empty digest — vLLM, or a listing that failed —
-cannot be compared and is let through. The identity is cached ``identity_ttl_s``, so a turn may
-still be answered in the few seconds after a reload, before the listing shows it.)
+and gives it to its :class:`GatewayPolicy`. After each call the policy compares the turn's digest
+(the answer's, else the listing's) with the pinned one; when both are known and differ, the turn
+raises :class:`ModelError` naming both digests, so the episode ends as MODEL_ERROR and its reward
+is masked: a run never mixes adapter versions. With our model server the check is exact: a stale
+listing neither lets a turn from new weights through nor rejects one from the pinned weights.
+(Without a digest in the answer the listing is all there is: an empty digest — vLLM, or a listing
+that failed — cannot be compared and is let through, and as the listing is cached
+``identity_ttl_s``, a turn may still be answered in the few seconds after a reload, before the
+listing shows it.)
 
 Token records: a run with ``record_tokens`` asks every call for vLLM's ``return_token_ids`` and
 OpenAI's ``logprobs`` and keeps what comes back (:class:`TurnTokens` in the step) — the ids the
@@ -46,6 +54,9 @@ from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 ADAPTER_MODEL = re.compile(r"^(?:[^/]+/)?(?P<name>[a-z0-9][a-z0-9._-]*)-v(?P<version>[1-9][0-9]*)$")
 #: How long the gateway's listing of a model is reused for the identity of its turns (seconds).
 IDENTITY_TTL_S = 2.0
+#: A ``system_fingerprint`` that is a content digest (our model server's); OpenAI's own
+#: fingerprints (``fp_…``) and vLLM's absent one are not, and leave the listing's digest in place.
+DIGEST_FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass
@@ -225,8 +236,7 @@ class GatewayPolicy:
         if self.record_tokens:
             kwargs["logprobs"] = True
             kwargs["extra_body"] = {"return_token_ids": True}
-        adapter = await self.client.identity(self.model)
-        check_pinned(self.model, self.pinned, adapter)
+        listed = await self.client.identity(self.model)
         async with self.client.limit:
             started = time.perf_counter()
             try:
@@ -245,6 +255,8 @@ class GatewayPolicy:
             except openai.APIError as err:
                 raise ModelError(f"model call failed: {err}") from err
             latency = time.perf_counter() - started
+        adapter = answered_by(self.model, listed, reply)
+        check_pinned(self.model, self.pinned, adapter)
         if not reply.choices:
             raise ModelError("the gateway answered with no choices")
         choice = reply.choices[0]
@@ -272,6 +284,29 @@ class GatewayPolicy:
             adapter=adapter,
             tokens=tokens,
         )
+
+
+def answered_by(model: str, listed: tpb.AdapterIdentity | None, reply: Any) -> tpb.AdapterIdentity | None:
+    """The identity of the adapter that generated ``reply``: the listing's (``listed``), with the
+    digest the answer carries in ``system_fingerprint`` when it carries one (it names the weights
+    that answered; the listing may be up to ``identity_ttl_s`` old)."""
+    fingerprint = getattr(reply, "system_fingerprint", None)
+    if not isinstance(fingerprint, str) or not DIGEST_FINGERPRINT.match(fingerprint):
+        return listed
+    if listed is None:
+        # Only an adapter answers with a digest; a name the listing did not show as one (listed
+        # since, or a failed listing of a name outside ``ft/``) still names its version.
+        match = ADAPTER_MODEL.match(model)
+        if match is None:
+            return None
+        name, version = match["name"], int(match["version"])
+        return tpb.AdapterIdentity(
+            adapter_id=f"{name}/v{version}", name=name, version=version, digest=fingerprint
+        )
+    identity = tpb.AdapterIdentity()
+    identity.CopyFrom(listed)
+    identity.digest = fingerprint
+    return identity
 
 
 def check_pinned(model: str, pinned: tpb.AdapterIdentity | None, now: tpb.AdapterIdentity | None) -> None:

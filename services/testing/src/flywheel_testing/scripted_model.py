@@ -11,6 +11,10 @@ the response, ``token_ids`` on the choice) and one with ``logprobs`` gets OpenAI
 each token's log-prob is ``-(id % 7 + 1) / 10``, so a test can check a record exactly. A reply
 may carry its own ``token_ids``/``logprobs`` (e.g. mismatched, to test the orchestrator's check).
 
+Adapter identity: a reply may carry ``system_fingerprint``, which the response then has, as our
+model server sets it to the digest of the adapter that answered (absent: the field is null, as
+vLLM's). With ``listing`` (below) a test can make the listing and the answers disagree.
+
 Run alone (the benchmark does): ``flywheel-scripted-model --port 0 --ready-file F`` serves the
 ``explore`` script: list the files, read the first source file, then give a final answer (or,
 for I/O problems, run a trivial program and submit it).
@@ -90,7 +94,7 @@ def _tokens(s: str) -> int:
 @dataclass
 class ScriptedModelServer:
     """``responder(model, messages, tools)`` returns a reply dict (``content``, optional
-    ``tool_calls``, ``finish_reason``), a :class:`Fail` or a :class:`Delay`.
+    ``tool_calls``, ``finish_reason``, ``system_fingerprint``), a :class:`Fail` or a :class:`Delay`.
 
     ``listing`` adds fields to a model's ``/v1/models`` entry, e.g. ``{"ft/coder-v1": {"parent":
     "base", "digest": "sha256:…"}}`` to list it as an adapter the way our gateway does; it is read
@@ -175,6 +179,7 @@ class ScriptedModelServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
+            "system_fingerprint": reply.get("system_fingerprint"),
             "choices": [choice],
             "usage": {
                 "prompt_tokens": prompt,
