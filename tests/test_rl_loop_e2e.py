@@ -2,7 +2,7 @@
 episodes in the real sandbox → rewards → `grpo_groups` → GRPO from the current adapter → publish →
 hot-load (digest checked) → the next iteration samples the new version → evaluation → gate.
 
-The reward must be learnable in two iterations on a CPU, so the task and the model are shaped
+The reward must be learnable in a few iterations on a CPU, so the task and the model are shaped
 for it. The suite `rl-mini` holds three I/O problems that the same one-line program solves (two
 on TRAIN, one on TEST). The tiny model's tokenizer is word-level with two whole answers as added
 tokens — the right program as a final answer, and a wrong one — and the model is first taught to
@@ -12,16 +12,17 @@ turn of one token: the right answer resolves the task (reward 1.0), the wrong on
 server samples at temperature 1 and returns token ids and log-probs, the orchestrator stores them
 with rewards, the builder groups and normalises, the trainer runs TRL's GRPO loss on them.
 
-Checked: two iterations, each with exactly one run, dataset, GRPO job and adapter (after a
-SIGKILL of the orchestrator during iteration 2); iteration 2 samples version 1 and its dataset
-and job are pinned to version 1's digest; the stored turns carry token ids and rewards; the
+Checked: three iterations, each with exactly one run, dataset, GRPO job and adapter (after a
+SIGKILL of the orchestrator during iteration 2); iteration k+1 samples version k, and iteration
+2's dataset and job are pinned to version 1's digest; the stored turns carry token ids and rewards; the
 probability of the right answer rises at every version (measured by loading each adapter); the
-mean rollout reward rises; the gate decides by its rule on the evaluation's figures.
+expected reward (exact: one token per episode) rises too; the gate decides by its rule on the evaluation's figures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,14 +56,23 @@ WORDS = "read an integer n and print the on input given output two times".split(
 START_P_RIGHT = 0.3
 
 
-def prompts(tokenizer: Any) -> list[list[int]]:
+#: The reward of the WRONG program per TRAIN task: the fraction of its cases it passes (it prints
+#: n instead of 2n, right only for n = 0). RIGHT earns 1.0; any other token is a parse error that
+#: ends the one-turn episode with the format penalty, -0.1 (rule flywheel-reward/v1, defaults).
+WRONG_REWARD = {"double-a": 0.0, "double-b": 0.5}
+JUNK_REWARD = -0.1
+
+
+def prompts(tokenizer: Any, *, train_only: bool = False) -> dict[str, list[int]]:
     """The token ids of the first turn of every task's episode, as the model server renders it."""
     from flywheel_model_server.templates import DEFAULT_TOOL_CHAT_TEMPLATE
     from flywheel_orchestrator import protocol as proto
     from flywheel_orchestrator.suites import load_folder
 
-    out = []
+    out = {}
     for task in load_folder(SUITE).tasks.values():
+        if train_only and task.id not in WRONG_REWARD:
+            continue
         messages = [
             {"role": "system", "content": proto.system_prompt(task, proto.effective_protocol(task, 0))},
             {"role": "user", "content": proto.task_prompt(task)},
@@ -70,7 +80,7 @@ def prompts(tokenizer: Any) -> list[list[int]]:
         text = tokenizer.apply_chat_template(
             messages, chat_template=DEFAULT_TOOL_CHAT_TEMPLATE, add_generation_prompt=True, tokenize=False
         )
-        out.append(tokenizer(text, add_special_tokens=False).input_ids)
+        out[task.id] = tokenizer(text, add_special_tokens=False).input_ids
     return out
 
 
@@ -97,7 +107,7 @@ def build_policy_model(folder: Path) -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     right, wrong = tokenizer.convert_tokens_to_ids([RIGHT, WRONG])
-    batch = prompts(tokenizer)
+    batch = list(prompts(tokenizer).values())
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(300):
@@ -124,9 +134,24 @@ def p_right(model: Any, tokenizer: Any) -> float:
     with torch.no_grad():
         ps = [
             torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)[right].item()
-            for ids in prompts(tokenizer)
+            for ids in prompts(tokenizer).values()
         ]
     return sum(ps) / len(ps)
+
+
+def expected_reward(model: Any, tokenizer: Any) -> float:
+    """The policy's mean reward on the TRAIN tasks, exactly: an episode is one sampled token, so
+    the expectation is a sum over the vocabulary (what the rollouts' mean reward estimates)."""
+    import torch
+
+    right, wrong = tokenizer.convert_tokens_to_ids([RIGHT, WRONG])
+    values = []
+    with torch.no_grad():
+        for task, ids in prompts(tokenizer, train_only=True).items():
+            p = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+            pr, pw = p[right].item(), p[wrong].item()
+            values.append(pr * 1.0 + pw * WRONG_REWARD[task] + (1 - pr - pw) * JUNK_REWARD)
+    return sum(values) / len(values)
 
 
 @pytest.fixture
@@ -151,13 +176,13 @@ LOOP = lpb.Loop(
         limits=run_pb2.EpisodeLimits(max_iterations=1, max_consecutive_parse_errors=1),
         sampling=common_pb2.SamplingParams(temperature=0, max_tokens=1),
     ),
-    rl=lpb.RlLoopConfig(iterations=2, samples_per_task=8),
+    rl=lpb.RlLoopConfig(iterations=3, samples_per_task=16),
     hyperparameters=trpb.Hyperparameters(
-        learning_rate=2e-2,
+        learning_rate=5e-3,
         batch_size=8,
         gradient_accumulation_steps=1,
         max_seq_length=1024,
-        epochs=2,
+        epochs=1,
         lora=trpb.LoraConfig(rank=4, alpha=8),
     ),
     eval_rollouts_per_task=2,
@@ -185,7 +210,10 @@ async def test_rl_loop_learns_pins_versions_and_survives_a_crash(stack: Stack, t
         final = None
         async for update in stub.WatchLoop(opb.WatchLoopRequest(loop_id=created.id), timeout=600):
             final = update.loop
-        assert final is not None and final.state == common_pb2.JOB_STATE_SUCCEEDED, final
+        assert final is not None and final.state == common_pb2.JOB_STATE_SUCCEEDED, (
+            final.error,
+            final.stages,
+        )
     print(f"RL loop finished in {time.monotonic() - started:.1f} s")
     for it in final.iterations:
         print(
@@ -197,11 +225,16 @@ async def test_rl_loop_learns_pins_versions_and_survives_a_crash(stack: Stack, t
 
 
 async def check(stack: Stack, loop: lpb.Loop, tmp_path: Path) -> None:
-    one, two = loop.iterations
-    assert [one.index, two.index] == [1, 2]
-    assert one.policy_model == BASE and two.policy_model == "ft/rl-v1"
-    assert (one.adapter.name, one.adapter.version, two.adapter.version) == ("rl", 1, 2)
-    assert loop.candidate_model == "ft/rl-v2" and two.evaluation_id and not one.evaluation_id
+    one, two, three = loop.iterations
+    assert [one.index, two.index, three.index] == [1, 2, 3]
+    assert [it.policy_model for it in loop.iterations] == [BASE, "ft/rl-v1", "ft/rl-v2"]
+    assert [(it.adapter.name, it.adapter.version) for it in loop.iterations] == [
+        ("rl", 1),
+        ("rl", 2),
+        ("rl", 3),
+    ]
+    assert loop.candidate_model == "ft/rl-v3" and three.evaluation_id
+    assert not one.evaluation_id and not two.evaluation_id  # eval_every 0: only after the last
     async with (
         grpc.aio.insecure_channel(address(stack, "orchestrator")) as och,
         grpc.aio.insecure_channel(address(stack, "dataset-svc")) as dch,
@@ -213,15 +246,17 @@ async def check(stack: Stack, loop: lpb.Loop, tmp_path: Path) -> None:
         rollouts = sorted(
             (r for r in runs if r.labels.get("rl_iteration")), key=lambda r: r.labels["rl_iteration"]
         )
-        assert [r.id for r in rollouts] == [one.run_id, two.run_id], "one run per iteration, crash or not"
-        assert all(r.rollouts_per_task == 8 and r.episode.record_tokens for r in rollouts)
+        assert [r.id for r in rollouts] == [it.run_id for it in loop.iterations], (
+            "one run per iteration, crash or not"
+        )
+        assert all(r.rollouts_per_task == 16 and r.episode.record_tokens for r in rollouts)
         assert rollouts[1].adapter.adapter_id == "rl/v1" and rollouts[1].adapter.digest
         tr = trainer_pb2_grpc.TrainerServiceStub(tch)
         jobs = (await tr.ListFineTuneJobs(trpb.ListFineTuneJobsRequest(loop_id=loop.id))).jobs
         jobs = sorted(jobs, key=lambda j: j.adapter.version)
-        assert [j.id for j in jobs] == [one.fine_tune_job_id, two.fine_tune_job_id]
+        assert [j.id for j in jobs] == [it.fine_tune_job_id for it in loop.iterations]
         assert all(j.method == trpb.FINE_TUNE_METHOD_GRPO for j in jobs)
-        assert [j.init_adapter for j in jobs] == ["", "rl/v1"]
+        assert [j.init_adapter for j in jobs] == ["", "rl/v1", "rl/v2"]
         v1 = (await tr.GetAdapter(trpb.GetAdapterRequest(name="rl", version=1))).adapter
         assert rollouts[1].adapter.digest == v1.content_digest  # iteration 2 sampled exactly version 1
         ds = dataset_pb2_grpc.DatasetServiceStub(dch)
@@ -234,27 +269,34 @@ async def check(stack: Stack, loop: lpb.Loop, tmp_path: Path) -> None:
         listing = await store.ListTrajectories(
             tpb.ListTrajectoriesRequest(filter=tpb.TrajectoryFilter(run_ids=[two.run_id]), page_size=100)
         )
-        assert len(listing.trajectories) == 16
+        assert len(listing.trajectories) == 32
         t = (
             await store.GetTrajectory(tpb.GetTrajectoryRequest(trajectory_id=listing.trajectories[0].id))
         ).trajectory
         [turn] = [s for s in t.steps if s.role == tpb.ROLE_ASSISTANT]
         assert len(turn.tokens.completion_token_ids) == 1 == len(turn.tokens.completion_logprobs)
         assert turn.adapter.digest == v1.content_digest and t.outcome.HasField("reward_detail")
-        e = (await o.GetEvaluation(opb.GetEvaluationRequest(evaluation_id=two.evaluation_id))).evaluation
-    # Learning: the right answer's probability rises at every version, and so does the reward.
-    ps = probabilities(stack, tmp_path)
-    print(f"P(right answer): base {ps[0]:.3f}, v1 {ps[1]:.3f}, v2 {ps[2]:.3f}")
-    assert ps[0] < ps[1] < ps[2], ps
-    assert two.reward_mean > one.reward_mean, (one.reward_mean, two.reward_mean)
+        e = (await o.GetEvaluation(opb.GetEvaluationRequest(evaluation_id=three.evaluation_id))).evaluation
+    # Learning: the right answer's probability rises at every version (measured on the published
+    # weights: deterministic), and the rollouts' mean reward is higher at the end than at the
+    # start (sampled: 32 episodes an iteration, so compared across two versions' distance).
+    ps, rewards = probabilities(stack, tmp_path)
+    print("P(right answer) per version from the base:", [round(p, 3) for p in ps])
+    print("expected reward per version from the base:", [round(r, 3) for r in rewards])
+    print("sampled mean reward per iteration:", [round(it.reward_mean, 3) for it in loop.iterations])
+    # Each version at least as good as the one it started from (within 0.02: one iteration is 32
+    # samples, a step can be small), and clearly better at the end.
+    for figures in (ps, rewards):
+        assert all(b > a - 0.02 for a, b in itertools.pairwise(figures)), figures
+        assert figures[-1] > figures[0] + 0.1, figures
     # The gate decided by its rule on the evaluation's figures.
     metrics = {m.model: m for m in e.model_metrics}
-    expected = decide(loop.gate, metrics[BASE], metrics["ft/rl-v2"], e.id)
+    expected = decide(loop.gate, metrics[BASE], metrics["ft/rl-v3"], e.id)
     assert loop.gate_result.decision == expected.decision and loop.report.key
 
 
-def probabilities(stack: Stack, tmp_path: Path) -> list[float]:
-    """P(RIGHT) under the base and under each published version, loaded from the object store."""
+def probabilities(stack: Stack, tmp_path: Path) -> tuple[list[float], list[float]]:
+    """P(RIGHT) and the expected reward under the base and each version (loaded from the store)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -264,9 +306,8 @@ def probabilities(stack: Stack, tmp_path: Path) -> list[float]:
     store = open_object_store(ObjectStoreSettings(backend="fs", root=stack.state_dir / "objects"))
     base_dir = download_dir(store, f"base-models/{BASE}/", tmp_path / "check-base")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    out = [p_right(AutoModelForCausalLM.from_pretrained(base_dir).eval(), tokenizer)]
-    for version in (1, 2):
+    models = [AutoModelForCausalLM.from_pretrained(base_dir).eval()]
+    for version in (1, 2, 3):
         local = download_dir(store, f"adapters/rl/v{version}/", tmp_path / f"check-v{version}")
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), local).eval()
-        out.append(p_right(model, tokenizer))
-    return out
+        models.append(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), local).eval())
+    return [p_right(m, tokenizer) for m in models], [expected_reward(m, tokenizer) for m in models]

@@ -119,10 +119,15 @@ def resolve(
     hp.learning_rate = hp.learning_rate or DEFAULT_LR[job.method]
     if hp.scheduler not in SCHEDULERS:
         raise InvalidArgument(f"{F}.scheduler", f"unknown scheduler {hp.scheduler}")
+    # A GRPO job is one policy update of an RL loop: a few optimizer steps on one iteration's
+    # rollouts. Warm-up would spend its first step at learning rate 0 (the schedule starts there)
+    # and a decay would shrink the rest, restarting each iteration; so GRPO defaults to a
+    # constant rate without warm-up, and SFT/DPO keep cosine with 3% warm-up.
+    grpo = job.method == trainer_pb2.FINE_TUNE_METHOD_GRPO
     if hp.scheduler == trainer_pb2.LR_SCHEDULER_UNSPECIFIED:
-        hp.scheduler = trainer_pb2.LR_SCHEDULER_COSINE
+        hp.scheduler = trainer_pb2.LR_SCHEDULER_CONSTANT if grpo else trainer_pb2.LR_SCHEDULER_COSINE
     if not hp.HasField("warmup_ratio"):
-        hp.warmup_ratio = 0.03
+        hp.warmup_ratio = 0.0 if grpo else 0.03
     if not 0.0 <= hp.warmup_ratio < 1.0:
         raise InvalidArgument(f"{F}.warmup_ratio", f"must be in [0, 1), got {hp.warmup_ratio}")
     for name in ("batch_size", "gradient_accumulation_steps", "max_seq_length", "checkpoint_every_steps"):
