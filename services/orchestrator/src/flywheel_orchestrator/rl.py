@@ -233,7 +233,7 @@ class RlStages:
 
     async def _dataset_build(self, loop: lpb.Loop, it: lpb.RlIteration) -> dpb.DatasetBuild:
         if it.index == 0:
-            recipe, params, formats = "step_sft", {}, []
+            recipe, params, formats = self.warm_start_recipe(loop)
         else:
             recipe = "grpo_groups"
             params = dict(loop.recipe_parameters)
@@ -259,6 +259,20 @@ class RlStages:
             dpb.CreateDatasetBuildRequest(build=build, request_id=self._rid(loop, it, "dataset")), timeout=60
         )
         return reply.build
+
+    def warm_start_recipe(self, loop: lpb.Loop) -> tuple[str, dict[str, str], list[dpb.OutputFormat]]:
+        """The SFT recipe of the warm start: `step_sft` for repository tasks (JSON or native tool
+        calls); for I/O problems, whose episodes use the I/O protocol, `debug_dialogues` with no
+        minimum of debug rounds (a reference demonstration submits at once)."""
+        from flywheel_orchestrator.suites import IoTask
+
+        suite = self.m.runs.catalog.get(loop.suite)
+        chosen = [suite.tasks[t] for t in loop.train_task_ids] if suite and loop.train_task_ids else []
+        if suite and not chosen:
+            chosen = [t for t in suite.tasks.values() if t.split == common_pb2.TASK_SPLIT_TRAIN]
+        if chosen and all(isinstance(t, IoTask) for t in chosen):
+            return "debug_dialogues", {"min_debug_rounds": "0"}, []
+        return "step_sft", {}, []
 
     async def _after_dataset(
         self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None

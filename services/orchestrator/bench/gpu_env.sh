@@ -1,0 +1,16 @@
+# Source on the borrowed GPU machine (repo root as working directory): installs the wheels carried
+# in .gpu/deps (once per machine) and bubblewrap from its Debian package, and puts every Flywheel
+# package on PYTHONPATH (the image has torch/transformers/peft but not our service dependencies).
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+if [ -d .gpu/deps ] && [ ! -f /root/site/.done ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site .gpu/deps/*.whl && touch /root/site/.done
+fi
+if ls .gpu/*.deb >/dev/null 2>&1 && [ ! -x /root/bw/usr/bin/bwrap ]; then
+  mkdir -p /root/bw && for f in .gpu/*.deb; do dpkg -x "$f" /root/bw; done
+fi
+for w in .gpu/gemma/*.whl; do
+  [ -f "$w" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site "$w"
+done
+R=$(pwd)
+export PATH=/root/bw/usr/bin:/root/site/bin:$PATH
+export PYTHONPATH=/root/site:$R/proto/gen/python:$R/services/common/src:$R/services/orchestrator/src:$R/services/trajectory-store/src:$R/services/model-server/src:$R/services/testing/src:$R/services/cli/src:$R/sandbox-runner/src:$R/dataset-svc/src:$R/trainer-svc/src:$R/gateway/src
