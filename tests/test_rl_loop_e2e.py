@@ -178,8 +178,8 @@ LOOP = lpb.Loop(
     ),
     rl=lpb.RlLoopConfig(iterations=3, samples_per_task=16),
     hyperparameters=trpb.Hyperparameters(
-        learning_rate=5e-3,
-        batch_size=8,
+        learning_rate=2e-3,
+        batch_size=4,
         gradient_accumulation_steps=1,
         max_seq_length=1024,
         epochs=1,
