@@ -732,9 +732,14 @@ class LoopManager:
             loop_id=loop.id,
             labels=self._labels(loop),
         )
+        return await self.create_fine_tune(job, f"{loop.id}-fine-tune", "fine-tune")
+
+    async def create_fine_tune(self, job: trpb.FineTuneJob, request_id: str, what: str) -> trpb.FineTuneJob:
+        """Create a stage's fine-tune job; a refusal (bad request, precondition, unknown input) ends
+        the loop FAILED naming ``what``, anything else (the trainer down) is retried later."""
         try:
             reply: trpb.CreateFineTuneJobResponse = await self.trainer.CreateFineTuneJob(
-                trpb.CreateFineTuneJobRequest(job=job, request_id=f"{loop.id}-fine-tune"), timeout=60
+                trpb.CreateFineTuneJobRequest(job=job, request_id=request_id), timeout=60
             )
         except grpc.aio.AioRpcError as err:
             if err.code() in (
@@ -742,9 +747,7 @@ class LoopManager:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 grpc.StatusCode.NOT_FOUND,
             ):
-                raise JobFailed(
-                    f"fine-tune: the trainer refused the job: {err.details()}", err.code()
-                ) from None
+                raise JobFailed(f"{what}: the trainer refused the job: {err.details()}", err.code()) from None
             raise
         return reply.job
 

@@ -324,23 +324,9 @@ class RlStages:
             labels={**self.m._labels(loop), "rl_iteration": str(it.index)},
             init_adapter=init,
         )
-        try:
-            reply: trpb.CreateFineTuneJobResponse = await self.m.trainer.CreateFineTuneJob(
-                trpb.CreateFineTuneJobRequest(job=job, request_id=self._rid(loop, it, "fine-tune")),
-                timeout=60,
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() in (
-                grpc.StatusCode.INVALID_ARGUMENT,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                grpc.StatusCode.NOT_FOUND,
-            ):
-                raise JobFailed(
-                    f"iteration {it.index} fine-tune: the trainer refused the job: {err.details()}",
-                    err.code(),
-                ) from None
-            raise
-        return reply.job
+        return await self.m.create_fine_tune(
+            job, self._rid(loop, it, "fine-tune"), f"iteration {it.index} fine-tune"
+        )
 
     async def _after_fine_tune(
         self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None
