@@ -450,7 +450,7 @@ class Builder:
         if spec.create_time is not None:
             dataset.create_time.CopyFrom(spec.create_time)
         if self.counts.rl is not None:
-            stats = self.counts.rl.stats(self.counts)
+            stats = self.counts.rl.stats()
             policy = stats.pop("policy")
             dataset.rl_stats.CopyFrom(dpb.RlStats(**stats))
             if policy is not None:

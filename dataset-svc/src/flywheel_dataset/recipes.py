@@ -11,7 +11,7 @@ Common to every recipe (checked first, counted once per trajectory):
 
 - ``wrong_task_kind``: the task kind is set and not one the recipe reads;
 - ``infrastructure_failure``: the episode failed with MODEL_ERROR or SANDBOX_ERROR, so it says
-  nothing about the policy;
+  nothing about the policy (RL recipes count these as masked episodes instead);
 - ``no_steps``: the trajectory has no steps.
 """
 
@@ -115,6 +115,9 @@ class Recipe:
     params: tuple[Param, ...]
     task_kinds: tuple[common_pb2.TaskKind, ...]
     fn: RecipeFn = field(repr=False)
+    #: The recipe sorts out infrastructure failures itself (RL: they are masked episodes, counted
+    #: in ``rl_stats``), so the common ``infrastructure_failure`` filter lets them through.
+    own_infra_filter: bool = False
 
     @property
     def formats(self) -> tuple[dpb.OutputFormat, ...]:
@@ -149,12 +152,18 @@ class Recipe:
             kind = trajectory.task.kind
             if kind and kind not in self.task_kinds:
                 counts.drop("wrong_task_kind")
-            elif not trajectory.outcome.resolved and trajectory.outcome.failure_category in _INFRA_FAILURES:
+            elif not self.own_infra_filter and is_infra_failure(trajectory):
                 counts.drop("infrastructure_failure")
             elif not trajectory.steps:
                 counts.drop("no_steps")
             else:
                 yield trajectory
+
+
+def is_infra_failure(trajectory: tpb.Trajectory) -> bool:
+    """The episode ended on MODEL_ERROR or SANDBOX_ERROR: it says nothing about the policy."""
+    outcome = trajectory.outcome
+    return not outcome.resolved and outcome.failure_category in _INFRA_FAILURES
 
 
 def by_task(trajectories: Iterable[tpb.Trajectory]) -> Iterator[list[tpb.Trajectory]]:
@@ -813,7 +822,7 @@ RECIPES: dict[str, Recipe] = {
                 _bool(
                     "drop_zero_advantage_groups", True, "Drop groups whose episodes all got the same reward."
                 ),
-                _int("min_group_size", 2, "Groups with fewer kept episodes are dropped."),
+                _int("min_group_size", 2, "Groups with fewer kept episodes are dropped (0 and 1: none is)."),
                 Param(
                     "policy_adapter",
                     dpb.PARAMETER_TYPE_STRING,
@@ -831,6 +840,7 @@ RECIPES: dict[str, Recipe] = {
             ),
             (_REPO, _IO),
             grpo_groups,
+            own_infra_filter=True,
         ),
     )
 }

@@ -35,13 +35,15 @@ only its completion ids carry loss.
 episode i is `(r_i - mean) / (std + 1e-6)` with `normalize_std` (population std), or
 `r_i - mean` without (Dr. GRPO); every turn of an episode gets the episode's advantage.
 
-**Filters** (reason names in the manifest):
-- `infrastructure_failure` (trajectory): the episode ended on MODEL_ERROR / SANDBOX_ERROR, so its
-  reward is masked (counted in `rl_stats.masked_episodes` too);
-- `masked_infrastructure` (trajectory): the reward itself says masked;
-- `no_reward` (trajectory): no `Outcome.reward_detail`;
-- `no_token_record` (trajectory): an assistant turn without token ids, without log-probs, or
-  with as many log-probs as ids — the whole episode is left out, never partly trained on;
+**Filters** (reason names in the manifest; the common `infrastructure_failure` filter does not
+apply, such episodes are masked ones here):
+- `no_reward` (trajectory): no `Outcome.reward_detail` (imports, runs without rewards);
+- `masked_infrastructure` (trajectory): the reward is masked (`reward_detail.masked`), or the
+  episode ended on MODEL_ERROR / SANDBOX_ERROR; counted in `rl_stats.masked_episodes` too, and
+  `rl_stats.masked_fraction` = masked / episodes with a reward;
+- `no_token_record` (trajectory): an assistant turn without prompt or completion ids, or whose
+  log-probs are missing, not one per completion id, or not finite — the whole episode is left
+  out, never partly trained on;
 - `group_too_small` (trajectory): fewer than `min_group_size` episodes in its group;
 - `zero_advantage` (trajectory): every episode of the group has the same reward, with
   `drop_zero_advantage_groups` (counted per group in `rl_stats.zero_advantage_groups`).
@@ -66,23 +68,21 @@ class RlTally:
     episodes: int = 0
     samples: int = 0
     masked_episodes: int = 0
-    rewarded_episodes: int = 0  #: episodes read with a reward (masked ones included)
+    rewarded_episodes: int = 0  #: episodes read with a reward_detail (masked ones included)
     zero_advantage_groups: int = 0
     rewards: list[float] = field(default_factory=list)
     policy: tpb.AdapterIdentity | None = None
     policy_seen: bool = False
 
-    def stats(self, counts: Counts) -> dict[str, Any]:
-        """The manifest's ``rl_stats``; episodes the common filter dropped as infrastructure
-        failures count as masked (their reward is)."""
-        masked = self.masked_episodes + counts.filter_reasons.get("infrastructure_failure", 0)
-        read = self.rewarded_episodes + counts.filter_reasons.get("infrastructure_failure", 0)
+    def stats(self) -> dict[str, Any]:
+        """The manifest's ``rl_stats`` (``policy`` as an AdapterIdentity or None)."""
+        read = self.rewarded_episodes
         return {
             "groups": self.groups,
             "episodes": self.episodes,
             "samples": self.samples,
-            "masked_episodes": masked,
-            "masked_fraction": masked / read if read else 0.0,
+            "masked_episodes": self.masked_episodes,
+            "masked_fraction": self.masked_episodes / read if read else 0.0,
             "zero_advantage_groups": self.zero_advantage_groups,
             "reward_mean": statistics.fmean(self.rewards) if self.rewards else 0.0,
             "reward_std": statistics.pstdev(self.rewards) if len(self.rewards) > 1 else 0.0,
@@ -154,7 +154,8 @@ def grpo_groups(
 ) -> Iterator[Example]:
     """See :data:`GRPO_DOC`. ``trajectories`` arrive grouped by task (``build.py`` sorts them);
     what was read and kept goes to ``counts.rl``."""
-    from flywheel_dataset.recipes import by_task  # the recipes module imports this one
+    # The recipes module imports this one, so its helpers are imported here, not at the top.
+    from flywheel_dataset.recipes import by_task, is_infra_failure
 
     tally = counts.rl = RlTally()
     pin = _Pin(p["policy_adapter"], p["policy_digest"], tally)
@@ -165,7 +166,7 @@ def grpo_groups(
                 counts.drop("no_reward")
                 continue
             tally.rewarded_episodes += 1
-            if t.outcome.reward_detail.masked:
+            if t.outcome.reward_detail.masked or is_infra_failure(t):
                 tally.masked_episodes += 1
                 counts.drop("masked_infrastructure")
                 continue

@@ -219,6 +219,14 @@ def _print_dataset(d: pb.Dataset) -> None:
     )
     if d.filter_reasons:
         out.print("filtered: " + ", ".join(f"{k}={v}" for k, v in sorted(d.filter_reasons.items())))
+    if d.HasField("rl_stats"):
+        r = d.rl_stats
+        policy = f"{r.policy.adapter_id} ({r.policy.digest})" if r.policy.adapter_id else "the base model"
+        out.print(
+            f"rl: {r.groups} groups, {r.episodes} episodes, {r.samples} samples; reward "
+            f"{r.reward_mean:.3f} ± {r.reward_std:.3f}; masked {r.masked_episodes} "
+            f"({r.masked_fraction:.1%}); zero-advantage groups {r.zero_advantage_groups}; policy {policy}"
+        )
     if d.failure_categories:
         out.print("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(d.failure_categories.items())))
     for f in d.files:
