@@ -85,11 +85,13 @@ async def test_evaluation_metrics_match_the_hand_computed_values(
         created = (await h.stub.CreateEvaluation(opb.CreateEvaluationRequest(evaluation=request))).evaluation
         episodes = 0
         final = None
+        rewards: dict[str, list[float]] = {"cand": [], "base": []}
         async for update in h.stub.WatchEvaluation(
             opb.WatchEvaluationRequest(evaluation_id=created.id), timeout=180
         ):
             if update.WhichOneof("update") == "episode":
                 episodes += 1
+                rewards[update.episode.model].append(update.episode.reward)
             else:
                 final = update.evaluation
         assert final is not None and final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
@@ -116,6 +118,10 @@ async def test_evaluation_metrics_match_the_hand_computed_values(
         d = cand.delta_vs_baseline
         assert (d.pass_rate, d.parse_errors_per_episode, d.write_rate, d.mean_steps) == (0.75, -0.5, 0.5, 0.0)
         assert not base.HasField("delta_vs_baseline")
+        # mean reward: the episodes' own rewards (none masked here), higher for the better model
+        for m in (cand, base):
+            assert m.mean_reward == pytest.approx(sum(rewards[m.model]) / 4) and m.masked_episodes == 0
+        assert cand.mean_reward > base.mean_reward
         rows = {r.task_id: r for r in final.task_results}
         assert set(rows) == {"greet-bug", "upper"}
         g_cand, g_base = rows["greet-bug"].models
@@ -130,7 +136,10 @@ async def test_evaluation_metrics_match_the_hand_computed_values(
         # the report objects
         root = h.objects
         md = (root / final.report.markdown.key).read_text()
-        assert "| `cand` | 4 | 0.750 | 0.30-0.95 (95%)" in md and "| `cand` | +0.750 | -0.50 | +0.50" in md
+        assert (
+            f"| `cand` | 4 | 0.750 | 0.30-0.95 (95%) | {cand.mean_reward:+.3f} |" in md
+            and "| `cand` | +0.750 | -0.50 | +0.50" in md
+        )
         assert (root / final.report.charts[0].key).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         as_json = json.loads((root / final.report.json.key).read_text())
         assert as_json["model_metrics"][0]["pass_rate"] == 0.75

@@ -74,6 +74,9 @@ def model_metrics(
         out.mean_prompt_tokens = sum(r.usage.prompt_tokens for r in results) / n
         out.mean_completion_tokens = sum(r.usage.completion_tokens for r in results) / n
         out.mean_wall_time.CopyFrom(_duration(sum(_seconds(r.wall_time) for r in results) / n))
+        rewarded = [r.reward for r in results if not r.reward_masked]
+        out.masked_episodes = n - len(rewarded)
+        out.mean_reward = sum(rewarded) / len(rewarded) if rewarded else 0.0
     if rollouts_per_task > 1:
         per_task: dict[str, list[bool]] = defaultdict(list)
         for r in results:

@@ -39,14 +39,15 @@ def to_markdown(e: epb.Evaluation) -> str:
         f"{len(e.task_results)} tasks, {e.rollouts_per_task or 1} rollout(s) per task and model. "
         f"Baseline: `{e.baseline_model or e.models[0]}`.",
         "",
-        "| model | episodes | pass rate | CI | parse errors/ep | write rate | loops/ep | steps/ep | tokens/ep | wall s/ep |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | episodes | pass rate | CI | mean reward | parse errors/ep | write rate | loops/ep | steps/ep | tokens/ep | wall s/ep |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in e.model_metrics:
         ci = m.pass_rate_ci
         name = f"`{m.model}`" + (" (baseline)" if m.baseline else "")
         lines.append(
             f"| {name} | {m.episodes} | {m.pass_rate:.3f} | {ci.lower:.2f}-{ci.upper:.2f} ({ci.level:.0%}) "
+            f"| {m.mean_reward:+.3f}{f' ({m.masked_episodes} masked)' if m.masked_episodes else ''} "
             f"| {m.parse_errors_per_episode:.2f} | {m.write_rate:.2f} | {m.loop_detections_per_episode:.2f} "
             f"| {m.mean_steps:.1f} | {m.mean_prompt_tokens + m.mean_completion_tokens:.0f} | {_secs(m.mean_wall_time):.1f} |"
         )

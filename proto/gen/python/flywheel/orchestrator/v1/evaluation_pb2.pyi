@@ -52,7 +52,7 @@ class MetricDeltas(_message.Message):
     def __init__(self, pass_rate: _Optional[float] = ..., parse_errors_per_episode: _Optional[float] = ..., write_rate: _Optional[float] = ..., loop_detections_per_episode: _Optional[float] = ..., mean_steps: _Optional[float] = ..., mean_tokens: _Optional[float] = ..., mean_wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ModelMetrics(_message.Message):
-    __slots__ = ("model", "baseline", "run_id", "base_model", "adapter_name", "adapter_version", "episodes", "resolved", "pass_rate", "pass_rate_ci", "pass_at_k", "parse_errors_per_episode", "write_rate", "loop_detections_per_episode", "mean_steps", "mean_prompt_tokens", "mean_completion_tokens", "mean_wall_time", "delta_vs_baseline")
+    __slots__ = ("model", "baseline", "run_id", "base_model", "adapter_name", "adapter_version", "episodes", "resolved", "pass_rate", "pass_rate_ci", "pass_at_k", "parse_errors_per_episode", "write_rate", "loop_detections_per_episode", "mean_steps", "mean_prompt_tokens", "mean_completion_tokens", "mean_wall_time", "delta_vs_baseline", "mean_reward", "masked_episodes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,8 @@ class ModelMetrics(_message.Message):
     MEAN_COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MEAN_WALL_TIME_FIELD_NUMBER: _ClassVar[int]
     DELTA_VS_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_REWARD_FIELD_NUMBER: _ClassVar[int]
+    MASKED_EPISODES_FIELD_NUMBER: _ClassVar[int]
     model: str
     baseline: bool
     run_id: str
@@ -91,7 +93,9 @@ class ModelMetrics(_message.Message):
     mean_completion_tokens: float
     mean_wall_time: _duration_pb2.Duration
     delta_vs_baseline: MetricDeltas
-    def __init__(self, model: _Optional[str] = ..., baseline: _Optional[bool] = ..., run_id: _Optional[str] = ..., base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ..., episodes: _Optional[int] = ..., resolved: _Optional[int] = ..., pass_rate: _Optional[float] = ..., pass_rate_ci: _Optional[_Union[ConfidenceInterval, _Mapping]] = ..., pass_at_k: _Optional[_Iterable[_Union[PassAtK, _Mapping]]] = ..., parse_errors_per_episode: _Optional[float] = ..., write_rate: _Optional[float] = ..., loop_detections_per_episode: _Optional[float] = ..., mean_steps: _Optional[float] = ..., mean_prompt_tokens: _Optional[float] = ..., mean_completion_tokens: _Optional[float] = ..., mean_wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., delta_vs_baseline: _Optional[_Union[MetricDeltas, _Mapping]] = ...) -> None: ...
+    mean_reward: float
+    masked_episodes: int
+    def __init__(self, model: _Optional[str] = ..., baseline: _Optional[bool] = ..., run_id: _Optional[str] = ..., base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[int] = ..., episodes: _Optional[int] = ..., resolved: _Optional[int] = ..., pass_rate: _Optional[float] = ..., pass_rate_ci: _Optional[_Union[ConfidenceInterval, _Mapping]] = ..., pass_at_k: _Optional[_Iterable[_Union[PassAtK, _Mapping]]] = ..., parse_errors_per_episode: _Optional[float] = ..., write_rate: _Optional[float] = ..., loop_detections_per_episode: _Optional[float] = ..., mean_steps: _Optional[float] = ..., mean_prompt_tokens: _Optional[float] = ..., mean_completion_tokens: _Optional[float] = ..., mean_wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., delta_vs_baseline: _Optional[_Union[MetricDeltas, _Mapping]] = ..., mean_reward: _Optional[float] = ..., masked_episodes: _Optional[int] = ...) -> None: ...
 
 class TaskModelResult(_message.Message):
     __slots__ = ("model", "rollouts", "resolved", "mean_steps", "parse_errors", "failure_categories", "trajectory_ids")
