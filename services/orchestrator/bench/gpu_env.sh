@@ -8,6 +8,11 @@ fi
 if ls .gpu/*.deb >/dev/null 2>&1 && [ ! -x /root/bw/usr/bin/bwrap ]; then
   mkdir -p /root/bw && for f in .gpu/*.deb; do dpkg -x "$f" /root/bw; done
 fi
+# The sandbox's seccomp filter needs libseccomp (pyseccomp loads it with ctypes): use the image's,
+# else the carried Debian package's copy.
+if ! ldconfig -p | grep -q libseccomp.so.2 && [ -d /root/bw/usr/lib/x86_64-linux-gnu ]; then
+  cp -n /root/bw/usr/lib/x86_64-linux-gnu/libseccomp.so.2* /usr/lib/x86_64-linux-gnu/ 2>/dev/null && ldconfig
+fi
 for w in .gpu/gemma/*.whl; do
   [ -f "$w" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site "$w"
 done

@@ -12,7 +12,7 @@ from typing import Any
 def cuda_sft_overrides(batch_size: int = 4, max_length: int = 2048, packing: bool = True) -> dict[str, Any]:
     """SFTConfig options the worker uses on a CUDA GPU (also what bench/bench_sft_gpu.py measures).
 
-    * padding-free batches: the examples of a micro-batch are concatenated into one row with
+    * padding-free batches (with ``packing``): the examples of a micro-batch are concatenated into one row with
       per-example position ids, so no FLOP is spent on padding; with ``packing`` (best-fit
       decreasing) the ``batch_size`` rows are also full, and the flattened row is padded to
       ``batch_size * max_length`` tokens so every step has one shape (the compiled flex attention
@@ -26,7 +26,10 @@ def cuda_sft_overrides(batch_size: int = 4, max_length: int = 2048, packing: boo
     """
     overrides: dict[str, Any] = {
         "packing": packing,
-        "padding_free": True,
+        # Padding-free only with packing: TRL 1.13 refuses padding_free without packing while
+        # max_length is set (it could not enforce it), and dropping max_length would let a long
+        # example through untruncated. Without packing, batches are padded and truncated.
+        "padding_free": packing,
         "gradient_checkpointing": False,
         "use_liger_kernel": importlib.util.find_spec("liger_kernel") is not None,
         "per_device_train_batch_size": batch_size,
