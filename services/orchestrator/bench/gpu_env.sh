@@ -2,9 +2,12 @@
 # in .gpu/deps (once per machine) and bubblewrap from its Debian package, and puts every Flywheel
 # package on PYTHONPATH (the image has torch/transformers/peft but not our service dependencies).
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
-if [ -d .gpu/deps ] && [ ! -f /root/site/.done ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site .gpu/deps/*.whl && touch /root/site/.done
-fi
+mkdir -p /root/site/.installed
+for w in .gpu/deps/*.whl; do  # each wheel once per machine (a warm machine keeps /root/site)
+  [ -f "$w" ] && [ ! -f "/root/site/.installed/$(basename "$w")" ] && \
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site "$w" && \
+    touch "/root/site/.installed/$(basename "$w")"
+done
 if ls .gpu/*.deb >/dev/null 2>&1 && [ ! -x /root/bw/usr/bin/bwrap ]; then
   mkdir -p /root/bw && for f in .gpu/*.deb; do dpkg -x "$f" /root/bw; done
 fi
