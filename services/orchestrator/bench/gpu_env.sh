@@ -11,9 +11,10 @@ if [ -n "$new" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site $new && \
     for w in $new; do touch "/root/site/.installed/$(basename "$w")"; done
 fi
-if ls .gpu/*.deb >/dev/null 2>&1 && [ ! -x /root/bw/usr/bin/bwrap ]; then
-  mkdir -p /root/bw && for f in .gpu/*.deb; do dpkg -x "$f" /root/bw; done
-fi
+mkdir -p /root/bw/.unpacked
+for f in .gpu/*.deb; do  # bubblewrap, libseccomp: unpacked into a folder, never into /
+  [ -f "$f" ] && [ ! -f "/root/bw/.unpacked/$(basename "$f")" ] && dpkg -x "$f" /root/bw && touch "/root/bw/.unpacked/$(basename "$f")"
+done
 # The sandbox's seccomp filter needs libseccomp (pyseccomp loads it with ctypes): use the image's,
 # else the carried Debian package's copy.
 if ! ldconfig -p | grep -q libseccomp.so.2 && [ -d /root/bw/usr/lib/x86_64-linux-gnu ]; then
