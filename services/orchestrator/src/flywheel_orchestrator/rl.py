@@ -28,6 +28,7 @@ iteration it was in without a second run, build or job.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -61,8 +62,6 @@ def samples(loop: lpb.Loop) -> int:
 
 def validate(loop: lpb.Loop, max_rollouts: int, path: str = "loop") -> None:
     """The RL settings of a loop (the rest is checked as for every loop)."""
-    import re
-
     rl = loop.rl
     if rl.iterations < 1:
         raise InvalidArgument(f"{path}.rl.iterations", "must be at least 1 for an RL loop")
@@ -211,18 +210,19 @@ class RlStages:
         reward_figures(it, results)
         if run.HasField("adapter"):
             it.policy.CopyFrom(run.adapter)
-        if it.index > 0 and not reward_spread(results):
-            # Every group's rewards are equal: zero advantages everywhere, nothing to learn. The
-            # iteration ends here (no dataset, no adapter) and the next one samples the same
-            # policy again.
-            await self._end_iteration(job, it)
-            return True
+        # Checked first: an all-masked run also has no spread of rewards.
         if it.index > 0 and it.episodes and it.masked_episodes == it.episodes:
             raise JobFailed(
                 f"iteration {it.index}: every episode ended on an infrastructure error (all masked); "
                 f"see run {it.run_id}",
                 grpc.StatusCode.UNAVAILABLE,
             )
+        if it.index > 0 and not reward_spread(results):
+            # Every group's rewards are equal: zero advantages everywhere, nothing to learn. The
+            # iteration ends here (no dataset, no adapter) and the next one samples the same
+            # policy again.
+            await self._end_iteration(job, it)
+            return True
         build = await self._dataset_build(loop, it)
         it.dataset_build_id = build.id
         it.stage = S.LOOP_STAGE_DATASET
@@ -241,10 +241,8 @@ class RlStages:
             if it.policy.digest:
                 params["policy_digest"] = it.policy.digest
             formats = [dpb.OUTPUT_FORMAT_GRPO_TOKENS]
-        split = dpb.SplitConfig()
-        split.CopyFrom(loop.dataset_split)
-        if it.index > 0:
-            split.CopyFrom(dpb.SplitConfig(train_ratio=1.0))  # every group trains; TEST is the suite's
+        # RL: every group trains (the held-out side is the suite's TEST split).
+        split = loop.dataset_split if it.index == 0 else dpb.SplitConfig(train_ratio=1.0)
         build = dpb.DatasetBuild(
             source=dpb.DatasetSource(run_ids=[it.run_id]),
             recipe=recipe,
@@ -385,7 +383,7 @@ class RlStages:
 
     def _evaluation(self, loop: lpb.Loop) -> epb.Evaluation:
         models = [loop.incumbent_model]
-        start = self.warm_start_model(loop) or self.start_model(loop)
+        start = self.baseline_model(loop)
         if start not in models:
             models.append(start)
         if loop.candidate_model not in models:
@@ -401,6 +399,10 @@ class RlStages:
             concurrency=loop.concurrency,
             labels=self.m._labels(loop),
         )
+
+    def baseline_model(self, loop: lpb.Loop) -> str:
+        """The policy the RL iterations started from: the warm start's adapter, else the start."""
+        return self.warm_start_model(loop) or self.start_model(loop)
 
     def warm_start_model(self, loop: lpb.Loop) -> str:
         first = loop.iterations[0] if loop.iterations else None
@@ -423,7 +425,7 @@ class RlStages:
         by_model = {m.model: m for m in e.model_metrics}
         if loop.candidate_model in by_model:
             it.eval_pass_rate = by_model[loop.candidate_model].pass_rate
-        start = self.warm_start_model(loop) or self.start_model(loop)
+        start = self.baseline_model(loop)
         if start in by_model:
             it.eval_baseline_pass_rate = by_model[start].pass_rate
         await self._end_iteration(job, it)
