@@ -120,7 +120,9 @@ async def test_nats_down_while_the_adapter_is_published(
             final = await wait_for(stub, job.id, lambda j: j.state in DONE)
             assert final.state == SUCCEEDED, final.error
             assert final.adapter.object_prefix == "adapters/outage/v1/"
-            assert list(store.list(OUTBOX)), "the announcement should wait in the outbox"
+            # The job is SUCCEEDED in its record a moment before its announcement is written to
+            # the outbox (the record first: a crash in between is re-announced at start-up).
+            await _until(lambda: bool(list(store.list(OUTBOX))), "the announcement to wait in the outbox", 60)
 
             server = NatsServerProcess(port=port, store_dir=nats_store, stop_grace_s=5).start()
             await _until(lambda: not list(store.list(OUTBOX)), "the outbox to empty once NATS is back", 120)

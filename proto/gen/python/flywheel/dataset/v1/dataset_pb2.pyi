@@ -51,6 +51,14 @@ class DatasetSplit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATASET_SPLIT_TRAIN: _ClassVar[DatasetSplit]
     DATASET_SPLIT_VALIDATION: _ClassVar[DatasetSplit]
     DATASET_SPLIT_TEST: _ClassVar[DatasetSplit]
+
+class FeedbackFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_FILTER_UNSPECIFIED: _ClassVar[FeedbackFilter]
+    FEEDBACK_FILTER_SUCCESS: _ClassVar[FeedbackFilter]
+    FEEDBACK_FILTER_FAILURE: _ClassVar[FeedbackFilter]
+    FEEDBACK_FILTER_ANY_FEEDBACK: _ClassVar[FeedbackFilter]
+    FEEDBACK_FILTER_NOT_FAILED: _ClassVar[FeedbackFilter]
 DATASET_KIND_UNSPECIFIED: DatasetKind
 DATASET_KIND_SFT: DatasetKind
 DATASET_KIND_PREFERENCE: DatasetKind
@@ -76,6 +84,11 @@ DATASET_SPLIT_UNSPECIFIED: DatasetSplit
 DATASET_SPLIT_TRAIN: DatasetSplit
 DATASET_SPLIT_VALIDATION: DatasetSplit
 DATASET_SPLIT_TEST: DatasetSplit
+FEEDBACK_FILTER_UNSPECIFIED: FeedbackFilter
+FEEDBACK_FILTER_SUCCESS: FeedbackFilter
+FEEDBACK_FILTER_FAILURE: FeedbackFilter
+FEEDBACK_FILTER_ANY_FEEDBACK: FeedbackFilter
+FEEDBACK_FILTER_NOT_FAILED: FeedbackFilter
 
 class RecipeParameter(_message.Message):
     __slots__ = ("name", "type", "default_value", "required", "description", "allowed_values")
@@ -109,13 +122,29 @@ class Recipe(_message.Message):
     task_kinds: _containers.RepeatedScalarFieldContainer[_common_pb2.TaskKind]
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[DatasetKind, str]] = ..., parameters: _Optional[_Iterable[_Union[RecipeParameter, _Mapping]]] = ..., formats: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., task_kinds: _Optional[_Iterable[_Union[_common_pb2.TaskKind, str]]] = ...) -> None: ...
 
+class CapturedTraffic(_message.Message):
+    __slots__ = ("alias", "time_range", "key_aliases", "feedback", "min_alias_revision")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    TIME_RANGE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ALIASES_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    MIN_ALIAS_REVISION_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    time_range: _common_pb2.TimeRange
+    key_aliases: _containers.RepeatedScalarFieldContainer[str]
+    feedback: FeedbackFilter
+    min_alias_revision: int
+    def __init__(self, alias: _Optional[str] = ..., time_range: _Optional[_Union[_common_pb2.TimeRange, _Mapping]] = ..., key_aliases: _Optional[_Iterable[str]] = ..., feedback: _Optional[_Union[FeedbackFilter, str]] = ..., min_alias_revision: _Optional[int] = ...) -> None: ...
+
 class DatasetSource(_message.Message):
-    __slots__ = ("run_ids", "filter")
+    __slots__ = ("run_ids", "filter", "captured_traffic")
     RUN_IDS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     run_ids: _containers.RepeatedScalarFieldContainer[str]
     filter: _trajectory_pb2.TrajectoryFilter
-    def __init__(self, run_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[_trajectory_pb2.TrajectoryFilter, _Mapping]] = ...) -> None: ...
+    captured_traffic: _containers.RepeatedCompositeFieldContainer[CapturedTraffic]
+    def __init__(self, run_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[_trajectory_pb2.TrajectoryFilter, _Mapping]] = ..., captured_traffic: _Optional[_Iterable[_Union[CapturedTraffic, _Mapping]]] = ...) -> None: ...
 
 class SplitConfig(_message.Message):
     __slots__ = ("train_ratio", "validation_ratio", "test_ratio", "seed")

@@ -2,6 +2,7 @@ import datetime
 
 from flywheel.common.v1 import common_pb2 as _common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as _dataset_pb2
+from flywheel.orchestrator.v1 import alias_pb2 as _alias_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as _evaluation_pb2
 from flywheel.orchestrator.v1 import loop_pb2 as _loop_pb2
 from flywheel.orchestrator.v1 import run_pb2 as _run_pb2
@@ -304,3 +305,13 @@ class LoopRejected(_message.Message):
     adapter: _trainer_pb2.AdapterRef
     gate: _loop_pb2.GateResult
     def __init__(self, meta: _Optional[_Union[EventMeta, _Mapping]] = ..., loop_id: _Optional[str] = ..., candidate_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., adapter: _Optional[_Union[_trainer_pb2.AdapterRef, _Mapping]] = ..., gate: _Optional[_Union[_loop_pb2.GateResult, _Mapping]] = ...) -> None: ...
+
+class AliasChanged(_message.Message):
+    __slots__ = ("meta", "name", "revision")
+    META_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    meta: EventMeta
+    name: str
+    revision: _alias_pb2.AliasRevision
+    def __init__(self, meta: _Optional[_Union[EventMeta, _Mapping]] = ..., name: _Optional[str] = ..., revision: _Optional[_Union[_alias_pb2.AliasRevision, _Mapping]] = ...) -> None: ...

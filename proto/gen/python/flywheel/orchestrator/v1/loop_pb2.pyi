@@ -2,6 +2,7 @@ import datetime
 
 from flywheel.common.v1 import common_pb2 as _common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as _dataset_pb2
+from flywheel.orchestrator.v1 import alias_pb2 as _alias_pb2
 from flywheel.orchestrator.v1 import run_pb2 as _run_pb2
 from flywheel.trainer.v1 import trainer_pb2 as _trainer_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as _trajectory_pb2
@@ -24,6 +25,20 @@ class LoopStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOOP_STAGE_HOT_LOAD: _ClassVar[LoopStage]
     LOOP_STAGE_EVALUATION: _ClassVar[LoopStage]
     LOOP_STAGE_GATE: _ClassVar[LoopStage]
+    LOOP_STAGE_PROMOTION: _ClassVar[LoopStage]
+    LOOP_STAGE_ROUND: _ClassVar[LoopStage]
+
+class RoundStart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUND_START_UNSPECIFIED: _ClassVar[RoundStart]
+    ROUND_START_CONTINUE: _ClassVar[RoundStart]
+    ROUND_START_FROM_BASE: _ClassVar[RoundStart]
+
+class PromotionOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROMOTION_OUTCOME_UNSPECIFIED: _ClassVar[PromotionOutcome]
+    PROMOTION_OUTCOME_PROMOTED: _ClassVar[PromotionOutcome]
+    PROMOTION_OUTCOME_ROLLED_BACK: _ClassVar[PromotionOutcome]
 
 class LoopKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +54,12 @@ class GateMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GATE_METRIC_WRITE_RATE: _ClassVar[GateMetric]
     GATE_METRIC_LOOP_DETECTIONS_PER_EPISODE: _ClassVar[GateMetric]
 
+class GateRuleKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GATE_RULE_KIND_UNSPECIFIED: _ClassVar[GateRuleKind]
+    GATE_RULE_KIND_MUST_IMPROVE: _ClassVar[GateRuleKind]
+    GATE_RULE_KIND_MUST_NOT_WORSEN: _ClassVar[GateRuleKind]
+
 class GateDecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GATE_DECISION_UNSPECIFIED: _ClassVar[GateDecision]
@@ -51,6 +72,14 @@ LOOP_STAGE_FINE_TUNE: LoopStage
 LOOP_STAGE_HOT_LOAD: LoopStage
 LOOP_STAGE_EVALUATION: LoopStage
 LOOP_STAGE_GATE: LoopStage
+LOOP_STAGE_PROMOTION: LoopStage
+LOOP_STAGE_ROUND: LoopStage
+ROUND_START_UNSPECIFIED: RoundStart
+ROUND_START_CONTINUE: RoundStart
+ROUND_START_FROM_BASE: RoundStart
+PROMOTION_OUTCOME_UNSPECIFIED: PromotionOutcome
+PROMOTION_OUTCOME_PROMOTED: PromotionOutcome
+PROMOTION_OUTCOME_ROLLED_BACK: PromotionOutcome
 LOOP_KIND_UNSPECIFIED: LoopKind
 LOOP_KIND_IMITATION: LoopKind
 LOOP_KIND_RL: LoopKind
@@ -59,9 +88,56 @@ GATE_METRIC_PASS_RATE: GateMetric
 GATE_METRIC_PARSE_ERRORS_PER_EPISODE: GateMetric
 GATE_METRIC_WRITE_RATE: GateMetric
 GATE_METRIC_LOOP_DETECTIONS_PER_EPISODE: GateMetric
+GATE_RULE_KIND_UNSPECIFIED: GateRuleKind
+GATE_RULE_KIND_MUST_IMPROVE: GateRuleKind
+GATE_RULE_KIND_MUST_NOT_WORSEN: GateRuleKind
 GATE_DECISION_UNSPECIFIED: GateDecision
 GATE_DECISION_PROMOTE: GateDecision
 GATE_DECISION_REJECT: GateDecision
+
+class LoopRound(_message.Message):
+    __slots__ = ("index", "loop_id", "state", "incumbent_model", "init_adapter", "candidate_model", "gate_result", "promotion", "run_ids", "dataset_id", "train_examples", "report")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOOP_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INCUMBENT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    GATE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    loop_id: str
+    state: _common_pb2.JobState
+    incumbent_model: str
+    init_adapter: str
+    candidate_model: str
+    gate_result: GateResult
+    promotion: PromotionResult
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    dataset_id: str
+    train_examples: int
+    report: _common_pb2.ObjectRef
+    def __init__(self, index: _Optional[int] = ..., loop_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., incumbent_model: _Optional[str] = ..., init_adapter: _Optional[str] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., promotion: _Optional[_Union[PromotionResult, _Mapping]] = ..., run_ids: _Optional[_Iterable[str]] = ..., dataset_id: _Optional[str] = ..., train_examples: _Optional[int] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
+
+class PromotionResult(_message.Message):
+    __slots__ = ("alias", "revision", "final_revision", "outcome", "reason", "canary_stats")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    FINAL_REVISION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CANARY_STATS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    revision: int
+    final_revision: int
+    outcome: PromotionOutcome
+    reason: str
+    canary_stats: _containers.RepeatedCompositeFieldContainer[_alias_pb2.ArmStats]
+    def __init__(self, alias: _Optional[str] = ..., revision: _Optional[int] = ..., final_revision: _Optional[int] = ..., outcome: _Optional[_Union[PromotionOutcome, str]] = ..., reason: _Optional[str] = ..., canary_stats: _Optional[_Iterable[_Union[_alias_pb2.ArmStats, _Mapping]]] = ...) -> None: ...
 
 class RlLoopConfig(_message.Message):
     __slots__ = ("iterations", "samples_per_task", "eval_every", "sft_warm_start", "sft_hyperparameters", "init_adapter", "temperature")
@@ -139,16 +215,48 @@ class LoopStageStatus(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     def __init__(self, stage: _Optional[_Union[LoopStage, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., artefacts: _Optional[_Iterable[_Union[_common_pb2.ResourceRef, _Mapping]]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class GateRule(_message.Message):
+    __slots__ = ("metric", "kind", "margin", "use_interval")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    USE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    metric: GateMetric
+    kind: GateRuleKind
+    margin: float
+    use_interval: bool
+    def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., kind: _Optional[_Union[GateRuleKind, str]] = ..., margin: _Optional[float] = ..., use_interval: _Optional[bool] = ...) -> None: ...
+
 class PromotionGate(_message.Message):
-    __slots__ = ("metric", "margin")
+    __slots__ = ("metric", "margin", "rules", "min_episodes")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     MARGIN_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    MIN_EPISODES_FIELD_NUMBER: _ClassVar[int]
     metric: GateMetric
     margin: float
-    def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., margin: _Optional[float] = ...) -> None: ...
+    rules: _containers.RepeatedCompositeFieldContainer[GateRule]
+    min_episodes: int
+    def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., margin: _Optional[float] = ..., rules: _Optional[_Iterable[_Union[GateRule, _Mapping]]] = ..., min_episodes: _Optional[int] = ...) -> None: ...
+
+class GateRuleResult(_message.Message):
+    __slots__ = ("rule", "incumbent_value", "candidate_value", "improvement", "passed", "reason")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    INCUMBENT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    rule: GateRule
+    incumbent_value: float
+    candidate_value: float
+    improvement: float
+    passed: bool
+    reason: str
+    def __init__(self, rule: _Optional[_Union[GateRule, _Mapping]] = ..., incumbent_value: _Optional[float] = ..., candidate_value: _Optional[float] = ..., improvement: _Optional[float] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GateResult(_message.Message):
-    __slots__ = ("metric", "margin", "incumbent_value", "candidate_value", "improvement", "decision", "reason", "evaluation_id")
+    __slots__ = ("metric", "margin", "incumbent_value", "candidate_value", "improvement", "decision", "reason", "evaluation_id", "rule_results")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     MARGIN_FIELD_NUMBER: _ClassVar[int]
     INCUMBENT_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +265,7 @@ class GateResult(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     metric: GateMetric
     margin: float
     incumbent_value: float
@@ -165,10 +274,11 @@ class GateResult(_message.Message):
     decision: GateDecision
     reason: str
     evaluation_id: str
-    def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., margin: _Optional[float] = ..., incumbent_value: _Optional[float] = ..., candidate_value: _Optional[float] = ..., improvement: _Optional[float] = ..., decision: _Optional[_Union[GateDecision, str]] = ..., reason: _Optional[str] = ..., evaluation_id: _Optional[str] = ...) -> None: ...
+    rule_results: _containers.RepeatedCompositeFieldContainer[GateRuleResult]
+    def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., margin: _Optional[float] = ..., incumbent_value: _Optional[float] = ..., candidate_value: _Optional[float] = ..., improvement: _Optional[float] = ..., decision: _Optional[_Union[GateDecision, str]] = ..., reason: _Optional[str] = ..., evaluation_id: _Optional[str] = ..., rule_results: _Optional[_Iterable[_Union[GateRuleResult, _Mapping]]] = ...) -> None: ...
 
 class Loop(_message.Message):
-    __slots__ = ("id", "suite", "base_model", "incumbent_model", "teacher_kind", "teacher_model", "rollouts_per_task", "episode", "concurrency", "recipe", "recipe_parameters", "dataset_split", "method", "hyperparameters", "adapter_name", "eval_rollouts_per_task", "gate", "labels", "state", "error", "stage", "stages", "candidate_model", "gate_result", "report", "create_time", "start_time", "end_time", "train_task_ids", "test_task_ids", "kind", "rl", "iterations")
+    __slots__ = ("id", "suite", "base_model", "incumbent_model", "teacher_kind", "teacher_model", "rollouts_per_task", "episode", "concurrency", "recipe", "recipe_parameters", "dataset_split", "method", "hyperparameters", "adapter_name", "eval_rollouts_per_task", "gate", "labels", "state", "error", "stage", "stages", "candidate_model", "gate_result", "report", "create_time", "start_time", "end_time", "train_task_ids", "test_task_ids", "kind", "rl", "iterations", "alias", "canary", "rounds", "stop_after_rejections", "round_start", "incumbent_rollouts", "extra_run_ids", "captured_traffic", "init_adapter", "parent_loop_id", "round", "round_results", "promotion")
     class RecipeParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +326,19 @@ class Loop(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     RL_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    STOP_AFTER_REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    ROUND_START_FIELD_NUMBER: _ClassVar[int]
+    INCUMBENT_ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    PARENT_LOOP_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUND_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
     id: str
     suite: str
     base_model: str
@@ -249,4 +372,17 @@ class Loop(_message.Message):
     kind: LoopKind
     rl: RlLoopConfig
     iterations: _containers.RepeatedCompositeFieldContainer[RlIteration]
-    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., base_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., teacher_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., dataset_split: _Optional[_Union[_dataset_pb2.SplitConfig, _Mapping]] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., eval_rollouts_per_task: _Optional[int] = ..., gate: _Optional[_Union[PromotionGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., stages: _Optional[_Iterable[_Union[LoopStageStatus, _Mapping]]] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_task_ids: _Optional[_Iterable[str]] = ..., test_task_ids: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[LoopKind, str]] = ..., rl: _Optional[_Union[RlLoopConfig, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[RlIteration, _Mapping]]] = ...) -> None: ...
+    alias: str
+    canary: _alias_pb2.CanaryPolicy
+    rounds: int
+    stop_after_rejections: int
+    round_start: RoundStart
+    incumbent_rollouts: bool
+    extra_run_ids: _containers.RepeatedScalarFieldContainer[str]
+    captured_traffic: _containers.RepeatedCompositeFieldContainer[_dataset_pb2.CapturedTraffic]
+    init_adapter: str
+    parent_loop_id: str
+    round: int
+    round_results: _containers.RepeatedCompositeFieldContainer[LoopRound]
+    promotion: PromotionResult
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., base_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., teacher_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., dataset_split: _Optional[_Union[_dataset_pb2.SplitConfig, _Mapping]] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., eval_rollouts_per_task: _Optional[int] = ..., gate: _Optional[_Union[PromotionGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., stages: _Optional[_Iterable[_Union[LoopStageStatus, _Mapping]]] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_task_ids: _Optional[_Iterable[str]] = ..., test_task_ids: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[LoopKind, str]] = ..., rl: _Optional[_Union[RlLoopConfig, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[RlIteration, _Mapping]]] = ..., alias: _Optional[str] = ..., canary: _Optional[_Union[_alias_pb2.CanaryPolicy, _Mapping]] = ..., rounds: _Optional[int] = ..., stop_after_rejections: _Optional[int] = ..., round_start: _Optional[_Union[RoundStart, str]] = ..., incumbent_rollouts: _Optional[bool] = ..., extra_run_ids: _Optional[_Iterable[str]] = ..., captured_traffic: _Optional[_Iterable[_Union[_dataset_pb2.CapturedTraffic, _Mapping]]] = ..., init_adapter: _Optional[str] = ..., parent_loop_id: _Optional[str] = ..., round: _Optional[int] = ..., round_results: _Optional[_Iterable[_Union[LoopRound, _Mapping]]] = ..., promotion: _Optional[_Union[PromotionResult, _Mapping]] = ...) -> None: ...

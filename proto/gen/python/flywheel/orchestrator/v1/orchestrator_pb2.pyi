@@ -1,4 +1,5 @@
 from flywheel.common.v1 import common_pb2 as _common_pb2
+from flywheel.orchestrator.v1 import alias_pb2 as _alias_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as _evaluation_pb2
 from flywheel.orchestrator.v1 import loop_pb2 as _loop_pb2
 from flywheel.orchestrator.v1 import run_pb2 as _run_pb2

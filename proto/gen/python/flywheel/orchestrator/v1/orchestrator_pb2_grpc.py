@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from flywheel.orchestrator.v1 import alias_pb2 as flywheel_dot_orchestrator_dot_v1_dot_alias__pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -131,6 +132,31 @@ class OrchestratorServiceStub:
                 '/flywheel.orchestrator.v1.OrchestratorService/WatchLoop',
                 request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchLoopRequest.SerializeToString,
                 response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchLoopResponse.FromString,
+                _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/SetAlias',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.SetAliasResponse.FromString,
+                _registered_method=True)
+        self.GetAlias = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/GetAlias',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.GetAliasRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.GetAliasResponse.FromString,
+                _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/ListAliases',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.ListAliasesResponse.FromString,
+                _registered_method=True)
+        self.RollbackAlias = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/RollbackAlias',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.RollbackAliasRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.RollbackAliasResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/DeleteAlias',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasResponse.FromString,
                 _registered_method=True)
 
 
@@ -289,6 +315,47 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAlias(self, request, context):
+        """Points an alias at a target (creating it when new), or with `canary` starts a canary or
+        shadow rollout of the target. The target must be served by the gateway (FAILED_PRECONDITION
+        otherwise); a name that is not a valid alias, or that a gateway route already serves, is
+        INVALID_ARGUMENT; `expected_revision` older than the newest is ABORTED. Publishes
+        `flywheel.alias.changed`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAlias(self, request, context):
+        """Returns one alias with its whole history and a running canary's live signals. NOT_FOUND if
+        it was never set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """Lists aliases by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackAlias(self, request, context):
+        """Points an alias back at an earlier revision's target and drops a running canary.
+        NOT_FOUND for an unknown alias or revision; FAILED_PRECONDITION when there is nothing earlier.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Stops serving an alias (its history stays; setting it again continues it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -386,6 +453,31 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.WatchLoop,
                     request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchLoopRequest.FromString,
                     response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchLoopResponse.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.SetAliasRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.SetAliasResponse.SerializeToString,
+            ),
+            'GetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAlias,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.GetAliasRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.GetAliasResponse.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.ListAliasesRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.ListAliasesResponse.SerializeToString,
+            ),
+            'RollbackAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackAlias,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.RollbackAliasRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.RollbackAliasResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -904,6 +996,141 @@ class OrchestratorService:
             '/flywheel.orchestrator.v1.OrchestratorService/WatchLoop',
             flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchLoopRequest.SerializeToString,
             flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchLoopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/SetAlias',
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.SetAliasRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.SetAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/GetAlias',
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.GetAliasRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.GetAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/ListAliases',
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.ListAliasesRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.ListAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/RollbackAlias',
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.RollbackAliasRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.RollbackAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/DeleteAlias',
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasResponse.FromString,
             options,
             channel_credentials,
             insecure,
