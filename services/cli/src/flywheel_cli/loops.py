@@ -9,6 +9,7 @@ started.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import click
 import grpc
 from google.protobuf import json_format
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from flywheel.common.v1 import common_pb2
@@ -30,6 +32,7 @@ from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_cli import rpc
+from flywheel_cli.aliases import arms_table, canary_options, canary_policy
 from flywheel_cli.render import console, enum_name, out
 from flywheel_common.jobs import TERMINAL
 
@@ -51,6 +54,97 @@ def stage_seconds(start: Any, end: Any) -> float:
         return 0.0
     stop: int = end.ToNanoseconds() if end.seconds else time.time_ns()
     return max(0.0, (stop - int(start.ToNanoseconds())) / 1e9)
+
+
+STATE_COLOUR = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}
+
+
+def is_multi_round(loop: lpb.Loop) -> bool:
+    """A loop of several rounds: its stages are its rounds (child loops)."""
+    return loop.rounds > 1 or any(s.stage == lpb.LOOP_STAGE_ROUND for s in loop.stages)
+
+
+def decision_name(gate: lpb.GateResult) -> str:
+    return enum_name(gate.decision, lpb.GateDecision, "GATE_DECISION_") if gate.decision else ""
+
+
+def outcome_name(promotion: lpb.PromotionResult) -> str:
+    """``promoted``, ``rolled back``, or ``canary running`` before a canary decided."""
+    if promotion.outcome:
+        return enum_name(promotion.outcome, lpb.PromotionOutcome, "PROMOTION_OUTCOME_").replace("_", " ")
+    return "canary running" if promotion.alias else ""
+
+
+def promotion_text(promotion: lpb.PromotionResult) -> str:
+    """``agent/x rev 3 → 4: promoted (reason)``; empty before the stage wrote anything."""
+    if not promotion.alias:
+        return ""
+    revs = f"rev {promotion.revision}"
+    if promotion.final_revision and promotion.final_revision != promotion.revision:
+        revs += f" → {promotion.final_revision}"
+    text = f"{promotion.alias} {revs}: {outcome_name(promotion)}"
+    return text + (f" ({promotion.reason})" if promotion.reason else "")
+
+
+def round_summary(r: lpb.LoopRound) -> str:
+    """One round on one line: what it had to beat, its candidate, the gate and the promotion."""
+    parts = [f"{r.incumbent_model or '?'} vs {r.candidate_model or '…'}"]
+    if r.init_adapter:
+        parts.append(f"from {r.init_adapter}")
+    if r.train_examples:
+        parts.append(f"{r.train_examples} examples")
+    if r.HasField("gate_result"):
+        parts.append(decision_name(r.gate_result))
+    if r.promotion.alias:
+        parts.append(outcome_name(r.promotion))
+    return " · ".join(parts)
+
+
+def rounds_table(loop: lpb.Loop) -> Table:
+    """A multi-round loop's rounds: child loop, incumbent, candidate, gate, promotion."""
+    table = Table(
+        "round", "loop", "state", "incumbent", "candidate", "gate", "promotion",
+        title=f"rounds of {loop.id}", title_justify="left",
+    )  # fmt: skip
+    for r in loop.round_results:
+        gate = ""
+        if r.HasField("gate_result"):
+            colour = "green" if r.gate_result.decision == lpb.GATE_DECISION_PROMOTE else "red"
+            gate = f"[{colour}]{decision_name(r.gate_result)}[/]: {escape(r.gate_result.reason)}"
+        table.add_row(
+            str(r.index),
+            r.loop_id,
+            f"[{STATE_COLOUR.get(state_name(r.state), 'cyan')}]{state_name(r.state)}[/]",
+            escape(r.incumbent_model),
+            escape(r.candidate_model + (f" (from {r.init_adapter})" if r.init_adapter else "")),
+            gate,
+            escape(promotion_text(r.promotion)),
+        )
+    return table
+
+
+def gate_lines(gate: lpb.GateResult) -> list[str]:
+    """The decision with its reason, then each rule's outcome when the gate had several."""
+    lines = [f"gate: {decision_name(gate)} · {gate.reason}"]
+    if len(gate.rule_results) > 1:
+        for rule in gate.rule_results:
+            lines.append(f"  {'[green]✓[/]' if rule.passed else '[red]✗[/]'} {escape(rule.reason)}")
+    return lines
+
+
+def print_outcome(loop: lpb.Loop) -> None:
+    """What a loop decided: its rounds, its gate, its promotion (with the canary's signals)."""
+    if loop.round_results:
+        out.print(rounds_table(loop))
+    if loop.HasField("gate_result"):
+        for line in gate_lines(loop.gate_result):
+            out.print(line, highlight=False, soft_wrap=True)
+    if loop.promotion.alias:
+        out.print(f"promotion: {escape(promotion_text(loop.promotion))}", highlight=False, soft_wrap=True)
+        if loop.promotion.canary_stats:
+            out.print(arms_table(loop.promotion.canary_stats, title="canary at its decision"))
+    if loop.state == common_pb2.JOB_STATE_FAILED and loop.error.message:
+        out.print(f"[red]failed:[/] {escape(loop.error.message)}", soft_wrap=True)
 
 
 class Follower:
@@ -119,21 +213,37 @@ class Follower:
         table.add_column("state")
         table.add_column("time", justify="right")
         table.add_column("progress")
+        # A terminal loop never reaches what is left (a rejected candidate is not promoted; rounds
+        # stop after too many rejections).
+        idle = "[dim]not reached[/]" if loop.state in TERMINAL else "[dim]waiting[/]"
+        if is_multi_round(loop):
+            rounds = {r.index: r for r in loop.round_results}
+            played = (status for status in loop.stages if status.stage == lpb.LOOP_STAGE_ROUND)
+            for index, status in enumerate(played, start=1):
+                table.add_row(
+                    f"round {index}",
+                    f"[{STATE_COLOUR.get(state_name(status.state), 'cyan')}]{state_name(status.state)}[/]",
+                    f"{stage_seconds(status.start_time, status.end_time):.0f} s",
+                    round_summary(rounds[index]) if index in rounds else "",
+                )
+            for index in range(len(table.rows) + 1, max(loop.rounds, 1) + 1):
+                table.add_row(f"round {index}", idle, "", "")
+            return table
         reached: dict[int, lpb.LoopStageStatus] = {s.stage: s for s in loop.stages}
-        for stage in range(1, len(lpb.LoopStage.values())):
+        for stage in range(lpb.LOOP_STAGE_ROLLOUTS, lpb.LOOP_STAGE_PROMOTION + 1):
             s = reached.get(stage)
             if s is None:
-                table.add_row(stage_name(stage), "[dim]waiting[/]", "", "")
+                table.add_row(stage_name(stage), idle, "", "")
                 continue
+            if stage == lpb.LOOP_STAGE_PROMOTION:
+                self.detail[stage] = promotion_text(loop.promotion)
             # Live stages are asked each redraw; a finished one once more, for its final figures
             # (a short stage can end between two redraws).
             if s.state not in TERMINAL or stage not in self.settled:
                 self.detail[stage] = self.stage_detail(s) or self.detail.get(stage, "")
                 if s.state in TERMINAL:
                     self.settled.add(stage)
-            colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(
-                state_name(s.state), "cyan"
-            )
+            colour = STATE_COLOUR.get(state_name(s.state), "cyan")
             table.add_row(
                 stage_name(stage),
                 f"[{colour}]{state_name(s.state)}[/]",
@@ -184,6 +294,95 @@ GATE_METRICS = {
     "write_rate": lpb.GATE_METRIC_WRITE_RATE,
     "loop_detections": lpb.GATE_METRIC_LOOP_DETECTIONS_PER_EPISODE,
 }
+GATE_KINDS = {
+    "must_improve": lpb.GATE_RULE_KIND_MUST_IMPROVE,
+    "must_not_worsen": lpb.GATE_RULE_KIND_MUST_NOT_WORSEN,
+}
+ROUND_STARTS = {"continue": lpb.ROUND_START_CONTINUE, "from-base": lpb.ROUND_START_FROM_BASE}
+FEEDBACK = {
+    "success": dpb.FEEDBACK_FILTER_SUCCESS,
+    "failure": dpb.FEEDBACK_FILTER_FAILURE,
+    "any": dpb.FEEDBACK_FILTER_ANY_FEEDBACK,
+    "not_failed": dpb.FEEDBACK_FILTER_NOT_FAILED,
+}
+GATE_RULE_HELP = (
+    "A promotion rule, METRIC:KIND[:MARGIN[:interval]] (repeatable; every rule must hold, and "
+    "they replace --gate-metric/--gate-margin). METRIC: "
+    + ", ".join(sorted(GATE_METRICS))
+    + "; KIND: must_improve (beat the incumbent by more than MARGIN) or must_not_worsen (be worse "
+    "by at most MARGIN); MARGIN in the metric's units, default 0; `interval` (pass_rate only) "
+    "judges the candidate's 95% Wilson interval instead of its point value. "
+    "E.g. pass_rate:must_not_worsen:0.0:interval and parse_errors:must_improve:0.1."
+)
+
+
+def parse_gate_rule(text: str, param_hint: str = "--gate-rule") -> lpb.GateRule:
+    """``METRIC:KIND[:MARGIN[:interval]]`` as a GateRule; anything else is a usage error saying
+    which part is wrong (the orchestrator checks the values themselves: margins, interval use)."""
+    parts = [p.strip() for p in text.split(":")]
+    if not 2 <= len(parts) <= 4:
+        raise click.BadParameter(f"{text!r} is not METRIC:KIND[:MARGIN[:interval]]", param_hint=param_hint)
+    metric, kind = parts[0].lower().replace("-", "_"), parts[1].lower().replace("-", "_")
+    if metric not in GATE_METRICS:
+        raise click.BadParameter(
+            f"{text!r}: unknown metric {parts[0]!r} (known: {', '.join(sorted(GATE_METRICS))})",
+            param_hint=param_hint,
+        )
+    if kind not in GATE_KINDS:
+        raise click.BadParameter(
+            f"{text!r}: unknown kind {parts[1]!r} (known: {', '.join(GATE_KINDS)})", param_hint=param_hint
+        )
+    rule = lpb.GateRule(metric=GATE_METRICS[metric], kind=GATE_KINDS[kind])
+    if len(parts) >= 3 and parts[2]:
+        try:
+            rule.margin = float(parts[2])
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r}: margin {parts[2]!r} is not a number", param_hint=param_hint
+            ) from None
+    if len(parts) == 4:
+        if parts[3].lower() != "interval":
+            raise click.BadParameter(
+                f"{text!r}: the fourth part can only be `interval`, not {parts[3]!r}", param_hint=param_hint
+            )
+        rule.use_interval = True
+    return rule
+
+
+def parse_time(text: str, param_hint: str) -> dt.datetime:
+    """An ISO 8601 date or time (``2026-12-01``, ``2026-12-01T09:30``, ``…+01:00``); UTC unless it
+    names an offset."""
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not an ISO 8601 time like 2026-12-01T09:30:00Z", param_hint=param_hint
+        ) from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+
+
+def captured_traffic(opts: dict[str, Any]) -> list[dpb.CapturedTraffic]:
+    """One CapturedTraffic per ``--captured-alias``, each with the same time range and feedback."""
+    aliases = opts.get("captured_aliases") or ()
+    rest = [o for o in ("captured_since", "captured_until", "captured_feedback") if opts.get(o)]
+    if rest and not aliases:
+        flags = ", ".join("--" + o.replace("_", "-") for o in rest)
+        raise click.UsageError(f"{flags}: only with --captured-alias")
+    since = parse_time(opts["captured_since"], "--captured-since") if opts.get("captured_since") else None
+    until = parse_time(opts["captured_until"], "--captured-until") if opts.get("captured_until") else None
+    if since and until and until <= since:
+        raise click.BadParameter("must be after --captured-since", param_hint="--captured-until")
+    sources = []
+    for alias in aliases:
+        source = dpb.CapturedTraffic(alias=alias)
+        if since:
+            source.time_range.start_time.FromDatetime(since)
+        if until:
+            source.time_range.end_time.FromDatetime(until)
+        if opts.get("captured_feedback"):
+            source.feedback = FEEDBACK[opts["captured_feedback"]]
+        sources.append(source)
+    return sources
 
 
 def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
@@ -217,6 +416,26 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
         loop.gate.metric = GATE_METRICS[opts["gate_metric"]]
     if opts.get("gate_margin") is not None:
         loop.gate.margin = opts["gate_margin"]
+    if opts.get("gate_rules"):
+        if opts.get("gate_metric") or opts.get("gate_margin") is not None:
+            raise click.UsageError("--gate-rule replaces --gate-metric/--gate-margin: give one or the other")
+        loop.gate.rules.extend(parse_gate_rule(text) for text in opts["gate_rules"])
+    if opts.get("min_episodes") is not None:
+        loop.gate.min_episodes = opts["min_episodes"]
+    if opts.get("alias"):
+        loop.alias = opts["alias"]
+    policy = canary_policy(opts)
+    if policy is not None:
+        loop.canary.CopyFrom(policy)
+    if opts.get("rounds") is not None:
+        loop.rounds = opts["rounds"]
+    if opts.get("stop_after_rejections") is not None:
+        loop.stop_after_rejections = opts["stop_after_rejections"]
+    if opts.get("round_start"):
+        loop.round_start = ROUND_STARTS[opts["round_start"]]
+    if opts.get("incumbent_rollouts"):
+        loop.incumbent_rollouts = True
+    loop.captured_traffic.extend(captured_traffic(opts))
     hp = loop.hyperparameters
     if opts.get("max_steps"):
         hp.max_steps = opts["max_steps"]
@@ -236,7 +455,11 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
     if opts.get("sft_warm_start"):
         rl.sft_warm_start = True
     if opts.get("init_adapter"):
-        rl.init_adapter = opts["init_adapter"]
+        # RL loops start their policy from it; imitation loops their fine-tune.
+        if loop.kind == lpb.LOOP_KIND_RL:
+            rl.init_adapter = opts["init_adapter"]
+        else:
+            loop.init_adapter = opts["init_adapter"]
     if opts.get("rl_temperature") is not None:
         rl.temperature = opts["rl_temperature"]
     if loop.kind != lpb.LOOP_KIND_RL and loop.HasField("rl") and rl.ByteSize() == 0:
@@ -279,10 +502,54 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
     "--eval-every", type=int, default=0, help="RL: evaluate every M iterations (and after the last)."
 )
 @click.option("--sft-warm-start", is_flag=True, help="RL: SFT on reference demonstrations first.")
-@click.option("--init-adapter", default=None, help="RL: start from this adapter, NAME/vN.")
+@click.option(
+    "--init-adapter",
+    default=None,
+    help="Start from this published adapter, NAME/vN: the fine-tune's initial weights (RL: the starting policy).",
+)
 @click.option(
     "--rl-temperature", type=float, default=None, help="RL: sampling temperature of rollouts (1.0)."
 )
+@click.option("--gate-rule", "gate_rules", multiple=True, metavar="METRIC:KIND[:MARGIN[:interval]]",
+              help=GATE_RULE_HELP)  # fmt: skip
+@click.option(
+    "--min-episodes",
+    type=int,
+    default=None,
+    help="Gate: episodes each model needs in the evaluation (0 = 1).",
+)
+@click.option("--alias", default=None, help="Alias a promoted candidate moves (default agent/ADAPTER_NAME).")
+@canary_options
+@click.option(
+    "--rounds", type=int, default=None, help="Rounds, each a child loop building on the last (0 = 1)."
+)
+@click.option(
+    "--stop-after-rejections",
+    type=int,
+    default=None,
+    help="Stop after this many rejected rounds in a row (0 = never).",
+)
+@click.option(
+    "--round-start",
+    type=click.Choice(sorted(ROUND_STARTS)),
+    default=None,
+    help="Round 2 onwards: continue training the incumbent adapter on old + new data (default), "
+    "or train from the base model on the union of every round's data.",
+)
+@click.option(
+    "--incumbent-rollouts", is_flag=True, help="Rounds 2 onwards also roll out the incumbent on TRAIN."
+)
+@click.option("--captured-alias", "captured_aliases", multiple=True, metavar="ALIAS",
+              help="Add the gateway traffic captured for this alias to the dataset (repeatable).")  # fmt: skip
+@click.option(
+    "--captured-since",
+    default=None,
+    metavar="ISO",
+    help="Captured traffic from this time (UTC unless it says).",
+)
+@click.option("--captured-until", default=None, metavar="ISO", help="Captured traffic before this time.")
+@click.option("--captured-feedback", type=click.Choice(sorted(FEEDBACK)), default=None,
+              help="Captured traffic with this caller feedback only (default: any call).")  # fmt: skip
 @click.option("--request-id", default="", help="Idempotency key: a retry with it returns the same loop.")
 @click.option("--watch/--no-watch", default=True, show_default=True, help="Follow it to the end.")
 @click.pass_context
@@ -329,17 +596,27 @@ def iteration_line(it: lpb.RlIteration) -> str:
 def watch_loop(stub: OrchestratorServiceStub, loop_id: str) -> lpb.Loop | None:
     """Print a line at each stage change (and each RL iteration's figures) until the loop ends."""
     lp: lpb.Loop | None = None
-    shown: dict[int, str] = {}
+    shown: dict[str, str] = {}
+
+    def once(key: str, line: str) -> None:
+        if line and shown.get(key) != line:
+            shown[key] = line
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+
     for update in stub.WatchLoop(opb.WatchLoopRequest(loop_id=loop_id)):
         lp = update.loop
-        console.print(f"{time.strftime('%H:%M:%S')} stage {stage_name(lp.stage)} · {state_name(lp.state)}")
+        where = f"round {len(lp.round_results)}" if is_multi_round(lp) else f"stage {stage_name(lp.stage)}"
+        console.print(f"{time.strftime('%H:%M:%S')} {where} · {state_name(lp.state)}")
         for it in lp.iterations:
-            line = iteration_line(it)
-            if shown.get(it.index) != line:
-                shown[it.index] = line
-                console.print(f"  {line}", highlight=False)
+            once(f"iteration {it.index}", iteration_line(it))
+        for r in lp.round_results:
+            once(
+                f"round {r.index}",
+                f"round {r.index} ({r.loop_id}) · {state_name(r.state)} · {round_summary(r)}",
+            )
+        once("promotion", f"promotion: {promotion_text(lp.promotion)}" if lp.promotion.alias else "")
     if lp is not None:
-        out.print(f"gate: {lp.gate_result.reason}" if lp.HasField("gate_result") else lp.error.message)
+        print_outcome(lp)
     return lp
 
 
@@ -362,7 +639,7 @@ def loop_list(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the loop as JSON.")
 @click.pass_context
 def loop_show(ctx: click.Context, loop_id: str, as_json: bool) -> None:
-    """Show one loop's stage table and gate decision."""
+    """Show one loop's stage table (or its rounds), gate decision and promotion."""
     with rpc.stub(ctx, rpc.ORCHESTRATOR, OrchestratorServiceStub) as stub:
         lp = stub.GetLoop(opb.GetLoopRequest(loop_id=loop_id)).loop
     if as_json:
@@ -375,15 +652,15 @@ def loop_show(ctx: click.Context, loop_id: str, as_json: bool) -> None:
         out.print(follower.table(lp))
     finally:
         follower.close()
-    if lp.HasField("gate_result"):
-        out.print(f"gate: {lp.gate_result.reason}")
+    print_outcome(lp)
 
 
 @loop_cmd.command("watch")
 @click.argument("loop_id")
 @click.pass_context
 def loop_watch(ctx: click.Context, loop_id: str) -> None:
-    """Print a line at each stage change (RL loops: each iteration's figures) until the loop ends."""
+    """Print a line at each stage change (RL loops: each iteration's figures; multi-round loops:
+    each round's) until the loop ends, then its rounds, gate decision and promotion."""
     with rpc.stub(ctx, rpc.ORCHESTRATOR, OrchestratorServiceStub) as stub:
         watch_loop(stub, loop_id)
 

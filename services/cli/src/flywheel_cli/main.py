@@ -7,7 +7,8 @@
 | dataset.py | ``dataset recipes|build|show|preview`` (dataset builder) |
 | finetune.py | ``finetune create|watch|cancel|list`` (trainer) |
 | suites.py, runs.py, evals.py | ``suites``, ``run …``, ``eval …`` (orchestrator) |
-| loops.py, demo.py | ``loop list|show|watch|cancel``, ``demo`` |
+| loops.py, demo.py | ``loop create|list|show|watch|cancel``, ``demo`` |
+| aliases.py | ``alias list|show|set|rollback|delete`` (served aliases, on the orchestrator) |
 
 Every command that talks to a service does it through :mod:`flywheel_cli.rpc`.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import click
 
+from flywheel_cli.aliases import alias_cmd
 from flywheel_cli.dataset import dataset
 from flywheel_cli.demo import demo
 from flywheel_cli.evals import eval_cmd
@@ -32,5 +34,18 @@ def cli() -> None:
     """Flywheel: improve coding agents in a closed loop."""
 
 
-for command in (up, down, status, trajectories, dataset, finetune, suites, run_cmd, eval_cmd, loop_cmd, demo):
+for command in (
+    up,
+    down,
+    status,
+    trajectories,
+    dataset,
+    finetune,
+    suites,
+    run_cmd,
+    eval_cmd,
+    loop_cmd,
+    alias_cmd,
+    demo,
+):
     cli.add_command(command)
