@@ -4,8 +4,10 @@ Pipeline and why it is shaped so:
 
 1. **Evaluation tasks** of the decontamination suites are read from the trajectory store (the
    suite's TEST-split trajectories: their task ids and first user messages).
-2. **Read** the source once, streaming. Each trajectory is appended, serialized, to one of
-   ``BUCKETS`` spill files chosen by a hash of its task, and only its id is kept (lineage).
+2. **Read** the source once, streaming: the union of its run ids or filter and its captured
+   traffic entries, each trajectory once (``captured.py``). Each trajectory is appended,
+   serialized, to one of ``BUCKETS`` spill files chosen by a hash of its task, and only its id
+   is kept (lineage).
 3. **Order**: bucket by bucket, trajectories are grouped by task (sorted by suite, task id,
    attempt, id) and fed to the recipe. Memory holds one bucket, and the order no longer depends
    on the order the store returned, so the same trajectories always give the same dataset.
@@ -41,6 +43,7 @@ from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as dpb
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_common.objectstore import ObjectStore
+from flywheel_dataset.captured import FeedbackReader, SourceReader
 from flywheel_dataset.examples import Counts, Example
 from flywheel_dataset.formats import SPLIT_NAMES, chatml_text, object_name, render
 from flywheel_dataset.hygiene import Decontaminator, Deduplicator, exact_key, split_of
@@ -118,14 +121,14 @@ class BuildContext:
     progress: Progress = field(default_factory=Progress)
 
 
-def source_filter(source: dpb.DatasetSource) -> tpb.TrajectoryFilter:
-    if source.run_ids:
-        return tpb.TrajectoryFilter(run_ids=list(source.run_ids))
-    return source.filter
+def dataset_id(
+    spec: BuildSpec, counter_name: str, trajectory_ids: list[str], verdicts: dict[str, str] | None = None
+) -> str:
+    """``ds-<16 hex>`` from everything that decides the dataset's content.
 
-
-def dataset_id(spec: BuildSpec, counter_name: str, trajectory_ids: list[str]) -> str:
-    """``ds-<16 hex>`` from everything that decides the dataset's content."""
+    ``verdicts`` (captured call id → feedback verdict) count too, since feedback can arrive
+    after a call was stored; a build without captured calls hashes as it always did.
+    """
     digest = hashlib.sha256()
     header = {
         "recipe": spec.recipe.name,
@@ -149,6 +152,8 @@ def dataset_id(spec: BuildSpec, counter_name: str, trajectory_ids: list[str]) ->
     digest.update(json.dumps(header, sort_keys=True).encode())
     for tid in sorted(trajectory_ids):
         digest.update(b"\x00" + tid.encode())
+    for tid, verdict in sorted((verdicts or {}).items()):
+        digest.update(b"\x01" + tid.encode() + b"=" + verdict.encode())
     return "ds-" + digest.hexdigest()[:16]
 
 
@@ -185,6 +190,7 @@ class Builder:
         self.workdir = workdir
         self.counts = Counts()
         self.trajectory_ids: list[str] = []
+        self.reader = SourceReader(spec.source, ctx.source.export, FeedbackReader(ctx.store))
         self.decontaminator = Decontaminator(ctx.decontamination_ngram)
         self.dedup = Deduplicator(spec.hygiene.keep_exact_duplicates, spec.threshold)
         self.split_counts: Counter[dpb.DatasetSplit] = Counter()
@@ -216,7 +222,7 @@ class Builder:
         handles: dict[int, IO[bytes]] = {}
         progress = self.ctx.progress
         try:
-            for trajectory in self.ctx.source.export(source_filter(self.spec.source)):
+            for trajectory in self.reader:
                 self._check_cancel()
                 self.trajectory_ids.append(trajectory.id)
                 progress.trajectories_read += 1
@@ -325,7 +331,7 @@ class Builder:
         self._check_cancel()
         if not self.split_counts[dpb.DATASET_SPLIT_TRAIN]:
             raise EmptyDataset(self._empty_reason())
-        ds_id = dataset_id(spec, self.counter.name, self.trajectory_ids)
+        ds_id = dataset_id(spec, self.counter.name, self.trajectory_ids, self.reader.verdicts)
         prefix = f"datasets/{ds_id}/"
         manifest_key = prefix + "manifest.json"
         if ctx.store.exists(manifest_key):
@@ -341,7 +347,7 @@ class Builder:
             files,
             common_pb2.ObjectRef(key=ids_key, size_bytes=ids_info.size, sha256=ids_info.sha256 or ""),
         )
-        body = manifest_json(dataset, self.preview, self.counter, self.counts)
+        body = manifest_json(dataset, self.preview, self.counter, self.counts, self.reader.lineage())
         info = ctx.store.put(manifest_key, body, content_type="application/json", overwrite=True)
         dataset.manifest.CopyFrom(
             common_pb2.ObjectRef(key=manifest_key, size_bytes=info.size, sha256=info.sha256 or "")
@@ -537,13 +543,18 @@ def trainer_files(dataset: dpb.Dataset) -> dict[str, str]:
 
 
 def manifest_json(
-    dataset: dpb.Dataset, preview: list[dict[str, Any]], counter: TokenCounter, counts: Counts
+    dataset: dpb.Dataset,
+    preview: list[dict[str, Any]],
+    counter: TokenCounter,
+    counts: Counts,
+    lineage: dict[str, Any] | None = None,
 ) -> bytes:
     """The manifest: the Dataset message as JSON plus preview examples and notes.
 
     One departure from the message's JSON form, for the trainer: ``files`` maps a split name to
     the file it trains on (``{"train": "train.chat_messages.jsonl"}``, names relative to
     ``datasets/<id>/``), and the message's list of DatasetFile is under ``dataset_files``.
+    ``source_lineage`` says how many trajectories each source contributed (see ``captured.py``).
     """
     body = json_format.MessageToDict(dataset, preserving_proto_field_name=True)
     body["dataset_files"] = body.pop("files", [])
@@ -551,10 +562,12 @@ def manifest_json(
     body["token_count_method"] = "tokenizer" if counter.exact else "approximate"
     body["example_types"] = dict(counts.pair_types)
     body["preview"] = preview
+    if lineage is not None:
+        body["source_lineage"] = lineage
     return (json.dumps(body, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode()
 
 
-_EXTRA_KEYS = ("token_count_method", "example_types", "preview")
+_EXTRA_KEYS = ("token_count_method", "example_types", "preview", "source_lineage")
 
 
 def manifest_to_dataset(data: bytes) -> dpb.Dataset:

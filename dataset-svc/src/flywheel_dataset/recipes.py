@@ -9,6 +9,10 @@ that the recipe's description lists.
 
 Common to every recipe (checked first, counted once per trajectory):
 
+- ``captured_not_supported``: a call captured at the gateway (teacher kind CAPTURED) given to a
+  recipe that cannot use one. A captured call is one served answer with the caller's feedback
+  as its only outcome (see ``captured.py``): no tests, no patch, no rollouts of the same task
+  to compare. Only ``step_sft`` reads captured calls;
 - ``wrong_task_kind``: the task kind is set and not one the recipe reads;
 - ``infrastructure_failure``: the episode failed with MODEL_ERROR or SANDBOX_ERROR, so it says
   nothing about the policy (RL recipes count these as masked episodes instead);
@@ -28,6 +32,7 @@ from typing import Any
 from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as dpb
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+from flywheel_dataset.captured import FAILURE, feedback_of, is_captured
 from flywheel_dataset.examples import Counts, Example
 from flywheel_dataset.messages import (
     Message,
@@ -118,6 +123,9 @@ class Recipe:
     #: The recipe sorts out infrastructure failures itself (RL: they are masked episodes, counted
     #: in ``rl_stats``), so the common ``infrastructure_failure`` filter lets them through.
     own_infra_filter: bool = False
+    #: The recipe has a rule for calls captured at the gateway; others drop them
+    #: (``captured_not_supported``).
+    reads_captured: bool = False
 
     @property
     def formats(self) -> tuple[dpb.OutputFormat, ...]:
@@ -150,7 +158,9 @@ class Recipe:
         for trajectory in trajectories:
             counts.failure_categories[failure_category_name(trajectory.outcome)] += 1
             kind = trajectory.task.kind
-            if kind and kind not in self.task_kinds:
+            if is_captured(trajectory) and not self.reads_captured:
+                counts.drop("captured_not_supported")
+            elif kind and kind not in self.task_kinds:
                 counts.drop("wrong_task_kind")
             elif not self.own_infra_filter and is_infra_failure(trajectory):
                 counts.drop("infrastructure_failure")
@@ -210,6 +220,16 @@ trajectory's tools as `tools`.
 - `loop_step` (step): `skip_loop_steps` is true and the driver flagged the step as a loop;
 - `empty_step` (step): the step has neither text nor a tool call;
 - `beyond_max_steps` (step): the step is past the first `max_steps_per_trajectory` kept steps.
+
+**Captured gateway calls** (teacher kind CAPTURED, e.g. from a `captured_traffic` source): a call
+is the conversation the caller sent plus the answer the gateway served, and its caller's
+feedback is its outcome (success = resolved). So:
+- only the served answer (the last assistant step) is a target; the assistant turns before it
+  are the caller's history, not answers this call served (`caller_history`, per step);
+- a call whose caller reported failure is never a target (`failure_feedback`, trajectory);
+- `require_resolved` keeps only calls with success feedback (the others count as
+  `not_resolved`); with its default (false) calls without feedback are kept too. The source's
+  `feedback` filter narrows what is read before this rule applies.
 """
 
 
@@ -219,6 +239,10 @@ def step_sft(trajectories: Iterable[tpb.Trajectory], p: dict[str, Any], counts: 
         if trajectory.tool_protocol not in tool_protocols:
             counts.drop("wrong_tool_protocol")
             continue
+        captured = is_captured(trajectory)
+        if captured and feedback_of(trajectory) == FAILURE:
+            counts.drop("failure_feedback")
+            continue
         if p["require_resolved"] and not trajectory.outcome.resolved:
             counts.drop("not_resolved")
             continue
@@ -226,10 +250,14 @@ def step_sft(trajectories: Iterable[tpb.Trajectory], p: dict[str, Any], counts: 
         tools = trajectory_tools(trajectory)
         task = problem_statement(trajectory)
         steps = trajectory.steps
+        served = _last_assistant(steps) if captured else None
         kept = 0
         limit = p["max_steps_per_trajectory"]
         for i, step in enumerate(steps):
             if step.role != tpb.ROLE_ASSISTANT:
+                continue
+            if served is not None and i != served:
+                counts.drop("caller_history")
                 continue
             if p["require_valid_tool_call"] and step.HasField("parse_error"):
                 counts.drop("invalid_tool_call")
@@ -260,6 +288,14 @@ def step_sft(trajectories: Iterable[tpb.Trajectory], p: dict[str, Any], counts: 
                 pair_type="step",
                 similarity_text=_similarity(task, messages[i - 1] if i else None, _target_text(target)),
             )
+
+
+def _last_assistant(steps: Any) -> int:
+    """Index of the last assistant step (-1 when there is none)."""
+    for i in range(len(steps) - 1, -1, -1):
+        if steps[i].role == tpb.ROLE_ASSISTANT:
+            return i
+    return -1
 
 
 def _target_text(message: Message) -> str:
@@ -752,6 +788,7 @@ RECIPES: dict[str, Recipe] = {
             ),
             (_REPO, _IO, _CHAT),
             step_sft,
+            reads_captured=True,
         ),
         Recipe(
             "patch_sft",

@@ -8,6 +8,7 @@ import re
 from flywheel.dataset.v1 import dataset_pb2 as dpb
 from flywheel_common.errors import InvalidArgument
 from flywheel_dataset.build import BuildSpec
+from flywheel_dataset.captured import validate_source
 from flywheel_dataset.recipes import RECIPES, ParameterError
 
 DEFAULT_SPLIT = (0.9, 0.1, 0.0)
@@ -38,13 +39,7 @@ def resolve_build(build: dpb.DatasetBuild, default_base_model: str) -> dpb.Datas
     out.parameters.update(texts)
 
     source = build.source
-    has_filter = build.HasField("source") and source.HasField("filter")
-    if not source.run_ids and not has_filter:
-        raise InvalidArgument(
-            "build.source", "empty: set run_ids or filter to say which trajectories to read"
-        )
-    if source.run_ids and has_filter:
-        raise InvalidArgument("build.source", "set exactly one of run_ids and filter, not both")
+    validate_source(source, "build.source")
     for i, run_id in enumerate(source.run_ids):
         if not _RUN_ID.match(run_id):
             raise InvalidArgument(f"build.source.run_ids[{i}]", f"{run_id!r} is not a run id")
