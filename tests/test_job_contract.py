@@ -404,8 +404,8 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
         models=[incumbent, candidate],
         baseline_model=incumbent,
         model_metrics=[
-            epb.ModelMetrics(model=incumbent, baseline=True, pass_rate=0.2),
-            epb.ModelMetrics(model=candidate, pass_rate=0.6 if promote else 0.1),
+            epb.ModelMetrics(model=incumbent, baseline=True, pass_rate=0.2, episodes=10),
+            epb.ModelMetrics(model=candidate, pass_rate=0.6 if promote else 0.1, episodes=10),
         ],
     )
 
@@ -413,6 +413,15 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
         def get(self, eval_id: str) -> epb.Evaluation:
             assert eval_id == evaluation.id
             return evaluation
+
+    class Listing:
+        """The gateway's model list, as the alias writer reads it (a stand-in: no gateway here)."""
+
+        async def _entry(self, model: str) -> dict[str, object]:
+            served = {incumbent: {"id": incumbent}, candidate: {"id": candidate, "parent": incumbent}}
+            return served.get(model, {})
+
+    from flywheel_orchestrator.aliases import AliasManager
 
     store = FilesystemObjectStore(tmp_path)
     store.ensure_ready()
@@ -423,6 +432,7 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
         runs=None,  # type: ignore[arg-type]  # the gate reads only the evaluation
         evaluations=Evaluations(),  # type: ignore[arg-type]  # a stand-in: the gate calls only get()
         models=None,  # type: ignore[arg-type]  # the gate calls no model
+        aliases=AliasManager(lambda: store, lambda: bus, Listing()),  # type: ignore[arg-type]  # see Listing
     )
     await manager.start()
     ref = common_pb2.ResourceRef
@@ -463,5 +473,10 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
     decision = "promoted" if promote else "rejected"
     assert await stored_events(bus, subject) == [f"loop-{decision}:{job.id}"]
     stages = await stored_events(bus, "flywheel.loop.stage_changed")
-    assert stages == [f"loop-stage:{job.id}:gate:succeeded"]
+    if promote:  # a promoted candidate moves the loop's alias (written while NATS was down too)
+        assert stages == [f"loop-stage:{job.id}:promotion:running", f"loop-stage:{job.id}:promotion:succeeded"]
+        assert decided.promotion.outcome == lpb.PROMOTION_OUTCOME_PROMOTED
+        assert decided.promotion.alias == "agent/agent" and decided.promotion.revision == 1
+    else:
+        assert stages == [f"loop-stage:{job.id}:gate:succeeded"]
     await manager.stop()

@@ -35,7 +35,7 @@ from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_cli.stack import Stack
 from flywheel_common.events import Event, EventBus, NatsSettings
 from flywheel_orchestrator.loops import decide
-from flywheel_testing.stack import address, long_context, running_stack
+from flywheel_testing.stack import address, agent_base_model, running_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "services" / "orchestrator" / "tests" / "fixtures" / "mini"
@@ -44,19 +44,7 @@ BASE = "tiny-agent"
 
 def build_base_model(folder: Path) -> Path:
     """The trainer's tiny test model, with a tokenizer trained on the suite's own text."""
-    from flywheel_orchestrator.protocol import IO_JSON_SYSTEM, REPO_JSON_SYSTEM
-    from flywheel_testing.trainer import build_tiny_model
-
-    corpus = [REPO_JSON_SYSTEM, IO_JSON_SYSTEM]
-    corpus += [p.read_text() for p in MINI.rglob("*") if p.is_file()]
-    corpus += [
-        '{"type":"tool_call","name":"read_file","args":{"rel_path":"calc.py"}}',
-        "[tool_result]",
-        "[tests]",
-    ]
-    build_tiny_model(folder, corpus * 4, with_template=True)
-    long_context(folder)
-    return folder
+    return agent_base_model(folder, MINI)
 
 
 @pytest.fixture
@@ -156,8 +144,13 @@ async def check_artefacts(stack: Stack, loop_id: str, events: list[Event]) -> No
         o = orchestrator_pb2_grpc.OrchestratorServiceStub(och)
         loop = (await o.GetLoop(opb.GetLoopRequest(loop_id=loop_id))).loop
         stages = [s.stage for s in loop.stages]
+        promoted = loop.gate_result.decision == lpb.GATE_DECISION_PROMOTE
         assert stages == [lpb.LOOP_STAGE_ROLLOUTS, lpb.LOOP_STAGE_DATASET, lpb.LOOP_STAGE_FINE_TUNE,
-                          lpb.LOOP_STAGE_HOT_LOAD, lpb.LOOP_STAGE_EVALUATION, lpb.LOOP_STAGE_GATE]  # fmt: skip
+                          lpb.LOOP_STAGE_HOT_LOAD, lpb.LOOP_STAGE_EVALUATION, lpb.LOOP_STAGE_GATE]  + (
+            [lpb.LOOP_STAGE_PROMOTION] if promoted else [])  # fmt: skip
+        if promoted:  # the loop's alias serves the candidate now
+            assert loop.promotion.alias == "agent/e2e"
+            assert loop.promotion.outcome == lpb.PROMOTION_OUTCOME_PROMOTED
         assert all(s.state == common_pb2.JOB_STATE_SUCCEEDED for s in loop.stages)
 
         def art(stage: int, kind: int) -> str:

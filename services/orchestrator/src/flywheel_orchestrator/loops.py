@@ -39,6 +39,7 @@ from flywheel.common.v1 import common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as dpb
 from flywheel.dataset.v1 import dataset_pb2_grpc
 from flywheel.events.v1 import events_pb2
+from flywheel.orchestrator.v1 import alias_pb2 as apb
 from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.orchestrator.v1 import loop_pb2 as lpb
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
@@ -46,7 +47,8 @@ from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
-from flywheel_common.errors import FailedPrecondition, InvalidArgument
+from flywheel_common import aliases as alias_table
+from flywheel_common.errors import FailedPrecondition, FlywheelError, InvalidArgument, Unavailable
 from flywheel_common.events import Event, EventBus
 from flywheel_common.jobs import (
     CANCELLED,
@@ -63,9 +65,18 @@ from flywheel_common.jobs import (
 )
 from flywheel_common.objectstore import ObjectStore
 from flywheel_orchestrator import validation as check
+from flywheel_orchestrator.aliases import ENDS_CANARY, AliasManager, default_alias, validate_policy
 from flywheel_orchestrator.evaluations import EvaluationManager
+from flywheel_orchestrator.gate import decide, validate_gate
 from flywheel_orchestrator.model import ModelClient
-from flywheel_orchestrator.report import loop_markdown, rl_markdown, rl_plot
+from flywheel_orchestrator.report import (
+    loop_markdown,
+    promotion_markdown,
+    rl_markdown,
+    rl_plot,
+    rounds_markdown,
+    rounds_plot,
+)
 from flywheel_orchestrator.rl import RlStages
 from flywheel_orchestrator.rl import validate as validate_rl
 from flywheel_orchestrator.runs import PRODUCER, RunManager
@@ -89,7 +100,13 @@ OUTPUT_ONLY = (
     "start_time",
     "end_time",
     "iterations",
+    "parent_loop_id",
+    "round",
+    "round_results",
+    "promotion",
 )
+MAX_ROUNDS = 100
+INIT_ADAPTER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}/v[1-9][0-9]*$")
 
 #: (durable consumer, subject filter) of the events that move loops.
 SUBSCRIPTIONS = (
@@ -108,42 +125,8 @@ EVENT_TYPES = {
     "flywheel.adapter.load_failed": events_pb2.AdapterLoadFailed,
     "flywheel.eval.completed": events_pb2.EvaluationCompleted,
 }
-HIGHER_IS_BETTER = {
-    S.GATE_METRIC_PASS_RATE: ("pass_rate", "pass rate", True),
-    S.GATE_METRIC_PARSE_ERRORS_PER_EPISODE: ("parse_errors_per_episode", "parse errors per episode", False),
-    S.GATE_METRIC_WRITE_RATE: ("write_rate", "write rate", True),
-    S.GATE_METRIC_LOOP_DETECTIONS_PER_EPISODE: (
-        "loop_detections_per_episode",
-        "loop detections per episode",
-        False,
-    ),
-}
-
-
 def stage_name(stage: int) -> str:
     return lpb.LoopStage.Name(stage).removeprefix("LOOP_STAGE_").lower().replace("_", "-")
-
-
-def decide(
-    gate: lpb.PromotionGate, incumbent: epb.ModelMetrics, candidate: epb.ModelMetrics, evaluation_id: str
-) -> lpb.GateResult:
-    """The gate: promote only if the candidate beats the incumbent by strictly more than the margin."""
-    metric = gate.metric or S.GATE_METRIC_PASS_RATE
-    fld, label, higher = HIGHER_IS_BETTER[metric]
-    inc, cand = getattr(incumbent, fld), getattr(candidate, fld)
-    improvement = (cand - inc) if higher else (inc - cand)
-    promote = improvement > gate.margin + 1e-12
-    sign = ">" if promote else "<="
-    return lpb.GateResult(
-        metric=metric,
-        margin=gate.margin,
-        incumbent_value=inc,
-        candidate_value=cand,
-        improvement=improvement,
-        decision=S.GATE_DECISION_PROMOTE if promote else S.GATE_DECISION_REJECT,
-        reason=f"{label} {cand:.3f} (candidate) vs {inc:.3f} (incumbent): improvement {improvement:+.3f} {sign} margin {gate.margin:.3f}",
-        evaluation_id=evaluation_id,
-    )
 
 
 class LoopJob(Job[lpb.Loop]):
@@ -197,7 +180,10 @@ def terminal_events(loop: lpb.Loop) -> list[Announcement]:
             name=name, version=int(version or 0), object_prefix=f"adapters/{name}/v{version}/"
         )
         meta = events_pb2.EventMeta(occurred_at=loop.end_time, producer=PRODUCER)
-        if gate.decision == S.GATE_DECISION_PROMOTE:
+        if (
+            gate.decision == S.GATE_DECISION_PROMOTE
+            and loop.promotion.outcome != S.PROMOTION_OUTCOME_ROLLED_BACK
+        ):
             meta.event_id = f"loop-promoted:{loop.id}"
             promoted = events_pb2.LoopPromoted(
                 meta=meta,
@@ -243,8 +229,10 @@ class LoopManager:
         runs: RunManager,
         evaluations: EvaluationManager,
         models: ModelClient,
+        aliases: AliasManager,
     ) -> None:
         self.settings = settings
+        self.aliases = aliases
         self._store = store
         self._bus = bus
         self.runs = runs
@@ -270,6 +258,12 @@ class LoopManager:
             S.LOOP_STAGE_HOT_LOAD: self._after_hot_load,
             S.LOOP_STAGE_EVALUATION: self._after_evaluation,
             S.LOOP_STAGE_GATE: self._gate,
+            S.LOOP_STAGE_PROMOTION: self._promotion,
+        }
+        #: The stage table of a loop of several rounds: each round is a child loop.
+        self.round_handlers: dict[int, Handler] = {
+            S.LOOP_STAGE_UNSPECIFIED: self._start_rounds,
+            S.LOOP_STAGE_ROUND: self._after_round,
         }
         #: The stage table of RL loops (``rl.py``): the same stages, repeated per iteration.
         self.rl = RlStages(self)
@@ -382,16 +376,49 @@ class LoopManager:
             concurrency=loop.concurrency,
         )
         check.episode(loop.episode, train + test, path)
-        if loop.gate.margin < 0:
-            raise InvalidArgument(f"{path}.gate.margin", "must be >= 0")
-        if loop.gate.metric not in (0, *HIGHER_IS_BETTER):
-            raise InvalidArgument(f"{path}.gate.metric", f"unknown metric {loop.gate.metric}")
+        validate_gate(loop.gate, f"{path}.gate")
         if not 0 <= loop.eval_rollouts_per_task <= self.settings.max_rollouts_per_task:
             raise InvalidArgument(
                 f"{path}.eval_rollouts_per_task",
                 f"must be between 0 and {self.settings.max_rollouts_per_task}",
             )
         check.labels(loop.labels, path)
+        self._validate_turning(loop, path)
+
+    def _validate_turning(self, loop: lpb.Loop, path: str) -> None:
+        """The fields of promotion into an alias, rounds and extra data."""
+        if loop.alias:
+            try:
+                alias_table.validate_name(loop.alias)
+            except ValueError as err:
+                raise InvalidArgument(f"{path}.alias", str(err)) from None
+        if loop.HasField("canary"):
+            validate_policy(loop.canary, f"{path}.canary")
+        if not 0 <= loop.rounds <= MAX_ROUNDS:
+            raise InvalidArgument(f"{path}.rounds", f"must be between 0 and {MAX_ROUNDS} (0 means 1)")
+        if loop.rounds > 1 and loop.kind == S.LOOP_KIND_RL:
+            raise InvalidArgument(
+                f"{path}.rounds", "RL loops improve over rl.iterations; rounds are for imitation loops"
+            )
+        if loop.stop_after_rejections < 0:
+            raise InvalidArgument(f"{path}.stop_after_rejections", "must be >= 0 (0 means never stop early)")
+        if loop.round_start not in (0, S.ROUND_START_CONTINUE, S.ROUND_START_FROM_BASE):
+            raise InvalidArgument(f"{path}.round_start", f"unknown value {loop.round_start}")
+        if loop.init_adapter:
+            if loop.kind == S.LOOP_KIND_RL:
+                raise InvalidArgument(f"{path}.init_adapter", "RL loops take rl.init_adapter")
+            if not INIT_ADAPTER.match(loop.init_adapter):
+                raise InvalidArgument(
+                    f"{path}.init_adapter", "must be <adapter name>/v<version>, e.g. coder/v3"
+                )
+        for i, run_id in enumerate(loop.extra_run_ids):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", run_id):
+                raise InvalidArgument(f"{path}.extra_run_ids[{i}]", f"{run_id[:40]!r} is not a run id")
+        for i, captured in enumerate(loop.captured_traffic):
+            try:
+                alias_table.validate_name(captured.alias)
+            except ValueError as err:
+                raise InvalidArgument(f"{path}.captured_traffic[{i}].alias", str(err)) from None
 
     async def create(self, loop: lpb.Loop, request_id: str = "") -> lpb.Loop:
         self.validate(loop)
@@ -399,10 +426,19 @@ class LoopManager:
         clean.CopyFrom(loop)
         for name in OUTPUT_ONLY:
             clean.ClearField(name)
+        return await self._create(clean, request_id)
+
+    async def _create(self, clean: lpb.Loop, request_id: str) -> lpb.Loop:
         if not clean.teacher_kind:
             clean.teacher_kind = tpb.TEACHER_KIND_MODEL
+        clean.alias = clean.alias or default_alias(clean.adapter_name)
         if not clean.incumbent_model:
-            clean.incumbent_model = clean.base_model
+            # The alias's target is what callers get today: that is what a candidate must beat.
+            served = await self.aliases.current(clean.alias)
+            if served is not None and served.change != apb.ALIAS_CHANGE_DELETED and served.target.model:
+                clean.incumbent_model = served.target.model
+            else:
+                clean.incumbent_model = clean.base_model
         job, created = await self.table.create(clean, request_id)
         if created:
             self._spawn(self.advance(job.id))
@@ -459,7 +495,12 @@ class LoopManager:
         async with job.lock:
             if job.terminal or self._stopping:
                 return
-            handlers = self.rl.handlers if job.resource.kind == S.LOOP_KIND_RL else self.handlers
+            if job.resource.rounds > 1:
+                handlers = self.round_handlers
+            elif job.resource.kind == S.LOOP_KIND_RL:
+                handlers = self.rl.handlers
+            else:
+                handlers = self.handlers
             try:
                 for _ in range(2 * len(handlers)):  # a few passes at most (RL: into the next iteration)
                     cur = current(job.resource)
@@ -540,6 +581,9 @@ class LoopManager:
             if message and code is not None:
                 cur.error.CopyFrom(common_pb2.Error(code=code.value[0], message=message))
         await self.table.finish(job, state, message, code)
+        parent = job.resource.parent_loop_id
+        if parent and parent in self.loops and not self._stopping:
+            self._spawn(self.advance(parent))
 
     @staticmethod
     def _ref(kind: common_pb2.ResourceKind, ref_id: str) -> list[common_pb2.ResourceRef]:
@@ -550,7 +594,13 @@ class LoopManager:
     ) -> bool:
         loop = job.resource
         run = await self.runs.create(self._rollout_run(loop), f"{loop.id}-rollouts", loop_id=loop.id)
-        await self._begin(job, S.LOOP_STAGE_ROLLOUTS, self._ref(common_pb2.RESOURCE_KIND_RUN, run.id))
+        refs = self._ref(common_pb2.RESOURCE_KIND_RUN, run.id)
+        if loop.incumbent_rollouts and loop.incumbent_model != loop.base_model:
+            own = self._rollout_run(loop)
+            own.teacher_kind, own.model = tpb.TEACHER_KIND_MODEL, loop.incumbent_model
+            own_run = await self.runs.create(own, f"{loop.id}-incumbent-rollouts", loop_id=loop.id)
+            refs += self._ref(common_pb2.RESOURCE_KIND_RUN, own_run.id)
+        await self._begin(job, S.LOOP_STAGE_ROLLOUTS, refs)
         return False
 
     async def _after_rollouts(
@@ -558,15 +608,16 @@ class LoopManager:
     ) -> bool:
         assert cur is not None
         loop = job.resource
-        run_id = artefact(cur, common_pb2.RESOURCE_KIND_RUN)
-        run = self.runs.get(run_id)
-        if run.state not in TERMINAL:
-            return False
-        if run.state != SUCCEEDED:
-            raise JobFailed(
-                f"rollouts: run {run_id} ended {common_pb2.JobState.Name(run.state)}: {run.error.message}"
-            )
-        build = await self._dataset_build(loop, run_id)
+        run_ids = [a.id for a in cur.artefacts if a.kind == common_pb2.RESOURCE_KIND_RUN]
+        for run_id in run_ids:
+            run = self.runs.get(run_id)
+            if run.state not in TERMINAL:
+                return False
+            if run.state != SUCCEEDED:
+                raise JobFailed(
+                    f"rollouts: run {run_id} ended {common_pb2.JobState.Name(run.state)}: {run.error.message}"
+                )
+        build = await self._dataset_build(loop, run_ids)
         await self._begin(
             job, S.LOOP_STAGE_DATASET, self._ref(common_pb2.RESOURCE_KIND_DATASET_BUILD, build.id)
         )
@@ -683,9 +734,226 @@ class LoopManager:
         loop.gate_result.CopyFrom(
             decide(loop.gate, by_model[loop.incumbent_model], by_model[loop.candidate_model], eval_id)
         )
+        if loop.gate_result.decision == S.GATE_DECISION_PROMOTE:
+            await self._begin(
+                job,
+                S.LOOP_STAGE_PROMOTION,
+                [common_pb2.ResourceRef(kind=common_pb2.RESOURCE_KIND_EVALUATION, id=eval_id)],
+            )
+            return True
         await self._write_report(loop, e)
         await self._end(job, SUCCEEDED)
         return False
+
+    async def _promotion(self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None) -> bool:
+        """Move the loop's alias to the promoted candidate: at once, or through a canary whose
+        decision (by the canary controller, ``aliases.py``) this stage waits for. The candidate is
+        loaded and its digest verified on every replica by then (the HOT_LOAD stage)."""
+        assert cur is not None
+        loop = job.resource
+        promo = loop.promotion
+        name = loop.alias or default_alias(loop.adapter_name)
+        try:
+            if not promo.revision:
+                started = await self._move_alias(loop, name)
+                promo.alias, promo.revision = name, started.revision
+                if started.change != apb.ALIAS_CHANGE_CANARY_STARTED:
+                    promo.final_revision = started.revision
+                    promo.outcome = S.PROMOTION_OUTCOME_PROMOTED
+                    promo.reason = (
+                        f"alias {name} moved to {loop.candidate_model} (revision {started.revision})"
+                    )
+                await self.table.save(job)
+            if not promo.outcome:
+                history = await self.aliases.history(name)
+        except Unavailable as err:
+            log.warning("loop %s: promotion waits: %s", loop.id, err)
+            self.retry_later(job, self.settings.loop_retry_s)
+            return False
+        except FlywheelError as err:
+            raise JobFailed(f"promotion: alias {name}: {err}", err.code) from None
+        if not promo.outcome:
+            end = next(
+                (r for r in reversed(history) if r.revision > promo.revision and r.change in ENDS_CANARY),
+                None,
+            )
+            if end is None:
+                self.retry_later(job, self.settings.loop_promotion_poll_s)
+                return False
+            promo.final_revision = end.revision
+            promoted = end.change != apb.ALIAS_CHANGE_DELETED and end.target.model == loop.candidate_model
+            promo.outcome = S.PROMOTION_OUTCOME_PROMOTED if promoted else S.PROMOTION_OUTCOME_ROLLED_BACK
+            what = apb.AliasChange.Name(end.change).removeprefix("ALIAS_CHANGE_").lower().replace("_", " ")
+            promo.reason = f"{what} by {end.actor or 'api'} (revision {end.revision}): {end.reason}"
+            del promo.canary_stats[:]
+            promo.canary_stats.extend(end.canary_stats)
+        e = self.evaluations.get(artefact(cur, common_pb2.RESOURCE_KIND_EVALUATION))
+        await self._write_report(loop, e)
+        await self._end(job, SUCCEEDED)
+        return False
+
+    async def _move_alias(self, loop: lpb.Loop, name: str) -> apb.AliasRevision:
+        """The revision that moves ``name`` to the candidate (or starts its canary); the one this
+        loop already wrote when a restart repeats the stage."""
+        candidate = loop.candidate_model
+        history = await self.aliases.history(name)
+        for rev in history:
+            if rev.loop_id == loop.id and (
+                (rev.change == apb.ALIAS_CHANGE_SET and rev.target.model == candidate)
+                or (rev.change == apb.ALIAS_CHANGE_CANARY_STARTED and rev.canary.candidate.model == candidate)
+            ):
+                return rev
+        actor, gate = f"loop/{loop.id}", loop.gate_result
+        served = history[0] if history and history[0].change != apb.ALIAS_CHANGE_DELETED else None
+        if loop.HasField("canary") and served is None:
+            # A canary compares against what the alias serves: serve the incumbent first.
+            await self.aliases.set(
+                apb.SetAliasRequest(
+                    name=name,
+                    target=apb.AliasTarget(model=loop.incumbent_model),
+                    actor=actor,
+                    reason="the loop's incumbent, served before the candidate's canary",
+                ),
+                loop_id=loop.id,
+            )
+        request = apb.SetAliasRequest(
+            name=name,
+            target=apb.AliasTarget(model=candidate),
+            actor=actor,
+            reason=f"gate promoted: {gate.reason}",
+            evaluation_id=gate.evaluation_id,
+        )
+        if loop.HasField("canary"):
+            request.canary.CopyFrom(loop.canary)
+        alias = await self.aliases.set(request, loop_id=loop.id)
+        return alias.current
+
+    # ------------------------------------------------------------------------------ rounds
+
+    async def _start_rounds(
+        self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None
+    ) -> bool:
+        await self._start_round(job, 1)
+        return False
+
+    async def _start_round(self, job: LoopJob, index: int) -> None:
+        parent = job.resource
+        child = self._round_loop(parent, index)
+        if index > 1:
+            # What the alias serves after the earlier rounds is the incumbent; continued training
+            # starts from it when it is an adapter.
+            served = await self.aliases.current(parent.alias)
+            if served is not None and served.change != apb.ALIAS_CHANGE_DELETED and served.target.model:
+                child.incumbent_model = served.target.model
+            else:
+                child.incumbent_model = parent.incumbent_model
+            adapter = served.target.adapter if served is not None else None
+            if parent.round_start != S.ROUND_START_FROM_BASE and adapter is not None and adapter.name:
+                child.init_adapter = f"{adapter.name}/v{adapter.version}"
+        child = await self._create(child, f"{parent.id}-round-{index}")
+        await self._begin(job, S.LOOP_STAGE_ROUND, self._ref(common_pb2.RESOURCE_KIND_LOOP, child.id))
+
+    def _round_loop(self, parent: lpb.Loop, index: int) -> lpb.Loop:
+        """Round ``index``'s loop: the parent's settings; from round 2 on, the alias's target is
+        the incumbent (``_create`` reads it), continued training starts from it, and the earlier
+        rounds' rollouts join the data."""
+        child = lpb.Loop()
+        child.CopyFrom(parent)
+        for name in (*OUTPUT_ONLY, "rounds", "stop_after_rejections", "round_start", "incumbent_rollouts"):
+            child.ClearField(name)
+        child.parent_loop_id, child.round = parent.id, index
+        child.labels["parent_loop_id"] = parent.id
+        child.labels["round"] = str(index)
+        if index == 1:
+            return child
+        child.incumbent_rollouts = parent.incumbent_rollouts
+        child.init_adapter = ""
+        earlier = [self.table.get(r.loop_id) for r in parent.round_results if r.loop_id in self.loops]
+        for prev in earlier:
+            for status in prev.stages:
+                if status.stage == S.LOOP_STAGE_ROLLOUTS:
+                    child.extra_run_ids.extend(
+                        a.id for a in status.artefacts if a.kind == common_pb2.RESOURCE_KIND_RUN
+                    )
+        return child
+
+    async def _after_round(self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None) -> bool:
+        assert cur is not None
+        parent = job.resource
+        child_id = artefact(cur, common_pb2.RESOURCE_KIND_LOOP)
+        child = self.table.get(child_id)
+        if child.state not in TERMINAL:
+            return False
+        if child.state != SUCCEEDED:
+            raise JobFailed(
+                f"round {child.round}: loop {child_id} ended {common_pb2.JobState.Name(child.state)}: "
+                f"{child.error.message}"
+            )
+        if not any(r.index == child.round for r in parent.round_results):
+            parent.round_results.append(self._round_result(child))
+            await self.table.save(job)
+        rejected = 0
+        for r in reversed(parent.round_results):
+            if r.promotion.outcome == S.PROMOTION_OUTCOME_PROMOTED:
+                break
+            rejected += 1
+        rounds = parent.rounds
+        done = child.round >= rounds or (
+            parent.stop_after_rejections and rejected >= parent.stop_after_rejections
+        )
+        if not done:
+            await self._start_round(job, child.round + 1)
+            return False
+        served = await self.aliases.current(parent.alias)
+        if served is not None and served.target.model:
+            parent.candidate_model = served.target.model
+        await self._write_rounds_report(parent)
+        await self._end(job, SUCCEEDED)
+        return False
+
+    def _round_result(self, child: lpb.Loop) -> lpb.LoopRound:
+        result = lpb.LoopRound(
+            index=child.round,
+            loop_id=child.id,
+            state=child.state,
+            incumbent_model=child.incumbent_model,
+            init_adapter=child.init_adapter,
+            candidate_model=child.candidate_model,
+            gate_result=child.gate_result,
+            promotion=child.promotion,
+            report=child.report,
+        )
+        for status in child.stages:
+            if status.stage == S.LOOP_STAGE_ROLLOUTS:
+                result.run_ids.extend(
+                    a.id for a in status.artefacts if a.kind == common_pb2.RESOURCE_KIND_RUN
+                )
+            if status.stage == S.LOOP_STAGE_DATASET:
+                result.dataset_id = artefact(status, common_pb2.RESOURCE_KIND_DATASET)
+        result.run_ids[:0] = list(child.extra_run_ids)
+        return result
+
+    async def _write_rounds_report(self, parent: lpb.Loop) -> None:
+        history = await self.aliases.history(parent.alias)
+        evaluations = {}
+        for r in parent.round_results:
+            if r.gate_result.evaluation_id:
+                with contextlib.suppress(Exception):
+                    evaluations[r.index] = self.evaluations.get(r.gate_result.evaluation_id)
+        png = await asyncio.to_thread(rounds_plot, parent, evaluations)
+        if png:
+            await asyncio.to_thread(
+                self.store.put,
+                f"reports/{parent.id}/rounds.png",
+                png,
+                content_type="image/png",
+                overwrite=True,
+            )
+        text = rounds_markdown(parent, evaluations, history, with_plot=bool(png))
+        parent.report.key = f"reports/{parent.id}/loop.md"
+        await asyncio.to_thread(
+            self.store.put, parent.report.key, text.encode(), content_type="text/markdown", overwrite=True
+        )
 
     # ------------------------------------------------------------------------------ stage jobs
 
@@ -705,11 +973,13 @@ class LoopManager:
             labels=dict(loop.labels),
         )
 
-    async def _dataset_build(self, loop: lpb.Loop, run_id: str) -> dpb.DatasetBuild:
+    async def _dataset_build(self, loop: lpb.Loop, run_ids: list[str]) -> dpb.DatasetBuild:
+        """The stage's runs, earlier rounds' runs (``extra_run_ids``) and captured traffic."""
         method = loop.method or trpb.FINE_TUNE_METHOD_SFT
         recipe = loop.recipe or ("dpo_steps" if method == trpb.FINE_TUNE_METHOD_DPO else "step_sft")
+        every_run = list(dict.fromkeys([*loop.extra_run_ids, *run_ids]))
         build = dpb.DatasetBuild(
-            source=dpb.DatasetSource(run_ids=[run_id]),
+            source=dpb.DatasetSource(run_ids=every_run, captured_traffic=loop.captured_traffic),
             recipe=recipe,
             parameters=dict(loop.recipe_parameters),
             split=loop.dataset_split,
@@ -731,6 +1001,7 @@ class LoopManager:
             adapter_name=loop.adapter_name,
             loop_id=loop.id,
             labels=self._labels(loop),
+            init_adapter=loop.init_adapter,
         )
         return await self.create_fine_tune(job, f"{loop.id}-fine-tune", "fine-tune")
 
@@ -768,6 +1039,8 @@ class LoopManager:
         key = f"reports/{loop.id}/loop.md"
         loop.report.key = key
         text = loop_markdown(loop, e)
+        if loop.promotion.alias:
+            text += "\n" + promotion_markdown(loop, await self.aliases.history(loop.promotion.alias))
         if loop.kind == S.LOOP_KIND_RL:
             png = await asyncio.to_thread(rl_plot, loop)
             if png:
@@ -794,3 +1067,5 @@ class LoopManager:
                     )
                 elif ref.kind == common_pb2.RESOURCE_KIND_EVALUATION:
                     await self.evaluations.cancel(ref.id)
+                elif ref.kind == common_pb2.RESOURCE_KIND_LOOP:
+                    await self.cancel(ref.id)

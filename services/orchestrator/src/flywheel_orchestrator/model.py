@@ -132,6 +132,8 @@ class ModelClient:
         # model -> (monotonic time it was asked, identity or None when the model is not an adapter)
         self._identities: dict[str, tuple[float, tpb.AdapterIdentity | None]] = {}
         self._identity_locks: dict[str, asyncio.Lock] = {}
+        #: alias -> the adapters its arms serve (target, canary candidate), from the last listing
+        self._alias_arms: dict[str, list[tpb.AdapterIdentity]] = {}
         self._api_key = api_key or "none"
         self._max_retries = max_retries
         self._client: openai.AsyncOpenAI | None = None
@@ -182,8 +184,8 @@ class ModelClient:
         None for a model that is not an adapter. Best-effort: a listing that fails gives an
         identity from the name alone (no digest), never an error."""
         match = ADAPTER_MODEL.match(model)
-        if match is None:
-            return None
+        if match is None and "/" not in model:
+            return None  # a base model or a hosted one; an alias has a "/" (`agent/<name>`)
         cached = self._identities.get(model)
         if cached is not None and time.monotonic() - cached[0] < self.identity_ttl_s:
             return cached[1]
@@ -195,6 +197,15 @@ class ModelClient:
             asked = time.monotonic()
             entry = await self._entry(model)
             identity: tpb.AdapterIdentity | None = None
+            alias = (entry or {}).get("flywheel_alias")
+            if isinstance(alias, dict):
+                identity = await self._alias_identity(model, alias)
+                self._identities[model] = (asked, identity)
+                return identity
+            if match is None:
+                if entry is not None:
+                    self._identities[model] = (asked, None)
+                return None
             # The gateway lists adapters with their base model as parent; without a listing, an
             # adapter route's name (``ft/…``) still says which adapter version was asked for.
             if (entry or {}).get("parent") or (not entry and model.startswith("ft/")):
@@ -209,6 +220,34 @@ class ModelClient:
             if entry is not None:  # a failed listing is asked again at the next turn
                 self._identities[model] = (asked, identity)
             return identity
+
+    async def _alias_identity(self, alias: str, listed: dict[str, Any]) -> tpb.AdapterIdentity | None:
+        """The adapter an alias's target serves (None for a base model); the arms of a running
+        canary are kept for :meth:`arms`, so a turn is credited to the arm that answered it."""
+        arms: list[tpb.AdapterIdentity] = []
+        target: tpb.AdapterIdentity | None = None
+        adapter = listed.get("adapter")
+        if isinstance(adapter, dict) and adapter.get("name") and adapter.get("version"):
+            name, version = str(adapter["name"]), int(adapter["version"])
+            digest = adapter.get("digest")
+            target = tpb.AdapterIdentity(
+                adapter_id=f"{name}/v{version}",
+                name=name,
+                version=version,
+                digest=digest if isinstance(digest, str) else "",
+            )
+            arms.append(target)
+        canary = listed.get("canary")
+        if isinstance(canary, dict) and isinstance(canary.get("model"), str) and canary["model"] != alias:
+            other = await self.identity(canary["model"])
+            if other is not None:
+                arms.append(other)
+        self._alias_arms[alias] = arms
+        return target
+
+    def arms(self, model: str) -> list[tpb.AdapterIdentity]:
+        """The adapters an alias may answer with (from its last listing); empty for other models."""
+        return self._alias_arms.get(model, [])
 
     async def close(self) -> None:
         if self._client is not None:
@@ -255,7 +294,7 @@ class GatewayPolicy:
             except openai.APIError as err:
                 raise ModelError(f"model call failed: {err}") from err
             latency = time.perf_counter() - started
-        adapter = answered_by(self.model, listed, reply)
+        adapter = answered_by(self.model, listed, reply, self.client.arms(self.model))
         check_pinned(self.model, self.pinned, adapter)
         if not reply.choices:
             raise ModelError("the gateway answered with no choices")
@@ -286,13 +325,22 @@ class GatewayPolicy:
         )
 
 
-def answered_by(model: str, listed: tpb.AdapterIdentity | None, reply: Any) -> tpb.AdapterIdentity | None:
+def answered_by(
+    model: str,
+    listed: tpb.AdapterIdentity | None,
+    reply: Any,
+    arms: list[tpb.AdapterIdentity] | None = None,
+) -> tpb.AdapterIdentity | None:
     """The identity of the adapter that generated ``reply``: the listing's (``listed``), with the
     digest the answer carries in ``system_fingerprint`` when it carries one (it names the weights
-    that answered; the listing may be up to ``identity_ttl_s`` old)."""
+    that answered; the listing may be up to ``identity_ttl_s`` old). For an alias during a canary,
+    ``arms`` are the adapters it may answer with: the one whose digest answered is credited."""
     fingerprint = getattr(reply, "system_fingerprint", None)
     if not isinstance(fingerprint, str) or not DIGEST_FINGERPRINT.match(fingerprint):
         return listed
+    for arm in arms or []:
+        if arm.digest == fingerprint:
+            return arm
     if listed is None:
         # Only an adapter answers with a digest; a name the listing did not show as one (listed
         # since, or a failed listing of a name outside ``ft/``) still names its version.

@@ -235,3 +235,142 @@ def rl_plot(loop: Any) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _when(ts: Any) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else ""
+
+
+def alias_history_markdown(name: str, history: list[Any]) -> str:
+    """An alias's revisions, newest first, as a table."""
+    from flywheel.orchestrator.v1 import alias_pb2 as apb
+
+    lines = [
+        f"### Alias `{name}`",
+        "",
+        "| revision | time (UTC) | change | serves | canary | actor | reason |",
+        "|---:|---|---|---|---|---|---|",
+    ]
+    for r in history:
+        change = apb.AliasChange.Name(r.change).removeprefix("ALIAS_CHANGE_").lower().replace("_", " ")
+        canary = ""
+        if r.HasField("canary"):
+            p = r.canary.policy
+            canary = f"`{r.canary.candidate.model}` ({'shadow' if p.shadow else f'{p.fraction or 0.1:.0%}'})"
+        reason = r.reason.replace("|", "/").replace("\n", " ")
+        lines.append(
+            f"| {r.revision} | {_when(r.create_time)} | {change} | `{r.target.model or '-'}` | {canary} "
+            f"| {r.actor} | {reason} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _arm_lines(stats: list[Any]) -> list[str]:
+    if not stats:
+        return []
+    lines = [
+        "",
+        "| arm | model | requests | errors | error rate | median latency (ms) | feedback | success rate |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, s in zip(("incumbent", "candidate"), stats, strict=False):
+        lines.append(
+            f"| {arm} | `{s.model}` | {s.requests} | {s.errors} | {s.error_rate:.3f} | {s.latency_p50_ms:.0f} "
+            f"| {s.feedback} | {s.success_rate:.2f} |"
+        )
+    return lines
+
+
+def promotion_markdown(loop: Any, history: list[Any]) -> str:
+    """The PROMOTION stage's outcome, a canary's signals and the alias's history."""
+    from flywheel.orchestrator.v1 import loop_pb2 as lpb
+
+    p = loop.promotion
+    outcome = (
+        lpb.PromotionOutcome.Name(p.outcome).removeprefix("PROMOTION_OUTCOME_").lower().replace("_", " ")
+    )
+    lines = [
+        "## Promotion",
+        "",
+        f"**{outcome or 'pending'}** - alias `{p.alias}`, revisions {p.revision} to {p.final_revision}: {p.reason}",
+        *_arm_lines(list(p.canary_stats)),
+        "",
+        alias_history_markdown(p.alias, history),
+    ]
+    return "\n".join(lines)
+
+
+def rounds_markdown(parent: Any, evaluations: dict[int, Any], history: list[Any], *, with_plot: bool) -> str:
+    """A loop of several rounds: one line per round, the chart, and the alias's history."""
+    from flywheel.orchestrator.v1 import loop_pb2 as lpb
+
+    lines = [
+        f"# Loop {parent.id}: {len(parent.round_results)} of {parent.rounds} rounds",
+        "",
+        f"Suite `{parent.suite}`, base model `{parent.base_model}`, adapter `{parent.adapter_name}`, alias "
+        f"`{parent.alias}`; rounds start from "
+        f"{'the base model' if parent.round_start == lpb.ROUND_START_FROM_BASE else 'the incumbent adapter'}. "
+        f"The alias serves `{parent.candidate_model or parent.incumbent_model}` now.",
+        "",
+    ]
+    if with_plot:
+        lines += ["![TEST pass rate per round](rounds.png)", ""]
+    lines += [
+        "| round | loop | incumbent | started from | candidate | runs | incumbent pass rate | candidate pass rate "
+        "| gate | promotion |",
+        "|---:|---|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for r in parent.round_results:
+        g = r.gate_result
+        decision = lpb.GateDecision.Name(g.decision).removeprefix("GATE_DECISION_").lower()
+        outcome = lpb.PromotionOutcome.Name(r.promotion.outcome).removeprefix("PROMOTION_OUTCOME_").lower()
+        e = evaluations.get(r.index)
+        rates = {m.model: m.pass_rate for m in e.model_metrics} if e is not None else {}
+        inc = f"{rates[r.incumbent_model]:.2f}" if r.incumbent_model in rates else ""
+        cand = f"{rates[r.candidate_model]:.2f}" if r.candidate_model in rates else ""
+        lines.append(
+            f"| {r.index} | `{r.loop_id}` | `{r.incumbent_model}` | {r.init_adapter or 'base'} "
+            f"| `{r.candidate_model}` | {len(r.run_ids)} | {inc} | {cand} | {decision}: {g.reason.replace('|', '/')} "
+            f"| {outcome if outcome != 'unspecified' else '-'} |"
+        )
+    lines += ["", alias_history_markdown(parent.alias, history)]
+    return "\n".join(lines)
+
+
+def rounds_plot(parent: Any, evaluations: dict[int, Any]) -> bytes:
+    """TEST pass rate of each round's incumbent and candidate; empty when nothing was evaluated."""
+    points = []
+    for r in parent.round_results:
+        e = evaluations.get(r.index)
+        if e is None:
+            continue
+        rates = {m.model: m.pass_rate for m in e.model_metrics}
+        if r.incumbent_model in rates and r.candidate_model in rates:
+            points.append(
+                (r.index, rates[r.incumbent_model], rates[r.candidate_model], r.promotion.outcome == 1)
+            )
+    if not points:
+        return b""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    xs = [p[0] for p in points]
+    ax.plot(xs, [p[1] for p in points], marker="s", linestyle="--", label="incumbent")
+    ax.plot(xs, [p[2] for p in points], marker="o", label="candidate")
+    for x, _inc, cand, promoted in points:
+        ax.annotate("promoted" if promoted else "kept", (x, cand), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=7)  # fmt: skip
+    ax.set_xticks(xs)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("round")
+    ax.set_ylabel("TEST pass rate")
+    ax.legend(fontsize=8)
+    ax.set_title(f"loop {parent.id} · alias {parent.alias}", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

@@ -121,6 +121,7 @@ class RlStages:
             S.LOOP_STAGE_HOT_LOAD: self._after_hot_load,
             S.LOOP_STAGE_EVALUATION: self._after_evaluation,
             S.LOOP_STAGE_GATE: self.m._gate,
+            S.LOOP_STAGE_PROMOTION: self.m._promotion,
         }
 
     # ------------------------------------------------------------------------------ helpers

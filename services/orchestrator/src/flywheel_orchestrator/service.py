@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from flywheel.orchestrator.v1 import alias_pb2 as apb
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, suite_pb2
 from flywheel_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, shown
 from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding
+from flywheel_orchestrator.aliases import AliasManager
 from flywheel_orchestrator.evaluations import EvaluationManager
 from flywheel_orchestrator.loops import LoopManager
 from flywheel_orchestrator.model import ModelClient
@@ -57,8 +59,11 @@ class Orchestrator:
             settings, lambda: deps.store, self._bus, self.catalog, self.models, self.sandbox
         )
         self.evaluations = EvaluationManager(lambda: deps.store, self._bus, self.runs)
+        self.aliases = AliasManager(
+            lambda: deps.store, self._bus, self.models, canary_check_s=settings.alias_canary_check_s
+        )
         self.loops = LoopManager(
-            settings, lambda: deps.store, self._bus, self.runs, self.evaluations, self.models
+            settings, lambda: deps.store, self._bus, self.runs, self.evaluations, self.models, self.aliases
         )
 
     def _bus(self):
@@ -74,10 +79,12 @@ class Orchestrator:
         self.catalog.reload()
         await self.runs.start()
         await self.evaluations.start()
+        await self.aliases.start()
         await self.loops.start()
 
     async def stop(self) -> None:
         await self.loops.stop()
+        await self.aliases.stop()
         await self.evaluations.stop()
         await self.runs.stop()
         await self.sandbox.close()
@@ -309,6 +316,35 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise InvalidArgument("loop_id", "is required")
         async for item in self.core.loops.watch(request.loop_id):
             yield item
+
+    # ---------------------------------------------------------------------------- aliases
+
+    async def SetAlias(
+        self, request: apb.SetAliasRequest, context: grpc.aio.ServicerContext
+    ) -> apb.SetAliasResponse:
+        return apb.SetAliasResponse(alias=await self.core.aliases.set(request))
+
+    async def GetAlias(
+        self, request: apb.GetAliasRequest, context: grpc.aio.ServicerContext
+    ) -> apb.GetAliasResponse:
+        return apb.GetAliasResponse(alias=await self.core.aliases.get(request.name))
+
+    async def ListAliases(
+        self, request: apb.ListAliasesRequest, context: grpc.aio.ServicerContext
+    ) -> apb.ListAliasesResponse:
+        return apb.ListAliasesResponse(aliases=await self.core.aliases.listing(request.show_deleted))
+
+    async def RollbackAlias(
+        self, request: apb.RollbackAliasRequest, context: grpc.aio.ServicerContext
+    ) -> apb.RollbackAliasResponse:
+        if request.to_revision < 0:
+            raise InvalidArgument("to_revision", "must be >= 0 (0 means the target before the current one)")
+        return apb.RollbackAliasResponse(alias=await self.core.aliases.rollback(request))
+
+    async def DeleteAlias(
+        self, request: apb.DeleteAliasRequest, context: grpc.aio.ServicerContext
+    ) -> apb.DeleteAliasResponse:
+        return apb.DeleteAliasResponse(alias=await self.core.aliases.delete(request))
 
 
 def _manifest_name(files: dict[str, bytes]) -> str:

@@ -126,6 +126,16 @@ class OrchestratorSettings(ServiceSettings):
     loop_reconcile_s: float = Field(
         30.0, gt=0, description="Every this often a loop re-checks its stage (a safety net for lost events)."
     )
+    alias_canary_check_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the canary controller looks at the live signals of running canaries.",
+    )
+    loop_promotion_poll_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often a loop in its PROMOTION stage checks whether its canary was decided.",
+    )
     loop_hot_load_poll_s: float = Field(
         5.0, gt=0, description="How often a loop waiting for a hot-load also checks the gateway's model list."
     )

@@ -42,6 +42,24 @@ def long_context(folder: Path, positions: int = 8192) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def agent_base_model(folder: Path, suite_dir: Path) -> Path:
+    """The trainer's tiny test model with a tokenizer trained on a suite's own text and the
+    agent's prompts, its context long enough for whole episodes."""
+    from flywheel_orchestrator.protocol import IO_JSON_SYSTEM, REPO_JSON_SYSTEM
+    from flywheel_testing.trainer import build_tiny_model
+
+    corpus = [REPO_JSON_SYSTEM, IO_JSON_SYSTEM]
+    corpus += [p.read_text() for p in suite_dir.rglob("*") if p.is_file()]
+    corpus += [
+        '{"type":"tool_call","name":"read_file","args":{"rel_path":"calc.py"}}',
+        "[tool_result]",
+        "[tests]",
+    ]
+    build_tiny_model(folder, corpus * 4, with_template=True)
+    long_context(folder)
+    return folder
+
+
 @contextmanager
 def running_stack(
     state: Path,
