@@ -68,6 +68,15 @@ def decision_name(gate: lpb.GateResult) -> str:
     return enum_name(gate.decision, lpb.GateDecision, "GATE_DECISION_") if gate.decision else ""
 
 
+def gate_text(gate: lpb.GateResult) -> str:
+    """``promote: <reason>``: a multi-rule gate's reason starts with its decision already, the
+    single-rule gate's does not."""
+    decision = decision_name(gate)
+    if not decision or gate.reason.startswith(f"{decision}:"):
+        return gate.reason
+    return f"{decision}: {gate.reason}"
+
+
 def outcome_name(promotion: lpb.PromotionResult) -> str:
     """``promoted``, ``rolled back``, or ``canary running`` before a canary decided."""
     if promotion.outcome:
@@ -110,7 +119,7 @@ def rounds_table(loop: lpb.Loop) -> Table:
         gate = ""
         if r.HasField("gate_result"):
             colour = "green" if r.gate_result.decision == lpb.GATE_DECISION_PROMOTE else "red"
-            gate = f"[{colour}]{decision_name(r.gate_result)}[/]: {escape(r.gate_result.reason)}"
+            gate = f"[{colour}]{escape(gate_text(r.gate_result))}[/]"
         table.add_row(
             str(r.index),
             r.loop_id,
@@ -125,7 +134,7 @@ def rounds_table(loop: lpb.Loop) -> Table:
 
 def gate_lines(gate: lpb.GateResult) -> list[str]:
     """The decision with its reason, then each rule's outcome when the gate had several."""
-    lines = [f"gate: {decision_name(gate)} · {gate.reason}"]
+    lines = [f"gate: {escape(gate_text(gate))}"]
     if len(gate.rule_results) > 1:
         for rule in gate.rule_results:
             lines.append(f"  {'[green]✓[/]' if rule.passed else '[red]✗[/]'} {escape(rule.reason)}")
