@@ -91,6 +91,7 @@ def demo_loop(args: dict[str, Any]) -> lpb.Loop:
         adapter_name=args["adapter_name"],
         gate=lpb.PromotionGate(metric=lpb.GATE_METRIC_PARSE_ERRORS_PER_EPISODE, margin=args["margin"]),
         labels={"source": "flywheel-demo"},
+        rounds=args["rounds"],
     )
     if not args["all_tasks"]:
         loop.train_task_ids.extend(DEMO_TRAIN_TASKS)
@@ -154,6 +155,8 @@ def repeat_commands(follower: Follower, status: lpb.LoopStageStatus) -> list[str
                 name, _, version = a.id.partition("/")
                 out += ["look:   " + grpcurl_line(t, "flywheel.trainer.v1.TrainerService/GetAdapter",
                                                   trpb.GetAdapterRequest(name=name, version=int(version or 0)))]  # fmt: skip
+            elif a.kind == common_pb2.RESOURCE_KIND_LOOP:
+                out += [f"look:   flywheel loop watch {a.id}"]
             elif a.kind == common_pb2.RESOURCE_KIND_EVALUATION:
                 e = follower.orch.GetEvaluation(
                     opb.GetEvaluationRequest(evaluation_id=a.id), timeout=10
@@ -201,13 +204,42 @@ def read_object(stack: Stack, key: str) -> bytes:
     return open_object_store(ObjectStoreSettings()).get_bytes(key)
 
 
+def alias_section(loop_report: str) -> list[str]:
+    """The served alias's part of the orchestrator's loop report (its promotion and history)."""
+    for heading in ("## Promotion", "### Alias"):
+        at = loop_report.find(heading)
+        if at >= 0:
+            return ["", "## Served alias", "", loop_report[at:].replace(heading, f"#{heading}", 1).strip()]
+    return []
+
+
 def write_report(
-    stack: Stack, follower: Follower, loop: lpb.Loop, out_dir: Path, timings: dict[str, float]
+    stack: Stack,
+    follower: Follower,
+    loop: lpb.Loop,
+    out_dir: Path,
+    timings: dict[str, float],
+    parent: lpb.Loop | None = None,
 ) -> Path:
-    """REPORT.md plus the charts, in ``out_dir``; returns the Markdown file."""
+    """REPORT.md plus the charts, in ``out_dir``; returns the Markdown file. With ``parent`` (a
+    loop of several rounds), ``loop`` is its last round and the rounds' report comes first."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = {a.kind: a.id for s in loop.stages for a in s.artefacts}
-    lines = [f"# Flywheel demo: loop {loop.id}", ""]
+    lines = [f"# Flywheel demo: loop {(parent or loop).id}", ""]
+    if parent is not None and parent.report.key:
+        rounds_md = read_object(stack, parent.report.key).decode()
+        (out_dir / "rounds.md").write_text(rounds_md)
+        with contextlib.suppress(Exception):
+            (out_dir / "rounds.png").write_bytes(read_object(stack, f"reports/{parent.id}/rounds.png"))
+        lines += [
+            f"{len(parent.round_results)} rounds (details and chart: [rounds.md](rounds.md)); the last round "
+            f"is below. The alias `{parent.alias}` serves `{parent.candidate_model or parent.incumbent_model}`.",
+            "",
+            "![TEST pass rate per round](rounds.png)",
+            "",
+            f"## Round {loop.round}: loop {loop.id}",
+            "",
+        ]
     decision = lpb.GateDecision.Name(loop.gate_result.decision).removeprefix("GATE_DECISION_").lower()
     lines += [
         f"Base model `{loop.base_model}` (incumbent `{loop.incumbent_model}`), candidate `{loop.candidate_model}`, "
@@ -279,7 +311,9 @@ def write_report(
         f"trajectories under `trajectories/`, datasets under `datasets/`); logs: {stack.log_dir}.",
     ]
     if loop.report.key:
-        (out_dir / "loop.md").write_bytes(read_object(stack, loop.report.key))
+        loop_md = read_object(stack, loop.report.key)
+        (out_dir / "loop.md").write_bytes(loop_md)
+        lines += alias_section(loop_md.decode())
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -317,6 +351,14 @@ def write_report(
     help="Gate: parse errors per episode must drop by more than this.",
 )
 @click.option("--adapter-name", default="demo-agent", show_default=True)
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Rounds of the loop: each starts from the adapter the last one promoted into the alias "
+    "agent/<adapter-name>, on its data plus new rollouts (each round takes about as long as the first).",
+)
 @click.option("--keep-running", is_flag=True, help="Leave the stack running at the end (Ctrl-C to stop).")
 def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, **args: Any) -> None:
     """Run one improvement loop on this machine, end to end, and write a report."""
@@ -357,7 +399,15 @@ def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, *
                 f"loop [bold]{created.id}[/]; follow it elsewhere with [cyan]flywheel loop watch {created.id}[/]"
             )
             final = follower.follow(created.id)
-            report = write_report(stack, follower, final, report_dir.resolve(), timings)
+            parent = None
+            if final.round_results:
+                parent, final = (
+                    final,
+                    follower.orch.GetLoop(
+                        opb.GetLoopRequest(loop_id=final.round_results[-1].loop_id), timeout=30
+                    ).loop,
+                )
+            report = write_report(stack, follower, final, report_dir.resolve(), timings, parent)
             e_id = next(
                 (
                     a.id
@@ -378,8 +428,9 @@ def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, *
             console.print(
                 f"report: [bold]{report}[/] (charts beside it); total {time.monotonic() - started:.0f} s"
             )
-            if final.state != common_pb2.JOB_STATE_SUCCEEDED:
-                raise click.ClickException(f"the loop ended {state_name(final.state)}: {final.error.message}")
+            ended = parent or final
+            if ended.state != common_pb2.JOB_STATE_SUCCEEDED:
+                raise click.ClickException(f"the loop ended {state_name(ended.state)}: {ended.error.message}")
             if args["keep_running"]:
                 console.print("the stack keeps running; Ctrl-C stops it")
                 with contextlib.suppress(KeyboardInterrupt):

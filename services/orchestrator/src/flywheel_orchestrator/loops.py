@@ -70,6 +70,7 @@ from flywheel_orchestrator.evaluations import EvaluationManager
 from flywheel_orchestrator.gate import decide, validate_gate
 from flywheel_orchestrator.model import ModelClient
 from flywheel_orchestrator.report import (
+    alias_history_markdown,
     loop_markdown,
     promotion_markdown,
     rl_markdown,
@@ -1041,6 +1042,10 @@ class LoopManager:
         text = loop_markdown(loop, e)
         if loop.promotion.alias:
             text += "\n" + promotion_markdown(loop, await self.aliases.history(loop.promotion.alias))
+        elif loop.alias:
+            history = await self.aliases.history(loop.alias)
+            if history:  # kept: what the alias serves and how it got there
+                text += "\n## Served alias (unchanged)\n\n" + alias_history_markdown(loop.alias, history)
         if loop.kind == S.LOOP_KIND_RL:
             png = await asyncio.to_thread(rl_plot, loop)
             if png:
