@@ -139,7 +139,11 @@ def judge_canary(
             )
         lines.append(f"median latency {ratio:.2f}x")
     min_feedback = policy.min_feedback or MIN_FEEDBACK
-    if (inc.feedback or cand.feedback) and min(inc.feedback, cand.feedback) < min_feedback and elapsed_s < max_s:
+    if (
+        (inc.feedback or cand.feedback)
+        and min(inc.feedback, cand.feedback) < min_feedback
+        and elapsed_s < max_s
+    ):
         return None  # callers are reporting outcomes: wait until both arms have enough to compare
     if inc.feedback >= min_feedback and cand.feedback >= min_feedback:
         drop = inc.success_rate - cand.success_rate

@@ -126,6 +126,8 @@ EVENT_TYPES = {
     "flywheel.adapter.load_failed": events_pb2.AdapterLoadFailed,
     "flywheel.eval.completed": events_pb2.EvaluationCompleted,
 }
+
+
 def stage_name(stage: int) -> str:
     return lpb.LoopStage.Name(stage).removeprefix("LOOP_STAGE_").lower().replace("_", "-")
 
@@ -696,10 +698,12 @@ class LoopManager:
             raise JobFailed(
                 f"hot-load: adapter {name}/{version} failed to load on {event.replica}: {event.error.message}"
             )
+        # Adapter sync announces each replica; the stage ends when one says every replica is ready.
         loaded = (
             isinstance(event, events_pb2.AdapterLoaded)
             and event.name == name
             and str(event.version) == version
+            and event.ready_replicas >= event.total_replicas
         )
         if loaded and isinstance(event, events_pb2.AdapterLoaded) and event.served_model_name:
             loop.candidate_model = event.served_model_name
@@ -805,6 +809,7 @@ class LoopManager:
             ):
                 return rev
         actor, gate = f"loop/{loop.id}", loop.gate_result
+        await self._check_served_digest(loop)
         served = history[0] if history and history[0].change != apb.ALIAS_CHANGE_DELETED else None
         if loop.HasField("canary") and served is None:
             # A canary compares against what the alias serves: serve the incumbent first.
@@ -828,6 +833,26 @@ class LoopManager:
             request.canary.CopyFrom(loop.canary)
         alias = await self.aliases.set(request, loop_id=loop.id)
         return alias.current
+
+    async def _check_served_digest(self, loop: lpb.Loop) -> None:
+        """The gateway must serve the candidate's published weights: its listed digest (the model
+        server's, of the files it loaded) equals the trainer's. vLLM lists none; adapter sync
+        verified those replicas by log-prob fingerprint before announcing them (HOT_LOAD)."""
+        target = await self.aliases.resolve_target(loop.candidate_model, "candidate_model")
+        listed = target.adapter.digest
+        if not listed or not target.adapter.name:
+            return
+        published = (
+            await self.trainer.GetAdapter(
+                trpb.GetAdapterRequest(name=target.adapter.name, version=target.adapter.version), timeout=30
+            )
+        ).adapter.content_digest
+        if published and published != listed:
+            raise JobFailed(
+                f"promotion: the gateway serves {loop.candidate_model} with digest {listed}, but the "
+                f"published adapter's digest is {published}; the alias was not moved",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
 
     # ------------------------------------------------------------------------------ rounds
 
