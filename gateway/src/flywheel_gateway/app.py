@@ -15,6 +15,10 @@ small ASGI layer in front of LiteLLM's app, in the same process, fixes all three
 
 Routing
 -------
+Requests naming a served alias (``aliases.py``) are rewritten to the model that answers them
+(the alias's target, or a canary's candidate) and then routed exactly as if the caller had named
+it; real routes win over an alias of the same name.
+
 Requests for our model server's routes (``ft/*`` adapters and the base models) with the master key
 take the fast path (``fast_path.py``), unless their fallback chain leaves the model server or
 ``FLYWHEEL_GATEWAY_FAST_PATH=false``. Hosted providers, virtual keys (budgets, rate limits) and
@@ -23,13 +27,17 @@ every admin route go through LiteLLM unchanged.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import logging
+import time
 from typing import Any
 
 import aiohttp
 import orjson
 
+from flywheel_gateway.aliases import AliasResponse, AliasService, Resolution, ShadowSink
 from flywheel_gateway.asgi import ASGIApp, Message, Receive, Scope, Send, openai_error, respond
 from flywheel_gateway.fast_path import CallbackLogger, FastPath
 from flywheel_gateway.settings import GatewaySettings
@@ -61,17 +69,26 @@ MODEL_PATHS = {
     "/completions": "/completions",
 }
 MAX_BODY_BYTES = 32 * 1024 * 1024
+FEEDBACK_PATHS = frozenset({"/v1/feedback", "/feedback"})
+#: How long a virtual key LiteLLM accepted is trusted for feedback without asking again (s).
+KEY_TRUST_S = 60.0
 
 
 class GatewayApp:
     """ASGI app: our checks and routing in front of LiteLLM's FastAPI app (``inner``)."""
 
     def __init__(
-        self, settings: GatewaySettings, inner: ASGIApp, callbacks: list[CallbackLogger] | None = None
+        self,
+        settings: GatewaySettings,
+        inner: ASGIApp,
+        callbacks: list[CallbackLogger] | None = None,
+        aliases: AliasService | None = None,
     ) -> None:
         self.settings = settings
         self.inner = inner
         self.fast = FastPath(settings, callbacks or [])
+        self.aliases = aliases
+        self._trusted_keys: dict[str, float] = {}
         self.master_key = settings.master_key.get_secret_value().encode()
         self.prefix = settings.adapter_prefix
         self.hosted_prefixes = tuple(
@@ -88,6 +105,8 @@ class GatewayApp:
         )
 
     async def close(self) -> None:
+        if self.aliases is not None:
+            await self.aliases.close()
         await self.fast.close()
 
     @staticmethod
@@ -160,6 +179,9 @@ class GatewayApp:
         if scope["method"] == "POST" and path in MODEL_PATHS:
             await self.model_request(scope, receive, send, master)
             return
+        if scope["method"] == "POST" and path in FEEDBACK_PATHS:
+            await self.feedback(scope, receive, send, master, key)
+            return
         if scope["method"] == "GET" and path in ("/v1/models", "/models") and master:
             await self.list_models(scope, receive, send)
             return
@@ -193,6 +215,7 @@ class GatewayApp:
             await respond(send, captured["status"], raw)
             return
         known = {m.get("id") for m in listing["data"] if isinstance(m, dict)}
+        by_name: dict[str, dict[str, Any]] = {}
         try:
             session = await self.fast.session()
             async with session.get(
@@ -203,6 +226,8 @@ class GatewayApp:
             log.warning("cannot list the model server's adapters: %s", err)
             upstream = {}
         for model in upstream.get("data", []) if isinstance(upstream, dict) else []:
+            if isinstance(model, dict) and isinstance(model.get("id"), str):
+                by_name[f"{self.prefix}{model['id']}" if model.get("parent") else model["id"]] = model
             if (
                 isinstance(model, dict)
                 and model.get("parent")
@@ -219,6 +244,8 @@ class GatewayApp:
                         **({"digest": model["digest"]} if isinstance(model.get("digest"), str) else {}),
                     }
                 )
+        if self.aliases is not None:
+            listing["data"].extend(e for e in self.aliases.model_entries(by_name) if e["id"] not in known)
         await respond(send, 200, orjson.dumps(listing))
 
     async def model_request(self, scope: Scope, receive: Receive, send: Send, master: bool) -> None:
@@ -267,6 +294,12 @@ class GatewayApp:
             )
             return
         route = self.route_of(model)
+        if self.aliases is not None:
+            if route is not None:
+                self.aliases.note_route(model)
+            elif (resolution := self.aliases.resolve(model)) is not None:
+                await self.alias_request(scope, send, master, body, resolution)
+                return
         if route is None and not self.has_db:  # with a database, LiteLLM may know models added at run time
             await respond(
                 send,
@@ -280,7 +313,7 @@ class GatewayApp:
                 ),
             )
             return
-        if route == "fast" and master and self.settings.fast_path and model not in self.hosted_fallbacks:
+        if self.takes_fast_path(model, route, master):
             await self.fast.forward(send, body, model, MODEL_PATHS[scope["path"]])
             return
         sent = False
@@ -296,6 +329,151 @@ class GatewayApp:
         if route == "fast":  # a model-server route that LiteLLM serves (virtual key, fast path off)
             send_to = _ErrorRewriter(_VllmFieldsRestorer(send))
         await self.inner(scope, replay, send_to)
+
+    def takes_fast_path(self, model: str, route: str | None, master: bool) -> bool:
+        return route == "fast" and master and self.settings.fast_path and model not in self.hosted_fallbacks
+
+    # ------------------------------------------------------------------ aliases
+
+    async def alias_request(
+        self, scope: Scope, send: Send, master: bool, body: dict[str, Any], res: Resolution
+    ) -> None:
+        """Serve a request to a served alias as a request to the arm ``res`` chose."""
+        assert self.aliases is not None
+        route = self.route_of(res.model)
+        if route is None and not self.has_db:
+            self.aliases.record(res, res.model, 0.0, 404)
+            await respond(
+                send,
+                404,
+                openai_error(
+                    404,
+                    f"The model `{res.alias}` is an alias of `{res.model}`, which no route here serves.",
+                    "invalid_request_error",
+                    "model_not_found",
+                    "model",
+                ),
+            )
+            return
+        if res.shadow is not None:
+            copy, base = dict(body), dict(scope)
+            self.aliases.shadow(lambda: self.shadow_call(base, copy, res, master))
+        fast = self.takes_fast_path(res.model, route, master)
+        observer = AliasResponse(send, res, self.aliases, rewrite_model=not fast)
+        try:
+            await self.dispatch(scope, observer, body, res.model, route, fast, res.alias, res.metadata())
+        finally:
+            observer.abandon()
+
+    async def shadow_call(self, scope: Scope, body: dict[str, Any], res: Resolution, master: bool) -> None:
+        """Send a non-streaming copy of an alias request to the shadow candidate; count, discard."""
+        assert self.aliases is not None and res.shadow is not None
+        body["stream"] = False
+        body.pop("stream_options", None)
+        route = self.route_of(res.shadow)
+        sink = ShadowSink()
+        t0 = time.perf_counter()
+        status: int | None = 404
+        try:
+            if route is not None or self.has_db:
+                fast = self.takes_fast_path(res.shadow, route, master)
+                metadata = res.metadata("shadow")
+                await self.dispatch(scope, sink, body, res.shadow, route, fast, res.alias, metadata)
+                status = sink.status
+        except Exception as err:
+            status = None
+            log.warning("shadow copy to %s failed: %s", res.shadow, err)
+        finally:
+            self.aliases.record(res, res.shadow, (time.perf_counter() - t0) * 1000, status)
+
+    async def dispatch(
+        self,
+        scope: Scope,
+        send: Send,
+        body: dict[str, Any],
+        model: str,
+        route: str | None,
+        fast: bool,
+        shown: str,
+        metadata: dict[str, Any],
+    ) -> None:
+        """Answer ``body`` from ``model`` (fast path or LiteLLM), showing the caller's name ``shown``."""
+        if fast:
+            await self.fast.forward(
+                send, body, model, MODEL_PATHS[scope["path"]], shown=shown, metadata=metadata
+            )
+            return
+        # LiteLLM passes the request's `metadata` on to its callbacks (capture reads the alias there).
+        given = body.get("metadata")
+        raw = orjson.dumps(
+            {**body, "model": model, "metadata": {**(given if isinstance(given, dict) else {}), **metadata}}
+        )
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(raw)).encode()))
+        sent = False
+        idle = asyncio.Event()
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            await idle.wait()  # never set: LiteLLM only learns of a disconnect through our caller
+            return {"type": "http.disconnect"}
+
+        send_to = _ErrorRewriter(_VllmFieldsRestorer(send) if route == "fast" else send)
+        await self.inner({**scope, "headers": headers}, replay, send_to)
+
+    # ------------------------------------------------------------------ feedback
+
+    async def feedback(self, scope: Scope, receive: Receive, send: Send, master: bool, key: str) -> None:
+        """``POST /v1/feedback``: any key the gateway accepts (a virtual key is checked by LiteLLM)."""
+        if not master and not await self.key_accepted(scope, key):
+            await respond(
+                send,
+                401,
+                openai_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+            )
+            return
+        if self.aliases is None:
+            await respond(
+                send,
+                503,
+                openai_error(
+                    503,
+                    "feedback needs the object store, which this gateway was not given (FLYWHEEL_OBJECT_STORE_*)",
+                    "api_error",
+                    "feedback_unavailable",
+                ),
+            )
+            return
+        await self.aliases.handle_feedback(receive, send)
+
+    async def key_accepted(self, scope: Scope, key: str) -> bool:
+        """Whether LiteLLM accepts ``key`` (asked with ``GET /v1/models``; a yes is kept for a minute)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        now = time.monotonic()
+        if now - self._trusted_keys.get(digest, -KEY_TRUST_S) < KEY_TRUST_S:
+            return True
+        status = ShadowSink()
+
+        async def nothing() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        probe = {
+            **scope,
+            "method": "GET",
+            "path": "/v1/models",
+            "raw_path": b"/v1/models",
+            "query_string": b"",
+        }
+        await self.inner(probe, nothing, status)
+        if status.status != 200:
+            return False
+        if len(self._trusted_keys) > 10_000:
+            self._trusted_keys.clear()
+        self._trusted_keys[digest] = now
+        return True
 
 
 class _VllmFieldsRestorer:

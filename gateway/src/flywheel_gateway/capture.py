@@ -10,6 +10,12 @@ Each successful call becomes one :class:`Trajectory` (``teacher_kind = CAPTURED`
 with its tool calls, finish reason, token usage and latency, the model name as called at the
 gateway, and the caller's key alias as the label ``gateway_key_alias`` (never the key itself).
 
+Every call also carries the answer's id as the label ``completion_id`` (how feedback is joined) and,
+when the answer's ``system_fingerprint`` is an adapter content digest (``sha256:…``), the label
+``adapter_digest``. A call to a served alias has ``Policy.model`` = the alias and the labels
+``gateway_alias``, ``alias_revision``, ``alias_arm`` (``target`` or ``canary``) and ``served_model``;
+shadow copies (``alias_arm`` ``shadow``) are never stored.
+
 Secrets are redacted from every text stored: the gateway's master key and provider keys by
 value, and anything that looks like a bearer token, an ``sk-…`` key, an AWS access key id, a
 private-key block or a ``password=…`` / ``api_key: …`` assignment, replaced by ``[REDACTED]``.
@@ -121,7 +127,11 @@ def build_trajectory(kwargs: dict[str, Any], response: Any, start: Any, end: Any
     metadata = _get(kwargs.get("litellm_params"), "metadata") or {}
     logging_object = kwargs.get("standard_logging_object") or {}
     model = str(
-        metadata.get("model_group") or _get(logging_object, "model_group") or kwargs.get("model") or ""
+        metadata.get("flywheel_alias")
+        or metadata.get("model_group")
+        or _get(logging_object, "model_group")
+        or kwargs.get("model")
+        or ""
     )
     call_id = str(kwargs.get("litellm_call_id") or _get(logging_object, "id") or "")
     safe_id = re.sub(r"[^A-Za-z0-9._-]", "-", call_id)[:120] or "unknown"
@@ -213,12 +223,37 @@ def build_trajectory(kwargs: dict[str, Any], response: Any, start: Any, end: Any
             "gateway_key_alias": _LABEL_RE.sub("-", str(alias).lower())[:256],
         },
     )
+    trajectory.labels.update(_lineage_labels(metadata, response))
     if started is not None:
         trajectory.start_time.CopyFrom(started)
     ended = _timestamp(end)
     if ended is not None:
         trajectory.end_time.CopyFrom(ended)
     return trajectory
+
+
+def _lineage_labels(metadata: dict[str, Any], response: Any) -> dict[str, str]:
+    """Labels that say which answer this was and what answered it (alias, arm, adapter digest)."""
+    labels: dict[str, str] = {}
+    completion_id = _get(response, "id")
+    if isinstance(completion_id, str) and completion_id:
+        labels["completion_id"] = completion_id[:256]
+    fingerprint = _get(response, "system_fingerprint")
+    if isinstance(fingerprint, str) and fingerprint.startswith("sha256:"):
+        labels["adapter_digest"] = fingerprint[:256]
+    alias = metadata.get("flywheel_alias")
+    if alias:
+        labels["gateway_alias"] = str(alias)[:256]
+        labels["alias_revision"] = str(metadata.get("flywheel_alias_revision") or "")[:256]
+        labels["alias_arm"] = str(metadata.get("flywheel_alias_arm") or "")[:256]
+        served = metadata.get("served_model") or metadata.get("flywheel_served_model") or ""
+        labels["served_model"] = str(served)[:256]
+    return labels
+
+
+def is_shadow_copy(kwargs: dict[str, Any]) -> bool:
+    metadata = _get(kwargs.get("litellm_params"), "metadata") or {}
+    return isinstance(metadata, dict) and metadata.get("flywheel_alias_arm") == "shadow"
 
 
 class TrajectoryCapture(CustomLogger):
@@ -244,6 +279,8 @@ class TrajectoryCapture(CustomLogger):
     async def async_log_success_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
+        if is_shadow_copy(kwargs):
+            return  # not what any caller got
         try:
             trajectory = build_trajectory(kwargs, response_obj, start_time, end_time)
             await self.stub().PutTrajectory(tpb.PutTrajectoryRequest(trajectory=trajectory), timeout=10)

@@ -116,8 +116,22 @@ class FastPath:
 
     # ------------------------------------------------------------------ forwarding
 
-    async def forward(self, send: Send, body: dict[str, Any], model: str, upstream_path: str) -> None:
-        """Answers the request ``body`` (naming ``model``) from the model server's ``upstream_path``."""
+    async def forward(
+        self,
+        send: Send,
+        body: dict[str, Any],
+        model: str,
+        upstream_path: str,
+        *,
+        shown: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Answers the request ``body`` (naming ``model``) from the model server's ``upstream_path``.
+
+        ``shown`` is the name the caller used when it differs from ``model`` (a served alias): the
+        answer and the callbacks show it. ``metadata`` goes into the callbacks' metadata.
+        """
+        shown = shown or model
         start = datetime.datetime.now()
         t0 = time.perf_counter()
         call_id = str(uuid.uuid4())
@@ -146,21 +160,24 @@ class FastPath:
                         continue
                     if response.status >= 400:
                         await self._relay_error(send, response, candidate)
-                        self._log_failure(body, model, call_id, start, f"HTTP {response.status}")
+                        body["model"] = shown
+                        self._log_failure(body, shown, call_id, start, f"HTTP {response.status}", metadata)
                         return
                     if stream:
-                        result = await self._relay_stream(send, response, model)
+                        result = await self._relay_stream(send, response, shown, candidate)
                     else:
-                        result = await self._relay_json(send, response, model)
+                        result = await self._relay_json(send, response, shown, candidate)
                 finally:
                     response.release()
-                body["model"] = model
-                self._log_success(body, result, model, candidate, call_id, start, time.perf_counter() - t0)
+                body["model"] = shown
+                self._log_success(
+                    body, result, shown, candidate, call_id, start, time.perf_counter() - t0, metadata
+                )
                 return
-        body["model"] = model
+        body["model"] = shown
         status = last_error.status if last_error else 502
         message = f"model server at {self.upstream} failed for `{model}`: {last_error}"
-        self._log_failure(body, model, call_id, start, message)
+        self._log_failure(body, shown, call_id, start, message, metadata)
         await respond(
             send,
             status if status >= 500 else 502,
@@ -209,21 +226,37 @@ class FastPath:
             )
         await respond(send, response.status, body)
 
-    async def _relay_json(self, send: Send, response: aiohttp.ClientResponse, model: str) -> dict[str, Any]:
+    async def _relay_json(
+        self, send: Send, response: aiohttp.ClientResponse, model: str, served: str
+    ) -> dict[str, Any]:
         data: dict[str, Any] = orjson.loads(await response.read())
         data["model"] = model  # the name the caller used, e.g. ft/coder-v3
-        await respond(send, 200, orjson.dumps(data))
+        raw = orjson.dumps(data)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(raw)).encode()),
+            (b"x-flywheel-served-model", served.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
         return data
 
-    async def _relay_stream(self, send: Send, response: aiohttp.ClientResponse, model: str) -> dict[str, Any]:
+    async def _relay_stream(
+        self, send: Send, response: aiohttp.ClientResponse, model: str, served: str
+    ) -> dict[str, Any]:
         """Pass server-sent events through (``model`` rewritten) and assemble the answer for callbacks."""
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-flywheel-served-model", served.encode()),
+                ],
             }
         )
+        answer_id = fingerprint = None
         text: list[str] = []
         tool_calls: dict[int, dict[str, Any]] = {}
         finish = None
@@ -241,6 +274,8 @@ class FastPath:
                         out.append(line)
                         continue
                     chunk["model"] = model
+                    answer_id = answer_id or chunk.get("id")
+                    fingerprint = fingerprint or chunk.get("system_fingerprint")
                     usage = chunk.get("usage") or usage
                     for choice in chunk.get("choices") or ():
                         delta = choice.get("delta") or {}
@@ -266,16 +301,21 @@ class FastPath:
         if tool_calls:
             message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
         return {
+            "id": answer_id,
             "model": model,
+            "system_fingerprint": fingerprint,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage or {},
         }
 
     # ------------------------------------------------------------------ callbacks
 
-    def _kwargs(self, body: dict[str, Any], model: str, call_id: str) -> dict[str, Any]:
+    def _kwargs(
+        self, body: dict[str, Any], model: str, call_id: str, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         # The subset of LiteLLM's callback kwargs our callbacks (and most CustomLoggers) read.
         metadata = {
+            **(extra or {}),
             "user_api_key_alias": MASTER_KEY_ALIAS,
             "user_api_key_hash": self.master_hash,
             "model_group": model,
@@ -306,21 +346,28 @@ class FastPath:
         call_id: str,
         start: datetime.datetime,
         elapsed_s: float,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         if not self.callbacks:
             return
-        kwargs = self._kwargs(body, model, call_id)
+        kwargs = self._kwargs(body, model, call_id, metadata)
         kwargs["litellm_params"]["metadata"]["served_model"] = served
         end = start + datetime.timedelta(seconds=elapsed_s)
         for callback in self.callbacks:
             self._spawn(_guarded(callback.async_log_success_event(kwargs, result, start, end), callback))
 
     def _log_failure(
-        self, body: dict[str, Any], model: str, call_id: str, start: datetime.datetime, reason: str
+        self,
+        body: dict[str, Any],
+        model: str,
+        call_id: str,
+        start: datetime.datetime,
+        reason: str,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         if not self.callbacks:
             return
-        kwargs = self._kwargs(body, model, call_id)
+        kwargs = self._kwargs(body, model, call_id, metadata)
         kwargs["exception"] = reason
         for callback in self.callbacks:
             self._spawn(

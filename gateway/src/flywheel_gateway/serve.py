@@ -60,11 +60,14 @@ def build_gateway(settings: GatewaySettings):
     prepare_litellm_env(settings)
     from litellm.proxy.proxy_server import app as litellm_app
 
+    from flywheel_gateway.aliases import AliasService
     from flywheel_gateway.app import GatewayApp
     from flywheel_gateway.fast_path import resolve_callbacks
 
     names = build_config(settings).get("litellm_settings", {}).get("callbacks", [])
-    return GatewayApp(settings, litellm_app, resolve_callbacks(names))
+    return GatewayApp(
+        settings, litellm_app, resolve_callbacks(names), AliasService.from_environment(settings)
+    )
 
 
 def _report_sync_end(task: asyncio.Task[None]) -> None:
@@ -89,6 +92,8 @@ async def serve(settings: GatewaySettings) -> None:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn offers only a flag
         await asyncio.sleep(0.02)
+    if server.started and gateway.aliases is not None:
+        await gateway.aliases.start()  # the table is read once before the replica says it is ready
     sync_task = None
     if server.started and settings.adapter_sync:
         from flywheel_gateway.adapter_sync import run_adapter_sync

@@ -98,3 +98,27 @@ class GatewaySettings(BaseSettings):
     adapter_sync: bool = Field(
         False, description="Also run adapter sync inside the `serve` process (as `flywheel up` does)."
     )
+    aliases: bool = Field(
+        True,
+        description="Serve the alias table (`aliases/` in the object store); on only when the object "
+        "store is configured (FLYWHEEL_OBJECT_STORE_BACKEND or _ROOT set).",
+    )
+    alias_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between two reads of the alias table (also re-read on flywheel.alias.changed).",
+    )
+    alias_stats_flush_s: float = Field(
+        2.0, gt=0, description="Seconds between two writes of this replica's canary live signals."
+    )
+    alias_shadow_max_in_flight: int = Field(
+        4, ge=1, description="Shadow copies in flight at most; more are dropped (and counted in the log)."
+    )
+    alias_feedback_memory: int = Field(
+        100_000, ge=1, description="Alias answers remembered (by completion id) for feedback on them."
+    )
+    replica_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="This replica's name in the live-signal files; default <hostname>-<pid>.",
+    )
