@@ -22,6 +22,7 @@ from flywheel.dataset.v1 import dataset_pb2 as pb
 from flywheel.dataset.v1.dataset_pb2_grpc import DatasetServiceStub
 from flywheel.trajectory.v1 import trajectory_pb2
 from flywheel_cli import rpc
+from flywheel_cli.loops import captured_traffic, captured_traffic_options
 from flywheel_cli.render import console, out
 
 # (The stubs type the enum wrapper's items() as plain ints; the values are the enum's numbers.)
@@ -147,6 +148,7 @@ def _watch(stub: DatasetServiceStub, build_id: str) -> pb.DatasetBuild:
 )
 @click.option("--base-model", default="", help="Base model whose tokenizer measures tokens.")
 @click.option("--max-seq-length", type=int, default=0, help="Sequence length for the over-length count.")
+@captured_traffic_options
 @click.option("--request-id", default="", help="Idempotency key: the same key returns the same build.")
 @click.option("--no-wait", is_flag=True, help="Print the build id and return without following it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final build as JSON.")
@@ -158,6 +160,7 @@ def build(ctx: click.Context, **o: Any) -> None:
         source.filter.CopyFrom(
             trajectory_pb2.TrajectoryFilter(suite=o["suite"], task_ids=list(o["task_ids"]), model=o["model"])
         )
+    source.captured_traffic.extend(captured_traffic(o))
     hygiene = pb.HygieneConfig(decontaminate_suites=list(o["suites"]))
     if o["near_duplicate_threshold"] is not None:
         hygiene.near_duplicate_threshold = float(o["near_duplicate_threshold"])

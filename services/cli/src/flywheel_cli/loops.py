@@ -370,6 +370,24 @@ def parse_time(text: str, param_hint: str) -> dt.datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
 
 
+def captured_traffic_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--captured-*`` options (of ``loop create`` and ``dataset build``); read them with
+    :func:`captured_traffic`."""
+    for option in reversed(
+        [
+            click.option("--captured-alias", "captured_aliases", multiple=True, metavar="ALIAS",
+                         help="Add the gateway traffic captured for this alias to the dataset (repeatable)."),
+            click.option("--captured-since", default=None, metavar="ISO",
+                         help="Captured traffic from this time (UTC unless it says)."),
+            click.option("--captured-until", default=None, metavar="ISO", help="Captured traffic before this time."),
+            click.option("--captured-feedback", type=click.Choice(sorted(FEEDBACK)), default=None,
+                         help="Captured traffic with this caller feedback only (default: any call)."),
+        ]
+    ):  # fmt: skip
+        command = option(command)
+    return command
+
+
 def captured_traffic(opts: dict[str, Any]) -> list[dpb.CapturedTraffic]:
     """One CapturedTraffic per ``--captured-alias``, each with the same time range and feedback."""
     aliases = opts.get("captured_aliases") or ()
@@ -548,17 +566,7 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
 @click.option(
     "--incumbent-rollouts", is_flag=True, help="Rounds 2 onwards also roll out the incumbent on TRAIN."
 )
-@click.option("--captured-alias", "captured_aliases", multiple=True, metavar="ALIAS",
-              help="Add the gateway traffic captured for this alias to the dataset (repeatable).")  # fmt: skip
-@click.option(
-    "--captured-since",
-    default=None,
-    metavar="ISO",
-    help="Captured traffic from this time (UTC unless it says).",
-)
-@click.option("--captured-until", default=None, metavar="ISO", help="Captured traffic before this time.")
-@click.option("--captured-feedback", type=click.Choice(sorted(FEEDBACK)), default=None,
-              help="Captured traffic with this caller feedback only (default: any call).")  # fmt: skip
+@captured_traffic_options
 @click.option("--request-id", default="", help="Idempotency key: a retry with it returns the same loop.")
 @click.option("--watch/--no-watch", default=True, show_default=True, help="Follow it to the end.")
 @click.pass_context
