@@ -35,6 +35,7 @@ from flywheel_gateway.aliases import (
     parse_feedback,
     resolve_revision,
 )
+from flywheel_gateway.capture import build_trajectory, is_shadow_copy
 from flywheel_gateway.settings import GatewaySettings
 
 from .conftest import BASE_MODEL, MASTER_KEY, Gateway, Sink, _spawn, _stop, load_adapter
@@ -461,3 +462,50 @@ def test_capture_labels_of_alias_calls(
     assert labels["gateway_alias"] == name and labels["alias_revision"] == str(revision)
     assert labels["alias_arm"] == "target" and labels["served_model"].endswith(BASE_MODEL)
     assert labels["completion_id"] == reply.json()["id"]
+
+
+def test_capture_labels_from_metadata_and_answer() -> None:
+    """The labels capture derives: alias lineage from the call's metadata, id and digest from the answer."""
+    metadata = {"model_group": "ft/a-v2", "flywheel_alias": "agent/x", "flywheel_alias_revision": 7,
+                "flywheel_alias_arm": "canary", "served_model": "ft/a-v2"}  # fmt: skip
+    kwargs = {"messages": [{"role": "user", "content": "q"}], "litellm_call_id": "c1",
+              "litellm_params": {"metadata": metadata}}  # fmt: skip
+    answer = {"id": "chatcmpl-9", "system_fingerprint": "sha256:" + "ab" * 32,
+              "choices": [{"message": {"role": "assistant", "content": "a"}}]}  # fmt: skip
+    labels = dict(build_trajectory(kwargs, answer, None, None).labels)
+    assert build_trajectory(kwargs, answer, None, None).policy.model == "agent/x"
+    assert labels["completion_id"] == "chatcmpl-9" and labels["adapter_digest"] == "sha256:" + "ab" * 32
+    assert (labels["gateway_alias"], labels["alias_revision"], labels["alias_arm"], labels["served_model"]) == (
+        "agent/x", "7", "canary", "ft/a-v2")  # fmt: skip
+    plain = build_trajectory({"messages": [], "litellm_params": {"metadata": {}}},
+                             {**answer, "system_fingerprint": "fp_44709d6fcb"}, None, None)  # fmt: skip
+    assert "adapter_digest" not in plain.labels and "gateway_alias" not in plain.labels
+    assert is_shadow_copy({"litellm_params": {"metadata": {**metadata, "flywheel_alias_arm": "shadow"}}})
+    assert not is_shadow_copy(kwargs)
+
+
+async def test_shadow_copies_are_bounded(tmp_path: Path) -> None:
+    settings = GatewaySettings(master_key="sk-test-12345678", alias_shadow_max_in_flight=2)
+    service = AliasService(settings, FilesystemObjectStore(tmp_path / "objects"))
+    release = asyncio.Event()
+    ran = []
+
+    async def copy() -> None:
+        ran.append(1)
+        await release.wait()
+
+    assert [service.shadow(copy) for _ in range(4)] == [True, True, False, False]
+    assert service.shadow_dropped == 2
+    release.set()
+    await service.close()
+    assert len(ran) == 2 and service.shadow(copy)  # room again once the first ones ended
+    await service.close()
+
+
+def test_alias_of_a_model_nothing_serves_is_404(env: tuple[Gateway, FilesystemObjectStore, str]) -> None:
+    gateway, store, url = env
+    name = f"agent/nowhere-{gateway.mode}"
+    revision = set_alias(store, url, name, "anthropic/claude-x")  # no Anthropic key: no such route
+    reply = wait_served(gateway, name, revision)
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
+    assert "anthropic/claude-x" in reply.json()["error"]["message"]

@@ -341,10 +341,11 @@ class GatewayApp:
         """Serve a request to a served alias as a request to the arm ``res`` chose."""
         assert self.aliases is not None
         route = self.route_of(res.model)
-        if route is None and not self.has_db:
-            self.aliases.record(res, res.model, 0.0, 404)
+        fast = self.takes_fast_path(res.model, route, master)
+        observer = AliasResponse(send, res, self.aliases, rewrite_model=not fast)
+        if route is None and not self.has_db:  # counted as the arm's error by the observer
             await respond(
-                send,
+                observer,
                 404,
                 openai_error(
                     404,
@@ -358,8 +359,6 @@ class GatewayApp:
         if res.shadow is not None:
             copy, base = dict(body), dict(scope)
             self.aliases.shadow(lambda: self.shadow_call(base, copy, res, master))
-        fast = self.takes_fast_path(res.model, route, master)
-        observer = AliasResponse(send, res, self.aliases, rewrite_model=not fast)
         try:
             await self.dispatch(scope, observer, body, res.model, route, fast, res.alias, res.metadata())
         finally:
