@@ -826,7 +826,7 @@ class LoopManager:
             name=name,
             target=apb.AliasTarget(model=candidate),
             actor=actor,
-            reason=f"gate promoted: {gate.reason}",
+            reason=f"gate: {gate.reason}",
             evaluation_id=gate.evaluation_id,
         )
         if loop.HasField("canary"):

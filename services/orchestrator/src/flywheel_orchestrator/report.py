@@ -324,13 +324,15 @@ def rounds_markdown(parent: Any, evaluations: dict[int, Any], history: list[Any]
         g = r.gate_result
         decision = lpb.GateDecision.Name(g.decision).removeprefix("GATE_DECISION_").lower()
         outcome = lpb.PromotionOutcome.Name(r.promotion.outcome).removeprefix("PROMOTION_OUTCOME_").lower()
+        reason = g.reason.replace("|", "/")
+        verdict = reason if reason.startswith(decision) else f"{decision}: {reason}"
         e = evaluations.get(r.index)
         rates = {m.model: m.pass_rate for m in e.model_metrics} if e is not None else {}
         inc = f"{rates[r.incumbent_model]:.2f}" if r.incumbent_model in rates else ""
         cand = f"{rates[r.candidate_model]:.2f}" if r.candidate_model in rates else ""
         lines.append(
             f"| {r.index} | `{r.loop_id}` | `{r.incumbent_model}` | {r.init_adapter or 'base'} "
-            f"| `{r.candidate_model}` | {len(r.run_ids)} | {inc} | {cand} | {decision}: {g.reason.replace('|', '/')} "
+            f"| `{r.candidate_model}` | {len(r.run_ids)} | {inc} | {cand} | {verdict} "
             f"| {outcome if outcome != 'unspecified' else '-'} |"
         )
     lines += ["", alias_history_markdown(parent.alias, history)]
