@@ -11,7 +11,8 @@ capture on) on one filesystem object store, with a tiny random Llama as the base
    rate, so both rounds promote) on the `mini` suite, whose data include that captured traffic.
    Round 2 must start from round 1's adapter (continued training), build its dataset from round
    1's rollouts as well as its own and the captured calls, and each promotion must move the alias:
-   a request to it is then answered by the new adapter's digest.
+   a request to it is then answered by the new adapter's digest. Round 2's initial weights are
+   checked to be exactly round 1's adapter, with the trainer's own set-up run in this process.
 3. A canary of round 1's adapter on the alias; the orchestrator is SIGKILLed while it runs; callers
    report the candidate's answers as failures and the incumbent's as successes; the restarted
    controller rolls the candidate back by itself, once, and the alias still serves round 2's
@@ -46,6 +47,7 @@ from flywheel_cli.stack import Stack
 from flywheel_common.events import NatsSettings
 from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
 from flywheel_testing.stack import address, agent_base_model, running_stack
+from flywheel_testing.trainer import assert_starts_from
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "services" / "orchestrator" / "tests" / "fixtures" / "mini"
@@ -146,7 +148,9 @@ def two_rounds() -> lpb.Loop:
     )
 
 
-async def test_two_rounds_move_the_alias_and_a_canary_rolls_back_by_itself(stack: Stack) -> None:
+async def test_two_rounds_move_the_alias_and_a_canary_rolls_back_by_itself(
+    stack: Stack, tmp_path: Path
+) -> None:
     gw = Gateway(stack)
     orch = address(stack, "orchestrator")
     try:
@@ -184,7 +188,7 @@ async def test_two_rounds_move_the_alias_and_a_canary_rolls_back_by_itself(stack
             async for update in o.WatchLoop(opb.WatchLoopRequest(loop_id=parent.id), timeout=900):
                 final = update.loop
             assert final is not None and final.state == common_pb2.JOB_STATE_SUCCEEDED, final
-            await check_rounds(stack, o, final, {t.id for t in captured})
+            await check_rounds(stack, o, final, {t.id for t in captured}, tmp_path)
 
             alias = (await o.GetAlias(apb.GetAliasRequest(name=ALIAS))).alias
             assert [(r.revision, r.target.model) for r in reversed(alias.history)] == [
@@ -274,7 +278,11 @@ async def captured_calls(stack: Stack) -> list[tpb.Trajectory]:
 
 
 async def check_rounds(
-    stack: Stack, o: orchestrator_pb2_grpc.OrchestratorServiceStub, parent: lpb.Loop, captured: set[str]
+    stack: Stack,
+    o: orchestrator_pb2_grpc.OrchestratorServiceStub,
+    parent: lpb.Loop,
+    captured: set[str],
+    work: Path,
 ) -> None:
     assert [s.stage for s in parent.stages] == [lpb.LOOP_STAGE_ROUND, lpb.LOOP_STAGE_ROUND]
     r1, r2 = parent.round_results
@@ -292,6 +300,8 @@ async def check_rounds(
     assert r1_runs and set(r1_runs) <= set(r2.run_ids) and len(r2.run_ids) > len(r1_runs)
     assert parent.report.key and parent.candidate_model == "ft/e2e-v2"
 
+    objects_root = stack.state_dir / "objects"
+    objects = open_object_store(ObjectStoreSettings(backend="fs", root=objects_root))
     async with (
         grpc.aio.insecure_channel(address(stack, "trainer-svc")) as tch,
         grpc.aio.insecure_channel(address(stack, "dataset-svc")) as dch,
@@ -303,6 +313,15 @@ async def check_rounds(
         assert [j.init_adapter for j in jobs] == ["e2e/v1"]
         adapter = (await tr.GetAdapter(trpb.GetAdapterRequest(name="e2e", version=2))).adapter
         assert adapter.init_adapter == "e2e/v1"
+        # ... and its initial weights are exactly round 1's adapter (the trainer's own set-up, here)
+        v1 = (await tr.GetAdapter(trpb.GetAdapterRequest(name="e2e", version=1))).adapter
+        objects_env = {"FLYWHEEL_OBJECT_STORE_BACKEND": "fs", "FLYWHEEL_OBJECT_STORE_ROOT": str(objects_root)}
+        v1_dir = work / "v1"
+        v1_dir.mkdir()
+        (v1_dir / "adapter_model.safetensors").write_bytes(
+            objects.get_bytes(f"{v1.object_prefix}adapter_model.safetensors")
+        )
+        await asyncio.to_thread(assert_starts_from, objects_env, jobs[0], v1_dir, work / "setup")
         # round 2's dataset was built from round 1's trajectories, its own and the captured calls
         ds = dataset_pb2_grpc.DatasetServiceStub(dch)
         build = (await ds.ListDatasetBuilds(dpb.ListDatasetBuildsRequest(loop_id=r2.loop_id))).builds[0]
@@ -315,7 +334,6 @@ async def check_rounds(
             )
         ).trajectories
         dataset = (await ds.GetDataset(dpb.GetDatasetRequest(dataset_id=build.dataset_id))).dataset
-        objects = open_object_store(ObjectStoreSettings(backend="fs", root=stack.state_dir / "objects"))
         read = set(objects.get_bytes(dataset.trajectory_ids.key).decode().split())
         assert {t.id for t in r1_trajs} <= read, "round 1's trajectories were not read for round 2's dataset"
         assert captured <= read, "the captured calls were not read for round 2's dataset"

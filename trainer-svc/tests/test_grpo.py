@@ -9,7 +9,6 @@ production, and scored by a rule (the rewarded first token) standing in for the 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,12 @@ from typing import Any
 import grpc
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from flywheel.trainer.v1 import trainer_pb2 as S
 from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel_common.objectstore import ObjectStore
 from flywheel_testing.services import boot_service
-from flywheel_testing.trainer import sft_job, wait_for
+from flywheel_testing.trainer import assert_starts_from, sft_job, wait_for
 from flywheel_trainer import catalog
 from flywheel_trainer.service import build_app
 from flywheel_trainer.settings import TrainerSettings
@@ -380,7 +378,7 @@ async def test_grpo_learns_continues_adapters_and_refuses_stale_rollouts(
         assert v3.init_adapter == "policy/v2" and v3.method == S.FINE_TUNE_METHOD_SFT
 
     # The continued job's initial weights are v1's, exactly: the recipe's setup, in this process.
-    _assert_starts_from(trainer_env, job2, v1_dir, tmp_path / "setup")
+    assert_starts_from(trainer_env, job2, v1_dir, tmp_path / "setup")
 
 
 def _register_copy(store: ObjectStore, source: Path, folder: Path, name: str) -> None:
@@ -388,48 +386,3 @@ def _register_copy(store: ObjectStore, source: Path, folder: Path, name: str) ->
     for f in source.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     catalog.register_base_model(store, folder, name, "a second base model")
-
-
-def _assert_starts_from(env: dict[str, str], job: S.FineTuneJob, adapter_dir: Path, work: Path) -> None:
-    import threading
-
-    from flywheel_trainer import hparams, recipe
-    from flywheel_trainer.jobs import METHOD_NAMES, _init_prefix
-    from flywheel_trainer.protocol import Spec
-
-    work.mkdir()
-    spec = Spec(
-        job_id="ftj-setup",
-        base_model=job.base_model,
-        dataset_id=job.dataset_id,
-        method=METHOD_NAMES[job.method],
-        hyperparameters=hparams.worker_hparams(job.hyperparameters),
-        cache_dir=str(work / "cache"),
-        logging_steps=1,
-        init_adapter=job.init_adapter,
-        init_adapter_prefix=_init_prefix(job.init_adapter),
-    )
-    (work / "spec.json").write_text(spec.model_dump_json())
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("FLYWHEEL_OBJECT_STORE_")})
-    try:
-        setup = recipe.Recipe(work, threading.Event(), lambda record: None)
-        assert setup.setup() is None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    published = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    state = {k: v for k, v in setup.trainer.model.state_dict().items() if ".default." in k or "lora_" in k}
-    compared = 0
-    for key, value in published.items():
-        # PEFT stores "…lora_A.weight"; the live model names it "…lora_A.default.weight".
-        live = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
-            ".lora_B.weight", ".lora_B.default.weight"
-        )
-        assert live in state, (key, sorted(state)[:4])
-        torch.testing.assert_close(state[live], value, rtol=0, atol=0)
-        compared += 1
-    assert compared > 0 and any(v.abs().sum() > 0 for k, v in published.items() if "lora_B" in k)

@@ -131,3 +131,56 @@ async def wait_for(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting on {job_id}: {job}")
         await asyncio.sleep(0.2)
+
+
+def assert_starts_from(
+    env: dict[str, str], job: trainer_pb2.FineTuneJob, adapter_dir: Path, work: Path
+) -> None:
+    """The trainer's recipe set up in this process for ``job`` starts from exactly the LoRA weights
+    in ``adapter_dir`` (continued training, ``init_adapter``)."""
+    import os
+    import threading
+
+    import torch
+    from safetensors.torch import load_file
+
+    from flywheel_trainer import hparams, recipe
+    from flywheel_trainer.jobs import METHOD_NAMES, _init_prefix
+    from flywheel_trainer.protocol import Spec
+
+    work.mkdir()
+    spec = Spec(
+        job_id="ftj-setup",
+        base_model=job.base_model,
+        dataset_id=job.dataset_id,
+        method=METHOD_NAMES[job.method],
+        hyperparameters=hparams.worker_hparams(job.hyperparameters),
+        cache_dir=str(work / "cache"),
+        logging_steps=1,
+        init_adapter=job.init_adapter,
+        init_adapter_prefix=_init_prefix(job.init_adapter),
+    )
+    (work / "spec.json").write_text(spec.model_dump_json())
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("FLYWHEEL_OBJECT_STORE_")})
+    try:
+        setup = recipe.Recipe(work, threading.Event(), lambda record: None)
+        assert setup.setup() is None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    published = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    state = {k: v for k, v in setup.trainer.model.state_dict().items() if ".default." in k or "lora_" in k}
+    compared = 0
+    for key, value in published.items():
+        # PEFT stores "…lora_A.weight"; the live model names it "…lora_A.default.weight".
+        live = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+            ".lora_B.weight", ".lora_B.default.weight"
+        )
+        assert live in state, (key, sorted(state)[:4])
+        torch.testing.assert_close(state[live], value, rtol=0, atol=0)
+        compared += 1
+    assert compared > 0 and any(v.abs().sum() > 0 for k, v in published.items() if "lora_B" in k)
