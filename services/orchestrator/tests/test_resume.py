@@ -71,3 +71,44 @@ async def test_terminal_runs_survive_a_restart(backends: Backends, service_env: 
         # cancelling a finished run changes nothing
         after = (await h2.stub.CancelRun(opb.CancelRunRequest(run_id=created.id))).run
         assert after.state == common_pb2.JOB_STATE_SUCCEEDED
+
+
+async def test_an_episode_an_earlier_process_stored_is_kept_not_failed(
+    backends: Backends, service_env: dict[str, str]
+) -> None:
+    """A crash while an episode's trajectory was on its way to the store: the restarted run does not
+    see it yet, plays the episode again and meets the stored one under the same id. The run goes on
+    and counts the record that was stored first (the episode exists once)."""
+    import grpc
+
+    from flywheel.trajectory.v1 import trajectory_pb2_grpc
+    from flywheel_orchestrator.runs import trajectory_id
+
+    run = run_pb2.Run(
+        suite="mini", model="scripted", split=common_pb2.TASK_SPLIT_TRAIN, rollouts_per_task=4, concurrency=2
+    )
+    async with orchestrator(backends, service_env, slow) as h:
+        created = (await h.stub.CreateRun(opb.CreateRunRequest(run=run))).run
+        late = trajectory_id(created.id, "double", 3)  # the last episode to start (2 at a time)
+        earlier = tpb.Trajectory(
+            id=late,
+            run_id=created.id,
+            attempt=3,
+            task=tpb.TaskRef(suite="mini", task_id="double", split=common_pb2.TASK_SPLIT_TRAIN),
+            teacher_kind=tpb.TEACHER_KIND_MODEL,
+            policy=tpb.Policy(model="scripted"),
+            labels={"written_by": "the-earlier-process"},
+            outcome=tpb.Outcome(resolved=True),
+        )
+        async with grpc.aio.insecure_channel(backends.trajectory) as ch:
+            await trajectory_pb2_grpc.TrajectoryServiceStub(ch).PutTrajectory(
+                tpb.PutTrajectoryRequest(trajectory=earlier)
+            )
+        final = None
+        async for update in h.stub.WatchRun(opb.WatchRunRequest(run_id=created.id), timeout=120):
+            if update.WhichOneof("update") == "run":
+                final = update.run
+    assert final is not None and final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
+    assert final.counters.episodes_finished == 8
+    kept = {t.id: t for t in await stored(backends, created.id)}
+    assert len(kept) == 8 and kept[late].labels["written_by"] == "the-earlier-process"

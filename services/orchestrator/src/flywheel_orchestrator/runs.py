@@ -434,8 +434,7 @@ class RunManager:
                 pinned=run.adapter if run.HasField("adapter") else None,
             )
         episode = Episode(spec, policy, self.sandbox)
-        traj = await episode.run()
-        await self._put(traj)
+        traj = await self._put(await episode.run())
         result = episode_result(traj)
         state.results.append(result)
         state.times.append(episode.times)
@@ -446,15 +445,29 @@ class RunManager:
         for listener in self.listeners:
             listener(run, result)
 
-    async def _put(self, traj: tpb.Trajectory) -> None:
+    async def _put(self, traj: tpb.Trajectory) -> tpb.Trajectory:
+        """Store the episode; returns the trajectory on record for its id.
+
+        That is ``traj``, except when an earlier process already stored this episode under the same
+        id: a crash while its put was in flight, so the restarted run did not see it and played the
+        episode again. The first record stands (the episode is done once, never twice) and is what
+        the run counts."""
         delay = 0.2
         for attempt in range(6):
             try:
                 await self.trajectories.PutTrajectory(
                     tpb.PutTrajectoryRequest(trajectory=traj), timeout=self.settings.trajectory_timeout_s
                 )
-                return
+                return traj
             except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    stored = await self.trajectories.GetTrajectory(
+                        tpb.GetTrajectoryRequest(trajectory_id=traj.id),
+                        timeout=self.settings.trajectory_timeout_s,
+                    )
+                    log.info("trajectory %s was stored by an earlier attempt; that record stands", traj.id)
+                    first: tpb.Trajectory = stored.trajectory
+                    return first
                 if (
                     err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
                     and attempt < 5
@@ -468,3 +481,4 @@ class RunManager:
                     if err.code() == grpc.StatusCode.UNAVAILABLE
                     else grpc.StatusCode.INTERNAL,
                 ) from None
+        raise AssertionError("unreachable: the last attempt returns or raises")

@@ -175,12 +175,12 @@ def assert_starts_from(
     published = load_file(str(adapter_dir / "adapter_model.safetensors"))
     state = {k: v for k, v in setup.trainer.model.state_dict().items() if ".default." in k or "lora_" in k}
     compared = 0
-    for key, value in published.items():
+    for key, weights in published.items():
         # PEFT stores "…lora_A.weight"; the live model names it "…lora_A.default.weight".
         live = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
             ".lora_B.weight", ".lora_B.default.weight"
         )
         assert live in state, (key, sorted(state)[:4])
-        torch.testing.assert_close(state[live], value, rtol=0, atol=0)
+        torch.testing.assert_close(state[live], weights, rtol=0, atol=0)
         compared += 1
     assert compared > 0 and any(v.abs().sum() > 0 for k, v in published.items() if "lora_B" in k)
