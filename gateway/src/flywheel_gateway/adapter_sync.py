@@ -68,7 +68,7 @@ from flywheel.common.v1.common_pb2 import Error
 from flywheel.events.v1 import events_pb2
 from flywheel.events.v1.events_pb2 import AdapterLoaded, AdapterLoadFailed, AdapterPublished, EventMeta
 from flywheel_common.adapter_digest import DigestError, folder_digest, is_digest, objects_digest
-from flywheel_common.events import Event, EventBus, NatsSettings
+from flywheel_common.events import Event, EventBus, NatsSettings, raise_if_cancelling
 from flywheel_common.objectstore import (
     ObjectNotFoundError,
     ObjectStore,
@@ -814,6 +814,7 @@ async def run_adapter_sync(
         )
         log.info("adapter sync consuming %s for %s", PUBLISHED, ", ".join(settings.replicas))
         while stop is None or not stop.done():
+            raise_if_cancelling()  # a cancel lost in a NATS request must not start a long sleep
             wait = settings.reconcile_interval_s or 3600.0
             if stop is not None:
                 with contextlib.suppress(TimeoutError):

@@ -445,3 +445,23 @@ def test_server_that_exits_reports_its_log(tmp_path: Path) -> None:
 def test_binary_is_found_in_the_environment() -> None:
     binary = find_nats_server_binary()
     assert binary.name == "nats-server" and os.access(binary, os.X_OK)
+
+
+async def test_raise_if_cancelling_stops_a_task_whose_cancel_was_lost() -> None:
+    """Python 3.11's wait_for can return a result instead of raising a cancel that arrived at the
+    same moment; the task still knows it was asked to stop, and must not carry on."""
+    from flywheel_common.events import raise_if_cancelling
+
+    async def body() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # from the outside, a lost cancel looks like this: the await just returned
+        raise_if_cancelling()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)

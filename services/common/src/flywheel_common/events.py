@@ -167,6 +167,18 @@ class EventTypeError(ValueError):
 _BAD_TOKEN_CHARS = re.compile(r"[\s*>]")
 
 
+def raise_if_cancelling() -> None:
+    """Raise CancelledError when the current task has been asked to stop.
+
+    Python 3.11's ``asyncio.wait_for`` loses a cancel that arrives just as the awaited future
+    completes (it returns the result; fixed in 3.12, python/cpython#86296), and nats-py's requests
+    go through it. A task cancelled at that moment would carry on — into an hour's sleep, say —
+    although ``task.cancelling()`` says it should stop; call this after such awaits."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _check_subject(subject: object, *, allow_wildcards: bool, what: str = "subject") -> str:
     """Validate a ``flywheel.<area>.<event>`` subject and return it; ValueError says what is wrong."""
     if not isinstance(subject, str):
@@ -643,6 +655,7 @@ class EventBus:
         )
         self._subscriptions.add(sub)
         logger.info("consumer %s subscribed to %s on stream %s", durable, subject_filter, stream)
+        raise_if_cancelling()  # a cancel lost in the requests above (see its docstring)
         return sub
 
     # ------------------------------------------------------------------ close
