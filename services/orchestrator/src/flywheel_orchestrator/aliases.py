@@ -269,7 +269,7 @@ class AliasManager:
             )
         return target
 
-    async def _check_free(self, name: str) -> None:
+    async def check_free(self, name: str) -> None:
         """A name the gateway serves as a model of its own cannot become an alias."""
         entry = await self.models._entry(name)
         if entry and not entry.get("flywheel_alias"):
@@ -333,7 +333,7 @@ class AliasManager:
         name = self._name(request.name)
         if request.HasField("canary"):
             validate_policy(request.canary, "canary")
-        await self._check_free(name)
+        await self.check_free(name)
         target = await self.resolve_target(request.target.model)
         actor = request.actor or "api"
 

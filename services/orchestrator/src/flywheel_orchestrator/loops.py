@@ -429,6 +429,11 @@ class LoopManager:
         clean.CopyFrom(loop)
         for name in OUTPUT_ONLY:
             clean.ClearField(name)
+        if clean.alias:  # found now, not when the loop has trained and wants to promote
+            try:
+                await self.aliases.check_free(clean.alias)
+            except InvalidArgument as err:
+                raise InvalidArgument("loop.alias", str(err).removeprefix("name: ")) from None
         return await self._create(clean, request_id)
 
     async def _create(self, clean: lpb.Loop, request_id: str) -> lpb.Loop:
