@@ -48,7 +48,7 @@ from flywheel.events.v1.events_pb2 import AliasChanged
 from flywheel.orchestrator.v1 import alias_pb2 as apb
 from flywheel_common import aliases as table
 from flywheel_common.objectstore import ObjectStore, ObjectStoreSettings, open_object_store
-from flywheel_gateway.asgi import Message, Receive, Send, openai_error, respond
+from flywheel_gateway.asgi import Message, Receive, Send, openai_error, read_body, respond
 from flywheel_gateway.settings import GatewaySettings
 
 log = logging.getLogger("flywheel.gateway.aliases")
@@ -407,27 +407,11 @@ class AliasService:
 
     async def handle_feedback(self, receive: Receive, send: Send) -> None:
         """``POST /v1/feedback``."""
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_FEEDBACK_BYTES:
-                await respond(
-                    send,
-                    413,
-                    openai_error(
-                        413, f"feedback body larger than {MAX_FEEDBACK_BYTES} bytes", "invalid_request_error"
-                    ),
-                )
-                return
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive, send, MAX_FEEDBACK_BYTES, "feedback body")
+        if raw is None:
+            return
         try:
-            answer = await self.feedback(b"".join(chunks))
+            answer = await self.feedback(raw)
         except FeedbackError as err:
             await respond(
                 send, 400, openai_error(400, str(err), "invalid_request_error", "invalid_value", err.param)

@@ -38,7 +38,7 @@ import aiohttp
 import orjson
 
 from flywheel_gateway.aliases import AliasResponse, AliasService, Resolution, ShadowSink
-from flywheel_gateway.asgi import ASGIApp, Message, Receive, Scope, Send, openai_error, respond
+from flywheel_gateway.asgi import ASGIApp, Message, Receive, Scope, Send, openai_error, read_body, respond
 from flywheel_gateway.fast_path import CallbackLogger, FastPath
 from flywheel_gateway.settings import GatewaySettings
 
@@ -249,27 +249,9 @@ class GatewayApp:
         await respond(send, 200, orjson.dumps(listing))
 
     async def model_request(self, scope: Scope, receive: Receive, send: Send, master: bool) -> None:
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                await respond(
-                    send,
-                    413,
-                    openai_error(
-                        413, f"request body larger than {MAX_BODY_BYTES} bytes", "invalid_request_error"
-                    ),
-                )
-                return
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        raw = b"".join(chunks)
+        raw = await read_body(receive, send, MAX_BODY_BYTES, "request body")
+        if raw is None:
+            return
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as err:

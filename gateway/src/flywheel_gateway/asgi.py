@@ -29,3 +29,23 @@ async def respond(send: Send, status: int, body: bytes, content_type: bytes = b"
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Receive, send: Send, limit: int, what: str) -> bytes | None:
+    """The whole request body; None when the client left or the body passed ``limit`` bytes (then
+    a 413 naming ``what`` has been sent)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            await respond(
+                send, 413, openai_error(413, f"{what} larger than {limit} bytes", "invalid_request_error")
+            )
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
