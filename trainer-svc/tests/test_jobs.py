@@ -332,3 +332,17 @@ async def test_resume_after_restart_equals_uninterrupted(
     for key in weights[0]:
         # Same optimizer, scheduler, RNG and data order: bit-identical on CPU.
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+async def test_a_context_too_short_for_any_example_fails_with_the_reason(
+    trainer_env: dict[str, str], channel_to: Callable
+) -> None:
+    """Rows whose completions all start past max_seq_length leave TRL nothing to train on; the job
+    fails FAILED_PRECONDITION naming the length and the fix, not TRL's "num_samples=0"."""
+    async with boot_service(build_app, TrainerSettings, trainer_env) as address:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel_to(address))
+        job = await _create(stub, sft_job(max_seq_length=4))
+        final = await wait_for(stub, job.id, lambda j: j.state in DONE)
+        assert final.state == 4, final
+        assert final.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0], final.error
+        assert "max_seq_length 4" in final.error.message and "num_samples" not in final.error.message

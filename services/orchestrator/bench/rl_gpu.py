@@ -161,10 +161,11 @@ def make_loop(a: argparse.Namespace) -> Any:
             samples_per_task=a.samples,
             eval_every=a.eval_every,
             sft_warm_start=True,
+            temperature=a.temperature,
             sft_hyperparameters=trpb.Hyperparameters(
                 epochs=a.sft_epochs,
-                learning_rate=2e-4,
-                batch_size=8,
+                learning_rate=a.sft_lr,
+                batch_size=a.sft_batch,
                 max_seq_length=a.max_seq_length,
                 lora=trpb.LoraConfig(rank=16, alpha=32),
             ),
@@ -334,11 +335,28 @@ def watch(a: argparse.Namespace) -> None:
                               "episodes": m.episodes} for m in e.model_metrics
                 }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_samples(state, out / "samples.txt")
     for name in ("loop.md", "rl.png"):
         path = state / "objects" / "reports" / loop.id / name
         if path.exists():
             (out / name).write_bytes(path.read_bytes())
     print(json.dumps(summary, indent=1)[:6000])
+
+
+def write_samples(state: Path, path: Path, per_file: int = 3, limit: int = 24) -> None:
+    """The newest trajectories' assistant turns and feedback, to read what the policy wrote."""
+    from flywheel.trajectory.v1 import trajectory_pb2
+
+    files = sorted((state / "objects" / "trajectories").glob("*.pb"), key=lambda f: f.stat().st_mtime)[
+        -limit:
+    ]
+    lines: list[str] = []
+    for f in files:
+        t = trajectory_pb2.Trajectory.FromString(f.read_bytes())
+        lines.append(f"=== {f.name} task {t.task.task_id} policy {t.policy.model}")
+        for step in list(t.steps)[2 : 2 + 2 * per_file]:
+            lines.append(f"--- {trajectory_pb2.Role.Name(step.role)}: {step.content[:600]!r}")
+    path.write_text("\n".join(lines))
 
 
 def stop(a: argparse.Namespace) -> None:
@@ -372,6 +390,9 @@ def main() -> None:
     s.add_argument("--lr", type=float, default=1e-5)
     s.add_argument("--kl-beta", type=float, default=0.0)
     s.add_argument("--sft-epochs", type=float, default=3.0)
+    s.add_argument("--sft-lr", type=float, default=2e-4)
+    s.add_argument("--sft-batch", type=int, default=8)
+    s.add_argument("--temperature", type=float, default=1.0, help="Rollout sampling temperature.")
     s.add_argument("--device", default="cuda", help="Model server device (cpu for a smoke test here).")
     s.add_argument("--max-seq-length", type=int, default=2048)
     s.add_argument("--unsafe-sandbox", choices=["auto", "yes", "no"], default="auto")

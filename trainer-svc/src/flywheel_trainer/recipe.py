@@ -182,6 +182,16 @@ class Recipe:
             callbacks=[_reporter(self)],
             **kwargs,
         )
+        left = self.trainer.train_dataset
+        if left is not None and len(left) == 0:
+            # TRL drops examples whose loss positions all fall past max_length; left alone, its
+            # sampler then fails with "num_samples=0", which names neither cause nor fix.
+            return Failure.of(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"dataset {spec.dataset_id}: no training example is left after tokenising and "
+                f"cutting to max_seq_length {hp.max_seq_length} ({len(train_ds)} rows in the "
+                "dataset; their completions start past that length): raise max_seq_length",
+            )
         if cuda:
             fused = fuse_lora(self.trainer.model)
             attn = model_kwargs.get("attn_implementation", "default")
