@@ -34,7 +34,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
-from flywheel_cli import rpc
+from flywheel_cli import demo_plan, rpc
 from flywheel_cli.evals import delta_table, model_table
 from flywheel_cli.loops import Follower, stage_name, stage_seconds, state_name
 from flywheel_cli.render import console
@@ -93,7 +93,10 @@ def demo_loop(args: dict[str, Any]) -> lpb.Loop:
         labels={"source": "flywheel-demo"},
         rounds=args["rounds"],
     )
-    if not args["all_tasks"]:
+    if args.get("train_task_ids") is not None:  # the plan's (or the user's) sizes
+        loop.train_task_ids.extend(args["train_task_ids"])
+        loop.test_task_ids.extend(args["test_task_ids"])
+    elif not args["all_tasks"]:
         loop.train_task_ids.extend(DEMO_TRAIN_TASKS)
         loop.test_task_ids.extend(DEMO_TEST_TASKS)
     return loop
@@ -220,6 +223,7 @@ def write_report(
     out_dir: Path,
     timings: dict[str, float],
     parent: lpb.Loop | None = None,
+    the_plan: demo_plan.Plan | None = None,
 ) -> Path:
     """REPORT.md plus the charts, in ``out_dir``; returns the Markdown file. With ``parent`` (a
     loop of several rounds), ``loop`` is its last round and the rounds' report comes first."""
@@ -257,6 +261,21 @@ def write_report(
     ]
     for name, secs in timings.items():
         lines.append(f"| {name} | {secs:.0f} |")
+    if the_plan is not None:
+        lines += ["", "## Plan (sized to the time budget)", "", "```", *demo_plan.plan_lines(the_plan), "```"]
+        actual: dict[int, float] = {
+            s.stage: s.end_time.ToSeconds() - s.start_time.ToSeconds()
+            for s in loop.stages
+            if s.end_time.seconds
+        }
+        lines += ["", "| stage | estimated s | actual s |", "|---|---:|---:|"]
+        lines += [
+            f"| {demo_plan.STAGE_LABELS[k]} | {v:.0f} | {actual[k]:.0f} |" if k in actual
+            else f"| {demo_plan.STAGE_LABELS[k]} | {v:.0f} | - |"
+            for k, v in the_plan.stages.items()
+        ]  # fmt: skip
+        if the_plan.reduced:
+            lines += ["", "Reduced to fit: " + "; ".join(the_plan.reduced) + "."]
     for s in loop.stages:
         lines.append(f"| {stage_name(s.stage)} | {stage_seconds(s.start_time, s.end_time):.0f} |")
     lines.append(
@@ -319,6 +338,68 @@ def write_report(
     return path
 
 
+def size_demo(
+    ctx: click.Context,
+    stack: Stack,
+    addresses: dict[str, str],
+    args: dict[str, Any],
+    started: float,
+    timings: dict[str, float],
+) -> demo_plan.Plan | None:
+    """Calibrate, plan and print the plan; sets the planned sizes into ``args``. None without a
+    budget (``--time-budget 0``) or with ``--all-tasks``: the sizes are then used as given."""
+    train = list(DEMO_TRAIN_TASKS[: args["train_tasks"]] if args["train_tasks"] else DEMO_TRAIN_TASKS)
+    test = list(DEMO_TEST_TASKS[: args["test_tasks"]] if args["test_tasks"] else DEMO_TEST_TASKS)
+    args["train_task_ids"], args["test_task_ids"] = (None, None) if args["all_tasks"] else (train, test)
+    if not args["time_budget"] or args["all_tasks"] or args["suite"] != "repo-bugs":
+        return None
+    explicit = {
+        name
+        for name in ("train_tasks", "test_tasks", "max_iterations", "epochs", "max_completion_tokens")
+        if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+    }
+    from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
+    from flywheel_trainer.catalog import fetch_base_model
+
+    t = time.monotonic()
+    with console.status("calibrating: one LoRA step and one generation on this machine…"):
+        env = stack.object_store_env()
+        local = Path(env.get("FLYWHEEL_OBJECT_STORE_ROOT", "")) / "base-models" / args["base_model"]
+        if not (local / "config.json").exists():
+            # The stack's filesystem store, or the S3 store the environment configures.
+            settings = (
+                ObjectStoreSettings(backend="fs", root=local.parents[1]) if env else ObjectStoreSettings()
+            )
+            store = open_object_store(settings)
+            local = fetch_base_model(store, args["base_model"], stack.state_dir / "calibration-cache")
+        cal = demo_plan.calibrate(
+            local,
+            f"http://{addresses['gateway']}/v1",
+            stack.gateway_key(),
+            args["base_model"],
+            demo_plan.calibration_prompt([Path(demo_plan.__file__).read_text()]),
+        )
+    timings["calibration"] = time.monotonic() - t
+    console.print(f"calibration: {cal.describe()}")
+    sizes = demo_plan.Sizes(train, test, args["epochs"], args["max_iterations"], args["max_completion_tokens"],
+                            fixed=explicit)  # fmt: skip
+    left = args["time_budget"] * 60 - (time.monotonic() - started)
+    the_plan = demo_plan.plan(sizes, cal, left)
+    console.print(f"plan for a {args['time_budget']:g}-minute budget:")
+    for line in demo_plan.plan_lines(the_plan):
+        console.print(f"  {line}", highlight=False)
+    if the_plan.reduced:
+        console.print("  reduced to fit: " + "; ".join(the_plan.reduced), highlight=False)
+    if not the_plan.fits:
+        console.print(
+            f"[yellow]the smallest demo does not fit: expect about {the_plan.total_s / 60:.0f} min for the loop "
+            f"({the_plan.budget_s / 60:.1f} min were left); --time-budget sets what you accept[/]"
+        )
+    args["train_task_ids"], args["test_task_ids"] = the_plan.sizes.train_tasks, the_plan.sizes.test_tasks
+    args["max_iterations"] = the_plan.sizes.max_iterations
+    return the_plan
+
+
 @click.command()
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("~/.flywheel/demo"),
               show_default=True, help="Where the demo's stack keeps its data (reused by later runs).")  # fmt: skip
@@ -359,8 +440,23 @@ def write_report(
     help="Rounds of the loop: each starts from the adapter the last one promoted into the alias "
     "agent/<adapter-name>, on its data plus new rollouts (each round takes about as long as the first).",
 )
+@click.option(
+    "--time-budget",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Minutes the whole demo may take (install excluded): a calibration on this machine sizes the "
+    "tasks and turns to fit, and the plan says what was reduced. 0 = no sizing (the sizes as given).",
+)
+@click.option("--train-tasks", type=click.IntRange(1), default=None, help="Use the first N demo train tasks "
+              "(fixed: the time budget does not change it).")  # fmt: skip
+@click.option("--test-tasks", type=click.IntRange(1), default=None, help="Use the first N demo held-out tasks "
+              "(fixed: the time budget does not change it).")  # fmt: skip
 @click.option("--keep-running", is_flag=True, help="Leave the stack running at the end (Ctrl-C to stop).")
-def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, **args: Any) -> None:
+@click.pass_context
+def demo(
+    ctx: click.Context, state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, **args: Any
+) -> None:
     """Run one improvement loop on this machine, end to end, and write a report."""
     args["base_model"] = base_model
     started = time.monotonic()
@@ -386,6 +482,9 @@ def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, *
             t = time.monotonic()
             ensure_base_model(stack, follower, base_model, gguf)
             timings["base model import"] = time.monotonic() - t
+            the_plan = size_demo(ctx, stack, addresses, args, started, timings)
+            if the_plan is not None:
+                follower.caption = demo_plan.Eta(the_plan).caption
             loop = demo_loop(args)
             orch = addresses["orchestrator"]
             console.print("starting the loop:")
@@ -407,7 +506,7 @@ def demo(state_dir: Path, report_dir: Path, base_model: str, gguf: str | None, *
                         opb.GetLoopRequest(loop_id=final.round_results[-1].loop_id), timeout=30
                     ).loop,
                 )
-            report = write_report(stack, follower, final, report_dir.resolve(), timings, parent)
+            report = write_report(stack, follower, final, report_dir.resolve(), timings, parent, the_plan)
             e_id = next(
                 (
                     a.id

@@ -176,6 +176,8 @@ class Follower:
         self.detail: dict[int, str] = {}
         self.announced: set[int] = set()
         self.settled: set[int] = set()  #: finished stages whose detail was read after their end
+        #: A line under the table while the loop runs (the demo's time left), if set.
+        self.caption: Callable[[lpb.Loop], str] | None = None
 
     def close(self) -> None:
         self._channels.close()
@@ -238,6 +240,9 @@ class Follower:
             for index in range(len(table.rows) + 1, max(loop.rounds, 1) + 1):
                 table.add_row(f"round {index}", idle, "", "")
             return table
+        if self.caption is not None and loop.state not in TERMINAL:
+            with contextlib.suppress(Exception):  # a caption never breaks the live view
+                table.caption = self.caption(loop)
         reached: dict[int, lpb.LoopStageStatus] = {s.stage: s for s in loop.stages}
         for stage in range(lpb.LOOP_STAGE_ROLLOUTS, lpb.LOOP_STAGE_PROMOTION + 1):
             s = reached.get(stage)

@@ -1,0 +1,285 @@
+"""Sizing the demo to a time budget: calibrate this machine, plan the loop, estimate each stage.
+
+The demo's two slow stages scale with numbers we choose: the fine-tune with the number of
+training examples (train tasks x examples per reference episode x epochs) times the cost of a
+LoRA step, and the evaluation with the number of held-out episodes times the cost of generating
+their turns. Before the loop starts, :func:`calibrate` measures the two unit costs on this
+machine as it is now (one LoRA step of the real base model on a demo-shaped row, in the dtype the
+trainer will use; one short generation through the gateway), and :func:`plan` picks the largest
+demo that fits what is left of ``--time-budget``, reducing in this order: train tasks (down to
+:data:`MIN_TRAIN_TASKS`), agent turns per evaluation episode (down to :data:`MIN_TURNS`), held-out
+tasks (down to :data:`MIN_TEST_TASKS`). Completion tokens are never cut: a JSON action cut off
+mid-way is a parse error, which is what the gate measures. A value the user set explicitly is
+never changed. When even the smallest demo does not fit, the plan says so with its estimate.
+
+The model's constants come from measured demo runs on the 2-core development machine
+(2026-12-04/05, README "Latest demo run"): the reference teacher's `repo-bugs` episodes give
+:data:`EXAMPLES_PER_TASK` step_sft examples of about :data:`TOKENS_PER_EXAMPLE` tokens each, and an
+evaluation episode of the base or a freshly tuned 270M model takes about :data:`TURNS_PER_EPISODE`
+turns. :class:`Eta` corrects the later stages by how far the finished ones were off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flywheel.orchestrator.v1 import loop_pb2 as lpb
+
+EXAMPLES_PER_TASK = 4.0  #: step_sft examples per reference episode (64 from 16 repo-bugs tasks)
+TOKENS_PER_EXAMPLE = 600  #: mean tokens of one such example (chat template included)
+BATCH_SIZE = 4  #: the demo's fine-tune batch
+TURNS_PER_EPISODE = 3.0  #: mean model turns of an evaluation episode (the base stops after 2 parse errors)
+ANSWER_FILL = 0.6  #: mean share of max_completion_tokens an answer uses (greedy, stop at a blank line)
+PROMPT_TOKENS_PER_TURN = 1200  #: prompt tokens the model server reads per turn (prefix cache aside)
+FINE_TUNE_OVERHEAD_S = 40.0  #: trainer process start, model load, adapter upload
+FIXED_STAGES_S = 25.0  #: reference rollouts, dataset build, hot-load, gate, report
+MIN_TRAIN_TASKS = 6
+MIN_TEST_TASKS = 4
+MIN_TURNS = 4
+
+
+@dataclass
+class Calibration:
+    """What one unit of work costs on this machine, measured just now."""
+
+    step_s: float  #: one LoRA step of BATCH_SIZE rows of TOKENS_PER_EXAMPLE tokens
+    decode_tokens_per_s: float
+    prefill_tokens_per_s: float
+    dtype: str  #: what the trainer computes in here ("bfloat16 autocast" or "float32")
+    took_s: float = 0.0
+
+    def describe(self) -> str:
+        return (
+            f"LoRA step {self.step_s:.1f} s ({self.dtype}), generation {self.decode_tokens_per_s:.1f} tokens/s, "
+            f"prompt reading {self.prefill_tokens_per_s:.0f} tokens/s (calibration took {self.took_s:.0f} s)"
+        )
+
+
+@dataclass
+class Sizes:
+    """The knobs the plan may turn, and which of them the user fixed."""
+
+    train_tasks: list[str]
+    test_tasks: list[str]
+    epochs: float
+    max_iterations: int
+    max_completion_tokens: int
+    fixed: set[str] = field(default_factory=set)  #: "train_tasks", "test_tasks", "max_iterations", …
+
+
+@dataclass
+class Plan:
+    sizes: Sizes
+    stages: dict[int, float]  #: estimated seconds per loop stage (lpb.LoopStage)
+    reduced: list[str]
+    fits: bool
+    budget_s: float  #: what was left of the budget for the loop
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.stages.values())
+
+
+def fine_tune_steps(train_tasks: int, epochs: float) -> int:
+    examples = EXAMPLES_PER_TASK * train_tasks
+    return max(1, math.ceil(examples * epochs / BATCH_SIZE))
+
+
+def estimate(sizes: Sizes, cal: Calibration) -> dict[int, float]:
+    """Seconds per loop stage for these sizes on the calibrated machine."""
+    steps = fine_tune_steps(len(sizes.train_tasks), sizes.epochs)
+    turns = min(float(sizes.max_iterations), TURNS_PER_EPISODE)
+    turn_s = (
+        sizes.max_completion_tokens * ANSWER_FILL / cal.decode_tokens_per_s
+        + PROMPT_TOKENS_PER_TURN / cal.prefill_tokens_per_s
+    )
+    episodes = 2 * len(sizes.test_tasks)  # base and candidate
+    return {
+        lpb.LOOP_STAGE_ROLLOUTS: 0.2 * len(sizes.train_tasks) + 5.0,
+        lpb.LOOP_STAGE_DATASET: 5.0,
+        lpb.LOOP_STAGE_FINE_TUNE: FINE_TUNE_OVERHEAD_S + steps * cal.step_s,
+        lpb.LOOP_STAGE_HOT_LOAD: 10.0,
+        lpb.LOOP_STAGE_EVALUATION: episodes * turns * turn_s,
+        lpb.LOOP_STAGE_GATE: FIXED_STAGES_S - 20.0,
+    }
+
+
+def plan(sizes: Sizes, cal: Calibration, budget_s: float) -> Plan:
+    """The largest demo (in the reduction order of the module docstring) that fits ``budget_s``."""
+    cur = Sizes(list(sizes.train_tasks), list(sizes.test_tasks), sizes.epochs, sizes.max_iterations,
+                sizes.max_completion_tokens, set(sizes.fixed))  # fmt: skip
+    reduced: list[str] = []
+
+    def total() -> float:
+        return sum(estimate(cur, cal).values())
+
+    if budget_s > 0:
+        if "train_tasks" not in cur.fixed and total() > budget_s:
+            before = len(cur.train_tasks)
+            while len(cur.train_tasks) > MIN_TRAIN_TASKS and total() > budget_s:
+                cur.train_tasks.pop()
+            if len(cur.train_tasks) < before:
+                reduced.append(
+                    f"train tasks {before} → {len(cur.train_tasks)} "
+                    f"({fine_tune_steps(before, cur.epochs)} → {fine_tune_steps(len(cur.train_tasks), cur.epochs)} "
+                    "LoRA steps)"
+                )
+        if "max_iterations" not in cur.fixed and total() > budget_s and cur.max_iterations > MIN_TURNS:
+            reduced.append(f"agent turns per evaluation episode {cur.max_iterations} → {MIN_TURNS}")
+            cur.max_iterations = MIN_TURNS
+        if "test_tasks" not in cur.fixed and total() > budget_s:
+            before = len(cur.test_tasks)
+            while len(cur.test_tasks) > MIN_TEST_TASKS and total() > budget_s:
+                cur.test_tasks.pop()
+            if len(cur.test_tasks) < before:
+                reduced.append(f"held-out tasks {before} → {len(cur.test_tasks)}")
+    stages = estimate(cur, cal)
+    return Plan(
+        cur, stages, reduced, fits=budget_s <= 0 or sum(stages.values()) <= budget_s, budget_s=budget_s
+    )
+
+
+STAGE_LABELS: dict[int, str] = {
+    lpb.LOOP_STAGE_ROLLOUTS: "reference rollouts",
+    lpb.LOOP_STAGE_DATASET: "dataset",
+    lpb.LOOP_STAGE_FINE_TUNE: "fine-tune",
+    lpb.LOOP_STAGE_HOT_LOAD: "hot-load",
+    lpb.LOOP_STAGE_EVALUATION: "evaluation",
+    lpb.LOOP_STAGE_GATE: "gate and report",
+}
+
+
+def plan_lines(p: Plan) -> list[str]:
+    s = p.sizes
+    steps = fine_tune_steps(len(s.train_tasks), s.epochs)
+    lines = [
+        f"{len(s.train_tasks)} train tasks ({steps} LoRA steps, {s.epochs:g} epochs), {len(s.test_tasks)} held-out "
+        f"tasks x 2 models, up to {s.max_iterations} turns of {s.max_completion_tokens} tokens",
+    ]
+    lines += [f"  {STAGE_LABELS[k]:<20} ~{v / 60:4.1f} min" for k, v in p.stages.items()]
+    lines.append(f"  {'total (estimate)':<20} ~{p.total_s / 60:4.1f} min of {p.budget_s / 60:.1f} min left")
+    return lines
+
+
+class Eta:
+    """Minutes left, from the plan's stage estimates corrected by the stages already finished."""
+
+    def __init__(self, p: Plan) -> None:
+        self.plan = p
+
+    def seconds_left(self, loop: lpb.Loop, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        reached: dict[int, lpb.LoopStageStatus] = {s.stage: s for s in loop.stages}
+        est_done = act_done = 0.0
+        for stage, est in self.plan.stages.items():
+            s = reached.get(stage)
+            if s is not None and s.end_time.seconds and est >= 20:
+                est_done += est
+                act_done += s.end_time.ToSeconds() - s.start_time.ToSeconds()
+        ratio = act_done / est_done if est_done else 1.0
+        left = 0.0
+        for stage, est in self.plan.stages.items():
+            s = reached.get(stage)
+            if s is None:
+                left += est * ratio
+            elif not s.end_time.seconds:
+                left += max(est * ratio - (now - s.start_time.ToSeconds()), 0.0)
+        return left
+
+    def caption(self, loop: lpb.Loop) -> str:
+        return f"about {self.seconds_left(loop) / 60:.1f} min left (plan: {self.plan.total_s / 60:.1f} min)"
+
+
+# --- calibration ------------------------------------------------------------------------------
+
+
+def calibrate(base_dir: Path, gateway_url: str, api_key: str, model: str, prompt_text: str) -> Calibration:
+    """Measure one LoRA step here (in-process, the trainer's dtype choice) and the model server's
+    prefill and decode speed through the gateway."""
+    started = time.monotonic()
+    step_s, dtype = measure_step(base_dir)
+    prefill, decode = measure_generation(gateway_url, api_key, model, prompt_text)
+    return Calibration(step_s, decode, prefill, dtype, took_s=time.monotonic() - started)
+
+
+def measure_step(base_dir: Path) -> tuple[float, str]:
+    """Seconds of one demo-shaped LoRA step: a warm-up on a short row, then one row of
+    TOKENS_PER_EXAMPLE tokens timed and scaled by BATCH_SIZE (a step's cost grows with its tokens)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from flywheel_common.hardware import cpu_has_fast_bf16
+
+    bf16 = cpu_has_fast_bf16()
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model: Any = get_peft_model(
+        base,
+        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    vocab = int(model.config.get_text_config().vocab_size)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(tokens: int) -> float:
+        ids = torch.randint(100, vocab - 1, (1, tokens), generator=gen)
+        labels = ids.clone()
+        labels[:, : int(tokens * 0.6)] = -100  # loss on the answer part only, as step_sft does
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return time.perf_counter() - t
+
+    step(64)
+    one = step(TOKENS_PER_EXAMPLE)
+    return one * BATCH_SIZE, "bfloat16 autocast" if bf16 else "float32"
+
+
+def _chat(url: str, key: str, body: dict[str, Any]) -> tuple[float, int]:
+    req = urllib.request.Request(
+        url.rstrip("/") + "/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    t = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        answer = json.loads(resp.read())
+    return time.perf_counter() - t, int(answer.get("usage", {}).get("completion_tokens") or 0)
+
+
+def measure_generation(url: str, key: str, model: str, prompt_text: str) -> tuple[float, float]:
+    """(prompt tokens/s, decode tokens/s) of the served base model: a 1-token answer to a long
+    prompt (mostly prompt reading), then a 33-token answer to a short one (mostly decoding)."""
+    long_prompt = [{"role": "user", "content": prompt_text}]
+    _chat(
+        url, key, {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    )  # warm-up
+    t_prefill, _ = _chat(
+        url, key, {"model": model, "messages": long_prompt, "max_tokens": 1, "temperature": 0}
+    )
+    counting = [{"role": "user", "content": "Count from 1 to 200, separated by commas: 1, 2, 3,"}]
+    t_short1, _ = _chat(url, key, {"model": model, "messages": counting, "max_tokens": 1, "temperature": 0})
+    t_decode, n = _chat(url, key, {"model": model, "messages": counting, "max_tokens": 33, "temperature": 0})
+    prompt_tokens = max(len(prompt_text) / 4.0, 1.0)  # ~4 characters a token for English and code
+    prefill = prompt_tokens / max(t_prefill, 1e-3)
+    decode = max(n - 1, 1) / max(t_decode - t_short1, 1e-3)
+    return prefill, decode
+
+
+def calibration_prompt(texts: Sequence[str], chars: int = 4800) -> str:
+    """About PROMPT_TOKENS_PER_TURN tokens of real task text (repeated if short)."""
+    text = "\n\n".join(t for t in texts if t) or "def f(x):\n    return x\n"
+    while len(text) < chars:
+        text += "\n\n" + text
+    return text[:chars]

@@ -1,0 +1,29 @@
+"""The bfloat16 switch every CPU service reads at start-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from flywheel_common import hardware
+
+
+def test_off_turns_bfloat16_off_on_any_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.delenv("FLYWHEEL_CPU_BF16", raising=False)
+    assert hardware.cpu_has_fast_bf16() is True
+    monkeypatch.setenv("FLYWHEEL_CPU_BF16", "off")
+    assert hardware.cpu_has_fast_bf16() is False
+    monkeypatch.setenv("FLYWHEEL_CPU_BF16", "auto")
+    assert hardware.cpu_has_fast_bf16() is True
+
+
+def test_auto_asks_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setenv("FLYWHEEL_CPU_BF16", "auto")
+    assert hardware.cpu_has_fast_bf16() is False
+
+
+def test_a_value_it_does_not_know_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_CPU_BF16", "sometimes")
+    with pytest.raises(ValueError, match="FLYWHEEL_CPU_BF16='sometimes'"):
+        hardware.cpu_has_fast_bf16()
