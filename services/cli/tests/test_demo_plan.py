@@ -28,7 +28,7 @@ def test_estimates_follow_the_measured_unit_costs() -> None:
     # 16 tasks x 4 examples x 2 epochs / batch 4 = 32 steps of 10 s, plus the job's overhead.
     assert est[lpb.LOOP_STAGE_FINE_TUNE] == pytest.approx(dp.FINE_TUNE_OVERHEAD_S + 32 * 10.0)
     turn = 384 * dp.ANSWER_FILL / 25.0 + dp.PROMPT_TOKENS_PER_TURN / 600.0
-    assert est[lpb.LOOP_STAGE_EVALUATION] == pytest.approx(12 * dp.TURNS_PER_EPISODE * turn)
+    assert est[lpb.LOOP_STAGE_EVALUATION] == pytest.approx(12 * dp.TURNS_PER_EPISODE * turn / dp.BATCH_GAIN)
     slower = dp.estimate(sizes(), SLOW)
     assert all(slower[k] >= v for k, v in est.items())
 
@@ -50,20 +50,20 @@ def test_a_tight_budget_cuts_train_tasks_first_and_fits() -> None:
 
 
 def test_a_slow_machine_reduces_in_order_and_says_when_it_cannot_fit() -> None:
-    p = dp.plan(sizes(), SLOW, budget_s=15 * 60)
-    assert len(p.sizes.train_tasks) == dp.MIN_TRAIN_TASKS
+    p = dp.plan(sizes(), SLOW, budget_s=8 * 60)
+    assert len(p.sizes.train_tasks) == dp.LAST_TRAIN_TASKS and p.sizes.epochs == dp.MIN_EPOCHS
     assert p.sizes.max_iterations == dp.MIN_TURNS
     assert len(p.sizes.test_tasks) == dp.MIN_TEST_TASKS
-    assert [r.split()[0] for r in p.reduced] == ["train", "agent", "held-out"]
-    assert not p.fits and p.total_s > 15 * 60
+    assert [r.split()[0] for r in p.reduced] == ["train", "epochs", "agent", "held-out", "train"]
+    assert not p.fits and p.total_s > 8 * 60
     assert any("total (estimate)" in line for line in dp.plan_lines(p))
 
 
 def test_values_the_user_set_are_never_reduced() -> None:
-    p = dp.plan(sizes(train_tasks=1, max_iterations=1), SLOW, budget_s=10 * 60)
-    assert len(p.sizes.train_tasks) == 16 and p.sizes.max_iterations == 6
+    p = dp.plan(sizes(train_tasks=1, max_iterations=1, epochs=1), SLOW, budget_s=10 * 60)
+    assert len(p.sizes.train_tasks) == 16 and p.sizes.max_iterations == 6 and p.sizes.epochs == 2.0
     assert len(p.sizes.test_tasks) == dp.MIN_TEST_TASKS  # the one knob left free
-    assert p.sizes.epochs == 2.0 and p.sizes.max_completion_tokens == 384  # never planned
+    assert p.sizes.max_completion_tokens == 384  # never planned
 
 
 def _ts(seconds: float) -> Timestamp:
