@@ -263,6 +263,11 @@ def write_report(
     ]
     for name, secs in timings.items():
         lines.append(f"| {name} | {secs:.0f} |")
+    for s in loop.stages:
+        lines.append(f"| {stage_name(s.stage)} | {stage_seconds(s.start_time, s.end_time):.0f} |")
+    lines.append(
+        f"| **total** | {sum(timings.values()) + stage_seconds(loop.create_time, loop.end_time):.0f} |"
+    )
     if the_plan is not None:
         lines += ["", "## Plan (sized to the time budget)", "", "```", *demo_plan.plan_lines(the_plan), "```"]
         actual: dict[int, float] = {
@@ -278,11 +283,6 @@ def write_report(
         ]  # fmt: skip
         if the_plan.reduced:
             lines += ["", "Reduced to fit: " + "; ".join(the_plan.reduced) + "."]
-    for s in loop.stages:
-        lines.append(f"| {stage_name(s.stage)} | {stage_seconds(s.start_time, s.end_time):.0f} |")
-    lines.append(
-        f"| **total** | {sum(timings.values()) + stage_seconds(loop.create_time, loop.end_time):.0f} |"
-    )
     charts: list[tuple[str, str]] = []
     eval_id = ids.get(common_pb2.RESOURCE_KIND_EVALUATION)
     e: epb.Evaluation | None = None
