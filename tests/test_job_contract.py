@@ -474,7 +474,10 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
     assert await stored_events(bus, subject) == [f"loop-{decision}:{job.id}"]
     stages = await stored_events(bus, "flywheel.loop.stage_changed")
     if promote:  # a promoted candidate moves the loop's alias (written while NATS was down too)
-        assert stages == [f"loop-stage:{job.id}:promotion:running", f"loop-stage:{job.id}:promotion:succeeded"]
+        assert stages == [
+            f"loop-stage:{job.id}:promotion:running",
+            f"loop-stage:{job.id}:promotion:succeeded",
+        ]
         assert decided.promotion.outcome == lpb.PROMOTION_OUTCOME_PROMOTED
         assert decided.promotion.alias == "agent/agent" and decided.promotion.revision == 1
     else:
