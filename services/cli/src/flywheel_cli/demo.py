@@ -271,9 +271,7 @@ def write_report(
     if the_plan is not None:
         lines += ["", "## Plan (sized to the time budget)", "", "```", *demo_plan.plan_lines(the_plan), "```"]
         actual: dict[int, float] = {
-            s.stage: s.end_time.ToSeconds() - s.start_time.ToSeconds()
-            for s in loop.stages
-            if s.end_time.seconds
+            s.stage: stage_seconds(s.start_time, s.end_time) for s in loop.stages if s.end_time.seconds
         }
         lines += ["", "| stage | estimated s | actual s |", "|---|---:|---:|"]
         lines += [

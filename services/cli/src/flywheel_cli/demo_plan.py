@@ -44,7 +44,6 @@ BATCH_GAIN = 1.8  #: evaluation speed-up from the model server's static batching
 #: (measured 2.07x at 2 and 2.15x at 4 requests of one model; less here, as a batch waits for its
 #: longest answer and the two models' requests never share one)
 FINE_TUNE_OVERHEAD_S = 40.0  #: trainer process start, model load, adapter upload
-FIXED_STAGES_S = 25.0  #: reference rollouts, dataset build, hot-load, gate, report
 MIN_TRAIN_TASKS = 6  #: the first reduction stops here; the last one goes on to LAST_TRAIN_TASKS
 LAST_TRAIN_TASKS = 4
 MIN_EPOCHS = 1.0
@@ -114,7 +113,7 @@ def estimate(sizes: Sizes, cal: Calibration) -> dict[int, float]:
         lpb.LOOP_STAGE_FINE_TUNE: FINE_TUNE_OVERHEAD_S + steps * cal.step_s,
         lpb.LOOP_STAGE_HOT_LOAD: 10.0,
         lpb.LOOP_STAGE_EVALUATION: episodes * turns * turn_s / BATCH_GAIN,
-        lpb.LOOP_STAGE_GATE: FIXED_STAGES_S - 20.0,
+        lpb.LOOP_STAGE_GATE: 5.0,
     }
 
 
