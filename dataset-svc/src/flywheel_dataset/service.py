@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -22,9 +24,11 @@ from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding
 from flywheel_dataset.build import manifest_to_dataset
+from flywheel_dataset.imports import import_dataset
 from flywheel_dataset.jobs import BuildManager, grpc_source_factory
 from flywheel_dataset.recipes import RECIPES
 from flywheel_dataset.settings import DatasetSettings
+from flywheel_dataset.tokens import load_counter
 from flywheel_dataset.validation import resolve_build
 
 NAME = "dataset-svc"
@@ -194,6 +198,16 @@ class DatasetService(dataset_pb2_grpc.DatasetServiceServicer):
 
         examples = await asyncio.to_thread(read)
         return dataset_pb2.PreviewDatasetResponse(examples=examples, total_count=files[0].example_count)
+
+    async def ImportDataset(self, request: Any, context: Any) -> dataset_pb2.ImportDatasetResponse:
+        base = request.target_base_model or self.settings.default_base_model
+
+        def run() -> dataset_pb2.Dataset:
+            with tempfile.TemporaryDirectory(prefix="import-", dir=self.settings.work_dir) as tmp:
+                counter = load_counter(self.deps.store, base, Path(tmp))
+                return import_dataset(self.deps.store, request, base, counter)
+
+        return dataset_pb2.ImportDatasetResponse(dataset=await asyncio.to_thread(run))
 
 
 def build_app(settings: DatasetSettings) -> GrpcApp:

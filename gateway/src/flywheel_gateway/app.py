@@ -40,6 +40,7 @@ import orjson
 from flywheel_gateway.aliases import AliasResponse, AliasService, Resolution, ShadowSink
 from flywheel_gateway.asgi import ASGIApp, Message, Receive, Scope, Send, openai_error, read_body, respond
 from flywheel_gateway.fast_path import CallbackLogger, FastPath
+from flywheel_gateway.fine_tuning import FineTuningAPI, fine_tuning_path
 from flywheel_gateway.settings import GatewaySettings
 
 log = logging.getLogger("flywheel.gateway")
@@ -83,11 +84,14 @@ class GatewayApp:
         inner: ASGIApp,
         callbacks: list[CallbackLogger] | None = None,
         aliases: AliasService | None = None,
+        fine_tuning: bool = False,
     ) -> None:
         self.settings = settings
         self.inner = inner
         self.fast = FastPath(settings, callbacks or [])
         self.aliases = aliases
+        #: OpenAI's files and fine-tuning API on our services (None without an object store).
+        self.fine_tuning = FineTuningAPI.from_environment(settings, self.fast) if fine_tuning else None
         self._trusted_keys: dict[str, float] = {}
         self.master_key = settings.master_key.get_secret_value().encode()
         self.prefix = settings.adapter_prefix
@@ -107,6 +111,8 @@ class GatewayApp:
     async def close(self) -> None:
         if self.aliases is not None:
             await self.aliases.close()
+        if self.fine_tuning is not None:
+            await self.fine_tuning.close()
         await self.fast.close()
 
     @staticmethod
@@ -185,7 +191,40 @@ class GatewayApp:
         if scope["method"] == "GET" and path in ("/v1/models", "/models") and master:
             await self.list_models(scope, receive, send)
             return
+        if (ft_path := fine_tuning_path(path)) is not None:
+            await self.fine_tuning_request(scope, receive, send, master, ft_path)
+            return
         await self.inner(scope, receive, _ErrorRewriter(send))
+
+    async def fine_tuning_request(
+        self, scope: Scope, receive: Receive, send: Send, master: bool, path: str
+    ) -> None:
+        """``/v1/files`` and ``/v1/fine_tuning/*``: ours, never LiteLLM's (see ``fine_tuning.py``)."""
+        if not master:
+            await respond(
+                send,
+                401,
+                openai_error(
+                    401,
+                    "The files and fine-tuning API needs the gateway's master key.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                ),
+            )
+            return
+        if self.fine_tuning is None:
+            await respond(
+                send,
+                503,
+                openai_error(
+                    503,
+                    "fine-tuning needs the object store, which this gateway was not given (FLYWHEEL_OBJECT_STORE_*)",
+                    "api_error",
+                    "fine_tuning_unavailable",
+                ),
+            )
+            return
+        await self.fine_tuning(scope, receive, send, path)
 
     async def list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """LiteLLM's model list plus every adapter the model server has loaded, as ``ft/<name>``.

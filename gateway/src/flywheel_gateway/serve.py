@@ -66,7 +66,11 @@ def build_gateway(settings: GatewaySettings):
 
     names = build_config(settings).get("litellm_settings", {}).get("callbacks", [])
     return GatewayApp(
-        settings, litellm_app, resolve_callbacks(names), AliasService.from_environment(settings)
+        settings,
+        litellm_app,
+        resolve_callbacks(names),
+        AliasService.from_environment(settings),
+        fine_tuning=True,
     )
 
 

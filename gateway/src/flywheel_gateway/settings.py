@@ -122,3 +122,27 @@ class GatewaySettings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]{1,128}$",
         description="This replica's name in the live-signal files; default <hostname>-<pid>.",
     )
+    fine_tuning: bool = Field(
+        True,
+        description="Serve OpenAI's /v1/files and /v1/fine_tuning/jobs on our dataset builder and trainer; "
+        "on only when the object store is configured (FLYWHEEL_OBJECT_STORE_BACKEND or _ROOT set).",
+    )
+    dataset_address: str = Field(
+        "127.0.0.1:50054",
+        validation_alias="FLYWHEEL_DATASET_ADDRESS",
+        description="host:port of dataset-svc's gRPC API (file checks and imports; set by `flywheel up`).",
+    )
+    trainer_address: str = Field(
+        "127.0.0.1:50055",
+        validation_alias="FLYWHEEL_TRAINER_ADDRESS",
+        description="host:port of trainer-svc's gRPC API (fine-tuning jobs; set by `flywheel up`).",
+    )
+    files_max_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Largest file POST /v1/files accepts, in bytes."
+    )
+    fine_tuning_ready_wait_s: float = Field(
+        120.0,
+        ge=0,
+        description="Seconds a finished job waits for the model server to serve its adapter before it is "
+        "reported succeeded anyway (no adapter sync running, or a failed load).",
+    )

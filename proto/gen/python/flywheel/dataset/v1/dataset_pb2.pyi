@@ -537,3 +537,36 @@ class PreviewDatasetResponse(_message.Message):
     examples: _containers.RepeatedScalarFieldContainer[str]
     total_count: int
     def __init__(self, examples: _Optional[_Iterable[str]] = ..., total_count: _Optional[int] = ...) -> None: ...
+
+class ImportDatasetRequest(_message.Message):
+    __slots__ = ("train_object_key", "validation_object_key", "kind", "target_base_model", "labels", "validate_only", "train_name", "validation_name")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TRAIN_OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_NAME_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_NAME_FIELD_NUMBER: _ClassVar[int]
+    train_object_key: str
+    validation_object_key: str
+    kind: DatasetKind
+    target_base_model: str
+    labels: _containers.ScalarMap[str, str]
+    validate_only: bool
+    train_name: str
+    validation_name: str
+    def __init__(self, train_object_key: _Optional[str] = ..., validation_object_key: _Optional[str] = ..., kind: _Optional[_Union[DatasetKind, str]] = ..., target_base_model: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., validate_only: _Optional[bool] = ..., train_name: _Optional[str] = ..., validation_name: _Optional[str] = ...) -> None: ...
+
+class ImportDatasetResponse(_message.Message):
+    __slots__ = ("dataset",)
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    dataset: Dataset
+    def __init__(self, dataset: _Optional[_Union[Dataset, _Mapping]] = ...) -> None: ...

@@ -82,6 +82,11 @@ class DatasetServiceStub:
                 request_serializer=flywheel_dot_dataset_dot_v1_dot_dataset__pb2.PreviewDatasetRequest.SerializeToString,
                 response_deserializer=flywheel_dot_dataset_dot_v1_dot_dataset__pb2.PreviewDatasetResponse.FromString,
                 _registered_method=True)
+        self.ImportDataset = channel.unary_unary(
+                '/flywheel.dataset.v1.DatasetService/ImportDataset',
+                request_serializer=flywheel_dot_dataset_dot_v1_dot_dataset__pb2.ImportDatasetRequest.SerializeToString,
+                response_deserializer=flywheel_dot_dataset_dot_v1_dot_dataset__pb2.ImportDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetServiceServicer:
@@ -156,6 +161,17 @@ class DatasetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportDataset(self, request, context):
+        """Creates a dataset from JSONL files a user put in the object store (OpenAI chat or preference
+        fine-tuning format, or GRPO token records), without a build. Every line is checked first: a
+        bad line is INVALID_ARGUMENT naming the file, the line number and what is wrong; a missing
+        object is NOT_FOUND. Idempotent: the same files and kind give the same dataset id, and an
+        existing dataset of that id is returned as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +219,11 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.PreviewDataset,
                     request_deserializer=flywheel_dot_dataset_dot_v1_dot_dataset__pb2.PreviewDatasetRequest.FromString,
                     response_serializer=flywheel_dot_dataset_dot_v1_dot_dataset__pb2.PreviewDatasetResponse.SerializeToString,
+            ),
+            'ImportDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportDataset,
+                    request_deserializer=flywheel_dot_dataset_dot_v1_dot_dataset__pb2.ImportDatasetRequest.FromString,
+                    response_serializer=flywheel_dot_dataset_dot_v1_dot_dataset__pb2.ImportDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -451,6 +472,33 @@ class DatasetService:
             '/flywheel.dataset.v1.DatasetService/PreviewDataset',
             flywheel_dot_dataset_dot_v1_dot_dataset__pb2.PreviewDatasetRequest.SerializeToString,
             flywheel_dot_dataset_dot_v1_dot_dataset__pb2.PreviewDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.dataset.v1.DatasetService/ImportDataset',
+            flywheel_dot_dataset_dot_v1_dot_dataset__pb2.ImportDatasetRequest.SerializeToString,
+            flywheel_dot_dataset_dot_v1_dot_dataset__pb2.ImportDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,
