@@ -39,6 +39,7 @@ import orjson
 
 from flywheel_gateway.aliases import AliasResponse, AliasService, Resolution, ShadowSink
 from flywheel_gateway.asgi import ASGIApp, Message, Receive, Scope, Send, openai_error, read_body, respond
+from flywheel_gateway.console import ConsoleApp
 from flywheel_gateway.fast_path import CallbackLogger, FastPath
 from flywheel_gateway.fine_tuning import FineTuningAPI, fine_tuning_path
 from flywheel_gateway.settings import GatewaySettings
@@ -101,6 +102,7 @@ class GatewayApp:
             if key
         )
         self.has_db = settings.database_url is not None
+        self.console = console_app(self)
         # Models whose fallback chain leaves the model server: LiteLLM serves them whole.
         self.hosted_fallbacks = frozenset(
             name
@@ -109,6 +111,8 @@ class GatewayApp:
         )
 
     async def close(self) -> None:
+        if self.console is not None:
+            await self.console.close()
         if self.aliases is not None:
             await self.aliases.close()
         if self.fine_tuning is not None:
@@ -155,6 +159,9 @@ class GatewayApp:
             await self.inner(scope, receive, send)  # lifespan (LiteLLM's start-up) and websockets
             return
         path = scope["path"]
+        if self.console is not None and (path == "/console" or path.startswith("/console/")):
+            await self.console(scope, receive, send)  # signs its users in itself (same keys)
+            return
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path == "/ui":
             await self.inner(scope, receive, send)
             return
@@ -469,6 +476,18 @@ class GatewayApp:
             return
         await self.aliases.handle_feedback(receive, send)
 
+    async def viewer_role(self, key: str) -> str | None:
+        """The console's role for a key that is not the master key: ``viewer`` when LiteLLM accepts
+        it as a virtual key (only with a database), else None."""
+        if not self.has_db:
+            return None
+        scope: Scope = {
+            "type": "http", "http_version": "1.1", "scheme": "http", "method": "GET", "path": "/v1/models",
+            "raw_path": b"/v1/models", "query_string": b"", "root_path": "", "server": ("127.0.0.1", 0),
+            "client": ("127.0.0.1", 0), "headers": [(b"authorization", f"Bearer {key}".encode())],
+        }  # fmt: skip
+        return "viewer" if await self.key_accepted(scope, key) else None
+
     async def key_accepted(self, scope: Scope, key: str) -> bool:
         """Whether LiteLLM accepts ``key`` (asked with ``GET /v1/models``; a yes is kept for a minute)."""
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -494,6 +513,19 @@ class GatewayApp:
             self._trusted_keys.clear()
         self._trusted_keys[digest] = now
         return True
+
+
+def console_app(gateway: GatewayApp) -> ConsoleApp | None:
+    """The web console (``/console``), unless ``FLYWHEEL_GATEWAY_CONSOLE=false``."""
+    from flywheel_gateway.console.data import Backends, ConsoleSettings
+
+    settings = ConsoleSettings()
+    if not settings.enabled:
+        return None
+    store = gateway.aliases.store if gateway.aliases is not None else None
+    return ConsoleApp(
+        gateway.settings.master_key.get_secret_value(), gateway.viewer_role, Backends(settings, store)
+    )
 
 
 class _VllmFieldsRestorer:

@@ -329,6 +329,7 @@ def write_report(
         f"Object store: {stack.describe_object_store()} (reports under `reports/`, adapters under `adapters/`, "
         f"trajectories under `trajectories/`, datasets under `datasets/`); logs: {stack.log_dir}.",
     ]
+    lines += console_section(stack, loop)
     if loop.report.key:
         loop_md = read_object(stack, loop.report.key)
         (out_dir / "loop.md").write_bytes(loop_md)
@@ -336,6 +337,45 @@ def write_report(
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+CONSOLE_PAGES = {
+    common_pb2.RESOURCE_KIND_RUN: "runs",
+    common_pb2.RESOURCE_KIND_DATASET: "datasets",
+    common_pb2.RESOURCE_KIND_FINE_TUNE_JOB: "jobs",
+    common_pb2.RESOURCE_KIND_EVALUATION: "evaluations",
+}
+
+
+def console_section(stack: Stack, loop: lpb.Loop) -> list[str]:
+    """Links to the web console's pages of the loop and what it made (live while the stack runs)."""
+    gateway = next((c.address for c in stack.children if c.component.name == "gateway"), None)
+    if gateway is None:
+        return []
+    base = f"http://{gateway}/console"
+    links = [f"- [loop {loop.id}]({base}/loops/{loop.id}): stage timeline, gate, alias history"]
+    seen: set[str] = set()
+    for s in loop.stages:
+        for a in s.artefacts:
+            page = CONSOLE_PAGES.get(a.kind)
+            if page and a.id not in seen:
+                seen.add(a.id)
+                kind = (
+                    common_pb2.ResourceKind.Name(a.kind)
+                    .removeprefix("RESOURCE_KIND_")
+                    .lower()
+                    .replace("_", " ")
+                )
+                links.append(f"- [{kind} {a.id}]({base}/{page}/{a.id})")
+    return [
+        "",
+        "## In the console",
+        "",
+        f"While the stack runs (`flywheel demo --keep-running`, or `flywheel up` on the same state folder), these "
+        f"pages show the same figures live; sign in with the key in `{stack.state_dir / 'gateway.key'}`.",
+        "",
+        *links,
+    ]
 
 
 def size_demo(
@@ -497,6 +537,10 @@ def demo(
             created = follower.orch.CreateLoop(opb.CreateLoopRequest(loop=loop), timeout=60).loop
             console.print(
                 f"loop [bold]{created.id}[/]; follow it elsewhere with [cyan]flywheel loop watch {created.id}[/]"
+            )
+            console.print(
+                f"console: [cyan]http://{addresses['gateway']}/console/loops/{created.id}[/] "
+                f"(sign in with the key in {stack.state_dir / 'gateway.key'})"
             )
             final = follower.follow(created.id)
             parent = None
