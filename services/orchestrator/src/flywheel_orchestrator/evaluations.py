@@ -26,7 +26,7 @@ from flywheel_common.errors import InvalidArgument
 from flywheel_common.events import EventBus
 from flywheel_common.jobs import TERMINAL, Announcement, Job, JobFailed, JobTable
 from flywheel_common.objectstore import ObjectStore
-from flywheel_orchestrator import metrics, report
+from flywheel_orchestrator import metrics, mle_eval, report
 from flywheel_orchestrator import validation as check
 from flywheel_orchestrator.runs import PRODUCER, RunManager
 
@@ -49,6 +49,7 @@ OUTPUT_ONLY = (
     "create_time",
     "start_time",
     "end_time",
+    "ml_metrics",
 )
 
 
@@ -295,6 +296,7 @@ class EvaluationManager:
         del e.model_metrics[:]
         e.model_metrics.extend(final)
         e.task_results.extend(metrics.task_table(list(e.models), per_model))
+        e.ml_metrics.extend(await mle_eval.evaluation_metrics(self.runs, e))
         e.progress.episodes_finished = sum(mm.episodes for mm in final)
         await self._write_report(e)
 
@@ -304,7 +306,7 @@ class EvaluationManager:
         e.report.markdown.key = f"{prefix}report.md"
         chart = common_pb2.ObjectRef(key=f"{prefix}metrics.png")
         e.report.charts.append(chart)
-        md = report.to_markdown(e).encode()
+        md = (report.to_markdown(e) + mle_eval.markdown(e)).encode()
         png = await asyncio.to_thread(report.chart_png, e)
         store = self.store
 

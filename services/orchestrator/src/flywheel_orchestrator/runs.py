@@ -41,12 +41,14 @@ from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator import validation as check
 from flywheel_orchestrator.agent import Episode, EpisodeSpec, EpisodeTimes, Limits, episode_result
 from flywheel_orchestrator.metrics import add_to_counters
+from flywheel_orchestrator.mle_runs import mle_prompt_sha256, play_ml_episode
+from flywheel_orchestrator.mltasks import MlTask
 from flywheel_orchestrator.model import ModelClient, Policy
 from flywheel_orchestrator.reference import REFERENCE_LABEL, ReferencePolicy
 from flywheel_orchestrator.rewards import INFRA
 from flywheel_orchestrator.sandbox import SandboxClient
 from flywheel_orchestrator.settings import OrchestratorSettings
-from flywheel_orchestrator.suites import Suite, SuiteCatalog, Task
+from flywheel_orchestrator.suites import AnyTask, Suite, SuiteCatalog, Task
 
 log = logging.getLogger("flywheel.orchestrator.runs")
 
@@ -188,7 +190,7 @@ class RunManager:
 
     # ------------------------------------------------------------------------------ requests
 
-    def validate(self, run: run_pb2.Run, path: str = "run") -> tuple[Suite, list[Task]]:
+    def validate(self, run: run_pb2.Run, path: str = "run") -> tuple[Suite, list[AnyTask]]:
         """Check a run request; raise the gRPC error that names what is wrong (under ``path``)."""
         suite = check.suite(self.catalog, run.suite, path)
         tasks = check.tasks(suite, run.split, run.task_ids, path)
@@ -215,9 +217,13 @@ class RunManager:
         def prepare(new: run_pb2.Run) -> None:
             new.suite_version = suite.version
             new.loop_id = loop_id
-            new.prompt_sha256 = proto.prompt_sha256(
-                tasks[0], proto.effective_protocol(tasks[0], new.episode.protocol)
-            )
+            first = tasks[0]
+            if isinstance(first, MlTask):  # the ML agent's prompts (mle.py)
+                new.prompt_sha256 = mle_prompt_sha256()
+            else:
+                new.prompt_sha256 = proto.prompt_sha256(
+                    first, proto.effective_protocol(first, new.episode.protocol)
+                )
             new.counters.tasks = len(tasks)
             new.counters.episodes_total = len(tasks) * (new.rollouts_per_task or 1)
 
@@ -370,7 +376,7 @@ class RunManager:
             for task in tasks
             if trajectory_id(run.id, task.id, attempt) not in done_ids
         ]
-        queue: asyncio.Queue[tuple[Task, int]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[AnyTask, int]] = asyncio.Queue()
         for item in plan:
             queue.put_nowait(item)
 
@@ -380,6 +386,9 @@ class RunManager:
                     task, attempt = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
+                if isinstance(task, MlTask):  # the ML agent's search, not the tool loop
+                    await play_ml_episode(self, state, task, attempt, policy_info, labels)
+                    continue
                 await self._episode(state, task, attempt, policy_info, limits, labels)
 
         workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(plan)))]

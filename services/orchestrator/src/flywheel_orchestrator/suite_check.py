@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flywheel_orchestrator.mltasks import is_ml_task
 from flywheel_orchestrator.suites import (
     MAX_FILE_BYTES,
     NAME_RE,
@@ -35,6 +36,7 @@ from flywheel_orchestrator.suites import (
     parse_io_problem,
     parse_repo_task,
     parse_suite_manifest,
+    parse_task_folder,
 )
 
 #: Keys a suite.toml may hold.
@@ -561,6 +563,13 @@ def check_suite(files: Mapping[str, bytes], *, name: str, source: str, bundled: 
                 problems.append(Problem("", str(err)))
     ids: list[str] = []
     for task_id, task_files in sorted(per_task.items()):
+        if is_ml_task(task_files):  # its own parser checks every key and file (mltasks.py)
+            try:
+                parse_task_folder(task_id, f"tasks/{task_id}", task_files)
+            except SuiteError as err:
+                problems.append(Problem("", str(err)))
+            ids.append(task_id)
+            continue
         if _check_task(task_id, task_files, problems):
             try:
                 parse_repo_task(task_id, f"tasks/{task_id}", task_files)

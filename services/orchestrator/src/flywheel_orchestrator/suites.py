@@ -23,6 +23,7 @@ from typing import Any
 from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import suite_pb2
 from flywheel_common.objectstore import ObjectStore
+from flywheel_orchestrator.mltasks import MlTask, MlTaskError, is_ml_task, parse_ml_task
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
@@ -154,6 +155,8 @@ class IoTask:
 
 
 Task = RepoTask | IoTask
+#: Any task a suite may hold; ML tasks run through their own agent (mle.py), never the tool loop.
+AnyTask = RepoTask | IoTask | MlTask
 
 
 @dataclass
@@ -165,7 +168,7 @@ class Suite:
     version: str
     source: str
     bundled: bool
-    tasks: dict[str, Task] = field(default_factory=dict)
+    tasks: dict[str, AnyTask] = field(default_factory=dict)
 
     def to_proto(self) -> suite_pb2.Suite:
         kinds = sorted({t.kind for t in self.tasks.values()})
@@ -183,7 +186,7 @@ class Suite:
             split_seed=self.split_seed,
         )
 
-    def select(self, split: common_pb2.TaskSplit, task_ids: Iterable[str] = ()) -> list[Task]:
+    def select(self, split: common_pb2.TaskSplit, task_ids: Iterable[str] = ()) -> list[AnyTask]:
         """Tasks of one side of the split (ALL-like UNSPECIFIED is refused by the caller)."""
         wanted = list(task_ids)
         if wanted:
@@ -261,6 +264,20 @@ def parse_suite_manifest(where: str, data: bytes, folder_name: str) -> dict[str,
         "train_ratio": float(ratio),
         "split_seed": _str(where, doc, "split_seed", required=False, default=name),
     }
+
+
+def parse_task_folder(task_id: str, where: str, files: Mapping[str, bytes]) -> RepoTask | MlTask:
+    """A task folder: an ML task when its task.toml says ``kind = "ml"`` (mltasks.py), else a repo task."""
+    if not is_ml_task(files):
+        return parse_repo_task(task_id, where, files)
+    if not NAME_RE.match(task_id):
+        raise SuiteError(f"{where}: task id {task_id!r} must match {NAME_RE.pattern}")
+    doc = _toml(f"{where}/task.toml", files["task.toml"])
+    limits = parse_limits(f"{where}/task.toml: [limits]", doc["limits"]) if "limits" in doc else TaskLimits()
+    try:
+        return parse_ml_task(task_id, where, files, limits=limits)
+    except MlTaskError as err:
+        raise SuiteError(str(err)) from None
 
 
 def parse_repo_task(task_id: str, where: str, files: Mapping[str, bytes]) -> RepoTask:
@@ -397,8 +414,8 @@ def build_suite(files: Mapping[str, bytes], *, folder_name: str, source: str, bu
             per_task.setdefault(parts[1], {})[parts[2]] = data
         elif path not in ("suite.toml", "problems.jsonl", "README.md"):
             raise SuiteError(f"{source}/{path}: unexpected file (see SUITES.md)")
-    tasks: list[Task] = [
-        parse_repo_task(tid, f"{source}/tasks/{tid}", tfiles) for tid, tfiles in sorted(per_task.items())
+    tasks: list[AnyTask] = [
+        parse_task_folder(tid, f"{source}/tasks/{tid}", tfiles) for tid, tfiles in sorted(per_task.items())
     ]
     if "problems.jsonl" in files:
         tasks.extend(parse_problems_jsonl(f"{source}/problems.jsonl", files["problems.jsonl"]))
@@ -412,7 +429,7 @@ def build_suite(files: Mapping[str, bytes], *, folder_name: str, source: str, bu
     return suite
 
 
-def _with_split(task: Task, split: common_pb2.TaskSplit) -> Task:
+def _with_split(task: AnyTask, split: common_pb2.TaskSplit) -> AnyTask:
     return replace(task, split=split)
 
 

@@ -17,7 +17,8 @@ from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator import rewards
-from flywheel_orchestrator.suites import Suite, SuiteCatalog, SuiteError, Task
+from flywheel_orchestrator.mltasks import MlTask
+from flywheel_orchestrator.suites import AnyTask, Suite, SuiteCatalog, SuiteError
 
 LABEL_KEY = re.compile(r"^[a-z0-9_.-]{1,63}$")
 
@@ -34,7 +35,7 @@ def suite(catalog: SuiteCatalog, name: str, path: str) -> Suite:
 
 def tasks(
     found: Suite, split: common_pb2.TaskSplit, task_ids: Sequence[str], path: str, ids_field: str = "task_ids"
-) -> list[Task]:
+) -> list[AnyTask]:
     """The selected tasks of one side of the split; an empty selection is FAILED_PRECONDITION."""
     if split not in (common_pb2.TASK_SPLIT_TRAIN, common_pb2.TASK_SPLIT_TEST):
         raise InvalidArgument(f"{path}.split", "must be TASK_SPLIT_TRAIN or TASK_SPLIT_TEST")
@@ -52,7 +53,7 @@ def tasks(
 
 
 def teacher(
-    kind: tpb.TeacherKind, model: str, selected: Sequence[Task], path: str, model_field: str = "model"
+    kind: tpb.TeacherKind, model: str, selected: Sequence[AnyTask], path: str, model_field: str = "model"
 ) -> None:
     kind = kind or tpb.TEACHER_KIND_MODEL
     if kind == tpb.TEACHER_KIND_MODEL:
@@ -73,10 +74,12 @@ def teacher(
         raise InvalidArgument(f"{path}.teacher_kind", "must be TEACHER_KIND_MODEL or TEACHER_KIND_REFERENCE")
 
 
-def episode(settings: run_pb2.EpisodeSettings, selected: Sequence[Task], path: str) -> None:
+def episode(settings: run_pb2.EpisodeSettings, selected: Sequence[AnyTask], path: str) -> None:
     """An ``EpisodeSettings`` against the tasks it will play (``path`` is the message holding it)."""
     at = f"{path}.episode"
     for task in selected:
+        if isinstance(task, MlTask):  # no tool protocol: the ML agent's own search (mle.py)
+            continue
         problem = proto.check_protocol(task, settings.protocol)
         if problem:
             raise InvalidArgument(f"{at}.protocol", problem)

@@ -5,7 +5,8 @@ Three formats (see ``ImportFormat`` in trajectory.proto):
 * AIDE ``journal.json``: one JSON document ``{"nodes": [...]}``; each node has ``id``, ``plan``,
   ``code``, ``parent`` (a node id, ``{"id": ...}`` or null), ``is_buggy``, ``term_out`` (text or a
   list of text pieces), ``metric`` (``{"value": x, "maximize": b}``, a number or null) and
-  optionally ``step``, ``analysis``, ``exec_time``, ``ctime``. The journal becomes ONE
+  optionally ``step``, ``analysis``, ``exec_time``, ``ctime``; the document may carry ``task_id``
+  and ``task_description`` (a USER step before the nodes). The journal becomes ONE
   tree-shaped trajectory: per node an ASSISTANT step (plan + code) and a USER step with its
   terminal output; ``parent_index`` of a node's ASSISTANT step points at its parent's output step.
 * SWE-bench-style JSONL: one object per line with ``instance_id``, ``problem_statement``,
@@ -220,6 +221,11 @@ def convert_aide(record: bytes, ctx: ImportContext) -> pb.Trajectory:
     t.tool_protocol = common_pb2.TOOL_PROTOCOL_UNSPECIFIED
     t.task.kind = common_pb2.TASK_KIND_ML
     t.task.task_id = safe_task_id(doc.get("task_id") or _stem(ctx.source), "/task_id")
+    # Optional (journals Flywheel's ML agent exports): the task as the agent was given it, kept as
+    # the USER step before the first node, where ``journal_pairs`` reads the task description.
+    description = _get(doc, "task_description", str, "", default="")
+    if description:
+        t.steps.add(index=0, role=pb.ROLE_USER, content=description)
     output_step: dict[str, int] = {}
     for n in parsed:
         stage = "draft" if n["parent"] is None else ("debug" if by_id[n["parent"]]["buggy"] else "improve")

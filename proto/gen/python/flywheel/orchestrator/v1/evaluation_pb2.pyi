@@ -1,6 +1,7 @@
 import datetime
 
 from flywheel.common.v1 import common_pb2 as _common_pb2
+from flywheel.orchestrator.v1 import mle_pb2 as _mle_pb2
 from flywheel.orchestrator.v1 import run_pb2 as _run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as _trajectory_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
@@ -142,7 +143,7 @@ class EvaluationProgress(_message.Message):
     def __init__(self, episodes_total: _Optional[int] = ..., episodes_finished: _Optional[int] = ...) -> None: ...
 
 class Evaluation(_message.Message):
-    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "models", "baseline_model", "rollouts_per_task", "episode", "concurrency", "confidence_level", "labels", "loop_id", "state", "error", "progress", "model_metrics", "task_results", "report", "create_time", "start_time", "end_time")
+    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "models", "baseline_model", "rollouts_per_task", "episode", "concurrency", "confidence_level", "labels", "loop_id", "state", "error", "progress", "model_metrics", "task_results", "report", "create_time", "start_time", "end_time", "ml_metrics")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +173,7 @@ class Evaluation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    ML_METRICS_FIELD_NUMBER: _ClassVar[int]
     id: str
     suite: str
     suite_version: str
@@ -194,4 +196,5 @@ class Evaluation(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., baseline_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., confidence_level: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., progress: _Optional[_Union[EvaluationProgress, _Mapping]] = ..., model_metrics: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., task_results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    ml_metrics: _containers.RepeatedCompositeFieldContainer[_mle_pb2.MlModelMetrics]
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., baseline_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., confidence_level: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., progress: _Optional[_Union[EvaluationProgress, _Mapping]] = ..., model_metrics: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., task_results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ml_metrics: _Optional[_Iterable[_Union[_mle_pb2.MlModelMetrics, _Mapping]]] = ...) -> None: ...

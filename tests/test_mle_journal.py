@@ -1,0 +1,113 @@
+"""Journals of the ML agent: export → the trajectory store's AIDE importer → identical dataset pairs.
+
+Crosses three services' code on purpose (the orchestrator writes the trajectory and exports the
+journal, the trajectory store's importer reads it, the dataset builder's ``journal_pairs`` recipe
+makes the pairs), as a user does with ``journal.json`` files. The trajectory is built by the
+agent's own recorder from a tree of nodes given here (no model, no sandbox: what is tested is
+the record and its round trip; the search itself is tested in the orchestrator's test_mle.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from flywheel.common.v1 import common_pb2
+from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+from flywheel_dataset.examples import Counts
+from flywheel_dataset.recipes import get_recipe
+from flywheel_orchestrator.mle import MleEpisode, MleSettings, MleSpec, Node, export_journal, journal_of
+from flywheel_orchestrator.mltasks import MlTask
+from flywheel_orchestrator.suites import BUNDLED_DIR, load_folder
+from flywheel_trajectory.importers import ImportContext, convert_aide
+
+TASK = load_folder(BUNDLED_DIR / "ml-tasks", bundled=True).tasks["house-prices"]
+
+
+def _trajectory() -> tpb.Trajectory:
+    assert isinstance(TASK, MlTask)
+    spec = MleSpec(
+        "traj-journal", "run-journal", 0, "ml-tasks", "v1", TASK, common_pb2.SamplingParams(),
+        tpb.TEACHER_KIND_MODEL, tpb.Policy(model="m"), 60, 60,
+    )  # fmt: skip
+    ep = MleEpisode(spec, policy=None, sandbox=None, settings=MleSettings())  # type: ignore[arg-type]
+    nodes = [
+        Node("n0", 0, "draft", None, plan="Mean price.", code="print(1/0)", buggy=True,
+             term_out="Traceback...\nZeroDivisionError: division by zero\n",
+             analysis="the script failed (RUNTIME_ERROR): ZeroDivisionError", exec_time_s=0.4),
+        Node("n1", 1, "draft", None, plan="Linear model.", code="import x\nprint('validation metric: 30.5')",
+             buggy=False, metric=30.5, heldout=31.25, valid_submission=True, term_out="validation metric: 30.5\n",
+             analysis="validation metric 30.5; submission valid", exec_time_s=1.5),
+        Node("n2", 2, "debug", "n0", plan="Guard the division.", code="print(1)", buggy=True, debug_depth=1,
+             term_out="1\n", analysis="no submission/submission.csv was written"),
+        Node("n3", 3, "improve", "n1", plan="Gradient boosting.", code="import y", buggy=False, metric=22.0,
+             heldout=22.4, valid_submission=True, term_out="validation metric: 22.0", analysis="ok"),
+        # A critique that quotes code: its fence must not be read as the node's code.
+        Node("n4", 4, "reflect", "n3", plan="Critique:\n1. Use ```log(price)```.\n\nEdit:\nLog target.",
+             code="import z", buggy=False, metric=21.0, heldout=21.5, valid_submission=True, term_out="",
+             analysis="validation metric 21; submission valid"),
+        Node("n5", 5, "reflect", "n2", plan="Critique:\n1. Write the file.", code="", buggy=True,
+             analysis="the answer had no ```python code block"),
+    ]  # fmt: skip
+    for node in nodes:
+        ep._add(node)
+    ts = Timestamp()
+    ts.FromSeconds(1_700_000_000)
+    return ep.trajectory(ts, None)
+
+
+def _pairs(traj: tpb.Trajectory, **params: object) -> tuple[list[tuple], Counts]:
+    recipe = get_recipe("journal_pairs")
+    _, p = recipe.resolve({k: str(v).lower() for k, v in params.items()})
+    counts = Counts()
+    out = []
+    for ex in recipe.run([traj], p, counts):
+        out.append((ex.pair_type, ex.instruction, ex.input, json.dumps(ex.messages)))
+    return out, counts
+
+
+@pytest.mark.parametrize("params", [{}, {"skip_buggy_outputs": True}, {"include_draft": False}])
+def test_export_then_import_gives_identical_pairs(params: dict) -> None:
+    native = _trajectory()
+    journal = export_journal(native)
+    imported = convert_aide(journal, ImportContext("ml/house-prices/journal.json", "imp-1", "", {}))
+    assert imported.task.kind == common_pb2.TASK_KIND_ML
+    assert imported.task.task_id == "house-prices"
+    pairs_native, counts_native = _pairs(native, **params)
+    pairs_imported, counts_imported = _pairs(imported, **params)
+    assert pairs_native == pairs_imported
+    assert asdict(counts_native) == asdict(counts_imported)
+    assert pairs_native, "the tree makes pairs"
+    if not params:
+        # n5 has no code; every other node is a pair, by the stage its parent gives it.
+        assert [p[0] for p in pairs_native] == ["draft", "draft", "debug", "improve", "improve"]
+        assert counts_native.filter_reasons["missing_code"] == 1
+        # The task description the drafts saw is the pairs' task.
+        assert "House prices" in pairs_native[0][1] and "Metric: rmse" in pairs_native[0][1]
+    # The imported tree is the same tree: same parents, same buggy flags, same best node.
+    assert imported.labels["aide.best_node"] == native.labels["aide.best_node"] == "n4"
+    assert imported.outcome.reward == 21.0  # the importer's reward: the best validation metric
+
+
+def test_journal_holds_the_whole_tree() -> None:
+    journal = journal_of(_trajectory())
+    assert journal["task_id"] == "house-prices"
+    by_id = {n["id"]: n for n in journal["nodes"]}
+    assert [(n["id"], n["parent"], n["operator"], n["is_buggy"]) for n in journal["nodes"]] == [
+        ("n0", None, "draft", True),
+        ("n1", None, "draft", False),
+        ("n2", "n0", "debug", True),
+        ("n3", "n1", "improve", False),
+        ("n4", "n3", "reflect", False),
+        ("n5", "n2", "reflect", True),
+    ]
+    assert by_id["n1"]["metric"] == {"value": 30.5, "maximize": False}
+    assert by_id["n1"]["heldout_metric"] == 31.25
+    assert by_id["n0"]["metric"] is None
+    assert by_id["n0"]["term_out"].endswith("division by zero\n")
+    assert by_id["n0"]["analysis"].startswith("the script failed")
+    assert by_id["n1"]["exec_time"] == 1.5
+    assert by_id["n4"]["code"] == "import z"
