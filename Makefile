@@ -52,7 +52,7 @@ format: $(STAMP) ## Fix what ruff can fix and format the code
 	$(BIN)/ruff format .
 
 test: $(STAMP) proto-check lint typecheck ## Everything CI runs: install, generated-code drift, lint, types, all tests
-	$(BIN)/pytest --timeout=300
+	$(BIN)/pytest --timeout=300 --durations=25
 
 test-fast: $(STAMP) ## All tests except the slow ones
 	$(BIN)/pytest -m "not slow" --timeout=300

@@ -163,6 +163,8 @@ def test_up_status_grpcurl_and_clean_shutdown(stack_up: Up) -> None:
     assert code == 0, output
     assert not (up.state / "stack.json").exists()
     assert KILLED not in output, output
+    gateway = next(s for s in info["services"] if s["name"] == "gateway")
+    assert f"console: http://{gateway['address']}/console/" in output, output  # where to look, once up
     for service in info["services"]:
         assert f"{service['name']:<16} stopped" in output, output
     leftovers = [pid for pid in all_pids if pid_alive(pid)]

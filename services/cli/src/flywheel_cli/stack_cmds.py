@@ -75,6 +75,8 @@ def up(state_dir: Path, timeout: float, grace: float) -> None:
         f"Try: [cyan]grpcurl -plaintext {info.services[0]['address']} list[/]   "
         f"Stop with Ctrl-C or [cyan]flywheel down --state-dir {info.state_dir}[/]"
     )
+    if url := console_url(info):
+        console.print(f"console: [cyan]{url}[/] (sign in with the gateway key in {info.gateway_key_file})")
 
     def crashed(child: Running) -> None:
         console.print(
@@ -157,7 +159,15 @@ def status(state_dir: Path, as_json: bool) -> None:
         key_file = Path(info.gateway_key_file) if info.gateway_key_file else None
         if key_file is not None and key_file.exists():
             console.print(f"gateway key ({key_file}): {key_file.read_text().strip()}")
+        if url := console_url(info):
+            console.print(f"console: {url}")
     sys.exit(0 if healthy else 1)
+
+
+def console_url(info: StackInfo) -> str | None:
+    """The gateway's web console, when the stack has a gateway."""
+    gateway = next((s for s in info.services if s.get("name") == "gateway"), None)
+    return f"http://{gateway['address']}/console/" if gateway else None
 
 
 def _table(info: StackInfo, with_health: bool = False) -> Table:
