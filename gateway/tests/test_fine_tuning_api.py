@@ -182,3 +182,24 @@ def test_fine_tune_with_the_openai_client(stack: Stack) -> None:
         client.files.retrieve(uploaded.id)
     # the job keeps its own copy of the data (the dataset): it is still readable
     assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+
+    # ---- cancel a job that has not finished; other keys than the master key are refused
+    again = client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    long_job = client.fine_tuning.jobs.create(
+        model=BASE, training_file=again.id, hyperparameters={"n_epochs": 200}
+    )
+    cancelled = client.fine_tuning.jobs.cancel(long_job.id)
+    assert cancelled.id == long_job.id and cancelled.status == "cancelled"
+    deadline = time.monotonic() + 60
+    while (state := client.fine_tuning.jobs.retrieve(long_job.id)).finished_at is None:
+        assert time.monotonic() < deadline, f"job {long_job.id} still {state.status} 60 s after its cancel"
+        time.sleep(0.5)
+    assert state.status == "cancelled" and state.fine_tuned_model is None
+    assert client.fine_tuning.jobs.list_events(long_job.id).data[0].message == "The job was cancelled"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.cancel(long_job.id)
+    assert error_of(caught.value)["message"] == f"Job has already been cancelled: {long_job.id}"
+    stranger = OpenAI(base_url=client.base_url, api_key="sk-not-the-master-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        stranger.fine_tuning.jobs.list()
+    assert error_of(caught.value)["code"] == "invalid_api_key"
