@@ -91,6 +91,8 @@ class EpisodeSpec:
     labels: dict[str, str] = field(default_factory=dict)
     #: Weights of the episode reward as the request gave them (unset fields take the defaults).
     reward: tpb.RewardWeights = field(default_factory=tpb.RewardWeights)
+    #: The run's skill document (appended to the protocol's system prompt); "" for none.
+    skill: str = ""
 
 
 @dataclass
@@ -212,7 +214,7 @@ class Episode:
         start_ts = now()
         started = time.perf_counter()
         self.deadline = time.monotonic() + spec.limits.max_wall_time_s
-        system = proto.system_prompt(self.task, spec.protocol)
+        system = proto.system_prompt(self.task, spec.protocol, spec.skill)
         self._send("system", system, tpb.ROLE_SYSTEM)
         self._send("user", proto.task_prompt(self.task), tpb.ROLE_USER)
         stop: _Stop | None = None

@@ -82,14 +82,25 @@ def tools_for(task: Task, protocol: common_pb2.ToolProtocol) -> tuple[ToolSpec, 
     return REPO_TOOLS
 
 
-def system_prompt(task: Task, protocol: common_pb2.ToolProtocol) -> str:
+def system_prompt(task: Task, protocol: common_pb2.ToolProtocol, skill: str = "") -> str:
+    """The protocol's instructions, then the skill document (skills.py) when there is one: the
+    tool format stays the protocol's, whatever the skill says."""
     if isinstance(task, IoTask):
-        return IO_NATIVE_SYSTEM if protocol == NATIVE else IO_JSON_SYSTEM
-    return REPO_NATIVE_SYSTEM if protocol == NATIVE else REPO_JSON_SYSTEM
+        base = IO_NATIVE_SYSTEM if protocol == NATIVE else IO_JSON_SYSTEM
+    else:
+        base = REPO_NATIVE_SYSTEM if protocol == NATIVE else REPO_JSON_SYSTEM
+    if not skill.strip():
+        return base
+    return f"{base.rstrip()}\n\n{SKILL_HEADING}\n\n{skill.strip()}\n"
 
 
-def prompt_sha256(task: Task, protocol: common_pb2.ToolProtocol) -> str:
-    return hashlib.sha256(system_prompt(task, protocol).encode()).hexdigest()
+#: The line that separates the protocol's instructions from the skill in a system prompt.
+SKILL_HEADING = "# Skill"
+
+
+def prompt_sha256(task: Task, protocol: common_pb2.ToolProtocol, skill: str = "") -> str:
+    """SHA-256 (hex) of the exact system prompt an episode of ``task`` sends."""
+    return hashlib.sha256(system_prompt(task, protocol, skill).encode()).hexdigest()
 
 
 def task_prompt(task: Task) -> str:

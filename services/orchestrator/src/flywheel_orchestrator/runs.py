@@ -15,6 +15,11 @@ the stored trajectories' outcomes.
 Adapter pinning: a MODEL run whose model is an adapter stores the identity the gateway lists when
 the run starts (``Run.adapter``, persisted, kept by a resumed run); every episode's policy checks
 its turns against it (model.py), so a run never mixes adapter versions.
+
+Skills: ``episode.skill`` names a stored skill or carries inline text, which is stored by its
+content hash when the run is created (the run then names it by id, skills.py). Every episode's
+system prompt is the protocol's followed by the skill; its trajectory records the exact prompt's
+SHA-256 (``Policy.prompt_sha256``) and the skill's (label ``skill_sha256``, and ``skill_id``).
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common.errors import InvalidArgument, NotFound
 from flywheel_common.events import EventBus
 from flywheel_common.jobs import Announcement, Job, JobFailed, JobTable
 from flywheel_common.objectstore import ObjectStore
 from flywheel_orchestrator import protocol as proto
+from flywheel_orchestrator import skills as skill_docs
 from flywheel_orchestrator import validation as check
 from flywheel_orchestrator.agent import Episode, EpisodeSpec, EpisodeTimes, Limits, episode_result
 from flywheel_orchestrator.metrics import add_to_counters
@@ -68,6 +75,7 @@ OUTPUT_ONLY = (
     "start_time",
     "end_time",
     "adapter",
+    "skill_sha256",
 )
 
 
@@ -114,6 +122,7 @@ class RunJob(Job[run_pb2.Run]):
         self.results: list[run_pb2.EpisodeResult] = []
         self.times: list[EpisodeTimes] = []
         self.policy: tpb.Policy | None = None  #: lineage of the policy, once asked of the gateway
+        self.skill = ""  #: the skill document's text, read when the run starts ("" for none)
 
 
 def completed_event(run: run_pb2.Run) -> list[Announcement]:
@@ -150,6 +159,7 @@ class RunManager:
         sandbox: SandboxClient,
     ) -> None:
         self.settings = settings
+        self._store = store
         self.catalog = catalog
         self.models = models
         self.sandbox = sandbox
@@ -168,6 +178,27 @@ class RunManager:
         )
         #: Called with (run, episode result) after every stored episode (evaluations listen).
         self.listeners: list[Callable[[run_pb2.Run, run_pb2.EpisodeResult], None]] = []
+
+    @property
+    def skills(self) -> skill_docs.SkillStore:
+        return skill_docs.SkillStore(self._store())
+
+    async def resolve_skill(self, source: run_pb2.SkillSource, path: str) -> str:
+        """The id of the skill ``source`` names, stored first when it is inline text; "" for none.
+
+        INVALID_ARGUMENT naming ``path`` for a bad text or an unknown id."""
+        which = source.WhichOneof("source")
+        if which == "text":
+            skill_docs.check_text(source.text, f"{path}.text")
+            skill, _ = await asyncio.to_thread(self.skills.put, source.text)
+            return skill.id
+        if which == "skill_id":
+            try:
+                skill = await asyncio.to_thread(self.skills.get, source.skill_id)
+            except NotFound as err:
+                raise InvalidArgument(f"{path}.skill_id", str(err)) from None
+            return skill.id
+        return ""
 
     @property
     def trajectories(self) -> trajectory_pb2_grpc.TrajectoryServiceStub:
@@ -211,6 +242,11 @@ class RunManager:
         clean.CopyFrom(run)
         for name in OUTPUT_ONLY:
             clean.ClearField(name)
+        skill_text = ""
+        if clean.episode.HasField("skill"):
+            sid = await self.resolve_skill(clean.episode.skill, "run.episode.skill")
+            skill_text = (await asyncio.to_thread(self.skills.get, sid)).text
+            clean.episode.skill.skill_id = sid  # inline text is now stored: name it by id
         if not clean.teacher_kind:
             clean.teacher_kind = tpb.TEACHER_KIND_MODEL
 
@@ -222,8 +258,10 @@ class RunManager:
                 new.prompt_sha256 = mle_prompt_sha256()
             else:
                 new.prompt_sha256 = proto.prompt_sha256(
-                    first, proto.effective_protocol(first, new.episode.protocol)
+                    first, proto.effective_protocol(first, new.episode.protocol), skill_text
                 )
+            if skill_text:
+                new.skill_sha256 = skill_docs.sha256(skill_text)
             new.counters.tasks = len(tasks)
             new.counters.episodes_total = len(tasks) * (new.rollouts_per_task or 1)
 
@@ -361,10 +399,22 @@ class RunManager:
             identity = await self.models.identity(run.model)
             if identity is not None:
                 run.adapter.CopyFrom(identity)
+        if run.episode.skill.skill_id:
+            try:
+                skill = await asyncio.to_thread(self.skills.get, run.episode.skill.skill_id)
+            except NotFound:
+                raise JobFailed(
+                    f"skill {run.episode.skill.skill_id!r} is gone from the object store",
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ) from None
+            state.skill = skill.text
         await self.table.set_running(state)
         policy_info = await self.policy_info(state)
         limits = self._limits(run)
         labels = dict(run.labels)
+        if state.skill:
+            labels["skill_sha256"] = skill_docs.sha256(state.skill)
+            labels["skill_id"] = skill_docs.skill_id(state.skill)
         if run.loop_id:
             labels["loop_id"] = run.loop_id
         if run.teacher_kind == tpb.TEACHER_KIND_REFERENCE:
@@ -406,12 +456,16 @@ class RunManager:
         state: RunJob,
         task: Task,
         attempt: int,
-        policy_info: tpb.Policy,
+        base_policy: tpb.Policy,
         limits: Limits,
         labels: dict[str, str],
     ) -> None:
         run = state.resource
         protocol = proto.effective_protocol(task, run.episode.protocol)
+        # The lineage names the exact system prompt of this episode (it depends on the task's kind).
+        policy_info = tpb.Policy()
+        policy_info.CopyFrom(base_policy)
+        policy_info.prompt_sha256 = proto.prompt_sha256(task, protocol, state.skill)
         spec = EpisodeSpec(
             trajectory_id=trajectory_id(run.id, task.id, attempt),
             run_id=run.id,
@@ -427,6 +481,7 @@ class RunManager:
             policy_info=policy_info,
             labels=labels,
             reward=run.episode.reward,
+            skill=state.skill,
         )
         policy: Policy
         if run.teacher_kind == tpb.TEACHER_KIND_REFERENCE:

@@ -18,6 +18,7 @@ from flywheel_common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding
+from flywheel_orchestrator import skills as skill_docs
 from flywheel_orchestrator.aliases import AliasManager
 from flywheel_orchestrator.evaluations import EvaluationManager
 from flywheel_orchestrator.loops import LoopManager
@@ -25,6 +26,7 @@ from flywheel_orchestrator.model import ModelClient
 from flywheel_orchestrator.runs import RunManager
 from flywheel_orchestrator.sandbox import RunLimits, SandboxClient
 from flywheel_orchestrator.settings import OrchestratorSettings
+from flywheel_orchestrator.skillopt import SkillOptManager
 from flywheel_orchestrator.suite_check import MAX_FILES, check_suite, manifest_for
 from flywheel_orchestrator.suites import NAME_RE, SuiteCatalog, write_object_store
 
@@ -65,6 +67,7 @@ class Orchestrator:
         self.loops = LoopManager(
             settings, lambda: deps.store, self._bus, self.runs, self.evaluations, self.models, self.aliases
         )
+        self.skillopts = SkillOptManager(lambda: deps.store, self._bus, self.runs, self.models)
 
     def _bus(self):
         return self.deps.bus if self.deps.want_events else None
@@ -81,8 +84,10 @@ class Orchestrator:
         await self.evaluations.start()
         await self.aliases.start()
         await self.loops.start()
+        await self.skillopts.start()
 
     async def stop(self) -> None:
+        await self.skillopts.stop()
         await self.loops.stop()
         await self.aliases.stop()
         await self.evaluations.stop()
@@ -345,6 +350,82 @@ class OrchestratorService(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: apb.DeleteAliasRequest, context: grpc.aio.ServicerContext
     ) -> apb.DeleteAliasResponse:
         return apb.DeleteAliasResponse(alias=await self.core.aliases.delete(request))
+
+    # ---------------------------------------------------------------------------- skills
+
+    async def CreateSkill(
+        self, request: opb.CreateSkillRequest, context: grpc.aio.ServicerContext
+    ) -> opb.CreateSkillResponse:
+        if not request.HasField("skill"):
+            raise InvalidArgument("skill", "is required")
+        sk = request.skill
+        skill_docs.check_text(sk.text, "skill.text")
+        if sk.parent_id:
+            await asyncio.to_thread(self.core.runs.skills.get, sk.parent_id)
+        stored, created = await asyncio.to_thread(
+            self.core.runs.skills.put, sk.text, name=sk.name, parent_id=sk.parent_id
+        )
+        return opb.CreateSkillResponse(skill=stored, created=created)
+
+    async def GetSkill(
+        self, request: opb.GetSkillRequest, context: grpc.aio.ServicerContext
+    ) -> opb.GetSkillResponse:
+        if not request.skill_id:
+            raise InvalidArgument("skill_id", "is required")
+        return opb.GetSkillResponse(
+            skill=await asyncio.to_thread(self.core.runs.skills.get, request.skill_id)
+        )
+
+    async def ListSkills(
+        self, request: opb.ListSkillsRequest, context: grpc.aio.ServicerContext
+    ) -> opb.ListSkillsResponse:
+        found = await asyncio.to_thread(self.core.runs.skills.list)
+        listed = []
+        for sk in found:
+            if request.optimization_id and sk.optimization_id != request.optimization_id:
+                continue
+            sk.ClearField("text")
+            listed.append(sk)
+        chunk, token = offset_page(listed, request.page_size, request.page_token)
+        return opb.ListSkillsResponse(skills=chunk, next_page_token=token)
+
+    async def CreateSkillOptimization(
+        self, request: opb.CreateSkillOptimizationRequest, context: grpc.aio.ServicerContext
+    ) -> opb.CreateSkillOptimizationResponse:
+        if not request.HasField("optimization"):
+            raise InvalidArgument("optimization", "is required")
+        await self.core.refresh_suites()
+        o = await self.core.skillopts.create(request.optimization, request.request_id)
+        return opb.CreateSkillOptimizationResponse(optimization=o)
+
+    async def GetSkillOptimization(
+        self, request: opb.GetSkillOptimizationRequest, context: grpc.aio.ServicerContext
+    ) -> opb.GetSkillOptimizationResponse:
+        if not request.optimization_id:
+            raise InvalidArgument("optimization_id", "is required")
+        return opb.GetSkillOptimizationResponse(optimization=self.core.skillopts.get(request.optimization_id))
+
+    async def ListSkillOptimizations(
+        self, request: opb.ListSkillOptimizationsRequest, context: grpc.aio.ServicerContext
+    ) -> opb.ListSkillOptimizationsResponse:
+        chunk, token = self.core.skillopts.page(request)
+        return opb.ListSkillOptimizationsResponse(optimizations=chunk, next_page_token=token)
+
+    async def CancelSkillOptimization(
+        self, request: opb.CancelSkillOptimizationRequest, context: grpc.aio.ServicerContext
+    ) -> opb.CancelSkillOptimizationResponse:
+        if not request.optimization_id:
+            raise InvalidArgument("optimization_id", "is required")
+        o = await self.core.skillopts.cancel(request.optimization_id)
+        return opb.CancelSkillOptimizationResponse(optimization=o)
+
+    async def WatchSkillOptimization(
+        self, request: opb.WatchSkillOptimizationRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[opb.WatchSkillOptimizationResponse]:
+        if not request.optimization_id:
+            raise InvalidArgument("optimization_id", "is required")
+        async for item in self.core.skillopts.watch(request.optimization_id):
+            yield opb.WatchSkillOptimizationResponse(optimization=item)
 
 
 def _manifest_name(files: dict[str, bytes]) -> str:

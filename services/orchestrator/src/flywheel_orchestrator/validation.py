@@ -17,6 +17,7 @@ from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator import rewards
+from flywheel_orchestrator import skills as skill_docs
 from flywheel_orchestrator.mltasks import MlTask
 from flywheel_orchestrator.suites import AnyTask, Suite, SuiteCatalog, SuiteError
 
@@ -104,6 +105,8 @@ def episode(settings: run_pb2.EpisodeSettings, selected: Sequence[AnyTask], path
     if problems:
         name, problem = problems[0]
         raise InvalidArgument(f"{at}.reward.{name}", problem)
+    if settings.skill.WhichOneof("source") == "text":
+        skill_docs.check_text(settings.skill.text, f"{at}.skill.text")
 
 
 def counts(path: str, *, rollouts_per_task: int, max_rollouts: int, concurrency: int) -> None:

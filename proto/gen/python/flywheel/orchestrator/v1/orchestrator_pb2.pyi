@@ -3,6 +3,7 @@ from flywheel.orchestrator.v1 import alias_pb2 as _alias_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as _evaluation_pb2
 from flywheel.orchestrator.v1 import loop_pb2 as _loop_pb2
 from flywheel.orchestrator.v1 import run_pb2 as _run_pb2
+from flywheel.orchestrator.v1 import skill_pb2 as _skill_pb2
 from flywheel.orchestrator.v1 import suite_pb2 as _suite_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -289,3 +290,115 @@ class WatchLoopResponse(_message.Message):
     LOOP_FIELD_NUMBER: _ClassVar[int]
     loop: _loop_pb2.Loop
     def __init__(self, loop: _Optional[_Union[_loop_pb2.Loop, _Mapping]] = ...) -> None: ...
+
+class CreateSkillRequest(_message.Message):
+    __slots__ = ("skill",)
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    skill: _skill_pb2.Skill
+    def __init__(self, skill: _Optional[_Union[_skill_pb2.Skill, _Mapping]] = ...) -> None: ...
+
+class CreateSkillResponse(_message.Message):
+    __slots__ = ("skill", "created")
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    skill: _skill_pb2.Skill
+    created: bool
+    def __init__(self, skill: _Optional[_Union[_skill_pb2.Skill, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetSkillRequest(_message.Message):
+    __slots__ = ("skill_id",)
+    SKILL_ID_FIELD_NUMBER: _ClassVar[int]
+    skill_id: str
+    def __init__(self, skill_id: _Optional[str] = ...) -> None: ...
+
+class GetSkillResponse(_message.Message):
+    __slots__ = ("skill",)
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    skill: _skill_pb2.Skill
+    def __init__(self, skill: _Optional[_Union[_skill_pb2.Skill, _Mapping]] = ...) -> None: ...
+
+class ListSkillsRequest(_message.Message):
+    __slots__ = ("optimization_id", "page_size", "page_token")
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    optimization_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, optimization_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSkillsResponse(_message.Message):
+    __slots__ = ("skills", "next_page_token")
+    SKILLS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    skills: _containers.RepeatedCompositeFieldContainer[_skill_pb2.Skill]
+    next_page_token: str
+    def __init__(self, skills: _Optional[_Iterable[_Union[_skill_pb2.Skill, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CreateSkillOptimizationRequest(_message.Message):
+    __slots__ = ("optimization", "request_id")
+    OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    optimization: _skill_pb2.SkillOptimization
+    request_id: str
+    def __init__(self, optimization: _Optional[_Union[_skill_pb2.SkillOptimization, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CreateSkillOptimizationResponse(_message.Message):
+    __slots__ = ("optimization",)
+    OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
+    optimization: _skill_pb2.SkillOptimization
+    def __init__(self, optimization: _Optional[_Union[_skill_pb2.SkillOptimization, _Mapping]] = ...) -> None: ...
+
+class GetSkillOptimizationRequest(_message.Message):
+    __slots__ = ("optimization_id",)
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    optimization_id: str
+    def __init__(self, optimization_id: _Optional[str] = ...) -> None: ...
+
+class GetSkillOptimizationResponse(_message.Message):
+    __slots__ = ("optimization",)
+    OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
+    optimization: _skill_pb2.SkillOptimization
+    def __init__(self, optimization: _Optional[_Union[_skill_pb2.SkillOptimization, _Mapping]] = ...) -> None: ...
+
+class ListSkillOptimizationsRequest(_message.Message):
+    __slots__ = ("state", "page_size", "page_token")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    state: _common_pb2.JobState
+    page_size: int
+    page_token: str
+    def __init__(self, state: _Optional[_Union[_common_pb2.JobState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSkillOptimizationsResponse(_message.Message):
+    __slots__ = ("optimizations", "next_page_token")
+    OPTIMIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    optimizations: _containers.RepeatedCompositeFieldContainer[_skill_pb2.SkillOptimization]
+    next_page_token: str
+    def __init__(self, optimizations: _Optional[_Iterable[_Union[_skill_pb2.SkillOptimization, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelSkillOptimizationRequest(_message.Message):
+    __slots__ = ("optimization_id",)
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    optimization_id: str
+    def __init__(self, optimization_id: _Optional[str] = ...) -> None: ...
+
+class CancelSkillOptimizationResponse(_message.Message):
+    __slots__ = ("optimization",)
+    OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
+    optimization: _skill_pb2.SkillOptimization
+    def __init__(self, optimization: _Optional[_Union[_skill_pb2.SkillOptimization, _Mapping]] = ...) -> None: ...
+
+class WatchSkillOptimizationRequest(_message.Message):
+    __slots__ = ("optimization_id",)
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    optimization_id: str
+    def __init__(self, optimization_id: _Optional[str] = ...) -> None: ...
+
+class WatchSkillOptimizationResponse(_message.Message):
+    __slots__ = ("optimization",)
+    OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
+    optimization: _skill_pb2.SkillOptimization
+    def __init__(self, optimization: _Optional[_Union[_skill_pb2.SkillOptimization, _Mapping]] = ...) -> None: ...

@@ -158,6 +158,46 @@ class OrchestratorServiceStub:
                 request_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasRequest.SerializeToString,
                 response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasResponse.FromString,
                 _registered_method=True)
+        self.CreateSkill = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/CreateSkill',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillResponse.FromString,
+                _registered_method=True)
+        self.GetSkill = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/GetSkill',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillResponse.FromString,
+                _registered_method=True)
+        self.ListSkills = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/ListSkills',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillsRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillsResponse.FromString,
+                _registered_method=True)
+        self.CreateSkillOptimization = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/CreateSkillOptimization',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillOptimizationRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillOptimizationResponse.FromString,
+                _registered_method=True)
+        self.GetSkillOptimization = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/GetSkillOptimization',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillOptimizationRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillOptimizationResponse.FromString,
+                _registered_method=True)
+        self.ListSkillOptimizations = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/ListSkillOptimizations',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillOptimizationsRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillOptimizationsResponse.FromString,
+                _registered_method=True)
+        self.CancelSkillOptimization = channel.unary_unary(
+                '/flywheel.orchestrator.v1.OrchestratorService/CancelSkillOptimization',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CancelSkillOptimizationRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CancelSkillOptimizationResponse.FromString,
+                _registered_method=True)
+        self.WatchSkillOptimization = channel.unary_stream(
+                '/flywheel.orchestrator.v1.OrchestratorService/WatchSkillOptimization',
+                request_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchSkillOptimizationRequest.SerializeToString,
+                response_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchSkillOptimizationResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -356,6 +396,63 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSkill(self, request, context):
+        """Stores a skill document by its content hash (the same text twice is the same skill).
+        INVALID_ARGUMENT for an empty or oversized text or a malformed protected section.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSkill(self, request, context):
+        """Gets a skill by id (`skill-<16 hex>`) or full SHA-256. NOT_FOUND when unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSkills(self, request, context):
+        """Lists skills, newest first, without their text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSkillOptimization(self, request, context):
+        """Starts a skill optimisation (idempotent with request_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSkillOptimization(self, request, context):
+        """Gets a skill optimisation. NOT_FOUND when unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSkillOptimizations(self, request, context):
+        """Lists skill optimisations, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSkillOptimization(self, request, context):
+        """Best-effort cancel; the runs it started are cancelled too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSkillOptimization(self, request, context):
+        """A snapshot now and at every change, until a terminal state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -478,6 +575,46 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.DeleteAlias,
                     request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasRequest.FromString,
                     response_serializer=flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'CreateSkill': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSkill,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillResponse.SerializeToString,
+            ),
+            'GetSkill': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSkill,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillResponse.SerializeToString,
+            ),
+            'ListSkills': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSkills,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillsRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillsResponse.SerializeToString,
+            ),
+            'CreateSkillOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSkillOptimization,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillOptimizationRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillOptimizationResponse.SerializeToString,
+            ),
+            'GetSkillOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSkillOptimization,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillOptimizationRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillOptimizationResponse.SerializeToString,
+            ),
+            'ListSkillOptimizations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSkillOptimizations,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillOptimizationsRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillOptimizationsResponse.SerializeToString,
+            ),
+            'CancelSkillOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSkillOptimization,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CancelSkillOptimizationRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CancelSkillOptimizationResponse.SerializeToString,
+            ),
+            'WatchSkillOptimization': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSkillOptimization,
+                    request_deserializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchSkillOptimizationRequest.FromString,
+                    response_serializer=flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchSkillOptimizationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1131,6 +1268,222 @@ class OrchestratorService:
             '/flywheel.orchestrator.v1.OrchestratorService/DeleteAlias',
             flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasRequest.SerializeToString,
             flywheel_dot_orchestrator_dot_v1_dot_alias__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSkill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/CreateSkill',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSkill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/GetSkill',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSkills(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/ListSkills',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillsRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSkillOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/CreateSkillOptimization',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillOptimizationRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateSkillOptimizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSkillOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/GetSkillOptimization',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillOptimizationRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetSkillOptimizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSkillOptimizations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/ListSkillOptimizations',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillOptimizationsRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSkillOptimizationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSkillOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/CancelSkillOptimization',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CancelSkillOptimizationRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CancelSkillOptimizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSkillOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flywheel.orchestrator.v1.OrchestratorService/WatchSkillOptimization',
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchSkillOptimizationRequest.SerializeToString,
+            flywheel_dot_orchestrator_dot_v1_dot_orchestrator__pb2.WatchSkillOptimizationResponse.FromString,
             options,
             channel_credentials,
             insecure,

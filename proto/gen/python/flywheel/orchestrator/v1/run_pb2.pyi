@@ -37,20 +37,30 @@ class EpisodeLimits(_message.Message):
     def __init__(self, max_iterations: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_consecutive_parse_errors: _Optional[int] = ...) -> None: ...
 
 class EpisodeSettings(_message.Message):
-    __slots__ = ("protocol", "test_policy", "limits", "sampling", "record_tokens", "reward")
+    __slots__ = ("protocol", "test_policy", "limits", "sampling", "record_tokens", "reward", "skill")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     TEST_POLICY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RECORD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
     protocol: _common_pb2.ToolProtocol
     test_policy: TestPolicy
     limits: EpisodeLimits
     sampling: _common_pb2.SamplingParams
     record_tokens: bool
     reward: _trajectory_pb2.RewardWeights
-    def __init__(self, protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[TestPolicy, str]] = ..., limits: _Optional[_Union[EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., record_tokens: _Optional[bool] = ..., reward: _Optional[_Union[_trajectory_pb2.RewardWeights, _Mapping]] = ...) -> None: ...
+    skill: SkillSource
+    def __init__(self, protocol: _Optional[_Union[_common_pb2.ToolProtocol, str]] = ..., test_policy: _Optional[_Union[TestPolicy, str]] = ..., limits: _Optional[_Union[EpisodeLimits, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., record_tokens: _Optional[bool] = ..., reward: _Optional[_Union[_trajectory_pb2.RewardWeights, _Mapping]] = ..., skill: _Optional[_Union[SkillSource, _Mapping]] = ...) -> None: ...
+
+class SkillSource(_message.Message):
+    __slots__ = ("skill_id", "text")
+    SKILL_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    skill_id: str
+    text: str
+    def __init__(self, skill_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class RunCounters(_message.Message):
     __slots__ = ("tasks", "episodes_total", "episodes_finished", "episodes_resolved", "episodes_errored", "episodes_with_write", "steps", "parse_errors", "loop_detections", "usage", "trajectories_stored", "episodes_rewarded", "reward_sum", "reward_sq_sum")
@@ -85,7 +95,7 @@ class RunCounters(_message.Message):
     def __init__(self, tasks: _Optional[int] = ..., episodes_total: _Optional[int] = ..., episodes_finished: _Optional[int] = ..., episodes_resolved: _Optional[int] = ..., episodes_errored: _Optional[int] = ..., episodes_with_write: _Optional[int] = ..., steps: _Optional[int] = ..., parse_errors: _Optional[int] = ..., loop_detections: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., trajectories_stored: _Optional[int] = ..., episodes_rewarded: _Optional[int] = ..., reward_sum: _Optional[float] = ..., reward_sq_sum: _Optional[float] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "teacher_kind", "model", "rollouts_per_task", "episode", "concurrency", "labels", "loop_id", "prompt_sha256", "state", "error", "counters", "create_time", "start_time", "end_time", "adapter")
+    __slots__ = ("id", "suite", "suite_version", "split", "task_ids", "teacher_kind", "model", "rollouts_per_task", "episode", "concurrency", "labels", "loop_id", "prompt_sha256", "state", "error", "counters", "create_time", "start_time", "end_time", "adapter", "skill_sha256")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +123,7 @@ class Run(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    SKILL_SHA256_FIELD_NUMBER: _ClassVar[int]
     id: str
     suite: str
     suite_version: str
@@ -133,7 +144,8 @@ class Run(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     adapter: _trajectory_pb2.AdapterIdentity
-    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., prompt_sha256: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., counters: _Optional[_Union[RunCounters, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adapter: _Optional[_Union[_trajectory_pb2.AdapterIdentity, _Mapping]] = ...) -> None: ...
+    skill_sha256: str
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., suite_version: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.TaskSplit, str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., loop_id: _Optional[str] = ..., prompt_sha256: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., counters: _Optional[_Union[RunCounters, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adapter: _Optional[_Union[_trajectory_pb2.AdapterIdentity, _Mapping]] = ..., skill_sha256: _Optional[str] = ...) -> None: ...
 
 class EpisodeResult(_message.Message):
     __slots__ = ("model", "task_id", "attempt", "trajectory_id", "resolved", "failure_category", "steps", "parse_errors", "loop_detections", "wrote_file", "usage", "wall_time", "reward", "reward_masked")
