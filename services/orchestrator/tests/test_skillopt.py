@@ -26,6 +26,8 @@ from typing import Any
 
 import grpc
 import pytest
+from click.testing import CliRunner, Result
+from google.protobuf import json_format
 
 from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
@@ -33,6 +35,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, run_pb2
 from flywheel.orchestrator.v1 import skill_pb2 as spb
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_cli.main import cli
 from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator import skillopt, skills
 from flywheel_orchestrator.suites import load_folder
@@ -339,8 +342,35 @@ async def test_skill_hash_in_every_trajectory_of_a_run(
             assert last.counters.episodes_resolved == (9 if doc == text_skill else 0)
 
 
+async def check_cli(address: str, final: spb.SkillOptimization, tmp_path: Path) -> None:
+    """``flywheel skill …`` against the finished optimisation (the CLI is synchronous: a thread)."""
+
+    def flywheel(*args: str) -> Result:
+        runner = CliRunner(env={"COLUMNS": "300"})
+        return runner.invoke(cli, ["skill", "--address", address, *args], catch_exceptions=False)
+
+    spec = tmp_path / "opt.json"
+    spec.write_text(json_format.MessageToJson(optimization()))
+    again = await asyncio.to_thread(flywheel, "create", "--from-json", str(spec), "--request-id", "opt-1")
+    assert again.exit_code == 0 and final.id in again.stdout  # the same optimisation, already done
+    assert "step 2 (epoch 0, 3 tasks) · budget 1" in again.output and "rejected" in again.output
+    shown = await asyncio.to_thread(flywheel, "show", final.id)
+    assert shown.exit_code == 0 and "malformed: reflection" in shown.stdout and "reflect" in shown.stdout
+    diff = await asyncio.to_thread(flywheel, "diff", final.id)
+    assert f"+{PHRASE}" in diff.stdout and "the agent ignores K" in diff.stdout
+    assert "skipped: touches protected section 'house-rules'" in diff.stdout
+    text = await asyncio.to_thread(flywheel, "show", final.current_skill_id)
+    assert text.exit_code == 0 and PHRASE in text.stdout
+    doc = tmp_path / "skill.md"
+    doc.write_text(INITIAL)
+    added = await asyncio.to_thread(flywheel, "add", str(doc))
+    assert added.stdout.strip() == final.baseline_skill_id
+    pair = await asyncio.to_thread(flywheel, "diff", final.baseline_skill_id, final.current_skill_id)
+    assert f"+{PHRASE}" in pair.stdout
+
+
 async def test_optimisation_finds_and_keeps_the_phrase(
-    backends: Backends, service_env: dict[str, str], suite_dir: Path
+    backends: Backends, service_env: dict[str, str], suite_dir: Path, tmp_path: Path
 ) -> None:
     models = Models()
     started = time.monotonic()
@@ -366,6 +396,7 @@ async def test_optimisation_finds_and_keeps_the_phrase(
         parents = {s.id: s.parent_id for s in listed.skills}
         assert parents[final.steps[0].candidate_skill_id] == final.baseline_skill_id
         assert parents[final.steps[1].candidate_skill_id] == final.steps[0].candidate_skill_id
+        await check_cli(h.address, final, tmp_path)
     assert time.monotonic() - started < 90
 
 
