@@ -111,3 +111,20 @@ def test_journal_holds_the_whole_tree() -> None:
     assert by_id["n0"]["analysis"].startswith("the script failed")
     assert by_id["n1"]["exec_time"] == 1.5
     assert by_id["n4"]["code"] == "import z"
+
+
+def test_cli_draws_the_tree_and_the_metric_per_step() -> None:
+    from flywheel_cli.mle import render
+
+    lines = render(_trajectory())
+    assert lines[0].startswith("ml-tasks/house-prices · traj-journal · 6 nodes · ")
+    assert "best n4: held-out 21.5 (normalised " in lines[0]
+    assert lines[1:] == [
+        "  n0 draft: bug: the script failed (RUNTIME_ERROR): ZeroDivisionError",
+        "    n2 debug: bug: no submission/submission.csv was written",
+        "      n5 reflect: bug: the answer had no ```python code block",
+        "  n1 draft: metric 30.5 (held-out 31.25)",
+        "    n3 improve: metric 22 (held-out 22.4)",
+        "      n4 reflect: metric 21 (held-out 21.5)  ← best",
+        "  metric per step (→ best so far): 0:bug  1:30.5→30.5  2:bug→30.5  3:22→22  4:21→21  5:bug→21",
+    ]

@@ -9,6 +9,7 @@
 | suites.py, runs.py, evals.py | ``suites``, ``run …``, ``eval …`` (orchestrator) |
 | loops.py, demo.py | ``loop create|list|show|watch|cancel``, ``demo`` |
 | aliases.py | ``alias list|show|set|rollback|delete`` (served aliases, on the orchestrator) |
+| mle.py | ``mle show|export``: ML-engineering episodes' search trees and journals (trajectory store) |
 | skill.py | ``skill add|create|list|watch|show|diff``: skills and skill optimisations (orchestrator) |
 
 Every command that talks to a service does it through :mod:`flywheel_cli.rpc`.
@@ -24,6 +25,7 @@ from flywheel_cli.demo import demo
 from flywheel_cli.evals import eval_cmd
 from flywheel_cli.finetune import finetune
 from flywheel_cli.loops import loop_cmd
+from flywheel_cli.mle import mle_cmd
 from flywheel_cli.runs import run_cmd
 from flywheel_cli.skill import skill_cmd
 from flywheel_cli.stack_cmds import down, status, up
@@ -48,6 +50,7 @@ for command in (
     eval_cmd,
     loop_cmd,
     alias_cmd,
+    mle_cmd,
     skill_cmd,
     demo,
 ):

@@ -40,12 +40,12 @@ gives a ``journal.json`` that imports back to the same pairs:
 * then a USER step with the execution output and the analysis (``tool_result.status`` ERROR for a
   buggy node), ``parent_index`` the node's ASSISTANT step.
 
-Settings: ``FLYWHEEL_ORCHESTRATOR_MLE_*`` (:class:`MleSettings`).
+Settings: ``FLYWHEEL_ORCHESTRATOR_MLE_*`` (:class:`MleSettings`). The journal export
+(``journal_of``, ``export_journal``) lives in ``flywheel_common.journal``, shared with the CLI.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -61,6 +61,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flywheel.common.v1 import common_pb2
 from flywheel.sandbox.v1 import sandbox_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+from flywheel_common.journal import export_journal, journal_of, parse_answer
 from flywheel_orchestrator.mltasks import SUBMISSION, MlTask, judge
 from flywheel_orchestrator.model import ModelError, ModelTurn, Policy
 from flywheel_orchestrator.sandbox import SandboxClient, SandboxError
@@ -68,7 +69,6 @@ from flywheel_orchestrator.sandbox import SandboxClient, SandboxError
 F = tpb
 #: Line a solution prints with its validation score; the last one counts.
 METRIC_LINE = re.compile(r"validation[ _]metric\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)", re.I)
-_FENCE = re.compile(r"```[a-zA-Z0-9_+-]*[ \t]*\n(.*?)```", re.DOTALL)
 #: The harness's line before the submission's content on stdout (the harness writes it last).
 MARKER = "\n<<<flywheel-submission>>>\n"
 RUNNER = "_flywheel_run.py"
@@ -353,15 +353,6 @@ def edit_prompt(task: MlTask, node: Node, critique: str, s: MleSettings) -> list
         _format(simple),
     ]
     return [{"role": "user", "content": "\n\n".join(parts)}]
-
-
-def parse_answer(text: str) -> tuple[str, str]:
-    """(plan, code) of an answer: the text before the first code block, and the longest block."""
-    blocks = list(_FENCE.finditer(text))
-    if not blocks:
-        return text.strip(), ""
-    code = max((b.group(1) for b in blocks), key=len).strip("\n")
-    return text[: blocks[0].start()].strip(), code
 
 
 def validation_metric(stdout: str) -> float | None:
@@ -761,85 +752,6 @@ REFERENCE_SETTINGS = {"max_nodes": 1, "num_drafts": 1, "reflection": False}
 # -------------------------------------------------------------------------------------- journal
 
 
-def journal_of(traj: tpb.Trajectory) -> dict[str, Any]:
-    """The AIDE ``journal.json`` of an ML trajectory (the trajectory store's importer reads it).
-
-    Per node: ``id``, ``step``, ``parent``, ``plan``, ``code``, ``term_out``, ``analysis``,
-    ``is_buggy``, ``metric`` (``{"value", "maximize"}`` or null), ``exec_time``, and ours:
-    ``operator``, ``heldout_metric``. Top level: ``task_id`` and ``task_description`` (the USER
-    text before the first node, which ``journal_pairs`` uses as the task)."""
-    from_step: dict[int, str] = {}
-    nodes: list[dict[str, Any]] = []
-    steps = traj.steps
-    description = []
-    for step in steps:
-        if step.role == tpb.ROLE_ASSISTANT:
-            break
-        if step.content:
-            description.append(step.content)
-    for step in steps:
-        if step.role != tpb.ROLE_ASSISTANT or "aide.node_id" not in step.attributes:
-            continue
-        node_id = step.attributes["aide.node_id"]
-        plan, code = parse_answer(step.content)
-        output = next(
-            (
-                s
-                for s in steps[step.index + 1 :]
-                if s.role != tpb.ROLE_ASSISTANT and s.parent_index == step.index
-            ),
-            None,
-        )
-        content = output.content if output is not None else ""
-        analysis = output.attributes.get("mle.analysis", "") if output is not None else ""
-        term_out = (
-            content[: -len(f"\n\n{analysis}")]
-            if analysis and content.endswith(f"\n\n{analysis}")
-            else content
-        )
-        if not analysis:
-            term_out = content
-        parent = None
-        if step.HasField("parent_index"):
-            parent_output = steps[step.parent_index]
-            parent = from_step.get(
-                parent_output.parent_index if parent_output.role != tpb.ROLE_ASSISTANT else step.parent_index
-            )
-        metric = step.attributes.get("aide.metric")
-        node: dict[str, Any] = {
-            "id": node_id,
-            "step": len(nodes),
-            "parent": parent,
-            "plan": plan,
-            "code": code,
-            "term_out": term_out,
-            "analysis": analysis,
-            "is_buggy": step.attributes.get("aide.buggy") == "true",
-            "metric": (
-                {"value": float(metric), "maximize": step.attributes.get("aide.maximize") == "true"}
-                if metric is not None
-                else None
-            ),
-            "operator": step.attributes.get("mle.operator", ""),
-            "heldout_metric": float(step.attributes["mle.heldout"])
-            if "mle.heldout" in step.attributes
-            else None,
-        }
-        if output is not None and output.HasField("duration"):
-            node["exec_time"] = output.duration.ToNanoseconds() / 1e9
-        from_step[step.index] = node_id
-        nodes.append(node)
-    return {
-        "task_id": traj.task.task_id,
-        "task_description": "\n\n".join(description),
-        "nodes": nodes,
-    }
-
-
-def export_journal(traj: tpb.Trajectory) -> bytes:
-    return json.dumps(journal_of(traj), ensure_ascii=False, indent=1).encode()
-
-
 def summary(traj: tpb.Trajectory) -> Mapping[str, Any]:
     """The ML figures of one stored trajectory (from its labels; used by reports)."""
     labels = traj.labels
@@ -856,3 +768,6 @@ def summary(traj: tpb.Trajectory) -> Mapping[str, Any]:
         "normalised": num("mle.normalised"),
         "wall_s": (traj.end_time.ToNanoseconds() - traj.start_time.ToNanoseconds()) / 1e9,
     }
+
+
+__all__ = ["MleEpisode", "MleSettings", "MleSpec", "Node", "export_journal", "journal_of", "parse_answer"]
