@@ -30,6 +30,7 @@ from click.testing import CliRunner, Result
 from google.protobuf import json_format
 
 from flywheel.common.v1 import common_pb2
+from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, run_pb2
 from flywheel.orchestrator.v1 import skill_pb2 as spb
@@ -340,6 +341,24 @@ async def test_skill_hash_in_every_trajectory_of_a_run(
                 assert t.policy.prompt_sha256 == skills.sha256(system)  # the real prompt's hash
             # The phrase in the skill decides the scripted target's success.
             assert last.counters.episodes_resolved == (9 if doc == text_skill else 0)
+
+        # Evaluations take a skill too: inline text is stored and named by id; an unknown id is refused.
+        episode = run_pb2.EpisodeSettings(skill=run_pb2.SkillSource(text=text_skill))
+        ev = epb.Evaluation(suite="adders", split=TEST, models=["target"], episode=episode)
+        made_ev = (await h.stub.CreateEvaluation(opb.CreateEvaluationRequest(evaluation=ev))).evaluation
+        assert made_ev.episode.skill.skill_id == skills.skill_id(text_skill)
+        done = None
+        watch = opb.WatchEvaluationRequest(evaluation_id=made_ev.id)
+        async for item in h.stub.WatchEvaluation(watch, timeout=60):
+            if item.WhichOneof("update") == "evaluation":
+                done = item.evaluation
+        assert done is not None and done.state == common_pb2.JOB_STATE_SUCCEEDED, done
+        assert done.model_metrics[0].pass_rate == 1.0 and done.model_metrics[0].episodes == 3
+        ev.episode.skill.skill_id = "skill-0000000000000000"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await h.stub.CreateEvaluation(opb.CreateEvaluationRequest(evaluation=ev))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "evaluation.episode.skill.skill_id" in err.value.details()
 
 
 async def check_cli(address: str, final: spb.SkillOptimization, tmp_path: Path) -> None:

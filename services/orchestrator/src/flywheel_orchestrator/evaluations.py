@@ -174,6 +174,10 @@ class EvaluationManager:
         clean.CopyFrom(e)
         for name in OUTPUT_ONLY:
             clean.ClearField(name)
+        if clean.episode.HasField("skill"):  # inline text stored now; every model's run names it by id
+            clean.episode.skill.skill_id = await self.runs.resolve_skill(
+                clean.episode.skill, "evaluation.episode.skill"
+            )
         suite = self.runs.catalog.get(clean.suite)
         assert suite is not None  # validated
 

@@ -434,6 +434,10 @@ class LoopManager:
                 await self.aliases.check_free(clean.alias)
             except InvalidArgument as err:
                 raise InvalidArgument("loop.alias", str(err).removeprefix("name: ")) from None
+        if clean.episode.HasField("skill"):  # inline text stored now; the loop's runs name it by id
+            clean.episode.skill.skill_id = await self.runs.resolve_skill(
+                clean.episode.skill, "loop.episode.skill"
+            )
         return await self._create(clean, request_id)
 
     async def _create(self, clean: lpb.Loop, request_id: str) -> lpb.Loop:
