@@ -498,7 +498,7 @@ class MleEpisode:
     async def _run_node(self, node: Node) -> None:
         if not node.code.strip():
             node.buggy = True
-            node.analysis = "the answer had no ```python code block"
+            node.analysis = "the answer had no code (no ```python block, or an empty one)"
             return
         output, submission, spent, result = await self.execute(node.code)
         node.exec_time_s = round(spent, 3)
