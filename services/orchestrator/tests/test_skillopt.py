@@ -401,6 +401,11 @@ async def test_optimisation_finds_and_keeps_the_phrase(
                 opb.CreateSkillOptimizationRequest(optimization=optimization(selection_size=9))
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # add-5 is a TRAIN task
+            await h.stub.CreateSkillOptimization(
+                opb.CreateSkillOptimizationRequest(optimization=optimization(test_task_ids=["add-5"]))
+            )
+        assert "optimization.test_task_ids" in err.value.details()
         req = opb.CreateSkillOptimizationRequest(optimization=optimization(), request_id="opt-1")
         created = (await h.stub.CreateSkillOptimization(req)).optimization
         assert (await h.stub.CreateSkillOptimization(req)).optimization.id == created.id

@@ -176,6 +176,20 @@ def _source(skill: str) -> run_pb2.SkillSource:
 @click.option("--selection-rollouts", type=int, default=None, help="Episodes per selection/TEST task.")
 @click.option("--seed", type=int, default=None, help="Seed of the minibatch order and selection.")
 @click.option(
+    "--selection-task",
+    "selection_tasks",
+    multiple=True,
+    help="TRAIN task held out for the gate (repeatable).",
+)
+@click.option(
+    "--test-task",
+    "test_tasks",
+    multiple=True,
+    help="TEST task of the final scores (repeatable; default all).",
+)
+@click.option("--max-iterations", type=int, default=None, help="Agent turns per episode.")
+@click.option("--max-tokens", type=int, default=None, help="Completion tokens per model call of the target.")
+@click.option(
     "--request-id", default="", help="Idempotency key: a retry with it returns the same optimisation."
 )
 @click.option("--watch/--no-watch", "follow", default=True, show_default=True, help="Follow it to the end.")
@@ -210,6 +224,14 @@ def skill_create(
             setattr(o, field, opts[option])
     if opts.get("skill"):
         o.initial_skill.CopyFrom(_source(opts["skill"]))
+    if opts.get("selection_tasks"):
+        o.selection_task_ids[:] = list(opts["selection_tasks"])
+    if opts.get("test_tasks"):
+        o.test_task_ids[:] = list(opts["test_tasks"])
+    if opts.get("max_iterations") is not None:
+        o.episode.limits.max_iterations = opts["max_iterations"]
+    if opts.get("max_tokens") is not None:
+        o.episode.sampling.max_tokens = opts["max_tokens"]
     if opts.get("budget") is not None:
         o.budget.initial = opts["budget"]
     if opts.get("budget_min") is not None:

@@ -410,7 +410,7 @@ class SkillOptManager:
         path = "optimization"
         suite = check.suite(self.runs.catalog, o.suite, path)
         train = check.tasks(suite, common_pb2.TASK_SPLIT_TRAIN, [], path)
-        test = check.tasks(suite, common_pb2.TASK_SPLIT_TEST, [], path)
+        test = check.tasks(suite, common_pb2.TASK_SPLIT_TEST, o.test_task_ids, path, "test_task_ids")
         if not o.target_model:
             raise InvalidArgument(f"{path}.target_model", "is required (a gateway model name)")
         if not o.optimizer_model:
@@ -887,7 +887,7 @@ class SkillOptManager:
                 job,
                 f"test-{skill_id}",
                 common_pb2.TASK_SPLIT_TEST,
-                [],
+                list(o.test_task_ids),
                 skill_id,
                 o.selection_rollouts or 1,
                 S.SKILL_OPT_STAGE_TEST,
