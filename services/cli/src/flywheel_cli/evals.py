@@ -34,6 +34,7 @@ from flywheel_cli.job_options import (
     fill_episode,
     reject_job_options,
 )
+from flywheel_cli.mle import ml_table
 from flywheel_cli.render import (
     STATES,
     console,
@@ -323,6 +324,9 @@ def print_evaluation(e: epb.Evaluation, state_dir: Path, *, with_tasks: bool = T
         tasks = task_table(e) if with_tasks else None
         if tasks is not None:
             out.print(tasks)
+        ml = ml_table(e)
+        if ml is not None:
+            out.print(ml)
     locations = report_locations(e, objects_root(state_dir))
     if locations:
         out.print("[bold]report[/]")

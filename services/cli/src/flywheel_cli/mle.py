@@ -12,8 +12,10 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
+from rich.table import Table
 
 from flywheel.common.v1 import common_pb2
+from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1.trajectory_pb2_grpc import TrajectoryServiceStub
 from flywheel_cli import rpc
@@ -114,3 +116,50 @@ def export_cmd(ctx: click.Context, trajectory_id: str, output: Path | None) -> N
     else:
         output.write_bytes(data)
         console.print(f"wrote {output} ({len(journal_of(t)['nodes'])} nodes)")
+
+
+def ml_table(e: epb.Evaluation) -> Table | None:
+    """An evaluation's ML-engineering figures (``Evaluation.ml_metrics``): one row per model and task."""
+    if not any(m.episodes for m in e.ml_metrics):
+        return None
+    table = Table(title="ML-engineering tasks (held-out metric of each episode's best node)")
+    for column in (
+        "model",
+        "task",
+        "metric",
+        "baseline",
+        "reference",
+        "best held-out",
+        "normalised",
+        "valid",
+        "nodes",
+        "wall",
+    ):
+        table.add_column(column, justify="left" if column in ("model", "task", "metric") else "right")
+    for m in e.ml_metrics:
+        for t in m.tasks:
+            table.add_row(
+                escape(m.model),
+                escape(t.task_id),
+                f"{t.metric} ({'max' if t.maximize else 'min'})",
+                f"{t.baseline_score:.4g}",
+                f"{t.reference_score:.4g}",
+                f"{t.best_heldout:.4g}" if t.HasField("best_heldout") else "-",
+                f"{t.mean_normalised:.2f}",
+                f"{t.valid_episodes}/{t.episodes}",
+                f"{t.mean_nodes:.1f}",
+                f"{t.mean_wall_time.ToNanoseconds() / 1e9:.1f} s",
+            )
+        table.add_row(
+            f"[bold]{escape(m.model)}[/]",
+            "all",
+            "",
+            "",
+            "",
+            "",
+            f"[bold]{m.mean_normalised:.2f}[/]",
+            f"{m.valid_fraction:.0%}",
+            f"{m.mean_nodes:.1f}",
+            f"{m.mean_wall_time.ToNanoseconds() / 1e9:.1f} s",
+        )
+    return table
