@@ -6,6 +6,8 @@ with Debian's scikit-learn, pandas and numpy), exactly as in production; nothing
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,6 +65,15 @@ def test_bundled_suite_loads_with_twelve_ml_tasks() -> None:
         common_pb2.TASK_SPLIT_TRAIN,
         common_pb2.TASK_SPLIT_TEST,
     }
+
+
+def test_the_generator_reproduces_the_bundled_suite_byte_for_byte() -> None:
+    script = Path(__file__).parents[1] / "scripts" / "gen_ml_tasks.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ml-tasks is up to date" in done.stdout
 
 
 def test_malformed_ml_task_is_reported(tmp_path: Path) -> None:
