@@ -248,7 +248,7 @@ def skill_create(
             opb.CreateSkillOptimizationRequest(optimization=o, request_id=request_id)
         ).optimization
         console.print(
-            f"started skill optimisation [bold]{created.id}[/] on {created.suite}: {created.steps_total} steps, "
+            f"started skill optimisation [bold]{created.id}[/] on {created.suite}: {created.steps_total} step(s), "
             f"selection {', '.join(created.resolved_selection_task_ids)}",
             soft_wrap=True,
         )
