@@ -190,6 +190,9 @@ def _source(skill: str) -> run_pb2.SkillSource:
 @click.option("--max-iterations", type=int, default=None, help="Agent turns per episode.")
 @click.option("--max-tokens", type=int, default=None, help="Completion tokens per model call of the target.")
 @click.option(
+    "--optimizer-max-tokens", type=int, default=None, help="Completion tokens per optimiser call (2048)."
+)
+@click.option(
     "--request-id", default="", help="Idempotency key: a retry with it returns the same optimisation."
 )
 @click.option("--watch/--no-watch", "follow", default=True, show_default=True, help="Follow it to the end.")
@@ -218,6 +221,7 @@ def skill_create(
         "rollouts": "rollouts_per_task",
         "selection_rollouts": "selection_rollouts",
         "seed": "seed",
+        "optimizer_max_tokens": "optimizer_max_tokens",
     }
     for option, field in simple.items():
         if opts.get(option) is not None:

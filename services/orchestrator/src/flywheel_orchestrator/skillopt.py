@@ -111,6 +111,8 @@ TURN_CHARS = 800
 #: Characters of a task statement shown to the optimiser.
 TASK_CHARS = 600
 EPS = 1e-12
+#: Completion tokens of one optimiser answer unless ``optimizer_max_tokens`` says otherwise.
+OPTIMIZER_MAX_TOKENS = 2048
 
 REFLECT_SYSTEM = """You improve the SKILL of a coding agent: a Markdown playbook appended to its \
 system prompt. You see the current skill and some of the agent's episodes with their outcome. \
@@ -437,6 +439,7 @@ class SkillOptManager:
             "selection_rollouts",
             "reflect_batch_size",
             "aggregate_fanout",
+            "optimizer_max_tokens",
         ):
             if getattr(o, name) < 0:
                 raise InvalidArgument(f"{path}.{name}", "must be >= 0 (0 means the default)")
@@ -601,6 +604,7 @@ class SkillOptManager:
                         model=o.optimizer_model,
                         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                         temperature=0,
+                        max_tokens=o.optimizer_max_tokens or OPTIMIZER_MAX_TOKENS,
                     )
             except openai.APIError as err:
                 raise JobFailed(
