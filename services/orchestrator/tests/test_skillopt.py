@@ -491,3 +491,27 @@ async def test_optimisation_resumes_after_sigkill_mid_step(
         mine = [r for r in runs if r.labels.get("skill_optimization_id") == created.id]
         # baseline, 2 x (rollout, eval), TEST of the baseline and of the final (= best) skill
         assert len(mine) == 7 and all(r.state == common_pb2.JOB_STATE_SUCCEEDED for r in mine)
+
+
+async def test_cancel_stops_the_optimisation_and_its_run(
+    backends: Backends, service_env: dict[str, str], suite_dir: Path
+) -> None:
+    models = Models()
+    models.hold_reflection = True  # step 2 would wait; the cancel comes long before
+    async with orchestrator(
+        backends, service_env, models, models=("target", "optimiser"), suite_dirs=[MINI, suite_dir]
+    ) as h:
+        req = opb.CreateSkillOptimizationRequest(optimization=optimization())
+        created = (await h.stub.CreateSkillOptimization(req)).optimization
+        cancel = opb.CancelSkillOptimizationRequest(optimization_id=created.id)
+        await h.stub.CancelSkillOptimization(cancel)
+        final = await wait_end(h.stub, created.id)
+        assert final.state == common_pb2.JOB_STATE_CANCELLED and final.stage != S.SKILL_OPT_STAGE_DONE
+        runs = (await h.stub.ListRuns(opb.ListRunsRequest(suite="adders", page_size=100))).runs
+        mine = [r for r in runs if r.labels.get("skill_optimization_id") == created.id]
+        assert all(r.state in (common_pb2.JOB_STATE_CANCELLED, common_pb2.JOB_STATE_SUCCEEDED) for r in mine)
+        listed = await h.stub.ListSkillOptimizations(
+            opb.ListSkillOptimizationsRequest(state=common_pb2.JOB_STATE_CANCELLED)
+        )
+        assert [o.id for o in listed.optimizations] == [created.id]
+    models.release.set()

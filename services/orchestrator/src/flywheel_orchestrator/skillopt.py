@@ -576,7 +576,12 @@ class SkillOptManager:
             labels={**o.labels, "skill_optimization_id": o.id},
         )
         created = await self.runs.create(run, f"{o.id}-{key}")
-        await self.runs.job(created.id).done.wait()
+        try:
+            await self.runs.job(created.id).done.wait()
+        except asyncio.CancelledError:
+            if job.cancel_requested:  # a cancel, not a shutdown (then the run resumes with us)
+                await asyncio.shield(self.runs.cancel(created.id))
+            raise
         done = self.runs.get(created.id)
         if done.state == common_pb2.JOB_STATE_CANCELLED:
             raise asyncio.CancelledError
