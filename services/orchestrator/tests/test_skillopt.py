@@ -41,7 +41,7 @@ from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator import skillopt, skills
 from flywheel_orchestrator.suites import load_folder
 from flywheel_testing.processes import start_module
-from flywheel_testing.scripted_model import ScriptedModelServer, text
+from flywheel_testing.scripted_model import Fail, ScriptedModelServer, text
 
 from .conftest import MINI, Backends, orchestrator
 
@@ -515,3 +515,26 @@ async def test_cancel_stops_the_optimisation_and_its_run(
         )
         assert [o.id for o in listed.optimizations] == [created.id]
     models.release.set()
+
+
+async def test_a_target_that_never_answers_fails_the_optimisation(
+    backends: Backends, service_env: dict[str, str], suite_dir: Path
+) -> None:
+    def down(model: str, messages: list[dict[str, Any]], tools: Any) -> Any:
+        return Fail(503, "no base model to serve")
+
+    async with orchestrator(
+        backends,
+        service_env,
+        down,
+        models=("target", "optimiser"),
+        suite_dirs=[MINI, suite_dir],
+        model_max_retries=0,
+    ) as h:
+        req = opb.CreateSkillOptimizationRequest(optimization=optimization())
+        created = (await h.stub.CreateSkillOptimization(req)).optimization
+        final = await wait_end(h.stub, created.id)
+        assert final.state == common_pb2.JOB_STATE_FAILED
+        assert final.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert "(baseline): every episode ended on an infrastructure error" in final.error.message
+        assert [r.stage for r in final.history] == []  # failed in BASELINE: no stage completed

@@ -587,6 +587,14 @@ class SkillOptManager:
             raise asyncio.CancelledError
         if done.state != common_pb2.JOB_STATE_SUCCEEDED:
             raise JobFailed(f"run {done.id} ({key}) failed: {done.error.message}", grpc.StatusCode.ABORTED)
+        c = done.counters
+        if c.episodes_finished and c.episodes_errored == c.episodes_finished:
+            # Every episode an infrastructure error (model or sandbox down): a score of 0 would be a lie.
+            raise JobFailed(
+                f"run {done.id} ({key}): every episode ended on an infrastructure error "
+                f"(target model {o.target_model!r} or the sandbox unavailable); see its trajectories",
+                grpc.StatusCode.UNAVAILABLE,
+            )
         u = self._usage(o, stage)
         u.target.prompt_tokens += done.counters.usage.prompt_tokens
         u.target.completion_tokens += done.counters.usage.completion_tokens
