@@ -46,6 +46,8 @@ def state_name(state: int) -> str:
 
 
 def verdict(step: spb.SkillOptStep) -> str:
+    if step.decision == spb.SKILL_GATE_DECISION_UNSPECIFIED:
+        return "in progress"
     return (
         spb.SkillGateDecision.Name(step.decision)
         .removeprefix("SKILL_GATE_DECISION_")
@@ -62,9 +64,10 @@ def step_line(s: spb.SkillOptStep) -> str:
     """One finished step on one line."""
     kind = "slow update" if s.slow_update else f"{len(s.train_task_ids)} tasks"
     applied = sum(1 for e in s.selected if e.applied)
+    after = "…" if s.decision == spb.SKILL_GATE_DECISION_UNSPECIFIED else f"{s.candidate_score:.3f}"
     text = (
         f"step {s.index} (epoch {s.epoch}, {kind}) · budget {s.budget} · {len(s.proposed)} proposed, "
-        f"{applied} applied · selection {s.score_before:.3f} → {s.candidate_score:.3f} · {verdict(s)}"
+        f"{applied} applied · selection {s.score_before:.3f} → {after} · {verdict(s)}"
     )
     if s.malformed:
         text += f" · {len(s.malformed)} malformed optimiser answer(s)"
@@ -72,6 +75,8 @@ def step_line(s: spb.SkillOptStep) -> str:
 
 
 def print_outcome(o: spb.SkillOptimization) -> None:
+    if o.state in (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING):
+        return
     if o.state != common_pb2.JOB_STATE_SUCCEEDED:
         console.print(f"[red]{state_name(o.state)}[/]: {escape(o.error.message)}", soft_wrap=True)
         return
