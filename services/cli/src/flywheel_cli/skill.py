@@ -13,10 +13,13 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 from google.protobuf import json_format
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -89,6 +92,28 @@ def print_outcome(o: spb.SkillOptimization) -> None:
         console.print(f"report: {o.report.markdown.key} (chart {o.report.charts[0].key})", soft_wrap=True)
 
 
+#: Times in a row a dropped Watch stream is opened again (a stage may stay quiet for many
+#: minutes: a CPU model reflecting; a connection that went away in the meantime is not the end).
+REOPEN = 5
+
+
+def _updates(stub: OrchestratorServiceStub, opt_id: str) -> Iterator[opb.WatchSkillOptimizationResponse]:
+    """The Watch stream, opened again (it starts with a snapshot) when the connection drops."""
+    tries = 0
+    request = opb.WatchSkillOptimizationRequest(optimization_id=opt_id)
+    while True:
+        try:
+            for update in stub.WatchSkillOptimization(request):
+                tries = 0
+                yield update
+            return
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or tries >= REOPEN:
+                raise
+            tries += 1
+            time.sleep(min(2.0**tries, 10.0))
+
+
 def watch(stub: OrchestratorServiceStub, opt_id: str) -> spb.SkillOptimization | None:
     """A progress bar over the steps, a line per finished step, the outcome at the end."""
     last: spb.SkillOptimization | None = None
@@ -102,7 +127,7 @@ def watch(stub: OrchestratorServiceStub, opt_id: str) -> spb.SkillOptimization |
         transient=False,
     ) as progress:
         bar = progress.add_task("starting", total=None)
-        for update in stub.WatchSkillOptimization(opb.WatchSkillOptimizationRequest(optimization_id=opt_id)):
+        for update in _updates(stub, opt_id):
             o = update.optimization
             last = o
             finished = [s for s in o.steps if s.decision != spb.SKILL_GATE_DECISION_UNSPECIFIED]
