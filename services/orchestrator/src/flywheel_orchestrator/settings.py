@@ -63,6 +63,12 @@ class OrchestratorSettings(ServiceSettings):
     model_concurrency: int = Field(
         64, ge=1, le=1024, description="Model calls in flight at once over all episodes of the service."
     )
+    skillopt_optimizer_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        description="Timeout of one optimiser call of a skill optimisation, in seconds (a long answer "
+        "from a model on a CPU takes minutes).",
+    )
     model_identity_ttl_s: float = Field(
         2.0,
         ge=0,

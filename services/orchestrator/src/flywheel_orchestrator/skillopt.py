@@ -618,6 +618,7 @@ class SkillOptManager:
                         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                         temperature=0,
                         max_tokens=o.optimizer_max_tokens or OPTIMIZER_MAX_TOKENS,
+                        timeout=self.runs.settings.skillopt_optimizer_timeout_s,
                     )
             except openai.APIError as err:
                 raise JobFailed(
