@@ -107,6 +107,8 @@ class Models:
         self.hold_reflection = False
         self.release = asyncio.Event()
         self.calls: list[str] = []
+        self.meta_json = False  #: answer the meta skill with the JSON asked for
+        self.reflect_prompts: list[str] = []
 
     async def held(self, answer: dict[str, Any]) -> dict[str, Any]:
         await asyncio.wait_for(self.release.wait(), timeout=60)
@@ -118,6 +120,7 @@ class Models:
         system, user = messages[0]["content"], messages[1]["content"]
         if system == skillopt.REFLECT_SYSTEM:
             self.calls.append("reflect")
+            self.reflect_prompts.append(user)
             if "successful episodes" in user:
                 answer = text(json.dumps(SUCCESS_EDITS))
                 # Step 2 reflects on 2 + 1 successes: the second call (1 episode) is held.
@@ -128,6 +131,8 @@ class Models:
             self.calls.append("slow")
             return text(json.dumps({"edits": []}))
         self.calls.append("meta")
+        if self.meta_json:
+            return text(json.dumps({"meta_skill": "LESSON: naming K helps; printing 0 hurts."}))
         return text("The lessons are: the phrase helps.")  # not JSON: malformed, recorded
 
 
@@ -538,3 +543,46 @@ async def test_a_target_that_never_answers_fails_the_optimisation(
         assert final.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
         assert "(baseline): every episode ended on an infrastructure error" in final.error.message
         assert [r.stage for r in final.history] == []  # failed in BASELINE: no stage completed
+
+
+async def test_two_epochs_carry_the_meta_skill(
+    backends: Backends, service_env: dict[str, str], suite_dir: Path
+) -> None:
+    """Epoch 2 walks the minibatches again (another order) and its reflections see the meta skill
+    that epoch 1 ended with; the sabotage is rejected again and the phrase stays."""
+    models = Models()
+    models.meta_json = True
+    async with orchestrator(
+        backends, service_env, models, models=("target", "optimiser"), suite_dirs=[MINI, suite_dir]
+    ) as h:
+        req = opb.CreateSkillOptimizationRequest(optimization=optimization(epochs=2))
+        created = (await h.stub.CreateSkillOptimization(req)).optimization
+        assert created.steps_total == 4
+        final = await wait_end(h.stub, created.id)
+    assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
+    assert [(s.epoch, s.slow_update) for s in final.steps] == [
+        (0, False),
+        (0, False),
+        (0, True),
+        (1, False),
+        (1, False),
+        (1, True),
+    ]
+    pools = [
+        sorted(t for s in final.steps if s.epoch == e and not s.slow_update for t in s.train_task_ids)
+        for e in (0, 1)
+    ]
+    assert pools[0] == pools[1] and len(pools[0]) == 7  # every pool task once per epoch
+    assert final.meta_skill_text == "LESSON: naming K helps; printing 0 hurts."
+    epoch1 = models.reflect_prompts[4:]  # step 1: 2 failure batches, step 2: 2 success batches
+    assert epoch1 and all("LESSON: naming K helps" in p for p in epoch1)
+    assert not any("LESSON" in p for p in models.reflect_prompts[:4])
+    assert [s.decision for s in final.steps if not s.slow_update] == [
+        S.SKILL_GATE_DECISION_ACCEPTED,
+        S.SKILL_GATE_DECISION_REJECTED,
+        S.SKILL_GATE_DECISION_REJECTED,
+        S.SKILL_GATE_DECISION_REJECTED,
+    ]
+    assert (final.test.baseline, final.test.best, final.test.final) == (0.0, 1.0, 1.0)
+    stages = [h.stage for h in final.history]
+    assert stages.count(S.SKILL_OPT_STAGE_META_SKILL) == 2 and stages[-1] == S.SKILL_OPT_STAGE_TEST
