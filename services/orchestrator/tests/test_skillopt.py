@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,14 @@ class Models:
         self.release = asyncio.Event()
         self.calls: list[str] = []
         self.meta_json = False  #: answer the meta skill with the JSON asked for
+        self.hold_target = False  #: the target waits on the first prompt with the phrase
+        self.release_target = asyncio.Event()
+        self.target_held = 0
         self.reflect_prompts: list[str] = []
+
+    async def held_target(self, answer: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.wait_for(self.release_target.wait(), timeout=60)
+        return answer
 
     async def held(self, answer: dict[str, Any]) -> dict[str, Any]:
         await asyncio.wait_for(self.release.wait(), timeout=60)
@@ -116,6 +124,9 @@ class Models:
 
     def __call__(self, model: str, messages: list[dict[str, Any]], tools: Any) -> Any:
         if model == "target":
+            if self.hold_target and PHRASE in messages[0]["content"]:
+                self.target_held += 1
+                return self.held_target(target_reply(messages))
             return target_reply(messages)
         system, user = messages[0]["content"], messages[1]["content"]
         if system == skillopt.REFLECT_SYSTEM:
@@ -432,9 +443,12 @@ async def test_optimisation_finds_and_keeps_the_phrase(
 async def test_optimisation_resumes_after_sigkill_mid_step(
     backends: Backends, service_env: dict[str, str], suite_dir: Path, tmp_path: Path
 ) -> None:
-    """SIGKILL the orchestrator while step 2's reflection waits on the optimiser; the restarted
-    process finishes with the exact history (no stage twice, none skipped) and one run per stage."""
+    """SIGKILL the orchestrator twice: while step 1's evaluation run has an episode in flight,
+    and while step 2's reflection waits on the optimiser. The process started after each finishes
+    with the exact history (no stage twice, none skipped), one run per stage (the interrupted run
+    is resumed, not made again) and no kept optimiser answer asked for again."""
     models = Models()
+    models.hold_target = True
     models.hold_reflection = True
     async with ScriptedModelServer(models, models=("target", "optimiser")) as server:
         env = {
@@ -452,35 +466,55 @@ async def test_optimisation_resumes_after_sigkill_mid_step(
             proc, info, _ = start_module("flywheel_orchestrator", "FLYWHEEL_ORCHESTRATOR_", env, folder)
             return proc, f"127.0.0.1:{info['port']}"
 
+        async def kill_when(
+            address: str, opt_id: str, ready: Callable[[spb.SkillOptimization], bool], proc: subprocess.Popen
+        ) -> None:
+            try:
+                async with grpc.aio.insecure_channel(address) as ch:
+                    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+                    deadline = time.monotonic() + 60
+                    while True:
+                        req = opb.GetSkillOptimizationRequest(optimization_id=opt_id)
+                        got = (await stub.GetSkillOptimization(req)).optimization
+                        assert got.state == common_pb2.JOB_STATE_RUNNING, got.error
+                        if ready(got):
+                            return
+                        assert time.monotonic() < deadline, got
+                        await asyncio.sleep(0.1)
+            finally:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
         proc, address = boot("first")
-        try:
-            async with grpc.aio.insecure_channel(address) as ch:
-                stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
-                req = opb.CreateSkillOptimizationRequest(optimization=optimization(), request_id="opt-kill")
-                created = (await stub.CreateSkillOptimization(req)).optimization
-                deadline = time.monotonic() + 60
-                while True:  # until step 2's reflection is waiting on the optimiser
-                    got = (
-                        await stub.GetSkillOptimization(
-                            opb.GetSkillOptimizationRequest(optimization_id=created.id)
-                        )
-                    ).optimization
-                    assert got.state == common_pb2.JOB_STATE_RUNNING, got.error
-                    if (
-                        got.stage == S.SKILL_OPT_STAGE_REFLECT
-                        and len(got.steps) == 2
-                        and models.calls.count("reflect") >= 4
-                    ):
-                        break
-                    assert time.monotonic() < deadline, got
-                    await asyncio.sleep(0.1)
-        finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        async with grpc.aio.insecure_channel(address) as ch:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+            req = opb.CreateSkillOptimizationRequest(optimization=optimization(), request_id="opt-kill")
+            created = (await stub.CreateSkillOptimization(req)).optimization
+        # 1. Step 1's candidate (the first prompt with the phrase) is being evaluated: kill.
+        await kill_when(
+            address,
+            created.id,
+            lambda o: o.stage == S.SKILL_OPT_STAGE_EVALUATE and models.target_held > 0,
+            proc,
+        )
+        models.hold_target = False
+        models.release_target.set()
+        proc, address = boot("second")
+        # 2. Step 2's second reflection waits on the optimiser (its first one was kept): kill.
+        await kill_when(
+            address,
+            created.id,
+            lambda o: (
+                o.stage == S.SKILL_OPT_STAGE_REFLECT
+                and len(o.steps) == 2
+                and models.calls.count("reflect") >= 4
+            ),
+            proc,
+        )
         before = models.calls.count("reflect")
         models.hold_reflection = False
         models.release.set()
-        proc, address = boot("second")
+        proc, address = boot("third")
         try:
             async with grpc.aio.insecure_channel(address) as ch:
                 stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
@@ -494,8 +528,10 @@ async def test_optimisation_resumes_after_sigkill_mid_step(
         # only the held one is asked again (and step 1's completed stage is not re-run at all).
         assert before == 4 and models.calls.count("reflect") == 4 + 1
         mine = [r for r in runs if r.labels.get("skill_optimization_id") == created.id]
-        # baseline, 2 x (rollout, eval), TEST of the baseline and of the final (= best) skill
+        # baseline, 2 x (rollout, eval), TEST of the baseline and of the final (= best) skill:
+        # the evaluation run cut by the first kill was resumed, not made a second time.
         assert len(mine) == 7 and all(r.state == common_pb2.JOB_STATE_SUCCEEDED for r in mine)
+        assert sum(1 for r in mine if r.id == final.steps[0].eval_run_id) == 1
 
 
 async def test_cancel_stops_the_optimisation_and_its_run(
