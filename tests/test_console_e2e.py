@@ -221,6 +221,7 @@ async def test_console_pages_live_chart_and_key(stack: Stack, shots: Path) -> No
             await visit("/console/adapters", "adapters")
             assert await page.locator("#adapters code", has_text="ft/console-v1").count() == 1
             await visit("/console/aliases")
+            await visit("/console/skills")  # none here (tests/test_skillopt.py runs optimisations)
 
             # A live job: its loss chart gains points while we watch, without a reload.
             await visit(f"/console/jobs/{running_id}")

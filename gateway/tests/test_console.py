@@ -109,3 +109,68 @@ def test_enum_names_read_as_words() -> None:
     assert short_enum("JOB_STATE_SUCCEEDED") == "succeeded"
     assert short_enum("LOOP_STAGE_FINE_TUNE") == "fine tune"
     assert short_enum(None) == ""
+
+
+class ScriptedBackends(Backends):
+    """Answers a skill optimisation's page from fixed data in the shapes the orchestrator's RPCs
+    give (a stand-in for the orchestrator: its real pages run in tests/test_console_e2e.py)."""
+
+    SKILLS = {"skill-a": "# Skill\nBe careful.\n", "skill-b": "# Skill\nBe careful.\nRun the tests first.\n"}
+
+    async def skill_optimization(self, optimization_id: str) -> dict:
+        return {
+            "id": optimization_id,
+            "state": "JOB_STATE_SUCCEEDED",
+            "stage": "SKILL_OPT_STAGE_DONE",
+            "suite": "mini",
+            "target_model": "tiny",
+            "optimizer_model": "openai/big",
+            "baseline_score": 0.25,
+            "best_score": 0.75,
+            "current_score": 0.75,
+            "current_skill_id": "skill-b",
+            "test": {"baseline": 0.5, "best": 1.0, "final": 1.0, "episodes": 4},
+            "steps": [
+                {
+                    "index": 1,
+                    "epoch": 1,
+                    "skill_before_id": "skill-a",
+                    "candidate_skill_id": "skill-b",
+                    "score_before": 0.25,
+                    "candidate_score": 0.75,
+                    "decision": "SKILL_GATE_DECISION_ACCEPTED",
+                    "reason": "0.75 > 0.25",
+                    "selected": [
+                        {"op": "SKILL_EDIT_OP_APPEND", "rationale": "tests catch the bug", "support": 3}
+                    ],
+                },
+                {
+                    "index": 2,
+                    "epoch": 1,
+                    "skill_before_id": "skill-b",
+                    "candidate_skill_id": "skill-a",
+                    "score_before": 0.75,
+                    "candidate_score": 0.25,
+                    "decision": "SKILL_GATE_DECISION_REJECTED",
+                    "reason": "0.25 <= 0.75",
+                },
+            ],
+        }
+
+    async def skill(self, skill_id: str) -> dict:
+        return {"id": skill_id, "text": self.SKILLS[skill_id]}
+
+
+def test_a_skill_optimisation_page_shows_steps_decisions_and_diffs() -> None:
+    async def nobody(key: str) -> None:
+        return None
+
+    app = ConsoleApp(MASTER, nobody, ScriptedBackends(ConsoleSettings()))
+    page = TestClient(app).get("/console/skills/sko-1", headers={"authorization": f"Bearer {MASTER}"})
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert "+Run the tests first." in html and "-Run the tests first." in html  # both steps' diffs
+    assert "accepted" in html and "rejected" in html and "tests catch the bug" in html
+    assert "baseline 50.0%, best 100.0%, final 100.0%" in html  # the TEST scores
+    data = html.split('id="skill-data">', 1)[1].split("</script>", 1)[0]
+    assert [p["candidate_score"] for p in json.loads(data)["points"]] == [0.75, 0.25]  # the chart's points

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import difflib
 import hashlib
 import hmac
 import json
@@ -102,7 +103,8 @@ def short_enum(value: Any) -> str:
     for prefix in ("JOB_STATE_", "LOOP_STAGE_", "GATE_DECISION_", "GATE_METRIC_", "FINE_TUNE_METHOD_",
                    "DATASET_KIND_", "TEACHER_KIND_", "ROLE_", "FAILURE_CATEGORY_", "TOOL_RESULT_STATUS_",
                    "ALIAS_CHANGE_", "PROMOTION_OUTCOME_", "TASK_SPLIT_", "LOOP_KIND_", "RESOURCE_KIND_",
-                   "TOOL_PROTOCOL_", "PARSE_ERROR_KIND_", "TEST_TRIGGER_"):  # fmt: skip
+                   "TOOL_PROTOCOL_", "PARSE_ERROR_KIND_", "TEST_TRIGGER_", "SKILL_OPT_STAGE_",
+                   "SKILL_GATE_DECISION_", "SKILL_EDIT_OP_"):  # fmt: skip
         if text.startswith(prefix):
             text = text[len(prefix) :]
             break
@@ -221,6 +223,8 @@ class ConsoleApp:
                 Route("/console/jobs/{id}", self.page("job")),
                 Route("/console/adapters", self.page("adapters")),
                 Route("/console/aliases", self.page("aliases")),
+                Route("/console/skills", self.page("skillopts")),
+                Route("/console/skills/{id}", self.page("skillopt")),
                 Route("/console/aliases/{name:path}", self.page("alias")),
                 Route("/console/api/stream/{kind}/{id}", self.stream),
                 Route("/console/api/{kind}/{id}/cancel", self.cancel, methods=["POST"]),
@@ -395,6 +399,34 @@ class ConsoleApp:
     async def load_aliases(self) -> dict[str, Any]:
         return {"aliases": await self.backends.aliases()}
 
+    async def load_skillopts(self) -> dict[str, Any]:
+        return {"optimizations": await self.backends.skill_optimizations()}
+
+    async def load_skillopt(self, optimization_id: str) -> dict[str, Any]:
+        """The optimisation, and per step the skill diff its candidate made (the newest 20 steps)."""
+        opt = await self.backends.skill_optimization(optimization_id)
+        texts: dict[str, str] = {}
+
+        async def text(skill_id: str) -> str:
+            if skill_id and skill_id not in texts:
+                try:
+                    texts[skill_id] = (await self.backends.skill(skill_id)).get("text", "")
+                except Unreachable as err:
+                    texts[skill_id] = f"(skill {skill_id} unavailable: {err})"
+            return texts.get(skill_id, "")
+
+        diffs: dict[int, str] = {}
+        for step in (opt.get("steps") or [])[-20:]:
+            before, after = step.get("skill_before_id", ""), step.get("candidate_skill_id", "")
+            if before and after and before != after:
+                lines = difflib.unified_diff(
+                    (await text(before)).splitlines(), (await text(after)).splitlines(),
+                    before, after, lineterm="", n=2,
+                )  # fmt: skip
+                diffs[int(step.get("index", 0))] = "\n".join(lines)
+        current = await text(opt.get("current_skill_id", ""))
+        return {"o": opt, "diffs": diffs, "current_text": current}
+
     async def load_alias(self, name: str) -> dict[str, Any]:
         return {"alias": await self.backends.alias(name)}
 
@@ -407,7 +439,7 @@ class ConsoleApp:
         if role is None:
             return self.unauthorized(request)
         kind, resource_id = request.path_params["kind"], request.path_params["id"]
-        if kind not in ("run", "evaluation", "loop", "job"):
+        if kind not in ("run", "evaluation", "loop", "job", "skill"):
             return JSONResponse(
                 {"error": {"message": f"nothing to watch of kind '{kind}'", "type": "invalid_request_error",
                            "param": "kind", "code": None}},
@@ -472,6 +504,11 @@ class ConsoleApp:
             ),
             "loop": ("orchestrator", "CancelLoop", opb.CancelLoopRequest(loop_id=rid)),
             "job": ("trainer", "CancelFineTuneJob", trpb.CancelFineTuneJobRequest(job_id=rid)),
+            "skill": (
+                "orchestrator",
+                "CancelSkillOptimization",
+                opb.CancelSkillOptimizationRequest(optimization_id=rid),
+            ),
         }
         if kind not in calls:
             return _error(404, f"nothing to cancel of kind '{kind}'", "not_found")

@@ -148,7 +148,20 @@ class Backends:
         req = trpb.ListAdaptersRequest(page_size=self.settings.page_size)
         return [as_dict(a) for a in (await self.call("trainer", "ListAdapters", req)).adapters]
 
+    async def skill_optimizations(self) -> list[dict[str, Any]]:
+        req = opb.ListSkillOptimizationsRequest(page_size=self.settings.page_size)
+        reply = await self.call("orchestrator", "ListSkillOptimizations", req)
+        return [as_dict(o) for o in reply.optimizations]
+
     # ------------------------------------------------------------------ one resource
+
+    async def skill_optimization(self, optimization_id: str) -> dict[str, Any]:
+        req = opb.GetSkillOptimizationRequest(optimization_id=optimization_id)
+        return as_dict((await self.call("orchestrator", "GetSkillOptimization", req)).optimization)
+
+    async def skill(self, skill_id: str) -> dict[str, Any]:
+        req = opb.GetSkillRequest(skill_id=skill_id)
+        return as_dict((await self.call("orchestrator", "GetSkill", req)).skill)
 
     async def run(self, run_id: str) -> dict[str, Any]:
         return as_dict((await self.call("orchestrator", "GetRun", opb.GetRunRequest(run_id=run_id))).run)
@@ -224,6 +237,11 @@ class Backends:
             stream = self.orchestrator.WatchEvaluation(opb.WatchEvaluationRequest(evaluation_id=resource_id))
         elif kind == "loop":
             stream = self.orchestrator.WatchLoop(opb.WatchLoopRequest(loop_id=resource_id))
+        elif kind == "skill":
+            req = opb.WatchSkillOptimizationRequest(optimization_id=resource_id)
+            async for update in self.orchestrator.WatchSkillOptimization(req):
+                yield {"type": "optimization", "data": as_dict(update.optimization)}
+            return
         elif kind == "job":
             stream = self.trainer.WatchFineTuneJob(trpb.WatchFineTuneJobRequest(job_id=resource_id))
         else:

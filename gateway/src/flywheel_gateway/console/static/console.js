@@ -247,7 +247,7 @@ function setupStreams() {
         setTimeout(() => window.location.reload(), 400);
       }
     };
-    for (const kind of ["run", "evaluation", "loop", "job"]) source.addEventListener(kind, onSnapshot);
+    for (const kind of ["run", "evaluation", "loop", "job", "optimization"]) source.addEventListener(kind, onSnapshot);
     source.addEventListener("log", (event) => addLog(JSON.parse(event.data)));
     source.addEventListener("episode", (event) => addEpisode(JSON.parse(event.data)));
     source.addEventListener("end", () => source.close());
