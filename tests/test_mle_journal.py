@@ -128,3 +128,55 @@ def test_cli_draws_the_tree_and_the_metric_per_step() -> None:
         "      n4 reflect: metric 21 (held-out 21.5)  ← best",
         "  metric per step (→ best so far): 0:bug  1:30.5→30.5  2:bug→30.5  3:22→22  4:21→21  5:bug→21",
     ]
+
+
+def test_step_sft_trains_each_node_on_the_prompt_it_was_given() -> None:
+    """step_sft on our own ML trajectory: a node's example is its recorded prompt → its answer.
+
+    The prompts are the agent's own prompt builders on the bundled task (what the search sends).
+    """
+    from flywheel_orchestrator.mle import debug_prompt, draft_prompt, improve_prompt
+
+    assert isinstance(TASK, MlTask)
+    s = MleSettings()
+    draft = Node("n0", 0, "draft", None, plan="Mean price.", code="print(1/0)", buggy=True)
+    draft.prompt = draft_prompt(TASK, [], s)
+    fixed = Node("n1", 1, "debug", "n0", plan="No division.", code="print('validation metric: 3')",
+                 buggy=False, metric=3.0, heldout=3.5, valid_submission=True, debug_depth=1)  # fmt: skip
+    fixed.prompt = debug_prompt(TASK, draft, s)
+    better = Node("n2", 2, "improve", "n1", plan="Boosting.", code="import y", buggy=False, metric=2.0,
+                  heldout=2.5, valid_submission=True)  # fmt: skip
+    better.prompt = improve_prompt(TASK, fixed, [draft, fixed], s)
+    reflect = Node(
+        "n3", 3, "reflect", "n2", plan="Critique:\n1. ok", code="import z", buggy=False, metric=1.0
+    )
+    spec = MleSpec(
+        "traj-sft", "run-sft", 0, "ml-tasks", "v1", TASK, common_pb2.SamplingParams(),
+        tpb.TEACHER_KIND_MODEL, tpb.Policy(model="m"), 60, 60,
+    )  # fmt: skip
+    ep = MleEpisode(spec, policy=None, sandbox=None, settings=s)  # type: ignore[arg-type]
+    for node in (draft, fixed, better, reflect):
+        ep._add(node)
+    ts = Timestamp()
+    ts.FromSeconds(1_700_000_000)
+    traj = ep.trajectory(ts, None)
+
+    recipe = get_recipe("step_sft")
+    _, p = recipe.resolve({})
+    counts = Counts()
+    examples = list(recipe.run([traj], p, counts))
+    assert [e.messages for e in examples] == [
+        [
+            *fixed.prompt,
+            {"role": "assistant", "content": "No division.\n\n```python\nprint('validation metric: 3')\n```"},
+        ],
+        [*better.prompt, {"role": "assistant", "content": "Boosting.\n\n```python\nimport y\n```"}],
+    ]
+    assert "print(1/0)" in examples[0].messages[-2]["content"]  # the debug prompt shows the bug
+    assert counts.filter_reasons == {"buggy_node": 1, "no_recorded_prompt": 1}
+
+    _, loose = recipe.resolve({"require_valid_tool_call": "false", "max_steps_per_trajectory": "2"})
+    counts = Counts()
+    examples = list(recipe.run([traj], loose, counts))
+    assert [e.messages[-1]["content"].split("\n")[0] for e in examples] == ["Mean price.", "No division."]
+    assert counts.filter_reasons == {"beyond_max_steps": 1, "no_recorded_prompt": 1}

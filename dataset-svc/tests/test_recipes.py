@@ -67,13 +67,14 @@ def test_step_sft_filters_and_switches() -> None:
         result("ok"),
     ]
     failed = trajectory("t2", "mean", steps, resolved=False)
-    io_task = trajectory("t3", "io", [user("x"), assistant("y")], kind=common_pb2.TASK_KIND_ML)
+    # An ML-agent node without its recorded prompt (an imported journal): nothing to imitate.
+    ml_task = trajectory("t3", "ml", [user("x"), assistant("y")], kind=common_pb2.TASK_KIND_ML)
     protocol = trajectory("t4", "p", [user("x"), assistant("y")], protocol=common_pb2.TOOL_PROTOCOL_IO)
     infra = trajectory(
         "t5", "q", [user("x"), assistant("y")], resolved=False, failure=tpb.FAILURE_CATEGORY_SANDBOX_ERROR
     )
 
-    examples, counts = run("step_sft", [failed, io_task, protocol, infra])
+    examples, counts = run("step_sft", [failed, ml_task, protocol, infra])
     assert [e.messages[-1]["content"] for e in examples] == [
         call("write_file", rel_path="mean.py", content="x")
     ]
@@ -81,7 +82,7 @@ def test_step_sft_filters_and_switches() -> None:
         "invalid_tool_call": 1,
         "tool_call_rejected": 1,
         "loop_step": 1,
-        "wrong_task_kind": 1,
+        "no_recorded_prompt": 1,
         "wrong_tool_protocol": 1,
         "infrastructure_failure": 1,
     }

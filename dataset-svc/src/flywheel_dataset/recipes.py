@@ -230,12 +230,27 @@ feedback is its outcome (success = resolved). So:
 - `require_resolved` keeps only calls with success feedback (the others count as
   `not_resolved`); with its default (false) calls without feedback are kept too. The source's
   `feedback` filter narrows what is read before this rule applies.
+
+**ML-agent trajectories** (task kind ML, the orchestrator's draft / debug / improve search): such
+a trajectory is a tree, not a conversation — each node was one model call with its own prompt
+(the task, a parent's code and output…), recorded on the node's ASSISTANT step as the attribute
+`mle.prompt` (a JSON list of chat messages). Each node becomes one example: that prompt, then
+the node (plan and fenced code, as the prompt asked) as the assistant message. Filters:
+- `not_resolved` (trajectory): as above (resolved = the search ended with a valid submission);
+- `buggy_node` (step): `require_valid_tool_call` is true and the node's script failed, wrote no
+  valid submission or printed no validation metric (`aide.buggy`);
+- `no_recorded_prompt` (step): the node carries no `mle.prompt` — reflect nodes (two calls,
+  critique then edit) and journals imported from elsewhere; `journal_pairs` reads those;
+- `beyond_max_steps` (step): as above.
 """
 
 
 def step_sft(trajectories: Iterable[tpb.Trajectory], p: dict[str, Any], counts: Counts) -> Iterator[Example]:
     tool_protocols = (common_pb2.TOOL_PROTOCOL_JSON, common_pb2.TOOL_PROTOCOL_NATIVE)
     for trajectory in trajectories:
+        if trajectory.task.kind == common_pb2.TASK_KIND_ML:
+            yield from _ml_node_examples(trajectory, p, counts)
+            continue
         if trajectory.tool_protocol not in tool_protocols:
             counts.drop("wrong_tool_protocol")
             continue
@@ -288,6 +303,57 @@ def step_sft(trajectories: Iterable[tpb.Trajectory], p: dict[str, Any], counts: 
                 pair_type="step",
                 similarity_text=_similarity(task, messages[i - 1] if i else None, _target_text(target)),
             )
+
+
+def _ml_node_examples(trajectory: tpb.Trajectory, p: dict[str, Any], counts: Counts) -> Iterator[Example]:
+    """step_sft on an ML-agent search: each node's own prompt → the node (see STEP_SFT_DOC)."""
+    if p["require_resolved"] and not trajectory.outcome.resolved:
+        counts.drop("not_resolved")
+        return
+    task = problem_statement(trajectory)
+    kept = 0
+    limit = p["max_steps_per_trajectory"]
+    for step in trajectory.steps:
+        if step.role != tpb.ROLE_ASSISTANT:
+            continue
+        if p["require_valid_tool_call"] and step.attributes.get("aide.buggy") == "true":
+            counts.drop("buggy_node")
+            continue
+        prompt = _recorded_prompt(step)
+        if prompt is None:
+            counts.drop("no_recorded_prompt")
+            continue
+        if not step.content:
+            counts.drop("empty_step")
+            continue
+        if limit and kept >= limit:
+            counts.drop("beyond_max_steps")
+            continue
+        kept += 1
+        yield _example(
+            trajectory,
+            [*prompt, {"role": "assistant", "content": step.content}],
+            pair_type="step",
+            similarity_text=_similarity(task, prompt[-1], step.content),
+        )
+
+
+def _recorded_prompt(step: tpb.Step) -> list[Message] | None:
+    """The chat messages of ``mle.prompt``, or None when absent or not a list of text messages."""
+    try:
+        prompt = json.loads(step.attributes.get("mle.prompt", ""))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(prompt, list) or not prompt:
+        return None
+    messages: list[Message] = []
+    for m in prompt:
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            return None
+        if not isinstance(m.get("content"), str):
+            return None
+        messages.append({"role": m["role"], "content": m["content"]})
+    return messages
 
 
 def _last_assistant(steps: Any) -> int:
@@ -786,7 +852,7 @@ RECIPES: dict[str, Recipe] = {
                     "max_steps_per_trajectory", 0, "At most this many examples per trajectory; 0 = no limit."
                 ),
             ),
-            (_REPO, _IO, _CHAT),
+            (_REPO, _IO, _ML, _CHAT),
             step_sft,
             reads_captured=True,
         ),

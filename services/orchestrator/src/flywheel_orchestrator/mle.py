@@ -36,7 +36,9 @@ gives a ``journal.json`` that imports back to the same pairs:
   ``aide.node_id``, ``aide.stage`` (draft/debug/improve by the parent, as the importer derives
   it), ``aide.buggy``, ``aide.metric``, ``aide.maximize`` and ours: ``mle.operator``
   (draft/debug/improve/reflect), ``mle.heldout``, ``mle.debug_depth``, ``mle.valid_submission``;
-  ``parent_index`` names the parent node's output step;
+  ``parent_index`` names the parent node's output step; ``mle.prompt`` (JSON list of chat
+  messages) is the exact prompt of the one model call whose answer the node's content is, so
+  ``step_sft`` can train on what the model saw (unset on reflect nodes, which take two calls);
 * then a USER step with the execution output and the analysis (``tool_result.status`` ERROR for a
   buggy node), ``parent_index`` the node's ASSISTANT step.
 
@@ -46,6 +48,7 @@ Settings: ``FLYWHEEL_ORCHESTRATOR_MLE_*`` (:class:`MleSettings`). The journal ex
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
@@ -147,6 +150,8 @@ class Node:
     children: list[str] = field(default_factory=list)
     usage: common_pb2.TokenUsage = field(default_factory=common_pb2.TokenUsage)
     model_s: float = 0.0
+    #: The messages of the call whose answer is this node's plan and code (empty for reflect).
+    prompt: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stage(self) -> str:
@@ -570,6 +575,7 @@ class MleEpisode:
         else:
             assert parent is not None
             messages = improve_prompt(self.task, parent, self.nodes, self.settings)
+        node.prompt = messages
         node.plan, node.code = parse_answer(await self._ask(messages, node))
         await self._run_node(node)
         self._add(node)
@@ -685,6 +691,8 @@ class MleEpisode:
                 a.attributes["aide.metric"] = repr(float(n.metric))
             if n.heldout is not None:
                 a.attributes["mle.heldout"] = repr(float(n.heldout))
+            if n.prompt:
+                a.attributes["mle.prompt"] = json.dumps(n.prompt, ensure_ascii=False)
             r = traj.steps.add(index=len(traj.steps), role=tpb.ROLE_USER, parent_index=a.index)
             r.content = n.term_out + (f"\n\n{n.analysis}" if n.analysis else "")
             r.tool_result.status = tpb.TOOL_RESULT_STATUS_ERROR if n.buggy else tpb.TOOL_RESULT_STATUS_OK
