@@ -363,3 +363,64 @@ def test_demo_prints_requests_that_repeat_each_stage() -> None:
     line = grpcurl_line("127.0.0.1:50051", "svc/CreateRun", again)
     assert line.startswith("grpcurl -plaintext -d '{") and line.endswith("127.0.0.1:50051 svc/CreateRun")
     assert '"task_ids":["a"]' in line and "run-1" not in line
+
+
+#: An ML solution that crashes (a typo), then its fix: the train majority everywhere, with the
+#: validation metric printed as the agent's rules ask.
+ML_BUGGY = 'import pandas as pd\ntrain = pd.read_csv("data/train.csv")\nprint(len(trian))\n'
+ML_MAJORITY = """\
+import os
+import pandas as pd
+train = pd.read_csv("data/train.csv")
+test = pd.read_csv("data/test.csv")
+guess = train["species"].iloc[:-50].value_counts().idxmax()
+print(f"validation metric: {(train['species'].iloc[-50:] == guess).mean():.4f}")
+os.makedirs("submission", exist_ok=True)
+pd.DataFrame({"id": test["id"], "species": guess}).to_csv("submission/submission.csv", index=False)
+"""
+
+
+async def test_ml_run_shows_the_search_tree_growing(
+    backends: dict[str, str], service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`flywheel run` on an ML task: a line per node as the tree grows, then the trees' table.
+
+    The model is scripted (the one stand-in, see the module docstring): a draft that crashes,
+    then a debug that fixes it. The CLI's output is not a terminal here, so the live rows come
+    out as one line per node.
+    """
+    monkeypatch.setenv("FLYWHEEL_ORCHESTRATOR_MLE_MAX_NODES", "2")
+    monkeypatch.setenv("FLYWHEEL_ORCHESTRATOR_MLE_NUM_DRAFTS", "1")
+    monkeypatch.setenv("FLYWHEEL_ORCHESTRATOR_MLE_DEBUG_PROB", "1.0")
+
+    def solve(model: str, messages: list[dict[str, Any]], tools: Any) -> Any:
+        debug = "has a bug shown by its output" in messages[-1]["content"]
+        code, plan = (ML_MAJORITY, "Fix the typo; predict the majority.") if debug else (ML_BUGGY, "Count.")
+        return text(f"{plan}\n\n```python\n{code}```\n")
+
+    async with orchestrator(backends, service_env, solve, ("scripted",)) as (address, _):
+        code, output = await flywheel(
+            "run", "--address", address, "--suite", "ml-tasks", "--split", "train", "--model", "scripted",
+            "--task", "flower-species",
+        )  # fmt: skip
+    assert code == 0, output
+    lines = output.splitlines()
+    draft = next(line for line in lines if line.startswith("  flower-species #0 n0 "))
+    assert draft.startswith("  flower-species #0 n0 draft: bug: ") and "NameError" in output, draft
+    assert draft.endswith(" · 1/2 nodes · no working node yet"), draft
+    debug = next(line for line in lines if line.startswith("  flower-species #0 n1 "))
+    assert re.fullmatch(
+        r"  flower-species #0 n1 debug ← n0: metric (0\.\d+) \(held-out 0\.455\) · 2/2 nodes · "
+        r"best accuracy \1 \(n1\), held-out 0\.455",
+        debug,
+    ), debug
+    assert (
+        lines.index(draft)
+        < lines.index(debug)
+        < next(i for i, line in enumerate(lines) if line.startswith("✓ flower-species #0"))
+    )
+    assert "ML search trees" in output
+    row = next(line for line in lines if "flower-species #0 │" in line)
+    assert [c.strip() for c in row.strip("│ ").split("│")][:4] == ["flower-species #0", "2", "D✗ d✓", "n1"], (
+        row
+    )

@@ -10,6 +10,7 @@ stored one is compared with it exactly.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ import pytest
 
 from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as epb
+from flywheel.orchestrator.v1 import mle_pb2, run_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
-from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_orchestrator import mltasks
 from flywheel_orchestrator.mle import MleSettings, export_journal, journal_of
@@ -93,16 +94,24 @@ class Script:
         return self.answers[op].pop(0)
 
 
-async def _run(h: Any) -> run_pb2.Run:
+async def _run(h: Any, progress: list[mle_pb2.MlNodeProgress] | None = None) -> run_pb2.Run:
+    """Run the task and follow WatchRun; the ML node updates it streams go into ``progress``."""
     run = run_pb2.Run(
         suite="ml-tasks", split=common_pb2.TASK_SPLIT_TRAIN, task_ids=[TASK_ID], model="scripted"
     )
     created = await h.stub.CreateRun(opb.CreateRunRequest(run=run))
     last = None
+    order = []
     async for update in h.stub.WatchRun(opb.WatchRunRequest(run_id=created.run.id), timeout=300):
+        order.append(update.WhichOneof("update"))
         if update.WhichOneof("update") == "run":
             last = update.run
+        elif update.WhichOneof("update") == "ml_node" and progress is not None:
+            progress.append(update.ml_node)
     assert last is not None
+    # Every node is streamed before the episode's result.
+    if "episode" in order and "ml_node" in order:
+        assert max(i for i, u in enumerate(order) if u == "ml_node") < order.index("episode")
     return last
 
 
@@ -148,12 +157,16 @@ async def test_draft_with_a_bug_then_debug_then_improve(
             "improve": [answer("Use logistic regression on every feature.", REFERENCE)],
         }
     )
+    progress: list[mle_pb2.MlNodeProgress] = []
     async with orchestrator(backends, service_env, script) as h:
-        run = await _run(h)
+        run = await _run(h, progress)
     assert run.state == common_pb2.JOB_STATE_SUCCEEDED, run.error
     assert run.counters.episodes_resolved == 1
     [traj] = await stored(backends, run.id)
     assert [op for op, _ in script.prompts] == ["draft", "debug", "improve"]
+    # Each node's exact prompt is recorded on its step (what step_sft trains on).
+    prompts = [json.loads(s.attributes["mle.prompt"]) for s in traj.steps if s.role == tpb.ROLE_ASSISTANT]
+    assert [p[-1]["content"] for p in prompts] == [prompt for _, prompt in script.prompts]
 
     majority_valid = _majority_validation()
     reference_valid = _printed_metric(traj, "n2")
@@ -163,6 +176,23 @@ async def test_draft_with_a_bug_then_debug_then_improve(
         ("n2", "improve", "improve", "n1", False, reference_valid, TASK.reference_score),
     ]
     assert reference_valid > majority_valid  # the improvement raised the metric
+    # WatchRun streamed the tree growing: each node as it was added, with the best so far.
+    assert [
+        (
+            p.task_id, p.trajectory_id, p.node_id, p.step, p.operator, p.parent_id, p.buggy,
+            p.metric if p.HasField("metric") else None, p.nodes, p.max_nodes, p.best_node_id,
+            p.best_metric if p.HasField("best_metric") else None,
+            p.best_heldout if p.HasField("best_heldout") else None, p.metric_name, p.maximize,
+        )
+        for p in progress
+    ] == [
+        (TASK_ID, traj.id, "n0", 0, mle_pb2.ML_OPERATOR_DRAFT, "", True, None, 1, 3, "", None, None, "accuracy", True),
+        (TASK_ID, traj.id, "n1", 1, mle_pb2.ML_OPERATOR_DEBUG, "n0", False, majority_valid, 2, 3, "n1",
+         majority_valid, TASK.baseline_score, "accuracy", True),
+        (TASK_ID, traj.id, "n2", 2, mle_pb2.ML_OPERATOR_IMPROVE, "n1", False, reference_valid, 3, 3, "n2",
+         reference_valid, TASK.reference_score, "accuracy", True),
+    ]  # fmt: skip
+    assert "NameError" in progress[0].analysis
     # The debug prompt carried the bug; nothing the model saw carries a held-out score.
     debug_prompt = script.prompts[1][1]
     assert "NameError" in debug_prompt and "trian" in debug_prompt

@@ -3,6 +3,11 @@
 ``show`` draws each episode's node tree (operator, validation metric or bug, held-out score, the
 best node) and the metric per step with the best so far; ``export`` writes an episode's journal in
 AIDE's ``journal.json`` format (``flywheel trajectories import --format aide`` reads it back).
+
+:class:`SearchRows` is the live side: while ``flywheel run`` follows a run with ML tasks, each
+episode gets a row in the progress display that grows with every node WatchRun streams
+(``MlNodeProgress``): nodes so far out of the search's maximum, one mark per node (operator and
+whether it worked), and the best validation metric so far.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as epb
+from flywheel.orchestrator.v1 import mle_pb2, run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1.trajectory_pb2_grpc import TrajectoryServiceStub
 from flywheel_cli import rpc
@@ -163,3 +170,111 @@ def ml_table(e: epb.Evaluation) -> Table | None:
             f"{m.mean_wall_time.ToNanoseconds() / 1e9:.1f} s",
         )
     return table
+
+
+# ------------------------------------------------------------------------------- live search trees
+
+#: One letter per operator in a row's node marks (the legend is printed above the rows).
+OPERATOR_MARKS = {
+    mle_pb2.ML_OPERATOR_DRAFT: "D",
+    mle_pb2.ML_OPERATOR_DEBUG: "d",
+    mle_pb2.ML_OPERATOR_IMPROVE: "I",
+    mle_pb2.ML_OPERATOR_REFLECT: "R",
+}
+LEGEND = "search trees: D draft · d debug · I improve · R reflect; ✓ works, ✗ buggy"
+
+
+def operator_name(op: int) -> str:
+    return mle_pb2.MlOperator.Name(op).removeprefix("ML_OPERATOR_").lower() if op else "?"
+
+
+def node_mark(p: mle_pb2.MlNodeProgress) -> str:
+    """A node as two characters: its operator's letter, then ✓ (works) or ✗ (buggy)."""
+    return OPERATOR_MARKS.get(p.operator, "?") + ("✗" if p.buggy else "✓")
+
+
+def best_text(p: mle_pb2.MlNodeProgress) -> str:
+    """The episode's best node so far, as of the node ``p``."""
+    if not p.best_node_id:
+        return "no working node yet"
+    text = f"best {p.metric_name} {p.best_metric:.4g} ({p.best_node_id})"
+    if p.HasField("best_heldout"):
+        text += f", held-out {p.best_heldout:.4g}"
+    return text
+
+
+def node_line(p: mle_pb2.MlNodeProgress) -> str:
+    """One node on one line (what ``flywheel run`` prints when its output is not a terminal)."""
+    parent = f" ← {p.parent_id}" if p.parent_id else ""
+    if p.buggy:
+        what = "bug: " + (p.analysis.splitlines()[0][:70] if p.analysis else "buggy")
+    else:
+        what = f"metric {p.metric:.4g}" + (f" (held-out {p.heldout:.4g})" if p.HasField("heldout") else "")
+    return (
+        f"  {p.task_id} #{p.attempt} {p.node_id} {operator_name(p.operator)}{parent}: {what}"
+        f" · {p.nodes}/{p.max_nodes} nodes · {best_text(p)}"
+    )
+
+
+class SearchRows:
+    """One row per ML episode in a rich Progress, updated from WatchRun's ML node updates.
+
+    The Progress's columns must show ``{task.description}`` and a ``{task.fields[info]}`` text.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.rows: dict[tuple[str, int], TaskID] = {}
+        #: Every node seen, per episode, in arrival order (the summary table reads it).
+        self.nodes: dict[tuple[str, int], list[mle_pb2.MlNodeProgress]] = {}
+
+    def node(self, p: mle_pb2.MlNodeProgress) -> None:
+        key = (p.task_id, p.attempt)
+        seen = self.nodes.setdefault(key, [])
+        seen.append(p)
+        if key not in self.rows:
+            if not self.rows:
+                self.progress.console.print(f"[dim]{LEGEND}[/]")
+            self.rows[key] = self.progress.add_task(f"  {escape(p.task_id)} #{p.attempt}", info="")
+        marks = " ".join(node_mark(n) for n in seen)
+        self.progress.update(
+            self.rows[key],
+            total=max(p.max_nodes, p.nodes),
+            completed=p.nodes,
+            info=f"nodes · {marks} · {escape(best_text(p))}",
+        )
+
+    def finished(self, ep: run_pb2.EpisodeResult) -> None:
+        """The episode's result arrived: its row is complete, marked by how it ended."""
+        row = self.rows.get((ep.task_id, ep.attempt))
+        if row is None:
+            return
+        mark = "[green]✓[/]" if ep.resolved else "[red]✗[/]"
+        task = self.progress.tasks[row]
+        self.progress.update(
+            row,
+            description=f"{mark} {escape(ep.task_id)} #{ep.attempt}",
+            total=task.completed or 1,
+            completed=task.completed or 1,
+        )
+
+    def summary(self) -> Table | None:
+        """One row per ML episode seen: its nodes, their marks, the best node's metrics."""
+        if not self.nodes:
+            return None
+        table = Table(title=f"ML search trees ({LEGEND.removeprefix('search trees: ')})")
+        for column in ("task", "nodes", "tree (in order)", "best node", "validation", "held-out"):
+            table.add_column(
+                column, justify="right" if column in ("nodes", "validation", "held-out") else "left"
+            )
+        for (task_id, attempt), seen in sorted(self.nodes.items()):
+            last = seen[-1]
+            table.add_row(
+                f"{escape(task_id)} #{attempt}",
+                str(last.nodes),
+                " ".join(node_mark(n) for n in seen),
+                last.best_node_id or "-",
+                f"{last.best_metric:.4g}" if last.HasField("best_metric") else "-",
+                f"{last.best_heldout:.4g}" if last.HasField("best_heldout") else "-",
+            )
+        return table

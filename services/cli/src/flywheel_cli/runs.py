@@ -34,6 +34,7 @@ from flywheel_cli.job_options import (
     fill_episode,
     reject_job_options,
 )
+from flywheel_cli.mle import SearchRows, node_line
 from flywheel_cli.render import (
     STATES,
     console,
@@ -107,26 +108,34 @@ def run_cmd(
 
 def follow_run(stub: OrchestratorServiceStub, run_id: str, *, quiet: bool = False) -> int:
     """Follow WatchRun to the terminal snapshot; returns the exit status (Ctrl-C cancels the run)."""
+    # The run's bar, then (runs with ML tasks) one row per episode's search tree (SearchRows).
     columns = (
-        TextColumn("{task.fields[state]:<9}"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(
-            "episodes · [green]{task.fields[resolved]} resolved[/] · {task.fields[parse]} parse errors"
-            " · {task.fields[errored]} errored"
-        ),
+        TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
     )
     last: run_pb2.Run | None = None
     episodes: list[run_pb2.EpisodeResult] = []
     stream: Any = None
+    trees: SearchRows | None = None
     try:
         stream = stub.WatchRun(opb.WatchRunRequest(run_id=run_id))
         with Progress(*columns, console=console) as progress:
-            bar = progress.add_task(run_id, total=None, state="…", resolved=0, parse=0, errored=0)
+            bar = progress.add_task(f"{'…':<9}", total=None, info="episodes")
+            trees = SearchRows(progress)
             for update in stream:
-                if update.WhichOneof("update") == "episode":
+                which = update.WhichOneof("update")
+                if which == "ml_node":
+                    trees.node(update.ml_node)
+                    # Piped output shows no live rows: a line per node tells the same story.
+                    if not quiet and not console.is_terminal:
+                        progress.console.print(escape(node_line(update.ml_node)), soft_wrap=True)
+                    continue
+                if which == "episode":
                     episodes.append(update.episode)
+                    trees.finished(update.episode)
                     if not quiet:
                         progress.console.print(episode_line(update.episode))
                     continue
@@ -134,12 +143,13 @@ def follow_run(stub: OrchestratorServiceStub, run_id: str, *, quiet: bool = Fals
                 c = last.counters
                 progress.update(
                     bar,
-                    state=job_state(last.state),
+                    description=f"{job_state(last.state):<9}",
                     total=c.episodes_total or None,
                     completed=c.episodes_finished,
-                    resolved=c.episodes_resolved,
-                    parse=c.parse_errors,
-                    errored=c.episodes_errored,
+                    info=(
+                        f"episodes · [green]{c.episodes_resolved} resolved[/] · {c.parse_errors} parse"
+                        f" errors · {c.episodes_errored} errored"
+                    ),
                 )
     except KeyboardInterrupt:
         if stream is not None:
@@ -150,6 +160,9 @@ def follow_run(stub: OrchestratorServiceStub, run_id: str, *, quiet: bool = Fals
     if last is None:
         return 1
     out.print(run_summary(last, episodes))
+    trees_table = trees.summary() if trees is not None else None
+    if trees_table is not None:
+        out.print(trees_table)
     if last.state == common_pb2.JOB_STATE_SUCCEEDED:
         return 0
     reason = f": {escape(last.error.message)}" if last.HasField("error") else ""

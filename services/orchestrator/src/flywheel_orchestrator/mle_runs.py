@@ -2,7 +2,8 @@
 
 Same bookkeeping as a tool-protocol episode (runs.py): the trajectory id comes from (run, task,
 attempt), the trajectory is stored once, the episode's result is counted, saved and streamed by
-WatchRun, and listeners (evaluations) hear of it. The policy is the run's model through the
+WatchRun, and listeners (evaluations) hear of it. While the search runs, every node it adds is
+streamed by WatchRun as an ``MlNodeProgress`` (the tree growing, the best metric so far). The policy is the run's model through the
 gateway (the same model client as every agent), or, for the REFERENCE teacher, the task's
 reference solution as a single draft. The search's knobs are ``FLYWHEEL_ORCHESTRATOR_MLE_*``
 (:class:`~flywheel_orchestrator.mle.MleSettings`), read when the episode starts.
@@ -12,9 +13,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from flywheel.orchestrator.v1 import mle_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_orchestrator.agent import EpisodeTimes, episode_result
-from flywheel_orchestrator.mle import REFERENCE_SETTINGS, MleEpisode, MleReferencePolicy, MleSettings, MleSpec
+from flywheel_orchestrator.mle import (
+    REFERENCE_SETTINGS,
+    MleEpisode,
+    MleReferencePolicy,
+    MleSettings,
+    MleSpec,
+    Node,
+)
 from flywheel_orchestrator.mltasks import MlTask
 from flywheel_orchestrator.model import Policy
 
@@ -62,6 +71,7 @@ async def play_ml_episode(
         labels=labels,
     )
     episode = MleEpisode(spec, policy, manager.sandbox, settings)
+    episode.on_node.append(lambda ep, node: manager.table.notify(state, node_progress(ep, node)))
     traj = await manager._put(await episode.run())
     result = episode_result(traj)
     state.results.append(result)
@@ -72,6 +82,47 @@ async def play_ml_episode(
     manager.table.notify(state)
     for listener in manager.listeners:
         listener(run, result)
+
+
+OPERATORS = {
+    "draft": mle_pb2.ML_OPERATOR_DRAFT,
+    "debug": mle_pb2.ML_OPERATOR_DEBUG,
+    "improve": mle_pb2.ML_OPERATOR_IMPROVE,
+    "reflect": mle_pb2.ML_OPERATOR_REFLECT,
+}
+
+
+def node_progress(episode: MleEpisode, node: Node) -> mle_pb2.MlNodeProgress:
+    """What WatchRun shows of a node just added: the node, and the episode's tree so far."""
+    spec, task = episode.spec, episode.task
+    progress = mle_pb2.MlNodeProgress(
+        task_id=task.id,
+        attempt=spec.attempt,
+        trajectory_id=spec.trajectory_id,
+        node_id=node.id,
+        step=node.step,
+        operator=OPERATORS.get(node.operator, mle_pb2.ML_OPERATOR_UNSPECIFIED),
+        parent_id=node.parent or "",
+        buggy=node.buggy,
+        analysis=node.analysis,
+        exec_time_s=node.exec_time_s,
+        nodes=len(episode.nodes),
+        max_nodes=episode.settings.max_nodes,
+        metric_name=task.metric,
+        maximize=task.maximize,
+    )
+    if node.metric is not None:
+        progress.metric = node.metric
+    if node.heldout is not None:
+        progress.heldout = node.heldout
+    best = episode.best()
+    if best is not None:
+        progress.best_node_id = best.id
+        if best.metric is not None:
+            progress.best_metric = best.metric
+        if best.heldout is not None:
+            progress.best_heldout = best.heldout
+    return progress
 
 
 def mle_prompt_sha256() -> str:

@@ -296,8 +296,10 @@ class RunManager:
         async for item in self.table.watch(run_id):
             if isinstance(item, run_pb2.Run):
                 yield opb.WatchRunResponse(run=item)
-            else:
+            elif isinstance(item, run_pb2.EpisodeResult):
                 yield opb.WatchRunResponse(episode=item)
+            else:  # a node an ML episode's search just added (mle_runs.py)
+                yield opb.WatchRunResponse(ml_node=item)
 
     async def results(self, run_id: str) -> list[run_pb2.EpisodeResult]:
         """Every finished episode of a run (rebuilt from the trajectory store after a restart)."""

@@ -2,6 +2,7 @@ from flywheel.common.v1 import common_pb2 as _common_pb2
 from flywheel.orchestrator.v1 import alias_pb2 as _alias_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as _evaluation_pb2
 from flywheel.orchestrator.v1 import loop_pb2 as _loop_pb2
+from flywheel.orchestrator.v1 import mle_pb2 as _mle_pb2
 from flywheel.orchestrator.v1 import run_pb2 as _run_pb2
 from flywheel.orchestrator.v1 import skill_pb2 as _skill_pb2
 from flywheel.orchestrator.v1 import suite_pb2 as _suite_pb2
@@ -142,12 +143,14 @@ class WatchRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class WatchRunResponse(_message.Message):
-    __slots__ = ("run", "episode")
+    __slots__ = ("run", "episode", "ml_node")
     RUN_FIELD_NUMBER: _ClassVar[int]
     EPISODE_FIELD_NUMBER: _ClassVar[int]
+    ML_NODE_FIELD_NUMBER: _ClassVar[int]
     run: _run_pb2.Run
     episode: _run_pb2.EpisodeResult
-    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., episode: _Optional[_Union[_run_pb2.EpisodeResult, _Mapping]] = ...) -> None: ...
+    ml_node: _mle_pb2.MlNodeProgress
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., episode: _Optional[_Union[_run_pb2.EpisodeResult, _Mapping]] = ..., ml_node: _Optional[_Union[_mle_pb2.MlNodeProgress, _Mapping]] = ...) -> None: ...
 
 class CreateEvaluationRequest(_message.Message):
     __slots__ = ("evaluation", "request_id")
