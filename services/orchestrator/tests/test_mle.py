@@ -11,6 +11,7 @@ stored one is compared with it exactly.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,12 @@ async def test_evaluation_reports_ml_metrics(
     assert good.mean_wall_time.ToNanoseconds() > 0
     report = (Path(service_env["FLYWHEEL_OBJECT_STORE_ROOT"]) / final.report.markdown.key).read_text()
     assert "## ML-engineering tasks" in report and "| good | two-moons | accuracy (max) |" in report
+    # The report draws each episode's search tree and its metric per step.
+    two_moons = suite.tasks["two-moons"]
+    assert isinstance(two_moons, mltasks.MlTask)
+    head = f"#### good · two-moons #0 — 1 nodes, best n0: held-out {two_moons.reference_score:.4g} (normalised 1.00)"
+    tree = report.split(head, 1)[1].split("#### ", 1)[0]
+    assert re.search(r"```\nn0 draft: metric [0-9.]+ \(held-out [0-9.]+\)  ← best\n```", tree), tree
+    assert re.search(r"Validation metric per step \(→ best so far\): `0:[0-9.]+→[0-9.]+`", tree), tree
+    bad_tree = report.split("#### bad · review-sentiment #0 — 1 nodes, no valid submission", 1)[1]
+    assert "n0 draft: bug: " in bad_tree and "per step (→ best so far): `0:bug`" in bad_tree

@@ -27,7 +27,7 @@ from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1.trajectory_pb2_grpc import TrajectoryServiceStub
 from flywheel_cli import rpc
 from flywheel_cli.render import console, out
-from flywheel_common.journal import export_journal, journal_of, tree_lines
+from flywheel_common.journal import export_journal, journal_of, metric_steps_line, tree_lines
 
 
 @click.group("mle")
@@ -69,17 +69,7 @@ def render(t: pb.Trajectory) -> list[str]:
     elif not t.outcome.resolved:
         head += " · no valid submission"
     lines = [head, *("  " + line for line in tree_lines(journal, labels.get("aide.best_node", "")))]
-    best: float | None = None
-    steps = []
-    for node in journal["nodes"]:
-        metric = node["metric"]["value"] if node["metric"] and not node["is_buggy"] else None
-        if metric is not None:
-            maximize = node["metric"]["maximize"]
-            if best is None or (metric > best if maximize else metric < best):
-                best = metric
-        shown = f"{metric:.4g}" if metric is not None else "bug"
-        steps.append(f"{node['step']}:{shown}" + (f"→{best:.4g}" if best is not None else ""))
-    lines.append("  metric per step (→ best so far): " + "  ".join(steps))
+    lines.append("  metric per step (→ best so far): " + metric_steps_line(journal))
     return lines
 
 

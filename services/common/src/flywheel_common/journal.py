@@ -122,3 +122,26 @@ def tree_lines(journal: dict[str, Any], best: str = "") -> list[str]:
 
     walk(None, 0)
     return lines
+
+
+def metric_steps(journal: dict[str, Any]) -> list[tuple[int, float | None, float | None]]:
+    """Per node in search order: (step, its validation metric or None when buggy, the best so far)."""
+    best: float | None = None
+    out: list[tuple[int, float | None, float | None]] = []
+    for node in journal["nodes"]:
+        metric = node["metric"]["value"] if node["metric"] and not node["is_buggy"] else None
+        if metric is not None:
+            maximize = node["metric"]["maximize"]
+            if best is None or (metric > best if maximize else metric < best):
+                best = metric
+        out.append((node["step"], metric, best))
+    return out
+
+
+def metric_steps_line(journal: dict[str, Any]) -> str:
+    """``metric_steps`` on one line: ``0:bug  1:30.5→30.5  2:bug→30.5 …`` (metric → best so far)."""
+    parts = []
+    for step, metric, best in metric_steps(journal):
+        shown = f"{metric:.4g}" if metric is not None else "bug"
+        parts.append(f"{step}:{shown}" + (f"→{best:.4g}" if best is not None else ""))
+    return "  ".join(parts)

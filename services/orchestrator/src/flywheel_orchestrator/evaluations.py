@@ -310,7 +310,9 @@ class EvaluationManager:
         e.report.markdown.key = f"{prefix}report.md"
         chart = common_pb2.ObjectRef(key=f"{prefix}metrics.png")
         e.report.charts.append(chart)
-        md = (report.to_markdown(e) + mle_eval.markdown(e)).encode()
+        md = (
+            report.to_markdown(e) + mle_eval.markdown(e) + await mle_eval.trees_markdown(self.runs, e)
+        ).encode()
         png = await asyncio.to_thread(report.chart_png, e)
         store = self.store
 

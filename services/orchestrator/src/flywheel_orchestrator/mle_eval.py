@@ -5,6 +5,10 @@ like every other evaluation metric: per model and ML task, the best and mean hel
 the episodes' best nodes, the mean normalised score (0 = the task's baseline, 1 = its reference;
 an episode without a valid submission counts 0), the fraction of episodes with a valid
 submission, nodes per episode and wall time.
+
+The report also draws every ML episode's search tree (operator, validation metric or bug,
+held-out score, the best node) and its validation metric per step with the best so far
+(:func:`trees_markdown`), from the stored trajectories.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
+from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.orchestrator.v1 import mle_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+from flywheel_common.journal import journal_of, metric_steps_line, tree_lines
 from flywheel_orchestrator.mle import summary
 from flywheel_orchestrator.mltasks import MlTask
 
@@ -123,3 +129,90 @@ async def evaluation_metrics(runs: Any, e: epb.Evaluation) -> list[mle_pb2.MlMod
     if not tasks:
         return []
     return [model_metrics(m.model, await runs._stored(m.run_id), tasks) for m in e.model_metrics]
+
+
+#: Most episodes whose trees one report draws (the rest are named, with `flywheel mle show`).
+MAX_TREES = 60
+
+
+def episode_tree_markdown(model: str, traj: tpb.Trajectory) -> list[str]:
+    """One episode's search tree and metric per step, as Markdown lines."""
+    journal = journal_of(traj)
+    labels = traj.labels
+    best = labels.get("aide.best_node", "")
+    head = f"#### {model} · {traj.task.task_id} #{traj.attempt} — {len(journal['nodes'])} nodes"
+    if "mle.best_heldout" in labels:
+        head += f", best {best}: held-out {float(labels['mle.best_heldout']):.4g}"
+        if "mle.normalised" in labels:
+            head += f" (normalised {float(labels['mle.normalised']):.2f})"
+    else:
+        head += ", no valid submission"
+    tree = tree_lines(journal, best) or ["(no node)"]
+    return [
+        "",
+        head,
+        "",
+        "```",
+        *tree,
+        "```",
+        "",
+        f"Validation metric per step (→ best so far): `{metric_steps_line(journal) or '-'}`",
+    ]
+
+
+def trees_section(per_model: list[tuple[str, list[tpb.Trajectory]]]) -> str:
+    """The report's search-tree section from each model's ML trajectories ("" when there are none)."""
+    episodes = [
+        (model, t)
+        for model, trajectories in per_model
+        for t in sorted(trajectories, key=lambda t: (t.task.task_id, t.attempt))
+        if t.task.kind == common_pb2.TASK_KIND_ML
+    ]
+    if not episodes:
+        return ""
+    lines = [
+        "",
+        "### Search trees",
+        "",
+        "Each ML episode's tree, children under their parent (node ids give the search order): "
+        "operator, the validation metric the script printed (or its bug), the held-out score; "
+        "`← best` marks the node the episode is scored by.",
+    ]
+    for model, traj in episodes[:MAX_TREES]:
+        lines += episode_tree_markdown(model, traj)
+    if len(episodes) > MAX_TREES:
+        rest = episodes[MAX_TREES:]
+        lines += [
+            "",
+            f"{len(rest)} more episodes not drawn; see them with `flywheel mle show <trajectory id>`: "
+            + ", ".join(t.id for _, t in rest),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+async def trees_markdown(runs: Any, e: epb.Evaluation) -> str:
+    """The search-tree section of evaluation ``e``'s report (``runs``: the RunManager)."""
+    if not e.ml_metrics:
+        return ""
+    per_model = []
+    for m in e.model_metrics:
+        if not m.run_id:
+            continue
+        found: list[tpb.Trajectory] = []
+        token = ""
+        while True:
+            reply = await runs.trajectories.ListTrajectories(
+                tpb.ListTrajectoriesRequest(
+                    filter=tpb.TrajectoryFilter(run_ids=[m.run_id]),
+                    view=tpb.TRAJECTORY_VIEW_FULL,
+                    page_size=100,
+                    page_token=token,
+                ),
+                timeout=runs.settings.trajectory_timeout_s,
+            )
+            found.extend(reply.trajectories)
+            token = reply.next_page_token
+            if not token:
+                break
+        per_model.append((m.model, found))
+    return trees_section(per_model)
