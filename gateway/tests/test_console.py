@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from flywheel_gateway.console import ConsoleApp
 from flywheel_gateway.console.app import COOKIE, SESSION_S, Sessions, short_enum, to_json
-from flywheel_gateway.console.data import Backends, ConsoleSettings
+from flywheel_gateway.console.data import Backends, ServiceAddresses
 
 MASTER = "sk-master-0123456789"
 VIEWER = "sk-viewer-0123456789"
@@ -33,13 +33,8 @@ def client() -> TestClient:
         return "viewer" if key == VIEWER else None
 
     nowhere = closed_port()
-    settings = ConsoleSettings(
-        FLYWHEEL_ORCHESTRATOR_ADDRESS=nowhere,
-        FLYWHEEL_TRAINER_ADDRESS=nowhere,
-        FLYWHEEL_DATASET_ADDRESS=nowhere,
-        FLYWHEEL_TRAJECTORY_ADDRESS=nowhere,
-    )
-    return TestClient(ConsoleApp(MASTER, viewer, Backends(settings)), follow_redirects=False)
+    addresses = ServiceAddresses(nowhere, nowhere, nowhere, nowhere)
+    return TestClient(ConsoleApp(MASTER, viewer, Backends(addresses)), follow_redirects=False)
 
 
 def test_sessions_are_signed_expire_and_keep_their_role() -> None:
@@ -165,7 +160,7 @@ def test_a_skill_optimisation_page_shows_steps_decisions_and_diffs() -> None:
     async def nobody(key: str) -> None:
         return None
 
-    app = ConsoleApp(MASTER, nobody, ScriptedBackends(ConsoleSettings()))
+    app = ConsoleApp(MASTER, nobody, ScriptedBackends(ServiceAddresses()))
     page = TestClient(app).get("/console/skills/sko-1", headers={"authorization": f"Bearer {MASTER}"})
     assert page.status_code == 200, page.text
     html = page.text

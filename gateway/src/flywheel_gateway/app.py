@@ -39,6 +39,7 @@ import orjson
 
 from flywheel_gateway.aliases import AliasResponse, AliasService, Resolution, ShadowSink
 from flywheel_gateway.asgi import ASGIApp, Message, Receive, Scope, Send, openai_error, read_body, respond
+from flywheel_gateway.channels import ServiceChannels
 from flywheel_gateway.console import ConsoleApp
 from flywheel_gateway.fast_path import CallbackLogger, FastPath
 from flywheel_gateway.fine_tuning import FineTuningAPI, fine_tuning_path
@@ -92,7 +93,11 @@ class GatewayApp:
         self.fast = FastPath(settings, callbacks or [])
         self.aliases = aliases
         #: OpenAI's files and fine-tuning API on our services (None without an object store).
-        self.fine_tuning = FineTuningAPI.from_environment(settings, self.fast) if fine_tuning else None
+        #: One gRPC channel per service for the whole process (console and fine-tuning API).
+        self.channels = ServiceChannels()
+        self.fine_tuning = (
+            FineTuningAPI.from_environment(settings, self.fast, self.channels) if fine_tuning else None
+        )
         self._trusted_keys: dict[str, float] = {}
         self.master_key = settings.master_key.get_secret_value().encode()
         self.prefix = settings.adapter_prefix
@@ -117,6 +122,7 @@ class GatewayApp:
             await self.aliases.close()
         if self.fine_tuning is not None:
             await self.fine_tuning.close()
+        await self.channels.close()
         await self.fast.close()
 
     @staticmethod
@@ -517,15 +523,14 @@ class GatewayApp:
 
 def console_app(gateway: GatewayApp) -> ConsoleApp | None:
     """The web console (``/console``), unless ``FLYWHEEL_GATEWAY_CONSOLE=false``."""
-    from flywheel_gateway.console.data import Backends, ConsoleSettings
+    from flywheel_gateway.console.data import Backends, ServiceAddresses
 
-    settings = ConsoleSettings()
-    if not settings.enabled:
+    settings = gateway.settings
+    if not settings.console:
         return None
     store = gateway.aliases.store if gateway.aliases is not None else None
-    return ConsoleApp(
-        gateway.settings.master_key.get_secret_value(), gateway.viewer_role, Backends(settings, store)
-    )
+    backends = Backends(ServiceAddresses.of(settings), store, gateway.channels, settings.console_page_size)
+    return ConsoleApp(settings.master_key.get_secret_value(), gateway.viewer_role, backends)
 
 
 class _VllmFieldsRestorer:

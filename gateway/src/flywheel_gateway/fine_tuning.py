@@ -58,6 +58,7 @@ from flywheel_common.objectstore import (
 )
 from flywheel_gateway import openai_ft as oft
 from flywheel_gateway.asgi import Receive, Scope, Send, openai_error, read_body, respond
+from flywheel_gateway.channels import ServiceChannels
 from flywheel_gateway.fast_path import FastPath
 from flywheel_gateway.settings import GatewaySettings
 
@@ -133,18 +134,26 @@ def from_rpc(err: grpc.aio.AioRpcError, service: str, params: dict[str, str] | N
 class FineTuningAPI:
     """The ``/v1/files`` and ``/v1/fine_tuning`` routes (master key; see the module docstring)."""
 
-    def __init__(self, settings: GatewaySettings, store: ObjectStore, fast: FastPath) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        store: ObjectStore,
+        fast: FastPath,
+        channels: ServiceChannels | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.fast = fast
         self.prefix = settings.adapter_prefix
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.channels = channels or ServiceChannels()  # the gateway's shared holder when it has one
         self._served: set[str] = set()  # adapters the model server was seen serving
         self._history: dict[str, list[dict[str, Any]]] = {}  # log history of published adapters
         self._tokens: dict[str, int] = {}  # TRAIN tokens per dataset
 
     @classmethod
-    def from_environment(cls, settings: GatewaySettings, fast: FastPath) -> FineTuningAPI | None:
+    def from_environment(
+        cls, settings: GatewaySettings, fast: FastPath, channels: ServiceChannels | None = None
+    ) -> FineTuningAPI | None:
         from flywheel_gateway.aliases import object_store_configured
 
         if not settings.fine_tuning or not object_store_configured():
@@ -152,17 +161,13 @@ class FineTuningAPI:
                 "the files and fine-tuning API is off: no object store configured (FLYWHEEL_OBJECT_STORE_*)"
             )
             return None
-        return cls(settings, open_object_store(ObjectStoreSettings()), fast)
+        return cls(settings, open_object_store(ObjectStoreSettings()), fast, channels)
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self.channels.close()
 
     def _channel(self, address: str) -> grpc.aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address)
-        return self._channels[address]
+        return self.channels.get(address)
 
     @property
     def datasets(self) -> dataset_pb2_grpc.DatasetServiceStub:

@@ -137,6 +137,14 @@ class GatewaySettings(BaseSettings):
         validation_alias="FLYWHEEL_TRAINER_ADDRESS",
         description="host:port of trainer-svc's gRPC API (fine-tuning jobs; set by `flywheel up`).",
     )
+    orchestrator_address: str = Field(
+        "127.0.0.1:50051",
+        validation_alias="FLYWHEEL_ORCHESTRATOR_ADDRESS",
+        description="host:port of the orchestrator's gRPC API (the console's runs, evaluations, loops; "
+        "set by `flywheel up`).",
+    )
+    console: bool = Field(True, description="Serve the web console at /console.")
+    console_page_size: int = Field(50, ge=1, le=500, description="Rows per console listing.")
     files_max_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Largest file POST /v1/files accepts, in bytes."
     )

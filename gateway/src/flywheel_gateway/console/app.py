@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.trainer.v1 import trainer_pb2 as trpb
-from flywheel_gateway.console.data import Backends, ConsoleSettings, Unreachable
+from flywheel_gateway.console.data import Backends, ServiceAddresses, Unreachable
 
 log = logging.getLogger("flywheel.gateway.console")
 
@@ -197,11 +197,10 @@ class ConsoleApp:
         master_key: str,
         key_check: KeyCheck,
         backends: Backends | None = None,
-        settings: ConsoleSettings | None = None,
     ) -> None:
         self.master_key = master_key
         self.key_check = key_check
-        self.backends = backends or Backends(settings or ConsoleSettings())
+        self.backends = backends or Backends(ServiceAddresses())
         self.sessions = Sessions(master_key.encode())
         self.env = templates()
         self.app = Starlette(

@@ -11,14 +11,12 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flywheel.dataset.v1 import dataset_pb2 as dpb
 from flywheel.dataset.v1.dataset_pb2_grpc import DatasetServiceStub
@@ -30,24 +28,13 @@ from flywheel.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1.trajectory_pb2_grpc import TrajectoryServiceStub
 from flywheel_common.objectstore import ObjectStore
+from flywheel_gateway.channels import ServiceChannels
+from flywheel_gateway.settings import GatewaySettings
 
 log = logging.getLogger("flywheel.gateway.console")
 
 #: Deadline of one unary call made for a page (seconds).
 CALL_TIMEOUT_S = 10.0
-
-
-class ConsoleSettings(BaseSettings):
-    """Where the console finds the services: the same variables every Flywheel service reads."""
-
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
-
-    enabled: bool = Field(True, validation_alias="FLYWHEEL_GATEWAY_CONSOLE", description="Serve /console.")
-    orchestrator: str = Field("127.0.0.1:50051", validation_alias="FLYWHEEL_ORCHESTRATOR_ADDRESS")
-    trainer: str = Field("127.0.0.1:50055", validation_alias="FLYWHEEL_TRAINER_ADDRESS")
-    dataset: str = Field("127.0.0.1:50054", validation_alias="FLYWHEEL_DATASET_ADDRESS")
-    trajectory: str = Field("127.0.0.1:50053", validation_alias="FLYWHEEL_TRAJECTORY_ADDRESS")
-    page_size: int = Field(50, ge=1, le=500, validation_alias="FLYWHEEL_GATEWAY_CONSOLE_PAGE_SIZE")
 
 
 class Unreachable(Exception):
@@ -69,23 +56,35 @@ def as_dict(message: Message) -> dict[str, Any]:
 
 
 @dataclass
+class ServiceAddresses:
+    """``host:port`` of the four services the console reads (from :class:`GatewaySettings`)."""
+
+    orchestrator: str = "127.0.0.1:50051"
+    trainer: str = "127.0.0.1:50055"
+    dataset: str = "127.0.0.1:50054"
+    trajectory: str = "127.0.0.1:50053"
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> ServiceAddresses:
+        return cls(
+            orchestrator=settings.orchestrator_address,
+            trainer=settings.trainer_address,
+            dataset=settings.dataset_address,
+            trajectory=settings.trajectory_address,
+        )
+
+
+@dataclass
 class Backends:
-    """Channels to the four services the console reads; opened on first use, on the serving loop."""
+    """Stubs for the four services the console reads, on the gateway's shared channels."""
 
-    settings: ConsoleSettings
+    addresses: ServiceAddresses
     store: ObjectStore | None = None
-
-    def __post_init__(self) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+    channels: ServiceChannels = field(default_factory=ServiceChannels)
+    page_size: int = 50
 
     def _channel(self, name: str) -> grpc.aio.Channel:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a channel belongs to the loop it was made on
-            self._channels, self._loop = {}, loop
-        if name not in self._channels:
-            self._channels[name] = grpc.aio.insecure_channel(getattr(self.settings, name))
-        return self._channels[name]
+        return self.channels.get(getattr(self.addresses, name))
 
     @property
     def orchestrator(self) -> OrchestratorServiceStub:
@@ -104,9 +103,7 @@ class Backends:
         return TrajectoryServiceStub(self._channel("trajectory"))
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self.channels.close()
 
     async def call(self, service: str, method: str, request: Message) -> Any:
         """One unary call; an RPC error becomes :class:`Unreachable` naming the service and address."""
@@ -114,22 +111,20 @@ class Backends:
         try:
             return await getattr(stub, method)(request, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as err:
-            raise Unreachable(service, getattr(self.settings, service), err) from err
+            raise Unreachable(service, getattr(self.addresses, service), err) from err
 
     # ------------------------------------------------------------------ listings
 
     async def runs(self) -> list[dict[str, Any]]:
-        reply = await self.call(
-            "orchestrator", "ListRuns", opb.ListRunsRequest(page_size=self.settings.page_size)
-        )
+        reply = await self.call("orchestrator", "ListRuns", opb.ListRunsRequest(page_size=self.page_size))
         return [as_dict(r) for r in reply.runs]
 
     async def evaluations(self) -> list[dict[str, Any]]:
-        req = opb.ListEvaluationsRequest(page_size=self.settings.page_size)
+        req = opb.ListEvaluationsRequest(page_size=self.page_size)
         return [as_dict(e) for e in (await self.call("orchestrator", "ListEvaluations", req)).evaluations]
 
     async def loops(self) -> list[dict[str, Any]]:
-        req = opb.ListLoopsRequest(page_size=self.settings.page_size)
+        req = opb.ListLoopsRequest(page_size=self.page_size)
         return [as_dict(lp) for lp in (await self.call("orchestrator", "ListLoops", req)).loops]
 
     async def aliases(self) -> list[dict[str, Any]]:
@@ -137,19 +132,19 @@ class Backends:
         return [as_dict(a) for a in reply.aliases]
 
     async def datasets(self) -> list[dict[str, Any]]:
-        req = dpb.ListDatasetsRequest(page_size=self.settings.page_size)
+        req = dpb.ListDatasetsRequest(page_size=self.page_size)
         return [as_dict(d) for d in (await self.call("dataset", "ListDatasets", req)).datasets]
 
     async def jobs(self) -> list[dict[str, Any]]:
-        req = trpb.ListFineTuneJobsRequest(page_size=self.settings.page_size)
+        req = trpb.ListFineTuneJobsRequest(page_size=self.page_size)
         return [as_dict(j) for j in (await self.call("trainer", "ListFineTuneJobs", req)).jobs]
 
     async def adapters(self) -> list[dict[str, Any]]:
-        req = trpb.ListAdaptersRequest(page_size=self.settings.page_size)
+        req = trpb.ListAdaptersRequest(page_size=self.page_size)
         return [as_dict(a) for a in (await self.call("trainer", "ListAdapters", req)).adapters]
 
     async def skill_optimizations(self) -> list[dict[str, Any]]:
-        req = opb.ListSkillOptimizationsRequest(page_size=self.settings.page_size)
+        req = opb.ListSkillOptimizationsRequest(page_size=self.page_size)
         reply = await self.call("orchestrator", "ListSkillOptimizations", req)
         return [as_dict(o) for o in reply.optimizations]
 
