@@ -123,7 +123,7 @@ def set_request(name: str, model: str, opts: dict[str, Any], who: str) -> apb.Se
     """SetAlias: move ``name`` to ``model`` at once, or start a canary of it."""
     request = apb.SetAliasRequest(
         name=name,
-        target=apb.AliasTarget(model=model),
+        target=apb.AliasTarget(model=model, skill_id=opts.get("skill") or ""),
         expected_revision=opts.get("expected_revision") or 0,
         actor=who,
         reason=opts.get("reason") or "",
@@ -147,12 +147,13 @@ def target_text(target: apb.AliasTarget) -> str:
     """``ft/coder-v3 (coder/v3, sha256:0123456789ab…)``, or the bare model name of a base model."""
     if not target.model:
         return "-"
+    skill = f" + skill {target.skill_id}" if target.skill_id else ""
     adapter = target.adapter
     if not adapter.adapter_id and not adapter.name:
-        return target.model
+        return target.model + skill
     ident = adapter.adapter_id or f"{adapter.name}/v{adapter.version}"
     digest = f", {adapter.digest[:19]}…" if adapter.digest else ""
-    return f"{target.model} ({ident}{digest})"
+    return f"{target.model} ({ident}{digest}){skill}"
 
 
 def canary_text(canary: apb.Canary) -> str:
@@ -312,6 +313,12 @@ def alias_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.argument("model")
 @canary_options
 @click.option("--reason", default="", help="Why (kept in the alias's history).")
+@click.option(
+    "--skill",
+    default="",
+    metavar="SKILL_ID",
+    help="Serve this stored skill with MODEL (a pair): runs and evaluations of the alias play with it.",
+)
 @click.option("--evaluation-id", default="", help="The evaluation behind the change, if any.")
 @click.option(
     "--expected-revision",

@@ -31,7 +31,7 @@ from flywheel.orchestrator.v1.orchestrator_pb2_grpc import OrchestratorServiceSt
 from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
-from flywheel_cli import rpc
+from flywheel_cli import joint, rpc
 from flywheel_cli.aliases import arms_table, canary_options, canary_policy
 from flywheel_cli.render import console, enum_name, out
 from flywheel_common.jobs import TERMINAL
@@ -145,6 +145,8 @@ def print_outcome(loop: lpb.Loop) -> None:
     """What a loop decided: its rounds, its gate, its promotion (with the canary's signals)."""
     if loop.round_results:
         out.print(rounds_table(loop))
+    if loop.joint_arms and loop.joint_arms[-1].episodes:
+        out.print(joint.comparison_table(loop))
     if loop.HasField("gate_result"):
         for line in gate_lines(loop.gate_result):
             out.print(line, highlight=False, soft_wrap=True)
@@ -239,6 +241,19 @@ class Follower:
                 )
             for index in range(len(table.rows) + 1, max(loop.rounds, 1) + 1):
                 table.add_row(f"round {index}", idle, "", "")
+            return table
+        if joint.is_joint(loop):  # one row per child, then the comparison and the promotion
+            labels = joint.stage_labels(loop)
+            for index, status in enumerate(loop.stages):
+                colour = STATE_COLOUR.get(state_name(status.state), "cyan")
+                table.add_row(
+                    labels[index] if index < len(labels) else stage_name(status.stage),
+                    f"[{colour}]{state_name(status.state)}[/]",
+                    f"{stage_seconds(status.start_time, status.end_time):.0f} s",
+                    joint.child_id(status),
+                )
+            for label in labels[len(loop.stages) :]:
+                table.add_row(label, idle, "", "")
             return table
         if self.caption is not None and loop.state not in TERMINAL:
             with contextlib.suppress(Exception):  # a caption never breaks the live view
@@ -431,7 +446,8 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
         if opts.get(opt):
             setattr(loop, fld, opts[opt])
     if opts.get("kind"):
-        loop.kind = lpb.LOOP_KIND_RL if opts["kind"] == "rl" else lpb.LOOP_KIND_IMITATION
+        kinds = {"rl": lpb.LOOP_KIND_RL, "imitation": lpb.LOOP_KIND_IMITATION, **joint.KINDS}
+        loop.kind = kinds[opts["kind"]]
     if opts.get("reference"):
         loop.teacher_kind = tpb.TEACHER_KIND_REFERENCE
     if opts.get("method"):
@@ -496,6 +512,7 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
         rl.temperature = opts["rl_temperature"]
     if loop.kind != lpb.LOOP_KIND_RL and loop.HasField("rl") and rl.ByteSize() == 0:
         loop.ClearField("rl")
+    joint.apply_options(loop, opts)
     return loop
 
 
@@ -503,7 +520,10 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
 @click.option("--from-json", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A Loop as JSON (proto field names); the options below override its fields.")  # fmt: skip
 @click.option(
-    "--kind", type=click.Choice(["imitation", "rl"]), default=None, help="What the loop learns from."
+    "--kind",
+    type=click.Choice(["imitation", "rl", *joint.KINDS]),
+    default=None,
+    help="What the loop learns from (skill-then-lora, lora-then-skill: both, compared).",
 )
 @click.option("--suite", default=None, help="Task suite (TRAIN for rollouts, TEST for evaluations).")
 @click.option("--base-model", default=None, help="Trainer base model, e.g. gemma-3-270m.")
@@ -572,6 +592,7 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
     "--incumbent-rollouts", is_flag=True, help="Rounds 2 onwards also roll out the incumbent on TRAIN."
 )
 @captured_traffic_options
+@joint.joint_options
 @click.option("--request-id", default="", help="Idempotency key: a retry with it returns the same loop.")
 @click.option("--watch/--no-watch", default=True, show_default=True, help="Follow it to the end.")
 @click.pass_context
@@ -587,7 +608,8 @@ def loop_create(
     loop = build_loop(spec, opts)
     with rpc.stub(ctx, rpc.ORCHESTRATOR, OrchestratorServiceStub) as stub:
         created = stub.CreateLoop(opb.CreateLoopRequest(loop=loop, request_id=request_id)).loop
-        kind = "RL" if created.kind == lpb.LOOP_KIND_RL else "imitation"
+        kind = lpb.LoopKind.Name(created.kind or lpb.LOOP_KIND_IMITATION).removeprefix("LOOP_KIND_")
+        kind = "RL" if kind == "RL" else kind.lower().replace("_", "-")
         console.print(f"started {kind} loop [bold]{created.id}[/] on {created.suite} ({created.base_model})")
         out.print(created.id, soft_wrap=True)
         if watch:

@@ -14,6 +14,17 @@ newest revision runs a canary it sums the gateway replicas' live signals of that
 when :func:`judge_canary` decides, writes CANARY_PROMOTED or CANARY_ROLLED_BACK with the reason
 and both arms' signals. A crash (even SIGKILL) at any point leaves the table at one revision or
 the next, never between: the next sweep, in this process or another, picks the canary up again.
+
+Skill and adapter pairs. A target may name a skill besides its model (``AliasTarget.skill_id``):
+a skill on a base model, an adapter alone, or the pair a joint loop (``joint.py``) promotes. The
+orchestrator applies it: a run or evaluation whose model is the alias and that names no skill of
+its own plays with the target's skill (``served_skill``; during a canary too, as the arm is drawn
+per request at the gateway). The gateway does not inject it into other callers' requests. Why: a
+skill is an addition to the *agent's* system prompt, which the orchestrator builds per protocol
+(``protocol.py``), and the gateway cannot tell an agent's prompt from any other caller's, nor
+where in a foreign prompt the playbook belongs; rewriting callers' prompts behind their backs
+would also break what traffic capture records as the prompt. External callers read the pair from
+the alias (``GetAlias``, ``flywheel alias show``) and send the skill themselves.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from flywheel_common import aliases as table
 from flywheel_common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable, shown
 from flywheel_common.events import EventBus
 from flywheel_common.objectstore import ObjectExistsError, ObjectStore
+from flywheel_orchestrator import skills as skill_docs
 from flywheel_orchestrator.model import ADAPTER_MODEL, ModelClient
 from flywheel_orchestrator.runs import PRODUCER
 
@@ -204,6 +216,17 @@ class AliasManager:
         revs = await self.history(name)
         return revs[0] if revs else None
 
+    async def served_skill(self, model: str) -> str:
+        """The skill an alias serves with its model; "" for none, or when ``model`` is no alias."""
+        try:
+            table.validate_name(model)
+        except ValueError:
+            return ""
+        cur = await self.current(model)
+        if cur is None or cur.change == apb.ALIAS_CHANGE_DELETED:
+            return ""
+        return str(cur.target.skill_id)
+
     async def get(self, name: str) -> apb.Alias:
         self._name(name)
         revs = await self.history(name)
@@ -335,6 +358,12 @@ class AliasManager:
             validate_policy(request.canary, "canary")
         await self.check_free(name)
         target = await self.resolve_target(request.target.model)
+        if request.target.skill_id:
+            try:
+                skill = await asyncio.to_thread(skill_docs.SkillStore(self.store).get, request.target.skill_id)
+            except NotFound as err:
+                raise InvalidArgument("target.skill_id", str(err)) from None
+            target.skill_id, target.skill_sha256 = skill.id, skill.sha256
         actor = request.actor or "api"
 
         def build(cur: apb.AliasRevision | None) -> apb.AliasRevision:
@@ -351,7 +380,7 @@ class AliasManager:
                     raise FailedPrecondition(
                         f"alias {shown(name)} serves nothing yet: set it before starting a canary on it"
                     )
-                if cur.target.model == target.model:
+                if (cur.target.model, cur.target.skill_id) == (target.model, target.skill_id):
                     raise InvalidArgument("target.model", f"the alias already serves {shown(target.model)}")
                 rev.target.CopyFrom(cur.target)
                 rev.change = apb.ALIAS_CHANGE_CANARY_STARTED

@@ -44,6 +44,7 @@ from flywheel.orchestrator.v1 import evaluation_pb2 as epb
 from flywheel.orchestrator.v1 import loop_pb2 as lpb
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
+from flywheel.orchestrator.v1 import skill_pb2 as spb
 from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
@@ -64,6 +65,7 @@ from flywheel_common.jobs import (
     state_name,
 )
 from flywheel_common.objectstore import ObjectStore
+from flywheel_orchestrator import joint
 from flywheel_orchestrator import validation as check
 from flywheel_orchestrator.aliases import ENDS_CANARY, AliasManager, default_alias, validate_policy
 from flywheel_orchestrator.evaluations import EvaluationManager
@@ -82,6 +84,7 @@ from flywheel_orchestrator.rl import RlStages
 from flywheel_orchestrator.rl import validate as validate_rl
 from flywheel_orchestrator.runs import PRODUCER, RunManager
 from flywheel_orchestrator.settings import OrchestratorSettings
+from flywheel_orchestrator.skillopt import SkillOptManager
 
 log = logging.getLogger("flywheel.orchestrator.loops")
 
@@ -105,6 +108,9 @@ OUTPUT_ONLY = (
     "round",
     "round_results",
     "promotion",
+    "joint_steps",
+    "joint_arms",
+    "candidate_skill_id",
 )
 MAX_ROUNDS = 100
 INIT_ADAPTER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}/v[1-9][0-9]*$")
@@ -176,7 +182,8 @@ def terminal_events(loop: lpb.Loop) -> list[Announcement]:
             if s.stage == S.LOOP_STAGE_HOT_LOAD
         ]
         chosen = next(
-            (a for a in reversed(loads) if loop.candidate_model.endswith(a.replace("/", "-v"))), loads[-1]
+            (a for a in reversed(loads) if loop.candidate_model.endswith(a.replace("/", "-v"))),
+            loads[-1] if loads else "",  # a joint loop's hot-loads are its children's
         )
         name, _, version = chosen.partition("/")
         adapter = trpb.AdapterRef(
@@ -233,8 +240,11 @@ class LoopManager:
         evaluations: EvaluationManager,
         models: ModelClient,
         aliases: AliasManager,
+        skillopts: SkillOptManager | None = None,
     ) -> None:
         self.settings = settings
+        #: The skill optimisations joint loops run (``joint.py``); None refuses joint loops.
+        self.skillopts = skillopts
         self.aliases = aliases
         self._store = store
         self._bus = bus
@@ -270,6 +280,8 @@ class LoopManager:
         }
         #: The stage table of RL loops (``rl.py``): the same stages, repeated per iteration.
         self.rl = RlStages(self)
+        #: The stage table of joint loops (``joint.py``): a skill optimisation and LoRA rounds.
+        self.joint = joint.JointStages(self)
         #: Seconds a stage may last (0: no limit), from the settings.
         self.timeouts: dict[int, float] = {
             S.LOOP_STAGE_ROLLOUTS: settings.loop_rollouts_timeout_s,
@@ -356,8 +368,22 @@ class LoopManager:
             )
         train = check.tasks(suite, common_pb2.TASK_SPLIT_TRAIN, loop.train_task_ids, path, "train_task_ids")
         test = check.tasks(suite, common_pb2.TASK_SPLIT_TEST, loop.test_task_ids, path, "test_task_ids")
-        if loop.kind not in (0, S.LOOP_KIND_IMITATION, S.LOOP_KIND_RL):
+        if loop.kind not in (0, S.LOOP_KIND_IMITATION, S.LOOP_KIND_RL, *joint.KINDS):
             raise InvalidArgument(f"{path}.kind", f"unknown loop kind {loop.kind}")
+        if loop.kind in joint.KINDS:
+            if self.skillopts is None:
+                raise FailedPrecondition("this orchestrator runs no skill optimisations: joint loops are off")
+            joint.validate(loop, path)
+            sample = spb.SkillOptimization()
+            sample.CopyFrom(loop.joint.skill_optimization)
+            sample.suite, sample.target_model = loop.suite, loop.incumbent_model or loop.base_model
+            sample.test_task_ids[:] = [t.id for t in test]
+            try:
+                self.skillopts.validate(sample)
+            except InvalidArgument as err:
+                raise InvalidArgument(f"{path}.joint.skill_optimization", str(err)) from None
+        elif loop.HasField("joint"):
+            raise InvalidArgument(f"{path}.joint", "only for loops of kind SKILL_THEN_LORA or LORA_THEN_SKILL")
         if loop.kind == S.LOOP_KIND_RL:
             validate_rl(loop, self.settings.max_rollouts_per_task, path)
             if loop.teacher_model or loop.teacher_kind not in (0, tpb.TEACHER_KIND_MODEL):
@@ -438,6 +464,9 @@ class LoopManager:
             clean.episode.skill.skill_id = await self.runs.resolve_skill(
                 clean.episode.skill, "loop.episode.skill"
             )
+        if clean.kind in joint.KINDS:  # the starting skill S0, stored now and named by id
+            start = clean.joint.skill_optimization.initial_skill
+            start.skill_id = await self.runs.resolve_skill(start, "loop.joint.skill_optimization.initial_skill")
         return await self._create(clean, request_id)
 
     async def _create(self, clean: lpb.Loop, request_id: str) -> lpb.Loop:
@@ -511,6 +540,8 @@ class LoopManager:
                 handlers = self.round_handlers
             elif job.resource.kind == S.LOOP_KIND_RL:
                 handlers = self.rl.handlers
+            elif job.resource.kind in joint.KINDS:
+                handlers = self.joint.handlers
             else:
                 handlers = self.handlers
             try:
@@ -748,7 +779,7 @@ class LoopManager:
         loop.gate_result.CopyFrom(
             decide(loop.gate, by_model[loop.incumbent_model], by_model[loop.candidate_model], eval_id)
         )
-        if loop.gate_result.decision == S.GATE_DECISION_PROMOTE:
+        if loop.gate_result.decision == S.GATE_DECISION_PROMOTE and not self._joint_child(loop):
             await self._begin(
                 job,
                 S.LOOP_STAGE_PROMOTION,
@@ -758,6 +789,11 @@ class LoopManager:
         await self._write_report(loop, e)
         await self._end(job, SUCCEEDED)
         return False
+
+    def _joint_child(self, loop: lpb.Loop) -> bool:
+        """A LoRA round of a joint loop: its parent decides what is promoted, after comparing."""
+        parent = self.loops.get(loop.parent_loop_id) if loop.parent_loop_id else None
+        return parent is not None and parent.resource.kind in joint.KINDS
 
     async def _promotion(self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None) -> bool:
         """Move the loop's alias to the promoted candidate: at once, or through a canary whose
@@ -1108,3 +1144,5 @@ class LoopManager:
                     await self.evaluations.cancel(ref.id)
                 elif ref.kind == common_pb2.RESOURCE_KIND_LOOP:
                     await self.cancel(ref.id)
+                elif ref.kind == common_pb2.RESOURCE_KIND_SKILL_OPTIMIZATION:
+                    await self.joint.cancel_child(ref)

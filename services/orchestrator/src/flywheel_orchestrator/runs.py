@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import grpc
@@ -178,6 +178,8 @@ class RunManager:
         )
         #: Called with (run, episode result) after every stored episode (evaluations listen).
         self.listeners: list[Callable[[run_pb2.Run, run_pb2.EpisodeResult], None]] = []
+        #: The skill an alias serves with its model ("" for none; set by the service, aliases.py).
+        self.alias_skill: Callable[[str], Awaitable[str]] | None = None
 
     @property
     def skills(self) -> skill_docs.SkillStore:
@@ -247,6 +249,10 @@ class RunManager:
             sid = await self.resolve_skill(clean.episode.skill, "run.episode.skill")
             skill_text = (await asyncio.to_thread(self.skills.get, sid)).text
             clean.episode.skill.skill_id = sid  # inline text is now stored: name it by id
+        elif clean.model and self.alias_skill is not None and (sid := await self.alias_skill(clean.model)):
+            # The model is an alias serving a skill with its model (a pair): play with that skill.
+            clean.episode.skill.skill_id = sid
+            skill_text = (await asyncio.to_thread(self.skills.get, sid)).text
         if not clean.teacher_kind:
             clean.teacher_kind = tpb.TEACHER_KIND_MODEL
 

@@ -64,10 +64,18 @@ class Orchestrator:
         self.aliases = AliasManager(
             lambda: deps.store, self._bus, self.models, canary_check_s=settings.alias_canary_check_s
         )
-        self.loops = LoopManager(
-            settings, lambda: deps.store, self._bus, self.runs, self.evaluations, self.models, self.aliases
-        )
+        self.runs.alias_skill = self.aliases.served_skill  # runs of an alias play its skill too
         self.skillopts = SkillOptManager(lambda: deps.store, self._bus, self.runs, self.models)
+        self.loops = LoopManager(
+            settings,
+            lambda: deps.store,
+            self._bus,
+            self.runs,
+            self.evaluations,
+            self.models,
+            self.aliases,
+            self.skillopts,
+        )
 
     def _bus(self):
         return self.deps.bus if self.deps.want_events else None
@@ -83,8 +91,8 @@ class Orchestrator:
         await self.runs.start()
         await self.evaluations.start()
         await self.aliases.start()
+        await self.skillopts.start()  # before the loops: a joint loop resumes waiting on one
         await self.loops.start()
-        await self.skillopts.start()
 
     async def stop(self) -> None:
         await self.skillopts.stop()

@@ -74,6 +74,8 @@ class ResourceKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESOURCE_KIND_BASE_MODEL: _ClassVar[ResourceKind]
     RESOURCE_KIND_EVALUATION: _ClassVar[ResourceKind]
     RESOURCE_KIND_LOOP: _ClassVar[ResourceKind]
+    RESOURCE_KIND_SKILL_OPTIMIZATION: _ClassVar[ResourceKind]
+    RESOURCE_KIND_SKILL: _ClassVar[ResourceKind]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -121,6 +123,8 @@ RESOURCE_KIND_ADAPTER: ResourceKind
 RESOURCE_KIND_BASE_MODEL: ResourceKind
 RESOURCE_KIND_EVALUATION: ResourceKind
 RESOURCE_KIND_LOOP: ResourceKind
+RESOURCE_KIND_SKILL_OPTIMIZATION: ResourceKind
+RESOURCE_KIND_SKILL: ResourceKind
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "details")

@@ -27,45 +27,45 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$flywheel/orchestrator/v1/alias.proto\x12\x18\x66lywheel.orchestrator.v1\x1a\'flywheel/trajectory/v1/trajectory.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0b\x41liasTarget\x12\r\n\x05model\x18\x01 \x01(\t\x12\x38\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\'.flywheel.trajectory.v1.AdapterIdentity\"\x9e\x02\n\x0c\x43\x61naryPolicy\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x02 \x01(\x05\x12/\n\x0cmax_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12$\n\x17max_error_rate_increase\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_latency_ratio\x18\x05 \x01(\x01\x12\x1d\n\x10max_success_drop\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x0cmin_feedback\x18\x07 \x01(\x05\x12\x0e\n\x06shadow\x18\x08 \x01(\x08\x42\x1a\n\x18_max_error_rate_increaseB\x13\n\x11_max_success_drop\"\xaa\x01\n\x06\x43\x61nary\x12\x38\n\tcandidate\x18\x01 \x01(\x0b\x32%.flywheel.orchestrator.v1.AliasTarget\x12\x36\n\x06policy\x18\x02 \x01(\x0b\x32&.flywheel.orchestrator.v1.CanaryPolicy\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa9\x01\n\x08\x41rmStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x12\n\nerror_rate\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x05 \x01(\x01\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x06 \x01(\x03\x12\x18\n\x10\x66\x65\x65\x64\x62\x61\x63k_success\x18\x07 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x08 \x01(\x01\"\xf3\x02\n\rAliasRevision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x35\n\x06target\x18\x02 \x01(\x0b\x32%.flywheel.orchestrator.v1.AliasTarget\x12\x30\n\x06\x63\x61nary\x18\x03 \x01(\x0b\x32 .flywheel.orchestrator.v1.Canary\x12\x35\n\x06\x63hange\x18\x04 \x01(\x0e\x32%.flywheel.orchestrator.v1.AliasChange\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\revaluation_id\x18\x07 \x01(\t\x12\x0f\n\x07loop_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x0c\x63\x61nary_stats\x18\n \x03(\x0b\x32\".flywheel.orchestrator.v1.ArmStats\"\xc3\x01\n\x05\x41lias\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\'.flywheel.orchestrator.v1.AliasRevision\x12\x38\n\x07history\x18\x03 \x03(\x0b\x32\'.flywheel.orchestrator.v1.AliasRevision\x12\x38\n\x0c\x63\x61nary_stats\x18\x04 \x03(\x0b\x32\".flywheel.orchestrator.v1.ArmStats\"\xdf\x01\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x06target\x18\x02 \x01(\x0b\x32%.flywheel.orchestrator.v1.AliasTarget\x12\x36\n\x06\x63\x61nary\x18\x03 \x01(\x0b\x32&.flywheel.orchestrator.v1.CanaryPolicy\x12\x19\n\x11\x65xpected_revision\x18\x04 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\revaluation_id\x18\x07 \x01(\t\"B\n\x10SetAliasResponse\x12.\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias\"\x1f\n\x0fGetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x10GetAliasResponse\x12.\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias\"*\n\x12ListAliasesRequest\x12\x14\n\x0cshow_deleted\x18\x01 \x01(\x08\"G\n\x13ListAliasesResponse\x12\x30\n\x07\x61liases\x18\x01 \x03(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias\"X\n\x14RollbackAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bto_revision\x18\x02 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"G\n\x15RollbackAliasResponse\x12.\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias\"A\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x13\x44\x65leteAliasResponse\x12.\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias*\xde\x01\n\x0b\x41liasChange\x12\x1c\n\x18\x41LIAS_CHANGE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41LIAS_CHANGE_SET\x10\x01\x12\x1f\n\x1b\x41LIAS_CHANGE_CANARY_STARTED\x10\x02\x12 \n\x1c\x41LIAS_CHANGE_CANARY_PROMOTED\x10\x03\x12#\n\x1f\x41LIAS_CHANGE_CANARY_ROLLED_BACK\x10\x04\x12\x19\n\x15\x41LIAS_CHANGE_ROLLBACK\x10\x05\x12\x18\n\x14\x41LIAS_CHANGE_DELETED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$flywheel/orchestrator/v1/alias.proto\x12\x18\x66lywheel.orchestrator.v1\x1a\'flywheel/trajectory/v1/trajectory.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"~\n\x0b\x41liasTarget\x12\r\n\x05model\x18\x01 \x01(\t\x12\x38\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\'.flywheel.trajectory.v1.AdapterIdentity\x12\x10\n\x08skill_id\x18\x03 \x01(\t\x12\x14\n\x0cskill_sha256\x18\x04 \x01(\t\"\x9e\x02\n\x0c\x43\x61naryPolicy\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x02 \x01(\x05\x12/\n\x0cmax_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12$\n\x17max_error_rate_increase\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_latency_ratio\x18\x05 \x01(\x01\x12\x1d\n\x10max_success_drop\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x0cmin_feedback\x18\x07 \x01(\x05\x12\x0e\n\x06shadow\x18\x08 \x01(\x08\x42\x1a\n\x18_max_error_rate_increaseB\x13\n\x11_max_success_drop\"\xaa\x01\n\x06\x43\x61nary\x12\x38\n\tcandidate\x18\x01 \x01(\x0b\x32%.flywheel.orchestrator.v1.AliasTarget\x12\x36\n\x06policy\x18\x02 \x01(\x0b\x32&.flywheel.orchestrator.v1.CanaryPolicy\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa9\x01\n\x08\x41rmStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x12\n\nerror_rate\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x05 \x01(\x01\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x06 \x01(\x03\x12\x18\n\x10\x66\x65\x65\x64\x62\x61\x63k_success\x18\x07 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x08 \x01(\x01\"\xf3\x02\n\rAliasRevision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x35\n\x06target\x18\x02 \x01(\x0b\x32%.flywheel.orchestrator.v1.AliasTarget\x12\x30\n\x06\x63\x61nary\x18\x03 \x01(\x0b\x32 .flywheel.orchestrator.v1.Canary\x12\x35\n\x06\x63hange\x18\x04 \x01(\x0e\x32%.flywheel.orchestrator.v1.AliasChange\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\revaluation_id\x18\x07 \x01(\t\x12\x0f\n\x07loop_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x0c\x63\x61nary_stats\x18\n \x03(\x0b\x32\".flywheel.orchestrator.v1.ArmStats\"\xc3\x01\n\x05\x41lias\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\'.flywheel.orchestrator.v1.AliasRevision\x12\x38\n\x07history\x18\x03 \x03(\x0b\x32\'.flywheel.orchestrator.v1.AliasRevision\x12\x38\n\x0c\x63\x61nary_stats\x18\x04 \x03(\x0b\x32\".flywheel.orchestrator.v1.ArmStats\"\xdf\x01\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x06target\x18\x02 \x01(\x0b\x32%.flywheel.orchestrator.v1.AliasTarget\x12\x36\n\x06\x63\x61nary\x18\x03 \x01(\x0b\x32&.flywheel.orchestrator.v1.CanaryPolicy\x12\x19\n\x11\x65xpected_revision\x18\x04 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\revaluation_id\x18\x07 \x01(\t\"B\n\x10SetAliasResponse\x12.\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias\"\x1f\n\x0fGetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x10GetAliasResponse\x12.\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias\"*\n\x12ListAliasesRequest\x12\x14\n\x0cshow_deleted\x18\x01 \x01(\x08\"G\n\x13ListAliasesResponse\x12\x30\n\x07\x61liases\x18\x01 \x03(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias\"X\n\x14RollbackAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bto_revision\x18\x02 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"G\n\x15RollbackAliasResponse\x12.\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias\"A\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x13\x44\x65leteAliasResponse\x12.\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x1f.flywheel.orchestrator.v1.Alias*\xde\x01\n\x0b\x41liasChange\x12\x1c\n\x18\x41LIAS_CHANGE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41LIAS_CHANGE_SET\x10\x01\x12\x1f\n\x1b\x41LIAS_CHANGE_CANARY_STARTED\x10\x02\x12 \n\x1c\x41LIAS_CHANGE_CANARY_PROMOTED\x10\x03\x12#\n\x1f\x41LIAS_CHANGE_CANARY_ROLLED_BACK\x10\x04\x12\x19\n\x15\x41LIAS_CHANGE_ROLLBACK\x10\x05\x12\x18\n\x14\x41LIAS_CHANGE_DELETED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flywheel.orchestrator.v1.alias_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ALIASCHANGE']._serialized_start=2280
-  _globals['_ALIASCHANGE']._serialized_end=2502
+  _globals['_ALIASCHANGE']._serialized_start=2320
+  _globals['_ALIASCHANGE']._serialized_end=2542
   _globals['_ALIASTARGET']._serialized_start=172
-  _globals['_ALIASTARGET']._serialized_end=258
-  _globals['_CANARYPOLICY']._serialized_start=261
-  _globals['_CANARYPOLICY']._serialized_end=547
-  _globals['_CANARY']._serialized_start=550
-  _globals['_CANARY']._serialized_end=720
-  _globals['_ARMSTATS']._serialized_start=723
-  _globals['_ARMSTATS']._serialized_end=892
-  _globals['_ALIASREVISION']._serialized_start=895
-  _globals['_ALIASREVISION']._serialized_end=1266
-  _globals['_ALIAS']._serialized_start=1269
-  _globals['_ALIAS']._serialized_end=1464
-  _globals['_SETALIASREQUEST']._serialized_start=1467
-  _globals['_SETALIASREQUEST']._serialized_end=1690
-  _globals['_SETALIASRESPONSE']._serialized_start=1692
-  _globals['_SETALIASRESPONSE']._serialized_end=1758
-  _globals['_GETALIASREQUEST']._serialized_start=1760
-  _globals['_GETALIASREQUEST']._serialized_end=1791
-  _globals['_GETALIASRESPONSE']._serialized_start=1793
-  _globals['_GETALIASRESPONSE']._serialized_end=1859
-  _globals['_LISTALIASESREQUEST']._serialized_start=1861
-  _globals['_LISTALIASESREQUEST']._serialized_end=1903
-  _globals['_LISTALIASESRESPONSE']._serialized_start=1905
-  _globals['_LISTALIASESRESPONSE']._serialized_end=1976
-  _globals['_ROLLBACKALIASREQUEST']._serialized_start=1978
-  _globals['_ROLLBACKALIASREQUEST']._serialized_end=2066
-  _globals['_ROLLBACKALIASRESPONSE']._serialized_start=2068
-  _globals['_ROLLBACKALIASRESPONSE']._serialized_end=2139
-  _globals['_DELETEALIASREQUEST']._serialized_start=2141
-  _globals['_DELETEALIASREQUEST']._serialized_end=2206
-  _globals['_DELETEALIASRESPONSE']._serialized_start=2208
-  _globals['_DELETEALIASRESPONSE']._serialized_end=2277
+  _globals['_ALIASTARGET']._serialized_end=298
+  _globals['_CANARYPOLICY']._serialized_start=301
+  _globals['_CANARYPOLICY']._serialized_end=587
+  _globals['_CANARY']._serialized_start=590
+  _globals['_CANARY']._serialized_end=760
+  _globals['_ARMSTATS']._serialized_start=763
+  _globals['_ARMSTATS']._serialized_end=932
+  _globals['_ALIASREVISION']._serialized_start=935
+  _globals['_ALIASREVISION']._serialized_end=1306
+  _globals['_ALIAS']._serialized_start=1309
+  _globals['_ALIAS']._serialized_end=1504
+  _globals['_SETALIASREQUEST']._serialized_start=1507
+  _globals['_SETALIASREQUEST']._serialized_end=1730
+  _globals['_SETALIASRESPONSE']._serialized_start=1732
+  _globals['_SETALIASRESPONSE']._serialized_end=1798
+  _globals['_GETALIASREQUEST']._serialized_start=1800
+  _globals['_GETALIASREQUEST']._serialized_end=1831
+  _globals['_GETALIASRESPONSE']._serialized_start=1833
+  _globals['_GETALIASRESPONSE']._serialized_end=1899
+  _globals['_LISTALIASESREQUEST']._serialized_start=1901
+  _globals['_LISTALIASESREQUEST']._serialized_end=1943
+  _globals['_LISTALIASESRESPONSE']._serialized_start=1945
+  _globals['_LISTALIASESRESPONSE']._serialized_end=2016
+  _globals['_ROLLBACKALIASREQUEST']._serialized_start=2018
+  _globals['_ROLLBACKALIASREQUEST']._serialized_end=2106
+  _globals['_ROLLBACKALIASRESPONSE']._serialized_start=2108
+  _globals['_ROLLBACKALIASRESPONSE']._serialized_end=2179
+  _globals['_DELETEALIASREQUEST']._serialized_start=2181
+  _globals['_DELETEALIASREQUEST']._serialized_end=2246
+  _globals['_DELETEALIASRESPONSE']._serialized_start=2248
+  _globals['_DELETEALIASRESPONSE']._serialized_end=2317
 # @@protoc_insertion_point(module_scope)

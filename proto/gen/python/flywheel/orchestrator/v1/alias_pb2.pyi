@@ -30,12 +30,16 @@ ALIAS_CHANGE_ROLLBACK: AliasChange
 ALIAS_CHANGE_DELETED: AliasChange
 
 class AliasTarget(_message.Message):
-    __slots__ = ("model", "adapter")
+    __slots__ = ("model", "adapter", "skill_id", "skill_sha256")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    SKILL_ID_FIELD_NUMBER: _ClassVar[int]
+    SKILL_SHA256_FIELD_NUMBER: _ClassVar[int]
     model: str
     adapter: _trajectory_pb2.AdapterIdentity
-    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[_Union[_trajectory_pb2.AdapterIdentity, _Mapping]] = ...) -> None: ...
+    skill_id: str
+    skill_sha256: str
+    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[_Union[_trajectory_pb2.AdapterIdentity, _Mapping]] = ..., skill_id: _Optional[str] = ..., skill_sha256: _Optional[str] = ...) -> None: ...
 
 class CanaryPolicy(_message.Message):
     __slots__ = ("fraction", "min_requests", "max_duration", "max_error_rate_increase", "max_latency_ratio", "max_success_drop", "min_feedback", "shadow")

@@ -4,6 +4,7 @@ from flywheel.common.v1 import common_pb2 as _common_pb2
 from flywheel.dataset.v1 import dataset_pb2 as _dataset_pb2
 from flywheel.orchestrator.v1 import alias_pb2 as _alias_pb2
 from flywheel.orchestrator.v1 import run_pb2 as _run_pb2
+from flywheel.orchestrator.v1 import skill_pb2 as _skill_pb2
 from flywheel.trainer.v1 import trainer_pb2 as _trainer_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as _trajectory_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -27,6 +28,8 @@ class LoopStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOOP_STAGE_GATE: _ClassVar[LoopStage]
     LOOP_STAGE_PROMOTION: _ClassVar[LoopStage]
     LOOP_STAGE_ROUND: _ClassVar[LoopStage]
+    LOOP_STAGE_SKILL_OPTIMIZATION: _ClassVar[LoopStage]
+    LOOP_STAGE_COMPARISON: _ClassVar[LoopStage]
 
 class RoundStart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +48,16 @@ class LoopKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOOP_KIND_UNSPECIFIED: _ClassVar[LoopKind]
     LOOP_KIND_IMITATION: _ClassVar[LoopKind]
     LOOP_KIND_RL: _ClassVar[LoopKind]
+    LOOP_KIND_SKILL_THEN_LORA: _ClassVar[LoopKind]
+    LOOP_KIND_LORA_THEN_SKILL: _ClassVar[LoopKind]
+
+class JointArmKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOINT_ARM_KIND_UNSPECIFIED: _ClassVar[JointArmKind]
+    JOINT_ARM_KIND_START: _ClassVar[JointArmKind]
+    JOINT_ARM_KIND_SKILL: _ClassVar[JointArmKind]
+    JOINT_ARM_KIND_LORA: _ClassVar[JointArmKind]
+    JOINT_ARM_KIND_BOTH: _ClassVar[JointArmKind]
 
 class GateMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -74,6 +87,8 @@ LOOP_STAGE_EVALUATION: LoopStage
 LOOP_STAGE_GATE: LoopStage
 LOOP_STAGE_PROMOTION: LoopStage
 LOOP_STAGE_ROUND: LoopStage
+LOOP_STAGE_SKILL_OPTIMIZATION: LoopStage
+LOOP_STAGE_COMPARISON: LoopStage
 ROUND_START_UNSPECIFIED: RoundStart
 ROUND_START_CONTINUE: RoundStart
 ROUND_START_FROM_BASE: RoundStart
@@ -83,6 +98,13 @@ PROMOTION_OUTCOME_ROLLED_BACK: PromotionOutcome
 LOOP_KIND_UNSPECIFIED: LoopKind
 LOOP_KIND_IMITATION: LoopKind
 LOOP_KIND_RL: LoopKind
+LOOP_KIND_SKILL_THEN_LORA: LoopKind
+LOOP_KIND_LORA_THEN_SKILL: LoopKind
+JOINT_ARM_KIND_UNSPECIFIED: JointArmKind
+JOINT_ARM_KIND_START: JointArmKind
+JOINT_ARM_KIND_SKILL: JointArmKind
+JOINT_ARM_KIND_LORA: JointArmKind
+JOINT_ARM_KIND_BOTH: JointArmKind
 GATE_METRIC_UNSPECIFIED: GateMetric
 GATE_METRIC_PASS_RATE: GateMetric
 GATE_METRIC_PARSE_ERRORS_PER_EPISODE: GateMetric
@@ -138,6 +160,70 @@ class PromotionResult(_message.Message):
     reason: str
     canary_stats: _containers.RepeatedCompositeFieldContainer[_alias_pb2.ArmStats]
     def __init__(self, alias: _Optional[str] = ..., revision: _Optional[int] = ..., final_revision: _Optional[int] = ..., outcome: _Optional[_Union[PromotionOutcome, str]] = ..., reason: _Optional[str] = ..., canary_stats: _Optional[_Iterable[_Union[_alias_pb2.ArmStats, _Mapping]]] = ...) -> None: ...
+
+class JointLoopConfig(_message.Message):
+    __slots__ = ("skill_optimization",)
+    SKILL_OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
+    skill_optimization: _skill_pb2.SkillOptimization
+    def __init__(self, skill_optimization: _Optional[_Union[_skill_pb2.SkillOptimization, _Mapping]] = ...) -> None: ...
+
+class JointSpend(_message.Message):
+    __slots__ = ("rollouts", "target_tokens", "optimizer_tokens", "inference_seconds", "train_seconds", "train_device")
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    rollouts: int
+    target_tokens: _common_pb2.TokenUsage
+    optimizer_tokens: _common_pb2.TokenUsage
+    inference_seconds: float
+    train_seconds: float
+    train_device: str
+    def __init__(self, rollouts: _Optional[int] = ..., target_tokens: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., optimizer_tokens: _Optional[_Union[_common_pb2.TokenUsage, _Mapping]] = ..., inference_seconds: _Optional[float] = ..., train_seconds: _Optional[float] = ..., train_device: _Optional[str] = ...) -> None: ...
+
+class JointStep(_message.Message):
+    __slots__ = ("what", "role", "child_id", "start_model", "start_skill_id", "result_skill_id", "result_model", "spend")
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CHILD_ID_FIELD_NUMBER: _ClassVar[int]
+    START_MODEL_FIELD_NUMBER: _ClassVar[int]
+    START_SKILL_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_SKILL_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SPEND_FIELD_NUMBER: _ClassVar[int]
+    what: str
+    role: str
+    child_id: str
+    start_model: str
+    start_skill_id: str
+    result_skill_id: str
+    result_model: str
+    spend: JointSpend
+    def __init__(self, what: _Optional[str] = ..., role: _Optional[str] = ..., child_id: _Optional[str] = ..., start_model: _Optional[str] = ..., start_skill_id: _Optional[str] = ..., result_skill_id: _Optional[str] = ..., result_model: _Optional[str] = ..., spend: _Optional[_Union[JointSpend, _Mapping]] = ...) -> None: ...
+
+class JointArm(_message.Message):
+    __slots__ = ("kind", "model", "skill_id", "run_id", "episodes", "resolved", "pass_rate", "gain", "spend")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SKILL_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    PASS_RATE_FIELD_NUMBER: _ClassVar[int]
+    GAIN_FIELD_NUMBER: _ClassVar[int]
+    SPEND_FIELD_NUMBER: _ClassVar[int]
+    kind: JointArmKind
+    model: str
+    skill_id: str
+    run_id: str
+    episodes: int
+    resolved: int
+    pass_rate: float
+    gain: float
+    spend: JointSpend
+    def __init__(self, kind: _Optional[_Union[JointArmKind, str]] = ..., model: _Optional[str] = ..., skill_id: _Optional[str] = ..., run_id: _Optional[str] = ..., episodes: _Optional[int] = ..., resolved: _Optional[int] = ..., pass_rate: _Optional[float] = ..., gain: _Optional[float] = ..., spend: _Optional[_Union[JointSpend, _Mapping]] = ...) -> None: ...
 
 class RlLoopConfig(_message.Message):
     __slots__ = ("iterations", "samples_per_task", "eval_every", "sft_warm_start", "sft_hyperparameters", "init_adapter", "temperature")
@@ -278,7 +364,7 @@ class GateResult(_message.Message):
     def __init__(self, metric: _Optional[_Union[GateMetric, str]] = ..., margin: _Optional[float] = ..., incumbent_value: _Optional[float] = ..., candidate_value: _Optional[float] = ..., improvement: _Optional[float] = ..., decision: _Optional[_Union[GateDecision, str]] = ..., reason: _Optional[str] = ..., evaluation_id: _Optional[str] = ..., rule_results: _Optional[_Iterable[_Union[GateRuleResult, _Mapping]]] = ...) -> None: ...
 
 class Loop(_message.Message):
-    __slots__ = ("id", "suite", "base_model", "incumbent_model", "teacher_kind", "teacher_model", "rollouts_per_task", "episode", "concurrency", "recipe", "recipe_parameters", "dataset_split", "method", "hyperparameters", "adapter_name", "eval_rollouts_per_task", "gate", "labels", "state", "error", "stage", "stages", "candidate_model", "gate_result", "report", "create_time", "start_time", "end_time", "train_task_ids", "test_task_ids", "kind", "rl", "iterations", "alias", "canary", "rounds", "stop_after_rejections", "round_start", "incumbent_rollouts", "extra_run_ids", "captured_traffic", "init_adapter", "parent_loop_id", "round", "round_results", "promotion")
+    __slots__ = ("id", "suite", "base_model", "incumbent_model", "teacher_kind", "teacher_model", "rollouts_per_task", "episode", "concurrency", "recipe", "recipe_parameters", "dataset_split", "method", "hyperparameters", "adapter_name", "eval_rollouts_per_task", "gate", "labels", "state", "error", "stage", "stages", "candidate_model", "gate_result", "report", "create_time", "start_time", "end_time", "train_task_ids", "test_task_ids", "kind", "rl", "iterations", "alias", "canary", "rounds", "stop_after_rejections", "round_start", "incumbent_rollouts", "extra_run_ids", "captured_traffic", "init_adapter", "parent_loop_id", "round", "round_results", "promotion", "joint", "joint_steps", "joint_arms", "candidate_skill_id")
     class RecipeParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -339,6 +425,10 @@ class Loop(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ROUND_RESULTS_FIELD_NUMBER: _ClassVar[int]
     PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    JOINT_FIELD_NUMBER: _ClassVar[int]
+    JOINT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    JOINT_ARMS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_SKILL_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     suite: str
     base_model: str
@@ -385,4 +475,8 @@ class Loop(_message.Message):
     round: int
     round_results: _containers.RepeatedCompositeFieldContainer[LoopRound]
     promotion: PromotionResult
-    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., base_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., teacher_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., dataset_split: _Optional[_Union[_dataset_pb2.SplitConfig, _Mapping]] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., eval_rollouts_per_task: _Optional[int] = ..., gate: _Optional[_Union[PromotionGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., stages: _Optional[_Iterable[_Union[LoopStageStatus, _Mapping]]] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_task_ids: _Optional[_Iterable[str]] = ..., test_task_ids: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[LoopKind, str]] = ..., rl: _Optional[_Union[RlLoopConfig, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[RlIteration, _Mapping]]] = ..., alias: _Optional[str] = ..., canary: _Optional[_Union[_alias_pb2.CanaryPolicy, _Mapping]] = ..., rounds: _Optional[int] = ..., stop_after_rejections: _Optional[int] = ..., round_start: _Optional[_Union[RoundStart, str]] = ..., incumbent_rollouts: _Optional[bool] = ..., extra_run_ids: _Optional[_Iterable[str]] = ..., captured_traffic: _Optional[_Iterable[_Union[_dataset_pb2.CapturedTraffic, _Mapping]]] = ..., init_adapter: _Optional[str] = ..., parent_loop_id: _Optional[str] = ..., round: _Optional[int] = ..., round_results: _Optional[_Iterable[_Union[LoopRound, _Mapping]]] = ..., promotion: _Optional[_Union[PromotionResult, _Mapping]] = ...) -> None: ...
+    joint: JointLoopConfig
+    joint_steps: _containers.RepeatedCompositeFieldContainer[JointStep]
+    joint_arms: _containers.RepeatedCompositeFieldContainer[JointArm]
+    candidate_skill_id: str
+    def __init__(self, id: _Optional[str] = ..., suite: _Optional[str] = ..., base_model: _Optional[str] = ..., incumbent_model: _Optional[str] = ..., teacher_kind: _Optional[_Union[_trajectory_pb2.TeacherKind, str]] = ..., teacher_model: _Optional[str] = ..., rollouts_per_task: _Optional[int] = ..., episode: _Optional[_Union[_run_pb2.EpisodeSettings, _Mapping]] = ..., concurrency: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., dataset_split: _Optional[_Union[_dataset_pb2.SplitConfig, _Mapping]] = ..., method: _Optional[_Union[_trainer_pb2.FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., eval_rollouts_per_task: _Optional[int] = ..., gate: _Optional[_Union[PromotionGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., stage: _Optional[_Union[LoopStage, str]] = ..., stages: _Optional[_Iterable[_Union[LoopStageStatus, _Mapping]]] = ..., candidate_model: _Optional[str] = ..., gate_result: _Optional[_Union[GateResult, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_task_ids: _Optional[_Iterable[str]] = ..., test_task_ids: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[LoopKind, str]] = ..., rl: _Optional[_Union[RlLoopConfig, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[RlIteration, _Mapping]]] = ..., alias: _Optional[str] = ..., canary: _Optional[_Union[_alias_pb2.CanaryPolicy, _Mapping]] = ..., rounds: _Optional[int] = ..., stop_after_rejections: _Optional[int] = ..., round_start: _Optional[_Union[RoundStart, str]] = ..., incumbent_rollouts: _Optional[bool] = ..., extra_run_ids: _Optional[_Iterable[str]] = ..., captured_traffic: _Optional[_Iterable[_Union[_dataset_pb2.CapturedTraffic, _Mapping]]] = ..., init_adapter: _Optional[str] = ..., parent_loop_id: _Optional[str] = ..., round: _Optional[int] = ..., round_results: _Optional[_Iterable[_Union[LoopRound, _Mapping]]] = ..., promotion: _Optional[_Union[PromotionResult, _Mapping]] = ..., joint: _Optional[_Union[JointLoopConfig, _Mapping]] = ..., joint_steps: _Optional[_Iterable[_Union[JointStep, _Mapping]]] = ..., joint_arms: _Optional[_Iterable[_Union[JointArm, _Mapping]]] = ..., candidate_skill_id: _Optional[str] = ...) -> None: ...
