@@ -61,6 +61,8 @@ STATE_COLOUR = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}
 
 def is_multi_round(loop: lpb.Loop) -> bool:
     """A loop of several rounds: its stages are its rounds (child loops)."""
+    if joint.is_joint(loop):  # its ROUND stages are LoRA rounds among other children
+        return False
     return loop.rounds > 1 or any(s.stage == lpb.LOOP_STAGE_ROUND for s in loop.stages)
 
 
