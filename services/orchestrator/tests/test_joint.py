@@ -329,6 +329,7 @@ async def check_figures(
         a = arms[kind]
         assert (a.model, a.skill_id) == (model, skill), lpb.JointArmKind.Name(kind)
         assert (a.episodes, a.pass_rate, a.gain) == (len(test), rate, rate), lpb.JointArmKind.Name(kind)
+        assert (a.parse_errors_per_episode, a.write_rate) == (0.0, 1.0)  # every scripted episode writes
         run = await run_of(stub, a.run_id)
         assert run.split == TEST and run.model == model and run.episode.skill.skill_id == skill
     # What each child spent, recomputed from the children themselves.

@@ -89,8 +89,8 @@ def comparison_table(loop: lpb.Loop) -> Table:
     table = Table(
         title="comparison on TEST (gain against start; spend excludes TEST runs)", title_justify="left"
     )
-    for name in ("arm", "model", "skill", "pass rate", "gain", "train episodes", "target tok",
-                 "optimiser tok", "inference s", "training s"):  # fmt: skip
+    for name in ("arm", "model", "skill", "pass rate", "gain", "parse err/ep", "write rate", "train episodes",
+                 "target tok", "optimiser tok", "inference s", "training s"):  # fmt: skip
         table.add_column(name, justify="right" if name not in ("arm", "model", "skill") else "left")
     for a in loop.joint_arms:
         sp = a.spend
@@ -103,6 +103,8 @@ def comparison_table(loop: lpb.Loop) -> Table:
             a.skill_id or "—",
             f"{a.resolved}/{a.episodes} = {a.pass_rate:.2f}",
             f"{a.gain:+.2f}",
+            f"{a.parse_errors_per_episode:.2f}",
+            f"{a.write_rate:.2f}",
             str(sp.rollouts),
             str(_tokens(sp.target_tokens)),
             str(_tokens(sp.optimizer_tokens)),

@@ -149,6 +149,8 @@ def print_outcome(loop: lpb.Loop) -> None:
         out.print(rounds_table(loop))
     if loop.joint_arms and loop.joint_arms[-1].episodes:
         out.print(joint.comparison_table(loop))
+        if loop.report.key:
+            out.print(f"report: {loop.report.key} (plot reports/{loop.id}/joint.png)", highlight=False)
     if loop.HasField("gate_result"):
         for line in gate_lines(loop.gate_result):
             out.print(line, highlight=False, soft_wrap=True)

@@ -388,6 +388,8 @@ class JointStages:
             metrics[arm.kind] = model_metrics(
                 arm.model, results, rollouts_per_task=loop.eval_rollouts_per_task or 1, level=0.95
             )
+            arm.parse_errors_per_episode = metrics[arm.kind].parse_errors_per_episode
+            arm.write_rate = metrics[arm.kind].write_rate
             arm.ClearField("spend")
             for i in arm_steps(loop.kind, arm.kind):
                 add_spend(arm.spend, loop.joint_steps[i].spend)
@@ -480,9 +482,9 @@ def _tokens(t: common_pb2.TokenUsage) -> int:
 def arms_table(loop: lpb.Loop) -> str:
     """The comparison as a Markdown table (also printed by ``flywheel loop show``)."""
     lines = [
-        "| arm | model | skill | TEST pass rate | gain | training episodes | target tokens | "
-        "optimiser tokens | inference s | training s (device) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | model | skill | TEST pass rate | gain | parse errors / ep | write rate | training episodes | "
+        "target tokens | optimiser tokens | inference s | training s (device) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in loop.joint_arms:
         sp = a.spend
@@ -491,7 +493,7 @@ def arms_table(loop: lpb.Loop) -> str:
         )
         lines.append(
             f"| {arm_name(a.kind)} | `{a.model}` | {a.skill_id or '—'} | {a.resolved}/{a.episodes} = "
-            f"{a.pass_rate:.3f} | {a.gain:+.3f} | {sp.rollouts} | {_tokens(sp.target_tokens)} | "
+            f"{a.pass_rate:.3f} | {a.gain:+.3f} | {a.parse_errors_per_episode:.2f} | {a.write_rate:.2f} | {sp.rollouts} | {_tokens(sp.target_tokens)} | "
             f"{_tokens(sp.optimizer_tokens)} | {sp.inference_seconds:.1f} | {train} |"
         )
     return "\n".join(lines)
@@ -548,7 +550,8 @@ def report_markdown(loop: lpb.Loop, *, with_plot: bool = False) -> str:
 
 
 def report_png(loop: lpb.Loop) -> bytes:
-    """TEST pass rate per arm, each bar labelled with its gain and training episodes."""
+    """Per arm: TEST pass rate (labelled with its gain and training episodes) and write rate, and
+    parse errors per episode beside them."""
     if not loop.joint_arms:
         return b""
     import matplotlib
@@ -557,16 +560,24 @@ def report_png(loop: lpb.Loop) -> bytes:
     import matplotlib.pyplot as plt
 
     names = [arm_name(a.kind) for a in loop.joint_arms]
-    rates = [a.pass_rate for a in loop.joint_arms]
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    bars = ax.bar(names, rates, color=["#999999", "#4c72b0", "#dd8452", "#55a868"][: len(names)])
-    for bar, a in zip(bars, loop.joint_arms, strict=True):
+    xs = range(len(names))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.4), gridspec_kw={"width_ratios": [3, 2]})
+    rates = left.bar([x - 0.2 for x in xs], [a.pass_rate for a in loop.joint_arms], 0.4, label="pass rate")
+    left.bar(
+        [x + 0.2 for x in xs], [a.write_rate for a in loop.joint_arms], 0.4, label="write rate", alpha=0.6
+    )
+    for bar, a in zip(rates, loop.joint_arms, strict=True):
         label = "start" if a.kind == S.JOINT_ARM_KIND_START else f"{a.gain:+.2f} · {a.spend.rollouts} ep"
-        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), textcoords="offset points",
-                    xytext=(0, 4), ha="center", fontsize=7)  # fmt: skip
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("TEST pass rate")
-    ax.set_title(f"joint loop {loop.id}", fontsize=9)
+        left.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), textcoords="offset points",
+                      xytext=(0, 4), ha="center", fontsize=7)  # fmt: skip
+    left.set_xticks(list(xs), names)
+    left.set_ylim(0, 1.15)
+    left.set_ylabel("TEST share of episodes")
+    left.legend(fontsize=7, loc="upper left")
+    right.bar(list(xs), [a.parse_errors_per_episode for a in loop.joint_arms], color="#c44e52")
+    right.set_xticks(list(xs), names)
+    right.set_ylabel("parse errors / episode")
+    fig.suptitle(f"joint loop {loop.id}", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

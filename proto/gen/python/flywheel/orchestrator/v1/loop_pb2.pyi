@@ -204,7 +204,7 @@ class JointStep(_message.Message):
     def __init__(self, what: _Optional[str] = ..., role: _Optional[str] = ..., child_id: _Optional[str] = ..., start_model: _Optional[str] = ..., start_skill_id: _Optional[str] = ..., result_skill_id: _Optional[str] = ..., result_model: _Optional[str] = ..., spend: _Optional[_Union[JointSpend, _Mapping]] = ...) -> None: ...
 
 class JointArm(_message.Message):
-    __slots__ = ("kind", "model", "skill_id", "run_id", "episodes", "resolved", "pass_rate", "gain", "spend")
+    __slots__ = ("kind", "model", "skill_id", "run_id", "episodes", "resolved", "pass_rate", "gain", "spend", "parse_errors_per_episode", "write_rate")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SKILL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,8 @@ class JointArm(_message.Message):
     PASS_RATE_FIELD_NUMBER: _ClassVar[int]
     GAIN_FIELD_NUMBER: _ClassVar[int]
     SPEND_FIELD_NUMBER: _ClassVar[int]
+    PARSE_ERRORS_PER_EPISODE_FIELD_NUMBER: _ClassVar[int]
+    WRITE_RATE_FIELD_NUMBER: _ClassVar[int]
     kind: JointArmKind
     model: str
     skill_id: str
@@ -223,7 +225,9 @@ class JointArm(_message.Message):
     pass_rate: float
     gain: float
     spend: JointSpend
-    def __init__(self, kind: _Optional[_Union[JointArmKind, str]] = ..., model: _Optional[str] = ..., skill_id: _Optional[str] = ..., run_id: _Optional[str] = ..., episodes: _Optional[int] = ..., resolved: _Optional[int] = ..., pass_rate: _Optional[float] = ..., gain: _Optional[float] = ..., spend: _Optional[_Union[JointSpend, _Mapping]] = ...) -> None: ...
+    parse_errors_per_episode: float
+    write_rate: float
+    def __init__(self, kind: _Optional[_Union[JointArmKind, str]] = ..., model: _Optional[str] = ..., skill_id: _Optional[str] = ..., run_id: _Optional[str] = ..., episodes: _Optional[int] = ..., resolved: _Optional[int] = ..., pass_rate: _Optional[float] = ..., gain: _Optional[float] = ..., spend: _Optional[_Union[JointSpend, _Mapping]] = ..., parse_errors_per_episode: _Optional[float] = ..., write_rate: _Optional[float] = ...) -> None: ...
 
 class RlLoopConfig(_message.Message):
     __slots__ = ("iterations", "samples_per_task", "eval_every", "sft_warm_start", "sft_hyperparameters", "init_adapter", "temperature")
