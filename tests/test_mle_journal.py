@@ -180,3 +180,23 @@ def test_step_sft_trains_each_node_on_the_prompt_it_was_given() -> None:
     examples = list(recipe.run([traj], loose, counts))
     assert [e.messages[-1]["content"].split("\n")[0] for e in examples] == ["Mean price.", "No division."]
     assert counts.filter_reasons == {"beyond_max_steps": 1, "no_recorded_prompt": 1}
+
+
+def test_report_charts_the_pick_per_step() -> None:
+    """The report's search chart: per step, the held-out score of the node the search would pick."""
+    from flywheel_orchestrator.mle_eval import picked_per_step, search_chart_png
+
+    traj = _trajectory()
+    # n1 (30.5) is picked at step 1, n3 (22) at 3, n4 (21) at 4; buggy steps keep the pick.
+    assert picked_per_step(journal_of(traj)) == [
+        (0, None),
+        (1, 31.25),
+        (2, 31.25),
+        (3, 22.4),
+        (4, 21.5),
+        (5, 21.5),
+    ]
+    assert isinstance(TASK, MlTask)
+    png = search_chart_png([("m", [traj])], {TASK.id: TASK})
+    assert png is not None and png.startswith(b"\x89PNG")
+    assert search_chart_png([("m", [])], {TASK.id: TASK}) is None

@@ -323,3 +323,7 @@ async def test_evaluation_reports_ml_metrics(
     assert re.search(r"Validation metric per step \(→ best so far\): `0:[0-9.]+→[0-9.]+`", tree), tree
     bad_tree = report.split("#### bad · review-sentiment #0 — 1 nodes, no valid submission", 1)[1]
     assert "n0 draft: bug: " in bad_tree and "per step (→ best so far): `0:bug`" in bad_tree
+    # …and charts the held-out score per step, next to the report.
+    assert "![normalised held-out score per step](ml_search.png)" in report
+    [chart] = [c.key for c in final.report.charts if c.key.endswith("/ml_search.png")]
+    assert (Path(service_env["FLYWHEEL_OBJECT_STORE_ROOT"]) / chart).read_bytes().startswith(b"\x89PNG")

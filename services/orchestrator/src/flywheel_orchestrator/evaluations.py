@@ -310,15 +310,19 @@ class EvaluationManager:
         e.report.markdown.key = f"{prefix}report.md"
         chart = common_pb2.ObjectRef(key=f"{prefix}metrics.png")
         e.report.charts.append(chart)
-        md = (
-            report.to_markdown(e) + mle_eval.markdown(e) + await mle_eval.trees_markdown(self.runs, e)
-        ).encode()
+        ml_md, ml_png = await mle_eval.search_report(self.runs, e)
+        md = (report.to_markdown(e) + mle_eval.markdown(e) + ml_md).encode()
         png = await asyncio.to_thread(report.chart_png, e)
+        ml_chart = common_pb2.ObjectRef(key=f"{prefix}{mle_eval.CHART_NAME}")
+        if ml_png is not None:
+            e.report.charts.append(ml_chart)
         store = self.store
 
         def write() -> None:
             store.put(e.report.markdown.key, md, content_type="text/markdown", overwrite=True)
             store.put(chart.key, png, content_type="image/png", overwrite=True)
+            if ml_png is not None:
+                store.put(ml_chart.key, ml_png, content_type="image/png", overwrite=True)
             store.put(e.report.json.key, report.to_json(e), content_type="application/json", overwrite=True)
 
         await asyncio.to_thread(write)

@@ -7,12 +7,15 @@ an episode without a valid submission counts 0), the fraction of episodes with a
 submission, nodes per episode and wall time.
 
 The report also draws every ML episode's search tree (operator, validation metric or bug,
-held-out score, the best node) and its validation metric per step with the best so far
-(:func:`trees_markdown`), from the stored trajectories.
+held-out score, the best node) and its validation metric per step with the best so far, and a
+chart (``ml_search.png``) of each episode's normalised held-out score per step — the score of the
+node the search would pick at that step (best validation metric so far) — one panel per model
+(:func:`search_report`), from the stored trajectories.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -190,29 +193,112 @@ def trees_section(per_model: list[tuple[str, list[tpb.Trajectory]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def trees_markdown(runs: Any, e: epb.Evaluation) -> str:
-    """The search-tree section of evaluation ``e``'s report (``runs``: the RunManager)."""
+#: The search chart's file name, next to the report.
+CHART_NAME = "ml_search.png"
+
+
+def picked_per_step(journal: dict[str, Any]) -> list[tuple[int, float | None]]:
+    """Per node in search order: (step, held-out score of the node the search would pick then).
+
+    The pick is the best working node so far by *validation* metric, as the search ranks; None
+    while no node works or the pick has no held-out score."""
+    best: dict[str, Any] | None = None
+    out: list[tuple[int, float | None]] = []
+    for node in journal["nodes"]:
+        metric = node["metric"]
+        if metric is not None and not node["is_buggy"]:
+            value, maximize = metric["value"], metric["maximize"]
+            if best is None or (
+                value > best["metric"]["value"] if maximize else value < best["metric"]["value"]
+            ):
+                best = node
+        out.append((node["step"], best.get("heldout_metric") if best is not None else None))
+    return out
+
+
+def search_chart_png(
+    per_model: list[tuple[str, list[tpb.Trajectory]]], tasks: Mapping[str, MlTask]
+) -> bytes | None:
+    """One panel per model: each ML episode's normalised held-out score per step (the pick so far)."""
+    panels = []
+    for model, trajectories in per_model:
+        lines = []
+        for t in sorted(trajectories, key=lambda t: (t.task.task_id, t.attempt)):
+            task = tasks.get(t.task.task_id)
+            if t.task.kind != common_pb2.TASK_KIND_ML or task is None:
+                continue
+            points = [
+                (step, task.normalised(h) if h is not None else None)
+                for step, h in picked_per_step(journal_of(t))
+            ]
+            lines.append((f"{t.task.task_id} #{t.attempt}", points))
+        if lines:
+            panels.append((model, lines))
+    if not panels:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    for ax, (model, lines) in zip(axes[0], panels, strict=True):
+        for label, points in lines:
+            xs = [x for x, y in points if y is not None]
+            ys = [y for _, y in points if y is not None]
+            missed = [x for x, y in points if y is None]
+            (drawn,) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=label)
+            # Steps with no working node yet: an x on the baseline line, in the episode's colour.
+            ax.plot(missed, [0.0] * len(missed), "x", color=drawn.get_color(), markersize=4)
+        ax.axhline(0.0, color="#7f7f7f", linewidth=0.8, linestyle="--")
+        ax.axhline(1.0, color="#2ca02c", linewidth=0.8, linestyle="--")
+        ax.set_title(model if len(model) <= 30 else model[:28] + "…", fontsize=9)
+        ax.set_xlabel("step (node)", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("normalised held-out (0 baseline, 1 reference)", fontsize=7)
+        if len(lines) <= 12:
+            ax.legend(fontsize=6, loc="best")
+    fig.suptitle("ML search: the held-out score of the node picked so far, per step", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+async def _full_trajectories(runs: Any, run_id: str) -> list[tpb.Trajectory]:
+    found: list[tpb.Trajectory] = []
+    token = ""
+    while True:
+        reply = await runs.trajectories.ListTrajectories(
+            tpb.ListTrajectoriesRequest(
+                filter=tpb.TrajectoryFilter(run_ids=[run_id]),
+                view=tpb.TRAJECTORY_VIEW_FULL,
+                page_size=100,
+                page_token=token,
+            ),
+            timeout=runs.settings.trajectory_timeout_s,
+        )
+        found.extend(reply.trajectories)
+        token = reply.next_page_token
+        if not token:
+            return found
+
+
+async def search_report(runs: Any, e: epb.Evaluation) -> tuple[str, bytes | None]:
+    """Evaluation ``e``'s search section (trees, metric per step) and chart; ("", None) without ML
+    tasks. ``runs`` is the RunManager."""
     if not e.ml_metrics:
-        return ""
-    per_model = []
-    for m in e.model_metrics:
-        if not m.run_id:
-            continue
-        found: list[tpb.Trajectory] = []
-        token = ""
-        while True:
-            reply = await runs.trajectories.ListTrajectories(
-                tpb.ListTrajectoriesRequest(
-                    filter=tpb.TrajectoryFilter(run_ids=[m.run_id]),
-                    view=tpb.TRAJECTORY_VIEW_FULL,
-                    page_size=100,
-                    page_token=token,
-                ),
-                timeout=runs.settings.trajectory_timeout_s,
-            )
-            found.extend(reply.trajectories)
-            token = reply.next_page_token
-            if not token:
-                break
-        per_model.append((m.model, found))
-    return trees_section(per_model)
+        return "", None
+    suite = runs.catalog.get(e.suite)
+    tasks = {t.id: t for t in suite.tasks.values() if isinstance(t, MlTask)} if suite is not None else {}
+    per_model = [(m.model, await _full_trajectories(runs, m.run_id)) for m in e.model_metrics if m.run_id]
+    md = trees_section(per_model)
+    png = await asyncio.to_thread(search_chart_png, per_model, tasks)
+    if md and png is not None:
+        head = "### Search trees\n"
+        md = md.replace(head, f"{head}\n![normalised held-out score per step]({CHART_NAME})\n", 1)
+    return md, png
