@@ -388,3 +388,67 @@ def _register_copy(store: ObjectStore, source: Path, folder: Path, name: str) ->
     for f in source.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     catalog.register_base_model(store, folder, name, "a second base model")
+
+
+# ---------------------------------------------------------------------------------- divergence
+
+
+def test_non_finite_gradients_are_skipped_and_three_in_a_row_are_divergence() -> None:
+    """The guard alone, on a real torch module: a NaN gradient drops every gradient of the step
+    (the optimizer then leaves the weights alone), a finite one resets the count."""
+    from flywheel_trainer.recipe import MAX_NONFINITE_STEPS_IN_A_ROW, NonFiniteSteps, nonfinite_parameters
+
+    layer = torch.nn.Linear(2, 2)
+    guard = NonFiniteSteps()
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    before = layer.weight.detach().clone()
+
+    def backward(scale: float) -> None:
+        layer.zero_grad()
+        (layer(torch.ones(1, 2)).sum() * scale).backward()
+
+    backward(float("nan"))
+    assert not guard.check(layer, step=1)
+    assert layer.weight.grad is None and guard.skipped == 1
+    optimizer.step()
+    assert torch.equal(layer.weight.detach(), before)  # the skipped step changed nothing
+    backward(1.0)
+    assert not guard.check(layer, step=2) and guard.in_a_row == 0 and layer.weight.grad is not None
+    for step in range(3, 3 + MAX_NONFINITE_STEPS_IN_A_ROW):
+        backward(float("inf"))
+        judged = guard.check(layer, step=step)
+    assert judged and "training diverged" in guard.diverged and f"up to step {step}" in guard.diverged
+    assert guard.skipped == 1 + MAX_NONFINITE_STEPS_IN_A_ROW
+    assert nonfinite_parameters(layer) == []
+    with torch.no_grad():
+        layer.bias[0] = float("nan")
+    assert nonfinite_parameters(layer) == ["bias"]
+
+
+async def test_a_diverging_grpo_job_fails_with_the_reason_and_publishes_nothing(
+    trainer_env: dict[str, str],
+    channel_to: Callable,
+    store_of: Callable,
+    tiny_model_dir: Path,
+) -> None:
+    """Seen on the GPU (issue 17's run): one GRPO job's gradients became NaN, the job succeeded,
+    and the NaN adapter it published crashed the model server's sampling. Here every rollout holds
+    a token whose behaviour log-prob is -1000, so exp(logp - behaviour_logp) overflows in every
+    batch: the job must fail naming the divergence, and no adapter version may appear."""
+    store = store_of(trainer_env)
+    tok, base = _load(tiny_model_dir)
+    rows, _ = _sample_group(base, tok(PROMPT).input_ids, seed=0, target=None)
+    for row in rows:
+        row["behaviour_logprobs"][0] = -1000.0
+    _write_rl(store, "ds-rl0000000000000d", rows, None)
+    async with boot_service(build_app, TrainerSettings, trainer_env) as address:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel_to(address))
+        job = grpo_job("ds-rl0000000000000d")
+        job.adapter_name = "diverged"
+        created = (await stub.CreateFineTuneJob(S.CreateFineTuneJobRequest(job=job))).job
+        done = await wait_for(stub, created.id, lambda j: j.state in (3, 4, 5))
+        assert done.state == 4, done  # FAILED
+        assert "training diverged" in done.error.message, done.error
+        assert "not finite" in done.error.message
+        listed = await stub.ListAdapters(S.ListAdaptersRequest(name="diverged"))
+        assert list(listed.adapters) == []

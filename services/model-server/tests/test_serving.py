@@ -5,12 +5,14 @@ streaming, and vLLM's runtime LoRA API with its status codes and messages.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+import safetensors.torch
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello world"}]}
 
@@ -278,6 +280,19 @@ def test_bad_adapter_loads(client: httpx.Client, tiny: Any, tmp_path: Any) -> No
     (tmp_path / "adapter_config.json").write_text("{not json")
     broken = load(client, unique("broken"), tmp_path)
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
+    # An adapter whose weights hold a NaN (a diverged training run) is refused: sampling from NaN
+    # logits is a device-side assert on a GPU, which ends the CUDA context for every request.
+    nan_copy = tmp_path / "nan-adapter"
+    shutil.copytree(tiny.adapter_a, nan_copy)
+    weights = safetensors.torch.load_file(nan_copy / "adapter_model.safetensors")
+    first = sorted(weights)[0]
+    weights[first][0, 0] = float("nan")
+    safetensors.torch.save_file(weights, nan_copy / "adapter_model.safetensors")
+    nan = load(client, unique("nan"), nan_copy)
+    assert nan.status_code == 400, nan.text
+    assert (
+        "NaN or infinity" in nan.json()["error"]["message"] and "diverged" in nan.json()["error"]["message"]
+    )
     fields = client.post("/v1/load_lora_adapter", json={"lora_name": "x"})
     assert fields.status_code == 400
     assert fields.json()["error"]["message"] == "Both 'lora_name' and 'lora_path' must be provided."

@@ -111,3 +111,30 @@ async def test_waiting_requests_are_batched_and_answer_as_alone(tiny: Any, tmp_p
         )
         await blocker
         assert engine.largest_batch == 1
+
+
+async def test_a_device_failure_fails_readiness_and_liveness(tiny: Any, tmp_path: Any) -> None:
+    """After a CUDA error (a device-side assert, seen on the GPU when an adapter gave NaN logits)
+    the context is lost for good. The GPU cannot run here, so generate() is made to raise the
+    error torch raises there: the request fails with it, and both probes say the server must be
+    restarted instead of answering 500 to every later request while looking healthy."""
+    async with serving(tiny, tmp_path) as (client, engine):
+        assert (await client.get("/health")).status_code == 200
+
+        class AcceleratorError(RuntimeError):  # torch.AcceleratorError's name, as on a GPU
+            pass
+
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise AcceleratorError("CUDA error: device-side assert triggered\nmore lines")
+
+        engine._model.generate = fail
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+        reply = await client.post("/v1/chat/completions", json=body)
+        assert reply.status_code == 500 and "device-side assert" in reply.json()["error"]["message"]
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "failed"
+        assert "restart the model server" in ready.json()["message"]
+        live = await client.get("/health")
+        assert live.status_code == 503 and "device-side assert" in live.json()["message"]
+        after = await client.post("/v1/chat/completions", json=body)
+        assert after.status_code == 503, after.text

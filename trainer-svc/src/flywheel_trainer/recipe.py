@@ -25,6 +25,7 @@ ML libraries are imported inside the steps: the environment they read is set fir
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -52,10 +53,16 @@ from flywheel_trainer.protocol import (
     Stopped,
 )
 
+log = logging.getLogger("flywheel.trainer.recipe")
+
 #: The worker's exit status for each outcome (the service reads the records, not these).
 EXIT_STATUS = {Done: 0, Failure: 3, Stopped: 5}
 #: Checkpoints of a job kept in the object store (cancel and failures keep them too).
 KEEP_CHECKPOINTS = 2
+#: Optimizer steps in a row whose gradients were not finite (each skipped) before the job fails.
+#: One such step is usually a single bad batch (an overflow in the policy ratio of one token); three
+#: in a row means the run has diverged.
+MAX_NONFINITE_STEPS_IN_A_ROW = 3
 
 
 class Recipe:
@@ -75,6 +82,7 @@ class Recipe:
         self.has_eval = False
         self.resume_path: Path | None = None
         self.rollouts: list[dict[str, Any]] = []  # GRPO: the training rows (grpo.prepare_rows)
+        self.nonfinite = NonFiniteSteps()
 
     # ------------------------------------------------------------------ setup
 
@@ -324,6 +332,8 @@ class Recipe:
         except torch.OutOfMemoryError as err:
             message = f"out of memory while training: {str(err).splitlines()[0]}"
             return Failure.of(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        if self.nonfinite.diverged:
+            return Failure.of(grpc.StatusCode.ABORTED, self.nonfinite.diverged)
         if self.stop.is_set():
             return Stopped(step=self.trainer.state.global_step)
         if self.has_eval:
@@ -345,11 +355,18 @@ class Recipe:
 
     # ------------------------------------------------------------------ save
 
-    def save(self) -> Done:
+    def save(self) -> Done | Failure:
         from peft import PeftModel
 
         trainer, tokenizer, output = self.trainer, self.tokenizer, self.output
         assert isinstance(trainer.model, PeftModel)  # what is saved is the adapter, not a whole model
+        broken = nonfinite_parameters(trainer.model)
+        if broken:  # never publish weights that would make every served answer NaN
+            return Failure.of(
+                grpc.StatusCode.ABORTED,
+                f"the trained adapter has non-finite weights ({len(broken)} tensors, e.g. {broken[0]}); "
+                "it was not published",
+            )
         output.mkdir(parents=True, exist_ok=True)
         # Only the trained adapter: TRL may hold a frozen copy of the starting one ("ref") beside it.
         trainer.model.save_pretrained(str(output), selected_adapters=["default"])
@@ -401,6 +418,12 @@ def _reporter(recipe: Recipe) -> Any:
                 tokens=state.num_input_tokens_seen, time=time.monotonic(), start_step=state.global_step
             )
 
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            # After clipping, before the step: a non-finite gradient would make every weight NaN.
+            if recipe.nonfinite.check(kw["model"], state.global_step + 1):
+                control.should_training_stop = True
+                control.should_save = False
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if spec.step_delay_s:
                 time.sleep(spec.step_delay_s)
@@ -430,6 +453,8 @@ def _reporter(recipe: Recipe) -> Any:
                 and k not in {"loss", "learning_rate", "grad_norm", "eval_loss", "epoch"}
                 and not math.isnan(float(v))
             }
+            if recipe.nonfinite.skipped:
+                extra["nonfinite_steps_skipped"] = float(recipe.nonfinite.skipped)
             emit(
                 Log(
                     step=state.global_step,
@@ -449,6 +474,56 @@ def _reporter(recipe: Recipe) -> Any:
             recipe.on_save(state.global_step)
 
     return Reporter()
+
+
+class NonFiniteSteps:
+    """Skips optimizer steps whose gradients are not finite, and decides when the run has diverged.
+
+    transformers' Trainer steps the optimizer whatever the gradients hold, so one overflow (in
+    GRPO, one token whose policy ratio ``exp(logp - behaviour_logp)`` is infinite) turns every
+    LoRA weight into NaN and the job would publish an adapter whose every answer is NaN. Instead
+    the step's gradients are dropped (``grad = None``: the optimizer leaves those parameters and
+    their moments alone), the skip is counted in the metrics, and after
+    ``MAX_NONFINITE_STEPS_IN_A_ROW`` skipped steps in a row the job fails with the reason.
+    """
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self.in_a_row = 0
+        self.diverged = ""
+
+    def check(self, model: Any, step: int) -> bool:
+        """Drop ``model``'s gradients if any is not finite; True once the run is judged diverged."""
+        import torch
+
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self.in_a_row = 0
+            return False
+        for p in model.parameters():
+            p.grad = None
+        self.skipped += 1
+        self.in_a_row += 1
+        log.warning("optimizer step %d skipped: non-finite gradients (%d skipped so far)", step, self.skipped)
+        if self.in_a_row >= MAX_NONFINITE_STEPS_IN_A_ROW:
+            self.diverged = (
+                f"training diverged: the gradients were not finite (NaN or inf) in {self.in_a_row} optimizer "
+                f"steps in a row, up to step {step} ({self.skipped} skipped in all); each was skipped and "
+                "no adapter was published. Lower the learning rate, or for GRPO check the rollouts' "
+                "behaviour log-probs (a ratio exp(logp - behaviour_logp) that overflows)"
+            )
+        return bool(self.diverged)
+
+
+def nonfinite_parameters(model: Any) -> list[str]:
+    """Names of the trainable tensors that hold a NaN or an infinity."""
+    import torch
+
+    return [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and not bool(torch.isfinite(p.detach()).all())
+    ]
 
 
 def _plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> None:

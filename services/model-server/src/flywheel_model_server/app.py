@@ -114,7 +114,10 @@ class Handlers:
     # ----------------------------------------------------------------------------------------- probes
 
     async def health(self, request: Request) -> JSONResponse:
-        """Liveness: 200 while the process serves HTTP, whether or not the model is loaded."""
+        """Liveness: 200 while the process serves HTTP, whether or not the model is loaded; 503 once
+        the accelerator failed (its context is lost for good: only a restart helps)."""
+        if self.engine.device_failed:
+            return JSONResponse({"status": "failed", "message": self.engine.state_message}, 503)
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> JSONResponse:

@@ -74,6 +74,12 @@ class ModelState(enum.StrEnum):
     FAILED = "failed"  #: it was found but could not be loaded
 
 
+def device_broken(err: BaseException) -> bool:
+    """Whether ``err`` is an accelerator failure after which the process cannot compute any more
+    (torch raises ``torch.AcceleratorError`` from 2.8, a RuntimeError naming CUDA before)."""
+    return type(err).__name__ == "AcceleratorError" or "CUDA error" in str(err)
+
+
 @dataclass
 class Adapter:
     name: str  #: served name (the request's ``model``)
@@ -176,6 +182,8 @@ class Engine:
         self.state = ModelState.LOADING
         self.state_message = f"loading base model {settings.base_model!r}"
         self.state_since = time.monotonic()
+        #: The accelerator failed during generation; /health then fails so that the pod is restarted.
+        self.device_failed = False
         self.location: LocatedModel | None = None
         self.device = "none"
         self.max_model_len = 0
@@ -444,6 +452,12 @@ class Engine:
             changed = files.changed_files()
             if changed:
                 raise RuntimeError(f"{', '.join(changed)} changed while loading; the digest would not hold")
+            broken = self._nonfinite_tensors(internal)
+            if broken:  # sampling from NaN logits kills a CUDA context (a device-side assert)
+                raise ValueError(
+                    f"its weights hold NaN or infinity ({len(broken)} tensors, e.g. {broken[0]}); "
+                    "the training run that made it probably diverged"
+                )
         except Exception as err:
             with contextlib.suppress(Exception):  # remove whatever layers were injected before the error
                 self._model.delete_adapter(internal)
@@ -458,6 +472,16 @@ class Engine:
             time.monotonic() - started,
             extra={"adapter": name},
         )
+
+    def _nonfinite_tensors(self, internal: str) -> list[str]:
+        """Names of the loaded PEFT adapter ``internal``'s tensors that hold a NaN or an infinity."""
+        torch = self._torch
+        marker = f".{internal}."
+        return [
+            name
+            for name, p in self._model.named_parameters()
+            if marker in name and not bool(torch.isfinite(p).all())
+        ]
 
     def _unload_adapter_sync(self, name: str) -> None:
         adapter = self._adapters.pop(name, None)
@@ -637,6 +661,15 @@ class Engine:
         except Exception as err:
             log.exception("generation failed")
             failure = self._internal(err)
+            if device_broken(err):
+                self.device_failed = True
+                # A CUDA error (a device-side assert) leaves the context unusable: every later call
+                # would fail too. Say so where orchestrators look (readiness) instead of serving 500s.
+                self._set_state(
+                    ModelState.FAILED,
+                    f"the device failed during generation ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0] if str(err) else ''}); restart the model server",
+                )
         else:
             failure = None
         for job, prompts in prepared:
