@@ -424,3 +424,47 @@ async def test_ml_run_shows_the_search_tree_growing(
     assert [c.strip() for c in row.strip("│ ").split("│")][:4] == ["flower-species #0", "2", "D✗ d✓", "n1"], (
         row
     )
+
+
+async def test_ml_eval_shows_each_models_search_tree(
+    backends: dict[str, str], service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`flywheel eval` on an ML task: a line per node of each model's search, then the trees table.
+
+    Scripted models (the module's one stand-in): `fix` debugs its crashing draft, `crash` only crashes.
+    """
+    monkeypatch.setenv("FLYWHEEL_ORCHESTRATOR_MLE_MAX_NODES", "2")
+    monkeypatch.setenv("FLYWHEEL_ORCHESTRATOR_MLE_NUM_DRAFTS", "1")
+    monkeypatch.setenv("FLYWHEEL_ORCHESTRATOR_MLE_DEBUG_PROB", "1.0")
+    objects = service_env["FLYWHEEL_OBJECT_STORE_ROOT"]
+    env = {"FLYWHEEL_OBJECT_STORE_BACKEND": "fs", "FLYWHEEL_OBJECT_STORE_ROOT": objects}
+
+    def solve(model: str, messages: list[dict[str, Any]], tools: Any) -> Any:
+        debug = "has a bug shown by its output" in messages[-1]["content"]
+        code = ML_MAJORITY if debug and model == "fix" else ML_BUGGY
+        return text(f"Plan.\n\n```python\n{code}```\n")
+
+    async with orchestrator(backends, service_env, solve, ("fix", "crash")) as (address, _):
+        code, output = await flywheel(
+            "eval", "--address", address, "--suite", "ml-tasks", "--split", "train", "--task", "flower-species",
+            "--model", "fix", "--model", "crash", "--baseline", "crash", env=env,
+        )  # fmt: skip
+    assert code == 0, output
+    lines = output.splitlines()
+    nodes = sorted(line.split(":")[0] for line in lines if line.startswith(("  fix · ", "  crash · ")))
+    assert nodes == [
+        "  crash · flower-species #0 n0 draft",
+        "  crash · flower-species #0 n1 debug ← n0",
+        "  fix · flower-species #0 n0 draft",
+        "  fix · flower-species #0 n1 debug ← n0",
+    ], output
+    rows = {
+        cells[0]: cells[1:4]
+        for line in lines
+        if line.startswith("│") and " · flower-species #0" in line
+        for cells in [[c.strip() for c in line.strip("│ ").split("│")]]
+    }
+    assert rows == {
+        "crash · flower-species #0": ["2", "D✗ d✗", "-"],
+        "fix · flower-species #0": ["2", "D✗ d✓", "n1"],
+    }, output

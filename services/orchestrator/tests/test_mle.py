@@ -180,17 +180,17 @@ async def test_draft_with_a_bug_then_debug_then_improve(
     # WatchRun streamed the tree growing: each node as it was added, with the best so far.
     assert [
         (
-            p.task_id, p.trajectory_id, p.node_id, p.step, p.operator, p.parent_id, p.buggy,
+            p.model, p.task_id, p.trajectory_id, p.node_id, p.step, p.operator, p.parent_id, p.buggy,
             p.metric if p.HasField("metric") else None, p.nodes, p.max_nodes, p.best_node_id,
             p.best_metric if p.HasField("best_metric") else None,
             p.best_heldout if p.HasField("best_heldout") else None, p.metric_name, p.maximize,
         )
         for p in progress
     ] == [
-        (TASK_ID, traj.id, "n0", 0, mle_pb2.ML_OPERATOR_DRAFT, "", True, None, 1, 3, "", None, None, "accuracy", True),
-        (TASK_ID, traj.id, "n1", 1, mle_pb2.ML_OPERATOR_DEBUG, "n0", False, majority_valid, 2, 3, "n1",
+        ("scripted", TASK_ID, traj.id, "n0", 0, mle_pb2.ML_OPERATOR_DRAFT, "", True, None, 1, 3, "", None, None, "accuracy", True),
+        ("scripted", TASK_ID, traj.id, "n1", 1, mle_pb2.ML_OPERATOR_DEBUG, "n0", False, majority_valid, 2, 3, "n1",
          majority_valid, TASK.baseline_score, "accuracy", True),
-        (TASK_ID, traj.id, "n2", 2, mle_pb2.ML_OPERATOR_IMPROVE, "n1", False, reference_valid, 3, 3, "n2",
+        ("scripted", TASK_ID, traj.id, "n2", 2, mle_pb2.ML_OPERATOR_IMPROVE, "n1", False, reference_valid, 3, 3, "n2",
          reference_valid, TASK.reference_score, "accuracy", True),
     ]  # fmt: skip
     assert "NameError" in progress[0].analysis
@@ -297,14 +297,24 @@ async def test_evaluation_reports_ml_metrics(
         )
         created = (await h.stub.CreateEvaluation(opb.CreateEvaluationRequest(evaluation=request))).evaluation
         final = None
+        nodes = []
         async for update in h.stub.WatchEvaluation(
             opb.WatchEvaluationRequest(evaluation_id=created.id), timeout=300
         ):
             if update.WhichOneof("update") == "evaluation":
                 final = update.evaluation
+            elif update.WhichOneof("update") == "ml_node":
+                nodes.append(update.ml_node)
     assert final is not None and final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
     good, bad = final.ml_metrics
     assert (good.model, good.episodes, good.valid_fraction, good.mean_nodes) == ("good", 2, 1.0, 1.0)
+    # WatchEvaluation streamed each model's nodes as they were added, named by model.
+    assert sorted((n.model, n.task_id, n.node_id, n.buggy, n.best_node_id) for n in nodes) == [
+        ("bad", "review-sentiment", "n0", True, ""),
+        ("bad", "two-moons", "n0", True, ""),
+        ("good", "review-sentiment", "n0", False, "n0"),
+        ("good", "two-moons", "n0", False, "n0"),
+    ]
     assert good.mean_normalised == pytest.approx(1.0)
     assert [(t.task_id, t.best_heldout, t.valid_episodes) for t in good.tasks] == [
         (t.id, t.reference_score, 1) for t in sorted(chosen.values(), key=lambda t: t.id)

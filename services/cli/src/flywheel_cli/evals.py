@@ -34,7 +34,7 @@ from flywheel_cli.job_options import (
     fill_episode,
     reject_job_options,
 )
-from flywheel_cli.mle import ml_table
+from flywheel_cli.mle import SearchRows, ml_table, node_line
 from flywheel_cli.render import (
     STATES,
     console,
@@ -120,11 +120,12 @@ def follow_evaluation(
     stub: OrchestratorServiceStub, eval_id: str, state_dir: Path, *, quiet: bool = False
 ) -> int:
     """Follow WatchEvaluation, then print the report; returns the exit status (Ctrl-C cancels)."""
+    # The evaluation's bar, then (ML tasks) one row per episode's search tree (SearchRows).
     columns = (
-        TextColumn("{task.fields[state]:<9}"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("episodes · {task.fields[resolved]} resolved · {task.fields[parse]} parse errors"),
+        TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
     )
     last: epb.Evaluation | None = None
@@ -133,31 +134,43 @@ def follow_evaluation(
     parse_errors = 0
     episodes: dict[str, list[run_pb2.EpisodeResult]] = defaultdict(list)
     stream: Any = None
+    trees: SearchRows | None = None
     try:
         stream = stub.WatchEvaluation(opb.WatchEvaluationRequest(evaluation_id=eval_id))
         with Progress(*columns, console=console) as progress:
-            bar = progress.add_task(eval_id, total=None, state="…", resolved="", parse=0)
+            bar = progress.add_task(f"{'…':<9}", total=None, info="episodes")
+            trees = SearchRows(progress, with_model=True)
             for update in stream:
-                if update.WhichOneof("update") == "episode":
+                which = update.WhichOneof("update")
+                if which == "ml_node":
+                    trees.node(update.ml_node)
+                    # Piped output shows no live rows: a line per node tells the same story.
+                    if not quiet and not console.is_terminal:
+                        progress.console.print(
+                            escape(node_line(update.ml_node, with_model=True)), soft_wrap=True
+                        )
+                    continue
+                if which == "episode":
                     ep = update.episode
                     finished[ep.model] += 1
                     resolved[ep.model] += ep.resolved
                     parse_errors += ep.parse_errors
                     episodes[ep.model].append(ep)
+                    trees.finished(ep)
                     if not quiet:
                         progress.console.print(episode_line(ep, with_model=True))
                 else:
                     last = update.evaluation
+                per_model = "  ".join(
+                    f"{escape(m)} [green]{resolved[m]}[/]/{finished[m]}"
+                    for m in (last.models if last else ())
+                )
                 progress.update(
                     bar,
-                    state=job_state(last.state) if last else "…",
+                    description=f"{job_state(last.state) if last else '…':<9}",
                     total=(last.progress.episodes_total or None) if last else None,
                     completed=last.progress.episodes_finished if last else 0,
-                    resolved="  ".join(
-                        f"{escape(m)} [green]{resolved[m]}[/]/{finished[m]}"
-                        for m in (last.models if last else ())
-                    ),
-                    parse=parse_errors,
+                    info=f"episodes · {per_model} resolved · {parse_errors} parse errors",
                 )
     except KeyboardInterrupt:
         if stream is not None:
@@ -171,6 +184,9 @@ def follow_evaluation(
         return 1
     final = stub.GetEvaluation(opb.GetEvaluationRequest(evaluation_id=eval_id)).evaluation
     print_evaluation(final, state_dir)
+    trees_table = trees.summary() if trees is not None else None
+    if trees_table is not None:
+        out.print(trees_table)
     for model, eps in episodes.items():  # rewards of the episodes seen while following
         out.print(f"{escape(model or 'reference')}: {episodes_reward_text(eps)}")
     if final.state == common_pb2.JOB_STATE_SUCCEEDED:

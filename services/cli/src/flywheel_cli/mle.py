@@ -193,39 +193,46 @@ def best_text(p: mle_pb2.MlNodeProgress) -> str:
     return text
 
 
-def node_line(p: mle_pb2.MlNodeProgress) -> str:
+def node_line(p: mle_pb2.MlNodeProgress, with_model: bool = False) -> str:
     """One node on one line (what ``flywheel run`` prints when its output is not a terminal)."""
     parent = f" ← {p.parent_id}" if p.parent_id else ""
     if p.buggy:
         what = "bug: " + (p.analysis.splitlines()[0][:70] if p.analysis else "buggy")
     else:
         what = f"metric {p.metric:.4g}" + (f" (held-out {p.heldout:.4g})" if p.HasField("heldout") else "")
+    who = f"{p.model or 'reference'} · " if with_model else ""
     return (
-        f"  {p.task_id} #{p.attempt} {p.node_id} {operator_name(p.operator)}{parent}: {what}"
+        f"  {who}{p.task_id} #{p.attempt} {p.node_id} {operator_name(p.operator)}{parent}: {what}"
         f" · {p.nodes}/{p.max_nodes} nodes · {best_text(p)}"
     )
 
 
 class SearchRows:
-    """One row per ML episode in a rich Progress, updated from WatchRun's ML node updates.
+    """One row per ML episode in a rich Progress, updated from WatchRun's (or WatchEvaluation's)
+    ML node updates; ``with_model`` names each episode's model (evaluations play several).
 
     The Progress's columns must show ``{task.description}`` and a ``{task.fields[info]}`` text.
     """
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, *, with_model: bool = False) -> None:
         self.progress = progress
-        self.rows: dict[tuple[str, int], TaskID] = {}
-        #: Every node seen, per episode, in arrival order (the summary table reads it).
-        self.nodes: dict[tuple[str, int], list[mle_pb2.MlNodeProgress]] = {}
+        self.with_model = with_model
+        self.rows: dict[tuple[str, str, int], TaskID] = {}
+        #: Every node seen, per episode (model, task, attempt), in arrival order.
+        self.nodes: dict[tuple[str, str, int], list[mle_pb2.MlNodeProgress]] = {}
+
+    def _name(self, model: str, task_id: str, attempt: int) -> str:
+        who = f"{escape(model or 'reference')} · " if self.with_model else ""
+        return f"{who}{escape(task_id)} #{attempt}"
 
     def node(self, p: mle_pb2.MlNodeProgress) -> None:
-        key = (p.task_id, p.attempt)
+        key = (p.model, p.task_id, p.attempt)
         seen = self.nodes.setdefault(key, [])
         seen.append(p)
         if key not in self.rows:
             if not self.rows:
                 self.progress.console.print(f"[dim]{LEGEND}[/]")
-            self.rows[key] = self.progress.add_task(f"  {escape(p.task_id)} #{p.attempt}", info="")
+            self.rows[key] = self.progress.add_task(f"  {self._name(*key)}", info="")
         marks = " ".join(node_mark(n) for n in seen)
         self.progress.update(
             self.rows[key],
@@ -236,14 +243,15 @@ class SearchRows:
 
     def finished(self, ep: run_pb2.EpisodeResult) -> None:
         """The episode's result arrived: its row is complete, marked by how it ended."""
-        row = self.rows.get((ep.task_id, ep.attempt))
+        key = (ep.model, ep.task_id, ep.attempt)
+        row = self.rows.get(key)
         if row is None:
             return
         mark = "[green]✓[/]" if ep.resolved else "[red]✗[/]"
         task = self.progress.tasks[row]
         self.progress.update(
             row,
-            description=f"{mark} {escape(ep.task_id)} #{ep.attempt}",
+            description=f"{mark} {self._name(*key)}",
             total=task.completed or 1,
             completed=task.completed or 1,
         )
@@ -257,10 +265,10 @@ class SearchRows:
             table.add_column(
                 column, justify="right" if column in ("nodes", "validation", "held-out") else "left"
             )
-        for (task_id, attempt), seen in sorted(self.nodes.items()):
+        for key, seen in sorted(self.nodes.items()):
             last = seen[-1]
             table.add_row(
-                f"{escape(task_id)} #{attempt}",
+                self._name(*key),
                 str(last.nodes),
                 " ".join(node_mark(n) for n in seen),
                 last.best_node_id or "-",

@@ -19,8 +19,8 @@ import grpc
 from flywheel.common.v1 import common_pb2
 from flywheel.events.v1 import events_pb2
 from flywheel.orchestrator.v1 import evaluation_pb2 as epb
+from flywheel.orchestrator.v1 import mle_pb2, run_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
-from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_common.errors import InvalidArgument
 from flywheel_common.events import EventBus
@@ -103,6 +103,7 @@ class EvaluationManager:
         )
         self._by_run: dict[str, str] = {}
         runs.listeners.append(self._on_episode)
+        runs.node_listeners.append(self._on_ml_node)
 
     @property
     def store(self) -> ObjectStore:
@@ -228,6 +229,8 @@ class EvaluationManager:
                 if first and item.state not in TERMINAL:
                     item.ClearField("task_results")
                 yield opb.WatchEvaluationResponse(evaluation=item)
+            elif isinstance(item, mle_pb2.MlNodeProgress):
+                yield opb.WatchEvaluationResponse(ml_node=item)
             else:
                 yield opb.WatchEvaluationResponse(episode=item)
             first = False
@@ -250,6 +253,12 @@ class EvaluationManager:
         )
         self.table.notify(job, result)
         self.table.notify(job, without_tasks(job))
+
+    def _on_ml_node(self, run: run_pb2.Run, progress: mle_pb2.MlNodeProgress) -> None:
+        eval_id = self._by_run.get(run.id)
+        job = self.table.jobs.get(eval_id) if eval_id else None
+        if job is not None:
+            self.table.notify(job, progress)
 
     async def _execute(self, job: Job[epb.Evaluation]) -> None:
         """The evaluation's work; the job core turns its end (or failure) into the terminal state."""

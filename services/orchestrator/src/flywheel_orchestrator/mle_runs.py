@@ -71,7 +71,14 @@ async def play_ml_episode(
         labels=labels,
     )
     episode = MleEpisode(spec, policy, manager.sandbox, settings)
-    episode.on_node.append(lambda ep, node: manager.table.notify(state, node_progress(ep, node)))
+    def on_node(ep: MleEpisode, node: Node) -> None:
+        progress = node_progress(ep, node)
+        progress.model = run.model
+        manager.table.notify(state, progress)
+        for listener in manager.node_listeners:
+            listener(run, progress)
+
+    episode.on_node.append(on_node)
     traj = await manager._put(await episode.run())
     result = episode_result(traj)
     state.results.append(result)

@@ -35,8 +35,8 @@ from dataclasses import replace
 import grpc
 
 from flywheel.events.v1 import events_pb2
+from flywheel.orchestrator.v1 import mle_pb2, run_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
-from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_common.errors import InvalidArgument, NotFound
@@ -178,6 +178,8 @@ class RunManager:
         )
         #: Called with (run, episode result) after every stored episode (evaluations listen).
         self.listeners: list[Callable[[run_pb2.Run, run_pb2.EpisodeResult], None]] = []
+        #: Called with (run, node) for every node an ML episode's search adds (mle_runs.py).
+        self.node_listeners: list[Callable[[run_pb2.Run, mle_pb2.MlNodeProgress], None]] = []
         #: The skill an alias serves with its model ("" for none; set by the service, aliases.py).
         self.alias_skill: Callable[[str], Awaitable[str]] | None = None
 

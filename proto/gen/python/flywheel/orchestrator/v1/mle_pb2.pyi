@@ -70,7 +70,7 @@ class MlModelMetrics(_message.Message):
     def __init__(self, model: _Optional[str] = ..., episodes: _Optional[int] = ..., valid_fraction: _Optional[float] = ..., mean_normalised: _Optional[float] = ..., mean_nodes: _Optional[float] = ..., mean_wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[MlTaskMetrics, _Mapping]]] = ...) -> None: ...
 
 class MlNodeProgress(_message.Message):
-    __slots__ = ("task_id", "attempt", "trajectory_id", "node_id", "step", "operator", "parent_id", "buggy", "analysis", "metric", "heldout", "exec_time_s", "nodes", "max_nodes", "best_node_id", "best_metric", "best_heldout", "metric_name", "maximize")
+    __slots__ = ("task_id", "attempt", "trajectory_id", "node_id", "step", "operator", "parent_id", "buggy", "analysis", "metric", "heldout", "exec_time_s", "nodes", "max_nodes", "best_node_id", "best_metric", "best_heldout", "metric_name", "maximize", "model")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TRAJECTORY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class MlNodeProgress(_message.Message):
     BEST_HELDOUT_FIELD_NUMBER: _ClassVar[int]
     METRIC_NAME_FIELD_NUMBER: _ClassVar[int]
     MAXIMIZE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     attempt: int
     trajectory_id: str
@@ -109,4 +110,5 @@ class MlNodeProgress(_message.Message):
     best_heldout: float
     metric_name: str
     maximize: bool
-    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., trajectory_id: _Optional[str] = ..., node_id: _Optional[str] = ..., step: _Optional[int] = ..., operator: _Optional[_Union[MlOperator, str]] = ..., parent_id: _Optional[str] = ..., buggy: _Optional[bool] = ..., analysis: _Optional[str] = ..., metric: _Optional[float] = ..., heldout: _Optional[float] = ..., exec_time_s: _Optional[float] = ..., nodes: _Optional[int] = ..., max_nodes: _Optional[int] = ..., best_node_id: _Optional[str] = ..., best_metric: _Optional[float] = ..., best_heldout: _Optional[float] = ..., metric_name: _Optional[str] = ..., maximize: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., trajectory_id: _Optional[str] = ..., node_id: _Optional[str] = ..., step: _Optional[int] = ..., operator: _Optional[_Union[MlOperator, str]] = ..., parent_id: _Optional[str] = ..., buggy: _Optional[bool] = ..., analysis: _Optional[str] = ..., metric: _Optional[float] = ..., heldout: _Optional[float] = ..., exec_time_s: _Optional[float] = ..., nodes: _Optional[int] = ..., max_nodes: _Optional[int] = ..., best_node_id: _Optional[str] = ..., best_metric: _Optional[float] = ..., best_heldout: _Optional[float] = ..., metric_name: _Optional[str] = ..., maximize: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...

@@ -219,12 +219,14 @@ class WatchEvaluationRequest(_message.Message):
     def __init__(self, evaluation_id: _Optional[str] = ...) -> None: ...
 
 class WatchEvaluationResponse(_message.Message):
-    __slots__ = ("evaluation", "episode")
+    __slots__ = ("evaluation", "episode", "ml_node")
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     EPISODE_FIELD_NUMBER: _ClassVar[int]
+    ML_NODE_FIELD_NUMBER: _ClassVar[int]
     evaluation: _evaluation_pb2.Evaluation
     episode: _run_pb2.EpisodeResult
-    def __init__(self, evaluation: _Optional[_Union[_evaluation_pb2.Evaluation, _Mapping]] = ..., episode: _Optional[_Union[_run_pb2.EpisodeResult, _Mapping]] = ...) -> None: ...
+    ml_node: _mle_pb2.MlNodeProgress
+    def __init__(self, evaluation: _Optional[_Union[_evaluation_pb2.Evaluation, _Mapping]] = ..., episode: _Optional[_Union[_run_pb2.EpisodeResult, _Mapping]] = ..., ml_node: _Optional[_Union[_mle_pb2.MlNodeProgress, _Mapping]] = ...) -> None: ...
 
 class CreateLoopRequest(_message.Message):
     __slots__ = ("loop", "request_id")
