@@ -186,9 +186,17 @@ async def test_a_canary_promotion_waits_for_its_decision_across_a_restart(
         assert p.outcome == lpb.PROMOTION_OUTCOME_ROLLED_BACK and "success rate" in p.reason
     report = store.get_bytes(final.report.key).decode()
     assert "## Promotion" in report and f"### Alias `{ALIAS}`" in report
+    # The loop reads SUCCEEDED before its end is saved and announced (finish() sets the state, then
+    # saves and sends in worker threads): wait until the announcement is out, not only until the
+    # outbox is empty, which it also is just before the events enter it.
+    deadline = time.monotonic() + 30
+    while True:
+        promoted = await stored(event_bus, "flywheel.loop.promoted")
+        rejected = await stored(event_bus, "flywheel.loop.rejected")
+        if promoted or rejected or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     await until(lambda: manager.table.outbox.pending == 0, "the loop's events")
-    promoted = await stored(event_bus, "flywheel.loop.promoted")
-    rejected = await stored(event_bus, "flywheel.loop.rejected")
     assert (promoted, rejected) == (
         ([f"loop-promoted:{job.id}"], []) if holds else ([], [f"loop-rejected:{job.id}"])
     )
