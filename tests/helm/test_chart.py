@@ -520,6 +520,33 @@ def test_training_jobs_request_gpus_and_use_a_namespaced_role() -> None:
     ]
 
 
+def test_the_trainer_makes_its_jobs_from_the_rendered_template(tmp_path: Path) -> None:
+    """The kubernetes backend's KubeJobs reads the rendered Job template as the trainer pod would
+    and fills in the name, the job id, the image and the GPU limit; the rest is the chart's."""
+    from flywheel_trainer.kube import JOB_LABEL, KubeJobs
+    from flywheel_trainer.settings import TrainerSettings
+
+    job = next(o for o in objects("trainer-jobs") if o["kind"] == "Job")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    settings = TrainerSettings(
+        backend="kubernetes",
+        job_template=path,
+        job_api_url="http://127.0.0.1:9",
+        job_gpus=2,
+        job_image="img:1",
+    )
+    manifest = KubeJobs(settings).manifest("ftj-01KBCDEF")
+    assert manifest["metadata"]["name"] == "ftj-01kbcdef"
+    pod = manifest["spec"]["template"]
+    assert pod["metadata"]["labels"][JOB_LABEL] == "ftj-01KBCDEF"
+    container = pod["spec"]["containers"][0]
+    assert {"name": "FLYWHEEL_TRAINER_JOB_ID", "value": "ftj-01KBCDEF"} in container["env"]
+    assert container["image"] == "img:1" and container["resources"]["limits"][GPU] == "2"
+    assert container["command"] == ["python", "-m", "flywheel_trainer", "run-job"]
+    assert pod["spec"]["tolerations"] == job["spec"]["template"]["spec"]["tolerations"]
+
+
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
 def test_no_cluster_wide_rbac_and_tokens_only_for_the_trainer(values: str) -> None:
     objs = objects(values)
@@ -1000,6 +1027,8 @@ def test_services_load_their_settings_from_the_rendered_environment(
         assert settings.max_lora_rank == lora.get("maxLoraRank", 64)
         assert settings.slots == VALUE_SETS[values].get("trainer", {}).get("maxConcurrentJobs", 1)
         assert str(settings.state_dir) == "/var/lib/flywheel/trainer"
+        trainer = {**VALUE_SETS["defaults"], **VALUE_SETS[values]}.get("trainer", {})
+        assert settings.backend == trainer.get("backend", "kubernetes")
     assert settings.object_store.backend == "s3"
     assert settings.object_store.endpoint == env["FLYWHEEL_OBJECT_STORE_ENDPOINT"]
     assert settings.object_store.secure is (values != "defaults")

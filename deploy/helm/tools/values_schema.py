@@ -280,6 +280,9 @@ props = {
                     "nodeSelector": ref("nodeSelector"),
                     "tolerations": ref("tolerations"),
                     "runtimeClassName": s("RuntimeClass of training pods."),
+                    "priorityClassName": s(
+                        "PriorityClass of training pods; empty for the cluster's default."
+                    ),
                     "ttlSecondsAfterFinished": i("Seconds a finished Job is kept.", minimum=0),
                     "activeDeadlineSeconds": i("Seconds a Job may run (0: no limit).", minimum=0),
                 },

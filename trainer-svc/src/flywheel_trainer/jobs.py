@@ -21,6 +21,12 @@ checkpoint; one whose cancel had been requested ends CANCELLED. A training proce
 the service runs (killed, out of memory, a crash) fails its job with the reason; the service stays
 SERVING. Progress comes from the process as :mod:`flywheel_trainer.protocol` records.
 
+Backends (``settings.backend``): ``local`` runs that process beside the service (``_train``);
+``kubernetes`` runs it in a Kubernetes Job per job (``_train_in_kubernetes``, :mod:`.kube`,
+:mod:`.podjob`): its spec is ``trainer/work/<id>/spec.json`` and its trained adapter
+``trainer/work/<id>/output/`` in the object store, its records come from the pod's log, and a
+restart re-attaches to the Job instead of moving the job back to the queue.
+
 Events (``events.py``), all through the core's outbox (kept in the store until NATS takes them: a
 job never fails because NATS is down): each state change is ``flywheel.finetune.<state>``; a
 SUCCEEDED job is announced by ``flywheel.adapter.published``, then ``flywheel.finetune.succeeded``.
@@ -66,8 +72,10 @@ from flywheel_common.jobs import (
 )
 from flywheel_common.objectstore import ObjectStore
 from flywheel_common.procs import group_alive
-from flywheel_trainer import adapters, catalog, hparams
+from flywheel_trainer import adapters, catalog, hparams, podjob
 from flywheel_trainer.events import state_event, terminal_events
+from flywheel_trainer.kube import KubeJobs, PodView, job_failure, pod_view
+from flywheel_trainer.protocol import PREFIX as RECORD_PREFIX
 from flywheel_trainer.protocol import (
     Checkpoint,
     Device,
@@ -84,7 +92,7 @@ from flywheel_trainer.protocol import (
     decode,
 )
 from flywheel_trainer.settings import TrainerSettings
-from flywheel_trainer.storeio import COMPLETE_MARKER
+from flywheel_trainer.storeio import COMPLETE_MARKER, download_dir, is_complete
 
 log = logging.getLogger("flywheel.trainer.jobs")
 # terminal_events: the core's announcement for fine-tune jobs (the job contract test reads it here).
@@ -162,6 +170,7 @@ class JobManager:
         self._publish_lock = asyncio.Lock()
         self.work_dir = settings.state_dir / "work"
         self.cache_dir = settings.state_dir / "base-models"
+        self.kube: KubeJobs | None = None  # the kubernetes backend's API, from start()
 
     @property
     def store(self) -> ObjectStore:
@@ -172,6 +181,8 @@ class JobManager:
     async def start(self) -> None:
         for folder in (self.work_dir, self.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        if self.settings.backend == "kubernetes":
+            self.kube = await asyncio.to_thread(KubeJobs, self.settings)  # a bad template fails the boot
         if self.settings.gpu_available is not None:
             self.gpu = self.settings.gpu_available
         else:
@@ -193,10 +204,13 @@ class JobManager:
         job.adapter_version = int(reserved["version"]) if reserved else 0
         if await asyncio.to_thread(side.load_side, job.id, CANCEL_SIDE):
             job.cancel_requested = True
+            if self.kube is not None:  # the cancel may have come before its Job was deleted
+                await asyncio.to_thread(self.kube.delete, job.id)
             await self.table.finish(job, CANCELLED, _CANCELLED, grpc.StatusCode.CANCELLED)
             return
-        if job.state == RUNNING:
-            # Interrupted by a restart: back to the queue, resumed from its newest checkpoint.
+        if job.state == RUNNING and self.kube is None:
+            # Interrupted by a restart: back to the queue, resumed from its newest checkpoint. (With
+            # the kubernetes backend the Job trains on without the service: _train re-attaches.)
             job.resource.resume_count += 1
             await self._set_state(job, QUEUED)
         self.table.launch(job, self._work)
@@ -288,6 +302,10 @@ class JobManager:
         SIGKILL after ``cancel_grace_s``) and its job ends CANCELLED once it has. Answers when the
         job has ended or after ``CANCEL_WAIT_S``."""
         await asyncio.to_thread(self.table.records.save_side, job.id, CANCEL_SIDE, {"requested": True})
+        if self.kube is not None:  # delete the Job (its pods go with it); the task ends CANCELLED
+            await asyncio.to_thread(self.kube.delete, job.id)
+            await self.table.cancel_task(job)
+            return
         if not job.has_slot:
             await self.table.cancel_task(job)
             return
@@ -311,13 +329,14 @@ class JobManager:
         """The job's task (run by the core, which turns its end into the terminal state)."""
         async with self._slots:
             job.has_slot = True
-            await self._train(job)
+            if self.kube is not None:
+                await self._train_in_kubernetes(job, self.kube)
+            else:
+                await self._train(job)
 
-    async def _train(self, job: TrainJob) -> None:
+    def _spec(self, job: TrainJob) -> Spec:
         res = job.resource
-        work = self.work_dir / job.id
-        work.mkdir(parents=True, exist_ok=True)
-        spec = Spec(
+        return Spec(
             job_id=job.id,
             base_model=res.base_model,
             dataset_id=res.dataset_id,
@@ -329,7 +348,11 @@ class JobManager:
             logging_steps=self.settings.logging_steps,
             step_delay_s=self.settings.step_delay_s,
         )
-        (work / "spec.json").write_text(spec.model_dump_json(indent=2))
+
+    async def _train(self, job: TrainJob) -> None:
+        work = self.work_dir / job.id
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "spec.json").write_text(self._spec(job).model_dump_json(indent=2))
         shutil.rmtree(work / "output", ignore_errors=True)
         if job.cancel_requested:  # cancelled while it got its slot
             await self.table.finish(job, CANCELLED, _CANCELLED, grpc.StatusCode.CANCELLED)
@@ -347,6 +370,127 @@ class JobManager:
         finally:
             job.proc = None
         await self._conclude(job, outcome, rc, work)
+
+    async def _train_in_kubernetes(self, job: TrainJob, kube: KubeJobs) -> None:
+        """Train as a Kubernetes Job: create it (or re-attach to the one a restart left), follow its
+        pods until one ends, then publish the adapter it uploaded, or fail with the pod's reason.
+
+        A pending pod keeps the job QUEUED with the scheduler's reason in ``error``; a running one
+        makes it RUNNING and its log is applied as the local process's stdout is; a pod that goes
+        while the Job lives is replaced by the Job controller, and the new pod resumes from the
+        newest checkpoint (``resume_count`` + 1). A shutdown leaves the Job training.
+        """
+        spec = self._spec(job).model_dump_json(indent=2).encode()
+        await asyncio.to_thread(
+            self.store.put, podjob.spec_key(job.id), spec, content_type="application/json", overwrite=True
+        )
+        if job.cancel_requested:
+            await self.table.finish(job, CANCELLED, _CANCELLED, grpc.StatusCode.CANCELLED)
+            return
+        if await asyncio.to_thread(kube.get, job.id) is None:
+            await asyncio.to_thread(kube.create, job.id)
+            log.info("job %s: created Kubernetes Job %s/%s", job.id, kube.namespace, job.id.lower())
+        else:
+            log.info("job %s: re-attached to its Kubernetes Job", job.id)
+        current = ""  # uid of the pod followed last
+        try:
+            while True:
+                kjob = await asyncio.to_thread(kube.get, job.id)
+                if kjob is None:
+                    raise JobFailed(
+                        "its Kubernetes Job was deleted (not by a cancel)", grpc.StatusCode.ABORTED
+                    )
+                pods = await asyncio.to_thread(kube.pods, job.id)
+                live = [p for p in pods if pod_view(p).kind != "gone"]
+                pod = live[-1] if live else None
+                view = pod_view(pod)
+                if pod is None:
+                    failure = job_failure(kjob)
+                    if failure:
+                        raise JobFailed(failure, grpc.StatusCode.ABORTED)
+                    await self._waiting(job, "waiting for the Kubernetes Job to create its pod")
+                    await asyncio.sleep(self.settings.job_poll_s)
+                    continue
+                if view.kind == "pending":
+                    await self._waiting(job, view.reason)
+                    await asyncio.sleep(self.settings.job_poll_s)
+                    continue
+                if current and pod.metadata.uid != current:
+                    job.resource.resume_count += 1  # a replacement pod: it resumes from the checkpoint
+                    log.info("job %s: pod replaced by %s", job.id, pod.metadata.name)
+                current = pod.metadata.uid
+                if job.state != RUNNING or job.resource.HasField("error"):
+                    job.resource.ClearField("error")
+                    await self._set_state(job, RUNNING)
+                outcome = await self._follow_pod(job, kube, pod.metadata.name)
+                view = pod_view(await asyncio.to_thread(kube.pod, pod.metadata.name))
+                if view.kind in ("running", "gone", "pending"):
+                    continue  # the log broke off, or the pod went: read the Job's pods again
+                await self._conclude_pod(job, outcome, view)
+                return
+        except asyncio.CancelledError:
+            if job.cancel_requested:  # the Job may have been created as the cancel came: delete it
+                await asyncio.shield(asyncio.to_thread(kube.delete, job.id))
+            raise  # a shutdown leaves the Job training; the next start re-attaches
+
+    async def _waiting(self, job: TrainJob, reason: str) -> None:
+        """Keep the job QUEUED with why its pod is not running in ``error`` (cleared when it runs)."""
+        if job.state == QUEUED and job.resource.error.message == reason:
+            return
+        job.resource.error.CopyFrom(
+            common_pb2.Error(
+                code=grpc.StatusCode.UNAVAILABLE.value[0], message=reason, details={"waiting": "true"}
+            )
+        )
+        if job.state != QUEUED:
+            await self._set_state(job, QUEUED)
+        else:
+            await self.table.save(job)
+
+    async def _follow_pod(self, job: TrainJob, kube: KubeJobs, pod: str) -> Outcome | None:
+        """Apply the progress records of the pod's log until it ends; returns the outcome."""
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def on_line(line: str | None) -> None:  # in the log's thread
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+
+        stop = kube.follow_log(pod, on_line)
+        outcome: Outcome | None = None
+        try:
+            while (line := await lines.get()) is not None:
+                if not line.startswith(RECORD_PREFIX):
+                    continue  # the libraries' output: in the pod's log, not the service's
+                try:
+                    record = decode(line)
+                except ProtocolError as err:
+                    log.warning("job %s: unreadable progress line %r: %s", job.id, line[:300], err)
+                    continue
+                outcome = await self._on_record(job, record) or outcome
+        finally:
+            stop()
+        return outcome
+
+    async def _conclude_pod(self, job: TrainJob, outcome: Outcome | None, view: PodView) -> None:
+        if job.cancel_requested:
+            await self.table.finish(job, CANCELLED, _CANCELLED, grpc.StatusCode.CANCELLED)
+            return
+        if view.kind == "succeeded" and isinstance(outcome, Done):
+            prefix = podjob.output_prefix(job.id)
+            if not await asyncio.to_thread(is_complete, self.store, prefix):
+                raise JobFailed(f"the training pod ended without uploading its adapter to {prefix}")
+            output = await asyncio.to_thread(
+                download_dir, self.store, prefix, self.work_dir / job.id / "output"
+            )
+            await self._publish(job, output)  # returning, the core ends the job SUCCEEDED
+            return
+        if isinstance(outcome, Failure):
+            raise JobFailed(outcome.message, outcome.status)
+        if view.kind == "oom":
+            raise JobFailed(view.reason, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        if view.kind == "evicted":
+            raise JobFailed(view.reason, grpc.StatusCode.ABORTED)
+        raise JobFailed(view.reason or "the training pod ended without a result", grpc.StatusCode.INTERNAL)
 
     async def _spawn(self, work: Path) -> asyncio.subprocess.Process:
         env = {**os.environ, **_store_env(self.settings)}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from flywheel_common.settings import ServiceSettings
@@ -67,3 +68,43 @@ class TrainerSettings(ServiceSettings):
         description="Testing aid: sleep this long after every optimizer step, so tests can cancel, kill or "
         "restart a run of a tiny model mid-way. Leave at 0.",
     )
+    backend: Literal["local", "kubernetes"] = Field(
+        "local",
+        description="Where fine-tunes run. local: a training process beside the service. kubernetes: one "
+        "Kubernetes Job per fine-tune, made from job_template (needs the Role of the chart's rbac.yaml).",
+    )
+    job_namespace: str = Field(
+        "default",
+        description="kubernetes backend: namespace of the training Jobs (the chart: the release's).",
+    )
+    job_template: Path | None = Field(
+        None,
+        description="kubernetes backend: YAML file of the batch/v1 Job each fine-tune runs as (the chart's "
+        "trainer-job-template ConfigMap); its first container trains. Required with backend=kubernetes.",
+    )
+    job_image: str = Field(
+        "", description="kubernetes backend: image of the training container; empty keeps the template's."
+    )
+    job_gpus: int = Field(
+        1, ge=0, le=16, description="kubernetes backend: nvidia.com/gpu limit of the training container."
+    )
+    job_api_url: str = Field(
+        "",
+        description="kubernetes backend: URL of the Kubernetes API server without credentials (tests, "
+        "kubectl proxy); empty = the pod's service account, else the kubeconfig.",
+    )
+    job_poll_s: float = Field(
+        2.0, gt=0, le=60, description="kubernetes backend: seconds between two reads of a Job's pods."
+    )
+    job_id: str = Field(
+        "", description="run-job only: the fine-tune job this pod trains (set by the trainer in the Job)."
+    )
+
+    @model_validator(mode="after")
+    def _kubernetes_needs_a_template(self) -> Self:
+        if self.backend == "kubernetes" and self.job_template is None:
+            raise ValueError(
+                "FLYWHEEL_TRAINER_JOB_TEMPLATE is required with FLYWHEEL_TRAINER_BACKEND=kubernetes "
+                "(a YAML file of the batch/v1 Job to run each fine-tune as)"
+            )
+        return self
