@@ -373,7 +373,7 @@ def test_disruption_budgets_where_more_than_one_replica() -> None:
         p["metadata"]["labels"]["app.kubernetes.io/component"]
         for p in of_kind(objects("defaults"), "PodDisruptionBudget")
     }
-    assert budgets == {"gateway", "sandbox-runner", "trajectory-store"}
+    assert budgets == {"gateway", "sandbox-runner"}
     two = {
         p["metadata"]["labels"]["app.kubernetes.io/component"]
         for p in of_kind(objects("two-vllm-replicas"), "PodDisruptionBudget")
@@ -1095,3 +1095,25 @@ def test_sandbox_runner_delegated_is_not_privileged() -> None:
 def test_sandbox_runner_delegated_needs_its_own_user_namespace() -> None:
     with pytest.raises(HelmRenderError, match=r"cgroupAccess delegated needs sandboxRunner\.hostUsers false"):
         _chart_objects({"sandboxRunner": {"cgroupAccess": "delegated"}})
+
+
+# --- wiring a reviewer checks in the default install ------------------------------------------------
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_the_orchestrator_calls_the_gateway_with_its_master_key(values: str) -> None:
+    """Rollouts and evaluations go through the gateway: without its key every call would be 401."""
+    objs = objects(values)
+    gateway = env_of(containers(pod_spec(component(objs, "Deployment", "gateway")))[0])
+    orchestrator = env_of(containers(pod_spec(component(objs, "Deployment", "orchestrator")))[0])
+    key = orchestrator["FLYWHEEL_ORCHESTRATOR_GATEWAY_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == gateway["FLYWHEEL_GATEWAY_MASTER_KEY"]["valueFrom"]["secretKeyRef"]
+    assert "FLYWHEEL_GATEWAY_ADDRESS" in orchestrator
+
+
+def test_no_replicated_pod_local_index() -> None:
+    """Each trajectory-store pod keeps its own SQLite index: more than one would answer differently."""
+    store = component(objects("defaults"), "Deployment", "trajectory-store")
+    assert store["spec"]["replicas"] == 1
+    with pytest.raises(HelmRenderError, match=r"trajectoryStore\.replicas must be 1"):
+        _chart().render(values={"trajectoryStore": {"replicas": 2}}, name=RELEASE, namespace=NAMESPACE)
