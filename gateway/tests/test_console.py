@@ -169,3 +169,34 @@ def test_a_skill_optimisation_page_shows_steps_decisions_and_diffs() -> None:
     assert "baseline 50.0%, best 100.0%, final 100.0%" in html  # the TEST scores
     data = html.split('id="skill-data">', 1)[1].split("</script>", 1)[0]
     assert [p["candidate_score"] for p in json.loads(data)["points"]] == [0.75, 0.25]  # the chart's points
+
+
+class WaitingJobBackends(Backends):
+    """A QUEUED fine-tune whose pod waits for a GPU, in the shape GetFineTuneJob gives (a stand-in
+    for the trainer: the real page runs in tests/test_console_e2e.py)."""
+
+    async def job(self, job_id: str) -> dict:
+        reason = "waiting for a node (Unschedulable): 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+        return {
+            "id": job_id,
+            "state": "JOB_STATE_QUEUED",
+            "method": "FINE_TUNE_METHOD_SFT",
+            "status_message": reason,
+        }
+
+    async def history(self, job: dict) -> list:
+        return []
+
+
+def test_a_waiting_job_says_why_and_is_not_an_error() -> None:
+    async def nobody(key: str) -> None:
+        return None
+
+    app = ConsoleApp(MASTER, nobody, WaitingJobBackends(ServiceAddresses()))
+    page = TestClient(app).get("/console/jobs/ft-1", headers={"authorization": f"Bearer {MASTER}"})
+    assert page.status_code == 200, page.text
+    assert (
+        "waiting: waiting for a node (Unschedulable)" in page.text
+        and "Insufficient nvidia.com/gpu" in page.text
+    )
+    assert 'class="banner bad"' not in page.text

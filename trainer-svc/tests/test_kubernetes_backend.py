@@ -403,8 +403,9 @@ async def test_pending_job_is_queued_with_the_reason_and_cancel_deletes_it(
     fake, env = kube_env(lambda n: "unschedulable")
     async with _trainer(env, channel_to) as stub:
         job = (await stub.CreateFineTuneJob(S.CreateFineTuneJobRequest(job=sft_job("pending")))).job
-        waiting = await wait_for(stub, job.id, lambda j: UNSCHEDULABLE in j.error.message, limit_s=30)
-    assert waiting.state == QUEUED and "Unschedulable" in waiting.error.message
+        waiting = await wait_for(stub, job.id, lambda j: UNSCHEDULABLE in j.status_message, limit_s=30)
+    assert waiting.state == QUEUED and "Unschedulable" in waiting.status_message
+    assert not waiting.HasField("error")  # waiting for a GPU is not an error
     [manifest] = fake.created
     assert manifest["metadata"]["name"] == job.id.lower()
     pod = manifest["spec"]["template"]["spec"]
@@ -422,7 +423,7 @@ async def test_pending_job_is_queued_with_the_reason_and_cancel_deletes_it(
         await _until(lambda: fake.pod_lists > seen + 2, "the restarted trainer to read the Job's pods")
         assert len(fake.created) == 1  # re-attached, not a second Job
         again = (await stub.GetFineTuneJob(S.GetFineTuneJobRequest(job_id=job.id))).job
-        assert again.state == QUEUED and UNSCHEDULABLE in again.error.message
+        assert again.state == QUEUED and UNSCHEDULABLE in again.status_message
         await stub.CancelFineTuneJob(S.CancelFineTuneJobRequest(job_id=job.id))
         final = await wait_for(stub, job.id, lambda j: j.state in (SUCCEEDED, FAILED, CANCELLED), limit_s=30)
     assert final.state == CANCELLED

@@ -419,8 +419,8 @@ class JobManager:
                     job.resource.resume_count += 1  # a replacement pod: it resumes from the checkpoint
                     log.info("job %s: pod replaced by %s", job.id, pod.metadata.name)
                 current = pod.metadata.uid
-                if job.state != RUNNING or job.resource.HasField("error"):
-                    job.resource.ClearField("error")
+                if job.state != RUNNING or job.resource.status_message:
+                    job.resource.status_message = ""
                     await self._set_state(job, RUNNING)
                 outcome = await self._follow_pod(job, kube, pod.metadata.name)
                 view = pod_view(await asyncio.to_thread(kube.pod, pod.metadata.name))
@@ -434,14 +434,11 @@ class JobManager:
             raise  # a shutdown leaves the Job training; the next start re-attaches
 
     async def _waiting(self, job: TrainJob, reason: str) -> None:
-        """Keep the job QUEUED with why its pod is not running in ``error`` (cleared when it runs)."""
-        if job.state == QUEUED and job.resource.error.message == reason:
+        """Keep the job QUEUED with why its pod is not running in ``status_message`` (cleared when
+        it runs)."""
+        if job.state == QUEUED and job.resource.status_message == reason:
             return
-        job.resource.error.CopyFrom(
-            common_pb2.Error(
-                code=grpc.StatusCode.UNAVAILABLE.value[0], message=reason, details={"waiting": "true"}
-            )
-        )
+        job.resource.status_message = reason
         if job.state != QUEUED:
             await self._set_state(job, QUEUED)
         else:

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from google.protobuf import json_format
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -196,6 +197,10 @@ def _follow(stub: TrainerServiceStub, job_id: str) -> int:
         task = progress.add_task(job_id, total=None, state="…", steps="-", loss="-", lr="-", tps="-", eta="-")
         for update in stub.WatchFineTuneJob(pb.WatchFineTuneJobRequest(job_id=job_id)):
             if update.HasField("job"):
+                if update.job.status_message and update.job.status_message != (
+                    job.status_message if job else ""
+                ):
+                    progress.console.print(f"[yellow]waiting:[/] {escape(update.job.status_message)}")
                 job = update.job
                 total = job.progress.total_steps or None
                 progress.update(
