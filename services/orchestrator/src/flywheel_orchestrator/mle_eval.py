@@ -269,25 +269,6 @@ def search_chart_png(
     return buf.getvalue()
 
 
-async def _full_trajectories(runs: Any, run_id: str) -> list[tpb.Trajectory]:
-    found: list[tpb.Trajectory] = []
-    token = ""
-    while True:
-        reply = await runs.trajectories.ListTrajectories(
-            tpb.ListTrajectoriesRequest(
-                filter=tpb.TrajectoryFilter(run_ids=[run_id]),
-                view=tpb.TRAJECTORY_VIEW_FULL,
-                page_size=100,
-                page_token=token,
-            ),
-            timeout=runs.settings.trajectory_timeout_s,
-        )
-        found.extend(reply.trajectories)
-        token = reply.next_page_token
-        if not token:
-            return found
-
-
 async def search_report(runs: Any, e: epb.Evaluation) -> tuple[str, bytes | None]:
     """Evaluation ``e``'s search section (trees, metric per step) and chart; ("", None) without ML
     tasks. ``runs`` is the RunManager."""
@@ -295,7 +276,9 @@ async def search_report(runs: Any, e: epb.Evaluation) -> tuple[str, bytes | None
         return "", None
     suite = runs.catalog.get(e.suite)
     tasks = {t.id: t for t in suite.tasks.values() if isinstance(t, MlTask)} if suite is not None else {}
-    per_model = [(m.model, await _full_trajectories(runs, m.run_id)) for m in e.model_metrics if m.run_id]
+    per_model = [
+        (m.model, await runs._stored(m.run_id, tpb.TRAJECTORY_VIEW_FULL)) for m in e.model_metrics if m.run_id
+    ]
     md = trees_section(per_model)
     png = await asyncio.to_thread(search_chart_png, per_model, tasks)
     if md and png is not None:

@@ -321,15 +321,18 @@ class RunManager:
     def _launch(self, job: RunJob) -> None:
         self.table.launch(job, self._execute)
 
-    async def _stored(self, run_id: str) -> list[tpb.Trajectory]:
+    async def _stored(
+        self, run_id: str, view: tpb.TrajectoryView = tpb.TRAJECTORY_VIEW_BASIC
+    ) -> list[tpb.Trajectory]:
+        """Every stored trajectory of the run, all pages (FULL pages are kept smaller)."""
         out: list[tpb.Trajectory] = []
         token = ""
         while True:
             reply = await self.trajectories.ListTrajectories(
                 tpb.ListTrajectoriesRequest(
                     filter=tpb.TrajectoryFilter(run_ids=[run_id]),
-                    view=tpb.TRAJECTORY_VIEW_BASIC,
-                    page_size=500,
+                    view=view,
+                    page_size=100 if view == tpb.TRAJECTORY_VIEW_FULL else 500,
                     page_token=token,
                 ),
                 timeout=self.settings.trajectory_timeout_s,
