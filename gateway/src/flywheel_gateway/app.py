@@ -116,12 +116,9 @@ class GatewayApp:
         )
 
     async def close(self) -> None:
-        if self.console is not None:
-            await self.console.close()
         if self.aliases is not None:
             await self.aliases.close()
-        if self.fine_tuning is not None:
-            await self.fine_tuning.close()
+        # The console and the fine-tuning API hold nothing but this process's shared channels.
         await self.channels.close()
         await self.fast.close()
 
