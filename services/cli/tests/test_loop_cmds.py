@@ -94,6 +94,15 @@ def test_init_adapter_of_an_rl_loop_is_its_starting_policy(scripted_orchestrator
     assert loop.rl.init_adapter == "fixer/v4" and loop.init_adapter == ""
 
 
+def test_sft_tasks_of_an_rl_warm_start(scripted_orchestrator: Any) -> None:
+    loop = created(
+        scripted_orchestrator, "--kind", "rl", "--iterations", "2", "--sft-warm-start",
+        "--train-task", "a", "--sft-task", "a", "--sft-task", "b",
+    )  # fmt: skip
+    assert loop.rl.sft_warm_start and list(loop.rl.sft_task_ids) == ["a", "b"]
+    assert list(loop.train_task_ids) == ["a"]
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -165,14 +165,16 @@ def print_outcome(loop: lpb.Loop) -> None:
 class Follower:
     """Polls the loop and its current stage's job once a second and renders one table."""
 
-    def __init__(self, stack_addresses: dict[str, str], describe: Describe | None = None) -> None:
+    def __init__(
+        self, stack_addresses: dict[str, str], describe: Describe | None = None, state_dir: Path | None = None
+    ) -> None:
         self.addr = stack_addresses
         self.describe = describe
         # Addresses left empty (``flywheel loop show`` knows only the orchestrator's) get no
         # channel; their stage details are then left out.
         self._channels = contextlib.ExitStack()
         channels = {
-            name: self._channels.enter_context(rpc.channel(address))
+            name: self._channels.enter_context(rpc.channel(address, state_dir or rpc.DEFAULT_STATE_DIR))
             for name, address in stack_addresses.items()
             if address
         }
@@ -506,6 +508,8 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
         rl.eval_every = opts["eval_every"]
     if opts.get("sft_warm_start"):
         rl.sft_warm_start = True
+    if opts.get("sft_tasks"):
+        rl.sft_task_ids[:] = opts["sft_tasks"]
     if opts.get("init_adapter"):
         # RL loops start their policy from it; imitation loops their fine-tune.
         if loop.kind == lpb.LOOP_KIND_RL:
@@ -558,6 +562,12 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
     "--eval-every", type=int, default=0, help="RL: evaluate every M iterations (and after the last)."
 )
 @click.option("--sft-warm-start", is_flag=True, help="RL: SFT on reference demonstrations first.")
+@click.option(
+    "--sft-task",
+    "sft_tasks",
+    multiple=True,
+    help="RL: TRAIN task of the warm start's demonstrations (repeatable; default the --train-task ones).",
+)
 @click.option(
     "--init-adapter",
     default=None,
@@ -694,7 +704,8 @@ def loop_show(ctx: click.Context, loop_id: str, as_json: bool) -> None:
         click.echo(json_format.MessageToJson(lp, preserving_proto_field_name=True))
         return
     follower = Follower(
-        {"orchestrator": rpc.resolve(ctx, rpc.ORCHESTRATOR), "dataset-svc": "", "trainer-svc": ""}
+        {"orchestrator": rpc.resolve(ctx, rpc.ORCHESTRATOR), "dataset-svc": "", "trainer-svc": ""},
+        state_dir=ctx.obj["state_dir"],
     )
     try:
         out.print(follower.table(lp))

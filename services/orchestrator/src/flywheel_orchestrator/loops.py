@@ -49,6 +49,7 @@ from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_common import aliases as alias_table
+from flywheel_common import auth
 from flywheel_common.errors import FailedPrecondition, FlywheelError, InvalidArgument, Unavailable
 from flywheel_common.events import Event, EventBus
 from flywheel_common.jobs import (
@@ -307,8 +308,8 @@ class LoopManager:
 
     async def start(self) -> None:
         self._channels = [
-            grpc.aio.insecure_channel(self.settings.dataset_address),
-            grpc.aio.insecure_channel(self.settings.trainer_address),
+            auth.channel(self.settings.dataset_address, token=self.settings.auth.token()),
+            auth.channel(self.settings.trainer_address, token=self.settings.auth.token()),
         ]
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channels[0])
         self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels[1])
@@ -383,7 +384,9 @@ class LoopManager:
             except InvalidArgument as err:
                 raise InvalidArgument(f"{path}.joint.skill_optimization", str(err)) from None
         elif loop.HasField("joint"):
-            raise InvalidArgument(f"{path}.joint", "only for loops of kind SKILL_THEN_LORA or LORA_THEN_SKILL")
+            raise InvalidArgument(
+                f"{path}.joint", "only for loops of kind SKILL_THEN_LORA or LORA_THEN_SKILL"
+            )
         if loop.kind == S.LOOP_KIND_RL:
             validate_rl(loop, self.settings.max_rollouts_per_task, path)
             if loop.teacher_model or loop.teacher_kind not in (0, tpb.TEACHER_KIND_MODEL):
@@ -392,8 +395,15 @@ class LoopManager:
                     "an RL loop rolls out its own policy (the base, rl.init_adapter or the warm start): "
                     "leave teacher_kind and teacher_model unset",
                 )
+            if loop.rl.sft_task_ids and not loop.rl.sft_warm_start:
+                raise InvalidArgument(f"{path}.rl.sft_task_ids", "only with rl.sft_warm_start")
             if loop.rl.sft_warm_start:
-                check.teacher(tpb.TEACHER_KIND_REFERENCE, "", train, path, "rl.sft_warm_start")
+                warm = train
+                if loop.rl.sft_task_ids:
+                    warm = check.tasks(
+                        suite, common_pb2.TASK_SPLIT_TRAIN, loop.rl.sft_task_ids, path, "rl.sft_task_ids"
+                    )
+                check.teacher(tpb.TEACHER_KIND_REFERENCE, "", warm, path, "rl.sft_warm_start")
         else:
             if loop.HasField("rl"):
                 raise InvalidArgument(f"{path}.rl", "only for loops of kind RL")
@@ -466,7 +476,9 @@ class LoopManager:
             )
         if clean.kind in joint.KINDS:  # the starting skill S0, stored now and named by id
             start = clean.joint.skill_optimization.initial_skill
-            start.skill_id = await self.runs.resolve_skill(start, "loop.joint.skill_optimization.initial_skill")
+            start.skill_id = await self.runs.resolve_skill(
+                start, "loop.joint.skill_optimization.initial_skill"
+            )
         return await self._create(clean, request_id)
 
     async def _create(self, clean: lpb.Loop, request_id: str) -> lpb.Loop:

@@ -90,6 +90,11 @@ def validate(loop: lpb.Loop, max_rollouts: int, path: str = "loop") -> None:
         )
 
 
+def warm_start_tasks(loop: lpb.Loop) -> list[str]:
+    """The TRAIN tasks of the warm start's demonstrations (empty: the whole TRAIN side)."""
+    return list(loop.rl.sft_task_ids or loop.train_task_ids)
+
+
 def reward_spread(results: list[run_pb2.EpisodeResult]) -> bool:
     """Whether some task's unmasked episodes got different rewards (else GRPO has nothing to learn)."""
     by_task: dict[str, set[float]] = defaultdict(set)
@@ -185,7 +190,7 @@ class RlStages:
             )
         run.suite = loop.suite
         run.split = common_pb2.TASK_SPLIT_TRAIN
-        run.task_ids.extend(loop.train_task_ids)
+        run.task_ids.extend(warm_start_tasks(loop) if index == 0 else loop.train_task_ids)
         run.episode.CopyFrom(episode)
         run.concurrency = loop.concurrency
         run.labels.update({**loop.labels, "rl_iteration": str(index)})
@@ -266,7 +271,8 @@ class RlStages:
         from flywheel_orchestrator.suites import IoTask
 
         suite = self.m.runs.catalog.get(loop.suite)
-        chosen = [suite.tasks[t] for t in loop.train_task_ids] if suite and loop.train_task_ids else []
+        ids = warm_start_tasks(loop)
+        chosen = [suite.tasks[t] for t in ids] if suite and ids else []
         if suite and not chosen:
             chosen = [t for t in suite.tasks.values() if t.split == common_pb2.TASK_SPLIT_TRAIN]
         if chosen and all(isinstance(t, IoTask) for t in chosen):

@@ -230,7 +230,7 @@ class JointArm(_message.Message):
     def __init__(self, kind: _Optional[_Union[JointArmKind, str]] = ..., model: _Optional[str] = ..., skill_id: _Optional[str] = ..., run_id: _Optional[str] = ..., episodes: _Optional[int] = ..., resolved: _Optional[int] = ..., pass_rate: _Optional[float] = ..., gain: _Optional[float] = ..., spend: _Optional[_Union[JointSpend, _Mapping]] = ..., parse_errors_per_episode: _Optional[float] = ..., write_rate: _Optional[float] = ...) -> None: ...
 
 class RlLoopConfig(_message.Message):
-    __slots__ = ("iterations", "samples_per_task", "eval_every", "sft_warm_start", "sft_hyperparameters", "init_adapter", "temperature")
+    __slots__ = ("iterations", "samples_per_task", "eval_every", "sft_warm_start", "sft_hyperparameters", "init_adapter", "temperature", "sft_task_ids")
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_PER_TASK_FIELD_NUMBER: _ClassVar[int]
     EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +238,7 @@ class RlLoopConfig(_message.Message):
     SFT_HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
     INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SFT_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     iterations: int
     samples_per_task: int
     eval_every: int
@@ -245,7 +246,8 @@ class RlLoopConfig(_message.Message):
     sft_hyperparameters: _trainer_pb2.Hyperparameters
     init_adapter: str
     temperature: float
-    def __init__(self, iterations: _Optional[int] = ..., samples_per_task: _Optional[int] = ..., eval_every: _Optional[int] = ..., sft_warm_start: _Optional[bool] = ..., sft_hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., init_adapter: _Optional[str] = ..., temperature: _Optional[float] = ...) -> None: ...
+    sft_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, iterations: _Optional[int] = ..., samples_per_task: _Optional[int] = ..., eval_every: _Optional[int] = ..., sft_warm_start: _Optional[bool] = ..., sft_hyperparameters: _Optional[_Union[_trainer_pb2.Hyperparameters, _Mapping]] = ..., init_adapter: _Optional[str] = ..., temperature: _Optional[float] = ..., sft_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RlIteration(_message.Message):
     __slots__ = ("index", "policy_model", "policy", "run_id", "dataset_build_id", "dataset_id", "fine_tune_job_id", "adapter", "episodes", "masked_episodes", "reward_mean", "reward_std", "train_pass_rate", "evaluation_id", "eval_pass_rate", "eval_baseline_pass_rate", "stage", "state", "train_metrics")
