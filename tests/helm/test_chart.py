@@ -484,7 +484,7 @@ def test_training_jobs_request_gpus_and_use_a_namespaced_role() -> None:
     assert spec["containers"][0]["resources"]["limits"][GPU] == 2
     assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
-    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["backoffLimit"] == 3
     job_env = env_of(spec["containers"][0])
     assert job_env["FLYWHEEL_OBJECT_STORE_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretKey"
 
@@ -518,6 +518,28 @@ def test_training_jobs_request_gpus_and_use_a_namespaced_role() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": trainer["serviceAccountName"], "namespace": NAMESPACE}
     ]
+
+
+def test_a_lost_training_pod_is_replaced_but_a_no_retry_exit_fails_the_job() -> None:
+    """Disruptions (the DisruptionTarget condition) do not count against backoffLimit; the
+    worker's no-retry exit statuses (the same list as flywheel_trainer.protocol's) fail the Job."""
+    from flywheel_trainer.protocol import NO_RETRY_EXIT_STATUSES
+
+    job = next(o for o in objects("trainer-jobs") if o["kind"] == "Job")
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    ignore, fail = job["spec"]["podFailurePolicy"]["rules"]
+    assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert fail["action"] == "FailJob" and not fail["onPodConditions"]
+    assert fail["onExitCodes"] == {
+        "containerName": job["spec"]["template"]["spec"]["containers"][0]["name"],
+        "operator": "In",
+        "values": sorted(NO_RETRY_EXIT_STATUSES),
+    }
+    tuned = _chart().render(
+        values={"trainer": {"job": {"backoffLimit": 0}}}, name=RELEASE, namespace=NAMESPACE
+    )
+    config = next(t for path, t in tuned.items() if path.endswith("trainer-job-template.yaml"))
+    assert yaml.safe_load(yaml.safe_load(config)["data"]["job.yaml"])["spec"]["backoffLimit"] == 0
 
 
 def test_the_trainer_makes_its_jobs_from_the_rendered_template(tmp_path: Path) -> None:

@@ -283,6 +283,11 @@ props = {
                     "priorityClassName": s(
                         "PriorityClass of training pods; empty for the cluster's default."
                     ),
+                    "backoffLimit": i(
+                        "Failed pods the Job replaces before it fails (disruptions not counted).",
+                        minimum=0,
+                        maximum=20,
+                    ),
                     "ttlSecondsAfterFinished": i("Seconds a finished Job is kept.", minimum=0),
                     "activeDeadlineSeconds": i("Seconds a Job may run (0: no limit).", minimum=0),
                 },

@@ -376,9 +376,14 @@ class JobManager:
         pods until one ends, then publish the adapter it uploaded, or fail with the pod's reason.
 
         A pending pod keeps the job QUEUED with the scheduler's reason in ``error``; a running one
-        makes it RUNNING and its log is applied as the local process's stdout is; a pod that goes
-        while the Job lives is replaced by the Job controller, and the new pod resumes from the
-        newest checkpoint (``resume_count`` + 1). A shutdown leaves the Job training.
+        makes it RUNNING and its log is applied as the local process's stdout is. A pod that ends
+        with a Failure record fails the job (the Job fails too: podFailurePolicy FailJob on the
+        worker's no-retry exit statuses); an OOMKilled or node-pressure-evicted pod fails it with
+        that reason and the Job is deleted (a new pod would fail the same way). A pod that goes or
+        fails otherwise (preempted, drained, its node lost, a crash) is replaced by the Job
+        controller (disruptions are not counted against ``backoffLimit``), and the new pod resumes
+        from the newest checkpoint (``resume_count`` + 1); the job fails when the Job does. A
+        shutdown leaves the Job training.
         """
         spec = self._spec(job).model_dump_json(indent=2).encode()
         await asyncio.to_thread(
@@ -393,6 +398,7 @@ class JobManager:
         else:
             log.info("job %s: re-attached to its Kubernetes Job", job.id)
         current = ""  # uid of the pod followed last
+        ended: set[str] = set()  # uids of pods that failed and that the Job controller replaces
         try:
             while True:
                 kjob = await asyncio.to_thread(kube.get, job.id)
@@ -415,6 +421,13 @@ class JobManager:
                     await self._waiting(job, view.reason)
                     await asyncio.sleep(self.settings.job_poll_s)
                     continue
+                if pod.metadata.uid in ended:  # its replacement is not there yet, or the Job failed
+                    failure = job_failure(kjob)
+                    if failure:
+                        raise JobFailed(f"{view.reason}; {failure}", grpc.StatusCode.ABORTED)
+                    await self._waiting(job, f"{view.reason}; waiting for the Kubernetes Job to replace it")
+                    await asyncio.sleep(self.settings.job_poll_s)
+                    continue
                 if current and pod.metadata.uid != current:
                     job.resource.resume_count += 1  # a replacement pod: it resumes from the checkpoint
                     log.info("job %s: pod replaced by %s", job.id, pod.metadata.name)
@@ -426,6 +439,18 @@ class JobManager:
                 view = pod_view(await asyncio.to_thread(kube.pod, pod.metadata.name))
                 if view.kind in ("running", "gone", "pending"):
                     continue  # the log broke off, or the pod went: read the Job's pods again
+                if view.kind in ("oom", "evicted") and not job.cancel_requested:
+                    # The Job would make a new pod (neither counts as a no-retry failure): delete it.
+                    await asyncio.shield(asyncio.to_thread(kube.delete, job.id))
+                    raise JobFailed(view.reason, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                if (
+                    view.kind in ("failed", "disrupted")
+                    and not job.cancel_requested
+                    and not isinstance(outcome, Failure)
+                ):
+                    log.info("job %s: %s; the Kubernetes Job replaces the pod", job.id, view.reason)
+                    ended.add(pod.metadata.uid)
+                    continue
                 await self._conclude_pod(job, outcome, view)
                 return
         except asyncio.CancelledError:
@@ -483,10 +508,8 @@ class JobManager:
             return
         if isinstance(outcome, Failure):
             raise JobFailed(outcome.message, outcome.status)
-        if view.kind == "oom":
+        if view.kind in ("oom", "evicted"):
             raise JobFailed(view.reason, grpc.StatusCode.RESOURCE_EXHAUSTED)
-        if view.kind == "evicted":
-            raise JobFailed(view.reason, grpc.StatusCode.ABORTED)
         raise JobFailed(view.reason or "the training pod ended without a result", grpc.StatusCode.INTERNAL)
 
     async def _spawn(self, work: Path) -> asyncio.subprocess.Process:

@@ -7,7 +7,10 @@ pods (how the service finds them), ``FLYWHEEL_TRAINER_JOB_ID`` in the first cont
 image (``job_image``) and the ``nvidia.com/gpu`` limit (``job_gpus``). Tolerations, node selector,
 priority class and the rest come from the template as they are.
 
-:func:`pod_view` reads a pod's status as the states the service acts on (see the trainer's README).
+:func:`pod_view` reads a pod's status as the states the service acts on (see the trainer's README):
+an OOMKilled container or a node-pressure eviction ends the job (a new pod would fail the same way);
+any other disruption (``DisruptionTarget``) or failure leaves it to the Job controller to replace the
+pod, up to the Job's ``backoffLimit``, and the new pod resumes from the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -33,7 +36,17 @@ _STUCK = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CrashLoopBackOff"}
 )
 
-PodKind = Literal["pending", "running", "succeeded", "failed", "oom", "evicted", "gone"]
+#: The pod condition every disruption sets (Kubernetes ≥ 1.26): its reason is PreemptionByScheduler,
+#: EvictionByEvictionAPI (a drain), DeletionByTaintManager (a NoExecute taint, node loss),
+#: DeletionByPodGC (the node is gone) or TerminationByKubelet (node-pressure eviction, graceful node
+#: shutdown, preemption for a critical pod). The chart's Job ignores these pods' failures
+#: (podFailurePolicy), so the Job controller replaces the pod without counting it.
+DISRUPTION_TARGET = "DisruptionTarget"
+TERMINATION_BY_KUBELET = "TerminationByKubelet"
+#: The start of the kubelet's node-pressure eviction message ("The node was low on resource: memory. …").
+_PRESSURE = "low on resource"
+
+PodKind = Literal["pending", "running", "succeeded", "failed", "disrupted", "oom", "evicted", "gone"]
 
 
 @dataclass(frozen=True)
@@ -194,8 +207,10 @@ def pod_view(pod: client.V1Pod | None) -> PodView:
         return PodView("gone", "the pod is being deleted")
     statuses = (status.container_statuses or []) if status is not None else []
     if phase == "Failed":
-        if status.reason == "Evicted":
-            return PodView("evicted", f"the training pod was evicted: {status.message or 'no message'}")
+        disruption = next(
+            (c for c in status.conditions or [] if c.type == DISRUPTION_TARGET and c.status == "True"),
+            None,
+        )
         for cs in statuses:
             term = cs.state.terminated if cs.state is not None else None
             if term is not None and term.reason == "OOMKilled":
@@ -204,6 +219,26 @@ def pod_view(pod: client.V1Pod | None) -> PodView:
                     f"the training container was OOMKilled (exit code {term.exit_code}): it needs more than "
                     "the memory limit of the Job template (trainer.job.resources in the chart)",
                 )
+        # A node-pressure eviction: the kubelet sets reason Evicted (and, since 1.26, DisruptionTarget
+        # with reason TerminationByKubelet and the same message). The pod used more of the node's
+        # memory (or disk) than it requested; a new pod would be evicted again.
+        pressure = (
+            disruption is not None
+            and disruption.reason == TERMINATION_BY_KUBELET
+            and (_PRESSURE in (disruption.message or ""))
+        )
+        if status.reason == "Evicted" or pressure:
+            message = status.message or (disruption.message if disruption is not None else "") or "no message"
+            return PodView(
+                "evicted",
+                f"the training pod was evicted by the kubelet: {message} (raise trainer.job.resources.requests "
+                "in the chart to what the training uses)",
+            )
+        if disruption is not None:  # preempted, drained, its node lost or shut down: a new pod resumes
+            return PodView(
+                "disrupted",
+                f"the training pod was disrupted ({disruption.reason}): {disruption.message or 'no message'}",
+            )
         for cs in statuses:
             term = cs.state.terminated if cs.state is not None else None
             if term is not None:

@@ -7,8 +7,11 @@ worker (:mod:`flywheel_trainer.worker`, which resumes from the job's newest chec
 and uploads every new one) with its progress records on the pod's stdout, where the service reads
 them from the pod's log, and, once the worker has trained the adapter, uploads it to
 :func:`output_prefix` for the service to publish. The exit status is the worker's (non-zero when
-the upload failed), so the pod's phase tells the service how it ended. SIGTERM (a deleted Job or
-pod) is passed to the worker, which stops at the next step boundary.
+the upload failed), so the pod's phase tells the service how it ended, and the Job's
+``podFailurePolicy`` whether a new pod may try again (``protocol.NO_RETRY_EXIT_STATUSES``: bad
+input, a crash, out of memory, diverged training; any other failure, a failed upload included, is
+retried up to the Job's ``backoffLimit`` and resumes from the checkpoint). SIGTERM (a deleted Job
+or pod, a preemption, a drain) is passed to the worker, which stops at the next step boundary.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from flywheel_common.objectstore import open_object_store
-from flywheel_trainer.protocol import Spec
+from flywheel_trainer.protocol import EXIT_NOT_CONFIGURED, Spec
 from flywheel_trainer.settings import TrainerSettings
 from flywheel_trainer.storeio import upload_dir
 
@@ -39,7 +42,7 @@ def main() -> int:
     settings = TrainerSettings()
     if not settings.job_id:
         print("run-job: FLYWHEEL_TRAINER_JOB_ID is not set (the trainer sets it in the Job)", file=sys.stderr)
-        return 2
+        return EXIT_NOT_CONFIGURED
     store = open_object_store(settings.object_store)
     spec = Spec.model_validate_json(store.get_bytes(spec_key(settings.job_id)))
     job_dir = settings.state_dir / "work" / settings.job_id

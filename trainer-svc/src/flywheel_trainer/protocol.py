@@ -168,6 +168,42 @@ Record = Device | Resuming | Plan | Log | Checkpoint | Done | Failure | Stopped
 #: The records that end a job's process.
 Outcome = Done | Failure | Stopped
 
+# Exit statuses of a training process (the worker, and ``run-job``, which passes the worker's on).
+# The service reads the records, not these; the chart's Job template does: a status in
+# NO_RETRY_EXIT_STATUSES fails the Kubernetes Job at once (podFailurePolicy FailJob) because a new
+# pod would fail the same way, and any other non-zero status counts against the Job's backoffLimit,
+# its next pod resuming from the newest checkpoint.
+EXIT_DONE = 0
+EXIT_CRASHED = 2  #: an unexpected exception, reported as a Failure record (INTERNAL)
+EXIT_BAD_INPUT = 3  #: a Failure of the job's input or settings (bad dataset, unknown base model, …)
+EXIT_STOPPED = 5  #: SIGTERM: stopped at a step boundary (a retry resumes from the checkpoint)
+EXIT_OUT_OF_MEMORY = 6  #: the accelerator ran out of memory (RESOURCE_EXHAUSTED)
+EXIT_DIVERGED = 7  #: the training diverged: non-finite gradients step after step (ABORTED)
+EXIT_NOT_CONFIGURED = 8  #: ``run-job`` started without FLYWHEEL_TRAINER_JOB_ID
+NO_RETRY_EXIT_STATUSES = (
+    EXIT_CRASHED,
+    EXIT_BAD_INPUT,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_DIVERGED,
+    EXIT_NOT_CONFIGURED,
+)
+
+
+def exit_status(outcome: Outcome) -> int:
+    """The exit status of a training process that ended with ``outcome``."""
+    if isinstance(outcome, Done):
+        return EXIT_DONE
+    if isinstance(outcome, Stopped):
+        return EXIT_STOPPED
+    if outcome.status == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return EXIT_OUT_OF_MEMORY
+    if outcome.status == grpc.StatusCode.ABORTED:
+        return EXIT_DIVERGED
+    if outcome.status == grpc.StatusCode.INTERNAL:
+        return EXIT_CRASHED
+    return EXIT_BAD_INPUT
+
+
 _RECORD: TypeAdapter[Record] = TypeAdapter(Annotated[Record, Field(discriminator="type")])
 
 

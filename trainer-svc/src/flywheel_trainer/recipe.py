@@ -51,12 +51,11 @@ from flywheel_trainer.protocol import (
     Resuming,
     Spec,
     Stopped,
+    exit_status,
 )
 
 log = logging.getLogger("flywheel.trainer.recipe")
 
-#: The worker's exit status for each outcome (the service reads the records, not these).
-EXIT_STATUS = {Done: 0, Failure: 3, Stopped: 5}
 #: Checkpoints of a job kept in the object store (cancel and failures keep them too).
 KEEP_CHECKPOINTS = 2
 #: Optimizer steps in a row whose gradients were not finite (each skipped) before the job fails.
@@ -401,7 +400,7 @@ def run(job_dir: Path, stop: threading.Event, emit: Callable[[Record], None]) ->
     finally:
         recipe.cleanup(outcome)
     emit(outcome)
-    return EXIT_STATUS[type(outcome)]
+    return exit_status(outcome)  # the exit statuses are protocol.py's: the chart's Job reads them
 
 
 def _reporter(recipe: Recipe) -> Any:

@@ -24,7 +24,7 @@ import grpc
 
 from flywheel_common.procs import die_with_parent
 from flywheel_trainer import recipe
-from flywheel_trainer.protocol import Failure, Record, encode
+from flywheel_trainer.protocol import Failure, Record, encode, exit_status
 
 
 def _record_channel() -> TextIO:
@@ -57,10 +57,11 @@ def main() -> int:
         traceback.print_exc()  # into worker.log as well
         message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
         oom = "out of memory" in message.lower()
-        emit(
-            Failure.of(grpc.StatusCode.RESOURCE_EXHAUSTED if oom else grpc.StatusCode.INTERNAL, message[:500])
+        failure = Failure.of(
+            grpc.StatusCode.RESOURCE_EXHAUSTED if oom else grpc.StatusCode.INTERNAL, message[:500]
         )
-        return 2
+        emit(failure)
+        return exit_status(failure)
 
 
 if __name__ == "__main__":
