@@ -7,6 +7,9 @@ endpoint) without copying them.
 
 pytest_plugins = [
     "flywheel_testing.nats",
+    "flywheel_testing.postgres",
     "flywheel_testing.s3",
     "flywheel_testing.services",
+    # After s3: it imports flywheel_testing.s3, which must be registered (assert-rewritten) first.
+    "flywheel_testing.containers",
 ]

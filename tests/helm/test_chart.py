@@ -71,6 +71,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "modelServer": {"replicas": 3},
     },
     "postgres-on": {"postgres": {"enabled": True}},
+    "store-replicas-on-postgres": {
+        "trajectoryStore": {"replicas": 3, "database": {"existingSecret": "store-db", "urlKey": "dsn"}}
+    },
     "external-nats": {"nats": {"enabled": False}, "externalNats": {"url": "nats://nats.messaging:4222"}},
     "sandbox-object-store": {
         "minio": {"enabled": False},
@@ -1133,9 +1136,61 @@ def test_the_orchestrator_calls_the_gateway_with_its_master_key(values: str) -> 
     assert "FLYWHEEL_GATEWAY_ADDRESS" in orchestrator
 
 
+def _store(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The trajectory store's Deployment and its container's environment, rendered from ``values``."""
+    store = component(_chart_objects(values), "Deployment", "trajectory-store")
+    return store, env_of(store["spec"]["template"]["spec"]["containers"][0])
+
+
 def test_no_replicated_pod_local_index() -> None:
-    """Each trajectory-store pod keeps its own SQLite index: more than one would answer differently."""
-    store = component(objects("defaults"), "Deployment", "trajectory-store")
+    """Without PostgreSQL the index is SQLite on each pod's emptyDir: one replica, and the chart
+    refuses more with the reason and the way out."""
+    store, env = _store({})
     assert store["spec"]["replicas"] == 1
-    with pytest.raises(HelmRenderError, match=r"trajectoryStore\.replicas must be 1"):
-        _chart().render(values={"trajectoryStore": {"replicas": 2}}, name=RELEASE, namespace=NAMESPACE)
+    assert not any(name.startswith("FLYWHEEL_TRAJECTORY_DATABASE") for name in env)
+    for values in (
+        {"trajectoryStore": {"replicas": 2}},
+        # The chart's PostgreSQL runs, but the store is told not to use it.
+        {
+            "trajectoryStore": {"replicas": 2, "database": {"useBundledPostgres": False}},
+            "postgres": {"enabled": True},
+        },
+    ):
+        with pytest.raises(
+            HelmRenderError,
+            match=r"trajectoryStore\.replicas must be 1 with the SQLite index.*trajectoryStore\.database\.existingSecret",
+        ):
+            _chart().render(values=values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_the_store_shares_a_postgres_index_from_a_secret_and_then_scales() -> None:
+    store, env = _store(VALUE_SETS["store-replicas-on-postgres"])
+    assert store["spec"]["replicas"] == 3
+    assert env["FLYWHEEL_TRAJECTORY_DATABASE_URL"] == {
+        "name": "FLYWHEEL_TRAJECTORY_DATABASE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "store-db", "key": "dsn"}},
+    }
+    assert env["FLYWHEEL_TRAJECTORY_DATABASE_SCHEMA"]["value"] == "trajectory_store"
+    assert "POSTGRES_PASSWORD" not in env
+    # More than one pod: a disruption budget, as for every replicated component.
+    budgets = of_kind(objects("store-replicas-on-postgres"), "PodDisruptionBudget")
+    assert any(b["metadata"]["labels"]["app.kubernetes.io/component"] == "trajectory-store" for b in budgets)
+
+
+def test_the_store_uses_the_bundled_postgres_when_it_runs() -> None:
+    store, env = _store({"postgres": {"enabled": True}, "trajectoryStore": {"replicas": 2}})
+    assert store["spec"]["replicas"] == 2
+    pg = f"{RELEASE}-flywheel-postgres"
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": pg, "key": "password"}
+    # The password stays in the Secret: Kubernetes expands $(POSTGRES_PASSWORD) in the pod.
+    assert env["FLYWHEEL_TRAJECTORY_DATABASE_URL"]["value"] == (
+        f"postgresql://litellm:$(POSTGRES_PASSWORD)@{pg}:5432/litellm"
+    )
+    names = list(env)
+    assert names.index("POSTGRES_PASSWORD") < names.index("FLYWHEEL_TRAJECTORY_DATABASE_URL")
+    # A Secret of your own wins over the bundled database.
+    _, env = _store(
+        {"postgres": {"enabled": True}, "trajectoryStore": {"database": {"existingSecret": "mine"}}}
+    )
+    assert env["FLYWHEEL_TRAJECTORY_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "mine"
+    assert "POSTGRES_PASSWORD" not in env

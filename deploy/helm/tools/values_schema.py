@@ -244,7 +244,19 @@ props = {
             ),
         },
     ),
-    "trajectoryStore": grpc_service("Trajectory store."),
+    "trajectoryStore": grpc_service(
+        "Trajectory store.",
+        {
+            "database": obj(
+                {
+                    "existingSecret": s("Secret with the PostgreSQL URL of the index."),
+                    "urlKey": s("Key of the URL.", minLength=1),
+                    "useBundledPostgres": b("Use the chart's PostgreSQL when it runs."),
+                    "schema": s("Schema of the index.", pattern="^[a-z_][a-z0-9_]{0,62}$"),
+                }
+            )
+        },
+    ),
     "datasetSvc": grpc_service("Dataset builder."),
     "trainer": grpc_service(
         "Trainer.",

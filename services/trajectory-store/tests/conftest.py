@@ -163,6 +163,18 @@ def backend_env(
     }
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def index_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The listing index: SQLite (no extra variables) or PostgreSQL on a fresh schema of the
+    session's test database (``flywheel_testing.postgres``; fails, never skips, without one)."""
+    if request.param == "sqlite":
+        return {}
+    return {
+        "FLYWHEEL_TRAJECTORY_DATABASE_URL": request.getfixturevalue("postgres_database"),
+        "FLYWHEEL_TRAJECTORY_DATABASE_SCHEMA": request.getfixturevalue("postgres_schema"),
+    }
+
+
 async def stored_events(nats_url: str, wait_s: float = 1.0) -> list[tuple[str, events_pb2.TrajectoryStored]]:
     """Every `flywheel.trajectory.stored` message in the stream: (msg id, payload)."""
     nc = await nats.connect(nats_url)

@@ -1,4 +1,5 @@
-"""The TrajectoryService over real gRPC, on the filesystem backend and on S3 (moto)."""
+"""The TrajectoryService over real gRPC, on the filesystem backend and on S3 (moto), with the
+SQLite index and with the PostgreSQL one (``index_env``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from flywheel.common.v1 import common_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel_common.events import EventBus
 from flywheel_common.objectstore import open_object_store
-from flywheel_trajectory.index import TrajectoryIndex
+from flywheel_trajectory.index import SqliteIndex
+from flywheel_trajectory.pg_index import PostgresIndex
 from flywheel_trajectory.service import INDEX_FILE
 from flywheel_trajectory.settings import TrajectorySettings
 from flywheel_trajectory.store import rebuild_index
@@ -39,6 +41,8 @@ async def _batch(stub, trajectories):
 
 
 def _rebuilt_equals_live(env: dict[str, str], index_dir: Path, tmp_path: Path) -> tuple[list, list]:
+    """The live index's rows, and those of an index rebuilt from the objects alone (a fresh SQLite
+    file, or a fresh schema beside the live one on PostgreSQL)."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -50,18 +54,29 @@ def _rebuilt_equals_live(env: dict[str, str], index_dir: Path, tmp_path: Path) -
             else:
                 os.environ[k] = v
     objects = open_object_store(store_settings)
+    url = env.get("FLYWHEEL_TRAJECTORY_DATABASE_URL")
+    if url:
+        schema = env["FLYWHEEL_TRAJECTORY_DATABASE_SCHEMA"]
+        live_index, fresh = PostgresIndex(url, schema), PostgresIndex(url, f"{schema}_rebuilt")
+        try:
+            rebuild_index(objects, fresh, {})
+            return list(live_index.dump()), list(fresh.dump())
+        finally:
+            fresh.drop_schema()
+            live_index.close()
+            fresh.close()
     rebuilt_path = tmp_path / "rebuilt.sqlite"
     rebuild_index(objects, rebuilt_path, {})
-    live = list(TrajectoryIndex(index_dir / INDEX_FILE).dump())
-    rebuilt = list(TrajectoryIndex(rebuilt_path).dump())
+    live = list(SqliteIndex(index_dir / INDEX_FILE).dump())
+    rebuilt = list(SqliteIndex(rebuilt_path).dump())
     return live, rebuilt
 
 
 async def test_round_trip_every_field_and_unknown_fields(
-    backend_env: dict[str, str], tmp_path: Path, event_bus: EventBus, nats_url: str
+    backend_env: dict[str, str], index_env: dict[str, str], tmp_path: Path, event_bus: EventBus, nats_url: str
 ) -> None:
     sent = full_trajectory("traj-1")
-    async with running(backend_env, tmp_path / "idx") as svc:
+    async with running({**backend_env, **index_env}, tmp_path / "idx") as svc:
         reply = await svc.stub.PutTrajectory(pb.PutTrajectoryRequest(trajectory=sent))
         assert reply.created
         assert not reply.trajectory.steps and reply.trajectory.id == "traj-1"  # BASIC view
@@ -99,10 +114,10 @@ async def test_round_trip_every_field_and_unknown_fields(
 
 
 async def test_idempotent_put_and_conflict(
-    service_env: dict[str, str], tmp_path: Path, event_bus: EventBus, nats_url: str
+    service_env: dict[str, str], index_env: dict[str, str], tmp_path: Path, event_bus: EventBus, nats_url: str
 ) -> None:
     t = full_trajectory("traj-2")
-    async with running(service_env, tmp_path / "idx") as svc:
+    async with running({**service_env, **index_env}, tmp_path / "idx") as svc:
         first = await svc.stub.PutTrajectory(pb.PutTrajectoryRequest(trajectory=t))
         again = await svc.stub.PutTrajectory(pb.PutTrajectoryRequest(trajectory=t))
         assert first.created and not again.created
@@ -140,12 +155,14 @@ async def test_idempotent_put_and_conflict(
 
 
 async def test_concurrent_writers(
-    service_env: dict[str, str], tmp_path: Path, event_bus: EventBus, nats_url: str
+    service_env: dict[str, str], index_env: dict[str, str], tmp_path: Path, event_bus: EventBus, nats_url: str
 ) -> None:
     """Eight writers at once: overlapping identical puts are stored once; of conflicting ones one wins.
 
     With the default writer processes, so two processes race on the same ids."""
-    async with running(service_env, tmp_path / "idx", write_processes=2, batch_chunk=16) as svc:
+    async with running(
+        {**service_env, **index_env}, tmp_path / "idx", write_processes=2, batch_chunk=16
+    ) as svc:
         shared = [full_trajectory(f"shared-{i}", run_id="run-c") for i in range(20)]
         racers = []
         for w in range(8):
@@ -180,9 +197,9 @@ async def _all_ids(stub, flt: pb.TrajectoryFilter, page_size: int = 7):
 
 
 async def test_filters_pagination_under_concurrent_writes_and_rebuild(
-    backend_env: dict[str, str], tmp_path: Path
+    backend_env: dict[str, str], index_env: dict[str, str], tmp_path: Path
 ) -> None:
-    async with running(backend_env, tmp_path / "idx") as svc:
+    async with running({**backend_env, **index_env}, tmp_path / "idx") as svc:
         base = []
         for i in range(30):
             t = full_trajectory(f"p-{i:02d}", run_id="run-p" if i % 2 else "run-q", resolved=i % 3 == 0)
@@ -262,8 +279,10 @@ async def test_filters_pagination_under_concurrent_writes_and_rebuild(
         assert len(live) == 60 and live == rebuilt
 
 
-async def test_delete_run_is_explicit_and_audited(service_env: dict[str, str], tmp_path: Path) -> None:
-    async with running(service_env, tmp_path / "idx") as svc:
+async def test_delete_run_is_explicit_and_audited(
+    service_env: dict[str, str], index_env: dict[str, str], tmp_path: Path
+) -> None:
+    async with running({**service_env, **index_env}, tmp_path / "idx") as svc:
         await _batch(
             svc.stub,
             [full_trajectory(f"d-{i}", run_id="run-del") for i in range(5)]
@@ -310,9 +329,9 @@ async def test_restart_rebuilds_a_missing_index(service_env: dict[str, str], tmp
 
 
 async def test_an_export_cancelled_by_the_client_leaves_the_service_working(
-    service_env: dict[str, str], tmp_path: Path
+    service_env: dict[str, str], index_env: dict[str, str], tmp_path: Path
 ) -> None:
-    async with running(service_env, tmp_path / "idx") as svc:
+    async with running({**service_env, **index_env}, tmp_path / "idx") as svc:
         await _batch(svc.stub, [full_trajectory(f"c-{i:03d}") for i in range(150)])
         call = svc.stub.ExportTrajectories(pb.ExportTrajectoriesRequest())
         first = await call.read()

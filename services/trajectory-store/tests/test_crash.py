@@ -23,7 +23,7 @@ from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_common.events import EventBus
 from flywheel_common.objectstore.fs import FilesystemObjectStore
 from flywheel_trajectory import model
-from flywheel_trajectory.index import TrajectoryIndex
+from flywheel_trajectory.index import SqliteIndex
 from flywheel_trajectory.service import INDEX_FILE
 from flywheel_trajectory.store import rebuild_index
 
@@ -104,7 +104,7 @@ async def test_sigkill_mid_write_loses_nothing_acknowledged(
         assert model.content_sha256(t) == model.content_sha256(model.normalize(sent[t.id]))
         stored[t.id] = t
     assert acked <= set(stored)
-    journal = TrajectoryIndex(tmp_path / "idx" / INDEX_FILE).pending()
+    journal = SqliteIndex(tmp_path / "idx" / INDEX_FILE).pending()
     print(f"acked {len(acked)}, objects {len(stored)}, journal {len(journal)}")
 
     # After a restart every acknowledged trajectory is readable and listed, and so is every one
@@ -136,10 +136,8 @@ async def test_sigkill_mid_write_loses_nothing_acknowledged(
     expected = set(stored) | {t.id for t in retry}
     rebuilt = tmp_path / "rebuilt.sqlite"
     rebuild_index(objects, rebuilt, {})
-    assert list(TrajectoryIndex(tmp_path / "idx" / INDEX_FILE).dump()) == list(
-        TrajectoryIndex(rebuilt).dump()
-    )
-    assert {row[0] for row in TrajectoryIndex(rebuilt).dump()} == expected
+    assert list(SqliteIndex(tmp_path / "idx" / INDEX_FILE).dump()) == list(SqliteIndex(rebuilt).dump())
+    assert {row[0] for row in SqliteIndex(rebuilt).dump()} == expected
     events = await stored_events(nats_url)
     assert {e.trajectory_id for _, e in events} == expected  # one event each, none missing
     assert len(events) == len(expected)

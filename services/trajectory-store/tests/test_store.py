@@ -13,7 +13,7 @@ import pytest
 from flywheel_common.errors import Unavailable
 from flywheel_common.objectstore import ObjectStoreSettings
 from flywheel_common.objectstore.fs import FilesystemObjectStore
-from flywheel_trajectory.index import TrajectoryIndex
+from flywheel_trajectory.index import SqliteIndex
 from flywheel_trajectory.store import TrajectoryStore
 from flywheel_trajectory.writer import WriterPool
 
@@ -33,7 +33,7 @@ async def test_a_put_whose_event_failed_is_announced_by_its_retry(tmp_path: Path
 
     settings = ObjectStoreSettings(backend="fs", root=tmp_path / "objects")
     store = TrajectoryStore(
-        objects, TrajectoryIndex(tmp_path / "index.sqlite"), publish, WriterPool(objects, settings, 0, 4)
+        objects, SqliteIndex(tmp_path / "index.sqlite"), publish, WriterPool(objects, settings, 0, 4)
     )
     try:
         with pytest.raises(Unavailable, match=r"is stored but its flywheel\.trajectory\.stored event"):

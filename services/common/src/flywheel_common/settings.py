@@ -87,6 +87,9 @@ def describe_validation_error(cls: type[BaseSettings], err: ValidationError) -> 
         loc = [str(part) for part in problem.get("loc", ())]
         name = (prefix + "__".join(loc)).upper() if loc else f"{prefix}*"
         value = problem.get("input")
+        field = owner.model_fields.get(loc[0]) if len(loc) == 1 else None
+        if field is not None and "SecretStr" in repr(field.annotation):
+            value = "***"  # a secret (a password, a URL with credentials) is never echoed
         shown = f"={value!r}" if loc and not isinstance(value, dict) else ""
         lines.append(f"{name}{shown}: {problem.get('msg', 'invalid')}")
     return "\n".join(lines)

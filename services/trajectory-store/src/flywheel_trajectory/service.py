@@ -19,10 +19,11 @@ from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_common.errors import FlywheelError, InvalidArgument, NotFound, check_enum, shown
 from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
-from flywheel_common.runtime import Dependencies
+from flywheel_common.runtime import Dependencies, StartupError
 from flywheel_common.server import GrpcApp, ServiceBinding
 from flywheel_trajectory import importers, model
-from flywheel_trajectory.index import TrajectoryIndex
+from flywheel_trajectory.index import SqliteIndex, TrajectoryIndex
+from flywheel_trajectory.pg_index import IndexDatabaseError, PostgresIndex
 from flywheel_trajectory.settings import TrajectorySettings
 from flywheel_trajectory.store import TrajectoryStore, rebuild_index
 from flywheel_trajectory.writer import WriterPool
@@ -45,27 +46,60 @@ def store_fingerprint(settings: TrajectorySettings) -> str:
     return f"s3:{s.endpoint}/{s.bucket}"
 
 
-def open_trajectory_store(settings: TrajectorySettings, objects: ObjectStore, publish) -> TrajectoryStore:
-    """Open (and rebuild first, if needed) the index, and the store on top of it. Blocking."""
-    path = settings.resolved_index_dir() / INDEX_FILE
+def open_index(settings: TrajectorySettings, objects: ObjectStore) -> TrajectoryIndex:
+    """Open the listing index (PostgreSQL when a database URL is set, else SQLite), rebuilding it
+    from the objects first when asked, when there is none yet, or when it belongs to another
+    object store. Blocking; a database that cannot be used raises :class:`StartupError`."""
     fingerprint = store_fingerprint(settings)
-    reason = None
-    if settings.rebuild_index_on_start:
-        reason = "FLYWHEEL_TRAJECTORY_REBUILD_INDEX_ON_START is set"
-    elif not path.exists():
-        reason = "no index yet"
-    else:
-        probe = TrajectoryIndex(path)
+    if settings.database_url is not None:
         try:
-            if probe.get_meta("store") != fingerprint:
-                reason = f"the index belongs to {probe.get_meta('store')!r}, not {fingerprint!r}"
+            index = PostgresIndex(settings.database_url.get_secret_value(), settings.database_schema)
+        except IndexDatabaseError as err:
+            raise StartupError(f"{NAME}: {err}") from err
+        try:
+            # One replica at a time decides (and rebuilds): the others then find it done.
+            with index.startup_lock():
+                reason = _rebuild_reason(settings, index.get_meta("store"), fingerprint)
+                if reason is not None:
+                    count = rebuild_index(objects, index, {"store": fingerprint})
+                    log.info(
+                        "rebuilt the trajectory index from the objects",
+                        extra={"reason": reason, "rows": count},
+                    )
+        except BaseException:
+            index.close()
+            raise
+        return index
+    path = settings.resolved_index_dir() / INDEX_FILE
+    if path.exists():
+        probe = SqliteIndex(path)
+        try:
+            reason = _rebuild_reason(settings, probe.get_meta("store"), fingerprint)
         finally:
             probe.close()
+    else:
+        reason = _rebuild_reason(settings, None, fingerprint)
     if reason is not None:
         count = rebuild_index(objects, path, {"store": fingerprint})
         log.info("rebuilt the trajectory index from the objects", extra={"reason": reason, "rows": count})
+    return SqliteIndex(path)
+
+
+def _rebuild_reason(settings: TrajectorySettings, owner: str | None, fingerprint: str) -> str | None:
+    if settings.rebuild_index_on_start:
+        return "FLYWHEEL_TRAJECTORY_REBUILD_INDEX_ON_START is set"
+    if owner is None:
+        return "no index yet"
+    if owner != fingerprint:
+        return f"the index belongs to {owner!r}, not {fingerprint!r}"
+    return None
+
+
+def open_trajectory_store(settings: TrajectorySettings, objects: ObjectStore, publish) -> TrajectoryStore:
+    """Open (and rebuild first, if needed) the index, and the store on top of it. Blocking."""
+    index = open_index(settings, objects)
     writer = WriterPool(objects, settings.object_store, settings.write_processes, settings.write_threads)
-    return TrajectoryStore(objects, TrajectoryIndex(path), publish, writer)
+    return TrajectoryStore(objects, index, publish, writer)
 
 
 class TrajectoryService(trajectory_pb2_grpc.TrajectoryServiceServicer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from flywheel_common.settings import ServiceSettings
@@ -20,6 +20,17 @@ class TrajectorySettings(ServiceSettings):
         None,
         description="Folder of the listing index (SQLite, rebuildable from the objects). Unset: "
         "`<object-store root>/../trajectory-store` on the fs backend, `~/.flywheel/trajectory-store/<bucket>` on S3.",
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (`postgresql://user:password@host:5432/db`) of a listing index that "
+        "several replicas share; unset: the SQLite index in `index_dir` (one replica only).",
+    )
+    database_schema: str = Field(
+        "trajectory_store",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Schema of the PostgreSQL index (created if missing): one per object store, so a "
+        "database can hold several stores' indexes, or live next to another service's tables.",
     )
     rebuild_index_on_start: bool = Field(
         False, description="Rebuild the index from the objects at start-up (it is also rebuilt when missing)."
@@ -40,6 +51,16 @@ class TrajectorySettings(ServiceSettings):
         le=4096,
         description="BatchPutTrajectories stores its stream in chunks of this many trajectories.",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            # The value itself is not repeated: it may hold a password.
+            raise ValueError("must be a postgresql:// (or postgres://) URL")
+        return value
 
     def resolved_index_dir(self) -> Path:
         """Where the index lives (see ``index_dir``)."""

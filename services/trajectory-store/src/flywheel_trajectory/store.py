@@ -48,6 +48,7 @@ from flywheel_common.errors import (
 from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
 from flywheel_trajectory import model
 from flywheel_trajectory.index import Query, TrajectoryIndex, rebuild
+from flywheel_trajectory.pg_index import PostgresIndex
 from flywheel_trajectory.writer import WriterPool
 
 log = logging.getLogger("flywheel.trajectory")
@@ -82,7 +83,7 @@ def event_id(trajectory_id: str, content_sha256: str) -> str:
 
 
 class TrajectoryStore:
-    """Trajectories as immutable objects plus a rebuildable SQLite index. Async API."""
+    """Trajectories as immutable objects plus a rebuildable index (SQLite or PostgreSQL). Async API."""
 
     def __init__(
         self,
@@ -151,11 +152,17 @@ class TrajectoryStore:
         if not results:
             return results
         times = self._take_times(len(results))
+        tokens: list[int] = []
         try:
             # Only ids that can name an object are journalled (the others fail validation anyway).
-            journal = [(r.trajectory_id, "") for r in results if model.ID_RE.fullmatch(r.trajectory_id)]
-            tokens = await self._idx(self.index.add_pending, journal)
-            items = [(t.SerializeToString(), ct) for t, ct in zip(trajectories, times, strict=True)]
+            journal = [r.trajectory_id if model.ID_RE.fullmatch(r.trajectory_id) else None for r in results]
+            # A shared index may move the times later (another replica's clock is ahead); the
+            # local in-flight marks stay at the earlier times, which only hides more, never less.
+            tokens, times_used = await self._idx(self.index.begin_puts, journal, times)
+            if times_used[-1] > times[-1]:
+                with self._clock_lock:
+                    self._last_us = max(self._last_us, times_used[-1])
+            items = [(t.SerializeToString(), ct) for t, ct in zip(trajectories, times_used, strict=True)]
             # Split over the writer processes (at least a few items each, to amortise the hop).
             parts = max(1, min(self.writer.processes or 1, len(items) // 8))
             size = -(-len(items) // parts)
@@ -182,6 +189,7 @@ class TrajectoryStore:
             unfinished = await self._idx(self.index.pending_tokens, unchanged, tokens) if unchanged else {}
         finally:
             self._release_times(times)
+            await self._idx(self.index.end_puts, tokens)
         # An identical put publishes too when an earlier put of the id may not have: its object was
         # not indexed yet (a write that crashed before step 4) or it is still in the journal (a
         # crash or a bus failure before step 5, or a put in flight). Same msg id, so JetStream
@@ -277,9 +285,7 @@ class TrajectoryStore:
         query = build_query(flt)
         after: tuple[int, str] | None = None
         # Fixed at the start: an export is a snapshot of what was visible when it began.
-        watermark = self.watermark_us()
-        if watermark is None:
-            watermark = self._last_us + 1
+        watermark = await self._idx(self.index.snapshot_bound, self.watermark_us(), self._last_us)
         chunk = EXPORT_FIRST_CHUNK  # small first, so the first item leaves quickly
         while True:
             rows = await self._idx(self.index.page, query, after, chunk, watermark)
@@ -397,12 +403,16 @@ def iter_index_rows(objects: ObjectStore, threads: int = 16, window: int = 256) 
         yield from (row for row in pool.map(load, keys) if row is not None)
 
 
-def rebuild_index(objects: ObjectStore, path: Path, meta: dict[str, str]) -> int:
-    """Replace the index file at ``path`` with one built from the objects alone."""
-    return rebuild(path, iter_index_rows(objects), meta)
+def rebuild_index(objects: ObjectStore, target: Path | PostgresIndex, meta: dict[str, str]) -> int:
+    """Rebuild an index from the objects alone: replace the SQLite file at ``target``, or make
+    the PostgreSQL index ``target`` equal to the objects (in place, while replicas write)."""
+    if isinstance(target, PostgresIndex):
+        return target.rebuild(iter_index_rows(objects), meta)
+    return rebuild(target, iter_index_rows(objects), meta)
 
 
 # ------------------------------------------------------------------------------ filter → SQL
+# One WHERE clause for both index backends (``?`` placeholders; labels rendered per dialect).
 
 
 def build_query(flt: pb.TrajectoryFilter) -> Query:
@@ -441,7 +451,7 @@ def build_query(flt: pb.TrajectoryFilter) -> Query:
         # The key goes into a JSON path: only label keys as stored ones are (no quotes, no NULs).
         if not model.LABEL_KEY_RE.fullmatch(key):
             raise InvalidArgument(f"filter.labels[{shown(key)}]", "keys are 1-63 characters of [a-z0-9_.-]")
-        q.raw("json_extract(labels_json, ?) = ?", f'$."{key}"', value)
+        q.label(key, value)
     return q
 
 
