@@ -77,7 +77,8 @@ _UPSERT = (
 #: The oldest create time still in flight on a live replica (pg_locks holds the owners' locks).
 _LIVE_INFLIGHT_MIN = """(SELECT MIN(p.create_time_us) FROM pending p WHERE p.in_flight AND EXISTS (
     SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = ?::oid
-    AND l.objid = p.owner::oid AND l.objsubid = 2 AND l.granted))"""
+    AND l.objid = p.owner::oid AND l.objsubid = 2 AND l.granted
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())))"""
 
 
 def redact_url(url: str) -> str:
@@ -139,7 +140,13 @@ class PostgresIndex(TrajectoryIndex):
         try:
             with self._lock, self._conn.transaction():
                 self._conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self.lock_class, _SCHEMA_KEY))
-                self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                # Created only when missing: a schema a DBA made (and granted) needs no CREATE
+                # right on the database, which CREATE SCHEMA IF NOT EXISTS would still check.
+                exists = self._conn.execute(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
+                ).fetchone()
+                if exists is None:
+                    self._conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
                 self._conn.execute(_SCHEMA.encode())
             self._live_lock = threading.Lock()
             self._live = self._connect()
@@ -206,6 +213,7 @@ class PostgresIndex(TrajectoryIndex):
             conn = self._connect()
             self._local.conn = conn
             with self._lock:
+                self._readers = [c for c in self._readers if not c.closed]
                 self._readers.append(conn)
         return conn
 
