@@ -98,10 +98,10 @@ def test_chat_jsonl_reads_both_tool_protocols() -> None:
 
 
 async def test_import_rpc_is_idempotent_and_skips_malformed_records(
-    service_env: dict[str, str], tmp_path: Path
+    service_env: dict[str, str], index_env: dict[str, str], tmp_path: Path
 ) -> None:
     content = (FIXTURES / "swe.jsonl").read_bytes()
-    async with running(service_env, tmp_path / "idx") as svc:
+    async with running({**service_env, **index_env}, tmp_path / "idx") as svc:
         request = pb.ImportTrajectoriesRequest(
             format=pb.IMPORT_FORMAT_SWE_JSONL, content=content, source_name="runs/swe.jsonl", suite="swe-lite"
         )

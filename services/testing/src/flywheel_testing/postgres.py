@@ -9,7 +9,8 @@ Fixtures:
   (as the ``postgres`` user through ``runuser`` when root: initdb refuses root) and stopped at the
   end. When that fails too, every test that needs it FAILS with the reason: never a silent skip.
 * ``postgres_database`` (session): a fresh database ``flywheel_test_<pid>_<hex>`` on that server,
-  as a URL; dropped at the end of the session.
+  as a URL, with a linguistic default collation (ICU en-US) where the server has ICU; dropped at
+  the end of the session.
 * ``postgres_schema`` (function): a fresh schema name in that database, dropped after the test, so
   tests share the database without seeing each other's tables.
 """
@@ -143,7 +144,16 @@ def _with_database(url: str, database: str) -> str:
 def postgres_database(postgres_server: str) -> Iterator[str]:
     name = f"flywheel_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            # A linguistic default collation (ICU en-US), as many production servers have: text
+            # then sorts "a-1" < "A-2", so code that needs byte order must say so (COLLATE "C").
+            conn.execute(
+                sql.SQL(
+                    "CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                ).format(sql.Identifier(name))
+            )
+        except psycopg.Error:  # a server without ICU (or before 15): its default collation
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         yield _with_database(postgres_server.split("?")[0], name)
     finally:
