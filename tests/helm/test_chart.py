@@ -832,6 +832,87 @@ def test_helm_test_pods_cover_every_service_and_a_chat_completion() -> None:
     assert "$MASTER_KEY" in chat
 
 
+def _proto_services() -> set[str]:
+    """Every gRPC service Flywheel's protos declare, as package.Service."""
+    found = set()
+    for proto in (ROOT / "proto" / "flywheel").rglob("*.proto"):
+        text = proto.read_text()
+        package = re.search(r"^package ([\w.]+);", text, re.M)
+        assert package, proto
+        found |= {f"{package.group(1)}.{name}" for name in re.findall(r"^service (\w+)", text, re.M)}
+    return found
+
+
+def test_every_grpc_service_of_the_protos_has_a_health_test_pod() -> None:
+    """Not only the services `flywheel up` knows: every service any proto declares."""
+    pods = [o for o in objects("defaults") if o["kind"] == "Pod"]
+    health = " ".join(
+        p["spec"]["containers"][0]["args"][0] for p in pods if "-test-health-" in p["metadata"]["name"]
+    )
+    services = _proto_services()
+    assert len(services) >= 5
+    assert [s for s in sorted(services) if f'"service": "{s}"' not in health] == []
+
+
+HELM_TEST_SCRIPT = CHART / "files" / "helm-test.py"
+
+
+def _helm_test_pods(values: str = "defaults") -> dict[str, dict[str, Any]]:
+    pods = [o for o in objects(values) if o["kind"] == "Pod"]
+    return {p["metadata"]["name"].removeprefix(f"{RELEASE}-flywheel-test-"): p for p in pods}
+
+
+def test_dataset_build_and_fine_tune_test_pods_run_the_script_in_the_trainer_image() -> None:
+    """Two `helm test` hooks run files/helm-test.py (which compiles) with python -c in the trainer
+    image, one per mode, with what the script reads: the addresses, the object store (credentials
+    from the Secret), the deadline and base model of the values, a writable /tmp."""
+    import ast
+
+    pods = _helm_test_pods()
+    trainer = component(objects("defaults"), "Deployment", "trainer-svc")["spec"]["template"]["spec"]
+    trainer_image = trainer["containers"][0]["image"]
+    script = HELM_TEST_SCRIPT.read_text()
+    compile(script, str(HELM_TEST_SCRIPT), "exec")
+    modes = {
+        k.value
+        for node in ast.walk(ast.parse(script))
+        if isinstance(node, ast.Dict)
+        for k in node.keys
+        if isinstance(k, ast.Constant)
+    }
+    for name, mode in (("dataset-build", "dataset"), ("fine-tune", "fine-tune")):
+        pod = pods[name]
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        container = pod["spec"]["containers"][0]
+        assert container["image"] == trainer_image
+        assert container["command"] == ["python", "-c"] and container["args"] == [script, mode]
+        assert mode in modes
+        env = env_of(container)
+        for variable in (
+            "FLYWHEEL_TRAJECTORY_ADDRESS",
+            "FLYWHEEL_DATASET_ADDRESS",
+            "FLYWHEEL_TRAINER_ADDRESS",
+        ):
+            assert env[variable]["value"].endswith(tuple(f":{p}" for p in (50053, 50054, 50055))), variable
+            assert variable in script
+        assert env["FLYWHEEL_OBJECT_STORE_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretKey"
+        assert env["FLYWHEEL_TEST_DEADLINE_S"]["value"] == "900"
+        assert env["FLYWHEEL_TEST_BASE_MODEL"]["value"] == ""
+        if "FLYWHEEL_SERVICE_TOKEN" in env:  # service authentication: the token comes from its Secret
+            assert env["FLYWHEEL_SERVICE_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        assert container["resources"]["limits"]["memory"] == "2Gi"
+    tuned = _chart_objects(
+        {"tests": {"datasetAndFineTune": {"baseModel": "gemma-3-270m", "deadlineSeconds": 1800}}}
+    )
+    fine_tune = next(o for o in tuned if o["metadata"]["name"] == f"{RELEASE}-flywheel-test-fine-tune")
+    env = env_of(fine_tune["spec"]["containers"][0])
+    assert env["FLYWHEEL_TEST_BASE_MODEL"]["value"] == "gemma-3-270m"
+    assert env["FLYWHEEL_TEST_DEADLINE_S"]["value"] == "1800"
+    off = _chart_objects({"tests": {"datasetAndFineTune": {"enabled": False}}})
+    assert not [o for o in off if o["metadata"]["name"].endswith(("-test-fine-tune", "-test-dataset-build"))]
+
+
 def _grpcurl_commands(notes: str) -> list[list[str]]:
     commands = []
     for line in notes.replace("\\\n", " ").splitlines():

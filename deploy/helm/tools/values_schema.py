@@ -465,6 +465,13 @@ props = {
         {
             "grpcurlImage": s("Image with grpcurl and a shell.", minLength=1),
             "curlImage": s("Image with curl.", minLength=1),
+            "datasetAndFineTune": obj(
+                {
+                    "enabled": b("Run the dataset-build and fine-tune test pods."),
+                    "baseModel": s("Registry name of the base model; empty: a tiny random one."),
+                    "deadlineSeconds": i("Seconds each test may take in all.", minimum=60),
+                }
+            ),
         }
     ),
 }

@@ -1,6 +1,9 @@
 {{/*
 A `helm test` pod running one shell script. Call with
 (dict "root" $ "name" "health-orchestrator" "image" IMAGE "script" SCRIPT "env" ENVLIST).
+Optional: "command" (a list; default /bin/sh -ec, the script its one argument) and "args" (a list,
+after the script), "resources" (the container's; default a few millicores and 128Mi), "tmp" (true:
+a writable emptyDir at /tmp, the root filesystem being read-only).
 */}}
 {{- define "flywheel.testPod" -}}
 {{- $ctx := dict "root" .root "component" "test" }}
@@ -22,16 +25,32 @@ spec:
   containers:
     - name: test
       image: {{ .image }}
-      command: ["/bin/sh", "-ec"]
+      command: {{ .command | default (list "/bin/sh" "-ec") | toJson }}
       args:
         - {{ .script | quote }}
+        {{- range .args }}
+        - {{ . | quote }}
+        {{- end }}
       {{- with .env }}
       env:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       resources:
+        {{- if .resources }}
+        {{- toYaml .resources | nindent 8 }}
+        {{- else }}
         requests: {cpu: 10m, memory: 32Mi}
         limits: {cpu: 200m, memory: 128Mi}
+        {{- end }}
       securityContext:
         {{- include "flywheel.containerSecurityContext" dict | nindent 8 }}
+      {{- if .tmp }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    - name: tmp
+      emptyDir:
+        sizeLimit: 1Gi
+      {{- end }}
 {{- end }}
