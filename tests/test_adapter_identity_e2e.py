@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from flywheel.common.v1 import common_pb2
@@ -27,6 +26,7 @@ from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_cli.stack import Stack
+from flywheel_common import auth
 from flywheel_common.adapter_digest import folder_digest
 from flywheel_common.events import Event, EventBus, NatsSettings
 from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
@@ -65,7 +65,7 @@ async def test_trajectories_carry_the_digest_of_the_adapter_that_answered(
     try:
         await bus.ensure_stream()
         await bus.subscribe("identity-e2e", "flywheel.adapter.loaded", on_loaded)
-        async with grpc.aio.insecure_channel(address(stack, "trainer-svc")) as ch:
+        async with auth.channel(address(stack, "trainer-svc")) as ch:
             trainer = trainer_pb2_grpc.TrainerServiceStub(ch)
             job = trpb.FineTuneJob(base_model=BASE, dataset_id=DATASET, method=trpb.FINE_TUNE_METHOD_SFT,
                                    adapter_name="ident")  # fmt: skip
@@ -96,7 +96,7 @@ async def test_trajectories_carry_the_digest_of_the_adapter_that_answered(
     finally:
         await bus.close()
 
-    async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+    async with auth.channel(address(stack, "orchestrator")) as ch:
         orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         run = run_pb2.Run(
             suite="mini",
@@ -115,7 +115,7 @@ async def test_trajectories_carry_the_digest_of_the_adapter_that_answered(
                 final = update.run
         assert final is not None and final.state == common_pb2.JOB_STATE_SUCCEEDED, final
 
-    async with grpc.aio.insecure_channel(address(stack, "trajectory-store")) as ch:
+    async with auth.channel(address(stack, "trajectory-store")) as ch:
         trajectories = trajectory_pb2_grpc.TrajectoryServiceStub(ch)
         listing = await trajectories.ListTrajectories(
             tpb.ListTrajectoriesRequest(filter=tpb.TrajectoryFilter(run_ids=[created_run.id]))

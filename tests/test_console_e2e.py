@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from flywheel.common.v1 import common_pb2
@@ -34,6 +33,7 @@ from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_cli.stack import Stack
+from flywheel_common import auth
 from flywheel_common.events import NatsSettings
 from flywheel_testing.stack import address, agent_base_model, running_stack
 
@@ -101,7 +101,7 @@ async def finished_loop(stack: Stack) -> lpb.Loop:
         hyperparameters=hyperparameters(3),
         gate=lpb.PromotionGate(metric=lpb.GATE_METRIC_PARSE_ERRORS_PER_EPISODE, margin=0.0),
     )
-    async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+    async with auth.channel(address(stack, "orchestrator")) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         created = (await stub.CreateLoop(opb.CreateLoopRequest(loop=loop, request_id="console-1"))).loop
         final = None
@@ -112,7 +112,7 @@ async def finished_loop(stack: Stack) -> lpb.Loop:
 
 
 async def live_job(stack: Stack, dataset_id: str) -> str:
-    async with grpc.aio.insecure_channel(address(stack, "trainer-svc")) as ch:
+    async with auth.channel(address(stack, "trainer-svc")) as ch:
         stub = trainer_pb2_grpc.TrainerServiceStub(ch)
         job = trpb.FineTuneJob(
             base_model=BASE,

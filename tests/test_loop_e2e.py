@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from flywheel.common.v1 import common_pb2
@@ -33,6 +32,7 @@ from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_cli.stack import Stack
+from flywheel_common import auth
 from flywheel_common.events import Event, EventBus, NatsSettings
 from flywheel_orchestrator.loops import decide
 from flywheel_testing.stack import address, agent_base_model, running_stack
@@ -110,7 +110,7 @@ async def run_loop_with_crash(stack: Stack) -> str:
         ),
         gate=lpb.PromotionGate(metric=lpb.GATE_METRIC_PARSE_ERRORS_PER_EPISODE, margin=0.0),
     )
-    async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+    async with auth.channel(address(stack, "orchestrator")) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         created = (await stub.CreateLoop(opb.CreateLoopRequest(loop=loop, request_id="e2e-1"))).loop
         deadline = time.monotonic() + 180
@@ -122,7 +122,7 @@ async def run_loop_with_crash(stack: Stack) -> str:
             assert time.monotonic() < deadline, got
             await asyncio.sleep(0.2)
     stack.restart("orchestrator", kill=True)  # SIGKILL mid-loop, then start it again
-    async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+    async with auth.channel(address(stack, "orchestrator")) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         final = None
         async for update in stub.WatchLoop(opb.WatchLoopRequest(loop_id=created.id), timeout=240):
@@ -136,10 +136,10 @@ async def run_loop_with_crash(stack: Stack) -> str:
 async def check_artefacts(stack: Stack, loop_id: str, events: list[Event]) -> None:
     orch = address(stack, "orchestrator")
     async with (
-        grpc.aio.insecure_channel(orch) as och,
-        grpc.aio.insecure_channel(address(stack, "dataset-svc")) as dch,
-        grpc.aio.insecure_channel(address(stack, "trainer-svc")) as tch,
-        grpc.aio.insecure_channel(address(stack, "trajectory-store")) as sch,
+        auth.channel(orch) as och,
+        auth.channel(address(stack, "dataset-svc")) as dch,
+        auth.channel(address(stack, "trainer-svc")) as tch,
+        auth.channel(address(stack, "trajectory-store")) as sch,
     ):
         o = orchestrator_pb2_grpc.OrchestratorServiceStub(och)
         loop = (await o.GetLoop(opb.GetLoopRequest(loop_id=loop_id))).loop

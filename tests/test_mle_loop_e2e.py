@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
 import pytest
 
 from flywheel.common.v1 import common_pb2
@@ -37,6 +36,7 @@ from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_cli.stack import Stack
+from flywheel_common import auth
 from flywheel_common.events import NatsSettings
 from flywheel_common.journal import export_journal
 from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
@@ -125,10 +125,10 @@ async def poll(
 @pytest.mark.slow
 async def test_imitation_loop_on_ml_tasks(stack: Stack) -> None:
     async with (
-        grpc.aio.insecure_channel(address(stack, "orchestrator")) as och,
-        grpc.aio.insecure_channel(address(stack, "dataset-svc")) as dch,
-        grpc.aio.insecure_channel(address(stack, "trajectory-store")) as sch,
-        grpc.aio.insecure_channel(address(stack, "trainer-svc")) as tch,
+        auth.channel(address(stack, "orchestrator")) as och,
+        auth.channel(address(stack, "dataset-svc")) as dch,
+        auth.channel(address(stack, "trajectory-store")) as sch,
+        auth.channel(address(stack, "trainer-svc")) as tch,
     ):
         o = orchestrator_pb2_grpc.OrchestratorServiceStub(och)
         ds = dataset_pb2_grpc.DatasetServiceStub(dch)

@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from flywheel.common.v1 import common_pb2
@@ -42,6 +41,7 @@ from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_cli.stack import Stack
+from flywheel_common import auth
 from flywheel_common.events import NatsSettings
 from flywheel_orchestrator.loops import decide
 from flywheel_testing.stack import address, long_context, running_stack
@@ -193,7 +193,7 @@ LOOP = lpb.Loop(
 @pytest.mark.slow
 async def test_rl_loop_learns_pins_versions_and_survives_a_crash(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+    async with auth.channel(address(stack, "orchestrator")) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         created = (await stub.CreateLoop(opb.CreateLoopRequest(loop=LOOP, request_id="rl-e2e"))).loop
         deadline = time.monotonic() + 420
@@ -205,7 +205,7 @@ async def test_rl_loop_learns_pins_versions_and_survives_a_crash(stack: Stack, t
             assert time.monotonic() < deadline, got
             await asyncio.sleep(0.2)
     stack.restart("orchestrator", kill=True)  # SIGKILL mid-iteration, then start it again
-    async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+    async with auth.channel(address(stack, "orchestrator")) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         final = None
         async for update in stub.WatchLoop(opb.WatchLoopRequest(loop_id=created.id), timeout=600):
@@ -236,10 +236,10 @@ async def check(stack: Stack, loop: lpb.Loop, tmp_path: Path) -> None:
     assert loop.candidate_model == "ft/rl-v3" and three.evaluation_id
     assert not one.evaluation_id and not two.evaluation_id  # eval_every 0: only after the last
     async with (
-        grpc.aio.insecure_channel(address(stack, "orchestrator")) as och,
-        grpc.aio.insecure_channel(address(stack, "dataset-svc")) as dch,
-        grpc.aio.insecure_channel(address(stack, "trainer-svc")) as tch,
-        grpc.aio.insecure_channel(address(stack, "trajectory-store")) as sch,
+        auth.channel(address(stack, "orchestrator")) as och,
+        auth.channel(address(stack, "dataset-svc")) as dch,
+        auth.channel(address(stack, "trainer-svc")) as tch,
+        auth.channel(address(stack, "trajectory-store")) as sch,
     ):
         o = orchestrator_pb2_grpc.OrchestratorServiceStub(och)
         runs = (await o.ListRuns(opb.ListRunsRequest(loop_id=loop.id))).runs

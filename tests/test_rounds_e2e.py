@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from google.protobuf.duration_pb2 import Duration
@@ -44,6 +43,7 @@ from flywheel.trainer.v1 import trainer_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_cli.stack import Stack
+from flywheel_common import auth
 from flywheel_common.events import NatsSettings
 from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
 from flywheel_testing.stack import address, agent_base_model, running_stack
@@ -154,7 +154,7 @@ async def test_two_rounds_move_the_alias_and_a_canary_rolls_back_by_itself(
     gw = Gateway(stack)
     orch = address(stack, "orchestrator")
     try:
-        async with grpc.aio.insecure_channel(orch) as ch:
+        async with auth.channel(orch) as ch:
             o = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
             first = (
                 await o.SetAlias(
@@ -232,7 +232,7 @@ async def test_two_rounds_move_the_alias_and_a_canary_rolls_back_by_itself(
             arms[served] = arms.get(served, 0) + 1
             # the forced regression: callers find the candidate's answers wrong
             await gw.feedback(reply.json()["id"], success=served != "ft/e2e-v1")
-            async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+            async with auth.channel(address(stack, "orchestrator")) as ch:
                 got = (
                     await orchestrator_pb2_grpc.OrchestratorServiceStub(ch).GetAlias(
                         apb.GetAliasRequest(name=ALIAS)
@@ -249,7 +249,7 @@ async def test_two_rounds_move_the_alias_and_a_canary_rolls_back_by_itself(
         cand = end.canary_stats[1]
         assert cand.model == "ft/e2e-v1" and cand.feedback >= 3 and cand.success_rate == 0.0
         await asyncio.sleep(3)  # a second decision would have been written by now
-        async with grpc.aio.insecure_channel(address(stack, "orchestrator")) as ch:
+        async with auth.channel(address(stack, "orchestrator")) as ch:
             after = (
                 await orchestrator_pb2_grpc.OrchestratorServiceStub(ch).GetAlias(
                     apb.GetAliasRequest(name=ALIAS)
@@ -266,7 +266,7 @@ async def served_is(gw: Gateway, model: str) -> bool:
 
 
 async def captured_calls(stack: Stack) -> list[tpb.Trajectory]:
-    async with grpc.aio.insecure_channel(address(stack, "trajectory-store")) as ch:
+    async with auth.channel(address(stack, "trajectory-store")) as ch:
         got = await trajectory_pb2_grpc.TrajectoryServiceStub(ch).ListTrajectories(
             tpb.ListTrajectoriesRequest(
                 filter=tpb.TrajectoryFilter(
@@ -303,9 +303,9 @@ async def check_rounds(
     objects_root = stack.state_dir / "objects"
     objects = open_object_store(ObjectStoreSettings(backend="fs", root=objects_root))
     async with (
-        grpc.aio.insecure_channel(address(stack, "trainer-svc")) as tch,
-        grpc.aio.insecure_channel(address(stack, "dataset-svc")) as dch,
-        grpc.aio.insecure_channel(address(stack, "trajectory-store")) as sch,
+        auth.channel(address(stack, "trainer-svc")) as tch,
+        auth.channel(address(stack, "dataset-svc")) as dch,
+        auth.channel(address(stack, "trajectory-store")) as sch,
     ):
         # round 2 trained from round 1's adapter
         tr = trainer_pb2_grpc.TrainerServiceStub(tch)

@@ -47,6 +47,7 @@ from flywheel.sandbox.v1 import sandbox_pb2  # noqa: F401
 from flywheel.trainer.v1 import trainer_pb2  # noqa: F401
 from flywheel.trajectory.v1 import trajectory_pb2  # noqa: F401
 from flywheel_cli.components import COMPONENTS, Component
+from flywheel_common import auth
 from flywheel_testing.processes import start_module
 
 #: Random requests per RPC.
@@ -375,7 +376,7 @@ def stack(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             stack.logs[component.name] = log
             address = f"127.0.0.1:{info['port']}"
             env[component.address_variable] = address
-            stack.channels[component.name] = grpc.insecure_channel(
+            stack.channels[component.name] = auth.sync_channel(
                 address,
                 options=[
                     ("grpc.max_send_message_length", 64 << 20),

@@ -1,13 +1,18 @@
 """Every gRPC service starts as its own process and works with the real grpcurl binary.
 
 This is what a user does after `flywheel up`: `grpcurl -plaintext HOST:PORT list`, a health
-check, and a call — with no proto files on their side (server reflection only).
+check, and a call — with no proto files on their side (server reflection only). Listing and health
+need no token; the call does (``-H "authorization: Bearer $FLYWHEEL_SERVICE_TOKEN"``, the session's
+token from flywheel_testing), and a call without it or with a wrong one is UNAUTHENTICATED.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,7 +55,18 @@ def test_service_lists_checks_health_and_stops_cleanly(
             for line in described.stdout.splitlines()
             if line.strip().startswith("rpc ")
         )
-        called = grpcurl("-plaintext", "-d", "{}", address, f"{component.grpc_service}/{first_rpc}")
+        method = f"{component.grpc_service}/{first_rpc}"
+        refused = grpcurl("-plaintext", "-d", "{}", address, method)
+        assert refused.returncode != 0 and "Code: Unauthenticated" in refused.stderr, refused.stderr
+        assert 'grpcurl -H "authorization: Bearer $FLYWHEEL_SERVICE_TOKEN"' in refused.stderr
+        wrong = grpcurl(
+            "-plaintext", "-H", "authorization: Bearer not-the-token", "-d", "{}", address, method
+        )
+        assert "Code: Unauthenticated" in wrong.stderr and "not one this service accepts" in wrong.stderr
+
+        token = os.environ["FLYWHEEL_SERVICE_TOKEN"]
+        called = grpcurl("-plaintext", "-H", f"authorization: Bearer {token}", "-d", "{}", address, method)
+        assert "Unauthenticated" not in called.stderr, called.stderr
         if called.returncode != 0:
             # Not served yet: the answer names the RPC (grpcurl prints code and message).
             assert "Unimplemented" in called.stderr or "Code:" in called.stderr, called.stderr
@@ -63,11 +79,41 @@ def test_service_lists_checks_health_and_stops_cleanly(
     assert "stopped" in log.read_text()
 
 
-def test_bad_setting_fails_fast_naming_the_variable(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
+@pytest.mark.parametrize("component", [c for c in COMPONENTS if c.name != "gateway"], ids=lambda c: c.name)
+def test_a_service_without_a_token_refuses_to_start(component, service_env: dict[str, str]) -> None:
+    """The secure default: no FLYWHEEL_SERVICE_TOKEN and no FLYWHEEL_AUTH_DISABLED=1 is an error."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_SERVICE_TOKEN")}
+    env.update(service_env)
+    env[f"{component.env_prefix}PORT"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-m", component.module], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr
+    assert "no service token configured: set FLYWHEEL_SERVICE_TOKEN" in done.stderr
+    assert "FLYWHEEL_AUTH_DISABLED=1" in done.stderr
 
+
+def test_auth_disabled_serves_without_a_token_and_says_so(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    os.environ.pop("FLYWHEEL_SERVICE_TOKEN_NEXT", None)
+    saved = os.environ.pop("FLYWHEEL_SERVICE_TOKEN")
+    try:
+        component = next(c for c in GRPC_COMPONENTS if c.name == "dataset-svc")
+        env = {**service_env, "FLYWHEEL_AUTH_DISABLED": "1"}
+        proc, info, log = start_module(component.module, component.env_prefix, env, tmp_path)
+    finally:
+        os.environ["FLYWHEEL_SERVICE_TOKEN"] = saved
+    try:
+        called = grpcurl("-plaintext", f"127.0.0.1:{info['port']}", f"{component.grpc_service}/ListRecipes")
+        assert called.returncode == 0, called.stderr
+        assert "WITHOUT AUTHENTICATION" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def test_bad_setting_fails_fast_naming_the_variable(tmp_path: Path) -> None:
     env = {**os.environ, "FLYWHEEL_SANDBOX_PORT": "not-a-port"}
     done = subprocess.run(
         [sys.executable, "-m", "flywheel_sandbox"], env=env, capture_output=True, text=True, timeout=30

@@ -147,6 +147,28 @@ def test_up_status_grpcurl_and_clean_shutdown(stack_up: Up) -> None:
     sandbox = up.service("sandbox-runner")
     listed = grpcurl("-plaintext", sandbox["address"], "list", timeout=PATIENCE_S)
     assert "flywheel.sandbox.v1.SandboxService" in listed.stdout.split(), listed.stderr
+
+    # The stack made a service token (no FLYWHEEL_SERVICE_TOKEN here), and calls need it ...
+    token_file = Path(info["service_token_file"])
+    assert token_file == (up.state / "service.token").resolve() and token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    suites = (
+        up.service("orchestrator")["address"],
+        "flywheel.orchestrator.v1.OrchestratorService/ListSuites",
+    )
+    refused = grpcurl("-plaintext", "-d", "{}", *suites, timeout=PATIENCE_S)
+    assert "Code: Unauthenticated" in refused.stderr, refused.stderr
+    allowed = grpcurl(
+        "-plaintext", "-H", f"authorization: Bearer {token}", "-d", "{}", *suites, timeout=PATIENCE_S
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    # ... which the CLI finds in the state folder by itself, and `flywheel status` shows.
+    runs = flywheel("run", "--state-dir", str(up.state), "list", env=up.env)
+    assert runs.returncode == 0, runs.stdout + runs.stderr
+    shown = flywheel("status", "--state-dir", str(up.state), env=up.env)
+    text = shown.stdout + shown.stderr  # the table and notes go to stderr
+    assert f"service token: {token_file}" in text, text
+    assert f'grpcurl -plaintext -H "authorization: Bearer $(cat {token_file})"' in text, text
     for service in info["services"]:
         assert (up.state / "logs" / f"{service['name']}.log").exists()
 

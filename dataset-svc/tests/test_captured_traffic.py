@@ -26,6 +26,7 @@ from flywheel.dataset.v1 import dataset_pb2 as dpb
 from flywheel.dataset.v1 import dataset_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.aliases import write_feedback
 from flywheel_common.objectstore.fs import FilesystemObjectStore
 from flywheel_dataset.captured import FeedbackReader, SourceReader
@@ -136,7 +137,7 @@ def stored(service_env: dict[str, str], tmp_path: Path) -> Iterator[Stored]:
         not_captured,
     ]
     try:
-        with grpc.insecure_channel(address) as channel:
+        with auth.sync_channel(address) as channel:
             stub = trajectory_pb2_grpc.TrajectoryServiceStub(channel)
             for t in [captured(c, n) for n, c in enumerate(CALLS)] + others:
                 reply = stub.PutTrajectory(tpb.PutTrajectoryRequest(trajectory=t), timeout=30)
@@ -162,7 +163,7 @@ async def dataset_stub(
 ) -> AsyncIterator[dataset_pb2_grpc.DatasetServiceStub]:
     env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": stored.address}
     async with boot_service(build_app, DatasetSettings, env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             yield dataset_pb2_grpc.DatasetServiceStub(channel)
 
 
@@ -480,7 +481,7 @@ async def test_bad_sources_are_invalid_argument_naming_the_field(
     service_env: dict[str, str], source: dpb.DatasetSource, field: str
 ) -> None:
     async with boot_service(build_app, DatasetSettings, service_env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.CreateDatasetBuild(request(source))
@@ -491,7 +492,7 @@ async def test_bad_sources_are_invalid_argument_naming_the_field(
 
 async def test_captured_traffic_alone_or_with_a_filter_is_a_valid_source(service_env: dict[str, str]) -> None:
     async with boot_service(build_app, DatasetSettings, service_env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             for source in (
                 dpb.DatasetSource(captured_traffic=[traffic(feedback=dpb.FEEDBACK_FILTER_NOT_FAILED)]),

@@ -25,6 +25,7 @@ from flywheel.dataset.v1 import dataset_pb2 as dpb
 from flywheel.dataset.v1 import dataset_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.errors import InvalidArgument
 from flywheel_common.objectstore.fs import FilesystemObjectStore
 from flywheel_dataset.rl import PolicyMismatch
@@ -264,7 +265,7 @@ def rl_store(service_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str,
     proc, info, _ = start_module("flywheel_trajectory", "FLYWHEEL_TRAJECTORY_", env, tmp_path)
     address = f"127.0.0.1:{info['port']}"
     try:
-        with grpc.insecure_channel(address) as channel:
+        with auth.sync_channel(address) as channel:
             reply = trajectory_pb2_grpc.TrajectoryServiceStub(channel).BatchPutTrajectories(
                 iter([tpb.BatchPutTrajectoriesRequest(trajectory=t) for t in [*kept, masked, *mixed]]),
                 timeout=60,
@@ -305,7 +306,7 @@ async def test_through_the_service_over_the_real_trajectory_store(
     address_store, kept = rl_store
     env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": address_store}
     async with boot_service(build_app, DatasetSettings, env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             final = await _build(stub, "rl-1")
             assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from flywheel.dataset.v1 import dataset_pb2_grpc
 from flywheel.events.v1 import events_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.events import Event, EventBus
 from flywheel_common.objectstore.fs import FilesystemObjectStore
 from flywheel_dataset.service import build_app
@@ -53,7 +55,7 @@ def trajectory_store(service_env: dict[str, str], tmp_path: Path) -> Iterator[st
     proc, info, _ = start_module("flywheel_trajectory", "FLYWHEEL_TRAJECTORY_", env, tmp_path)
     address = f"127.0.0.1:{info['port']}"
     try:
-        with grpc.insecure_channel(address) as channel:
+        with auth.sync_channel(address) as channel:
             stub = trajectory_pb2_grpc.TrajectoryServiceStub(channel)
             reply = stub.BatchPutTrajectories(
                 iter([tpb.BatchPutTrajectoriesRequest(trajectory=t) for t in fixture_trajectories()]),
@@ -112,7 +114,7 @@ async def test_bad_requests_are_invalid_argument_naming_the_field(
     service_env: dict[str, str], build: dict, field: str
 ) -> None:
     async with boot_service(build_app, DatasetSettings, service_env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.CreateDatasetBuild(create_request(**build))
@@ -123,7 +125,7 @@ async def test_bad_requests_are_invalid_argument_naming_the_field(
 
 async def test_unknown_ids_are_not_found(service_env: dict[str, str]) -> None:
     async with boot_service(build_app, DatasetSettings, service_env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             for call in (
                 stub.GetDataset(dpb.GetDatasetRequest(dataset_id="ds-0123456789abcdef")),
@@ -162,7 +164,7 @@ async def test_build_watch_publish_preview(
     env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": trajectory_store}
     events = await collect_events(event_bus, "pytest-dataset-built")
     async with boot_service(build_app, DatasetSettings, env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             assert await health_status(channel) == "SERVING"
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             request = create_request(
@@ -226,7 +228,7 @@ async def test_restart_resumes_a_build_and_gives_the_same_dataset(
     env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": trajectory_store}
     events = await collect_events(event_bus, "pytest-dataset-restart")
     async with boot_service(build_app, DatasetSettings, env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             first = (await stub.CreateDatasetBuild(create_request())).build
             done = (await watch_to_end(stub, first.id))[-1]
@@ -244,7 +246,7 @@ async def test_restart_resumes_a_build_and_gives_the_same_dataset(
     store.put("dataset-builds/dsb-01CRASHED0000000000000000.json", json.dumps(record).encode())
 
     async with boot_service(build_app, DatasetSettings, env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             resumed = (await watch_to_end(stub, "dsb-01CRASHED0000000000000000"))[-1]
             assert resumed.state == common_pb2.JOB_STATE_SUCCEEDED, resumed.error
@@ -276,7 +278,7 @@ async def test_a_build_over_nothing_fails_with_a_reason(
     env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": trajectory_store}
     events = await collect_events(event_bus, "pytest-dataset-empty")
     async with boot_service(build_app, DatasetSettings, env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             request = create_request(source=dpb.DatasetSource(run_ids=["run-nothing"]))
             build = (await stub.CreateDatasetBuild(request)).build
@@ -313,7 +315,7 @@ async def test_cancel_a_running_build(service_env: dict[str, str], event_bus: Ev
     try:
         env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": f"127.0.0.1:{port}"}
         async with boot_service(build_app, DatasetSettings, env) as address:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with auth.channel(address) as channel:
                 stub = dataset_pb2_grpc.DatasetServiceStub(channel)
                 build = (await stub.CreateDatasetBuild(create_request())).build
                 async for update in stub.WatchDatasetBuild(dpb.WatchDatasetBuildRequest(build_id=build.id)):
@@ -348,7 +350,7 @@ async def test_service_stopped_mid_build_resumes_it_at_the_next_start(service_en
     try:
         env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": f"127.0.0.1:{port}"}
         async with boot_service(build_app, DatasetSettings, env) as address:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with auth.channel(address) as channel:
                 stub = dataset_pb2_grpc.DatasetServiceStub(channel)
                 build = (await stub.CreateDatasetBuild(create_request())).build
                 async for update in stub.WatchDatasetBuild(dpb.WatchDatasetBuildRequest(build_id=build.id)):
@@ -357,7 +359,7 @@ async def test_service_stopped_mid_build_resumes_it_at_the_next_start(service_en
         record = json.loads(store.get_bytes(f"dataset-builds/{build.id}.json"))
         assert record["state"] == "JOB_STATE_RUNNING"
         async with boot_service(build_app, DatasetSettings, env) as address:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with auth.channel(address) as channel:
                 stub = dataset_pb2_grpc.DatasetServiceStub(channel)
                 final = (await watch_to_end(stub, build.id))[-1]
         assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
@@ -370,11 +372,17 @@ async def test_readme_grpcurl_build_command(service_env: dict[str, str], traject
     """The build command of the README, run with the real grpcurl."""
     env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": trajectory_store}
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    body = readme.split("<!-- grpcurl-build -->")[1].split("-d '")[1].split("'")[0]
+    block = readme.split("<!-- grpcurl-build -->")[1]
+    body = block.split("-d '")[1].split("'")[0]
+    # The README passes the service token as a user would, from FLYWHEEL_SERVICE_TOKEN.
+    header = os.path.expandvars(block.split('-H "')[1].split('"')[0])
+    assert header == f"authorization: Bearer {os.environ['FLYWHEEL_SERVICE_TOKEN']}"
     async with boot_service(build_app, DatasetSettings, env) as address:
         done = await asyncio.to_thread(
             grpcurl,
             "-plaintext",
+            "-H",
+            header,
             "-d",
             body,
             address,
@@ -385,6 +393,8 @@ async def test_readme_grpcurl_build_command(service_env: dict[str, str], traject
         watch = await asyncio.to_thread(
             grpcurl,
             "-plaintext",
+            "-H",
+            header,
             "-d",
             json.dumps({"buildId": build_id}),
             address,
@@ -466,7 +476,7 @@ async def test_patch_sft_over_imported_swe_records(
         {"instance_id": "lib__b-2", "problem_statement": "Too short.", "patch": PATCH, "resolved": True},
     ]
     content = "".join(json.dumps(r) + "\n" for r in records).encode()
-    with grpc.insecure_channel(trajectory_store) as channel:
+    with auth.sync_channel(trajectory_store) as channel:
         imported = trajectory_pb2_grpc.TrajectoryServiceStub(channel).ImportTrajectories(
             tpb.ImportTrajectoriesRequest(
                 format=tpb.IMPORT_FORMAT_SWE_JSONL, content=content, suite="swe-lite", run_id="imp-swe"
@@ -476,7 +486,7 @@ async def test_patch_sft_over_imported_swe_records(
     assert imported.created_count == 3, imported
     env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": trajectory_store}
     async with boot_service(build_app, DatasetSettings, env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             request = create_request(
                 recipe="patch_sft",
@@ -533,7 +543,7 @@ async def test_journal_pairs_over_an_imported_aide_journal(
             },
         ],
     }
-    with grpc.insecure_channel(trajectory_store) as channel:
+    with auth.sync_channel(trajectory_store) as channel:
         imported = trajectory_pb2_grpc.TrajectoryServiceStub(channel).ImportTrajectories(
             tpb.ImportTrajectoriesRequest(
                 format=tpb.IMPORT_FORMAT_AIDE_JOURNAL,
@@ -546,7 +556,7 @@ async def test_journal_pairs_over_an_imported_aide_journal(
     assert imported.created_count == 1, imported
     env = {**service_env, "FLYWHEEL_TRAJECTORY_ADDRESS": trajectory_store}
     async with boot_service(build_app, DatasetSettings, env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             request = create_request(
                 recipe="journal_pairs",

@@ -29,6 +29,7 @@ import pytest
 from flywheel.events.v1 import events_pb2
 from flywheel.events.v1.events_pb2 import AdapterLoaded, AdapterLoadFailed
 from flywheel_common.adapter_digest import folder_digest
+from flywheel_common.auth import http_headers
 from flywheel_common.events import EventBus, NatsSettings
 from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
 from flywheel_gateway import fingerprint as fp
@@ -83,13 +84,15 @@ def models_of(url: str) -> dict[str, dict]:
 
 
 def unload(url: str, name: str) -> None:
-    httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+    httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60, headers=http_headers())
 
 
 def load(url: str, name: str, path: Path) -> int:
     """Load a folder on a replica directly (not through adapter sync); the status code."""
     body = {"lora_name": name, "lora_path": str(path)}
-    return httpx.post(f"{url}/v1/load_lora_adapter", json=body, timeout=60).status_code
+    return httpx.post(
+        f"{url}/v1/load_lora_adapter", json=body, timeout=60, headers=http_headers()
+    ).status_code
 
 
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

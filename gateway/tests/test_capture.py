@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-import grpc
 import pytest
 from litellm import ModelResponse
 
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1.trajectory_pb2_grpc import TrajectoryServiceStub
+from flywheel_common import auth
 from flywheel_gateway.capture import REDACTED, TrajectoryCapture, build_trajectory, redact
 from flywheel_testing.processes import start_module
 
@@ -83,7 +83,7 @@ async def test_capture_into_the_real_trajectory_store(service_env: dict[str, str
             kwargs, response, start, start + datetime.timedelta(milliseconds=5)
         )
         assert capture.stored == 1, log.read_text()[-2000:]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{info['port']}") as channel:
+        async with auth.channel(f"127.0.0.1:{info['port']}") as channel:
             got = await TrajectoryServiceStub(channel).GetTrajectory(
                 tpb.GetTrajectoryRequest(trajectory_id="cap-real-store-1")
             )

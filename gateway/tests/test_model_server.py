@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from flywheel.events.v1.events_pb2 import AdapterLoaded
+from flywheel_common.auth import http_headers
 from flywheel_common.events import EventBus, NatsSettings
 from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
 from flywheel_common.server import ready_file_info
@@ -239,7 +240,7 @@ def test_system_fingerprint_passes_through(
 
     name = f"fp{ms_gateway.mode}-v1"  # the model server is shared by both gateways
     reply = httpx.post(f"{model_server}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(tiny[1])},
-                       timeout=60)  # fmt: skip
+                       timeout=60, headers=http_headers())  # fmt: skip
     assert reply.status_code == 200, reply.text
     digest = folder_digest(tiny[1]).digest
     chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}

@@ -30,10 +30,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
-
 from flywheel.sandbox.v1 import sandbox_pb2 as S
 from flywheel.sandbox.v1 import sandbox_pb2_grpc
+from flywheel_common import auth
 
 PYTHON = "/usr/bin/python3"
 
@@ -126,7 +125,7 @@ async def measure(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Sandboxed and bare figures, interleaved so that both see the same (shared) machine load."""
     req = S.ExecuteRequest(program=S.Program(source='print("hi")'))
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with auth.channel(address) as channel:
         stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
         for _ in range(20):  # warm-up (connection, pool, the runner's code paths)
             await stub.Execute(req)
@@ -195,7 +194,7 @@ async def grpc_runtests(address: str, runs: int) -> dict[str, float]:
         protected_files=[S.File(path="tests/test_calc.py", text=tests)],
     )
     lat = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with auth.channel(address) as channel:
         stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
         for _ in range(runs):
             t = time.perf_counter()

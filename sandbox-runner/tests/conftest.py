@@ -19,6 +19,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flywheel.sandbox.v1 import sandbox_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.settings import load_settings
 from flywheel_sandbox.runner import Runner
 from flywheel_sandbox.service import SandboxService, build_app
@@ -103,7 +104,7 @@ async def sandbox(sandbox_env: dict[str, str]) -> AsyncIterator[Sandbox]:
         servicer = app.bindings[0].servicer
         assert isinstance(servicer, SandboxService)
         address = f"127.0.0.1:{port}"
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             yield Sandbox(
                 sandbox_pb2_grpc.SandboxServiceStub(channel),
                 channel,

@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from flywheel.common.v1 import common_pb2
 from flywheel.sandbox.v1 import sandbox_pb2 as S
 from flywheel.sandbox.v1 import sandbox_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.errors import InvalidArgument
 from flywheel_sandbox.workspace import FileCaps, extract_archive, max_archive_bytes
 from flywheel_testing.processes import start_module
@@ -91,7 +92,7 @@ async def with_health_polling(address: str, call: Awaitable[T]) -> tuple[T | Bas
     health answer in seconds and the number of answers."""
     task: asyncio.Future[T] = asyncio.ensure_future(call)
     slowest, polls = 0.0, 0
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with auth.channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             started = time.monotonic()
@@ -137,7 +138,7 @@ async def test_judge_long_wrong_output_answers_quickly_and_health_keeps_answerin
         limits=S.Limits(output_bytes=16 * MiB),
     )
     assert len(EXPECTED) > 3 * MiB
-    async with grpc.aio.insecure_channel(runner.address) as channel:
+    async with auth.channel(runner.address) as channel:
         stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
         started = time.monotonic()
         reply, slowest, polls = await with_health_polling(runner.address, stub.Judge(request, timeout=300))
@@ -248,7 +249,7 @@ async def test_archive_bomb_is_refused_with_bounded_memory(runner: Runner, key: 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
     request = S.RunTestsRequest(archive=common_pb2.ObjectRef(key=f"bombs/{key}"), targets=["tests"])
-    async with grpc.aio.insecure_channel(runner.address) as channel:
+    async with auth.channel(runner.address) as channel:
         stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
         memory = Memory(runner.pid)
         err, slowest, _ = await with_health_polling(runner.address, stub.RunTests(request, timeout=120))
@@ -274,7 +275,7 @@ async def test_archive_within_the_caps_still_extracts(runner: Runner) -> None:
     (runner.objects / "ok").mkdir(parents=True, exist_ok=True)
     (runner.objects / "ok" / "data.tar.gz").write_bytes(blob)
     request = S.RunTestsRequest(archive=common_pb2.ObjectRef(key="ok/data.tar.gz"), targets=["tests"])
-    async with grpc.aio.insecure_channel(runner.address) as channel:
+    async with auth.channel(runner.address) as channel:
         reply = await sandbox_pb2_grpc.SandboxServiceStub(channel).RunTests(request, timeout=120)
     assert reply.passed and reply.passed_count == 1, (reply.findings, reply.execution.stdout[-2000:])
 

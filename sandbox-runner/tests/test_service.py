@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2
 from flywheel.common.v1 import common_pb2
 from flywheel.sandbox.v1 import sandbox_pb2 as S
 from flywheel.sandbox.v1 import sandbox_pb2_grpc
+from flywheel_common import auth
 from flywheel_sandbox.isolation import IsolationUnavailable
 from flywheel_sandbox.service import build_app
 from flywheel_sandbox.settings import SandboxSettings
@@ -196,7 +197,7 @@ async def test_unsafe_local_mode_is_explicit_and_loud(
     env = {"FLYWHEEL_OBJECT_STORE_ROOT": str(tmp_path / "o"), "FLYWHEEL_SANDBOX_UNSAFE_LOCAL": "true"}
     with caplog.at_level(logging.WARNING, logger="flywheel.sandbox"):
         async with boot_service(build_app, SandboxSettings, env) as address:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with auth.channel(address) as channel:
                 stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
                 r = (
                     await stub.Execute(S.ExecuteRequest(program=S.Program(source="print(6*7)")), timeout=30)

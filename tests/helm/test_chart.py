@@ -690,8 +690,10 @@ def test_values_hold_no_secrets() -> None:
     for path, value in suspicious.items():
         leaf = path.split(".")[-1]
         assert leaf.endswith(("Secret", "Secrets", "Key")) and not leaf.endswith(("ApiKey", "apiKey")), path
-        if leaf.endswith("KeyKey"):  # the name of a key inside a Secret, never a secret itself
-            assert value in ("accessKey", "secretKey", "masterKey"), f"{path} defaults to {value!r}"
+        if leaf.endswith("KeyKey") or path in ("serviceAuth.tokenKey", "serviceAuth.nextTokenKey"):
+            # the name of a key inside a Secret, never a secret itself
+            names = ("accessKey", "secretKey", "masterKey", "service-token", "service-token-next")
+            assert value in names, f"{path} defaults to {value!r}"
         else:  # names of Secrets the user creates; none by default
             assert value in ("", []), f"{path} defaults to {value!r}"
 
@@ -1275,3 +1277,112 @@ def test_the_store_uses_the_bundled_postgres_when_it_runs() -> None:
     )
     assert env["FLYWHEEL_TRAJECTORY_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "mine"
     assert "POSTGRES_PASSWORD" not in env
+
+
+# --- service-to-service authentication (flywheel_common.auth) ----------------------------------------
+
+
+def _service_token_refs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(object/container, FLYWHEEL_SERVICE_TOKEN entry, …_NEXT entry) of every Flywheel container
+    (our images) and every grpcurl test pod."""
+    found = []
+    for obj in objs:
+        if spec := pod_spec(obj):
+            for c in containers(spec):
+                if "/flywheel/" in c["image"] or "grpcurl" in c["image"]:
+                    env = env_of(c)
+                    where = f"{obj['kind']} {obj['metadata'].get('name', '(job template)')}/{c['name']}"
+                    found.append(
+                        (
+                            where,
+                            env.get("FLYWHEEL_SERVICE_TOKEN", {}),
+                            env.get("FLYWHEEL_SERVICE_TOKEN_NEXT", {}),
+                        )
+                    )
+    return found
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_every_flywheel_container_gets_the_service_token_from_the_secret(values: str) -> None:
+    objs = objects(values)
+    secret = (
+        VALUE_SETS[values].get("serviceAuth", {}).get("existingSecret") or f"{RELEASE}-flywheel-service-auth"
+    )
+    refs = _service_token_refs(objs)
+    # Every service, the gateway, adapter sync, the trainer's job pods (kubernetes backend) and the tests.
+    assert len(refs) >= 11, refs
+    for where, token, following in refs:
+        assert token.get("valueFrom", {}).get("secretKeyRef") == {"name": secret, "key": "service-token"}, (
+            where
+        )
+        assert following["valueFrom"]["secretKeyRef"] == {
+            "name": secret,
+            "key": "service-token-next",
+            "optional": True,
+        }, where
+    if values == "trainer-jobs":
+        assert any(where.startswith("Job ") for where, _, _ in refs), "the training Job template"
+
+
+def test_the_service_token_is_generated_once_and_an_existing_secret_replaces_it() -> None:
+    tokens = []
+    for _ in range(2):
+        out = _chart().render(values={}, name=RELEASE, namespace=NAMESPACE)
+        secret = next(
+            o
+            for o in yaml.safe_load_all(out["flywheel/templates/secrets.yaml"])
+            if o and o["metadata"]["name"] == f"{RELEASE}-flywheel-service-auth"
+        )
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        tokens.append(base64.b64decode(secret["data"]["service-token"]).decode())
+    assert all(t.startswith("fw-") and len(t) == 51 for t in tokens) and tokens[0] != tokens[1]
+
+    out = _chart().render(
+        values={"serviceAuth": {"existingSecret": "my-token"}}, name=RELEASE, namespace=NAMESPACE
+    )
+    names = [o["metadata"]["name"] for o in yaml.safe_load_all(out["flywheel/templates/secrets.yaml"]) if o]
+    assert f"{RELEASE}-flywheel-service-auth" not in names
+    refs = _service_token_refs(
+        [
+            doc
+            for path, text in out.items()
+            if path.endswith(".yaml") and text.strip()
+            for doc in yaml.safe_load_all(text)
+            if isinstance(doc, dict) and "kind" in doc
+        ]
+    )
+    assert refs and all(t["valueFrom"]["secretKeyRef"]["name"] == "my-token" for _, t, _ in refs)
+
+
+def test_helm_test_pods_check_that_calls_need_the_token() -> None:
+    pods = [o for o in objects("defaults") if o["kind"] == "Pod"]
+    scripts = {p["metadata"]["name"]: p["spec"]["containers"][0]["args"][0] for p in pods}
+    for comp in _grpc_components():
+        script = scripts[f"{RELEASE}-flywheel-test-health-{comp.name}"]
+        assert "grep -q Unauthenticated" in script  # the call without the token is refused
+        assert '-H "authorization: Bearer $FLYWHEEL_SERVICE_TOKEN"' in script
+
+
+@pytest.mark.parametrize("values", ["defaults", "external-s3"])
+@pytest.mark.parametrize("comp", sorted(SETTINGS_CLASSES))
+def test_services_read_the_rendered_token(values: str, comp: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rendered FLYWHEEL_SERVICE_TOKEN reaches each service's settings (and its clients)."""
+    import importlib
+    import os
+
+    from flywheel_common.auth import AuthSettings
+    from flywheel_common.settings import ServiceSettings, load_settings
+
+    module, name = SETTINGS_CLASSES[comp]
+    settings_class = getattr(importlib.import_module(module), name)
+    container = component(objects(values), "Deployment", comp)["spec"]["template"]["spec"]["containers"][0]
+    for key in list(os.environ):
+        if key.startswith("FLYWHEEL_"):
+            monkeypatch.delenv(key)
+    for key, value in _resolved_env(container).items():
+        monkeypatch.setenv(key, value)
+    expected = "sk-stand-in-for-service-token"
+    assert AuthSettings().token() == expected
+    settings = load_settings(settings_class)
+    if isinstance(settings, ServiceSettings):
+        assert settings.auth.accepted() == [expected, "sk-stand-in-for-service-token-next"]

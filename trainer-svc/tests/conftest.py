@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from flywheel_common import auth
 from flywheel_common.objectstore import ObjectStore, ObjectStoreSettings, open_object_store
 from flywheel_common.procs import die_with_parent
 from flywheel_testing.trainer import DPO_ROWS, FACTS, SFT_ROWS, TINY, build_tiny_model, write_dataset
@@ -88,7 +89,7 @@ async def channel_to() -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
     channels: list[grpc.aio.Channel] = []
 
     def make(address: str) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(address)
+        channel = auth.channel(address)
         channels.append(channel)
         return channel
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from flywheel.trainer.v1 import trainer_pb2_grpc
+from flywheel_common import auth
 from flywheel_testing.services import boot_service, unserved_rpcs
 from flywheel_trainer.service import DESCRIPTOR, build_app
 from flywheel_trainer.settings import TrainerSettings
@@ -13,7 +13,7 @@ from flywheel_trainer.settings import TrainerSettings
 
 async def test_serves_health_reflection_and_every_rpc(trainer_env: dict[str, str]) -> None:
     async with boot_service(build_app, TrainerSettings, trainer_env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             pending = await unserved_rpcs(channel, trainer_pb2_grpc.TrainerServiceStub(channel), DESCRIPTOR)
     assert pending == []
 

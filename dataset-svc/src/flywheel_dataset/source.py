@@ -9,6 +9,7 @@ import grpc
 
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 
 
 class StoreUnavailable(RuntimeError):
@@ -23,7 +24,7 @@ class GrpcTrajectorySource:
         self.timeout_s = timeout_s
         self.cancel = cancel or threading.Event()
         # Large trajectories: the store may send messages well above gRPC's 4 MiB default.
-        self._channel = grpc.insecure_channel(
+        self._channel = auth.sync_channel(
             address, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
         )
         self._stub = trajectory_pb2_grpc.TrajectoryServiceStub(self._channel)

@@ -163,6 +163,13 @@ props = {
             },
         }
     ),
+    "serviceAuth": obj(
+        {
+            "existingSecret": s("Secret with the service token; empty: generated and kept."),
+            "tokenKey": s("Key of the service token in that Secret.", minLength=1),
+            "nextTokenKey": s("Key of the optional next token (rotation) in that Secret.", minLength=1),
+        }
+    ),
     "objectStore": obj(
         {
             "bucket": s("S3 bucket name.", pattern="^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),

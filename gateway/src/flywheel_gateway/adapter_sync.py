@@ -11,7 +11,8 @@ A durable JetStream consumer (``adapter-sync``) of ``flywheel.adapter.published`
    not is copied again, a fresh one that does not means the object store's files are not the
    published ones: ``load_failed``, nothing is loaded);
 2. loads it with vLLM's runtime LoRA API, ``POST /v1/load_lora_adapter
-   {"lora_name": "<name>-v<version>", "lora_path": …}``; a name the replica already serves is not
+   {"lora_name": "<name>-v<version>", "lora_path": …}`` (every request to a replica carries
+   ``Authorization: Bearer $FLYWHEEL_SERVICE_TOKEN``, which the model server's admin routes need); a name the replica already serves is not
    loaded again (a redelivered event does no harm) but verified like a new one, and replaced
    only when forced (:meth:`AdapterSync.reload`);
 3. checks that ``GET /v1/models`` lists it and verifies what the replica serves under the name:
@@ -67,6 +68,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flywheel.common.v1.common_pb2 import Error
 from flywheel.events.v1 import events_pb2
 from flywheel.events.v1.events_pb2 import AdapterLoaded, AdapterLoadFailed, AdapterPublished, EventMeta
+from flywheel_common import auth
 from flywheel_common.adapter_digest import DigestError, folder_digest, is_digest, objects_digest
 from flywheel_common.events import Event, EventBus, NatsSettings, raise_if_cancelling
 from flywheel_common.objectstore import (
@@ -275,8 +277,11 @@ class AdapterSync:
 
     async def http(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
+            # The replicas' load/unload routes need the service token (flywheel_common.auth);
+            # the probe through the gateway sends the gateway key instead (its own header wins).
             self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
+                timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_s),
+                headers=auth.http_headers(),
             )
         return self._http
 

@@ -38,6 +38,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from flywheel.common.v1.common_pb2 import SamplingParams, TokenUsage
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1.trajectory_pb2_grpc import TrajectoryServiceStub
+from flywheel_common import auth
 
 log = logging.getLogger("flywheel.gateway.capture")
 
@@ -272,7 +273,7 @@ class TrajectoryCapture(CustomLogger):
 
     def stub(self) -> TrajectoryServiceStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = auth.channel(self.address)
             self._stub = TrajectoryServiceStub(self._channel)
         return self._stub
 

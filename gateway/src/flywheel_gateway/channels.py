@@ -3,7 +3,8 @@
 The web console and the files / fine-tuning API both call the trainer and dataset-svc; they share
 this holder, so one gateway process keeps one channel per service. A ``grpc.aio`` channel belongs
 to the event loop it was made on, so the holder drops its channels (without awaiting them: that
-loop is gone) when it is first used from another loop, as happens between test clients.
+loop is gone) when it is first used from another loop, as happens between test clients. Every
+channel sends the service token (``flywheel_common.auth``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+
+from flywheel_common import auth
 
 
 class ServiceChannels:
@@ -26,7 +29,7 @@ class ServiceChannels:
             self._channels, self._loop = {}, loop
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self._channels[address] = auth.channel(address)
         return channel
 
     async def close(self) -> None:

@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from click.testing import CliRunner
 
@@ -33,6 +32,7 @@ from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
 from flywheel_cli.main import cli
+from flywheel_common import auth
 from flywheel_orchestrator.service import build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
 from flywheel_testing.processes import start_module
@@ -337,7 +337,7 @@ async def test_ctrl_c_cancels_the_run(backends: dict[str, str], service_env: dic
             f"interrupted: cancelling run {run_id}" in stderr
             and f"{run_id}: cancelled (cancellation" in stderr
         ), stderr
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
             run = (await stub.GetRun(opb.GetRunRequest(run_id=run_id))).run
         assert run.state == common_pb2.JOB_STATE_CANCELLED
@@ -361,7 +361,8 @@ def test_demo_prints_requests_that_repeat_each_stage() -> None:
     )
     assert repeatable(job) == tpb2.FineTuneJob(base_model="b", dataset_id="ds-1", adapter_name="x")
     line = grpcurl_line("127.0.0.1:50051", "svc/CreateRun", again)
-    assert line.startswith("grpcurl -plaintext -d '{") and line.endswith("127.0.0.1:50051 svc/CreateRun")
+    assert line.startswith('grpcurl -plaintext -H "authorization: Bearer $FLYWHEEL_SERVICE_TOKEN" -d \'{')
+    assert line.endswith("127.0.0.1:50051 svc/CreateRun")
     assert '"task_ids":["a"]' in line and "run-1" not in line
 
 

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from flywheel_common import auth
 from flywheel_common.errors import InvalidArgument, NotFound
 from flywheel_common.logs import JsonFormatter, request_id_var
 from flywheel_common.server import GrpcApp, Metrics, ServiceBinding
@@ -80,7 +81,7 @@ async def app():
 
 @pytest.fixture
 async def channel(app: GrpcApp):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+    async with auth.channel(f"127.0.0.1:{app.port}") as channel:
         yield channel
 
 
@@ -189,7 +190,7 @@ async def test_one_json_log_line_per_rpc(channel: grpc.aio.Channel, caplog: pyte
 
 
 async def test_graceful_shutdown_finishes_in_flight_and_goes_not_serving(app: GrpcApp) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+    async with auth.channel(f"127.0.0.1:{app.port}") as channel:
         in_flight = asyncio.ensure_future(call(channel, b"slow"))
         await asyncio.sleep(0.1)
         stopping = asyncio.ensure_future(app.stop(grace=3.0))

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flywheel_common.auth import http_headers
+
 WORDS = (
     "apple banana cherry date elder fig grape honey iris jade kiwi lemon mango nectar olive pear "
     "quince rose sage thyme umber violet walnut yarrow zest red orange yellow green blue indigo "
@@ -161,5 +163,5 @@ def server(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture
 def client(server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=60) as http:
+    with httpx.Client(base_url=server, timeout=60, headers=http_headers()) as http:
         yield http

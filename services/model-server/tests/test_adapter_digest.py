@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from flywheel_common.adapter_digest import folder_digest
+from flywheel_common.auth import http_headers
 
 
 def _models(client: httpx.Client) -> dict[str, dict[str, Any]]:
@@ -122,7 +123,7 @@ def test_answers_carry_the_digest_of_the_weights_that_generated_them(
         with client.stream("POST", "/v1/chat/completions", json=body) as stream:
             lines = stream.iter_lines()
             first = next(line for line in lines if line.startswith("data: {"))
-            reload = httpx.post(f"{server}/v1/load_lora_adapter", timeout=60, json={
+            reload = httpx.post(f"{server}/v1/load_lora_adapter", timeout=60, headers=http_headers(), json={
                 "lora_name": "fp-swap", "lora_path": str(tiny.adapter_b), "load_inplace": True})  # fmt: skip
             assert reload.status_code == 200, reload.text
             assert _models(client)["fp-swap"]["digest"] == digest_b

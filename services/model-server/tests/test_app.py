@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from flywheel_common.auth import http_headers
 from flywheel_common.objectstore import FilesystemObjectStore
 from flywheel_model_server.app import build_app
 from flywheel_model_server.engine import Done, Failed, GenerationJob, Prompt, SamplingParams
@@ -30,7 +31,7 @@ async def running(tmp_path: Path, **settings: Any) -> AsyncIterator[httpx.AsyncC
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://model-server", timeout=60
+            transport=transport, base_url="http://model-server", timeout=60, headers=http_headers()
         ) as client:
             yield client
 
@@ -147,7 +148,9 @@ async def test_queue_limit_is_429(tmp_path: Path, tiny: Any) -> None:
     engine = app.state.engine
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://model-server") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://model-server", headers=http_headers()
+        ) as client:
             await wait_status(client, "ready")
             job = GenerationJob("tiny", [Prompt(text="hello")], params(max_tokens=50), 16)
             events = engine.submit(job)
@@ -177,3 +180,39 @@ def params(**overrides: Any) -> SamplingParams:
     )
     values.update(overrides)
     return SamplingParams(**values)
+
+
+async def test_admin_routes_need_the_service_token_and_inference_stays_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Load and unload change what is served: 401 (OpenAI error body) without the service token."""
+    monkeypatch.setenv("FLYWHEEL_SERVICE_TOKEN", "tok-right")
+    async with running(tmp_path) as client:  # its default headers carry tok-right
+        await wait_status(client, "missing")
+        admin = [
+            ("/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "/tmp"}),
+            ("/v1/unload_lora_adapter", {"lora_name": "a"}),
+        ]
+        for path, body in admin:
+            for header in ("", "Bearer tok-wrong", "tok-right"):
+                reply = await client.post(path, json=body, headers={"Authorization": header})
+                assert reply.status_code == 401, (path, header, reply.text)
+                assert reply.headers["www-authenticate"] == "Bearer"
+                error = reply.json()["error"]
+                assert error["code"] == 401 and error["type"] == "AuthenticationError"
+                assert "Authorization: Bearer $FLYWHEEL_SERVICE_TOKEN" in error["message"]
+            # With the token the request gets through to the handler (503: no base model here).
+            assert (await client.post(path, json=body)).status_code == 503
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        reply = await client.post("/v1/chat/completions", json=chat, headers={"Authorization": ""})
+        assert reply.status_code == 503  # not 401: inference needs no token, as before
+        assert (await client.get("/v1/models", headers={"Authorization": ""})).status_code == 503
+
+
+def test_no_service_token_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flywheel_common.auth import MissingServiceToken
+
+    monkeypatch.delenv("FLYWHEEL_SERVICE_TOKEN", raising=False)
+    monkeypatch.delenv("FLYWHEEL_SERVICE_TOKEN_NEXT", raising=False)
+    with pytest.raises(MissingServiceToken, match="model-server: no service token configured"):
+        build_app(ModelServerSettings(cache_dir=tmp_path / "cache"))

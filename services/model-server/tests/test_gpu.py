@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from flywheel_common.auth import http_headers
+
 torch = pytest.importorskip("torch")
 
 pytestmark = [
@@ -29,7 +31,9 @@ async def test_serves_base_and_adapters_on_the_gpu(tmp_path: Path, tiny: Any) ->
     engine = app.state.engine
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gpu", timeout=120) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gpu", timeout=120, headers=http_headers()
+        ) as client:
             for _ in range(600):
                 ready = (await client.get("/health/ready")).json()
                 if ready["status"] == "ready":

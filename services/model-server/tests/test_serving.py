@@ -14,6 +14,8 @@ import httpx
 import pytest
 import safetensors.torch
 
+from flywheel_common.auth import http_headers
+
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello world"}]}
 
 
@@ -227,7 +229,7 @@ def test_concurrent_requests_keep_their_adapter(client: httpx.Client, server: st
     results: list[tuple[str, str]] = []
 
     def ask(model: str) -> None:
-        with httpx.Client(base_url=server, timeout=60) as own:
+        with httpx.Client(base_url=server, timeout=60, headers=http_headers()) as own:
             text = complete(own, model=model, prompt="one two", max_tokens=6, temperature=0)["choices"][0][
                 "text"
             ]
@@ -366,7 +368,7 @@ def test_client_that_goes_away_stops_its_generation(client: httpx.Client, server
 
     body = {"prompt": "hello", "max_tokens": 500, "temperature": 0, "stream": True}
     with (
-        httpx.Client(base_url=server, timeout=60) as own,
+        httpx.Client(base_url=server, timeout=60, headers=http_headers()) as own,
         own.stream("POST", "/v1/completions", json=body) as reply,
     ):
         lines = reply.iter_lines()

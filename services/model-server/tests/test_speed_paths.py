@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from flywheel_common.auth import http_headers
 from flywheel_model_server.app import build_app
 from flywheel_model_server.settings import ModelServerSettings
 
@@ -33,7 +34,9 @@ async def serving(tiny: Any, tmp_path: Any, **settings: Any) -> AsyncIterator[tu
     app = build_app(config)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ms", timeout=120) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://ms", timeout=120, headers=http_headers()
+        ) as client:
             await wait_status(client, "ready")
             yield client, app.state.engine
 

@@ -72,6 +72,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.natsserver import NatsServerProcess
 from flywheel_common.server import ready_file_info
 from flywheel_common.settings import load_settings
@@ -379,8 +380,8 @@ async def bench(args: argparse.Namespace, urls: dict[str, str], pids: dict[str, 
     profiler = cProfile.Profile() if args.profile else None
     try:
         async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch,
-            grpc.aio.insecure_channel(urls["trajectory"]) as tch,
+            auth.channel(f"127.0.0.1:{port}") as ch,
+            auth.channel(urls["trajectory"]) as tch,
         ):
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
             store = trajectory_pb2_grpc.TrajectoryServiceStub(tch)

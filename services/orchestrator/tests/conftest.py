@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
+from flywheel_common import auth
 from flywheel_orchestrator.service import build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
 from flywheel_testing.processes import start_module
@@ -94,7 +94,7 @@ async def orchestrator(
         }
         settings = {"gateway_base_url": server.base_url, "model_max_retries": 2, **overrides}
         async with boot_service(build_app, OrchestratorSettings, env, **settings) as address:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with auth.channel(address) as channel:
                 yield Harness(
                     orchestrator_pb2_grpc.OrchestratorServiceStub(channel),
                     server,

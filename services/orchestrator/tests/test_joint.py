@@ -38,6 +38,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, run_pb2
 from flywheel.orchestrator.v1 import skill_pb2 as spb
 from flywheel.trainer.v1 import trainer_pb2 as trpb
 from flywheel.trainer.v1 import trainer_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.jobs import now
 from flywheel_orchestrator import skillopt, skills
 from flywheel_orchestrator.service import build_app
@@ -227,7 +228,7 @@ async def orchestrator(
         "loop_hot_load_poll_s": 0.5,
     }
     async with boot_service(build_app, OrchestratorSettings, env, **settings) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             yield orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
 
 

@@ -13,6 +13,7 @@ from flywheel.common.v1 import common_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+from flywheel_common import auth
 from flywheel_testing.scripted_model import Delay, json_call, text
 
 from .conftest import Backends, orchestrator
@@ -79,7 +80,6 @@ async def test_an_episode_an_earlier_process_stored_is_kept_not_failed(
     """A crash while an episode's trajectory was on its way to the store: the restarted run does not
     see it yet, plays the episode again and meets the stored one under the same id. The run goes on
     and counts the record that was stored first (the episode exists once)."""
-    import grpc
 
     from flywheel.trajectory.v1 import trajectory_pb2_grpc
     from flywheel_orchestrator.runs import trajectory_id
@@ -100,7 +100,7 @@ async def test_an_episode_an_earlier_process_stored_is_kept_not_failed(
             labels={"written_by": "the-earlier-process"},
             outcome=tpb.Outcome(resolved=True),
         )
-        async with grpc.aio.insecure_channel(backends.trajectory) as ch:
+        async with auth.channel(backends.trajectory) as ch:
             await trajectory_pb2_grpc.TrajectoryServiceStub(ch).PutTrajectory(
                 tpb.PutTrajectoryRequest(trajectory=earlier)
             )

@@ -20,6 +20,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.errors import InvalidArgument
 from flywheel_orchestrator import validation
 from flywheel_orchestrator.rewards import (
@@ -210,7 +211,7 @@ async def watch(h: Harness, run: run_pb2.Run) -> tuple[run_pb2.Run, list[run_pb2
 
 async def rebuilt_counters(backends: Backends, run: run_pb2.Run) -> run_pb2.RunCounters:
     """The counters a resumed run rebuilds, from the store's BASIC view (what runs.py reads)."""
-    async with grpc.aio.insecure_channel(backends.trajectory) as ch:
+    async with auth.channel(backends.trajectory) as ch:
         stub = trajectory_pb2_grpc.TrajectoryServiceStub(ch)
         listing = await stub.ListTrajectories(
             tpb.ListTrajectoriesRequest(

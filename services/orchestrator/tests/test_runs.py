@@ -20,6 +20,7 @@ from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import run_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_testing.scripted_model import Delay, Fail, json_call, text, tool_call
 
 from .conftest import Backends, Harness, orchestrator
@@ -61,7 +62,7 @@ async def run_to_end(h: Harness, **fields: Any) -> run_pb2.Run:
 
 
 async def stored(backends: Backends, run_id: str) -> list[tpb.Trajectory]:
-    async with grpc.aio.insecure_channel(backends.trajectory) as ch:
+    async with auth.channel(backends.trajectory) as ch:
         stub = trajectory_pb2_grpc.TrajectoryServiceStub(ch)
         listing = await stub.ListTrajectories(
             tpb.ListTrajectoriesRequest(filter=tpb.TrajectoryFilter(run_ids=[run_id]), page_size=100)

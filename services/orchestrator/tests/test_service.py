@@ -7,6 +7,7 @@ import pytest
 
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
+from flywheel_common import auth
 from flywheel_orchestrator.service import DESCRIPTOR, build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
 from flywheel_testing.services import boot_service, unserved_rpcs
@@ -14,7 +15,7 @@ from flywheel_testing.services import boot_service, unserved_rpcs
 
 async def test_serves_health_and_suites(service_env: dict[str, str]) -> None:
     async with boot_service(build_app, OrchestratorSettings, service_env) as address:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
             pending = await unserved_rpcs(channel, stub, DESCRIPTOR)
             assert pending == []  # every RPC is served

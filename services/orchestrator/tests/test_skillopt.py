@@ -38,6 +38,7 @@ from flywheel.orchestrator.v1 import skill_pb2 as spb
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
 from flywheel_cli.main import cli
+from flywheel_common import auth
 from flywheel_orchestrator import protocol as proto
 from flywheel_orchestrator import skillopt, skills
 from flywheel_orchestrator.suites import load_folder
@@ -340,7 +341,7 @@ async def test_skill_hash_in_every_trajectory_of_a_run(
                 if update.WhichOneof("update") == "run":
                     last = update.run
             assert last is not None and last.state == common_pb2.JOB_STATE_SUCCEEDED
-            async with grpc.aio.insecure_channel(backends.trajectory) as ch:
+            async with auth.channel(backends.trajectory) as ch:
                 store = trajectory_pb2_grpc.TrajectoryServiceStub(ch)
                 listed = await store.ListTrajectories(
                     tpb.ListTrajectoriesRequest(
@@ -470,7 +471,7 @@ async def test_optimisation_resumes_after_sigkill_mid_step(
             address: str, opt_id: str, ready: Callable[[spb.SkillOptimization], bool], proc: subprocess.Popen
         ) -> None:
             try:
-                async with grpc.aio.insecure_channel(address) as ch:
+                async with auth.channel(address) as ch:
                     stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
                     deadline = time.monotonic() + 60
                     while True:
@@ -486,7 +487,7 @@ async def test_optimisation_resumes_after_sigkill_mid_step(
                 proc.wait(10)
 
         proc, address = boot("first")
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with auth.channel(address) as ch:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
             req = opb.CreateSkillOptimizationRequest(optimization=optimization(), request_id="opt-kill")
             created = (await stub.CreateSkillOptimization(req)).optimization
@@ -516,7 +517,7 @@ async def test_optimisation_resumes_after_sigkill_mid_step(
         models.release.set()
         proc, address = boot("third")
         try:
-            async with grpc.aio.insecure_channel(address) as ch:
+            async with auth.channel(address) as ch:
                 stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
                 final = await wait_end(stub, created.id)
                 runs = (await stub.ListRuns(opb.ListRunsRequest(suite="adders", page_size=100))).runs

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.orchestrator.v1 import orchestrator_pb2_grpc, suite_pb2
+from flywheel_common import auth
 from flywheel_orchestrator import suites as S
 from flywheel_orchestrator.service import build_app
 from flywheel_orchestrator.settings import OrchestratorSettings
@@ -188,7 +189,7 @@ async def test_import_list_reload_over_grpc(service_env: dict[str, str], tmp_pat
         "FLYWHEEL_TRAJECTORY_ADDRESS": "127.0.0.1:9",
     }
     async with boot_service(build_app, OrchestratorSettings, env) as address:
-        async with grpc.aio.insecure_channel(
+        async with auth.channel(
             address, options=[("grpc.max_send_message_length", 64 << 20)]
         ) as ch:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)

@@ -36,10 +36,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
-
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.natsserver import NatsServerProcess
 from flywheel_common.objectstore.fs import FilesystemObjectStore
 
@@ -205,7 +204,7 @@ async def measure(
     args: argparse.Namespace, tmpl: bytes, address: str, pids: dict[str, int]
 ) -> dict[str, object]:
     results: dict[str, object] = {}
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with auth.channel(address) as channel:
         stub = trajectory_pb2_grpc.TrajectoryServiceStub(channel)
         secs = await put_all(stub, tmpl, "run-other", args.other_size, args.streams, args.batch)
         print(

@@ -15,6 +15,7 @@ from flywheel.common.v1 import common_pb2
 from flywheel.events.v1 import events_pb2
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_testing.services import boot_service
 from flywheel_trajectory.service import build_app
 from flywheel_trajectory.settings import TrajectorySettings
@@ -137,7 +138,7 @@ async def running(env: dict[str, str], index_dir: Path, **overrides: object) -> 
     overrides.setdefault("write_processes", 0)
     async with boot_service(build_app, TrajectorySettings, env, index_dir=index_dir, **overrides) as address:
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        async with grpc.aio.insecure_channel(address, options=options) as channel:
+        async with auth.channel(address, options=options) as channel:
             yield Service(
                 address, trajectory_pb2_grpc.TrajectoryServiceStub(channel), channel, index_dir, env
             )

@@ -20,6 +20,7 @@ import grpc
 
 from flywheel.trajectory.v1 import trajectory_pb2 as pb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.events import EventBus
 from flywheel_common.objectstore.fs import FilesystemObjectStore
 from flywheel_trajectory import model
@@ -64,7 +65,7 @@ async def _put_until_killed(address: str, proc: subprocess.Popen, kill_after_s: 
     """Stream batches of 25; SIGKILL the server mid-batch; return the ids of acknowledged batches."""
     acked: set[str] = set()
     start = 0
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with auth.channel(address) as channel:
         stub = trajectory_pb2_grpc.TrajectoryServiceStub(channel)
         began = time.monotonic()
         while True:
@@ -110,7 +111,7 @@ async def test_sigkill_mid_write_loses_nothing_acknowledged(
     # After a restart every acknowledged trajectory is readable and listed, and so is every one
     # whose object was written before the kill (the journal finishes them, events included).
     with service_process(service_env, tmp_path) as (_, address):
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with auth.channel(address) as channel:
             stub = trajectory_pb2_grpc.TrajectoryServiceStub(channel)
             for trajectory_id in sorted(acked)[:: max(1, len(acked) // 20)]:
                 got = await stub.GetTrajectory(pb.GetTrajectoryRequest(trajectory_id=trajectory_id))

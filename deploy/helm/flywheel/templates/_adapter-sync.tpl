@@ -71,6 +71,7 @@ Call with the root context.
     {{- include "flywheel.natsEnv" . | trim | nindent 4 }}
     {{- include "flywheel.objectStoreEnv" . | trim | nindent 4 }}
     {{- include "flywheel.addressEnv" . | trim | nindent 4 }}
+    {{- include "flywheel.serviceTokenEnv" . | trim | nindent 4 }}
     {{- with .Values.adapterSync.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

@@ -167,6 +167,29 @@ seccompProfile:
   value: "{{ include "flywheel.componentName" (dict "root" . "component" "model-server") }}:8000"
 {{- end }}
 
+{{/* Secret holding the service token (flywheel_common.auth). */}}
+{{- define "flywheel.serviceTokenSecret" -}}
+{{- .Values.serviceAuth.existingSecret | default (include "flywheel.componentName" (dict "root" . "component" "service-auth")) -}}
+{{- end }}
+
+{{/*
+The service token every Flywheel container sends on its gRPC calls and accepts on its own, and
+the optional next one (accepted too, during a rotation).
+*/}}
+{{- define "flywheel.serviceTokenEnv" -}}
+- name: FLYWHEEL_SERVICE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "flywheel.serviceTokenSecret" . }}
+      key: {{ .Values.serviceAuth.tokenKey }}
+- name: FLYWHEEL_SERVICE_TOKEN_NEXT
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "flywheel.serviceTokenSecret" . }}
+      key: {{ .Values.serviceAuth.nextTokenKey }}
+      optional: true
+{{- end }}
+
 {{/* Secret holding the gateway master key. */}}
 {{- define "flywheel.gatewaySecret" -}}
 {{- .Values.gateway.existingSecret | default (include "flywheel.componentName" (dict "root" . "component" "gateway")) -}}

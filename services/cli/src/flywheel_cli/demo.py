@@ -128,11 +128,16 @@ def repeatable(resource: Any) -> Any:
     return out
 
 
+#: The header every printed grpcurl command sends (the services need the service token).
+TOKEN_HEADER = "authorization: Bearer $FLYWHEEL_SERVICE_TOKEN"
+
+
 def grpcurl_line(address: str, method: str, message: Any) -> str:
     body = json.dumps(
         json_format.MessageToDict(message, preserving_proto_field_name=True), separators=(",", ":")
     )
-    return f"grpcurl -plaintext -d '{body}' {address} {method}"
+    # The demo prints once where the token is and how to export it (see demo()).
+    return f"grpcurl -plaintext -H \"{TOKEN_HEADER}\" -d '{body}' {address} {method}"
 
 
 def repeat_commands(follower: Follower, status: lpb.LoopStageStatus) -> list[str]:
@@ -528,6 +533,17 @@ def demo(
                 follower.caption = demo_plan.Eta(the_plan).caption
             loop = demo_loop(args)
             orch = addresses["orchestrator"]
+            token_file = stack.info().service_token_file
+            console.print(
+                "the grpcurl commands below send the service token: "
+                + (
+                    f"export FLYWHEEL_SERVICE_TOKEN=$(cat {token_file})"
+                    if token_file
+                    else "from FLYWHEEL_SERVICE_TOKEN"
+                ),
+                soft_wrap=True,
+                highlight=False,
+            )
             console.print("starting the loop:")
             console.print(
                 f"  [cyan]{grpcurl_line(orch, f'{ORCH}/CreateLoop', opb.CreateLoopRequest(loop=loop))}[/]",

@@ -9,10 +9,12 @@ import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from flywheel_common import auth
+
 
 def grpc_health(address: str, timeout: float = 2.0, service: str = "") -> str:
-    """SERVING / NOT_SERVING / … as the server reports it, or UNREACHABLE."""
-    with grpc.insecure_channel(address) as channel:
+    """SERVING / NOT_SERVING / … as the server reports it, or UNREACHABLE (health needs no token)."""
+    with auth.sync_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(  # type: ignore[attr-defined]  # the stub package's HealthStub lists no RPCs

@@ -34,6 +34,7 @@ from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel_cli import joint, rpc
 from flywheel_cli.aliases import arms_table, canary_options, canary_policy
 from flywheel_cli.render import console, enum_name, out
+from flywheel_cli.stack import DEFAULT_STATE_DIR
 from flywheel_common.jobs import TERMINAL
 
 #: What a stage's first appearance prints (``flywheel demo``: how to look at it, how to repeat it).
@@ -174,7 +175,7 @@ class Follower:
         # channel; their stage details are then left out.
         self._channels = contextlib.ExitStack()
         channels = {
-            name: self._channels.enter_context(rpc.channel(address, state_dir or rpc.DEFAULT_STATE_DIR))
+            name: self._channels.enter_context(rpc.channel(address, state_dir or DEFAULT_STATE_DIR))
             for name, address in stack_addresses.items()
             if address
         }

@@ -8,7 +8,9 @@ A command group declares which service it talks to (:class:`Service`), takes ``-
 
 Every channel has the same options (:data:`CHANNEL_OPTIONS`); every unary RPC that names no
 deadline gets :data:`UNARY_TIMEOUT_S` (streams have none: they follow jobs for hours, and
-keepalive notices a server that went away). Any ``grpc.RpcError`` leaving the block is printed
+keepalive notices a server that went away); every call carries the service token
+(:func:`flywheel_cli.stack.service_token`: ``FLYWHEEL_SERVICE_TOKEN``, else the stack's
+``<state>/service.token``). Any ``grpc.RpcError`` leaving the block is printed
 as one line, ``error (CODE): details`` (with a hint when the service cannot be reached), and the
 command exits with status 1.
 """
@@ -30,7 +32,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from flywheel_cli.components import by_name
-from flywheel_cli.stack import DEFAULT_STATE_DIR, NoStackError, service_address
+from flywheel_cli.stack import DEFAULT_STATE_DIR, NoStackError, service_address, service_token
+from flywheel_common import auth
 from flywheel_common.server import MAX_MESSAGE_BYTES, MIN_CLIENT_PING_INTERVAL_S
 
 console = Console(stderr=True)
@@ -149,9 +152,10 @@ class _DefaultDeadline(grpc.UnaryUnaryClientInterceptor):
 
 
 @contextlib.contextmanager
-def channel(address: str) -> Iterator[grpc.Channel]:
-    """A plaintext channel to ``address`` with :data:`CHANNEL_OPTIONS` and the default deadline."""
-    raw = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def channel(address: str, state_dir: Path = DEFAULT_STATE_DIR) -> Iterator[grpc.Channel]:
+    """A plaintext channel to ``address`` with :data:`CHANNEL_OPTIONS`, the default deadline, and
+    the service token (of ``state_dir``'s stack unless ``FLYWHEEL_SERVICE_TOKEN`` is set)."""
+    raw = auth.sync_channel(address, token=service_token(state_dir), options=CHANNEL_OPTIONS)
     try:
         yield grpc.intercept_channel(raw, _DefaultDeadline())
     finally:
@@ -190,7 +194,7 @@ def errors(service: Service | None = None, address: str = "") -> Iterator[None]:
 def stub(ctx: click.Context, service: Service, make: Callable[[grpc.Channel], T]) -> Iterator[T]:
     """A stub on ``service`` (address from the group's options); RPC errors end the command."""
     address = resolve(ctx, service)
-    with channel(address) as ch, errors(service, address):
+    with channel(address, ctx.obj["state_dir"]) as ch, errors(service, address):
         yield make(ch)
 
 

@@ -17,6 +17,11 @@ Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after the grace perio
 removes ``stack.json``; children are also killed by the kernel if this process dies without
 cleaning up (``flywheel_common.procs.die_with_parent``).
 
+Every service authenticates gRPC calls with one service token (``flywheel_common.auth``): the
+stack uses ``FLYWHEEL_SERVICE_TOKEN`` when set, else ``<state>/service.token`` (generated, mode
+600, on the first start, like the gateway key), hands it to every child and to its own process's
+clients, and the CLI reads it from the same place (:func:`service_token`).
+
 Two timeouts, one inside the other: each service's own shutdown is bounded by its
 ``SHUTDOWN_TIMEOUT_S`` (set here to :func:`drain_budget`, 5 s with the default grace), and the
 supervisor's grace (``--grace``, :data:`DEFAULT_GRACE_S`, 15 s) is three times that. A service
@@ -41,12 +46,15 @@ from typing import Any
 
 from flywheel_cli.components import COMPONENTS, Component, by_name
 from flywheel_cli.health import grpc_health, http_health, port_is_free
+from flywheel_common.auth import TOKEN_VARIABLE, current_token
 from flywheel_common.natsserver import NatsServerProcess
 from flywheel_common.procs import die_with_parent, pid_alive, stop_process_group
 from flywheel_common.server import ready_file_info
 
 STACK_FILE = "stack.json"
 GATEWAY_KEY_FILE = "gateway.key"  #: the gateway's master key, generated on the first `flywheel up`
+#: The token every gRPC call between services (and from the CLI) carries, generated likewise.
+SERVICE_TOKEN_FILE = "service.token"
 LOCAL_HOST = "127.0.0.1"
 #: Where a stack keeps its data when no --state-dir is given (env FLYWHEEL_STATE_DIR).
 DEFAULT_STATE_DIR = Path(os.environ.get("FLYWHEEL_STATE_DIR", "~/.flywheel"))
@@ -105,6 +113,7 @@ class StackInfo:
     object_store: str
     services: list[dict[str, Any]] = field(default_factory=list)
     gateway_key_file: str = ""
+    service_token_file: str = ""  #: where the service token is, or "" when it came from the environment
     grace_s: float = DEFAULT_GRACE_S  #: each process's time between SIGTERM and SIGKILL
     nats_restarts: int = 0  #: times the supervisor started the embedded nats-server again
 
@@ -123,6 +132,27 @@ class StackInfo:
 
 class NoStackError(StackError):
     """A state folder was named but no stack runs from it (so no address can come from it)."""
+
+
+def _write_secret(path: Path, value: str) -> None:
+    """Write ``value`` to ``path`` with mode 600, atomically."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
+    os.replace(tmp, path)
+
+
+def service_token(state_dir: Path) -> str | None:
+    """The token a CLI command sends: ``FLYWHEEL_SERVICE_TOKEN``, else the embedded stack's
+    ``<state>/service.token``, else None (the service then answers UNAUTHENTICATED, saying how)."""
+    token = current_token()
+    if token:
+        return token
+    try:
+        return (state_dir.expanduser() / SERVICE_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def service_address(name: str, address: str | None, state_dir: Path, *, state_dir_named: bool = False) -> str:
@@ -206,6 +236,8 @@ class Stack:
         self.children: list[Running] = []
         self.moved_ports: dict[str, int] = {}
         self.ports: dict[str, int] = {}
+        #: FLYWHEEL_SERVICE_TOKEN as it was before this stack exported its own (None: use the file).
+        self.env_token = current_token()
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -294,11 +326,17 @@ class Stack:
         """The gateway's master key: read from <state>/gateway.key, created (mode 600) on first use."""
         path = self.state_dir / GATEWAY_KEY_FILE
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(f"sk-flywheel-{secrets.token_urlsafe(24)}\n")
-            os.replace(tmp, path)
+            _write_secret(path, f"sk-flywheel-{secrets.token_urlsafe(24)}")
+        return path.read_text().strip()
+
+    def service_token(self) -> str:
+        """The service token: ``FLYWHEEL_SERVICE_TOKEN`` if set, else <state>/service.token,
+        created (mode 600, 32 random bytes) on first use."""
+        if self.env_token:
+            return self.env_token
+        path = self.state_dir / SERVICE_TOKEN_FILE
+        if not path.exists():
+            _write_secret(path, f"fw-{secrets.token_urlsafe(32)}")
         return path.read_text().strip()
 
     def plan_ports(self) -> dict[str, int]:
@@ -322,6 +360,7 @@ class Stack:
         for other in self.components:
             env[other.address_variable] = f"{LOCAL_HOST}:{ports[other.name]}"
         env.setdefault("FLYWHEEL_GATEWAY_MASTER_KEY", self.gateway_key())
+        env[TOKEN_VARIABLE] = self.service_token()
         env.setdefault("FLYWHEEL_GATEWAY_ADAPTER_SYNC", "true")  # adapter sync runs in the gateway process
         # Local state of the services lives under the stack's folder too, so two stacks (e.g. the
         # demo's and yours) never share job records or caches.
@@ -391,6 +430,8 @@ class Stack:
         self.check_not_running()
         for folder in (self.state_dir, self.log_dir, self.state_dir / "run"):
             folder.mkdir(parents=True, exist_ok=True)
+        # This process's own clients (the demo's, a test's) send the same token as the CLI.
+        os.environ[TOKEN_VARIABLE] = self.service_token()
         try:
             self.start_nats()
             ports = self.plan_ports()
@@ -418,6 +459,7 @@ class Stack:
             nats_embedded=self.nats is not None,
             object_store=self.describe_object_store(),
             gateway_key_file=str(self.state_dir / GATEWAY_KEY_FILE),
+            service_token_file="" if self.env_token else str(self.state_dir / SERVICE_TOKEN_FILE),
             grace_s=self.grace_s,
             nats_restarts=self.nats_restarts,
             services=[

@@ -72,9 +72,9 @@ def up(state_dir: Path, timeout: float, grace: float) -> None:
         f"NATS: {info.nats_url} ({'embedded' if info.nats_embedded else 'external'})  "
         f"objects: {info.object_store}\nlogs: {info.state_dir}/logs/<service>.log\n"
         f"grace: {grace:g} s per process (services drain in {drain_budget(grace):g} s)\n"
-        f"Try: [cyan]grpcurl -plaintext {info.services[0]['address']} list[/]   "
         f"Stop with Ctrl-C or [cyan]flywheel down --state-dir {info.state_dir}[/]"
     )
+    console.print(escape(token_hint(info)), soft_wrap=True)
     if url := console_url(info):
         console.print(f"console: [cyan]{url}[/] (sign in with the gateway key in {info.gateway_key_file})")
 
@@ -161,7 +161,25 @@ def status(state_dir: Path, as_json: bool) -> None:
             console.print(f"gateway key ({key_file}): {key_file.read_text().strip()}")
         if url := console_url(info):
             console.print(f"console: {url}")
+        console.print(escape(token_hint(info)), soft_wrap=True)
     sys.exit(0 if healthy else 1)
+
+
+def token_hint(info: StackInfo) -> str:
+    """Where the service token is and how grpcurl passes it (every gRPC call but health and
+    reflection needs it; the `flywheel` commands find it by themselves)."""
+    grpc_service = next((s for s in info.services if s.get("protocol") == "grpc"), None)
+    address = grpc_service["address"] if grpc_service else "127.0.0.1:50051"
+    if info.service_token_file:
+        where = f"service token: {info.service_token_file}"
+        value = f"$(cat {info.service_token_file})"
+    else:
+        where = "service token: FLYWHEEL_SERVICE_TOKEN (from the environment of `flywheel up`)"
+        value = "$FLYWHEEL_SERVICE_TOKEN"
+    return (
+        f"{where}\nTry: grpcurl -plaintext -H \"authorization: Bearer {value}\" {address} list "
+        "(list and describe also work without it; every other call needs it)"
+    )
 
 
 def console_url(info: StackInfo) -> str | None:

@@ -9,6 +9,9 @@ One :class:`GrpcApp` gives a service, with no code of its own:
   metadata or made up, returned in the trailing metadata and put on every log line), one
   structured log line per RPC, Prometheus metrics, and the mapping of exceptions to canonical
   status codes (:mod:`flywheel_common.errors`);
+* service-token authentication (:mod:`flywheel_common.auth`): every call but health and
+  reflection needs ``authorization: Bearer $FLYWHEEL_SERVICE_TOKEN``; with no token configured
+  the server refuses to start unless ``FLYWHEEL_AUTH_DISABLED=1``;
 * graceful shutdown on SIGTERM/SIGINT that ends within ``shutdown_timeout_s``: health goes
   NOT_SERVING, in-flight RPCs get ``grace_period_s`` to finish (at most half the budget), then
   the service's own resources are closed (shutdown hooks, in what is left of the budget). Run by
@@ -39,6 +42,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
+from flywheel_common.auth import AuthInterceptor, MissingServiceToken, server_tokens
 from flywheel_common.errors import bounded_message, status_for
 from flywheel_common.logs import request_id_var
 from flywheel_common.settings import ServiceSettings
@@ -277,10 +281,16 @@ class GrpcApp:
 
     async def start(self) -> int:
         """Run the start-up hooks, bind, serve; returns the bound port."""
+        # Before any hook: a service without a token must not open connections or start work.
+        tokens = server_tokens(self.settings.auth, self.name)
         for hook in self.on_startup:
             await hook()
+        interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(self.metrics)]
+        if tokens is not None:
+            # Inside the observability interceptor, so a refused call is logged and counted too.
+            interceptors.append(AuthInterceptor(tokens))
         self.server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(self.metrics)],
+            interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -426,7 +436,7 @@ def run_service(name: str, settings_cls: type[S], build: Callable[[S], GrpcApp])
 
     try:
         asyncio.run(build(settings).serve_until_signal(on_signal=arm_watchdog))
-    except (OSError, StartupError) as err:
+    except (OSError, StartupError, MissingServiceToken) as err:
         log.error("%s cannot start: %s", name, err)
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flywheel_common.auth import AuthSettings
 from flywheel_common.events import NatsSettings
 from flywheel_common.objectstore import ObjectStoreSettings
 
@@ -54,6 +55,11 @@ class ServiceSettings(BaseSettings):
     nats: NatsSettings = Field(default_factory=NatsSettings, description="Shared: FLYWHEEL_NATS_* variables.")
     object_store: ObjectStoreSettings = Field(
         default_factory=ObjectStoreSettings, description="Shared: FLYWHEEL_OBJECT_STORE_* variables."
+    )
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings,
+        description="Shared: FLYWHEEL_SERVICE_TOKEN, FLYWHEEL_SERVICE_TOKEN_NEXT, FLYWHEEL_AUTH_DISABLED "
+        "(flywheel_common.auth).",
     )
 
 

@@ -10,6 +10,7 @@ import sys
 
 import uvicorn
 
+from flywheel_common.auth import MissingServiceToken
 from flywheel_common.logs import configure_logging
 from flywheel_common.server import write_ready_file
 from flywheel_common.settings import SettingsError, load_settings
@@ -62,7 +63,7 @@ def main() -> int:
     configure_logging(NAME, settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
-    except OSError as err:
+    except (OSError, MissingServiceToken) as err:
         print(f"error: {NAME} cannot start: {err}", file=sys.stderr)
         return 1
     return 0

@@ -1,5 +1,10 @@
 """The HTTP surface of the model server: the subset of vLLM's OpenAI server that Flywheel uses.
 
+Inference routes (``/v1/models``, completions, health) are open, as vLLM's are without
+``--api-key``; the routes that change what is served (``/v1/load_lora_adapter``,
+``/v1/unload_lora_adapter``) need ``Authorization: Bearer $FLYWHEEL_SERVICE_TOKEN``
+(:mod:`flywheel_common.auth`) and answer 401 with an OpenAI error body otherwise.
+
 Errors use the OpenAI error body (``{"error": {"message", "type", "param", "code"}}``) with
 the status code as ``code``, as vLLM does. Routes are thin: they validate the body
 (:mod:`protocol`), hand a job to the :class:`~flywheel_model_server.engine.Engine` and shape
@@ -13,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -22,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from flywheel_common.auth import HTTP_HOW_TO, bearer_problem, server_tokens
 from flywheel_model_server import toolcalls
 from flywheel_model_server.engine import (
     Delta,
@@ -496,9 +502,33 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "InternalServerError")
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def admin_only(endpoint: Endpoint, tokens: list[str] | None) -> Endpoint:
+    """``endpoint`` behind the service token (None: checking disabled); 401 without it."""
+    if tokens is None:
+        return endpoint
+    accepted = tokens
+
+    async def checked(request: Request) -> Response:
+        problem = bearer_problem(request.headers.get("authorization"), accepted, HTTP_HOW_TO)
+        if problem is not None:
+            response = error_response(401, problem, "AuthenticationError")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return await endpoint(request)
+
+    return checked
+
+
 def build_app(settings: ModelServerSettings | None = None, engine: Engine | None = None) -> Starlette:
-    """The ASGI app; its lifespan starts loading the base model in the background."""
+    """The ASGI app; its lifespan starts loading the base model in the background.
+
+    Raises ``MissingServiceToken`` when no service token is configured and auth is not disabled.
+    """
     settings = settings if settings is not None else ModelServerSettings()
+    tokens = server_tokens(settings.auth, "model-server")
     engine = engine if engine is not None else Engine(settings)
     h = Handlers(engine)
 
@@ -516,8 +546,8 @@ def build_app(settings: ModelServerSettings | None = None, engine: Engine | None
         Route("/v1/models", h.models, methods=["GET"]),
         Route("/v1/chat/completions", h.chat_completions, methods=["POST"]),
         Route("/v1/completions", h.completions, methods=["POST"]),
-        Route("/v1/load_lora_adapter", h.load_lora_adapter, methods=["POST"]),
-        Route("/v1/unload_lora_adapter", h.unload_lora_adapter, methods=["POST"]),
+        Route("/v1/load_lora_adapter", admin_only(h.load_lora_adapter, tokens), methods=["POST"]),
+        Route("/v1/unload_lora_adapter", admin_only(h.unload_lora_adapter, tokens), methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

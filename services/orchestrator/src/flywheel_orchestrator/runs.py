@@ -39,6 +39,7 @@ from flywheel.orchestrator.v1 import mle_pb2, run_pb2
 from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
 from flywheel.trajectory.v1 import trajectory_pb2_grpc
+from flywheel_common import auth
 from flywheel_common.errors import InvalidArgument, NotFound
 from flywheel_common.events import EventBus
 from flywheel_common.jobs import Announcement, Job, JobFailed, JobTable
@@ -213,7 +214,7 @@ class RunManager:
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.settings.trajectory_address)
+        self._channel = auth.channel(self.settings.trajectory_address, token=self.settings.auth.token())
         self._trajectories = trajectory_pb2_grpc.TrajectoryServiceStub(self._channel)
         await self.table.start(self._launch)
 

@@ -24,6 +24,7 @@ from google.protobuf.duration_pb2 import Duration
 from flywheel.common.v1 import common_pb2
 from flywheel.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from flywheel.trajectory.v1 import trajectory_pb2 as tpb
+from flywheel_common import auth
 from flywheel_orchestrator.suites import IoTask, RepoTask, Task
 
 RETRIED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
@@ -113,7 +114,7 @@ class SandboxClient:
     def stub(self) -> sandbox_pb2_grpc.SandboxServiceStub:
         # Made on first use, inside the running event loop (aio channels are bound to one).
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = auth.channel(self.address)
             self._stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
         return self._stub
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,16 @@ from flywheel_common.server import GrpcApp
 from flywheel_common.settings import ServiceSettings, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One service token for the whole test session, in the environment.
+
+    Every service refuses to start without one (flywheel_common.auth); services started
+    in-process read it, subprocesses inherit it, and every client channel
+    (``flywheel_common.auth.channel``) sends it.
+    """
+    os.environ.setdefault("FLYWHEEL_SERVICE_TOKEN", f"test-{secrets.token_urlsafe(16)}")
 
 
 @pytest.fixture

@@ -72,13 +72,14 @@ def running_stack(
     extra_env: dict[str, str] | None = None,
 ) -> Iterator:
     """Register ``base_folder`` as base model ``base``, start every service, stop them after.
-    The process environment is cleared of other FLYWHEEL_ settings first (through monkeypatch)."""
+    The process environment is cleared of other FLYWHEEL_ settings first (through monkeypatch),
+    except the session's service token, which the stack then hands to every service."""
     from flywheel_cli.stack import Stack
     from flywheel_common.objectstore import ObjectStoreSettings, open_object_store
     from flywheel_trainer.catalog import register_base_model
 
     for key in list(os.environ):
-        if key.startswith("FLYWHEEL_"):
+        if key.startswith("FLYWHEEL_") and key != "FLYWHEEL_SERVICE_TOKEN":
             monkeypatch.delenv(key)
     for key, value in {**stack_env(state, nats_url, base, suite_dirs), **(extra_env or {})}.items():
         monkeypatch.setenv(key, value)
