@@ -189,9 +189,7 @@ async def test_import_list_reload_over_grpc(service_env: dict[str, str], tmp_pat
         "FLYWHEEL_TRAJECTORY_ADDRESS": "127.0.0.1:9",
     }
     async with boot_service(build_app, OrchestratorSettings, env) as address:
-        async with auth.channel(
-            address, options=[("grpc.max_send_message_length", 64 << 20)]
-        ) as ch:
+        async with auth.channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
 
             def request(files: dict[str, bytes], **kw: object) -> opb.ImportSuiteRequest:

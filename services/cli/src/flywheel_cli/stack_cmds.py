@@ -177,7 +177,7 @@ def token_hint(info: StackInfo) -> str:
         where = "service token: FLYWHEEL_SERVICE_TOKEN (from the environment of `flywheel up`)"
         value = "$FLYWHEEL_SERVICE_TOKEN"
     return (
-        f"{where}\nTry: grpcurl -plaintext -H \"authorization: Bearer {value}\" {address} list "
+        f'{where}\nTry: grpcurl -plaintext -H "authorization: Bearer {value}" {address} list '
         "(list and describe also work without it; every other call needs it)"
     )
 
