@@ -25,11 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from flywheel_common import auth
 
 BUNDLED_SUITE = "io-problems"
 LOG = "rl_gpu"
@@ -136,6 +139,16 @@ def tasks(split: int, n: int) -> list[str]:
     return ids[:n] if n else ids
 
 
+def warm_start_tasks(a: argparse.Namespace) -> list[str]:
+    """The warm start's TRAIN tasks: all of them, or only those the rollouts do not play (so that
+    what GRPO gains on its tasks is not the warm start's memory of their reference answers)."""
+    from flywheel.common.v1 import common_pb2
+
+    every = tasks(common_pb2.TASK_SPLIT_TRAIN, 0)
+    played = set(tasks(common_pb2.TASK_SPLIT_TRAIN, a.train_tasks))
+    return every if a.sft_on == "all" or len(played) == len(every) else [t for t in every if t not in played]
+
+
 def make_loop(a: argparse.Namespace) -> Any:
     from flywheel.common.v1 import common_pb2
     from flywheel.orchestrator.v1 import loop_pb2 as lpb
@@ -161,6 +174,7 @@ def make_loop(a: argparse.Namespace) -> Any:
             samples_per_task=a.samples,
             eval_every=a.eval_every,
             sft_warm_start=True,
+            sft_task_ids=warm_start_tasks(a),
             temperature=a.temperature,
             sft_hyperparameters=trpb.Hyperparameters(
                 epochs=a.sft_epochs,
@@ -196,7 +210,13 @@ def start(a: argparse.Namespace) -> None:
     url = f"nats://127.0.0.1:{port}"
     wait_port(port)
     (state / "run" / "nats.pid").write_text(str(nats.pid))
+    # Every service checks this token; the services and this script's clients share it.
+    token_file = state / "service-token"
+    if not token_file.exists():
+        token_file.write_text(secrets.token_urlsafe(32))
+    os.environ[auth.TOKEN_VARIABLE] = token_file.read_text().strip()
     env = {
+        auth.TOKEN_VARIABLE: os.environ[auth.TOKEN_VARIABLE],
         "FLYWHEEL_NATS_URL": url,
         "FLYWHEEL_OBJECT_STORE_BACKEND": "fs",
         "FLYWHEEL_OBJECT_STORE_ROOT": str(state / "objects"),
@@ -252,13 +272,12 @@ def start(a: argparse.Namespace) -> None:
     proc, orch = start_service("flywheel_orchestrator", "FLYWHEEL_ORCHESTRATOR_", orch_env, state)
     pids.append(proc.pid)
     address = f"127.0.0.1:{orch['port']}"
-    import grpc
 
     from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
     from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
 
     loop = make_loop(a)
-    with grpc.insecure_channel(address) as ch:
+    with auth.sync_channel(address) as ch:
         created = (
             orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
             .CreateLoop(opb.CreateLoopRequest(loop=loop, request_id="rl-gpu"), timeout=60)
@@ -272,7 +291,6 @@ def start(a: argparse.Namespace) -> None:
 
 
 def watch(a: argparse.Namespace) -> None:
-    import grpc
     from google.protobuf import json_format
 
     from flywheel.common.v1 import common_pb2
@@ -286,7 +304,8 @@ def watch(a: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + a.for_s
     shown: dict[int, str] = {}
-    with grpc.insecure_channel(info["orchestrator"]) as ch:
+    os.environ[auth.TOKEN_VARIABLE] = (state / "service-token").read_text().strip()
+    with auth.sync_channel(info["orchestrator"]) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         while True:
             loop = stub.GetLoop(opb.GetLoopRequest(loop_id=info["loop_id"]), timeout=30).loop
@@ -383,6 +402,8 @@ def main() -> None:
     s.add_argument("--samples", type=int, default=8)
     s.add_argument("--train-tasks", type=int, default=0, help="First N TRAIN tasks (0 = all).")
     s.add_argument("--test-tasks", type=int, default=0, help="First N TEST tasks (0 = all).")
+    s.add_argument("--sft-on", choices=["rest", "all"], default="rest",
+                   help="Warm start on the TRAIN tasks the rollouts do not play (rest) or on all of them.")  # fmt: skip
     s.add_argument("--eval-every", type=int, default=5)
     s.add_argument("--max-turns", type=int, default=4)
     s.add_argument("--max-tokens", type=int, default=256)
