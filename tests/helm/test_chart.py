@@ -91,6 +91,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/flywheel-sandbox.json"},
         }
     },
+    "registered-base-models": {
+        "baseModels": [
+            {"name": "gemma-3-270m", "hfId": "google/gemma-3-270m", "source": {"prefix": "uploads/gemma/"}},
+            {"name": "local-qwen", "description": "it's on a volume", "source": {"folder": "/models/qwen"}},
+        ],
+        "modelServer": {
+            "model": {"id": "google/gemma-3-270m", "source": "registry", "registryName": "gemma-3-270m"}
+        },
+    },
     "example-gpu": _example("values-gpu.example.yaml"),
     "example-one-gpu-node": _example("values-one-gpu-node.example.yaml"),
     "example-external-s3": _example("values-external-s3.example.yaml"),
@@ -414,6 +423,69 @@ def test_vllm_runs_on_gpu_nodes_with_lora(values: str) -> None:
         assert "initContainers" not in spec
     else:
         assert spec["initContainers"][0]["name"] == "download-model"
+
+
+def test_base_models_are_registered_by_an_idempotent_hook_job() -> None:
+    """One grpcurl call of RegisterBaseModel per baseModels entry, its request as JSON in the
+    environment (no shell quoting), the token flags in one place; no Job without entries. (That the
+    token comes from the chart's Secret is checked for every container by the service-token test.)"""
+    job = component(objects("registered-base-models"), "Job", "register-base-models")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("fullstorydev/grpcurl:")
+    env = env_of(container)
+    assert json.loads(env["REGISTER_0"]["value"]) == {
+        "name": "gemma-3-270m",
+        "hf_id": "google/gemma-3-270m",
+        "description": "",
+        "source_prefix": "uploads/gemma/",
+    }
+    assert json.loads(env["REGISTER_1"]["value"]) == {
+        "name": "local-qwen",
+        "hf_id": "local-qwen",
+        "description": "it's on a volume",
+        "source_folder": "/models/qwen",
+    }
+    script = container["args"][0]
+    assert script.count('-H "authorization: Bearer $FLYWHEEL_SERVICE_TOKEN"') == 1  # one place
+    assert script.count("flywheel.trainer.v1.TrainerService/RegisterBaseModel") == 2
+    assert '-d "$REGISTER_1"' in script and f"trainer={RELEASE}-flywheel-trainer-svc:50055" in script
+    assert "grpc.health.v1.Health/Check" in script  # waits for the trainer first
+    for values in ("defaults", "cpu-only"):
+        jobs = of_kind(objects(values), "Job")
+        assert not [
+            o
+            for o in jobs
+            if o["metadata"]["labels"]["app.kubernetes.io/component"] == "register-base-models"
+        ]
+
+
+def test_vllm_can_serve_the_registered_weights_under_the_hf_id() -> None:
+    import flywheel_model_server.hf_cache as hf_cache  # what the init container runs
+
+    spec = component(objects("registered-base-models"), "StatefulSet", "model-server")["spec"]["template"][
+        "spec"
+    ]
+    (init,) = spec["initContainers"]
+    assert init["name"] == "fetch-registered-model" and init["image"].endswith("/model-server:0.1.0")
+    assert init["command"] == ["python", "-m", hf_cache.__name__]
+    assert init["args"] == [
+        "--name",
+        "gemma-3-270m",
+        "--hf-id",
+        "google/gemma-3-270m",
+        "--hf-home",
+        "/models/hf",
+    ]
+    assert "FLYWHEEL_OBJECT_STORE_SECRET_KEY" in env_of(init)
+    vllm = next(c for c in spec["containers"] if c["name"] == "vllm")
+    assert vllm["args"][0] == "google/gemma-3-270m"  # --model: the id the adapters record
+    assert vllm["args"][vllm["args"].index("--served-model-name") + 1] == "gemma-3-270m"
+    env = env_of(vllm)
+    assert env["HF_HOME"]["value"] == "/models/hf" and env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == "models")
 
 
 def _vllm_args(values: dict[str, Any]) -> list[str]:
@@ -981,6 +1053,18 @@ BAD_VALUES = [
         "/sandboxRunner/cgroupAccess': value must be one of 'privileged', 'delegated'",
     ),
     ({"modelServer": {"model": {"source": "pvc"}}}, "/modelServer/model/existingClaim': minLength"),
+    ({"modelServer": {"model": {"source": "registry"}}}, "/modelServer/model/registryName': minLength"),
+    (
+        {"baseModels": [{"name": "Gemma", "source": {"prefix": "a/"}}]},
+        "/baseModels/0/name': 'Gemma' does not match",
+    ),
+    ({"baseModels": [{"name": "g", "source": {"prefix": "a/", "folder": "/b"}}]}, "/baseModels/0/source'"),
+    ({"baseModels": [{"name": "g", "source": {}}]}, "/baseModels/0/source'"),
+    ({"baseModels": [{"name": "g", "source": {"folder": "relative"}}]}, "/baseModels/0/source/folder'"),
+    (
+        {"baseModels": [{"name": "Gemma", "source": {"prefix": "a/"}}]},
+        "/baseModels/0/name': 'Gemma' does not match",
+    ),
     ({"gatewy": {}}, "additional properties 'gatewy' not allowed"),
 ]
 

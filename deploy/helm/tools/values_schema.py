@@ -358,9 +358,13 @@ props = {
                     "servedName": s("Name clients use for the base model.", minLength=1),
                     "source": {
                         "type": "string",
-                        "enum": ["download", "pvc"],
+                        "enum": ["download", "pvc", "registry"],
                         "description": "Where the base model comes from.",
                     },
+                    "registryName": s(
+                        "Registry name of the base model (source registry).",
+                        pattern="^([a-z0-9][a-z0-9._-]{0,62})?$",
+                    ),
                     "existingClaim": s("PVC with the Hugging Face cache (source pvc)."),
                     "downloadSizeLimit": ref("size"),
                     "hfTokenSecret": s("Secret with HF_TOKEN (source download)."),
@@ -468,6 +472,45 @@ props = {
     "externalDatabase": obj(
         {"existingSecret": s("Secret with the database URL."), "urlKey": s("Key of the URL.", minLength=1)}
     ),
+    "baseModels": {
+        "type": "array",
+        "description": "Base models registered at install and upgrade (RegisterBaseModel).",
+        "items": obj(
+            {
+                "name": s("Registry name.", pattern="^[a-z0-9][a-z0-9._-]{0,62}$"),
+                "hfId": s(
+                    "Hugging Face id vLLM serves it under; default the name.",
+                    pattern="^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
+                    maxLength=200,
+                ),
+                "description": s("Short description."),
+                "source": {
+                    **obj(
+                        {
+                            "prefix": s("Object-store prefix of a Hugging Face folder.", minLength=1),
+                            "folder": s(
+                                "Absolute path of a Hugging Face folder on the trainer.", pattern="^/"
+                            ),
+                            "ggufKey": s("Object-store key of a Gemma GGUF file.", minLength=1),
+                            "ggufPath": s("Absolute path of a Gemma GGUF file on the trainer.", pattern="^/"),
+                        },
+                        desc="Exactly one of prefix, folder, ggufKey, ggufPath.",
+                    ),
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                },
+            },
+            required=["name", "source"],
+        ),
+    },
+    "baseModelJob": obj(
+        {
+            "image": s("Image with grpcurl and a shell.", minLength=1),
+            "timeoutSeconds": i("Seconds one registration may take.", minimum=1),
+            "waitSeconds": i("Seconds to wait for the trainer.", minimum=0),
+            "backoffLimit": i("Failed pods replaced before the Job fails.", minimum=0),
+        }
+    ),
     "tests": obj(
         {
             "grpcurlImage": s("Image with grpcurl and a shell.", minLength=1),
@@ -533,6 +576,11 @@ def build_schema() -> dict[str, Any]:
                 ["modelServer", "model", "source"],
                 "pvc",
                 require(["modelServer", "model", "existingClaim"], "Required with source pvc."),
+            ),
+            cond(
+                ["modelServer", "model", "source"],
+                "registry",
+                require(["modelServer", "model", "registryName"], "Required with source registry."),
             ),
             cond(
                 ["sandboxRunner", "seccompProfile", "type"],

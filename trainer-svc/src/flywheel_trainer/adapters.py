@@ -122,7 +122,9 @@ def publish(
         "metrics": {"final": json_format.MessageToDict(adapter.final_metrics), "history": history},
         "serving": {
             "format": "peft-lora",
-            "base_model_name_or_path": job.base_model,
+            # What adapter_config.json records: the id vLLM serves the base model under.
+            "base_model_name_or_path": base.hf_id if base else job.base_model,
+            "base_model": job.base_model,
             "lora_rank": job.hyperparameters.lora.rank,
             "target_modules": list(job.hyperparameters.lora.target_modules),
         },

@@ -76,6 +76,19 @@ class BaseModelInfo:
     default_chat_template: bool = False
     default_target_modules: list[str] = field(default_factory=list)
     create_time: str = ""
+    #: Hugging Face id the serving engine is started with (vLLM ``--model``); what adapters record
+    #: as ``base_model_name_or_path``. Manifests written before it existed read as ``name``.
+    hf_id: str = ""
+    #: ``sha256:<hex>`` over the registered files (:func:`flywheel_trainer.registry.folder_digest`);
+    #: empty for manifests written before it existed.
+    content_digest: str = ""
+    #: Where the files came from: ``{"kind": "prefix"|"folder"|"gguf_key"|"gguf_path",
+    #: "location": …, "sha256": … (GGUF only)}``; empty for older manifests.
+    source: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.hf_id:
+            self.hf_id = self.name
 
     @property
     def prefix(self) -> str:
@@ -99,18 +112,24 @@ def base_model_info(store: ObjectStore, name: str) -> BaseModelInfo | None:
 
 
 def list_base_models(store: ObjectStore) -> list[BaseModelInfo]:
+    """Every registered base model; an entry still being uploaded (no ``_COMPLETE`` yet) is not one."""
     found = []
     for info in store.list(BASE_MODELS_PREFIX):
         if info.key.endswith("/" + BASE_MODEL_MANIFEST) and info.key.count("/") == 2:
+            if not is_complete(store, info.key.rsplit("/", 1)[0] + "/"):
+                continue
             found.append(BaseModelInfo.from_json(json.loads(store.get_bytes(info.key))))
     return sorted(found, key=lambda m: m.name)
 
 
-def describe_local_model(folder: Path, name: str, description: str) -> BaseModelInfo:
+def describe_local_model(
+    folder: Path, name: str, description: str, *, template_dir: Path | None = None
+) -> BaseModelInfo:
     """Read config.json and the tokenizer config of a Hugging Face folder into a manifest.
 
-    A tokenizer without a chat template gets :data:`DEFAULT_CHAT_TEMPLATE` written into its
-    ``tokenizer_config.json`` here, so every consumer of the folder sees the same template.
+    A tokenizer without a chat template gets :data:`DEFAULT_CHAT_TEMPLATE` written as
+    ``chat_template.jinja`` into ``template_dir`` (default: the folder itself; the registry passes
+    a side folder, the source may be read-only), so every consumer of the model sees the same template.
     """
     config = json.loads((folder / "config.json").read_text())
     tok_path = folder / "tokenizer_config.json"
@@ -118,7 +137,7 @@ def describe_local_model(folder: Path, name: str, description: str) -> BaseModel
     jinja = folder / "chat_template.jinja"
     has_template = bool(tok.get("chat_template")) or jinja.exists()
     if not has_template:
-        jinja.write_text(DEFAULT_CHAT_TEMPLATE)
+        ((template_dir or folder) / jinja.name).write_text(DEFAULT_CHAT_TEMPLATE)
     text_config = config.get("text_config", config)
     params = _count_parameters(folder)
     modules = _linear_module_names(folder)
@@ -163,11 +182,18 @@ def _linear_module_names(folder: Path) -> set[str]:
     return names
 
 
-def register_base_model(store: ObjectStore, folder: Path, name: str, description: str = "") -> BaseModelInfo:
-    """Upload a Hugging Face folder as base model ``name`` (replacing an older upload of that name)."""
+def register_base_model(
+    store: ObjectStore, folder: Path, name: str, description: str = "", hf_id: str = ""
+) -> BaseModelInfo:
+    """Upload a Hugging Face folder as base model ``name`` (replacing an older upload of that name).
+
+    The unchecked path of the command-line importer and the tests; the RPC goes through
+    :func:`flywheel_trainer.registry.register` (validation, idempotency, crash-safe replacement).
+    """
     if not NAME_RE.match(name):
         raise ValueError(f"base model name {name!r} must match {NAME_RE.pattern}")
     info = describe_local_model(folder, name, description)
+    info.hf_id = hf_id or name
     (folder / BASE_MODEL_MANIFEST).write_text(json.dumps(info.to_json(), indent=2))
     upload_dir(store, folder, info.prefix, overwrite=True)
     return info

@@ -77,6 +77,7 @@ class Recipe:
         self.started = time.monotonic()
         self.store: Any = None
         self.tokenizer: Any = None
+        self.base_hf_id = self.spec.base_model  # replaced in setup by the registry entry's hf_id
         self.trainer: Any = None
         self.has_eval = False
         self.resume_path: Path | None = None
@@ -113,6 +114,8 @@ class Recipe:
             )
 
         base_dir = catalog.fetch_base_model(store, spec.base_model, Path(spec.cache_dir))
+        manifest = json.loads((base_dir / catalog.BASE_MODEL_MANIFEST).read_text())
+        self.base_hf_id = catalog.BaseModelInfo.from_json(manifest).hf_id
         self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(base_dir)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -372,10 +375,11 @@ class Recipe:
         tokenizer.save_pretrained(output)
         if not (output / "chat_template.jinja").exists():
             (output / "chat_template.jinja").write_text(tokenizer.chat_template)
-        # vLLM's resolver and Flywheel's serving match the adapter to the base model by NAME.
+        # vLLM's filesystem resolver matches an adapter to the base model by the id vLLM was
+        # started with (--model): the registry entry's hf_id (its name when it has none).
         cfg_path = output / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
-        cfg["base_model_name_or_path"] = self.spec.base_model
+        cfg["base_model_name_or_path"] = self.base_hf_id
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
         history = trainer.state.log_history
         (output / "training_log.json").write_text(json.dumps(history, indent=1))

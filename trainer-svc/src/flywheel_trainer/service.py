@@ -1,8 +1,8 @@
 """The gRPC surface of the trainer.
 
 Thin transport: the servicer maps protobuf messages to :class:`~flywheel_trainer.jobs.JobManager`
-(jobs), :mod:`flywheel_trainer.adapters` (published adapters) and :mod:`flywheel_trainer.catalog`
-(base models) and back.
+(jobs), :mod:`flywheel_trainer.adapters` (published adapters), :mod:`flywheel_trainer.catalog`
+(base models) and :mod:`flywheel_trainer.registry` (registering one) and back.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from flywheel.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from flywheel_common.errors import InvalidArgument, NotFound
+from flywheel_common.objectstore import InvalidKeyError
 from flywheel_common.paging import offset_page
 from flywheel_common.runtime import Dependencies
 from flywheel_common.server import GrpcApp, ServiceBinding
-from flywheel_trainer import adapters, catalog
+from flywheel_trainer import adapters, catalog, registry
 from flywheel_trainer.jobs import JobManager
 from flywheel_trainer.settings import TrainerSettings
 
@@ -33,6 +34,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
         self.settings = settings
         self.deps = deps
         self.manager = JobManager(settings, lambda: deps.store, lambda: deps.bus)
+        self._register_locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
         await self.manager.start()
@@ -88,23 +90,53 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
     async def ListBaseModels(self, request: Any, context: Any) -> trainer_pb2.ListBaseModelsResponse:
         models = await asyncio.to_thread(catalog.list_base_models, self.deps.store)
         chunk, token = offset_page(models, request.page_size, request.page_token)
-        reply = trainer_pb2.ListBaseModelsResponse(next_page_token=token)
-        for info in chunk:
-            model = reply.base_models.add(
-                name=info.name,
-                description=info.description,
-                source=info.prefix,
-                architecture=info.architecture,
-                parameter_count=info.parameter_count,
-                max_position_embeddings=info.max_position_embeddings,
-                default_chat_template=info.default_chat_template,
-                default_target_modules=info.default_target_modules,
-            )
-            if info.create_time:
-                ts = Timestamp()
-                ts.FromJsonString(info.create_time.replace("+00:00", "Z"))
-                model.create_time.CopyFrom(ts)
-        return reply
+        return trainer_pb2.ListBaseModelsResponse(
+            base_models=[_base_model(info) for info in chunk], next_page_token=token
+        )
+
+    async def RegisterBaseModel(self, request: Any, context: Any) -> trainer_pb2.RegisterBaseModelResponse:
+        hf_id = registry.check_names(request.name, request.hf_id)
+        source = registry.pick_source(
+            prefix=request.source_prefix,
+            folder=request.source_folder,
+            gguf_key=request.source_gguf_key,
+            gguf_path=request.source_gguf_path,
+        )
+        lock = self._register_locks.setdefault(request.name, asyncio.Lock())
+        async with lock:  # one registration of a name at a time (this service is one replica)
+            try:
+                info, created = await asyncio.to_thread(
+                    registry.register,
+                    self.deps.store,
+                    source,
+                    request.name,
+                    hf_id,
+                    request.description,
+                    self.settings.state_dir / "registry-work",
+                )
+            except InvalidKeyError as err:
+                raise InvalidArgument(source.field, str(err)) from None
+        return trainer_pb2.RegisterBaseModelResponse(base_model=_base_model(info), created=created)
+
+
+def _base_model(info: catalog.BaseModelInfo) -> trainer_pb2.BaseModel:
+    model = trainer_pb2.BaseModel(
+        name=info.name,
+        description=info.description,
+        source=info.prefix,
+        architecture=info.architecture,
+        parameter_count=info.parameter_count,
+        max_position_embeddings=info.max_position_embeddings,
+        default_chat_template=info.default_chat_template,
+        default_target_modules=info.default_target_modules,
+        hf_id=info.hf_id,
+        content_digest=info.content_digest,
+    )
+    if info.create_time:
+        ts = Timestamp()
+        ts.FromJsonString(info.create_time.replace("+00:00", "Z"))
+        model.create_time.CopyFrom(ts)
+    return model
 
 
 def build_app(settings: TrainerSettings) -> GrpcApp:

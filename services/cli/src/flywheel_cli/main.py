@@ -6,6 +6,7 @@
 | trajectories.py | ``trajectories list|show|export|import`` (trajectory store) |
 | dataset.py | ``dataset recipes|build|show|preview`` (dataset builder) |
 | finetune.py | ``finetune create|watch|cancel|list`` (trainer) |
+| models.py | ``models register|list``: the trainer's base-model registry |
 | suites.py, runs.py, evals.py | ``suites``, ``run …``, ``eval …`` (orchestrator) |
 | loops.py, demo.py | ``loop create|list|show|watch|cancel``, ``demo`` |
 | aliases.py | ``alias list|show|set|rollback|delete`` (served aliases, on the orchestrator) |
@@ -26,6 +27,7 @@ from flywheel_cli.evals import eval_cmd
 from flywheel_cli.finetune import finetune
 from flywheel_cli.loops import loop_cmd
 from flywheel_cli.mle import mle_cmd
+from flywheel_cli.models import models
 from flywheel_cli.runs import run_cmd
 from flywheel_cli.skill import skill_cmd
 from flywheel_cli.stack_cmds import down, status, up
@@ -45,6 +47,7 @@ for command in (
     trajectories,
     dataset,
     finetune,
+    models,
     suites,
     run_cmd,
     eval_cmd,

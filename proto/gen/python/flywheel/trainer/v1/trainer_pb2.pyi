@@ -276,7 +276,7 @@ class Adapter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., job_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., object_prefix: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., loss_curve: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., final_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., chat_template_sha256: _Optional[str] = ..., default_chat_template: _Optional[bool] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., content_digest: _Optional[str] = ..., init_adapter: _Optional[str] = ...) -> None: ...
 
 class BaseModel(_message.Message):
-    __slots__ = ("name", "description", "source", "architecture", "parameter_count", "max_position_embeddings", "default_chat_template", "default_target_modules", "create_time")
+    __slots__ = ("name", "description", "source", "architecture", "parameter_count", "max_position_embeddings", "default_chat_template", "default_target_modules", "create_time", "hf_id", "content_digest")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +286,8 @@ class BaseModel(_message.Message):
     DEFAULT_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    HF_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     source: str
@@ -295,7 +297,9 @@ class BaseModel(_message.Message):
     default_chat_template: bool
     default_target_modules: _containers.RepeatedScalarFieldContainer[str]
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., source: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ..., default_chat_template: _Optional[bool] = ..., default_target_modules: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    hf_id: str
+    content_digest: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., source: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ..., default_chat_template: _Optional[bool] = ..., default_target_modules: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hf_id: _Optional[str] = ..., content_digest: _Optional[str] = ...) -> None: ...
 
 class CreateFineTuneJobRequest(_message.Message):
     __slots__ = ("job", "request_id", "validate_only")
@@ -432,3 +436,29 @@ class ListBaseModelsResponse(_message.Message):
     base_models: _containers.RepeatedCompositeFieldContainer[BaseModel]
     next_page_token: str
     def __init__(self, base_models: _Optional[_Iterable[_Union[BaseModel, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RegisterBaseModelRequest(_message.Message):
+    __slots__ = ("name", "hf_id", "description", "source_prefix", "source_folder", "source_gguf_key", "source_gguf_path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HF_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FOLDER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_GGUF_KEY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_GGUF_PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hf_id: str
+    description: str
+    source_prefix: str
+    source_folder: str
+    source_gguf_key: str
+    source_gguf_path: str
+    def __init__(self, name: _Optional[str] = ..., hf_id: _Optional[str] = ..., description: _Optional[str] = ..., source_prefix: _Optional[str] = ..., source_folder: _Optional[str] = ..., source_gguf_key: _Optional[str] = ..., source_gguf_path: _Optional[str] = ...) -> None: ...
+
+class RegisterBaseModelResponse(_message.Message):
+    __slots__ = ("base_model", "created")
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    base_model: BaseModel
+    created: bool
+    def __init__(self, base_model: _Optional[_Union[BaseModel, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...

@@ -77,6 +77,11 @@ class TrainerServiceStub:
                 request_serializer=flywheel_dot_trainer_dot_v1_dot_trainer__pb2.ListBaseModelsRequest.SerializeToString,
                 response_deserializer=flywheel_dot_trainer_dot_v1_dot_trainer__pb2.ListBaseModelsResponse.FromString,
                 _registered_method=True)
+        self.RegisterBaseModel = channel.unary_unary(
+                '/flywheel.trainer.v1.TrainerService/RegisterBaseModel',
+                request_serializer=flywheel_dot_trainer_dot_v1_dot_trainer__pb2.RegisterBaseModelRequest.SerializeToString,
+                response_deserializer=flywheel_dot_trainer_dot_v1_dot_trainer__pb2.RegisterBaseModelResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -146,6 +151,22 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterBaseModel(self, request, context):
+        """Adds a base model to the registry (`base-models/<name>/` in the object store) from exactly one
+        source: an object-store prefix or a folder on the trainer's filesystem holding a Hugging Face
+        model, or a GGUF file (converted to Hugging Face safetensors). Synchronous: it returns when
+        the copy is complete (minutes for a multi-GB model; use a long deadline), logging its progress.
+        Idempotent: registering the same content under the same name and `hf_id` again returns the
+        existing entry (`created` false); a copy interrupted by a crash is redone. Errors:
+        INVALID_ARGUMENT (bad name or `hf_id`, no source or more than one), NOT_FOUND (the prefix,
+        folder or file does not exist), FAILED_PRECONDITION (not a Hugging Face folder: no
+        config.json, no weights or no tokenizer; a GGUF architecture the converter cannot read),
+        ALREADY_EXISTS (the name is registered with other content or another `hf_id`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +209,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ListBaseModels,
                     request_deserializer=flywheel_dot_trainer_dot_v1_dot_trainer__pb2.ListBaseModelsRequest.FromString,
                     response_serializer=flywheel_dot_trainer_dot_v1_dot_trainer__pb2.ListBaseModelsResponse.SerializeToString,
+            ),
+            'RegisterBaseModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterBaseModel,
+                    request_deserializer=flywheel_dot_trainer_dot_v1_dot_trainer__pb2.RegisterBaseModelRequest.FromString,
+                    response_serializer=flywheel_dot_trainer_dot_v1_dot_trainer__pb2.RegisterBaseModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -409,6 +435,33 @@ class TrainerService:
             '/flywheel.trainer.v1.TrainerService/ListBaseModels',
             flywheel_dot_trainer_dot_v1_dot_trainer__pb2.ListBaseModelsRequest.SerializeToString,
             flywheel_dot_trainer_dot_v1_dot_trainer__pb2.ListBaseModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterBaseModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.trainer.v1.TrainerService/RegisterBaseModel',
+            flywheel_dot_trainer_dot_v1_dot_trainer__pb2.RegisterBaseModelRequest.SerializeToString,
+            flywheel_dot_trainer_dot_v1_dot_trainer__pb2.RegisterBaseModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
