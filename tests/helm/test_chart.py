@@ -96,6 +96,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             {"name": "gemma-3-270m", "hfId": "google/gemma-3-270m", "source": {"prefix": "uploads/gemma/"}},
             {"name": "local-qwen", "description": "it's on a volume", "source": {"folder": "/models/qwen"}},
         ],
+        "trainer": {"modelVolume": {"existingClaim": "hf-models"}},
         "modelServer": {
             "model": {"id": "google/gemma-3-270m", "source": "registry", "registryName": "gemma-3-270m"}
         },
@@ -460,6 +461,18 @@ def test_base_models_are_registered_by_an_idempotent_hook_job() -> None:
             for o in jobs
             if o["metadata"]["labels"]["app.kubernetes.io/component"] == "register-base-models"
         ]
+
+
+def test_the_trainer_mounts_a_model_volume_for_folder_sources() -> None:
+    spec = component(objects("registered-base-models"), "Deployment", "trainer-svc")["spec"]["template"][
+        "spec"
+    ]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "models"]
+    assert volume["persistentVolumeClaim"] == {"claimName": "hf-models", "readOnly": True}
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "models"]
+    assert mount == {"name": "models", "mountPath": "/models", "readOnly": True}
+    default = component(objects("defaults"), "Deployment", "trainer-svc")["spec"]["template"]["spec"]
+    assert "models" not in [v["name"] for v in default["volumes"]]
 
 
 def test_vllm_can_serve_the_registered_weights_under_the_hf_id() -> None:

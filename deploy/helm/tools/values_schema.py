@@ -282,6 +282,14 @@ props = {
                 },
                 required=["size"],
             ),
+            "modelVolume": obj(
+                {
+                    "existingClaim": s(
+                        "Claim of models mounted read-only (RegisterBaseModel folder sources)."
+                    ),
+                    "mountPath": s("Where it is mounted.", pattern="^/"),
+                }
+            ),
             "local": obj({"gpus": i("GPUs of the trainer pod (local backend).", minimum=0)}),
             "job": obj(
                 {
