@@ -89,6 +89,10 @@ async def test_register_from_a_prefix_and_a_folder_is_idempotent(
         by_name = {m.name: m.hf_id for m in listed.base_models}
         assert by_name["tiny-hf"] == HF_ID and by_name["tiny-folder"] == "tiny-folder"
         assert by_name["tiny-llama"] == "tiny-llama"  # registered by catalog.register_base_model
+        # The importer's path (catalog.register_base_model) records the same digest: registering
+        # the same files through the RPC finds the existing entry.
+        imported = await _register(stub, name="tiny-llama", source_folder=str(tiny_model_dir))
+        assert not imported.created and imported.base_model.content_digest == model.content_digest
 
 
 async def test_errors_name_the_problem(

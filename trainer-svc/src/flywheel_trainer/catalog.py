@@ -192,8 +192,12 @@ def register_base_model(
     """
     if not NAME_RE.match(name):
         raise ValueError(f"base model name {name!r} must match {NAME_RE.pattern}")
+    from flywheel_trainer.registry import files_digest, folder_files  # registry imports this module
+
     info = describe_local_model(folder, name, description)
     info.hf_id = hf_id or name
+    # The digest RegisterBaseModel compares: the same files registered again through it are the same.
+    info.content_digest = files_digest(folder_files(folder))
     (folder / BASE_MODEL_MANIFEST).write_text(json.dumps(info.to_json(), indent=2))
     upload_dir(store, folder, info.prefix, overwrite=True)
     return info

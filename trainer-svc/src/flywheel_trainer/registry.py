@@ -120,7 +120,8 @@ def files_digest(files: dict[str, Path]) -> str:
 # ------------------------------------------------------------------------------ sources
 
 
-def _folder_files(folder: Path) -> dict[str, Path]:
+def folder_files(folder: Path) -> dict[str, Path]:
+    """The files of a model folder by relative path (the manifest, the marker and VCS/cache folders left out)."""
     files = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
@@ -173,7 +174,7 @@ def _local_folder(folder: Path) -> dict[str, Path]:
         raise NotFound(f"source_folder: {folder} does not exist on the trainer")
     if not folder.is_dir():
         raise FailedPrecondition(f"source_folder: {folder} is not a folder")
-    files = _folder_files(folder)
+    files = folder_files(folder)
     check_hf_files(list(files), f"folder {folder}", "source_folder")
     return files
 
@@ -242,7 +243,7 @@ def register(
             from flywheel_trainer.gguf_import import convert
 
             folder = convert(gguf, work / "model")
-            files = _folder_files(folder)
+            files = folder_files(folder)
         # The default chat template is added in a side folder: a source folder may be read-only.
         extra = work / "extra"
         extra.mkdir()
