@@ -473,6 +473,15 @@ def test_the_trainer_mounts_a_model_volume_for_folder_sources() -> None:
     assert mount == {"name": "models", "mountPath": "/models", "readOnly": True}
     default = component(objects("defaults"), "Deployment", "trainer-svc")["spec"]["template"]["spec"]
     assert "models" not in [v["name"] for v in default["volumes"]]
+    # Local sources only from the mount path, whether a volume is there or not (the settings parse it).
+    from flywheel_trainer.settings import TrainerSettings
+
+    for pod in (spec, default):
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        roots = TrainerSettings.model_validate(
+            {"model_roots": json.loads(env["FLYWHEEL_TRAINER_MODEL_ROOTS"])}
+        )
+        assert [str(r) for r in roots.model_roots] == ["/models"]
 
 
 def test_vllm_can_serve_the_registered_weights_under_the_hf_id() -> None:

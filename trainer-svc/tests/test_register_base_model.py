@@ -166,6 +166,41 @@ async def test_errors_name_the_problem(
         assert not store.exists("base-models/ok/_COMPLETE")
 
 
+async def test_local_sources_stay_inside_the_model_roots(
+    trainer_env: dict[str, str], channel_to: Callable, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """With FLYWHEEL_TRAINER_MODEL_ROOTS (the chart sets its model volume), a folder or GGUF path
+    outside the roots is PERMISSION_DENIED, also through a symlink; and whatever the roots, a file
+    in a model folder that links outside the folder is refused instead of copied."""
+    roots = tmp_path / "models"
+    inside = roots / "tiny"
+    shutil.copytree(tiny_model_dir, inside)
+    secret = tmp_path / "service.token"
+    secret.write_text("not for the object store")
+    (roots / "escape").symlink_to(tiny_model_dir, target_is_directory=True)
+    env = {**trainer_env, "FLYWHEEL_TRAINER_MODEL_ROOTS": json.dumps([str(roots)])}
+    DENIED, PRECONDITION = grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION
+    async with boot_service(build_app, TrainerSettings, env) as address:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel_to(address))
+        for fields in (
+            {"source_folder": str(tiny_model_dir)},
+            {"source_folder": str(roots / "escape")},
+            {"source_folder": str(roots / ".." / tiny_model_dir.name)},
+            {"source_gguf_path": str(secret)},
+        ):
+            err = await _error(stub, name="outside", **fields)
+            assert err.code() == DENIED and "FLYWHEEL_TRAINER_MODEL_ROOTS" in err.details(), fields
+        (inside / "notes.txt").symlink_to(secret)
+        err = await _error(stub, name="linked", source_folder=str(inside))
+        assert (
+            err.code() == PRECONDITION
+            and "notes.txt" in err.details()
+            and "outside the model folder" in err.details()
+        )
+        (inside / "notes.txt").unlink()
+        assert (await _register(stub, name="inside", source_folder=str(inside))).created
+
+
 async def test_an_interrupted_registration_is_redone(
     trainer_env: dict[str, str], channel_to: Callable, store_of: Callable, tiny_model_dir: Path
 ) -> None:

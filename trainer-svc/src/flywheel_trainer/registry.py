@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -25,7 +26,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from flywheel_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from flywheel_common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from flywheel_common.objectstore import ObjectNotFoundError, ObjectStore
 from flywheel_trainer import catalog
 from flywheel_trainer.storeio import COMPLETE_MARKER, content_type, is_complete
@@ -84,6 +91,23 @@ def pick_source(**given: str) -> Source:
     return source
 
 
+def check_local(source: Source, roots: list[Path]) -> None:
+    """PERMISSION_DENIED unless a local source lies under one of ``roots`` once symlinks are
+    resolved (no roots: any path). Symlinks inside a folder are checked when it is copied."""
+    if source.kind not in ("folder", "gguf_path") or not roots:
+        return
+    real = Path(os.path.realpath(source.location))
+    if not any(real == r or r in real.parents for r in _real(roots)):
+        raise PermissionDenied(
+            f"{source.field}: {source.location} is outside the folders this trainer registers models "
+            f"from ({', '.join(str(r) for r in roots)}; FLYWHEEL_TRAINER_MODEL_ROOTS)"
+        )
+
+
+def _real(roots: list[Path]) -> list[Path]:
+    return [Path(os.path.realpath(r)) for r in roots]
+
+
 def check_names(name: str, hf_id: str) -> str:
     """Validate ``name`` and ``hf_id``; returns the effective hf_id (``name`` when empty)."""
     if not name:
@@ -121,12 +145,21 @@ def files_digest(files: dict[str, Path]) -> str:
 
 
 def folder_files(folder: Path) -> dict[str, Path]:
-    """The files of a model folder by relative path (the manifest, the marker and VCS/cache folders left out)."""
+    """The files of a model folder by relative path (the manifest, the marker and VCS/cache folders
+    left out). A symlink whose target lies outside the folder is refused (FAILED_PRECONDITION):
+    copying it would put some other file of the trainer's machine into the object store."""
     files = {}
+    inside = Path(os.path.realpath(folder))
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if not path.is_file() or rel.parts[0] in _SKIPPED_DIRS or rel.as_posix() in _SKIPPED:
             continue
+        target = Path(os.path.realpath(path))
+        if inside not in target.parents:
+            raise FailedPrecondition(
+                f"{rel.as_posix()} in {folder} is a link to {target}, outside the model folder; "
+                "copy the file into the folder instead"
+            )
         files[rel.as_posix()] = path
     return files
 

@@ -102,6 +102,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
             gguf_key=request.source_gguf_key,
             gguf_path=request.source_gguf_path,
         )
+        registry.check_local(source, self.settings.model_roots)
         lock = self._register_locks.setdefault(request.name, asyncio.Lock())
         async with lock:  # one registration of a name at a time (this service is one replica)
             try:

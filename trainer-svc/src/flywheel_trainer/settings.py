@@ -23,6 +23,14 @@ class TrainerSettings(ServiceSettings):
         "and checkpoints are in the object store, so a new pod with an empty folder resumes every job; "
         "records an earlier trainer kept in jobs/<id>.json here are imported once at start-up.",
     )
+    model_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders under which RegisterBaseModel's local sources (source_folder, "
+        "source_gguf_path) must lie, after symlinks are resolved; empty: any absolute path (the "
+        "embedded stack, where the caller owns the machine). The Helm chart sets the model volume's "
+        "mount path, so a caller with the service token cannot copy other trainer files into the "
+        "object store.",
+    )
     slots: int = Field(
         1, ge=1, le=64, description="Jobs that train at the same time (GPU slots); the rest wait QUEUED."
     )

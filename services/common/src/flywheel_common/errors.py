@@ -117,6 +117,12 @@ class AlreadyExists(FlywheelError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class PermissionDenied(FlywheelError):
+    """The caller is authenticated but this deployment does not let the request reach what it names."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class FailedPrecondition(FlywheelError):
     """The request is valid but the system is not in a state to run it (e.g. QLoRA without a GPU)."""
 
