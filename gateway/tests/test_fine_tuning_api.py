@@ -15,11 +15,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import openai
 import pytest
 from openai import OpenAI
 
+from flywheel.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from flywheel_cli.stack import Stack
+from flywheel_common import auth
 from flywheel_common.events import NatsSettings
 from flywheel_testing.stack import address, long_context, running_stack
 from flywheel_testing.trainer import SFT_ROWS, build_tiny_model
@@ -91,6 +94,36 @@ def test_fine_tune_with_the_openai_client(stack: Stack) -> None:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=uploaded.id)
     error = error_of(caught.value)
     assert (error["code"], error["param"]) == ("model_not_found", "model") and BASE in error["message"]
+    # ---- a base model's Hugging Face id names it (one entry), or is refused as ambiguous (two)
+    token = auth.bearer_metadata(auth.current_token())
+    with grpc.insecure_channel(address(stack, "trainer-svc")) as ch:
+        trainer = trainer_pb2_grpc.TrainerServiceStub(ch)
+        for name in ("tiny-hf-a", "tiny-hf-b"):
+            trainer.RegisterBaseModel(
+                trainer_pb2.RegisterBaseModelRequest(
+                    name=name, hf_id=f"acme/{name}", source_prefix=f"base-models/{BASE}/"
+                ),
+                metadata=token,
+                timeout=120,
+            )
+        by_id = client.fine_tuning.jobs.create(model="acme/tiny-hf-a", training_file=uploaded.id)
+        assert by_id.model == "acme/tiny-hf-a"
+        job = trainer.GetFineTuneJob(
+            trainer_pb2.GetFineTuneJobRequest(job_id=by_id.id), metadata=token, timeout=30
+        ).job
+        assert job.base_model == "tiny-hf-a"
+        client.fine_tuning.jobs.cancel(by_id.id)
+        trainer.RegisterBaseModel(
+            trainer_pb2.RegisterBaseModelRequest(
+                name="tiny-hf-c", hf_id="acme/tiny-hf-a", source_prefix=f"base-models/{BASE}/"
+            ),
+            metadata=token,
+            timeout=120,
+        )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(model="acme/tiny-hf-a", training_file=uploaded.id)
+    error = error_of(caught.value)
+    assert error["code"] == "ambiguous_model" and "tiny-hf-a, tiny-hf-c" in error["message"], error
     with pytest.raises(openai.NotFoundError) as caught:
         client.fine_tuning.jobs.create(model=BASE, training_file="file-000000000000000000000000")
     assert (error_of(caught.value)["code"], error_of(caught.value)["param"]) == (

@@ -469,16 +469,30 @@ class FineTuningAPI:
                 "model_not_found",
                 404,
             )
-        names = list(await self._base_models())
-        if model not in names:
+        registered = await self._base_models()
+        if model in registered:
+            return model, "", oft.default_adapter_name(model)
+        # A Hugging Face id (what vLLM serves, e.g. google/gemma-3-270m) names the entry registered
+        # under it, when exactly one is.
+        same_id = sorted(name for name, m in registered.items() if m.hf_id == model)
+        if len(same_id) > 1:
             raise oft.RequestError(
-                f"The model `{model}` does not exist or cannot be fine-tuned here. Base models: "
-                f"{', '.join(names) or 'none registered'}; or a fine-tuned model {self.prefix}<name>-v<n>.",
+                f"The model `{model}` is the Hugging Face id of several base models "
+                f"({', '.join(same_id)}): name one of them.",
                 "model",
-                "model_not_found",
-                404,
+                "ambiguous_model",
+                400,
             )
-        return model, "", oft.default_adapter_name(model)
+        if same_id:
+            return same_id[0], "", oft.default_adapter_name(same_id[0])
+        listed = [f"{n} ({m.hf_id})" if m.hf_id and m.hf_id != n else n for n, m in registered.items()]
+        raise oft.RequestError(
+            f"The model `{model}` does not exist or cannot be fine-tuned here. Base models: "
+            f"{', '.join(listed) or 'none registered'}; or a fine-tuned model {self.prefix}<name>-v<n>.",
+            "model",
+            "model_not_found",
+            404,
+        )
 
     async def get_job(self, job_id: str) -> trainer_pb2.FineTuneJob:
         if JOB_ID.match(job_id):
