@@ -27,3 +27,19 @@ def test_a_value_it_does_not_know_is_an_error_naming_it(monkeypatch: pytest.Monk
     monkeypatch.setenv("FLYWHEEL_CPU_BF16", "sometimes")
     with pytest.raises(ValueError, match="FLYWHEEL_CPU_BF16='sometimes'"):
         hardware.cpu_has_fast_bf16()
+
+
+@pytest.mark.parametrize("capability", ["avx2", "AVX2", "default"])
+def test_pytorch_capped_below_avx512_computes_in_float32(
+    monkeypatch: pytest.MonkeyPatch, capability: str
+) -> None:
+    """ATEN_CPU_CAPABILITY below AVX-512 (how an AVX2-only machine is stood in for) turns bfloat16
+    off although the CPU has it; avx512 or unset leaves the CPU to decide."""
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
+    monkeypatch.delenv("FLYWHEEL_CPU_BF16", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)
+    assert hardware.cpu_has_fast_bf16() is False
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    assert hardware.cpu_has_fast_bf16() is True
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    assert hardware.cpu_has_fast_bf16() is True

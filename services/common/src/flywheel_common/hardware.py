@@ -6,6 +6,9 @@ import functools
 import os
 from pathlib import Path
 
+#: ``ATEN_CPU_CAPABILITY`` values that keep PyTorch's kernels below AVX-512 (PyTorch's spelling).
+CAPABILITIES_BELOW_AVX512 = frozenset({"default", "avx2", "zvector", "vsx", "sve256"})
+
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
@@ -31,10 +34,18 @@ def cpu_has_fast_bf16() -> bool:
     ``FLYWHEEL_CPU_BF16=off`` answers False on any CPU (every service then computes in float32, as
     on a CPU without these instructions: how the demo was measured for such machines); ``auto``
     (the default) asks the CPU.
+
+    ``ATEN_CPU_CAPABILITY`` (PyTorch's own cap on the vector instructions its kernels use) set below
+    AVX-512 also answers False: PyTorch then runs as on a CPU without AVX-512, so bfloat16 would be
+    emulated. Setting it to ``avx2`` (with ``ONEDNN_MAX_CPU_ISA=AVX2`` and
+    ``MKL_ENABLE_INSTRUCTIONS=AVX2`` for the libraries below PyTorch) is how an AVX2-only machine
+    is stood in for on a newer one.
     """
     choice = os.environ.get("FLYWHEEL_CPU_BF16", "auto").strip().lower()
     if choice in ("off", "0", "false", "no"):
         return False
     if choice not in ("auto", ""):
         raise ValueError(f"FLYWHEEL_CPU_BF16={choice!r}: expected auto or off")
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in CAPABILITIES_BELOW_AVX512:
+        return False
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
