@@ -43,3 +43,14 @@ def test_pytorch_capped_below_avx512_computes_in_float32(
     assert hardware.cpu_has_fast_bf16() is True
     monkeypatch.delenv("ATEN_CPU_CAPABILITY")
     assert hardware.cpu_has_fast_bf16() is True
+
+
+def test_the_summary_names_the_processor_and_its_instructions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_bf16"}))
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert hardware.cpu_summary().endswith("cores, AVX-512 with bfloat16")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert hardware.cpu_summary().endswith("capped at AVX2 (ATEN_CPU_CAPABILITY)")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    assert hardware.cpu_summary().endswith("cores, AVX2")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.orchestrator.v1 import loop_pb2 as lpb
+from flywheel_common import hardware
 
 EXAMPLES_PER_TASK = 4.0  #: step_sft examples per reference episode (64 from 16 repo-bugs tasks)
 TOKENS_PER_EXAMPLE = 600  #: mean tokens of one such example (chat template included)
@@ -60,11 +61,13 @@ class Calibration:
     prefill_tokens_per_s: float
     dtype: str  #: what the trainer computes in here ("bfloat16 autocast" or "float32")
     took_s: float = 0.0
+    cpu: str = ""  #: the processor, as the README's demo table names it
 
     def describe(self) -> str:
+        on = f" on {self.cpu}" if self.cpu else ""
         return (
             f"LoRA step {self.step_s:.1f} s ({self.dtype}), generation {self.decode_tokens_per_s:.1f} tokens/s, "
-            f"prompt reading {self.prefill_tokens_per_s:.0f} tokens/s (calibration took {self.took_s:.0f} s)"
+            f"prompt reading {self.prefill_tokens_per_s:.0f} tokens/s{on} (calibration took {self.took_s:.0f} s)"
         )
 
 
@@ -219,7 +222,9 @@ def calibrate(base_dir: Path, gateway_url: str, api_key: str, model: str, prompt
     started = time.monotonic()
     step_s, dtype = measure_step(base_dir)
     prefill, decode = measure_generation(gateway_url, api_key, model, prompt_text)
-    return Calibration(step_s, decode, prefill, dtype, took_s=time.monotonic() - started)
+    return Calibration(
+        step_s, decode, prefill, dtype, took_s=time.monotonic() - started, cpu=hardware.cpu_summary()
+    )
 
 
 def measure_step(base_dir: Path) -> tuple[float, str]:

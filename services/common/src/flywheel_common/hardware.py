@@ -49,3 +49,30 @@ def cpu_has_fast_bf16() -> bool:
     if os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in CAPABILITIES_BELOW_AVX512:
         return False
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_summary() -> str:
+    """The processor in a few words: its model name, core count, and the vector instructions
+    PyTorch may use here (``ATEN_CPU_CAPABILITY`` if set, else the widest the CPU has), e.g.
+    ``Intel(R) Xeon(R) Processor, 2 cores, AVX-512 with bfloat16``."""
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    cap = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if cap in CAPABILITIES_BELOW_AVX512:
+        isa = f"capped at {cap.upper()} (ATEN_CPU_CAPABILITY)"
+    elif "avx512f" in flags:
+        isa = "AVX-512" + (" with bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "")
+    elif "avx2" in flags:
+        isa = "AVX2"
+    else:
+        isa = ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+    parts = [name or "unknown CPU", f"{cores} cores", isa]
+    return ", ".join(p for p in parts if p)
