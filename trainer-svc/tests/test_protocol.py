@@ -14,6 +14,7 @@ from flywheel_trainer.protocol import (
     Done,
     Failure,
     Log,
+    Passes,
     Plan,
     ProtocolError,
     Record,
@@ -26,6 +27,7 @@ from flywheel_trainer.protocol import (
 RECORDS: list[Record] = [
     Device(device="cuda:0 (NVIDIA H200)"),
     Resuming(step=4),
+    Passes(rows=2, accumulation=8, note="out of memory at 4 rows a pass (CUDA out of memory): retried at 2"),
     Plan(total_steps=12, start_step=4),
     Log(
         step=5,

@@ -83,6 +83,7 @@ from flywheel_trainer.protocol import (
     Failure,
     Log,
     Outcome,
+    Passes,
     Plan,
     ProtocolError,
     Record,
@@ -347,6 +348,7 @@ class JobManager:
             cache_dir=str(self.cache_dir),
             logging_steps=self.settings.logging_steps,
             step_delay_s=self.settings.step_delay_s,
+            simulate_oom_from_rows=self.settings.simulate_oom_from_rows,
         )
 
     async def _train(self, job: TrainJob) -> None:
@@ -560,6 +562,11 @@ class JobManager:
                 await self.table.save(job, notify=False)
             case Resuming():
                 log.info("job %s resumes from its checkpoint of step %d", job.id, record.step)
+            case Passes():
+                res.rows_per_pass, res.rows_per_pass_note = record.rows, record.note
+                if record.note:
+                    log.info("job %s: %s", job.id, record.note)
+                await self.table.save(job, notify=False)
             case Plan():
                 res.progress.total_steps = record.total_steps
                 await self.table.save(job, notify=False)

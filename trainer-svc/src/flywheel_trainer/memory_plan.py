@@ -1,7 +1,7 @@
 """A memory model of LoRA training on one or several GPUs, fitted to the trainer's own measurements.
 
-Used to plan jobs that cannot be tried here (a 32B model, several GPUs) and, later, to size a GPU
-job's rows per step by the card's memory. Everything is plain arithmetic on a model's shape:
+Used to plan jobs that cannot be tried here (a 32B model, several GPUs) and to split a GPU SFT
+job's rows per step into passes that fit the card (:func:`rows_per_pass`). Everything is plain arithmetic on a model's shape:
 
 - **fixed**: the base weights (bf16, or NF4 with double quantisation for QLoRA, whose embeddings and
   LM head stay bf16 as bitsandbytes leaves them), sharded over the GPUs under FSDP plus the layers
@@ -24,6 +24,7 @@ three points. It is an estimate for planning, not a guarantee: other attention k
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 GIB = 2**30
 ACT_BYTES_PER_ELEMENT = 10.52
@@ -47,19 +48,41 @@ class Shape:
     kv_heads: int
     vocab: int
     tied_embeddings: bool
+    #: Per-head width when it is not hidden / heads (Gemma 3: 256 at hidden 640 and 4 heads).
+    explicit_head_dim: int = 0
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.explicit_head_dim or self.hidden // self.heads
+
+    @classmethod
+    def of(cls, config: Any, name: str = "") -> Shape:
+        """The shape of a transformers model config (its text part for multimodal configs)."""
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        heads = int(text.num_attention_heads)
+        hidden = int(text.hidden_size)
+        head_dim = int(getattr(text, "head_dim", 0) or 0)
+        return cls(
+            name or str(getattr(text, "model_type", "model")),
+            hidden,
+            int(text.intermediate_size),
+            int(text.num_hidden_layers),
+            heads,
+            int(getattr(text, "num_key_value_heads", 0) or heads),
+            int(text.vocab_size),
+            tied_embeddings=bool(getattr(text, "tie_word_embeddings", True)),
+            explicit_head_dim=head_dim if head_dim and head_dim != hidden // heads else 0,
+        )
 
     def projection_dims(self) -> dict[str, tuple[int, int]]:
         kv = self.kv_heads * self.head_dim
+        q = self.heads * self.head_dim
         h, i = self.hidden, self.intermediate
         return {
-            "q": (h, h),
+            "q": (h, q),
             "k": (h, kv),
             "v": (h, kv),
-            "o": (h, h),
+            "o": (q, h),
             "gate": (h, i),
             "up": (h, i),
             "down": (i, h),
@@ -160,3 +183,43 @@ def fitted_check() -> list[tuple[int, float, float]]:
     p = plan(SHAPES["qwen2-1.5b"], gpu_gib=141, recompute=False)
     visible = p.fixed_gib - RUNTIME_BYTES / GIB
     return [(rows, visible + rows * p.per_row_gib, gib) for rows, gib in MEASURED_1_5B_GIB.items()]
+
+
+#: Share of the card's free memory a pass may plan to use: the model is fitted to one architecture
+#: and one attention kernel, and the allocator fragments.
+PASS_MARGIN = 0.20
+
+
+#: Bytes per logit when the loss is not fused: the bf16 logits, their float32 copy for the
+#: cross-entropy, and its gradient.
+UNFUSED_LOGIT_BYTES = 2 + 4 + 4
+
+
+def rows_per_pass(
+    shape: Shape,
+    free_bytes: float,
+    seq_len: int,
+    rank: int,
+    *,
+    fused_loss: bool = True,
+    margin: float = PASS_MARGIN,
+) -> int:
+    """Rows of ``seq_len`` tokens one forward and backward pass can hold without recomputation,
+    given ``free_bytes`` of the card free once the base weights are loaded: what is left after the
+    margin, the LoRA state and the runtime's workspaces, divided by a row's activations (plus its
+    vocabulary-wide logits when the loss is not fused, 2 GiB a 2,048-token row at Gemma's 262k
+    vocabulary). At least 1 (a single row that does not fit is for the out-of-memory fallback to
+    report)."""
+    left = free_bytes * (1 - margin) - shape.lora_params(rank) * LORA_STATE_BYTES - RUNTIME_BYTES
+    row = per_row_bytes(shape, seq_len, recompute=False)
+    if not fused_loss:
+        row += seq_len * shape.vocab * UNFUSED_LOGIT_BYTES
+    return max(1, int(left // row))
+
+
+def split_rows(rows: int, most: int) -> int:
+    """The largest divisor of ``rows`` (a job's rows per optimizer step on this device) that is at
+    most ``most``: a pass size that splits the step into equal passes, so gradient accumulation
+    keeps exactly the rows of the step."""
+    most = max(1, min(rows, most))
+    return max(d for d in range(1, most + 1) if rows % d == 0)

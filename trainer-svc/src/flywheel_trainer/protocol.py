@@ -7,7 +7,8 @@
   every other output of the libraries to stderr, the job's ``worker.log``).
 
 The kinds, in the order a job sends them: :class:`Device` (once), :class:`Resuming` (when it
-starts from a checkpoint), :class:`Plan` (once, at the start of training), :class:`Log` and
+starts from a checkpoint), :class:`Passes` (how a step's rows are split into passes), :class:`Plan`
+(once, at the start of training; the three again after an out-of-memory retry), :class:`Log` and
 :class:`Checkpoint` (while training), then at most one of :class:`Done`, :class:`Failure`
 (``type: "error"``) and :class:`Stopped`. This module imports no ML library: the service uses it.
 """
@@ -72,6 +73,9 @@ class Spec(_Message):
     cache_dir: str  # local folder of downloaded base models
     logging_steps: int  # optimizer steps between two Log records
     step_delay_s: float = 0.0  # testing aid: sleep after every optimizer step
+    # Testing aid: every optimizer step after the first whose passes hold this many rows or more
+    # raises torch.OutOfMemoryError, as a CUDA card would (0: never).
+    simulate_oom_from_rows: int = 0
     cpu_bf16: bool = True  # autocast to bfloat16 on a CPU that computes it natively
 
 
@@ -90,6 +94,15 @@ class Resuming(_Message):
 
     type: Literal["resuming"] = "resuming"
     step: int  # the checkpoint's optimizer step
+
+
+class Passes(_Message):
+    """How many rows one forward/backward pass holds, and why fewer than the job's batch_size."""
+
+    type: Literal["passes"] = "passes"
+    rows: int  # rows per pass: batch_size or a divisor of it
+    accumulation: int  # passes per optimizer step (the job's gradient accumulation x the split)
+    note: str = ""  # why rows < batch_size; empty when not split
 
 
 class Plan(_Message):
@@ -164,7 +177,7 @@ class Stopped(_Message):
     step: int
 
 
-Record = Device | Resuming | Plan | Log | Checkpoint | Done | Failure | Stopped
+Record = Device | Resuming | Passes | Plan | Log | Checkpoint | Done | Failure | Stopped
 #: The records that end a job's process.
 Outcome = Done | Failure | Stopped
 

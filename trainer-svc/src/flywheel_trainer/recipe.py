@@ -46,6 +46,7 @@ from flywheel_trainer.protocol import (
     Failure,
     Log,
     Outcome,
+    Passes,
     Plan,
     Record,
     Resuming,
@@ -83,6 +84,17 @@ class Recipe:
         self.resume_path: Path | None = None
         self.rollouts: list[dict[str, Any]] = []  # GRPO: the training rows (grpo.prepare_rows)
         self.nonfinite = NonFiniteSteps()
+        # Rows of one forward/backward pass: batch_size, or a divisor of it when that many do not
+        # fit the card (the memory model up front, or an out-of-memory error); the passes of an
+        # optimizer step make up batch_size x gradient_accumulation_steps rows whatever the split.
+        self.pass_rows = self.spec.hyperparameters.batch_size
+        self.pass_note = ""
+
+    @property
+    def accumulation(self) -> int:
+        """Passes per optimizer step."""
+        hp = self.spec.hyperparameters
+        return hp.gradient_accumulation_steps * (hp.batch_size // self.pass_rows)
 
     # ------------------------------------------------------------------ setup
 
@@ -150,6 +162,12 @@ class Recipe:
             train_ds = self._rollouts(train_ds, model.config.vocab_size)
             if isinstance(train_ds, Failure):
                 return train_ds
+        if cuda and spec.method == "SFT" and hp.quantization == "NONE":
+            import importlib.util
+
+            liger = importlib.util.find_spec("liger_kernel") is not None  # as cuda_sft_overrides decides
+            self._fit_passes(model, torch.cuda.mem_get_info()[0], fused_loss=liger)
+        self.emit(Passes(rows=self.pass_rows, accumulation=self.accumulation, note=self.pass_note))
         lora: LoraConfig | None = LoraConfig(
             r=hp.lora_rank,
             # PEFT annotates an int but scales by alpha / r in floats; our API allows a fractional alpha.
@@ -217,6 +235,26 @@ class Recipe:
             self.emit(Resuming(step=step))
         return None
 
+    def _fit_passes(self, model: Any, free_bytes: int, *, fused_loss: bool) -> None:
+        """Split the step's rows into passes the memory model says fit ``free_bytes`` (measured with
+        the base weights loaded). SFT in bf16 only: the model was fitted to the SFT path's
+        activations; DPO and GRPO keep more per row (two sequences, per-token log-probs over the
+        vocabulary) and QLoRA dequantises, so those rely on the out-of-memory retry alone."""
+        from flywheel_trainer.memory_plan import Shape, rows_per_pass, split_rows
+
+        hp = self.spec.hyperparameters
+        fit = rows_per_pass(
+            Shape.of(model.config), free_bytes, hp.max_seq_length, hp.lora_rank, fused_loss=fused_loss
+        )
+        rows = split_rows(hp.batch_size, min(fit, self.pass_rows))
+        if rows < self.pass_rows:
+            self.pass_rows = rows
+            self.pass_note = (
+                f"{hp.batch_size} rows of {hp.max_seq_length} tokens a pass would not fit the "
+                f"{free_bytes / 2**30:.1f} GiB free on this GPU (the memory model allows {fit}): "
+                f"{_rows(rows)} a pass, {self.accumulation} passes a step"
+            )
+
     def _datasets(self) -> tuple[Any, Any]:
         """(train, validation or None) as ``datasets.Dataset`` in TRL's format for the method."""
         from datasets import Dataset
@@ -265,9 +303,9 @@ class Recipe:
             "learning_rate": hp.learning_rate,
             "lr_scheduler_type": hp.scheduler,
             "warmup_steps": hp.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-            "per_device_train_batch_size": hp.batch_size,
-            "per_device_eval_batch_size": hp.batch_size,
-            "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+            "per_device_train_batch_size": self.pass_rows,
+            "per_device_eval_batch_size": self.pass_rows,
+            "gradient_accumulation_steps": self.accumulation,
             "seed": hp.seed,
             "data_seed": hp.seed,
             "logging_steps": spec.logging_steps,
@@ -290,7 +328,7 @@ class Recipe:
 
             sft: dict[str, Any] = {**common, "packing": hp.packing, "assistant_only_loss": True}
             if cuda:
-                sft.update(cuda_sft_overrides(hp.batch_size, hp.max_seq_length, hp.packing), bf16=bf16)
+                sft.update(cuda_sft_overrides(self.pass_rows, hp.max_seq_length, hp.packing), bf16=bf16)
             elif not hp.packing:
                 sft.update(cpu_sft_overrides(hp.batch_size, hp.gradient_accumulation_steps))
             return SFTConfig(**sft), SFTTrainer
@@ -315,7 +353,7 @@ class Recipe:
                 remove_unused_columns=False,
             )
             if gb < 2:  # one sample per optimizer step: what GRPOConfig's check cannot express
-                grpo.generation_batch_size, grpo.steps_per_generation = gb, hp.gradient_accumulation_steps
+                grpo.generation_batch_size, grpo.steps_per_generation = gb, self.accumulation
             return grpo, GRPOTrainer
         from trl import DPOConfig, DPOTrainer
 
@@ -329,11 +367,13 @@ class Recipe:
         if self.stop.is_set():  # asked to stop while setting up
             return Stopped(step=0)
         resume = str(self.resume_path) if self.resume_path else None
+        oom = ""
         try:
             self.trainer.train(resume_from_checkpoint=resume)
         except torch.OutOfMemoryError as err:
-            message = f"out of memory while training: {str(err).splitlines()[0]}"
-            return Failure.of(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            oom = str(err).splitlines()[0] if str(err) else "out of memory"
+        if oom:  # handled outside the except block: its traceback would keep the tensors alive
+            return self._retry_smaller(oom)
         if self.nonfinite.diverged:
             return Failure.of(grpc.StatusCode.ABORTED, self.nonfinite.diverged)
         if self.stop.is_set():
@@ -341,6 +381,41 @@ class Recipe:
         if self.has_eval:
             self.trainer.evaluate()  # the final eval loss goes into the logs, the manifest and the adapter
         return None
+
+    def _retry_smaller(self, oom: str) -> Failure | Stopped | None:
+        """After an out-of-memory error: train again with half the rows a pass (the next divisor of
+        batch_size down), from the newest checkpoint; RESOURCE_EXHAUSTED once one row a pass fails."""
+        import gc
+
+        import torch
+
+        from flywheel_trainer.memory_plan import split_rows
+
+        hp = self.spec.hyperparameters
+        if self.pass_rows == 1:
+            return Failure.of(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"out of memory while training, even at 1 row a pass: {oom} "
+                f"(lower max_seq_length, currently {hp.max_seq_length}, or use quantization NF4)",
+            )
+        was = self.pass_rows
+        self.pass_rows = split_rows(hp.batch_size, was // 2)
+        self.pass_note = (
+            f"out of memory at {_rows(was)} a pass ({oom}): retried at {_rows(self.pass_rows)} a pass, "
+            f"{self.accumulation} passes a step"
+        )
+        print(f"flywheel: {self.pass_note}", file=sys.stderr, flush=True)
+        self.trainer = None
+        # accelerate keeps its state in process-wide singletons (the gradient accumulation's
+        # bookkeeping among it) that the next Trainer would inherit from the one that failed.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return self.setup() or self.train()
 
     def on_save(self, step: int) -> None:
         """Upload the Trainer's new checkpoint, report it, keep the newest few in the store."""
@@ -395,6 +470,10 @@ class Recipe:
             shutil.rmtree(self.out_dir, ignore_errors=True)
 
 
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
 def run(job_dir: Path, stop: threading.Event, emit: Callable[[Record], None]) -> int:
     """Train the job in ``job_dir``; the last record emitted is its outcome. Returns the exit status."""
     recipe = Recipe(job_dir, stop, emit)
@@ -426,6 +505,16 @@ def _reporter(recipe: Recipe) -> Any:
             if recipe.nonfinite.check(kw["model"], state.global_step + 1):
                 control.should_training_stop = True
                 control.should_save = False
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            limit = spec.simulate_oom_from_rows
+            if limit and state.global_step >= 1 and args.per_device_train_batch_size >= limit:
+                import torch
+
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory (simulated: {_rows(args.per_device_train_batch_size)} a pass, "
+                    f"{limit} or more)"
+                )
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if spec.step_delay_s:

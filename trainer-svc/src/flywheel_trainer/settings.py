@@ -76,6 +76,13 @@ class TrainerSettings(ServiceSettings):
         description="Testing aid: sleep this long after every optimizer step, so tests can cancel, kill or "
         "restart a run of a tiny model mid-way. Leave at 0.",
     )
+    simulate_oom_from_rows: int = Field(
+        0,
+        ge=0,
+        description="Testing aid: every optimizer step after the first whose passes hold this many rows or more "
+        "raises an out-of-memory error as a CUDA card would, so tests exercise the split-and-retry without a "
+        "GPU. Leave at 0.",
+    )
     backend: Literal["local", "kubernetes"] = Field(
         "local",
         description="Where fine-tunes run. local: a training process beside the service. kubernetes: one "

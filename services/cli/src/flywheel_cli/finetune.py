@@ -77,7 +77,12 @@ def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
 )
 @click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default="cosine", show_default=True)
 @click.option("--warmup", type=float, default=None, help="Warm-up ratio (default 0.03).")
-@click.option("--batch-size", type=int, default=0, help="Micro-batch size (0 = service default).")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=0,
+    help="Micro-batch size (0 = service default); split into smaller passes if it does not fit the GPU.",
+)
 @click.option("--grad-accum", type=int, default=0, help="Gradient accumulation steps (0 = service default).")
 @click.option("--max-seq-length", type=int, default=0, help="Tokens per sequence (0 = 2048).")
 @click.option("--packing", is_flag=True, help="Pack several examples per sequence (SFT).")
@@ -201,6 +206,10 @@ def _follow(stub: TrainerServiceStub, job_id: str) -> int:
                     job.status_message if job else ""
                 ):
                     progress.console.print(f"[yellow]waiting:[/] {escape(update.job.status_message)}")
+                if update.job.rows_per_pass_note and update.job.rows_per_pass_note != (
+                    job.rows_per_pass_note if job else ""
+                ):
+                    progress.console.print(f"[yellow]split:[/] {escape(update.job.rows_per_pass_note)}")
                 job = update.job
                 total = job.progress.total_steps or None
                 progress.update(
