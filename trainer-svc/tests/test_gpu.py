@@ -256,6 +256,9 @@ async def test_jobs_on_a_gpu_through_the_service(
             sft, "ds-gpusft0000000001", "gpu-qlora", max_steps=4, packing=True, checkpoint_every_steps=4
         ),
         "dpo": _job(dpo, "ds-gpudpo0000000001", "gpu-dpo", max_steps=3, checkpoint_every_steps=3),
+        # 256 rows of 2,048 tokens a step cannot fit one pass on any card (~6 GiB of activations a
+        # row at 1.45 B): the memory model splits the step up front, and the step still runs.
+        "split": _job(sft, "ds-gpusft0000000001", "gpu-split", max_steps=1, packing=True, batch_size=256),
     }
     jobs["qlora"].hyperparameters.quantization.quantization = S.QUANTIZATION_NF4
     async with boot_service(build_app, TrainerSettings, env) as address:
@@ -277,6 +280,11 @@ async def test_jobs_on_a_gpu_through_the_service(
         assert "fused LoRA on 217 layers, attention flex_attention" in logs["lora"]
         assert "fused LoRA on 0 layers, attention flex_attention" in logs["qlora"]
         assert "fused LoRA on 217 layers, attention default" in logs["dpo"]
+        split = finals["split"]
+        assert 1 <= split.rows_per_pass < 256 and 256 % split.rows_per_pass == 0, split
+        assert split.rows_per_pass_note.startswith("256 rows of 2048 tokens a pass would not fit"), split
+        assert "(the memory model allows" in split.rows_per_pass_note
+        assert finals["lora"].rows_per_pass == finals["lora"].hyperparameters.batch_size  # 4 fit
 
         lora = finals["lora"]
         history = [h for h in json.loads(_adapter_file(store, lora, "training_log.json")) if "loss" in h]
