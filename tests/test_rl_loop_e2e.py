@@ -163,6 +163,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nats_settings: NatsSe
         base=BASE,
         base_folder=build_policy_model(tmp_path / "base"),
         suite_dirs=[SUITE],
+        extra_env={"FLYWHEEL_ADAPTER_SYNC_RECONCILE_INTERVAL_S": "2"},
     ) as s:
         yield s
 
@@ -222,6 +223,38 @@ async def test_rl_loop_learns_pins_versions_and_survives_a_crash(stack: Stack, t
             f" metrics {dict(it.train_metrics.extra)}"
         )
     await check(stack, final, tmp_path)
+    await continue_from_an_adapter_not_yet_served(stack)
+
+
+async def continue_from_an_adapter_not_yet_served(stack: Stack) -> None:
+    """A second loop continues from `rl/v3` (rl.init_adapter) while no replica serves it (unloaded
+    here; in production: just published, or a replica restarted): it waits in the hot-load stage
+    until adapter sync has loaded it again (reconciliation every 2 s here), then iteration 1 samples
+    it, rather than losing every episode to "model does not exist"."""
+    import httpx
+
+    url = f"http://{address(stack, 'model-server')}/v1/unload_lora_adapter"
+    async with httpx.AsyncClient(timeout=30) as http:
+        answer = await http.post(url, json={"lora_name": "rl-v3"}, headers=auth.http_headers())
+    assert answer.status_code == 200, answer.text
+    loop = lpb.Loop()
+    loop.CopyFrom(LOOP)
+    loop.adapter_name = "rl-more"
+    loop.rl.iterations = 1
+    loop.rl.init_adapter = "rl/v3"
+    async with auth.channel(address(stack, "orchestrator")) as ch:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+        created = (await stub.CreateLoop(opb.CreateLoopRequest(loop=loop, request_id="rl-e2e-more"))).loop
+        final = None
+        async for update in stub.WatchLoop(opb.WatchLoopRequest(loop_id=created.id), timeout=600):
+            final = update.loop
+    assert final is not None and final.state == common_pb2.JOB_STATE_SUCCEEDED, (final.error, final.stages)
+    # Its first stage waited for rl/v3 to be served; then one iteration sampled it, nothing masked.
+    assert final.stages[0].stage == lpb.LOOP_STAGE_HOT_LOAD, final.stages
+    assert [r.id for r in final.stages[0].artefacts] == ["rl/3"], final.stages[0]
+    (only,) = final.iterations
+    assert only.policy_model == "ft/rl-v3" and only.masked_episodes == 0 and only.episodes == 2 * 16, only
+    assert (only.adapter.name, only.adapter.version) == ("rl-more", 1)
 
 
 async def check(stack: Stack, loop: lpb.Loop, tmp_path: Path) -> None:

@@ -94,6 +94,26 @@ def start_service(
     raise SystemExit(f"{module} not ready after 600 s:\n{log.read_text()[-4000:]}")
 
 
+def wait_served(model_server: str, model: str, timeout_s: float = 300) -> None:
+    """Until the model server lists ``model`` (adapter sync loads published adapters at start)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(f"{model_server}/v1/models", headers=auth.http_headers())
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                if any(m["id"] == model for m in json.load(response)["data"]):
+                    say(f"{model} is served")
+                    return
+        except urllib.error.HTTPError as err:  # 503 while the base model loads
+            if err.code != 503:
+                raise
+        time.sleep(2)
+    raise SystemExit(f"{model} not served after {timeout_s:.0f} s")
+
+
 def sandbox_isolation_works(env: dict[str, str], state: Path) -> bool:
     """Start the sandbox runner isolated once; False when a mechanism is missing here."""
     try:
@@ -159,7 +179,7 @@ def make_loop(a: argparse.Namespace) -> Any:
         kind=lpb.LOOP_KIND_RL,
         suite=BUNDLED_SUITE,
         base_model=a.base,
-        adapter_name="io-rl",
+        adapter_name=a.adapter_name,
         train_task_ids=tasks(common_pb2.TASK_SPLIT_TRAIN, a.train_tasks),
         test_task_ids=tasks(common_pb2.TASK_SPLIT_TEST, a.test_tasks),
         episode=run_pb2.EpisodeSettings(
@@ -173,8 +193,9 @@ def make_loop(a: argparse.Namespace) -> Any:
             iterations=a.iterations,
             samples_per_task=a.samples,
             eval_every=a.eval_every,
-            sft_warm_start=True,
-            sft_task_ids=warm_start_tasks(a),
+            sft_warm_start=not a.init_adapter,
+            sft_task_ids=[] if a.init_adapter else warm_start_tasks(a),
+            init_adapter=a.init_adapter,
             temperature=a.temperature,
             sft_hyperparameters=trpb.Hyperparameters(
                 epochs=a.sft_epochs,
@@ -231,7 +252,10 @@ def start(a: argparse.Namespace) -> None:
         "FLYWHEEL_MODEL_SERVER_MAX_BATCH_SIZE": str(a.concurrency),
         "FLYWHEEL_MODEL_SERVER_MAX_QUEUED_REQUESTS": "512",
     }
-    register_base(a.base, state, env)
+    if (state / "objects" / "base-models" / a.base).is_dir():
+        say(f"base model {a.base} already registered in {state / 'objects'}")
+    else:
+        register_base(a.base, state, env)
     unsafe = a.unsafe_sandbox == "yes" or (
         a.unsafe_sandbox == "auto" and not sandbox_isolation_works(env, state)
     )
@@ -266,6 +290,7 @@ def start(a: argparse.Namespace) -> None:
         "FLYWHEEL_ORCHESTRATOR_TRAINER_ADDRESS": f"127.0.0.1:{procs['flywheel_trainer']['port']}",
         "FLYWHEEL_ORCHESTRATOR_LOOP_HOT_LOAD_POLL_S": "2",
         "FLYWHEEL_ORCHESTRATOR_MAX_CONCURRENCY": str(a.concurrency),
+        "FLYWHEEL_ORCHESTRATOR_MODEL_TIMEOUT_S": str(a.model_timeout),
     }
     # The trajectory store's and dataset builder's own clients of the other services.
     pids.append(sync.pid)
@@ -276,15 +301,20 @@ def start(a: argparse.Namespace) -> None:
     from flywheel.orchestrator.v1 import orchestrator_pb2 as opb
     from flywheel.orchestrator.v1 import orchestrator_pb2_grpc
 
+    # Written before the loop is created, so that `stop` finds every process even if creating fails.
+    info = {"pids": pids, "orchestrator": address, "model_server": ms, "unsafe_sandbox": unsafe,
+            "started": time.time(), "args": vars(a), "nats": url}  # fmt: skip
+    (state / "rl_gpu.json").write_text(json.dumps(info, indent=2))
+    if a.init_adapter:
+        wait_served(ms, a.init_adapter.replace("/v", "-v"))
     loop = make_loop(a)
     with auth.sync_channel(address) as ch:
         created = (
             orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
-            .CreateLoop(opb.CreateLoopRequest(loop=loop, request_id="rl-gpu"), timeout=60)
+            .CreateLoop(opb.CreateLoopRequest(loop=loop, request_id=f"rl-gpu-{a.adapter_name}"), timeout=60)
             .loop
         )
-    info = {"pids": pids, "loop_id": created.id, "orchestrator": address, "model_server": ms, "unsafe_sandbox": unsafe,
-            "started": time.time(), "args": vars(a), "nats": url}  # fmt: skip
+    info["loop_id"] = created.id
     (state / "rl_gpu.json").write_text(json.dumps(info, indent=2))
     say(f"loop {created.id} created: {len(loop.train_task_ids)} train tasks x {a.samples}, "
         f"{a.iterations} iterations, unsafe sandbox: {unsafe}")  # fmt: skip
@@ -417,6 +447,12 @@ def main() -> None:
     s.add_argument("--device", default="cuda", help="Model server device (cpu for a smoke test here).")
     s.add_argument("--max-seq-length", type=int, default=2048)
     s.add_argument("--unsafe-sandbox", choices=["auto", "yes", "no"], default="auto")
+    s.add_argument("--adapter-name", default="io-rl", help="Name the loop publishes its versions under.")
+    s.add_argument("--init-adapter", default="",
+                   help="Start from this published adapter (name/version, e.g. an earlier loop's SFT warm start) "
+                        "instead of a warm start of its own.")  # fmt: skip
+    s.add_argument("--model-timeout", type=float, default=120.0,
+                   help="Seconds one model call may take (raise it on a CPU, where a batch of long turns is slow).")  # fmt: skip
     w = sub.add_parser("watch")
     w.add_argument("--state", required=True)
     w.add_argument("--out", required=True)

@@ -168,6 +168,21 @@ class ModelClient:
         empty when it does not list it. Best-effort: used for lineage, never blocks a run."""
         return await self._entry(model) or {}
 
+    async def answers(self, model: str) -> bool:
+        """Whether the gateway routes ``model`` to a replica that serves it: a one-token completion
+        that is not answered "does not exist" (404). A listing can name an adapter a replica no
+        longer holds; this asks the route itself. Other errors (busy, timeouts) say nothing about
+        existence and count as answering: the episodes will meet them and mask them."""
+        try:
+            await self.client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=1, timeout=120.0
+            )
+        except openai.NotFoundError:
+            return False
+        except openai.OpenAIError:
+            return True
+        return True
+
     async def _entry(self, model: str) -> dict[str, Any] | None:
         """The gateway's listing entry of ``model``: empty when not listed, None when listing failed."""
         try:

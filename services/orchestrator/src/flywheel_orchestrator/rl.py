@@ -168,6 +168,18 @@ class RlStages:
 
     async def _start(self, job: LoopJob, cur: lpb.LoopStageStatus | None, event: object | None) -> bool:
         loop = job.resource
+        if loop.rl.init_adapter and not loop.rl.sft_warm_start:
+            start = self.start_model(loop)
+            if not await self.m.models.answers(start):
+                # The starting adapter is published but not served yet (just published, or a
+                # replica restarted and adapter sync is still loading): iteration 1 would lose every
+                # episode to "model does not exist". Wait for it as for a new version (hot-load
+                # stage, its timeout and its load-failure event), then start iteration 1.
+                name, _, version = loop.rl.init_adapter.partition("/v")
+                loop.candidate_model = start
+                ref = self.m._ref(common_pb2.RESOURCE_KIND_ADAPTER, f"{name}/{version}")
+                await self.m._begin(job, S.LOOP_STAGE_HOT_LOAD, ref)
+                return True
         await self._begin_iteration(job, 0 if loop.rl.sft_warm_start else 1)
         return False
 
@@ -365,9 +377,15 @@ class RlStages:
     ) -> bool:
         assert cur is not None
         loop = job.resource
-        it = loop.iterations[-1]
         if not await self.m._loaded(job, cur, event):
             return False
+        if not loop.iterations:  # waiting for the starting adapter (rl.init_adapter)
+            if not await self.m.models.answers(loop.candidate_model):
+                self.m.retry_later(job, self.m.settings.loop_hot_load_poll_s)
+                return False
+            await self._begin_iteration(job, 1)
+            return False
+        it = loop.iterations[-1]
         last = it.index >= loop.rl.iterations
         due = it.index > 0 and (last or (loop.rl.eval_every and it.index % loop.rl.eval_every == 0))
         if due:
