@@ -9,6 +9,11 @@ import importlib.util
 from typing import Any
 
 
+def liger_available() -> bool:
+    """Whether the fused (Liger) linear + cross-entropy can be used: ``liger-kernel`` is installed."""
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
 def cuda_sft_overrides(batch_size: int = 4, max_length: int = 2048, packing: bool = True) -> dict[str, Any]:
     """SFTConfig options the worker uses on a CUDA GPU (also what bench/bench_sft_gpu.py measures).
 
@@ -31,7 +36,7 @@ def cuda_sft_overrides(batch_size: int = 4, max_length: int = 2048, packing: boo
         # example through untruncated. Without packing, batches are padded and truncated.
         "padding_free": packing,
         "gradient_checkpointing": False,
-        "use_liger_kernel": importlib.util.find_spec("liger_kernel") is not None,
+        "use_liger_kernel": liger_available(),
         "per_device_train_batch_size": batch_size,
         "bf16": True,
         "tf32": True,

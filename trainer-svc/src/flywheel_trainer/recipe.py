@@ -163,10 +163,9 @@ class Recipe:
             if isinstance(train_ds, Failure):
                 return train_ds
         if cuda and spec.method == "SFT" and hp.quantization == "NONE":
-            import importlib.util
+            from flywheel_trainer.device_options import liger_available
 
-            liger = importlib.util.find_spec("liger_kernel") is not None  # as cuda_sft_overrides decides
-            self._fit_passes(model, torch.cuda.mem_get_info()[0], fused_loss=liger)
+            self._fit_passes(model, torch.cuda.mem_get_info()[0], fused_loss=liger_available())
         self.emit(Passes(rows=self.pass_rows, accumulation=self.accumulation, note=self.pass_note))
         lora: LoraConfig | None = LoraConfig(
             r=hp.lora_rank,

@@ -180,7 +180,7 @@ class ModelClient:
         except openai.NotFoundError:
             return False
         except openai.OpenAIError:
-            return True
+            pass
         return True
 
     async def _entry(self, model: str) -> dict[str, Any] | None:
