@@ -1,9 +1,16 @@
 """The demo's time-budget planner: what it estimates, what it reduces and in which order, what it
 never touches, and the ETA it shows as stages finish. The one-step calibration runs for real on a
-tiny model; the generation calibration needs a served model and is exercised by `make demo`."""
+tiny model; the generation calibration needs a served model and is exercised by `make demo`; its wait
+for a model the server has not loaded yet runs against a real local HTTP server that answers like
+ours does while loading (503, then 200)."""
 
 from __future__ import annotations
 
+import json
+import threading
+import urllib.error
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -100,3 +107,63 @@ def test_one_lora_step_is_measured_for_real(tmp_path: Path) -> None:
     folder = build_tiny_model(tmp_path / "tiny", ["def f(x):\n    return x + 1\n"] * 8)
     step_s, dtype = dp.measure_step(folder)
     assert step_s > 0 and dtype in ("bfloat16 autocast", "float32")
+
+
+@pytest.fixture
+def loading_server() -> Iterator[tuple[str, list[int]]]:
+    """A real HTTP server whose chat completions answer the statuses queued in the list (503 while
+    "loading"), then 200 with a usage body once the list is empty; yields (base URL, queue)."""
+    queue: list[int] = []
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(self.path)
+            code = queue.pop(0) if queue else 200
+            body = (
+                {"usage": {"completion_tokens": 2}}
+                if code == 200
+                else {"error": {"message": f"status {code} while loading", "type": "unavailable"}}
+            )
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", queue
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(path == "/v1/chat/completions" for path in seen)
+
+
+def test_calibration_waits_for_a_model_still_loading(loading_server: tuple[str, list[int]]) -> None:
+    url, queue = loading_server
+    queue += [503, 503, 404, 503]  # the model server loading, the gateway not yet routing it
+    dp.wait_until_served(url, "key", "gemma-3-270m", timeout_s=60, poll_s=0.01)
+    assert queue == []  # every "not yet" was waited through, none skipped
+
+
+def test_calibration_wait_gives_up_with_the_last_answer(loading_server: tuple[str, list[int]]) -> None:
+    url, queue = loading_server
+    queue += [503] * 10_000
+    with pytest.raises(TimeoutError, match=r"not served .* within 0 s; last answer: HTTP 503: .*while loading"):
+        dp.wait_until_served(url, "key", "gemma-3-270m", timeout_s=0.2, poll_s=0.01)
+
+
+def test_calibration_wait_does_not_hide_other_errors(loading_server: tuple[str, list[int]]) -> None:
+    url, queue = loading_server
+    queue += [401, 503]
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        dp.wait_until_served(url, "key", "gemma-3-270m", timeout_s=60, poll_s=0.01)
+    assert raised.value.code == 401 and queue == [503]

@@ -417,13 +417,16 @@ def size_demo(
             )
             store = open_object_store(settings)
             local = fetch_base_model(store, args["base_model"], stack.state_dir / "calibration-cache")
-        cal = demo_plan.calibrate(
-            local,
-            f"http://{addresses['gateway']}/v1",
-            stack.gateway_key(),
-            args["base_model"],
-            demo_plan.calibration_prompt([Path(demo_plan.__file__).read_text()]),
-        )
+        try:
+            cal = demo_plan.calibrate(
+                local,
+                f"http://{addresses['gateway']}/v1",
+                stack.gateway_key(),
+                args["base_model"],
+                demo_plan.calibration_prompt([Path(demo_plan.__file__).read_text()]),
+            )
+        except TimeoutError as e:
+            raise click.ClickException(f"calibration: {e} (see {stack.state_dir / 'logs'})") from e
     timings["calibration"] = time.monotonic() - t
     console.print(f"calibration: {cal.describe()}")
     sizes = demo_plan.Sizes(train, test, args["epochs"], args["max_iterations"], args["max_completion_tokens"],

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -220,6 +221,9 @@ def calibrate(base_dir: Path, gateway_url: str, api_key: str, model: str, prompt
     """Measure one LoRA step here (in-process, the trainer's dtype choice) and the model server's
     prefill and decode speed through the gateway."""
     started = time.monotonic()
+    # First until the model server has loaded the base (just imported on a first run): its loading
+    # would otherwise share the cores with the timed step.
+    wait_until_served(gateway_url, api_key, model)
     step_s, dtype = measure_step(base_dir)
     prefill, decode = measure_generation(gateway_url, api_key, model, prompt_text)
     return Calibration(
@@ -280,13 +284,36 @@ def _chat(url: str, key: str, body: dict[str, Any]) -> tuple[float, int]:
     return time.perf_counter() - t, int(answer.get("usage", {}).get("completion_tokens") or 0)
 
 
+def wait_until_served(url: str, key: str, model: str, timeout_s: float = 600.0, poll_s: float = 2.0) -> float:
+    """Poll a 2-token completion until ``model`` answers; returns the seconds waited.
+
+    Right after the demo imports the base model, the model server has not loaded it yet: it looks
+    for it in the registry every 30 s and answers 503 until then (and the gateway 404 while adapter
+    sync has not registered it). Those two answers, and a refused connection, mean "not yet"; any
+    other error, or ``timeout_s`` without an answer, is raised with what the server said last."""
+    started = time.monotonic()
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    last = ""
+    while True:
+        try:
+            _chat(url, key, body)
+            return time.monotonic() - started
+        except urllib.error.HTTPError as e:
+            if e.code not in (404, 503):
+                raise
+            last = f"HTTP {e.code}: {e.read()[:500].decode(errors='replace')}"
+        except urllib.error.URLError as e:
+            last = f"no connection: {e.reason}"
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"model {model!r} was not served at {url} within {timeout_s:.0f} s; last answer: {last}")
+        time.sleep(poll_s)
+
+
 def measure_generation(url: str, key: str, model: str, prompt_text: str) -> tuple[float, float]:
     """(prompt tokens/s, decode tokens/s) of the served base model: a 1-token answer to a long
     prompt (mostly prompt reading), then a 33-token answer to a short one (mostly decoding)."""
     long_prompt = [{"role": "user", "content": prompt_text}]
-    _chat(
-        url, key, {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
-    )  # warm-up
+    wait_until_served(url, key, model)  # also the warm-up
     t_prefill, _ = _chat(
         url, key, {"model": model, "messages": long_prompt, "max_tokens": 1, "temperature": 0}
     )
