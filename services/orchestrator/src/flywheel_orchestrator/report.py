@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 from google.protobuf import json_format
@@ -182,6 +183,8 @@ def rl_markdown(loop: Any, *, with_plot: bool) -> str:
     ]
     for it in loop.iterations:
         extra = it.train_metrics.extra
+        # A GRPO job computes KL only with a KL coefficient (rl.grpo.beta > 0); the warm start has none.
+        absent = "off" if it.index and "clip_ratio/region_mean" in extra else "—"
         adapter = (
             f"{it.adapter.name}/v{it.adapter.version}"
             if it.adapter.name
@@ -195,10 +198,15 @@ def rl_markdown(loop: Any, *, with_plot: bool) -> str:
         lines.append(
             f"| {it.index}{' (SFT warm start)' if it.index == 0 else ''} | {it.policy_model or 'reference'} "
             f"| {it.episodes} | {it.masked_episodes} | {it.reward_mean:.3f} ± {it.reward_std:.3f} "
-            f"| {it.train_pass_rate:.2f} | {adapter} | {extra.get('kl', float('nan')):.4f} "
-            f"| {extra.get('clip_ratio/region_mean', float('nan')):.3f} | {evaluated} |"
+            f"| {it.train_pass_rate:.2f} | {adapter} | {_figure(extra, 'kl', 4, absent)} "
+            f"| {_figure(extra, 'clip_ratio/region_mean', 3, '—')} | {evaluated} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _figure(metrics: Any, key: str, digits: int, absent: str) -> str:
+    value = metrics.get(key)
+    return absent if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def rl_plot(loop: Any) -> bytes:
