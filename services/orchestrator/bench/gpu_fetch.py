@@ -29,6 +29,9 @@ ROOTS = [
     "flywheel-common", "flywheel-proto", "flywheel-cli", "flywheel-orchestrator", "flywheel-trajectory-store",
     "flywheel-sandbox-runner", "flywheel-dataset-svc", "flywheel-trainer-svc", "flywheel-model-server",
     "pyyaml", "aiohttp", "orjson", "bitsandbytes",
+    # psycopg's compiled half (the trajectory index imports psycopg, which finds no libpq on the GPU
+    # image); closure() does not follow extras such as psycopg[binary], so it is named here.
+    "psycopg-binary",
 ]  # fmt: skip
 #: On the GPU image already (or too large to carry, and the image's build is the one to use).
 IMAGE_HAS = re.compile(
