@@ -452,3 +452,24 @@ async def test_a_diverging_grpo_job_fails_with_the_reason_and_publishes_nothing(
         assert "not finite" in done.error.message
         listed = await stub.ListAdapters(S.ListAdaptersRequest(name="diverged"))
         assert list(listed.adapters) == []
+
+
+async def test_a_data_parallel_grpo_job_is_refused(
+    trainer_env: dict[str, str], channel_to: Callable, store_of: Callable, tiny_model_dir: Path
+) -> None:
+    """Data-parallel GRPO is refused (FAILED_PRECONDITION naming job.gpus) until it trains what one
+    process does: run on two CPU processes (the testing aid `CPU_DATA_PARALLEL`), the same job
+    published weights up to 0.44 away from the one-process job's, where SFT and DPO agree to float
+    rounding (`test_data_parallel.py`)."""
+    tok, base = _load(tiny_model_dir)
+    rows, _ = _sample_group(base, tok(PROMPT).input_ids, seed=0, target=None)
+    _write_rl(store_of(trainer_env), "ds-rl0000000000000p", rows, None)
+    env = {**trainer_env, "FLYWHEEL_TRAINER_CPU_DATA_PARALLEL": "true"}
+    async with boot_service(build_app, TrainerSettings, env) as address:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel_to(address))
+        job = grpo_job("ds-rl0000000000000p")
+        job.gpus = 2
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreateFineTuneJob(S.CreateFineTuneJobRequest(job=job))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "job.gpus: GRPO jobs run on one GPU for now" in (info.value.details() or "")

@@ -34,8 +34,11 @@ def test_estimates_follow_the_measured_unit_costs() -> None:
     est = dp.estimate(sizes(), FAST)
     # 16 tasks x 4 examples x 2 epochs / batch 4 = 32 steps of 10 s, plus the job's overhead.
     assert est[lpb.LOOP_STAGE_FINE_TUNE] == pytest.approx(dp.FINE_TUNE_OVERHEAD_S + 32 * 10.0)
-    turn = 384 * dp.ANSWER_FILL / 25.0 + dp.PROMPT_TOKENS_PER_TURN / 600.0
-    assert est[lpb.LOOP_STAGE_EVALUATION] == pytest.approx(12 * dp.TURNS_PER_EPISODE * turn / dp.BATCH_GAIN)
+    # 6 held-out tasks: the base's episodes take 2 turns, the candidate's 5 of its 6, longer answers.
+    base_turn = 384 * dp.ANSWER_FILL / 25.0 + dp.PROMPT_TOKENS_PER_TURN / 600.0
+    cand_turn = 384 * dp.CANDIDATE_FILL / 25.0 + dp.PROMPT_TOKENS_PER_TURN / 600.0
+    assert est[lpb.LOOP_STAGE_EVALUATION] == pytest.approx((6 * 2 * base_turn + 6 * 5 * cand_turn) / dp.BATCH_GAIN)
+    assert [dp.candidate_turns(n) for n in (1, 2, 3, 4, 6)] == [1, 2, 2, 3, 5]
     slower = dp.estimate(sizes(), SLOW)
     assert all(slower[k] >= v for k, v in est.items())
 

@@ -75,6 +75,7 @@ from flywheel_common.procs import group_alive
 from flywheel_trainer import adapters, catalog, hparams, podjob
 from flywheel_trainer.events import state_event, terminal_events
 from flywheel_trainer.kube import KubeJobs, PodView, job_failure, pod_view
+from flywheel_trainer.launch import worker_command
 from flywheel_trainer.protocol import PREFIX as RECORD_PREFIX
 from flywheel_trainer.protocol import (
     Checkpoint,
@@ -156,6 +157,7 @@ class JobManager:
         self.settings = settings
         self._store = store
         self.gpu = False
+        self.gpu_count = 0  # CUDA devices this machine's training processes can use
         self.table: JobTable[trainer_pb2.FineTuneJob, TrainJob] = JobTable(
             store=store,
             bus=bus,
@@ -184,10 +186,9 @@ class JobManager:
             folder.mkdir(parents=True, exist_ok=True)
         if self.settings.backend == "kubernetes":
             self.kube = await asyncio.to_thread(KubeJobs, self.settings)  # a bad template fails the boot
-        if self.settings.gpu_available is not None:
-            self.gpu = self.settings.gpu_available
-        else:
-            self.gpu = await asyncio.to_thread(_cuda_available)
+        # Ask torch (an import of a few seconds) unless the settings say there is no GPU.
+        self.gpu_count = 0 if self.settings.gpu_available is False else await asyncio.to_thread(_cuda_count)
+        self.gpu = self.gpu_count > 0 if self.settings.gpu_available is None else self.settings.gpu_available
         imported = await asyncio.to_thread(
             import_local_records, self.settings.state_dir / "jobs", self.table.records
         )
@@ -242,6 +243,7 @@ class JobManager:
             hyperparameters=job_in.hyperparameters,
             labels=job_in.labels,
             init_adapter=job_in.init_adapter,
+            gpus=job_in.gpus,
         )
         if request_id:  # a repeated request is answered as the first was, before any check
             earlier = await asyncio.to_thread(self.table.records.replay, request_id, fingerprint(clean))
@@ -264,11 +266,13 @@ class JobManager:
         if init is not None:
             await asyncio.to_thread(hparams.apply_init_lora, self.store, resolved, init)
         hparams.resolve(resolved, self.settings, base, self.gpu)
+        hparams.check_gpus(resolved, self.settings, None if self.kube is not None else self.gpu_count)
         if validate_only:
             return resolved
 
         def prepare(new: trainer_pb2.FineTuneJob) -> None:
             new.hyperparameters.CopyFrom(resolved.hyperparameters)
+            new.gpus = resolved.gpus
             new.progress.total_steps = resolved.hyperparameters.max_steps
 
         job, created = await self.table.create(clean, request_id, prepare=prepare)
@@ -349,6 +353,7 @@ class JobManager:
             logging_steps=self.settings.logging_steps,
             step_delay_s=self.settings.step_delay_s,
             simulate_oom_from_rows=self.settings.simulate_oom_from_rows,
+            gpus=max(1, res.gpus),
         )
 
     async def _train(self, job: TrainJob) -> None:
@@ -395,7 +400,7 @@ class JobManager:
             await self.table.finish(job, CANCELLED, _CANCELLED, grpc.StatusCode.CANCELLED)
             return
         if await asyncio.to_thread(kube.get, job.id) is None:
-            await asyncio.to_thread(kube.create, job.id)
+            await asyncio.to_thread(kube.create, job.id, job.resource.gpus)
             log.info("job %s: created Kubernetes Job %s/%s", job.id, kube.namespace, job.id.lower())
         else:
             log.info("job %s: re-attached to its Kubernetes Job", job.id)
@@ -516,12 +521,11 @@ class JobManager:
 
     async def _spawn(self, work: Path) -> asyncio.subprocess.Process:
         env = {**os.environ, **_store_env(self.settings)}
+        spec = Spec.model_validate_json((work / "spec.json").read_text())
         with (work / "worker.log").open("ab") as log_file:
             return await asyncio.create_subprocess_exec(
                 self.settings.worker_python or sys.executable,
-                "-m",
-                "flywheel_trainer.worker",
-                str(work),
+                *worker_command(spec.gpus, work),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 env=env,
@@ -725,12 +729,12 @@ def _kill_group(pgid: int) -> None:
         _signal_group(pgid, signal.SIGKILL)
 
 
-def _cuda_available() -> bool:
+def _cuda_count() -> int:
     try:
         import torch
     except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def _store_env(settings: TrainerSettings) -> dict[str, str]:

@@ -96,7 +96,9 @@ class KubeJobs:
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
 
-    def manifest(self, job_id: str) -> dict[str, Any]:
+    def manifest(self, job_id: str, gpus: int = 0) -> dict[str, Any]:
+        """The Job for ``job_id``; ``gpus`` > 1 (the job's data-parallel processes) overrides the
+        ``job_gpus`` limit."""
         job = copy.deepcopy(self.template)
         meta = job.setdefault("metadata", {})
         meta["name"] = job_name(job_id)
@@ -112,15 +114,18 @@ class KubeJobs:
         resources = container.setdefault("resources", {})
         limits = resources.setdefault("limits", {}) or {}
         resources["limits"] = limits
-        if self.settings.job_gpus:
-            limits[GPU_RESOURCE] = str(self.settings.job_gpus)
+        wanted = gpus if gpus > 1 else self.settings.job_gpus
+        if wanted:
+            limits[GPU_RESOURCE] = str(wanted)
+            if (resources.get("requests") or {}).get(GPU_RESOURCE):
+                resources["requests"][GPU_RESOURCE] = str(wanted)  # requests may not differ from limits
         else:
             limits.pop(GPU_RESOURCE, None)
             (resources.get("requests") or {}).pop(GPU_RESOURCE, None)
         return job
 
-    def create(self, job_id: str) -> None:
-        self.batch.create_namespaced_job(self.namespace, self.manifest(job_id))
+    def create(self, job_id: str, gpus: int = 0) -> None:
+        self.batch.create_namespaced_job(self.namespace, self.manifest(job_id, gpus))
 
     def get(self, job_id: str) -> client.V1Job | None:
         try:

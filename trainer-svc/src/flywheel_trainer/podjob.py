@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from flywheel_common.objectstore import open_object_store
+from flywheel_trainer.launch import worker_command
 from flywheel_trainer.protocol import EXIT_NOT_CONFIGURED, Spec
 from flywheel_trainer.settings import TrainerSettings
 from flywheel_trainer.storeio import upload_dir
@@ -49,7 +50,8 @@ def main() -> int:
     job_dir.mkdir(parents=True, exist_ok=True)
     spec = spec.model_copy(update={"cache_dir": str(settings.state_dir / "base-models")})
     (job_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
-    worker = subprocess.Popen([sys.executable, "-m", "flywheel_trainer.worker", str(job_dir)])
+    # One worker, or one per GPU of the pod (the Job asked for spec.gpus of them).
+    worker = subprocess.Popen([sys.executable, *worker_command(spec.gpus, job_dir)])
 
     def forward(signum: int, frame: FrameType | None) -> None:
         worker.send_signal(signum)

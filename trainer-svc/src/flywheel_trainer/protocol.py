@@ -77,6 +77,9 @@ class Spec(_Message):
     # raises torch.OutOfMemoryError, as a CUDA card would (0: never).
     simulate_oom_from_rows: int = 0
     cpu_bf16: bool = True  # autocast to bfloat16 on a CPU that computes it natively
+    # Data-parallel processes (one per GPU; CPU processes with the cpu_data_parallel testing aid);
+    # the job's batch_size is split evenly over them. 1: one process, as before.
+    gpus: int = 1
 
 
 # ---------------------------------------------------------------------------------- records

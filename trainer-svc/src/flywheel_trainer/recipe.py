@@ -16,6 +16,12 @@
 - **cleanup**: after a saved adapter, the Trainer's local checkpoint folder goes (every
   checkpoint that counts is in the object store).
 
+Data parallel (``spec.gpus`` > 1, started by :mod:`flywheel_trainer.launch`): every rank runs this
+recipe on ``batch_size / gpus`` rows of each step, and the Trainer's DDP averages the gradients;
+rank 0 downloads first (the others then read what it wrote), uploads checkpoints once every rank
+has written its part (its RNG state), saves the adapter and sends the records. The ranks agree on
+the rows a pass and on stopping, so none waits in a collective for one that left.
+
 Resume: the Hugging Face Trainer restores weights, optimizer, scheduler, RNG states and the position
 in the (seeded) data order from the checkpoint, so the resumed run reaches the same state as an
 uninterrupted one. Progress goes to the service as :mod:`flywheel_trainer.protocol` records.
@@ -87,14 +93,62 @@ class Recipe:
         # Rows of one forward/backward pass: batch_size, or a divisor of it when that many do not
         # fit the card (the memory model up front, or an out-of-memory error); the passes of an
         # optimizer step make up batch_size x gradient_accumulation_steps rows whatever the split.
-        self.pass_rows = self.spec.hyperparameters.batch_size
+        self.world = max(1, self.spec.gpus)  # data-parallel processes
+        self.rank = int(os.environ.get("RANK", "0")) if self.world > 1 else 0
+        self.dist: Any = None  # accelerate's PartialState once the ranks have met
+        self.rank_rows = self.spec.hyperparameters.batch_size // self.world  # of each step, this rank's
+        self.pass_rows = self.rank_rows
         self.pass_note = ""
+        self.stopping = False  # the ranks agreed to stop at this step boundary
 
     @property
     def accumulation(self) -> int:
         """Passes per optimizer step."""
         hp = self.spec.hyperparameters
-        return hp.gradient_accumulation_steps * (hp.batch_size // self.pass_rows)
+        return hp.gradient_accumulation_steps * (self.rank_rows // self.pass_rows)
+
+    def _main_first(self) -> Any:
+        """Rank 0 runs the block first, the other ranks after it (a no-op in one process)."""
+        import contextlib
+
+        return self.dist.main_process_first() if self.dist is not None else contextlib.nullcontext()
+
+    def _join(self, cuda: bool) -> Failure | None:
+        """Meet the other ranks (a process group over NCCL on GPUs, gloo on CPUs)."""
+        import torch
+
+        if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) != self.world:
+            return Failure.of(
+                grpc.StatusCode.INTERNAL,
+                f"a job of {self.world} GPUs must be started by flywheel_trainer.launch (WORLD_SIZE is "
+                f"{os.environ.get('WORLD_SIZE', 'unset')})",
+            )
+        if cuda and torch.cuda.device_count() < self.world:
+            return Failure.of(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job.gpus: the job asks for {self.world} GPUs and this process sees "
+                f"{torch.cuda.device_count()}",
+            )
+        from accelerate import PartialState
+
+        self.dist = PartialState(cpu=not cuda)
+        return None
+
+    def _agree(self, value: int, op: str) -> int:
+        """``value`` reduced over the ranks (``op``: "min" or "max"); itself in one process."""
+        if self.dist is None:
+            return value
+        import torch
+        import torch.distributed as tdist
+
+        t = torch.tensor([value], device=self.dist.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MIN if op == "min" else tdist.ReduceOp.MAX)
+        return int(t.item())
+
+    def should_stop(self) -> bool:
+        """Whether to stop at this step boundary: asked to in any rank (all ranks call this)."""
+        self.stopping = self.stopping or bool(self._agree(int(self.stop.is_set()), "max"))
+        return self.stopping
 
     # ------------------------------------------------------------------ setup
 
@@ -118,14 +172,26 @@ class Recipe:
         spec, hp = self.spec, self.spec.hyperparameters
         self.store = store = open_object_store(ObjectStoreSettings())
         cuda = torch.cuda.is_available()
-        self.emit(Device(device=f"cuda:0 ({torch.cuda.get_device_name(0)})" if cuda else "cpu"))
+        if self.world > 1:
+            joined = self._join(cuda)
+            if joined is not None:
+                return joined
+        where = f"cuda:0 ({torch.cuda.get_device_name(0)})" if cuda else "cpu"
+        if self.world > 1:
+            where = (
+                f"cuda:0-{self.world - 1} ({torch.cuda.get_device_name(0)}), {self.world} GPUs in data parallel"
+                if cuda
+                else f"cpu, {self.world} processes in data parallel (gloo)"
+            )
+        self.emit(Device(device=where))
         if hp.quantization == "NF4" and not cuda:
             return Failure.of(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "NF4 (QLoRA) needs a CUDA GPU and this trainer process sees none",
             )
 
-        base_dir = catalog.fetch_base_model(store, spec.base_model, Path(spec.cache_dir))
+        with self._main_first():  # one download into the shared cache; the others find it there
+            base_dir = catalog.fetch_base_model(store, spec.base_model, Path(spec.cache_dir))
         manifest = json.loads((base_dir / catalog.BASE_MODEL_MANIFEST).read_text())
         self.base_hf_id = catalog.BaseModelInfo.from_json(manifest).hf_id
         self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -166,6 +232,10 @@ class Recipe:
             from flywheel_trainer.device_options import liger_available
 
             self._fit_passes(model, torch.cuda.mem_get_info()[0], fused_loss=liger_available())
+            # Every rank must run the same passes a step (their gradients are averaged per step).
+            from flywheel_trainer.memory_plan import split_rows
+
+            self.pass_rows = split_rows(self.rank_rows, self._agree(self.pass_rows, "min"))
         self.emit(Passes(rows=self.pass_rows, accumulation=self.accumulation, note=self.pass_note))
         lora: LoraConfig | None = LoraConfig(
             r=hp.lora_rank,
@@ -192,7 +262,10 @@ class Recipe:
             # settings were echoed into the job's hyperparameters at create).
             from peft import PeftModel
 
-            init_dir = download_dir(store, spec.init_adapter_prefix, self.job_dir / "init-adapter")
+            init_dir = self.job_dir / "init-adapter"
+            with self._main_first():
+                if self.rank == 0:
+                    download_dir(store, spec.init_adapter_prefix, init_dir)
             model = cast(Any, PeftModel.from_pretrained(model, str(init_dir), is_trainable=True))
             lora = None
         kwargs: dict[str, Any] = {"eval_dataset": eval_ds}
@@ -230,7 +303,10 @@ class Recipe:
         resume = checkpoints.latest(store, spec.job_id)
         if resume is not None:
             step, prefix = resume
-            self.resume_path = download_dir(store, prefix, self.job_dir / "resume" / f"checkpoint-{step}")
+            self.resume_path = self.job_dir / "resume" / f"checkpoint-{step}"
+            with self._main_first():
+                if self.rank == 0:
+                    download_dir(store, prefix, self.resume_path)
             self.emit(Resuming(step=step))
         return None
 
@@ -245,11 +321,11 @@ class Recipe:
         fit = rows_per_pass(
             Shape.of(model.config), free_bytes, hp.max_seq_length, hp.lora_rank, fused_loss=fused_loss
         )
-        rows = split_rows(hp.batch_size, min(fit, self.pass_rows))
+        rows = split_rows(self.rank_rows, min(fit, self.pass_rows))
         if rows < self.pass_rows:
             self.pass_rows = rows
             self.pass_note = (
-                f"{hp.batch_size} rows of {hp.max_seq_length} tokens a pass would not fit the "
+                f"{_rows(self.rank_rows)} of {hp.max_seq_length} tokens a pass would not fit the "
                 f"{free_bytes / 2**30:.1f} GiB free on this GPU (the memory model allows {fit}): "
                 f"{_rows(rows)} a pass, {self.accumulation} passes a step"
             )
@@ -329,7 +405,7 @@ class Recipe:
             if cuda:
                 sft.update(cuda_sft_overrides(self.pass_rows, hp.max_seq_length, hp.packing), bf16=bf16)
             elif not hp.packing:
-                sft.update(cpu_sft_overrides(hp.batch_size, hp.gradient_accumulation_steps))
+                sft.update(cpu_sft_overrides(self.rank_rows, hp.gradient_accumulation_steps))
             return SFTConfig(**sft), SFTTrainer
         if spec.method == "GRPO":
             from trl import GRPOConfig, GRPOTrainer
@@ -363,7 +439,7 @@ class Recipe:
     def train(self) -> Failure | Stopped | None:
         import torch
 
-        if self.stop.is_set():  # asked to stop while setting up
+        if self.should_stop():  # asked to stop while setting up
             return Stopped(step=0)
         resume = str(self.resume_path) if self.resume_path else None
         oom = ""
@@ -375,7 +451,7 @@ class Recipe:
             return self._retry_smaller(oom)
         if self.nonfinite.diverged:
             return Failure.of(grpc.StatusCode.ABORTED, self.nonfinite.diverged)
-        if self.stop.is_set():
+        if self.stopping:
             return Stopped(step=self.trainer.state.global_step)
         if self.has_eval:
             self.trainer.evaluate()  # the final eval loss goes into the logs, the manifest and the adapter
@@ -391,6 +467,13 @@ class Recipe:
         from flywheel_trainer.memory_plan import split_rows
 
         hp = self.spec.hyperparameters
+        if self.world > 1:  # the ranks would have to agree on a retry; the job fails instead
+            return Failure.of(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"out of memory while training at {_rows(self.pass_rows)} a pass on each of {self.world} GPUs: "
+                f"{oom} (a data-parallel job does not retry at fewer rows: lower batch_size or "
+                f"max_seq_length, currently {hp.max_seq_length})",
+            )
         if self.pass_rows == 1:
             return Failure.of(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -398,7 +481,7 @@ class Recipe:
                 f"(lower max_seq_length, currently {hp.max_seq_length}, or use quantization NF4)",
             )
         was = self.pass_rows
-        self.pass_rows = split_rows(hp.batch_size, was // 2)
+        self.pass_rows = split_rows(self.rank_rows, was // 2)
         self.pass_note = (
             f"out of memory at {_rows(was)} a pass ({oom}): retried at {_rows(self.pass_rows)} a pass, "
             f"{self.accumulation} passes a step"
@@ -420,6 +503,10 @@ class Recipe:
         """Upload the Trainer's new checkpoint, report it, keep the newest few in the store."""
         from flywheel_trainer.storeio import upload_dir
 
+        if self.dist is not None:
+            self.dist.wait_for_everyone()  # each rank has written its RNG state into the checkpoint
+            if self.rank != 0:
+                return
         local = self.out_dir / f"checkpoint-{step}"
         if not local.is_dir():
             return
@@ -443,6 +530,8 @@ class Recipe:
                 f"the trained adapter has non-finite weights ({len(broken)} tensors, e.g. {broken[0]}); "
                 "it was not published",
             )
+        if self.rank != 0:  # rank 0 saves the adapter (the ranks' weights are the same)
+            return Done(output="", step=trainer.state.global_step, elapsed_s=time.monotonic() - self.started)
         output.mkdir(parents=True, exist_ok=True)
         # Only the trained adapter: TRL may hold a frozen copy of the starting one ("ref") beside it.
         trainer.model.save_pretrained(str(output), selected_adapters=["default"])
@@ -465,8 +554,13 @@ class Recipe:
     # ------------------------------------------------------------------ cleanup
 
     def cleanup(self, outcome: Outcome | None) -> None:
-        if isinstance(outcome, Done):
+        if isinstance(outcome, Done) and self.rank == 0:
             shutil.rmtree(self.out_dir, ignore_errors=True)
+        if self.dist is not None:
+            import torch.distributed as tdist
+
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
 
 
 def _rows(n: int) -> str:
@@ -518,7 +612,7 @@ def _reporter(recipe: Recipe) -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if spec.step_delay_s:
                 time.sleep(spec.step_delay_s)
-            if recipe.stop.is_set():
+            if recipe.should_stop():
                 control.should_training_stop = True
                 control.should_save = False
 

@@ -83,6 +83,11 @@ class TrainerSettings(ServiceSettings):
         "raises an out-of-memory error as a CUDA card would, so tests exercise the split-and-retry without a "
         "GPU. Leave at 0.",
     )
+    cpu_data_parallel: bool = Field(
+        False,
+        description="Testing aid: run a job's `gpus` as that many CPU processes (DDP over gloo) on a machine "
+        "without GPUs, so CI exercises data-parallel training. Leave off.",
+    )
     backend: Literal["local", "kubernetes"] = Field(
         "local",
         description="Where fine-tunes run. local: a training process beside the service. kubernetes: one "

@@ -7,6 +7,9 @@ the process: it dies with the service (whose restart resumes the job from a chec
 SIGTERM into a stop at the next step boundary (the service SIGKILLs after its grace period anyway),
 keeps stdout for the records alone (whatever else the libraries print goes to stderr, the job's
 ``worker.log``) and reports an unexpected error as the job's outcome.
+
+In a data-parallel job (:mod:`flywheel_trainer.launch`) every rank runs this; only rank 0's records
+reach the service (the others' go nowhere), and a rank's traceback goes to its own file.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from flywheel_trainer import recipe
 from flywheel_trainer.protocol import Failure, Record, encode, exit_status
 
 
-def _record_channel() -> TextIO:
-    """A stream on the original stdout for the records; fd 1 then points at stderr."""
+def _record_channel(rank: int) -> TextIO:
+    """A stream on the original stdout for the records (rank 0's; other ranks' are dropped); fd 1
+    then points at stderr."""
     sys.stdout.flush()
-    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8") if rank == 0 else open(os.devnull, "w", encoding="utf-8")
     os.dup2(2, 1)
     return channel
 
@@ -38,7 +42,8 @@ def _record_channel() -> TextIO:
 def main() -> int:
     die_with_parent()
     job_dir = Path(sys.argv[1])
-    channel = _record_channel()
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun in a data-parallel job
+    channel = _record_channel(rank)
 
     def emit(record: Record) -> None:
         channel.write(encode(record))
@@ -53,7 +58,7 @@ def main() -> int:
     try:
         return recipe.run(job_dir, stop, emit)
     except Exception as err:
-        (job_dir / "traceback.txt").write_text(traceback.format_exc())
+        (job_dir / ("traceback.txt" if rank == 0 else f"traceback-rank{rank}.txt")).write_text(traceback.format_exc())
         traceback.print_exc()  # into worker.log as well
         message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
         oom = "out of memory" in message.lower()

@@ -16,8 +16,9 @@ never changed. When even the smallest demo does not fit, the plan says so with i
 The model's constants come from measured demo runs on the 2-core development machine
 (2026-12-04/05, README "Latest demo run"): the reference teacher's `repo-bugs` episodes give
 :data:`EXAMPLES_PER_TASK` step_sft examples of about :data:`TOKENS_PER_EXAMPLE` tokens each, and an
-evaluation episode of the base or a freshly tuned 270M model takes about :data:`TURNS_PER_EPISODE`
-turns. :class:`Eta` corrects the later stages by how far the finished ones were off.
+evaluation episode of the base model takes :data:`BASE_TURNS` turns and one of the freshly tuned
+candidate all its turns but one (:func:`candidate_turns`), with answers of the lengths
+:data:`ANSWER_FILL` and :data:`CANDIDATE_FILL`. :class:`Eta` corrects the later stages by how far the finished ones were off.
 """
 
 from __future__ import annotations
@@ -38,13 +39,19 @@ from flywheel_common import hardware
 EXAMPLES_PER_TASK = 4.0  #: step_sft examples per reference episode (64 from 16 repo-bugs tasks)
 TOKENS_PER_EXAMPLE = 600  #: mean tokens of one such example (chat template included)
 BATCH_SIZE = 4  #: the demo's fine-tune batch
-TURNS_PER_EPISODE = 3.0  #: mean model turns of an evaluation episode (the base stops after 2 parse errors)
-ANSWER_FILL = 0.6  #: mean share of max_completion_tokens an answer uses (greedy, stop at a blank line)
+BASE_TURNS = 2.0  #: the base never writes a valid action: its episodes end on the 2nd parse error in a row
+ANSWER_FILL = 0.6  #: the base's mean share of max_completion_tokens an answer uses (greedy)
+#: The candidate's: it writes whole files. Until 2026-12-06 the plan took 3 turns of 0.6 for every
+#: episode; on the AVX2-capped float32 run the candidate took 5.0 turns of its 6 and the evaluation
+#: ran 1,256 s against an estimate of 583 (README "Latest demo run"), so the candidate is now
+#: modelled on its own.
+CANDIDATE_FILL = 0.8
 PROMPT_TOKENS_PER_TURN = 1200  #: prompt tokens the model server reads per turn (prefix cache aside)
 CONCURRENCY = 4  #: episodes the demo's loop runs at once
-BATCH_GAIN = 1.8  #: evaluation speed-up from the model server's static batching at CONCURRENCY
+BATCH_GAIN = 1.5  #: evaluation speed-up from the model server's static batching at CONCURRENCY
 #: (measured 2.07x at 2 and 2.15x at 4 requests of one model; less here, as a batch waits for its
-#: longest answer and the two models' requests never share one)
+#: longest answer, the two models' requests never share one, and the last long episodes run alone:
+#: the episodes of the 2026-12-06 run overlapped 3.3 at a time for a 1.56x gain)
 FINE_TUNE_OVERHEAD_S = 40.0  #: trainer process start, model load, adapter upload
 MIN_TRAIN_TASKS = 6  #: the first reduction stops here; the last one goes on to LAST_TRAIN_TASKS
 LAST_TRAIN_TASKS = 4
@@ -102,21 +109,31 @@ def fine_tune_steps(train_tasks: int, epochs: float) -> int:
     return max(1, math.ceil(examples * epochs / BATCH_SIZE))
 
 
+def candidate_turns(max_iterations: int) -> float:
+    """Turns of a candidate's evaluation episode: all but one (it lists, reads, writes and finishes;
+    4.0 and 5.0 of 6 in the measured runs), at least 2."""
+    return float(max(min(max_iterations, 2), max_iterations - 1))
+
+
 def estimate(sizes: Sizes, cal: Calibration) -> dict[int, float]:
     """Seconds per loop stage for these sizes on the calibrated machine."""
     steps = fine_tune_steps(len(sizes.train_tasks), sizes.epochs)
-    turns = min(float(sizes.max_iterations), TURNS_PER_EPISODE)
-    turn_s = (
-        sizes.max_completion_tokens * ANSWER_FILL / cal.decode_tokens_per_s
-        + PROMPT_TOKENS_PER_TURN / cal.prefill_tokens_per_s
-    )
-    episodes = 2 * len(sizes.test_tasks)  # base and candidate
+
+    def turn_s(fill: float) -> float:
+        return (
+            sizes.max_completion_tokens * fill / cal.decode_tokens_per_s
+            + PROMPT_TOKENS_PER_TURN / cal.prefill_tokens_per_s
+        )
+
+    tasks = len(sizes.test_tasks)  # an episode each for the base and the candidate
+    base_s = tasks * min(float(sizes.max_iterations), BASE_TURNS) * turn_s(ANSWER_FILL)
+    candidate_s = tasks * candidate_turns(sizes.max_iterations) * turn_s(CANDIDATE_FILL)
     return {
         lpb.LOOP_STAGE_ROLLOUTS: 0.2 * len(sizes.train_tasks) + 5.0,
         lpb.LOOP_STAGE_DATASET: 5.0,
         lpb.LOOP_STAGE_FINE_TUNE: FINE_TUNE_OVERHEAD_S + steps * cal.step_s,
         lpb.LOOP_STAGE_HOT_LOAD: 10.0,
-        lpb.LOOP_STAGE_EVALUATION: episodes * turns * turn_s / BATCH_GAIN,
+        lpb.LOOP_STAGE_EVALUATION: (base_s + candidate_s) / BATCH_GAIN,
         lpb.LOOP_STAGE_GATE: 5.0,
     }
 

@@ -113,6 +113,12 @@ def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
 @click.option(
     "--request-id", default="", help="Idempotency key: a retry with the same key returns the same job."
 )
+@click.option(
+    "--gpus",
+    type=int,
+    default=0,
+    help="Data-parallel processes, one per GPU (0 = 1); --batch-size must be a multiple of it.",
+)
 @click.option("--validate-only", is_flag=True, help="Check and resolve the request; queue nothing.")
 @click.option(
     "--watch/--no-watch", default=True, show_default=True, help="Follow the job with a progress bar."
@@ -126,6 +132,7 @@ def create(ctx: click.Context, **opts: Any) -> None:
         adapter_name=str(opts["adapter_name"]),
         method=METHODS[str(opts["method"])],
         init_adapter=str(opts["init_adapter"]),
+        gpus=int(opts["gpus"]),
     )
     hp = job.hyperparameters
     hp.lora.rank = int(opts["rank"])

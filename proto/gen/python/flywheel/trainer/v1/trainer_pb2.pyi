@@ -176,7 +176,7 @@ class AdapterRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., object_prefix: _Optional[str] = ..., content_digest: _Optional[str] = ...) -> None: ...
 
 class FineTuneJob(_message.Message):
-    __slots__ = ("id", "base_model", "dataset_id", "method", "hyperparameters", "adapter_name", "loop_id", "labels", "state", "error", "progress", "latest_metrics", "last_checkpoint", "resume_count", "device", "adapter", "create_time", "start_time", "end_time", "init_adapter", "status_message", "rows_per_pass", "rows_per_pass_note")
+    __slots__ = ("id", "base_model", "dataset_id", "method", "hyperparameters", "adapter_name", "loop_id", "labels", "state", "error", "progress", "latest_metrics", "last_checkpoint", "resume_count", "device", "adapter", "create_time", "start_time", "end_time", "init_adapter", "status_message", "rows_per_pass", "rows_per_pass_note", "gpus")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +207,7 @@ class FineTuneJob(_message.Message):
     STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ROWS_PER_PASS_FIELD_NUMBER: _ClassVar[int]
     ROWS_PER_PASS_NOTE_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     id: str
     base_model: str
     dataset_id: str
@@ -230,7 +231,8 @@ class FineTuneJob(_message.Message):
     status_message: str
     rows_per_pass: int
     rows_per_pass_note: str
-    def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., last_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., resume_count: _Optional[int] = ..., device: _Optional[str] = ..., adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., init_adapter: _Optional[str] = ..., status_message: _Optional[str] = ..., rows_per_pass: _Optional[int] = ..., rows_per_pass_note: _Optional[str] = ...) -> None: ...
+    gpus: int
+    def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., adapter_name: _Optional[str] = ..., loop_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., last_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., resume_count: _Optional[int] = ..., device: _Optional[str] = ..., adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., init_adapter: _Optional[str] = ..., status_message: _Optional[str] = ..., rows_per_pass: _Optional[int] = ..., rows_per_pass_note: _Optional[str] = ..., gpus: _Optional[int] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("name", "version", "base_model", "dataset_id", "job_id", "method", "hyperparameters", "object_prefix", "manifest", "loss_curve", "final_metrics", "chat_template_sha256", "default_chat_template", "loop_id", "labels", "create_time", "content_digest", "init_adapter")
