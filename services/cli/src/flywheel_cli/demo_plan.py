@@ -194,7 +194,7 @@ def plan_lines(p: Plan) -> list[str]:
     s = p.sizes
     steps = fine_tune_steps(len(s.train_tasks), s.epochs)
     lines = [
-        f"{len(s.train_tasks)} train tasks ({steps} LoRA steps, {s.epochs:g} epochs), {len(s.test_tasks)} held-out "
+        f"{len(s.train_tasks)} train tasks ({steps} LoRA steps, {s.epochs:g} epoch{'' if s.epochs == 1 else 's'}), {len(s.test_tasks)} held-out "
         f"tasks x 2 models, up to {s.max_iterations} turns of {s.max_completion_tokens} tokens",
     ]
     lines += [f"  {STAGE_LABELS[k]:<20} ~{v / 60:4.1f} min" for k, v in p.stages.items()]
