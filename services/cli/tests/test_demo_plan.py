@@ -34,11 +34,10 @@ def test_estimates_follow_the_measured_unit_costs() -> None:
     est = dp.estimate(sizes(), FAST)
     # 16 tasks x 4 examples x 2 epochs / batch 4 = 32 steps of 10 s, plus the job's overhead.
     assert est[lpb.LOOP_STAGE_FINE_TUNE] == pytest.approx(dp.FINE_TUNE_OVERHEAD_S + 32 * 10.0)
-    # 6 held-out tasks: the base's episodes take 2 turns, the candidate's 5 of its 6, longer answers.
-    base_turn = 384 * dp.ANSWER_FILL / 25.0 + dp.PROMPT_TOKENS_PER_TURN / 600.0
-    cand_turn = 384 * dp.CANDIDATE_FILL / 25.0 + dp.PROMPT_TOKENS_PER_TURN / 600.0
-    assert est[lpb.LOOP_STAGE_EVALUATION] == pytest.approx((6 * 2 * base_turn + 6 * 5 * cand_turn) / dp.BATCH_GAIN)
-    assert [dp.candidate_turns(n) for n in (1, 2, 3, 4, 6)] == [1, 2, 2, 3, 5]
+    # 6 held-out tasks: the base's episodes take 2 turns, the candidate's all 6.
+    turn = 384 * dp.ANSWER_FILL / 25.0 + dp.PROMPT_TOKENS_PER_TURN / 600.0
+    assert est[lpb.LOOP_STAGE_EVALUATION] == pytest.approx((6 * 2 + 6 * 6) * turn / dp.BATCH_GAIN)
+    assert dp.candidate_turns(4) == 4 and dp.candidate_turns(6) == 6
     slower = dp.estimate(sizes(), SLOW)
     assert all(slower[k] >= v for k, v in est.items())
 
@@ -49,12 +48,18 @@ def test_a_roomy_budget_changes_nothing() -> None:
     assert len(p.sizes.train_tasks) == 16 and len(p.sizes.test_tasks) == 6 and p.sizes.max_iterations == 6
 
 
-def test_a_tight_budget_cuts_train_tasks_first_and_fits() -> None:
+def test_a_tight_budget_cuts_agent_turns_then_train_tasks_and_fits() -> None:
     full = dp.plan(sizes(), FAST, budget_s=0).total_s
-    p = dp.plan(sizes(), FAST, budget_s=full - 100)
-    assert p.fits and p.total_s <= full - 100
-    assert len(p.sizes.train_tasks) < 16 and p.sizes.max_iterations == 6 and len(p.sizes.test_tasks) == 6
-    assert p.reduced and p.reduced[0].startswith("train tasks 16 → ")
+    four = sizes()
+    four.max_iterations = 4
+    four_turns = dp.plan(four, FAST, budget_s=0).total_s
+    slightly = dp.plan(sizes(), FAST, budget_s=full - 10)
+    assert slightly.fits and slightly.reduced == ["agent turns per evaluation episode 6 → 4"]
+    assert len(slightly.sizes.train_tasks) == 16
+    p = dp.plan(sizes(), FAST, budget_s=four_turns - 100)
+    assert p.fits and p.total_s <= four_turns - 100
+    assert len(p.sizes.train_tasks) < 16 and p.sizes.max_iterations == 4 and len(p.sizes.test_tasks) == 6
+    assert [r.split()[0] for r in p.reduced] == ["agent", "train"]
     # The kept tasks are the first ones, in order: the same budget gives the same demo.
     assert p.sizes.train_tasks == list(DEMO_TRAIN_TASKS[: len(p.sizes.train_tasks)])
 
@@ -64,7 +69,7 @@ def test_a_slow_machine_reduces_in_order_and_says_when_it_cannot_fit() -> None:
     assert len(p.sizes.train_tasks) == dp.LAST_TRAIN_TASKS and p.sizes.epochs == dp.MIN_EPOCHS
     assert p.sizes.max_iterations == dp.MIN_TURNS
     assert len(p.sizes.test_tasks) == dp.MIN_TEST_TASKS
-    assert [r.split()[0] for r in p.reduced] == ["train", "epochs", "agent", "held-out", "train"]
+    assert [r.split()[0] for r in p.reduced] == ["agent", "train", "epochs", "held-out", "train"]
     assert not p.fits and p.total_s > 8 * 60
     assert any("total (estimate)" in line for line in dp.plan_lines(p))
 

@@ -6,10 +6,12 @@ LoRA step, and the evaluation with the number of held-out episodes times the cos
 their turns. Before the loop starts, :func:`calibrate` measures the two unit costs on this
 machine as it is now (one LoRA step of the real base model on a demo-shaped row, in the dtype the
 trainer will use; one short generation through the gateway), and :func:`plan` picks the largest
-demo that fits what is left of ``--time-budget``, reducing in this order: train tasks (down to
-:data:`MIN_TRAIN_TASKS`), epochs (to :data:`MIN_EPOCHS`), agent turns per evaluation episode (to
-:data:`MIN_TURNS`), held-out tasks (down to :data:`MIN_TEST_TASKS`), train tasks again (down to
-:data:`LAST_TRAIN_TASKS`). Completion tokens are never cut: a JSON action cut off
+demo that fits what is left of ``--time-budget``, reducing in this order: agent turns per
+evaluation episode (to :data:`MIN_TURNS`: list, read, write, finish), train tasks (down to
+:data:`MIN_TRAIN_TASKS`), epochs (to :data:`MIN_EPOCHS`), held-out tasks (down to
+:data:`MIN_TEST_TASKS`), train tasks again (down to :data:`LAST_TRAIN_TASKS`). Turns go first
+since 2026-12-06: the evaluation is the stage the estimate is least sure of, and cutting training
+first left a candidate that loops until the turn limit. Completion tokens are never cut: a JSON action cut off
 mid-way is a parse error, which is what the gate measures. A value the user set explicitly is
 never changed. When even the smallest demo does not fit, the plan says so with its estimate.
 
@@ -17,8 +19,8 @@ The model's constants come from measured demo runs on the 2-core development mac
 (2026-12-04/05, README "Latest demo run"): the reference teacher's `repo-bugs` episodes give
 :data:`EXAMPLES_PER_TASK` step_sft examples of about :data:`TOKENS_PER_EXAMPLE` tokens each, and an
 evaluation episode of the base model takes :data:`BASE_TURNS` turns and one of the freshly tuned
-candidate all its turns but one (:func:`candidate_turns`), with answers of the lengths
-:data:`ANSWER_FILL` and :data:`CANDIDATE_FILL`. :class:`Eta` corrects the later stages by how far the finished ones were off.
+candidate all its turns (:func:`candidate_turns`), each answer :data:`ANSWER_FILL` of the
+completion tokens. :class:`Eta` corrects the later stages by how far the finished ones were off.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ EXAMPLES_PER_TASK = 4.0  #: step_sft examples per reference episode (64 from 16 
 TOKENS_PER_EXAMPLE = 600  #: mean tokens of one such example (chat template included)
 BATCH_SIZE = 4  #: the demo's fine-tune batch
 BASE_TURNS = 2.0  #: the base never writes a valid action: its episodes end on the 2nd parse error in a row
-ANSWER_FILL = 0.6  #: the base's mean share of max_completion_tokens an answer uses (greedy)
-#: The candidate's: it writes whole files. Until 2026-12-06 the plan took 3 turns of 0.6 for every
-#: episode; on the AVX2-capped float32 run the candidate took 5.0 turns of its 6 and the evaluation
-#: ran 1,256 s against an estimate of 583 (README "Latest demo run"), so the candidate is now
-#: modelled on its own.
-CANDIDATE_FILL = 0.8
+#: Mean share of max_completion_tokens an answer uses (greedy). Until 2026-12-06 the plan took 3
+#: turns of 0.6 for every episode; on the AVX2-capped float32 runs the candidate took 5.0 and 5.83
+#: turns of its 6 (writing whole files, or looping when lightly trained) and the evaluations ran
+#: 1,256 s and 1,019 s against estimates of 583 and 852 (README "Latest demo run"). Two base turns
+#: and all the candidate's at 0.8 give 1,213 s and 1,043 s for those two runs; on the faster runs
+#: before (bfloat16, AVX-512 float32, better-trained candidates) this over-estimates 1.5-2.3x, which
+#: costs a smaller demo there, never a late one.
+ANSWER_FILL = 0.8
 PROMPT_TOKENS_PER_TURN = 1200  #: prompt tokens the model server reads per turn (prefix cache aside)
 CONCURRENCY = 4  #: episodes the demo's loop runs at once
 BATCH_GAIN = 1.5  #: evaluation speed-up from the model server's static batching at CONCURRENCY
@@ -110,9 +114,10 @@ def fine_tune_steps(train_tasks: int, epochs: float) -> int:
 
 
 def candidate_turns(max_iterations: int) -> float:
-    """Turns of a candidate's evaluation episode: all but one (it lists, reads, writes and finishes;
-    4.0 and 5.0 of 6 in the measured runs), at least 2."""
-    return float(max(min(max_iterations, 2), max_iterations - 1))
+    """Turns of a candidate's evaluation episode: all of them (measured 4.0, 5.0 and 5.83 of 6: a
+    candidate that follows the protocol lists, reads, writes and checks; a lightly trained one
+    loops until the limit)."""
+    return float(max_iterations)
 
 
 def estimate(sizes: Sizes, cal: Calibration) -> dict[int, float]:
@@ -127,7 +132,7 @@ def estimate(sizes: Sizes, cal: Calibration) -> dict[int, float]:
 
     tasks = len(sizes.test_tasks)  # an episode each for the base and the candidate
     base_s = tasks * min(float(sizes.max_iterations), BASE_TURNS) * turn_s(ANSWER_FILL)
-    candidate_s = tasks * candidate_turns(sizes.max_iterations) * turn_s(CANDIDATE_FILL)
+    candidate_s = tasks * candidate_turns(sizes.max_iterations) * turn_s(ANSWER_FILL)
     return {
         lpb.LOOP_STAGE_ROLLOUTS: 0.2 * len(sizes.train_tasks) + 5.0,
         lpb.LOOP_STAGE_DATASET: 5.0,
@@ -158,14 +163,14 @@ def plan(sizes: Sizes, cal: Calibration, budget_s: float) -> Plan:
             )
 
     if budget_s > 0:
+        if "max_iterations" not in cur.fixed and total() > budget_s and cur.max_iterations > MIN_TURNS:
+            reduced.append(f"agent turns per evaluation episode {cur.max_iterations} → {MIN_TURNS}")
+            cur.max_iterations = MIN_TURNS
         if "train_tasks" not in cur.fixed:
             fewer_train_tasks(MIN_TRAIN_TASKS)
         if "epochs" not in cur.fixed and total() > budget_s and cur.epochs > MIN_EPOCHS:
             reduced.append(f"epochs {cur.epochs:g} → {MIN_EPOCHS:g}")
             cur.epochs = MIN_EPOCHS
-        if "max_iterations" not in cur.fixed and total() > budget_s and cur.max_iterations > MIN_TURNS:
-            reduced.append(f"agent turns per evaluation episode {cur.max_iterations} → {MIN_TURNS}")
-            cur.max_iterations = MIN_TURNS
         if "test_tasks" not in cur.fixed and total() > budget_s:
             before = len(cur.test_tasks)
             while len(cur.test_tasks) > MIN_TEST_TASKS and total() > budget_s:
