@@ -454,22 +454,53 @@ async def test_a_diverging_grpo_job_fails_with_the_reason_and_publishes_nothing(
         assert list(listed.adapters) == []
 
 
-async def test_a_data_parallel_grpo_job_is_refused(
-    trainer_env: dict[str, str], channel_to: Callable, store_of: Callable, tiny_model_dir: Path
+async def test_two_processes_train_the_grpo_policy_one_does(
+    trainer_env: dict[str, str],
+    channel_to: Callable,
+    store_of: Callable,
+    tiny_model_dir: Path,
+    tmp_path: Path,
 ) -> None:
-    """Data-parallel GRPO is refused (FAILED_PRECONDITION naming job.gpus) until it trains what one
-    process does: run on two CPU processes (the testing aid `CPU_DATA_PARALLEL`), the same job
-    published weights up to 0.44 away from the one-process job's, where SFT and DPO agree to float
-    rounding (`test_data_parallel.py`)."""
+    """Data-parallel GRPO (the testing aid `CPU_DATA_PARALLEL`: CPU processes over gloo, started by
+    the same launcher and joined by the same DDP as GPUs): the same job on one process and on two
+    publishes the same policy to float rounding. Each rank takes 3 of a generation batch's 6
+    records (the third batch of the 16 is filled with the padding row), each batch is used twice
+    (``iterations`` 2), and the KL term's reference log-probs are taken through the DDP-wrapped
+    model. LoRA dropout is off: each rank draws its own masks.
+
+    The learning rate is 5e-3, not the 5e-2 of the learning test: at 5e-2 Adam turns float rounding
+    in near-zero gradients into full-size steps, and even one process running the step as 4 rows x
+    2 accumulated passes instead of 8 rows ended 0.016 away after 12 steps (two processes: 0.048)."""
+    from safetensors.torch import load_file
+
     tok, base = _load(tiny_model_dir)
     rows, _ = _sample_group(base, tok(PROMPT).input_ids, seed=0, target=None)
-    _write_rl(store_of(trainer_env), "ds-rl0000000000000p", rows, None)
+    store = store_of(trainer_env)
+    _write_rl(store, "ds-rl0000000000000d", rows, None)
     env = {**trainer_env, "FLYWHEEL_TRAINER_CPU_DATA_PARALLEL": "true"}
+    done = []
     async with boot_service(build_app, TrainerSettings, env) as address:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel_to(address))
-        job = grpo_job("ds-rl0000000000000p")
-        job.gpus = 2
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.CreateFineTuneJob(S.CreateFineTuneJobRequest(job=job))
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "job.gpus: GRPO jobs run on one GPU for now" in (info.value.details() or "")
+        for gpus in (1, 2):
+            job = grpo_job("ds-rl0000000000000d", kl_beta=0.01, iterations=2)
+            job.adapter_name = f"grpodp{gpus}"
+            job.hyperparameters.learning_rate = 5e-3
+            job.hyperparameters.batch_size = 6
+            job.hyperparameters.lora.dropout = 0.0
+            job.gpus = gpus
+            done.append(await _run(stub, job))
+    one, two = done
+    assert two.device == "cpu, 2 processes in data parallel (gloo)" and two.rows_per_pass == 3
+    # 3 generation batches an epoch, each used twice, for 6 epochs.
+    assert one.progress.total_steps == two.progress.total_steps == 36 == two.progress.step
+    assert two.latest_metrics.extra["kl"] == pytest.approx(one.latest_metrics.extra["kl"], rel=1e-2, abs=1e-6)
+    assert two.latest_metrics.loss == pytest.approx(one.latest_metrics.loss, rel=1e-3, abs=1e-6)
+    a, b = (
+        load_file(download_dir(store, j.adapter.object_prefix, tmp_path / j.id) / "adapter_model.safetensors")
+        for j in done
+    )
+    assert a.keys() == b.keys()
+    moved = max(float(t.abs().max()) for k, t in a.items() if "lora_B" in k)
+    assert moved > 1e-2  # the policy did train (LoRA B starts at zero)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=5e-5, msg=lambda m, k=key: f"{k}: {m}")

@@ -199,14 +199,6 @@ def check_gpus(job: trainer_pb2.FineTuneJob, settings: TrainerSettings, availabl
     job.gpus = job.gpus or 1
     if job.gpus == 1:
         return
-    if job.method == trainer_pb2.FINE_TUNE_METHOD_GRPO:
-        # Measured: the same GRPO job on two processes published weights far from the one-process
-        # job's (SFT and DPO match to float rounding): TRL's GRPO batching of the stored rollouts
-        # over processes is not yet made equal to one process's. Refused until it is.
-        raise FailedPrecondition(
-            "job.gpus: GRPO jobs run on one GPU for now (data-parallel GRPO does not yet train what one "
-            "GPU does); use gpus 1, or SFT / DPO for several GPUs"
-        )
     rows = job.hyperparameters.batch_size
     if rows % job.gpus:
         raise InvalidArgument(
