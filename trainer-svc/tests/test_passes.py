@@ -233,3 +233,65 @@ async def test_a_dpo_job_from_the_cli_shows_the_split(
         final = (await stub.GetFineTuneJob(S.GetFineTuneJobRequest(job_id=stdout.decode().split()[0]))).job
     assert final.state == SUCCEEDED and final.rows_per_pass == 1, final
     assert final.progress.step == final.progress.total_steps == 4
+
+
+async def test_a_gpu_sft_job_left_at_batch_size_0_is_sized_by_tokens(
+    trainer_env: dict[str, str], channel_to: Callable, tmp_path: Path
+) -> None:
+    """On a GPU, an SFT job that leaves batch_size at 0 gets gpu_step_tokens (32,768) of rows a step:
+    64 rows at max_seq_length 512, capped at 256 for short rows, a multiple of job.gpus; DPO and CPU
+    jobs keep default_batch_size (4), and a job's own batch_size always wins. The Kubernetes backend
+    decides by the training pod's GPUs (job_gpus), not by the service's own machine: a GPU pod gets
+    the token-sized step and may run NF4, a pod without GPUs neither. validate_only: nothing runs
+    (CI has no GPU; FLYWHEEL_TRAINER_GPU_AVAILABLE declares one, as the chart does for GPU nodes)."""
+
+    async def resolved(env: dict[str, str], **changes: object) -> S.FineTuneJob | grpc.aio.AioRpcError:
+        job = sft_job("sized", batch_size=0, max_seq_length=512)
+        for key, value in changes.items():
+            if key in ("method", "dataset_id", "gpus"):
+                setattr(job, key, value)
+            elif key == "nf4":
+                job.hyperparameters.quantization.quantization = S.QUANTIZATION_NF4
+            else:
+                setattr(job.hyperparameters, key, value)
+        async with boot_service(build_app, TrainerSettings, env) as address:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel_to(address))
+            try:
+                request = S.CreateFineTuneJobRequest(job=job, validate_only=True)
+                return (await stub.CreateFineTuneJob(request)).job
+            except grpc.aio.AioRpcError as err:
+                return err
+
+    def rows(job: S.FineTuneJob | grpc.aio.AioRpcError) -> int:
+        assert isinstance(job, S.FineTuneJob), job.details()
+        return job.hyperparameters.batch_size
+
+    gpu = {**trainer_env, "FLYWHEEL_TRAINER_GPU_AVAILABLE": "true", "FLYWHEEL_TRAINER_CPU_DATA_PARALLEL": "true"}
+    assert rows(await resolved(gpu)) == 64
+    assert rows(await resolved(gpu, max_seq_length=256)) == 128
+    assert rows(await resolved(gpu, max_seq_length=100)) == 256  # 327 by tokens, capped
+    assert rows(await resolved(gpu, gpus=3)) == 63  # a multiple of the processes sharing a step
+    assert rows(await resolved(gpu, batch_size=6)) == 6  # the job's own value wins
+    dpo = await resolved(gpu, method=S.FINE_TUNE_METHOD_DPO, dataset_id="ds-dpo0000000000001")
+    assert rows(dpo) == 4
+    assert rows(await resolved({**gpu, "FLYWHEEL_TRAINER_GPU_STEP_TOKENS": "0"})) == 4
+    assert rows(await resolved({**trainer_env, "FLYWHEEL_TRAINER_GPU_AVAILABLE": "false"})) == 4
+
+    template = tmp_path / "job.yaml"
+    template.write_text(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: x}\nspec:\n  template:\n    spec:\n"
+        "      restartPolicy: Never\n      containers:\n      - name: train\n        image: flywheel\n"
+    )
+    kube = {
+        **trainer_env,
+        "FLYWHEEL_TRAINER_BACKEND": "kubernetes",
+        "FLYWHEEL_TRAINER_JOB_TEMPLATE": str(template),
+        "FLYWHEEL_TRAINER_JOB_API_URL": "http://127.0.0.1:9",  # validate_only calls no cluster
+    }
+    assert rows(await resolved(kube)) == 64  # job_gpus defaults to 1: the pods train on a GPU
+    assert isinstance(await resolved(kube, nf4=True), S.FineTuneJob)
+    no_gpu_pods = {**kube, "FLYWHEEL_TRAINER_JOB_GPUS": "0"}
+    assert rows(await resolved(no_gpu_pods)) == 4
+    refused = await resolved(no_gpu_pods, nf4=True)
+    assert isinstance(refused, grpc.aio.AioRpcError)
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and "NF4" in (refused.details() or "")

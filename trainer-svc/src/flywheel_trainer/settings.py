@@ -52,7 +52,19 @@ class TrainerSettings(ServiceSettings):
         ],
         description="Module names the model server can apply LoRA to (JSON list); other targets are refused.",
     )
-    default_batch_size: int = Field(4, ge=1, description="Micro-batch size when a job leaves it at 0.")
+    default_batch_size: int = Field(
+        4,
+        ge=1,
+        description="Rows per optimizer step when a job leaves batch_size at 0 (on a GPU, SFT jobs are "
+        "sized by gpu_step_tokens instead).",
+    )
+    gpu_step_tokens: int = Field(
+        32768,
+        ge=0,
+        description="SFT jobs on a GPU that leave batch_size at 0 take this many tokens a step: "
+        "gpu_step_tokens // max_seq_length rows (16 at 2,048), a multiple of job.gpus; the memory model "
+        "then splits the step into passes that fill the card. 0 = default_batch_size everywhere.",
+    )
     default_gradient_accumulation_steps: int = Field(
         1, ge=1, description="Gradient accumulation when a job leaves it at 0."
     )
