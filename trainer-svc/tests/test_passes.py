@@ -266,7 +266,11 @@ async def test_a_gpu_sft_job_left_at_batch_size_0_is_sized_by_tokens(
         assert isinstance(job, S.FineTuneJob), job.details()
         return job.hyperparameters.batch_size
 
-    gpu = {**trainer_env, "FLYWHEEL_TRAINER_GPU_AVAILABLE": "true", "FLYWHEEL_TRAINER_CPU_DATA_PARALLEL": "true"}
+    gpu = {
+        **trainer_env,
+        "FLYWHEEL_TRAINER_GPU_AVAILABLE": "true",
+        "FLYWHEEL_TRAINER_CPU_DATA_PARALLEL": "true",
+    }
     assert rows(await resolved(gpu)) == 64
     assert rows(await resolved(gpu, max_seq_length=256)) == 128
     assert rows(await resolved(gpu, max_seq_length=100)) == 256  # 327 by tokens, capped
