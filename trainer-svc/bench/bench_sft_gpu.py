@@ -1,6 +1,7 @@
-"""GPU benchmark of the trainer's SFT against plain TRL SFTTrainer defaults (same model, data, GPU, run).
+"""GPU benchmark of the trainer's SFT against TRL configured by a competent user (same model, data, GPU, run).
 
-    python3 trainer-svc/bench/bench_sft_gpu.py [--steps 30] [--variants baseline,peft16,ours16,...]
+    python3 trainer-svc/bench/bench_sft_gpu.py [--steps 30] [--repeats 3] [--variants trl4,ours4,...]
+    python3 trainer-svc/bench/bench_sft_gpu.py --smoke   # a CPU check of every variant's code path
 
 Model: a randomly initialised Qwen2-style causal LM with Qwen2-1.5B's shape (1.54 B parameters);
 data: words of a 32k-word vocabulary drawn from a Zipf distribution (so a model can learn
@@ -9,25 +10,40 @@ LoRA r=16, alpha 32 on every attention and MLP projection in every variant, drop
 trainer's default) unless the variant ends in ``_p0``. Learning rate 2e-4 (the trainer's SFT
 default) in every SFT variant, so the losses at equal steps compare.
 
+* trl4, trl8, trl16, trl32 (the peer that matters): plain ``SFTConfig`` as a competent user tunes
+  it: packing (best-fit decreasing), padding-free rows, Liger's fused linear + cross-entropy
+  (``use_liger_kernel``), no activation recomputation, flex attention on the model; PEFT's own
+  LoRA layers. N rows a step; none of our code.
 * baseline: ``SFTConfig`` defaults (padding to the longest in the batch, 8 examples a batch,
   gradient checkpointing on); only ``max_length=2048``, ``bf16``, the learning rate and the step
-  count set.
-* ours16, ours8, ours4: exactly the worker's CUDA path for a packed SFT job with ``batch_size``
-  16, 8 or 4 (the default): :func:`flywheel_trainer.device_options.cuda_sft_overrides` (packed,
+  count set. Context only: nobody who cares about speed trains like this.
+* ours4, ours8, ours16, ours32: exactly the worker's CUDA path for a packed SFT job with that
+  ``batch_size``: :func:`flywheel_trainer.device_options.cuda_sft_overrides` (packed,
   padding-free rows padded to ``batch_size x 2048`` tokens, Liger's fused linear + cross-entropy,
-  no recomputation),
-  :func:`~flywheel_trainer.device_options.cuda_model_kwargs` (flex attention) and
-  :func:`~flywheel_trainer.fused_lora.fuse_lora` (one fused autograd node per LoRA layer).
+  no recomputation), :func:`~flywheel_trainer.device_options.cuda_model_kwargs` (flex attention)
+  and :func:`~flywheel_trainer.fused_lora.fuse_lora` (one fused autograd node per LoRA layer).
+* default: what a GPU SFT job that leaves ``batch_size`` at 0 runs on this card: the rows a step
+  of ``TrainerSettings.gpu_step_tokens`` (16 at 2,048 tokens), split into the passes the memory
+  model (:func:`flywheel_trainer.memory_plan.rows_per_pass`) says fit the card's free memory.
 * ours16_p0: ours16 with LoRA dropout 0 (a job's ``lora.dropout = 0``).
 * peft16: ours16 without ``fuse_lora`` (PEFT's own LoRA layers): the previous configuration.
 * ours16_compile: ours16 plus ``torch_compile=True`` (an experiment; not what the worker does).
 * qlora: the worker's path (4 rows) with the base weights in 4-bit NF4 (bitsandbytes), a few steps.
 * dpo: DPOTrainer with LoRA through ``fuse_lora``, 4 pairs a step, a few steps.
+* grpo: the worker's GRPO trainer (:class:`flywheel_trainer.grpo.RolloutGRPOTrainer`) on stored
+  rollouts: 8 samples a step, prompts and completions of 256-1,023 tokens each, stored behaviour
+  log-probs, DAPO loss, no KL term (the defaults of a GRPO job).
 
-Each variant runs in its own process (clean peak-memory figures). Prints one JSON line per
-variant and a summary: tokens/s (non-padding tokens, steps 6 to the end), MFU (4 FLOPs per
-parameter per token, the LoRA convention of issue 7, against the GPU's dense bf16 peak), peak
-memory, final loss (the last step's) and the mean loss of the last five steps.
+Each run of a variant is its own process (clean peak-memory figures); ``--repeats K`` runs every
+variant K times, interleaved (variant order within each round), and the summary gives medians and
+the spread. Prints one JSON line per run and a summary: tokens/s (non-padding tokens, steps 6 to
+the end), MFU (4 FLOPs per parameter per token, the LoRA convention of issue 7, against the GPU's
+dense bf16 peak), peak memory, final loss (the last step's) and the mean loss of the last five
+steps; then ours against tuned TRL at each row count both have.
+
+``--smoke`` runs every variant on the CPU with a tiny model of the same family, a few steps and
+short rows, without flex attention, Liger, bf16 or bitsandbytes (qlora is skipped): it checks that
+each variant's code path runs, not its speed.
 """
 
 from __future__ import annotations
@@ -35,6 +51,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 import time
@@ -47,8 +65,12 @@ WORDS = 32000
 LEARNING_RATE = 2e-4
 MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SFT_VARIANTS = ("baseline", "peft16", "ours16", "ours16_p0", "ours8", "ours4", "ours16_compile", "qlora")
+#: Variants that run the full step count (the rest run a few steps: their speed is context).
+FULL_STEPS = re.compile(r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile)?)$")
 TIMEOUT_S = {"ours16_compile": 240}
+SMOKE = os.environ.get("FLYWHEEL_BENCH_SMOKE") == "1"
+if SMOKE:
+    MAX_LENGTH = 256
 
 
 def _tokenizer():
@@ -64,26 +86,40 @@ def _tokenizer():
     )
 
 
+def _device() -> str:
+    return "cpu" if SMOKE else "cuda"
+
+
 def _model(quantized: bool):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    shape = {
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+    }
+    if SMOKE:
+        shape = {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        }
     config = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
+        vocab_size=151936 if not SMOKE else WORDS + 4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=3,
+        **shape,
     )
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    with torch.device(_device()):
+        model = Qwen2ForCausalLM(config).to(torch.float32 if SMOKE else torch.bfloat16)
     if quantized:
         # bitsandbytes quantizes on load, so round-trip the random weights through a folder.
         from transformers import BitsAndBytesConfig
@@ -103,14 +139,124 @@ def _model(quantized: bool):
     return model
 
 
-def _texts(n: int, seed: int) -> list[str]:
+def _words(n: int, seed: int, low: int = 64, high: int = MAX_LENGTH - 1) -> list[list[int]]:
+    """``n`` examples of Zipf-distributed word indices, ``low`` to ``high`` words each."""
     import itertools
     import random
 
     rng = random.Random(seed)
     cum = list(itertools.accumulate(1.0 / (rank + 1) ** 1.1 for rank in range(WORDS)))
-    words = [f"w{i}" for i in range(WORDS)]
-    return [" ".join(rng.choices(words, cum_weights=cum, k=rng.randint(64, 2047))) for _ in range(n)]
+    return [rng.choices(range(WORDS), cum_weights=cum, k=rng.randint(low, high)) for _ in range(n)]
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    return [" ".join(f"w{i}" for i in example) for example in _words(n, seed, high=MAX_LENGTH - 1)]
+
+
+def _rows(variant: str) -> int:
+    """Rows a step of an ``oursN`` / ``trlN`` variant."""
+    found = re.match(r"^(?:ours|trl|peft)(\d+)", variant)
+    return int(found.group(1)) if found else 4
+
+
+def _sft_overrides(variant: str, model) -> dict:
+    """SFTConfig options of an SFT variant (and the model's attention set to match)."""
+    from flywheel_trainer.device_options import cuda_model_kwargs, cuda_sft_overrides, liger_available
+
+    if variant == "baseline":
+        return {}
+    if variant.startswith("trl"):
+        # Tuned plain TRL: every speed option SFTConfig has, none of ours.
+        overrides = {
+            "packing": True,
+            "padding_free": True,
+            "use_liger_kernel": liger_available(),
+            "gradient_checkpointing": False,
+            "per_device_train_batch_size": _rows(variant),
+            "bf16": True,
+        }
+        attn = "flex_attention"
+    elif variant == "default":
+        from flywheel_trainer.memory_plan import Shape, rows_per_pass, split_rows
+        from flywheel_trainer.settings import TrainerSettings
+
+        step = max(1, TrainerSettings().gpu_step_tokens // MAX_LENGTH)  # as hparams.default_rows
+        free = _free_bytes()
+        fit = rows_per_pass(Shape.of(model.config), free, MAX_LENGTH, 16, fused_loss=liger_available())
+        per_pass = split_rows(step, fit)
+        overrides = cuda_sft_overrides(batch_size=per_pass, max_length=MAX_LENGTH, packing=True)
+        overrides["gradient_accumulation_steps"] = step // per_pass
+        attn = cuda_model_kwargs("SFT", packing=True).get("attn_implementation")
+    else:
+        overrides = cuda_sft_overrides(batch_size=_rows(variant), max_length=MAX_LENGTH, packing=True)
+        attn = cuda_model_kwargs("SFT", packing=True).get("attn_implementation")
+        if variant.endswith("_compile"):
+            overrides["torch_compile"] = True
+    if SMOKE:  # no flex attention, Liger, bf16 or TF32 on a CPU: the code path, not the speed
+        attn = "sdpa"
+        overrides.update(use_liger_kernel=False, bf16=False, use_cpu=True)
+        overrides.pop("tf32", None)
+    if attn:
+        model.set_attn_implementation(attn)
+    return overrides
+
+
+def _free_bytes() -> float:
+    import torch
+
+    if SMOKE:
+        return 8 * 2**30
+    torch.cuda.synchronize()
+    return float(torch.cuda.mem_get_info()[0])
+
+
+def _grpo_trainer(model, tok, lora, common: dict, steps: int):
+    """The worker's GRPO trainer on synthetic stored rollouts, configured as the recipe does."""
+    import math
+
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from flywheel_trainer.grpo import RolloutGRPOTrainer, prepare_rows, reward_stats
+
+    rows_a_step = 8
+    high = min(1023, MAX_LENGTH // 2 - 1)
+    prompts = _words(steps * rows_a_step, seed=2, low=min(256, high // 2), high=high)
+    completions = _words(steps * rows_a_step, seed=3, low=min(256, high // 2), high=high)
+    uniform = -math.log(model.config.vocab_size)  # about what a random model gives a token
+    raw = [
+        {
+            "prompt_token_ids": [i + 4 for i in p],
+            "completion_token_ids": [i + 4 for i in c],
+            "behaviour_logprobs": [uniform] * len(c),
+            "advantage": 1.0 if n % 2 else -1.0,
+            "reward": float(n % 2),
+        }
+        for n, (p, c) in enumerate(zip(prompts, completions, strict=True))
+    ]
+    rollouts = prepare_rows(raw, MAX_LENGTH, model.config.vocab_size)
+    common = {k: v for k, v in common.items() if k != "max_length"}
+    args = GRPOConfig(
+        **common,
+        learning_rate=1e-5,
+        per_device_train_batch_size=rows_a_step,
+        gradient_checkpointing=False,
+        num_generations=rows_a_step,
+        generation_batch_size=rows_a_step,
+        max_completion_length=max(len(r["completion_token_ids"]) for r in rollouts),
+        temperature=1.0,
+        beta=0.0,
+        loss_type="dapo",
+        remove_unused_columns=False,
+    )
+    return RolloutGRPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rollouts),
+        processing_class=tok,
+        peft_config=lora,
+        rewards=reward_stats(rollouts),
+    )
 
 
 def run_variant(variant: str, steps: int) -> dict:
@@ -119,10 +265,11 @@ def run_variant(variant: str, steps: int) -> dict:
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from flywheel_trainer.device_options import cuda_model_kwargs, cuda_sft_overrides
     from flywheel_trainer.fused_lora import fuse_lora
 
-    torch.backends.cuda.matmul.allow_tf32 = True
+    cuda = not SMOKE
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
     lora = LoraConfig(
         r=16,
         lora_alpha=32,
@@ -143,7 +290,8 @@ def run_variant(variant: str, steps: int) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
             timing["t"].append(time.perf_counter())
             timing["tokens"].append(state.num_input_tokens_seen)
 
@@ -151,14 +299,17 @@ def run_variant(variant: str, steps: int) -> dict:
         "output_dir": f"/tmp/bench-{variant}",
         "max_steps": steps,
         "report_to": [],
-        "bf16": True,
+        "bf16": cuda,
         "logging_steps": 1,
         "save_strategy": "no",
         "include_num_input_tokens_seen": "non_padding",
         "max_length": MAX_LENGTH,
         "disable_tqdm": True,
     }
+    if SMOKE:
+        common["use_cpu"] = True
     fused = 0
+    rows_a_step = 0
     if variant == "dpo":
         from trl import DPOConfig, DPOTrainer
 
@@ -176,34 +327,33 @@ def run_variant(variant: str, steps: int) -> dict:
             peft_config=lora,
         )
         fused = fuse_lora(trainer.model)
+        rows_a_step = 4
+    elif variant == "grpo":
+        trainer = _grpo_trainer(model, tok, lora, common, steps)
+        args = trainer.args
+        rows_a_step = 8
     else:
         from trl import SFTConfig, SFTTrainer
 
-        overrides: dict = {}
-        if variant != "baseline":
-            rows = {"ours4": 4, "qlora": 4, "ours8": 8}.get(variant, 16)
-            overrides = cuda_sft_overrides(batch_size=rows, max_length=MAX_LENGTH, packing=True)
-            attn = cuda_model_kwargs("SFT", packing=True).get("attn_implementation")
-            if attn:
-                model.set_attn_implementation(attn)
-            if variant.endswith("_compile"):
-                overrides["torch_compile"] = True
+        overrides = _sft_overrides(variant, model)
         batch = overrides.get("per_device_train_batch_size", 8)
-        data = Dataset.from_list([{"text": t} for t in _texts(steps * batch * 4, seed=1)])
+        rows_a_step = batch * overrides.get("gradient_accumulation_steps", 1)
+        data = Dataset.from_list([{"text": t} for t in _texts(steps * rows_a_step * 4, seed=1)])
         args = SFTConfig(**{**common, "learning_rate": LEARNING_RATE, **overrides})
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora
         )
-        if variant != "baseline" and variant != "peft16":
+        if variant.startswith("ours") or variant == "default":
             fused = fuse_lora(trainer.model)
     trainer.add_callback(Clock())
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     result = trainer.train()
-    warm = min(5, len(timing["t"]) - 2)
+    warm = max(0, min(5, len(timing["t"]) - 2))
     seconds = timing["t"][-1] - timing["t"][warm]
     tokens = timing["tokens"][-1] - timing["tokens"][warm]
     tps = tokens / seconds
-    name = torch.cuda.get_device_name(0)
+    name = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), 989e12)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
@@ -213,64 +363,113 @@ def run_variant(variant: str, steps: int) -> dict:
         "parameters": n_params,
         "steps": steps,
         "batch_rows": args.per_device_train_batch_size,
+        "rows_a_step": rows_a_step,
+        "attention": getattr(model.config, "_attn_implementation", None),
         "lora_dropout": lora.lora_dropout,
         "fused_lora_layers": fused,
-        "tokens_per_step": round(tokens / (len(timing["t"]) - 1 - warm)),
+        "tokens_per_step": round(tokens / max(1, len(timing["t"]) - 1 - warm)),
         "tokens_per_s": round(tps),
         "mfu": round(4 * n_params * tps / peak, 4),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "final_loss": losses[-1] if losses else None,
         "last5_loss": round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else None,
         "train_loss": result.training_loss,
     }
 
 
+def _run_once(variant: str, steps: int) -> dict | None:
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--variant", variant, "--steps", str(steps)],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+            timeout=TIMEOUT_S.get(variant, 420),
+        )
+    except subprocess.TimeoutExpired as err:
+        tail = (err.stderr or b"")[-2000:]
+        print(f"{variant}: TIMED OUT after {err.timeout} s\n{tail!r}", flush=True)
+        return None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"{variant}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
+        return None
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def summarise(runs: dict[str, list[dict]]) -> list[str]:
+    """Markdown tables: each variant's median over its runs, then ours against tuned TRL."""
+    med = {name: statistics.median(r["tokens_per_s"] for r in rs) for name, rs in runs.items() if rs}
+    out = [
+        "| variant | rows a step | rows a pass | runs | tokens/s (median) | min-max | MFU (median) | peak GiB | last-5 loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, rs in runs.items():
+        if not rs:
+            out.append(f"| {name} | | | 0 | failed | | | | |")
+            continue
+        speeds = [r["tokens_per_s"] for r in rs]
+        mfu = statistics.median(r["mfu"] for r in rs)
+        peak = max((r["peak_memory_gib"] or 0) for r in rs)
+        loss = statistics.median(r["last5_loss"] or 0 for r in rs)
+        out.append(
+            f"| {name} | {rs[0].get('rows_a_step', '')} | {rs[0]['batch_rows']} | {len(rs)} | {med[name]:,.0f} | "
+            f"{min(speeds):,}-{max(speeds):,} | {mfu:.1%} | {peak} | {loss:.4f} |"
+        )
+    pairs = [(f"ours{n}", f"trl{n}") for n in (4, 8, 16, 32) if f"ours{n}" in med and f"trl{n}" in med]
+    if "default" in med and "trl16" in med:
+        pairs.append(("default", "trl16"))
+    if pairs:
+        out += ["", "| ours | tuned TRL + flex | ratio of medians |", "|---|---|---:|"]
+        out += [f"| {a} | {b} | {med[a] / med[b]:.2f}x |" for a, b in pairs]
+    best_trl = max((n for n in med if n.startswith("trl")), key=lambda n: med[n], default=None)
+    best_ours = max(
+        (n for n in med if n.startswith("ours") or n == "default"), key=lambda n: med[n], default=None
+    )
+    if best_trl and best_ours:
+        out.append(f"| best: {best_ours} | best: {best_trl} | {med[best_ours] / med[best_trl]:.2f}x |")
+    if "baseline" in med:
+        out += [
+            "",
+            "Context: against SFTConfig defaults (baseline) "
+            + ", ".join(f"{n} {v / med['baseline']:.2f}x" for n, v in med.items() if n != "baseline"),
+        ]
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--variants", default="baseline,peft16,ours16,ours16_p0,ours4,qlora,dpo")
-    parser.add_argument("--json-out", help="also write every variant's result to this JSON file")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each variant (medians reported)")
+    parser.add_argument(
+        "--variants", default="trl4,ours4,trl8,ours8,trl16,ours16,default,baseline,dpo,grpo,qlora"
+    )
+    parser.add_argument("--smoke", action="store_true", help="a CPU check of each variant's code path")
+    parser.add_argument("--json-out", help="also write every run's result to this JSON file")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print("RESULT " + json.dumps(run_variant(args.variant, args.steps)), flush=True)
         return 0
-    results = {}
-    for variant in args.variants.split(","):
-        full = variant in SFT_VARIANTS and variant != "qlora"
-        steps = args.steps if full else max(5, args.steps // 4) + 2
-        try:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--variant", variant, "--steps", str(steps)],
-                capture_output=True,
-                text=True,
-                env=os.environ,
-                timeout=TIMEOUT_S.get(variant, 420),
-            )
-        except subprocess.TimeoutExpired as err:
-            tail = (err.stderr or b"")[-2000:]
-            print(f"{variant}: TIMED OUT after {err.timeout} s\n{tail!r}", flush=True)
-            continue
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"{variant}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
-            continue
-        results[variant] = json.loads(lines[-1][len("RESULT ") :])
-        print(json.dumps(results[variant]), flush=True)
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(results, indent=1))
-    base = results.get("baseline")
-    print("| variant | rows | dropout | tokens/s | vs baseline | MFU | peak GiB | final loss | last-5 loss |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
-        print(
-            f"| {name} | {r['batch_rows']} | {r['lora_dropout']} | {r['tokens_per_s']:,} | {ratio} | "
-            f"{r['mfu']:.1%} | {r['peak_memory_gib']} | {r['final_loss'] or 0:.4f} | "
-            f"{r['last5_loss'] or 0:.4f} |",
-            flush=True,
-        )
-    return 0
+    if args.smoke:
+        os.environ["FLYWHEEL_BENCH_SMOKE"] = "1"  # for the variant processes
+    variants = [v for v in args.variants.split(",") if v and not (args.smoke and v == "qlora")]
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for round_ in range(args.repeats):
+        for variant in variants:
+            full = bool(FULL_STEPS.match(variant))
+            steps = args.steps if full else max(5, args.steps // 4) + 2
+            result = _run_once(variant, steps)
+            if result is None:
+                continue
+            result["round"] = round_ + 1
+            runs[variant].append(result)
+            print(json.dumps(result), flush=True)
+            if args.json_out:
+                Path(args.json_out).write_text(json.dumps(runs, indent=1))
+    for line in summarise(runs):
+        print(line, flush=True)
+    return 0 if all(runs.values()) else 1
 
 
 if __name__ == "__main__":

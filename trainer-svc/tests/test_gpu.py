@@ -323,7 +323,7 @@ def _adapter_file(store: object, job: object, name: str) -> bytes:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
-@pytest.mark.parametrize("variant", ["ours4", "qlora", "dpo"])
+@pytest.mark.parametrize("variant", ["ours4", "trl4", "default", "qlora", "dpo", "grpo"])
 def test_bench_variant_trains_on_a_large_model(variant: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--variant", variant, "--steps", "8"],
