@@ -177,10 +177,9 @@ def _sft_overrides(variant: str, model) -> dict:
         }
         attn = "flex_attention"
     elif variant == "default":
-        from flywheel_trainer.memory_plan import Shape, rows_per_pass, split_rows
-        from flywheel_trainer.settings import TrainerSettings
+        from flywheel_trainer.memory_plan import DEFAULT_GPU_STEP_TOKENS, Shape, rows_per_pass, split_rows
 
-        step = max(1, TrainerSettings().gpu_step_tokens // MAX_LENGTH)  # as hparams.default_rows
+        step = max(1, DEFAULT_GPU_STEP_TOKENS // MAX_LENGTH)  # as hparams.default_rows
         free = _free_bytes()
         fit = rows_per_pass(Shape.of(model.config), free, MAX_LENGTH, 16, fused_loss=liger_available())
         per_pass = split_rows(step, fit)

@@ -34,6 +34,9 @@ RUNTIME_BYTES = 2 * GIB
 NF4_BYTES_PER_PARAM = (4 + 0.127) / 8  # 4-bit weights + double-quantised absmax constants
 BF16 = 2
 LORA_STATE_BYTES = 16  # fp32 weight + fp32 grad + AdamW m and v
+#: Tokens a step of a GPU SFT job that leaves batch_size at 0 (``TrainerSettings.gpu_step_tokens``;
+#: see ``hparams.default_rows``). Here, without the settings' imports, so the benchmark can use it.
+DEFAULT_GPU_STEP_TOKENS = 32768
 #: The projections LoRA adapts by default, as (input, output) in terms of the shape.
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from flywheel_common.settings import ServiceSettings
+from flywheel_trainer.memory_plan import DEFAULT_GPU_STEP_TOKENS
 
 
 class TrainerSettings(ServiceSettings):
@@ -59,7 +60,7 @@ class TrainerSettings(ServiceSettings):
         "sized by gpu_step_tokens instead).",
     )
     gpu_step_tokens: int = Field(
-        32768,
+        DEFAULT_GPU_STEP_TOKENS,
         ge=0,
         description="SFT jobs on a GPU that leave batch_size at 0 take this many tokens a step: "
         "gpu_step_tokens // max_seq_length rows (16 at 2,048), a multiple of job.gpus; the memory model "
