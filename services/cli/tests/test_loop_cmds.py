@@ -94,6 +94,12 @@ def test_init_adapter_of_an_rl_loop_is_its_starting_policy(scripted_orchestrator
     assert loop.rl.init_adapter == "fixer/v4" and loop.init_adapter == ""
 
 
+def test_gpus_are_the_loop_s_train_gpus(scripted_orchestrator: Any) -> None:
+    loop = created(scripted_orchestrator, "--kind", "rl", "--iterations", "2", "--gpus", "4")
+    assert loop.train_gpus == 4
+    assert created(scripted_orchestrator).train_gpus == 0
+
+
 def test_sft_tasks_of_an_rl_warm_start(scripted_orchestrator: Any) -> None:
     loop = created(
         scripted_orchestrator, "--kind", "rl", "--iterations", "2", "--sft-warm-start",

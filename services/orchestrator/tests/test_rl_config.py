@@ -66,3 +66,40 @@ def test_bad_warm_start_task_sets_are_refused_naming_the_field(manager: LoopMana
     # A TEST task in the warm start would leak held-out answers into training.
     with pytest.raises((InvalidArgument, NotFound, FailedPrecondition), match=r"rl\.sft_task_ids"):
         manager.validate(rl_loop(manager, sft_warm_start=True, sft_task_ids=test[:1]))
+
+
+def test_train_gpus_reach_every_fine_tune_job_a_loop_makes(manager: LoopManager) -> None:
+    """``train_gpus`` is checked (0 to 16, naming the field) and becomes ``FineTuneJob.gpus`` of
+    an imitation loop's fine-tune, an RL loop's warm-start SFT and its GRPO jobs; 0 stays 0 (the
+    trainer reads it as one)."""
+    import asyncio
+
+    for bad in (-1, 17):
+        loop = rl_loop(manager)
+        loop.train_gpus = bad
+        with pytest.raises(
+            InvalidArgument, match=rf"loop\.train_gpus: must be between 0 \(one\) and 16, got {bad}"
+        ):
+            manager.validate(loop)
+
+    sent: list = []
+
+    async def create_fine_tune(job: object, request_id: str, what: str) -> object:
+        sent.append(job)
+        return job
+
+    made = LoopManager.__new__(LoopManager)
+    made.create_fine_tune = create_fine_tune  # type: ignore[method-assign]
+    stages = rl.RlStages.__new__(rl.RlStages)
+    stages.m = made
+    for gpus in (0, 2):
+        loop = rl_loop(manager, sft_warm_start=True)
+        loop.id, loop.train_gpus = "loop-1", gpus
+        manager.validate(loop)
+        asyncio.run(made._fine_tune(loop, "ds-1"))
+        asyncio.run(stages._fine_tune(loop, lpb.RlIteration(index=0, dataset_id="ds-2")))
+        asyncio.run(stages._fine_tune(loop, lpb.RlIteration(index=1, dataset_id="ds-3")))
+    assert [(j.dataset_id, j.gpus) for j in sent] == [
+        ("ds-1", 0), ("ds-2", 0), ("ds-3", 0), ("ds-1", 2), ("ds-2", 2), ("ds-3", 2)
+    ]  # fmt: skip
+    assert [j.method for j in sent[3:]] == [1, 1, 3]  # SFT, the warm start's SFT, GRPO

@@ -500,6 +500,8 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
         hp.lora.rank = opts["lora_rank"]
     if opts.get("kl_beta") is not None:
         hp.grpo.kl_beta = opts["kl_beta"]
+    if opts.get("train_gpus"):
+        loop.train_gpus = opts["train_gpus"]
     rl = loop.rl
     if opts.get("iterations"):
         rl.iterations = opts["iterations"]
@@ -554,6 +556,13 @@ def build_loop(spec: dict[str, Any], opts: dict[str, Any]) -> lpb.Loop:
 )
 @click.option("--learning-rate", type=float, default=0.0, help="Peak learning rate of each fine-tune.")
 @click.option("--lora-rank", type=int, default=0, help="LoRA rank.")
+@click.option(
+    "--gpus",
+    "train_gpus",
+    type=int,
+    default=0,
+    help="GPUs each fine-tune job trains on in data parallel (0 = 1); the step's rows must divide.",
+)
 @click.option("--kl-beta", type=float, default=None, help="RL: KL penalty to the starting policy.")
 @click.option("--iterations", type=int, default=0, help="RL: GRPO iterations.")
 @click.option(

@@ -114,6 +114,8 @@ OUTPUT_ONLY = (
     "candidate_skill_id",
 )
 MAX_ROUNDS = 100
+#: GPUs a loop's fine-tune jobs may ask for (the trainer's own limit, one node's GPUs).
+MAX_TRAIN_GPUS = 16
 INIT_ADAPTER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}/v[1-9][0-9]*$")
 
 #: (durable consumer, subject filter) of the events that move loops.
@@ -438,6 +440,10 @@ class LoopManager:
         if loop.rounds > 1 and loop.kind == S.LOOP_KIND_RL:
             raise InvalidArgument(
                 f"{path}.rounds", "RL loops improve over rl.iterations; rounds are for imitation loops"
+            )
+        if not 0 <= loop.train_gpus <= MAX_TRAIN_GPUS:
+            raise InvalidArgument(
+                f"{path}.train_gpus", f"must be between 0 (one) and {MAX_TRAIN_GPUS}, got {loop.train_gpus}"
             )
         if loop.stop_after_rejections < 0:
             raise InvalidArgument(f"{path}.stop_after_rejections", "must be >= 0 (0 means never stop early)")
@@ -1085,6 +1091,7 @@ class LoopManager:
             loop_id=loop.id,
             labels=self._labels(loop),
             init_adapter=loop.init_adapter,
+            gpus=loop.train_gpus,
         )
         return await self.create_fine_tune(job, f"{loop.id}-fine-tune", "fine-tune")
 

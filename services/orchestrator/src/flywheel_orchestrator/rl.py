@@ -340,6 +340,7 @@ class RlStages:
             loop_id=loop.id,
             labels={**self.m._labels(loop), "rl_iteration": str(it.index)},
             init_adapter=init,
+            gpus=loop.train_gpus,
         )
         return await self.m.create_fine_tune(
             job, self._rid(loop, it, "fine-tune"), f"iteration {it.index} fine-tune"
