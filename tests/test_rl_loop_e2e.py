@@ -22,7 +22,6 @@ expected reward (exact: one token per episode) rises too; the gate decides by it
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
