@@ -66,7 +66,7 @@ LEARNING_RATE = 2e-4
 MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
-FULL_STEPS = re.compile(r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile)?)$")
+FULL_STEPS = re.compile(r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile)?)(x\d+)?$")
 TIMEOUT_S = {"ours16_compile": 240}
 SMOKE = os.environ.get("FLYWHEEL_BENCH_SMOKE") == "1"
 if SMOKE:
@@ -159,7 +159,7 @@ def _rows(variant: str) -> int:
     return int(found.group(1)) if found else 4
 
 
-def _sft_overrides(variant: str, model) -> dict:
+def _sft_overrides(variant: str, model, world: int = 1) -> dict:
     """SFTConfig options of an SFT variant (and the model's attention set to match)."""
     from flywheel_trainer.device_options import cuda_model_kwargs, cuda_sft_overrides, liger_available
 
@@ -179,12 +179,13 @@ def _sft_overrides(variant: str, model) -> dict:
     elif variant == "default":
         from flywheel_trainer.memory_plan import DEFAULT_GPU_STEP_TOKENS, Shape, rows_per_pass, split_rows
 
-        step = max(1, DEFAULT_GPU_STEP_TOKENS // MAX_LENGTH)  # as hparams.default_rows
+        # As hparams.default_rows, then as the recipe: each of the world's ranks takes its share.
+        step = max(world, DEFAULT_GPU_STEP_TOKENS // MAX_LENGTH // world * world)
         free = _free_bytes()
         fit = rows_per_pass(Shape.of(model.config), free, MAX_LENGTH, 16, fused_loss=liger_available())
-        per_pass = split_rows(step, fit)
+        per_pass = split_rows(step // world, fit)
         overrides = cuda_sft_overrides(batch_size=per_pass, max_length=MAX_LENGTH, packing=True)
-        overrides["gradient_accumulation_steps"] = step // per_pass
+        overrides["gradient_accumulation_steps"] = step // world // per_pass
         attn = cuda_model_kwargs("SFT", packing=True).get("attn_implementation")
     else:
         overrides = cuda_sft_overrides(batch_size=_rows(variant), max_length=MAX_LENGTH, packing=True)
@@ -209,7 +210,7 @@ def _free_bytes() -> float:
     return float(torch.cuda.mem_get_info()[0])
 
 
-def _grpo_trainer(model, tok, lora, common: dict, steps: int):
+def _grpo_trainer(model, tok, lora, common: dict, steps: int, world: int = 1):
     """The worker's GRPO trainer on synthetic stored rollouts, configured as the recipe does."""
     import math
 
@@ -240,8 +241,8 @@ def _grpo_trainer(model, tok, lora, common: dict, steps: int):
         learning_rate=1e-5,
         per_device_train_batch_size=rows_a_step,
         gradient_checkpointing=False,
-        num_generations=rows_a_step,
-        generation_batch_size=rows_a_step,
+        num_generations=rows_a_step * world,
+        generation_batch_size=rows_a_step * world,  # TRL's is global: every rank's rows
         max_completion_length=max(len(r["completion_token_ids"]) for r in rollouts),
         temperature=1.0,
         beta=0.0,
@@ -258,7 +259,13 @@ def _grpo_trainer(model, tok, lora, common: dict, steps: int):
     )
 
 
-def run_variant(variant: str, steps: int) -> dict:
+def split_world(name: str) -> tuple[str, int]:
+    """``ours8x2`` → ("ours8", 2): the variant and its data-parallel processes (GPUs)."""
+    found = re.match(r"^(.+?)x(\d+)$", name)
+    return (found.group(1), int(found.group(2))) if found else (name, 1)
+
+
+def run_variant(name: str, steps: int) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -266,7 +273,17 @@ def run_variant(variant: str, steps: int) -> dict:
 
     from flywheel_trainer.fused_lora import fuse_lora
 
+    variant, _ = split_world(name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = not SMOKE
+    if world > 1:
+        # Started by torch.distributed.run (_run_once): one process per GPU, DDP through the
+        # Trainer, as the worker's data-parallel jobs (gloo on a CPU for --smoke).
+        from accelerate import PartialState
+
+        if cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        PartialState(cpu=not cuda)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
     lora = LoraConfig(
@@ -295,7 +312,7 @@ def run_variant(variant: str, steps: int) -> dict:
             timing["tokens"].append(state.num_input_tokens_seen)
 
     common = {
-        "output_dir": f"/tmp/bench-{variant}",
+        "output_dir": f"/tmp/bench-{name}",
         "max_steps": steps,
         "report_to": [],
         "bf16": cuda,
@@ -312,7 +329,7 @@ def run_variant(variant: str, steps: int) -> dict:
     if variant == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        texts = _texts(3 * steps * 8, seed=1)
+        texts = _texts(3 * steps * 8 * world, seed=1)
         rows = [
             {"prompt": texts[i][:3000], "chosen": texts[i + 1][:3000], "rejected": texts[i + 2][:3000]}
             for i in range(0, len(texts) - 2, 3)
@@ -328,16 +345,16 @@ def run_variant(variant: str, steps: int) -> dict:
         fused = fuse_lora(trainer.model)
         rows_a_step = 4
     elif variant == "grpo":
-        trainer = _grpo_trainer(model, tok, lora, common, steps)
+        trainer = _grpo_trainer(model, tok, lora, common, steps * world, world)
         args = trainer.args
         rows_a_step = 8
     else:
         from trl import SFTConfig, SFTTrainer
 
-        overrides = _sft_overrides(variant, model)
+        overrides = _sft_overrides(variant, model, world)
         batch = overrides.get("per_device_train_batch_size", 8)
         rows_a_step = batch * overrides.get("gradient_accumulation_steps", 1)
-        data = Dataset.from_list([{"text": t} for t in _texts(steps * rows_a_step * 4, seed=1)])
+        data = Dataset.from_list([{"text": t} for t in _texts(steps * rows_a_step * world * 4, seed=1)])
         args = SFTConfig(**{**common, "learning_rate": LEARNING_RATE, **overrides})
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora
@@ -352,17 +369,18 @@ def run_variant(variant: str, steps: int) -> dict:
     seconds = timing["t"][-1] - timing["t"][warm]
     tokens = timing["tokens"][-1] - timing["tokens"][warm]
     tps = tokens / seconds
-    name = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), 989e12)
+    gpu = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
+    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), 989e12) * world
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
-        "variant": variant,
-        "gpu": name,
+        "variant": name,
+        "gpus": world,
+        "gpu": gpu,
         "torch": torch.__version__,
         "parameters": n_params,
         "steps": steps,
         "batch_rows": args.per_device_train_batch_size,
-        "rows_a_step": rows_a_step,
+        "rows_a_step": rows_a_step * world,
         "attention": getattr(model.config, "_attn_implementation", None),
         "lora_dropout": lora.lora_dropout,
         "fused_lora_layers": fused,
@@ -377,9 +395,13 @@ def run_variant(variant: str, steps: int) -> dict:
 
 
 def _run_once(variant: str, steps: int) -> dict | None:
+    _, world = split_world(variant)
+    launcher = [sys.executable]
+    if world > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
     try:
         proc = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, "--steps", str(steps)],
+            [*launcher, __file__, "--variant", variant, "--steps", str(steps)],
             capture_output=True,
             text=True,
             env=os.environ,
@@ -427,6 +449,17 @@ def summarise(runs: dict[str, list[dict]]) -> list[str]:
     )
     if best_trl and best_ours:
         out.append(f"| best: {best_ours} | best: {best_trl} | {med[best_ours] / med[best_trl]:.2f}x |")
+    scaled = [(n, split_world(n)) for n in med if split_world(n)[1] > 1 and split_world(n)[0] in med]
+    if scaled:
+        out += [
+            "",
+            "| data parallel | GPUs | one GPU | speed-up (medians) | efficiency |",
+            "|---|---:|---|---:|---:|",
+        ]
+        out += [
+            f"| {n} | {w} | {one} | {med[n] / med[one]:.2f}x | {med[n] / med[one] / w:.0%} |"
+            for n, (one, w) in scaled
+        ]
     if "baseline" in med:
         out += [
             "",
@@ -448,7 +481,9 @@ def main() -> int:
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        print("RESULT " + json.dumps(run_variant(args.variant, args.steps)), flush=True)
+        result = run_variant(args.variant, args.steps)
+        if os.environ.get("RANK", "0") == "0":
+            print("RESULT " + json.dumps(result), flush=True)
         return 0
     if args.smoke:
         os.environ["FLYWHEEL_BENCH_SMOKE"] = "1"  # for the variant processes

@@ -1,6 +1,7 @@
 """The GPU benchmark's code paths, checked on the CPU so a GPU session does not find them broken.
 
-`bench/bench_sft_gpu.py --smoke` runs each variant with a tiny model of the same family (no flex
+`bench/bench_sft_gpu.py --smoke` runs each variant (and a data-parallel one, two processes over
+gloo) with a tiny model of the same family (no flex
 attention, Liger or bf16, which need CUDA), in its own process as on the GPU: tuned plain TRL,
 the worker's SFT path (fused LoRA layers) and the worker's GRPO trainer on synthetic stored
 rollouts. Its figures mean nothing for speed; that each variant trains and is summarised does.
@@ -27,7 +28,7 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
             "--steps",
             "3",
             "--variants",
-            "trl4,ours4,grpo",
+            "trl4,ours4,grpo,ours4x2",
             "--json-out",
             str(out),
         ],
@@ -37,13 +38,16 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = json.loads(out.read_text())
-    (trl,), (ours,), (grpo,) = runs["trl4"], runs["ours4"], runs["grpo"]
+    (trl,), (ours,), (grpo,), (two,) = runs["trl4"], runs["ours4"], runs["grpo"], runs["ours4x2"]
     assert trl["fused_lora_layers"] == 0 and ours["fused_lora_layers"] == 14  # 7 projections x 2 layers
     assert trl["rows_a_step"] == ours["rows_a_step"] == 4 and grpo["rows_a_step"] == 8
     for run in (trl, ours, grpo):
         assert run["tokens_per_s"] > 0 and math.isfinite(run["train_loss"]), run
-    # The summary compares ours with tuned TRL at equal rows.
+    # Two processes (torch.distributed.run, DDP over gloo here, NCCL on GPUs), 4 rows each.
+    assert two["gpus"] == 2 and two["rows_a_step"] == 8 and two["batch_rows"] == 4
+    # The summary compares ours with tuned TRL at equal rows, and two processes with one.
     assert "| ours4 | trl4 |" in proc.stdout, proc.stdout[-2000:]
+    assert "| ours4x2 | 2 | ours4 |" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_the_summary_reports_medians_and_ratios() -> None:
