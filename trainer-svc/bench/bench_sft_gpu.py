@@ -30,7 +30,8 @@ default) in every SFT variant, so the losses at equal steps compare.
 * ours16_compile: ours16 plus ``torch_compile=True`` (an experiment; not what the worker does).
 * qlora: the worker's path (4 rows) with the base weights in 4-bit NF4 (bitsandbytes), a few steps.
 * dpo: DPOTrainer with LoRA through ``fuse_lora``, 4 pairs a step, a few steps.
-* grpo: the worker's GRPO trainer (:class:`flywheel_trainer.grpo.RolloutGRPOTrainer`) on stored
+* grpo: the worker's GRPO trainer (:class:`flywheel_trainer.grpo.RolloutGRPOTrainer`, fused LoRA
+  layers as the worker on a GPU) on stored
   rollouts: 8 samples a step, prompts and completions of 256-1,023 tokens each, stored behaviour
   log-probs, DAPO loss, no KL term (the defaults of a GRPO job).
 
@@ -346,6 +347,7 @@ def run_variant(name: str, steps: int) -> dict:
         rows_a_step = 4
     elif variant == "grpo":
         trainer = _grpo_trainer(model, tok, lora, common, steps * world, world)
+        fused = fuse_lora(trainer.model)  # as the worker does for every method on a GPU
         args = trainer.args
         rows_a_step = 8
     else:

@@ -40,6 +40,7 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
     runs = json.loads(out.read_text())
     (trl,), (ours,), (grpo,), (two,) = runs["trl4"], runs["ours4"], runs["grpo"], runs["ours4x2"]
     assert trl["fused_lora_layers"] == 0 and ours["fused_lora_layers"] == 14  # 7 projections x 2 layers
+    assert grpo["fused_lora_layers"] == 14  # the worker fuses GRPO's layers too
     assert trl["rows_a_step"] == ours["rows_a_step"] == 4 and grpo["rows_a_step"] == 8
     for run in (trl, ours, grpo):
         assert run["tokens_per_s"] > 0 and math.isfinite(run["train_loss"]), run
