@@ -160,7 +160,15 @@ async def test_imitation_loop_on_ml_tasks(stack: Stack) -> None:
         assert sorted(t.task.task_id for t in rollouts) == TRAIN
         for t in rollouts:
             assert t.task.kind == common_pb2.TASK_KIND_ML and t.outcome.resolved, t.outcome
-            assert float(t.labels["mle.best_heldout"]) == _task(t.task.task_id).reference_score
+            # The documented reference score, within 5% of the reference-baseline margin (as
+            # test_ml_tasks.py): lbfgs on unscaled features ends a little differently on another
+            # CPU or BLAS build, and one of wine-quality's 200 held-out predictions flipped on one
+            # CI machine (0.695 against 0.69). A judge that scored the wrong file would be far off.
+            task = _task(t.task.task_id)
+            assert task.reference_score is not None and task.baseline_score is not None
+            margin = abs(task.reference_score - task.baseline_score)
+            best = float(t.labels["mle.best_heldout"])
+            assert abs(best - task.reference_score) <= 0.05 * margin, (task.id, best, task.reference_score)
 
         # Dataset: step_sft made one example per node: the node's recorded prompt → the node.
         dataset_id = art(lpb.LOOP_STAGE_DATASET, common_pb2.RESOURCE_KIND_DATASET)
