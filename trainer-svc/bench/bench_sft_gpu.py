@@ -178,10 +178,16 @@ def _sft_overrides(variant: str, model, world: int = 1) -> dict:
         }
         attn = "flex_attention"
     elif variant == "default":
-        from flywheel_trainer.memory_plan import DEFAULT_GPU_STEP_TOKENS, Shape, rows_per_pass, split_rows
+        from flywheel_trainer.memory_plan import (
+            DEFAULT_GPU_STEP_TOKENS,
+            Shape,
+            rows_per_pass,
+            split_rows,
+            token_sized_rows,
+        )
 
         # As hparams.default_rows, then as the recipe: each of the world's ranks takes its share.
-        step = max(world, DEFAULT_GPU_STEP_TOKENS // MAX_LENGTH // world * world)
+        step = token_sized_rows(DEFAULT_GPU_STEP_TOKENS, MAX_LENGTH, world)
         free = _free_bytes()
         fit = rows_per_pass(Shape.of(model.config), free, MAX_LENGTH, 16, fused_loss=liger_available())
         per_pass = split_rows(step // world, fit)

@@ -14,6 +14,7 @@ from flywheel_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel_common.objectstore import ObjectStore
 from flywheel_trainer import adapters, catalog
 from flywheel_trainer.catalog import NAME_RE, BaseModelInfo
+from flywheel_trainer.memory_plan import token_sized_rows
 from flywheel_trainer.protocol import WorkerHyperparameters
 from flywheel_trainer.settings import TrainerSettings
 
@@ -162,10 +163,6 @@ def resolve(
     return worker_hparams(hp)
 
 
-#: Most rows a step sized by tokens gets (short max_seq_length); a job may still ask for more.
-MAX_DEFAULT_ROWS = 256
-
-
 def default_rows(job: trainer_pb2.FineTuneJob, settings: TrainerSettings, gpu: bool) -> int:
     """Rows per step of a job that leaves ``batch_size`` at 0 (``max_seq_length`` resolved).
 
@@ -180,9 +177,7 @@ def default_rows(job: trainer_pb2.FineTuneJob, settings: TrainerSettings, gpu: b
     """
     if not gpu or job.method != trainer_pb2.FINE_TUNE_METHOD_SFT or not settings.gpu_step_tokens:
         return settings.default_batch_size
-    ranks = max(1, job.gpus)
-    rows = min(MAX_DEFAULT_ROWS, settings.gpu_step_tokens // job.hyperparameters.max_seq_length)
-    return max(ranks, rows // ranks * ranks)
+    return token_sized_rows(settings.gpu_step_tokens, job.hyperparameters.max_seq_length, max(1, job.gpus))
 
 
 def _resolve_grpo(grpo: trainer_pb2.GrpoConfig) -> None:

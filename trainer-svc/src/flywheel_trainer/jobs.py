@@ -186,13 +186,18 @@ class JobManager:
             folder.mkdir(parents=True, exist_ok=True)
         if self.settings.backend == "kubernetes":
             self.kube = await asyncio.to_thread(KubeJobs, self.settings)  # a bad template fails the boot
-        # Ask torch (an import of a few seconds) unless the settings say there is no GPU.
-        self.gpu_count = 0 if self.settings.gpu_available is False else await asyncio.to_thread(_cuda_count)
-        self.gpu = self.gpu_count > 0 if self.settings.gpu_available is None else self.settings.gpu_available
-        if self.kube is not None and self.settings.gpu_available is None:
+        if self.kube is not None:
             # Jobs train in pods, not here: what counts is the GPUs a training pod asks for (the
             # service's own pod usually has none, which refused NF4 and sized jobs as on a CPU).
-            self.gpu = self.settings.job_gpus > 0
+            available = self.settings.gpu_available
+            self.gpu = self.settings.job_gpus > 0 if available is None else available
+        else:
+            # Ask torch (an import of a few seconds) unless the settings say there is no GPU.
+            no_gpu = self.settings.gpu_available is False
+            self.gpu_count = 0 if no_gpu else await asyncio.to_thread(_cuda_count)
+            self.gpu = (
+                self.gpu_count > 0 if self.settings.gpu_available is None else self.settings.gpu_available
+            )
         imported = await asyncio.to_thread(
             import_local_records, self.settings.state_dir / "jobs", self.table.records
         )

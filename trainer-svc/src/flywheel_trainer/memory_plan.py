@@ -37,6 +37,17 @@ LORA_STATE_BYTES = 16  # fp32 weight + fp32 grad + AdamW m and v
 #: Tokens a step of a GPU SFT job that leaves batch_size at 0 (``TrainerSettings.gpu_step_tokens``;
 #: see ``hparams.default_rows``). Here, without the settings' imports, so the benchmark can use it.
 DEFAULT_GPU_STEP_TOKENS = 32768
+#: Most rows a step sized by tokens gets (a short max_seq_length); a job may still ask for more.
+MAX_DEFAULT_ROWS = 256
+
+
+def token_sized_rows(step_tokens: int, seq_len: int, ranks: int = 1) -> int:
+    """Rows of ``seq_len`` tokens in a step of ``step_tokens`` (at most :data:`MAX_DEFAULT_ROWS`),
+    rounded down to a multiple of the ``ranks`` that share the step, at least one each."""
+    rows = min(MAX_DEFAULT_ROWS, step_tokens // seq_len)
+    return max(ranks, rows // ranks * ranks)
+
+
 #: The projections LoRA adapts by default, as (input, output) in terms of the shape.
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
