@@ -26,6 +26,8 @@ default) in every SFT variant, so the losses at equal steps compare.
   of ``TrainerSettings.gpu_step_tokens`` (16 at 2,048 tokens), split into the passes the memory
   model (:func:`flywheel_trainer.memory_plan.rows_per_pass`) says fit the card's free memory.
 * ours16_p0: ours16 with LoRA dropout 0 (a job's ``lora.dropout = 0``).
+* ours8_fp8 (any ``oursN`` + ``_fp8``, combinable with ``_p0``): the frozen base weights' matmuls in
+  FP8 (:mod:`flywheel_trainer.fp8`, ``fuse_lora(fp8=True)``); Hopper GPUs only.
 * peft16: ours16 without ``fuse_lora`` (PEFT's own LoRA layers): the previous configuration.
 * ours16_compile: ours16 plus ``torch_compile=True`` (an experiment; not what the worker does).
 * qlora: the worker's path (4 rows) with the base weights in 4-bit NF4 (bitsandbytes), a few steps.
@@ -67,7 +69,7 @@ LEARNING_RATE = 2e-4
 MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
-FULL_STEPS = re.compile(r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile)?)(x\d+)?$")
+FULL_STEPS = re.compile(r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile|_fp8)*)(x\d+)?$")
 TIMEOUT_S = {"ours16_compile": 240}
 SMOKE = os.environ.get("FLYWHEEL_BENCH_SMOKE") == "1"
 if SMOKE:
@@ -197,7 +199,7 @@ def _sft_overrides(variant: str, model, world: int = 1) -> dict:
     else:
         overrides = cuda_sft_overrides(batch_size=_rows(variant), max_length=MAX_LENGTH, packing=True)
         attn = cuda_model_kwargs("SFT", packing=True).get("attn_implementation")
-        if variant.endswith("_compile"):
+        if "_compile" in variant:
             overrides["torch_compile"] = True
     if SMOKE:  # no flex attention, Liger, bf16 or TF32 on a CPU: the code path, not the speed
         attn = "sdpa"
@@ -296,7 +298,7 @@ def run_variant(name: str, steps: int) -> dict:
     lora = LoraConfig(
         r=16,
         lora_alpha=32,
-        lora_dropout=0.0 if variant.endswith("_p0") else 0.05,
+        lora_dropout=0.0 if "_p0" in variant else 0.05,
         target_modules=TARGETS,
         task_type="CAUSAL_LM",
     )
@@ -368,8 +370,10 @@ def run_variant(name: str, steps: int) -> dict:
             model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora
         )
         if variant.startswith("ours") or variant == "default":
-            fused = fuse_lora(trainer.model)
+            fused = fuse_lora(trainer.model, fp8="_fp8" in variant)
     trainer.add_callback(Clock())
+    if os.environ.get("FLYWHEEL_BENCH_PROFILE"):
+        trainer.add_callback(_profiler_callback(Path(os.environ["FLYWHEEL_BENCH_PROFILE"]) / name, steps))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     result = trainer.train()
@@ -400,6 +404,73 @@ def run_variant(name: str, steps: int) -> dict:
         "last5_loss": round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else None,
         "train_loss": result.training_loss,
     }
+
+
+def _profiler_callback(folder: Path, steps: int):
+    """A callback that profiles two steps near the end and writes where the GPU time went.
+
+    ``--profile DIR`` turns it on: ``DIR/<variant>/kernels.txt`` holds the kernels by total CUDA
+    time and ``categories.json`` their sums by kind (matmul, attention, Liger/Triton, dropout,
+    other elementwise), the figures a speed lever is chosen by.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    first = max(1, steps - 3)
+
+    class Profile(TrainerCallback):
+        prof = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == first and self.prof is None:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.prof is None or state.global_step < first + 2:
+                return
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.prof.__exit__(None, None, None)
+            folder.mkdir(parents=True, exist_ok=True)
+            events = self.prof.key_averages()
+            attr = "device_time_total" if hasattr(events[0], "device_time_total") else "cuda_time_total"
+            kernels = [e for e in events if getattr(e, attr, 0) > 0 and e.device_type.name == "CUDA"]
+            kernels.sort(key=lambda e: -getattr(e, attr))
+            total = sum(getattr(e, attr) for e in kernels) or 1.0
+            cats: dict[str, float] = {}
+            lines = []
+            for e in kernels:
+                us = getattr(e, attr)
+                cats[_kernel_kind(e.key)] = cats.get(_kernel_kind(e.key), 0.0) + us
+                lines.append(f"{us / 2e3:9.2f} ms/step {us / total:6.1%} {e.count // 2:6d}x  {e.key[:150]}")
+            (folder / "kernels.txt").write_text("\n".join(lines[:80]) + "\n")
+            summary = {k: {"ms_per_step": round(v / 2e3, 2), "share": round(v / total, 4)} for k, v in cats.items()}
+            (folder / "categories.json").write_text(json.dumps(summary, indent=1))
+            print(f"PROFILE {json.dumps(summary)}", flush=True)
+            self.prof = None
+
+    return Profile()
+
+
+def _kernel_kind(name: str) -> str:
+    low = name.lower()
+    if any(k in low for k in ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas", "matmul", "_mm_")):
+        return "matmul"
+    if "flex" in low or "attention" in low or "flash" in low:
+        return "attention"
+    if "dropout" in low or "bernoulli" in low:
+        return "dropout"
+    if "nccl" in low:
+        return "communication"
+    if "triton" in low or "liger" in low or "_kernel" in low:
+        return "triton (Liger, flex backward, ...)"
+    if "elementwise" in low or "vectorized" in low or "reduce" in low or "copy" in low or "fill" in low:
+        return "elementwise / reduce / copy"
+    return "other"
 
 
 def _run_once(variant: str, steps: int) -> dict | None:
@@ -486,6 +557,7 @@ def main() -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="a CPU check of each variant's code path")
     parser.add_argument("--json-out", help="also write every run's result to this JSON file")
+    parser.add_argument("--profile", help="profile two steps of each variant; kernel tables go under this folder")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -495,6 +567,8 @@ def main() -> int:
         return 0
     if args.smoke:
         os.environ["FLYWHEEL_BENCH_SMOKE"] = "1"  # for the variant processes
+    if args.profile:
+        os.environ["FLYWHEEL_BENCH_PROFILE"] = str(Path(args.profile).resolve())
     variants = [v for v in args.variants.split(",") if v and not (args.smoke and v == "qlora")]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for round_ in range(args.repeats):

@@ -35,7 +35,15 @@ def fused_lora_function() -> Any:
     class _Fn(torch.autograd.Function):
         @staticmethod
         def forward(
-            ctx: Any, x: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scaling: float, p: float
+            ctx: Any,
+            x: Any,
+            weight: Any,
+            bias: Any,
+            lora_a: Any,
+            lora_b: Any,
+            scaling: float,
+            p: float,
+            fp8: Any = None,
         ) -> Any:
             device = x.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
@@ -49,10 +57,16 @@ def fused_lora_function() -> Any:
                 else:
                     xd, mask = x2, None
                 xa = xd @ a.t()
-                y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
+                if fp8 is not None:  # the frozen base in FP8 (fp8.py), the adapter in `dtype`
+                    y = fp8.forward(x2, x).to(dtype)
+                    if bias is not None:
+                        y.add_(bias.to(y.dtype))
+                else:
+                    y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
                 y.addmm_(xa, b.t(), alpha=scaling)
             ctx.save_for_backward(xd, mask, xa, weight, lora_a, lora_b)
             ctx.scaling, ctx.p, ctx.dtype, ctx.x_shape, ctx.x_dtype = scaling, p, dtype, x.shape, x.dtype
+            ctx.fp8 = fp8
             return y.view(*x.shape[:-1], y.shape[-1])
 
         @staticmethod
@@ -68,13 +82,13 @@ def fused_lora_function() -> Any:
             d_a = (gb.t() @ xd).to(lora_a.dtype) if ctx.needs_input_grad[3] else None
             d_x = None
             if ctx.needs_input_grad[0]:
-                d_x = g @ weight.to(dtype)
+                d_x = ctx.fp8.backward(g).to(dtype) if ctx.fp8 is not None else g @ weight.to(dtype)
                 if mask is None:
                     d_x.addmm_(gb, a)
                 else:
                     d_x.addcmul_(gb @ a, mask, value=1.0 / (1.0 - ctx.p))
                 d_x = d_x.view(ctx.x_shape).to(ctx.x_dtype)
-            return d_x, None, None, d_a, d_b, None, None
+            return d_x, None, None, d_a, d_b, None, None, None
 
     return _Fn
 
@@ -100,16 +114,22 @@ def _fused_forward(module: Any, plain_forward: Any, x: Any, *args: Any, **kwargs
         module.lora_B[name].weight,
         float(module.scaling[name]),
         p,
+        vars(module).get("_flywheel_fp8"),
     )
 
 
-def fuse_lora(model: Any) -> int:
+def fuse_lora(model: Any, fp8: bool = False) -> int:
     """Route every plain LoRA ``Linear`` of a PEFT model through one fused autograd node.
 
     The node is :func:`fused_lora_function`'s. Only layers whose base is a plain
     ``torch.nn.Linear`` (not 4-bit QLoRA layers, DoRA or other variants, nor ``fan_in_fan_out``
     layers) are patched; the others keep PEFT's forward. The parameters, state dict, checkpoints
     and saved adapter are unchanged. Returns the number of layers patched.
+
+    With ``fp8`` (a CUDA GPU of compute capability 8.9 or more, ``fp8.supported()``), each patched
+    layer's frozen base weight also gets an FP8 copy (:class:`flywheel_trainer.fp8.Fp8Weight`)
+    and its forward ``x W^T`` and backward ``dY W`` run as FP8 matmuls; layers whose dimensions
+    are not multiples of 16 (what the FP8 matmul needs) stay in bfloat16.
     """
     import torch
     from peft.tuners.lora.layer import Linear as LoraLinear
@@ -124,5 +144,10 @@ def fuse_lora(model: Any) -> int:
         # shadows the class's, and the marker keeps a second call from patching twice.
         vars(module)["forward"] = functools.partial(_fused_forward, module, module.forward)
         vars(module)["_flywheel_fused"] = True
+        weight = module.get_base_layer().weight
+        if fp8 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0:
+            from flywheel_trainer.fp8 import Fp8Weight
+
+            vars(module)["_flywheel_fp8"] = Fp8Weight.of(weight)
         patched += 1
     return patched
