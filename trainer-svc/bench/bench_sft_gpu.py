@@ -26,6 +26,8 @@ default) in every SFT variant, so the losses at equal steps compare.
   of ``TrainerSettings.gpu_step_tokens`` (16 at 2,048 tokens), split into the passes the memory
   model (:func:`flywheel_trainer.memory_plan.rows_per_pass`) says fit the card's free memory.
 * ours16_p0: ours16 with LoRA dropout 0 (a job's ``lora.dropout = 0``).
+* ours8_nokern: ours8 without the Triton kernel for the dropout branch's input gradient (PyTorch's
+  ``addcmul`` instead), to measure that kernel alone.
 * ours8_fp8 (any ``oursN`` + ``_fp8``, combinable with ``_p0``): the frozen base weights' matmuls in
   FP8 (:mod:`flywheel_trainer.fp8`, ``fuse_lora(fp8=True)``); Hopper GPUs only.
 * peft16: ours16 without ``fuse_lora`` (PEFT's own LoRA layers): the previous configuration.
@@ -69,7 +71,9 @@ LEARNING_RATE = 2e-4
 MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
-FULL_STEPS = re.compile(r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile|_fp8)*)(x\d+)?$")
+FULL_STEPS = re.compile(
+    r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile|_fp8|_nokern)*)(x\d+)?$"
+)
 TIMEOUT_S = {"ours16_compile": 240}
 SMOKE = os.environ.get("FLYWHEEL_BENCH_SMOKE") == "1"
 if SMOKE:
@@ -282,6 +286,7 @@ def run_variant(name: str, steps: int) -> dict:
 
     from flywheel_trainer.fused_lora import fuse_lora
 
+    started = time.perf_counter()
     variant, _ = split_world(name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = not SMOKE
@@ -370,12 +375,16 @@ def run_variant(name: str, steps: int) -> dict:
             model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora
         )
         if variant.startswith("ours") or variant == "default":
+            from flywheel_trainer import fused_lora
+
+            fused_lora.DROPOUT_GRAD_KERNEL = "_nokern" not in variant
             fused = fuse_lora(trainer.model, fp8="_fp8" in variant)
     trainer.add_callback(Clock())
     if os.environ.get("FLYWHEEL_BENCH_PROFILE"):
         trainer.add_callback(_profiler_callback(Path(os.environ["FLYWHEEL_BENCH_PROFILE"]) / name, steps))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    setup_s = time.perf_counter() - started
     result = trainer.train()
     warm = max(0, min(5, len(timing["t"]) - 2))
     seconds = timing["t"][-1] - timing["t"][warm]
@@ -403,11 +412,17 @@ def run_variant(name: str, steps: int) -> dict:
         "final_loss": losses[-1] if losses else None,
         "last5_loss": round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else None,
         "train_loss": result.training_loss,
+        "setup_s": round(setup_s, 1),
+        "first_step_s": round(timing["t"][0] - started - setup_s, 1) if timing["t"] else None,
+        "process_s": round(time.perf_counter() - started, 1),
     }
 
 
 def _profiler_callback(folder: Path, steps: int):
-    """A callback that profiles two steps near the end and writes where the GPU time went.
+    """A callback that profiles steps 3 and 4 and writes where the GPU time went.
+
+    They are before the timed steps (6 to the end), so the profiler and its report (which takes
+    seconds) do not count in the variant's tokens/s.
 
     ``--profile DIR`` turns it on: ``DIR/<variant>/kernels.txt`` holds the kernels by total CUDA
     time and ``categories.json`` their sums by kind (matmul, attention, Liger/Triton, dropout,
@@ -416,16 +431,17 @@ def _profiler_callback(folder: Path, steps: int):
     import torch
     from transformers import TrainerCallback
 
-    first = max(1, steps - 3)
+    first = 2  # profile steps 3 and 4: the first steps compile flex attention and Liger's kernels
 
     class Profile(TrainerCallback):
         prof = None
 
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step == first and self.prof is None:
-                activities = [torch.profiler.ProfilerActivity.CPU]
-                if torch.cuda.is_available():
-                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                cuda = torch.cuda.is_available()
+                activities = [
+                    torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
+                ]
                 self.prof = torch.profiler.profile(activities=activities)
                 self.prof.__enter__()
 
@@ -448,7 +464,9 @@ def _profiler_callback(folder: Path, steps: int):
                 cats[_kernel_kind(e.key)] = cats.get(_kernel_kind(e.key), 0.0) + us
                 lines.append(f"{us / 2e3:9.2f} ms/step {us / total:6.1%} {e.count // 2:6d}x  {e.key[:150]}")
             (folder / "kernels.txt").write_text("\n".join(lines[:80]) + "\n")
-            summary = {k: {"ms_per_step": round(v / 2e3, 2), "share": round(v / total, 4)} for k, v in cats.items()}
+            summary = {
+                k: {"ms_per_step": round(v / 2e3, 2), "share": round(v / total, 4)} for k, v in cats.items()
+            }
             (folder / "categories.json").write_text(json.dumps(summary, indent=1))
             print(f"PROFILE {json.dumps(summary)}", flush=True)
             self.prof = None
@@ -557,7 +575,9 @@ def main() -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="a CPU check of each variant's code path")
     parser.add_argument("--json-out", help="also write every run's result to this JSON file")
-    parser.add_argument("--profile", help="profile two steps of each variant; kernel tables go under this folder")
+    parser.add_argument(
+        "--profile", help="profile two steps of each variant; kernel tables go under this folder"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:

@@ -12,7 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HOPPER, reason="needs an FP8 GPU")])]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HOPPER, reason="needs an FP8 GPU")]),
+]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -27,10 +30,17 @@ def test_rows_are_quantized_to_e4m3_with_one_scale_each(device: str) -> None:
     from flywheel_trainer.fp8 import E4M3_MAX, quantize_rows
 
     gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(33, 80, generator=gen) * torch.logspace(-3, 3, 33).unsqueeze(1)).to(device, torch.bfloat16)
+    x = (torch.randn(33, 80, generator=gen) * torch.logspace(-3, 3, 33).unsqueeze(1)).to(
+        device, torch.bfloat16
+    )
     x[5] = 0.0  # an all-zero row must not divide by zero
     q, s = quantize_rows(x)
-    assert q.dtype == torch.float8_e4m3fn and q.shape == (33, 80) and s.shape == (33, 1) and s.dtype == torch.float32
+    assert (
+        q.dtype == torch.float8_e4m3fn
+        and q.shape == (33, 80)
+        and s.shape == (33, 1)
+        and s.dtype == torch.float32
+    )
     amax = x.float().abs().amax(dim=1, keepdim=True)
     assert torch.allclose(s[amax > 0], (amax / E4M3_MAX)[amax > 0], rtol=1e-6)
     assert (q.float().abs().amax(dim=1) <= E4M3_MAX).all()

@@ -299,3 +299,15 @@ async def test_a_gpu_sft_job_left_at_batch_size_0_is_sized_by_tokens(
     refused = await resolved(no_gpu_pods, nf4=True)
     assert isinstance(refused, grpc.aio.AioRpcError)
     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and "NF4" in (refused.details() or "")
+
+    # FP8 base matmuls: taken by a GPU trainer (and echoed), refused with NF4 and without a GPU.
+    fp8 = await resolved(gpu, fp8_base_matmuls=True)
+    assert isinstance(fp8, S.FineTuneJob) and fp8.hyperparameters.fp8_base_matmuls
+    both = await resolved(gpu, fp8_base_matmuls=True, nf4=True)
+    assert isinstance(both, grpc.aio.AioRpcError) and both.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "job.hyperparameters.fp8_base_matmuls" in (both.details() or "") and "NF4" in (
+        both.details() or ""
+    )
+    cpu_fp8 = await resolved(no_gpu_pods, fp8_base_matmuls=True)
+    assert isinstance(cpu_fp8, grpc.aio.AioRpcError) and cpu_fp8.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "fp8_base_matmuls" in (cpu_fp8.details() or "") and "CUDA GPU" in (cpu_fp8.details() or "")

@@ -66,7 +66,9 @@ def quantize_rows(x: Any) -> tuple[Any, Any]:
         q = torch.empty((rows, cols), device=x.device, dtype=torch.float8_e4m3fn)
         s = torch.empty((rows, 1), device=x.device, dtype=torch.float32)
         block = triton.next_power_of_2(cols)
-        _triton_quantize()[(rows,)](x, q, s, cols, x.stride(0), block=block, num_warps=8 if block >= 4096 else 4)
+        _triton_quantize()[(rows,)](
+            x, q, s, cols, x.stride(0), block=block, num_warps=8 if block >= 4096 else 4
+        )
         return q, s
     xf = x.float()
     s = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / E4M3_MAX
@@ -83,7 +85,12 @@ def fp8_matmul(aq: Any, a_scale: Any, bq: Any, b_scale: Any, fast_accum: bool = 
 
     if aq.is_cuda:
         return torch._scaled_mm(
-            aq, bq.t(), scale_a=a_scale, scale_b=b_scale.view(1, -1), out_dtype=torch.bfloat16, use_fast_accum=fast_accum
+            aq,
+            bq.t(),
+            scale_a=a_scale,
+            scale_b=b_scale.view(1, -1),
+            out_dtype=torch.bfloat16,
+            use_fast_accum=fast_accum,
         )
     return ((aq.float() * a_scale) @ (bq.float() * b_scale).t()).to(torch.bfloat16)
 

@@ -109,6 +109,18 @@ def resolve(
                 "job.hyperparameters.quantization: NF4 (QLoRA) needs a CUDA GPU and this trainer has none; "
                 "use QUANTIZATION_NONE (plain LoRA) here or run the trainer on a GPU node"
             )
+    if hp.fp8_base_matmuls:
+        if quant.quantization == trainer_pb2.QUANTIZATION_NF4:
+            raise InvalidArgument(
+                f"{F}.fp8_base_matmuls",
+                "FP8 base matmuls apply to plain LoRA; with NF4 the base weights are already 4-bit "
+                "(choose one of quantization NF4 and fp8_base_matmuls)",
+            )
+        if not gpu:
+            raise FailedPrecondition(
+                "job.hyperparameters.fp8_base_matmuls: FP8 matmuls need a CUDA GPU (compute capability "
+                "8.9 or more) and this trainer has none; leave fp8_base_matmuls false here"
+            )
 
     if hp.epochs < 0:
         raise InvalidArgument(f"{F}.epochs", f"must be positive, got {hp.epochs}")
@@ -261,6 +273,7 @@ def worker_hparams(hp: trainer_pb2.Hyperparameters) -> WorkerHyperparameters:
         grpo_kl_beta=hp.grpo.kl_beta,
         grpo_loss_type=GRPO_LOSS_TYPES.get(hp.grpo.loss_type, "dapo"),
         grpo_iterations=hp.grpo.iterations or 1,
+        fp8_base_matmuls=hp.fp8_base_matmuls,
     )
 
 

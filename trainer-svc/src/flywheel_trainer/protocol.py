@@ -56,6 +56,7 @@ class WorkerHyperparameters(_Message):
     grpo_kl_beta: float = 0.0
     grpo_loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     grpo_iterations: int = 1
+    fp8_base_matmuls: bool = False  # FP8 matmuls for the frozen base weights (fp8.py), CUDA only
 
 
 class Spec(_Message):

@@ -293,10 +293,22 @@ class Recipe:
                 "dataset; their completions start past that length): raise max_seq_length",
             )
         if cuda:
-            fused = fuse_lora(self.trainer.model)
+            from flywheel_trainer import fp8
+
+            use_fp8 = hp.fp8_base_matmuls and fp8.supported()
+            if hp.fp8_base_matmuls and not use_fp8:
+                print(
+                    "flywheel: fp8_base_matmuls asked for, but this GPU (compute capability "
+                    f"{'.'.join(map(str, torch.cuda.get_device_capability()))}) has no FP8 matmuls: "
+                    "the base weights stay in bfloat16",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            fused = fuse_lora(self.trainer.model, fp8=use_fp8)
             attn = model_kwargs.get("attn_implementation", "default")
             print(
-                f"flywheel: CUDA path: fused LoRA on {fused} layers, attention {attn}",
+                f"flywheel: CUDA path: fused LoRA on {fused} layers, attention {attn}, "
+                f"base matmuls {'fp8' if use_fp8 else 'bf16'}",
                 file=sys.stderr,
                 flush=True,
             )

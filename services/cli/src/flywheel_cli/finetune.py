@@ -86,6 +86,11 @@ def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
 @click.option("--grad-accum", type=int, default=0, help="Gradient accumulation steps (0 = service default).")
 @click.option("--max-seq-length", type=int, default=0, help="Tokens per sequence (0 = 2048).")
 @click.option("--packing", is_flag=True, help="Pack several examples per sequence (SFT).")
+@click.option(
+    "--fp8",
+    is_flag=True,
+    help="Frozen base weights' matmuls in FP8 on a Hopper/Ada GPU (LoRA stays bf16); plain LoRA only.",
+)
 @click.option("--seed", type=int, default=None, help="Seed (default 42).")
 @click.option(
     "--checkpoint-every", type=int, default=0, help="Checkpoint every N steps (0 = service default)."
@@ -152,6 +157,7 @@ def create(ctx: click.Context, **opts: Any) -> None:
     hp.gradient_accumulation_steps = int(opts["grad_accum"])
     hp.max_seq_length = int(opts["max_seq_length"])
     hp.packing = bool(opts["packing"])
+    hp.fp8_base_matmuls = bool(opts["fp8"])
     if opts["seed"] is not None:
         hp.seed = int(opts["seed"])
     hp.checkpoint_every_steps = int(opts["checkpoint_every"])

@@ -91,7 +91,7 @@ class QuantizationConfig(_message.Message):
     def __init__(self, quantization: _Optional[_Union[Quantization, str]] = ..., double_quantization: _Optional[bool] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("lora", "quantization", "epochs", "max_steps", "learning_rate", "scheduler", "warmup_ratio", "batch_size", "gradient_accumulation_steps", "max_seq_length", "packing", "seed", "checkpoint_every_steps", "dpo_beta", "grpo")
+    __slots__ = ("lora", "quantization", "epochs", "max_steps", "learning_rate", "scheduler", "warmup_ratio", "batch_size", "gradient_accumulation_steps", "max_seq_length", "packing", "seed", "checkpoint_every_steps", "dpo_beta", "grpo", "fp8_base_matmuls")
     LORA_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class Hyperparameters(_message.Message):
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     DPO_BETA_FIELD_NUMBER: _ClassVar[int]
     GRPO_FIELD_NUMBER: _ClassVar[int]
+    FP8_BASE_MATMULS_FIELD_NUMBER: _ClassVar[int]
     lora: LoraConfig
     quantization: QuantizationConfig
     epochs: float
@@ -122,7 +123,8 @@ class Hyperparameters(_message.Message):
     checkpoint_every_steps: int
     dpo_beta: float
     grpo: GrpoConfig
-    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationConfig, _Mapping]] = ..., epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., warmup_ratio: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., seed: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., dpo_beta: _Optional[float] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ...) -> None: ...
+    fp8_base_matmuls: bool
+    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationConfig, _Mapping]] = ..., epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., warmup_ratio: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., seed: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., dpo_beta: _Optional[float] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ..., fp8_base_matmuls: _Optional[bool] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "fraction", "eta")
