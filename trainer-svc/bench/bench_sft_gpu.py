@@ -414,6 +414,7 @@ def run_variant(name: str, steps: int) -> dict:
         "train_loss": result.training_loss,
         "setup_s": round(setup_s, 1),
         "first_step_s": round(timing["t"][0] - started - setup_s, 1) if timing["t"] else None,
+        "early_steps_s": [round(b - a, 2) for a, b in zip(timing["t"][:6], timing["t"][1:7], strict=False)],
         "process_s": round(time.perf_counter() - started, 1),
     }
 
@@ -425,8 +426,9 @@ def _profiler_callback(folder: Path, steps: int):
     seconds) do not count in the variant's tokens/s.
 
     ``--profile DIR`` turns it on: ``DIR/<variant>/kernels.txt`` holds the kernels by total CUDA
-    time and ``categories.json`` their sums by kind (matmul, attention, Liger/Triton, dropout,
-    other elementwise), the figures a speed lever is chosen by.
+    time, ``host.txt`` the host-side operations by self CPU time, and ``categories.json`` the
+    kernels' sums by kind (matmul, attention, Liger/Triton, dropout, other elementwise) with the
+    step's wall time and the GPU's busy fraction: the figures a speed lever is chosen by.
     """
     import torch
     from transformers import TrainerCallback
@@ -439,17 +441,20 @@ def _profiler_callback(folder: Path, steps: int):
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step == first and self.prof is None:
                 cuda = torch.cuda.is_available()
-                activities = [
-                    torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
-                ]
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if cuda:
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                    torch.cuda.synchronize()
                 self.prof = torch.profiler.profile(activities=activities)
                 self.prof.__enter__()
+                self.wall = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             if self.prof is None or state.global_step < first + 2:
                 return
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
+            wall_us = (time.perf_counter() - self.wall) * 1e6
             self.prof.__exit__(None, None, None)
             folder.mkdir(parents=True, exist_ok=True)
             events = self.prof.key_averages()
@@ -464,9 +469,26 @@ def _profiler_callback(folder: Path, steps: int):
                 cats[_kernel_kind(e.key)] = cats.get(_kernel_kind(e.key), 0.0) + us
                 lines.append(f"{us / 2e3:9.2f} ms/step {us / total:6.1%} {e.count // 2:6d}x  {e.key[:150]}")
             (folder / "kernels.txt").write_text("\n".join(lines[:80]) + "\n")
-            summary = {
+            # The host side: where the Python process spends the steps (what the GPU waits for
+            # when it is idle), by self CPU time.
+            host = sorted(
+                (e for e in events if e.device_type.name == "CPU"), key=lambda e: -e.self_cpu_time_total
+            )
+            (folder / "host.txt").write_text(
+                "\n".join(
+                    f"{e.self_cpu_time_total / 2e3:9.2f} ms/step self {e.cpu_time_total / 2e3:9.2f} total "
+                    f"{e.count // 2:6d}x  {e.key[:120]}"
+                    for e in host[:60]
+                )
+                + "\n"
+            )
+            summary: dict = {
                 k: {"ms_per_step": round(v / 2e3, 2), "share": round(v / total, 4)} for k, v in cats.items()
             }
+            # GPU time against wall time over the two steps (profiler overhead included): below 1,
+            # the GPU waited for the host.
+            summary["wall_ms_per_step"] = round(wall_us / 2e3, 2)
+            summary["gpu_busy"] = round(total / wall_us, 3)
             (folder / "categories.json").write_text(json.dumps(summary, indent=1))
             print(f"PROFILE {json.dumps(summary)}", flush=True)
             self.prof = None
