@@ -99,12 +99,15 @@ def test_a_shared_input_is_quantized_once_and_again_after_it_changes(monkeypatch
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_model_with_fp8_base_matmuls_trains_like_bf16(device: str) -> None:
+def test_a_model_with_fp8_base_matmuls_trains_like_bf16(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Loss and LoRA gradients of a small Qwen2 with FP8 base matmuls are close to, not equal to, bf16's."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from flywheel_trainer import fused_lora
     from flywheel_trainer.fused_lora import fuse_lora
+
+    monkeypatch.setattr(fused_lora, "FP8_MIN_FEATURES", 16)  # this model's layers are 64-96 wide
 
     torch.manual_seed(0)
     config = Qwen2Config(
@@ -144,3 +147,27 @@ def test_a_model_with_fp8_base_matmuls_trains_like_bf16(device: str) -> None:
     assert grads_fp8.keys() == grads_bf16.keys() and len(grads_fp8) == 4 * len(TARGETS)
     for name, grad in grads_bf16.items():
         assert _rel(grads_fp8[name], grad) < 0.15, name
+
+
+def test_narrow_layers_keep_bf16_base_matmuls() -> None:
+    """Under fp8, only layers at least FP8_MIN_FEATURES wide get FP8 copies (k/v projections were slower in FP8)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from flywheel_trainer.fused_lora import FP8_MIN_FEATURES, fuse_lora
+
+    config = Qwen2Config(
+        vocab_size=64,
+        hidden_size=FP8_MIN_FEATURES,
+        intermediate_size=FP8_MIN_FEATURES + 16,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        num_key_value_heads=1,  # k/v project to 128 features
+        max_position_embeddings=32,
+    )
+    model = get_peft_model(
+        Qwen2ForCausalLM(config), LoraConfig(r=4, target_modules=TARGETS, task_type="CAUSAL_LM")
+    )
+    assert fuse_lora(model, fp8=True) == len(TARGETS)
+    with_fp8 = sorted(n.rsplit(".", 1)[-1] for n, m in model.named_modules() if "_flywheel_fp8" in vars(m))
+    assert with_fp8 == ["down_proj", "gate_proj", "o_proj", "q_proj", "up_proj"]

@@ -11,6 +11,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+#: Layers with fewer input or output features keep bfloat16 base matmuls under ``fp8``: on an H100
+#: at 16k tokens, the FP8 matmul of k_proj/v_proj (1536 -> 256) took 0.080 ms against bfloat16's
+#: 0.060 ms before any quantisation (bench/bench_fp8_gemm.py, bench/RESULTS.md).
+FP8_MIN_FEATURES = 1024
+
 #: Whether CUDA layers add the dropout branch's input gradient with :func:`_dropout_grad_kernel`
 #: (the benchmark turns it off to measure what it gains).
 DROPOUT_GRAD_KERNEL = True
@@ -202,8 +207,9 @@ def fuse_lora(model: Any, fp8: bool = False) -> int:
 
     With ``fp8`` (a CUDA GPU of compute capability 8.9 or more, ``fp8.supported()``), each patched
     layer's frozen base weight also gets an FP8 copy (:class:`flywheel_trainer.fp8.Fp8Weight`)
-    and its forward ``x W^T`` and backward ``dY W`` run as FP8 matmuls; layers whose dimensions
-    are not multiples of 16 (what the FP8 matmul needs) stay in bfloat16.
+    and its forward ``x W^T`` and backward ``dY W`` run as FP8 matmuls; layers narrower than
+    :data:`FP8_MIN_FEATURES` (slower in FP8) or whose dimensions are not multiples of 16 (what the
+    FP8 matmul needs) stay in bfloat16.
     """
     import torch
     from peft.tuners.lora.layer import Linear as LoraLinear
@@ -219,7 +225,12 @@ def fuse_lora(model: Any, fp8: bool = False) -> int:
         vars(module)["forward"] = functools.partial(_fused_forward, module, module.forward)
         vars(module)["_flywheel_fused"] = True
         weight = module.get_base_layer().weight
-        if fp8 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0:
+        if (
+            fp8
+            and min(weight.shape) >= FP8_MIN_FEATURES
+            and weight.shape[0] % 16 == 0
+            and weight.shape[1] % 16 == 0
+        ):
             from flywheel_trainer.fp8 import Fp8Weight
 
             vars(module)["_flywheel_fp8"] = Fp8Weight.of(weight)
