@@ -521,10 +521,10 @@ def _kernel_kind(name: str) -> str:
         return "dropout"
     if "nccl" in low:
         return "communication"
+    if "at::native" in low or "elementwise" in low or "memset" in low or "memcpy" in low:
+        return "PyTorch elementwise / reduce / copy"
     if "triton" in low or "liger" in low or "_kernel" in low:
-        return "triton (Liger, flex backward, ...)"
-    if "elementwise" in low or "vectorized" in low or "reduce" in low or "copy" in low or "fill" in low:
-        return "elementwise / reduce / copy"
+        return "triton (Liger, flex backward, ours)"
     return "other"
 
 
