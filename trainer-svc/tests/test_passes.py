@@ -308,6 +308,11 @@ async def test_a_gpu_sft_job_left_at_batch_size_0_is_sized_by_tokens(
     assert "job.hyperparameters.fp8_base_matmuls" in (both.details() or "") and "NF4" in (
         both.details() or ""
     )
+    dpo_fp8 = await resolved(
+        gpu, fp8_base_matmuls=True, method=S.FINE_TUNE_METHOD_DPO, dataset_id="ds-dpo0000000000001"
+    )
+    assert isinstance(dpo_fp8, grpc.aio.AioRpcError) and dpo_fp8.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "SFT" in (dpo_fp8.details() or "")
     cpu_fp8 = await resolved(no_gpu_pods, fp8_base_matmuls=True)
     assert isinstance(cpu_fp8, grpc.aio.AioRpcError) and cpu_fp8.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "fp8_base_matmuls" in (cpu_fp8.details() or "") and "CUDA GPU" in (cpu_fp8.details() or "")

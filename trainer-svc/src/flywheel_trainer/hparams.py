@@ -110,6 +110,15 @@ def resolve(
                 "use QUANTIZATION_NONE (plain LoRA) here or run the trainer on a GPU node"
             )
     if hp.fp8_base_matmuls:
+        if not sft:
+            # DPO compares the policy with a reference pass (adapters off, bf16 base) and GRPO with
+            # the sampler's log-probs: an FP8 base would move the policy's log-probs by FP8's
+            # rounding noise on its own, a bias in the very quantities those losses compare.
+            raise InvalidArgument(
+                f"{F}.fp8_base_matmuls",
+                "FP8 base matmuls are for SFT jobs; DPO and GRPO compare the policy's log-probs with "
+                "a bf16 reference or sampler, which FP8 rounding would shift",
+            )
         if quant.quantization == trainer_pb2.QUANTIZATION_NF4:
             raise InvalidArgument(
                 f"{F}.fp8_base_matmuls",
