@@ -1,6 +1,7 @@
 """Fixtures of the CLI's tests.
 
-``scripted_orchestrator``: a real gRPC server on port 0 serving the orchestrator's service with
+``scripted_orchestrator`` (and ``scripted_trainer``, the same for the trainer's service): a real
+gRPC server on port 0 serving the orchestrator's service with
 scripted answers, for the commands whose orchestrator side needs far more than it tests (a loop of
 several rounds needs every service and a trained model; an alias needs the gateway). The CLI
 reaches it over gRPC exactly as it reaches the real one, so what is tested is the command line →
@@ -19,6 +20,7 @@ import grpc
 import pytest
 
 from flywheel.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from flywheel.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 Answer = Any  # a response message, a list of them (server streams), or an ``Abort``
 
@@ -77,6 +79,24 @@ def scripted_orchestrator() -> Iterator[ScriptedOrchestrator]:
         setattr(servicer, method.name, _method(script, method.name, method.server_streaming))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    script.address = f"127.0.0.1:{port}"
+    try:
+        yield script
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture
+def scripted_trainer() -> Iterator[ScriptedOrchestrator]:
+    """The trainer's service with scripted answers (a fine-tune's own tests are the trainer's)."""
+    script = ScriptedOrchestrator()
+    servicer = trainer_pb2_grpc.TrainerServiceServicer()
+    for method in trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].methods:
+        setattr(servicer, method.name, _method(script, method.name, method.server_streaming))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     script.address = f"127.0.0.1:{port}"

@@ -34,8 +34,10 @@ def _dropout_grad_kernel() -> Any:
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _kernel(
+    @triton.jit  # type: ignore[untyped-decorator]
+    # Triton reads parameter annotations (as types of the kernel's arguments), so this kernel's
+    # parameters have none but tl.constexpr.
+    def _kernel(  # type: ignore[no-untyped-def]
         dx_ptr,
         gb_ptr,
         a_ptr,
@@ -224,7 +226,7 @@ def fuse_lora(model: Any, fp8: bool = False) -> int:
         # shadows the class's, and the marker keeps a second call from patching twice.
         vars(module)["forward"] = functools.partial(_fused_forward, module, module.forward)
         vars(module)["_flywheel_fused"] = True
-        weight = module.get_base_layer().weight
+        weight: Any = module.get_base_layer().weight
         if (
             fp8
             and min(weight.shape) >= FP8_MIN_FEATURES
