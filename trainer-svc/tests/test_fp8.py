@@ -171,3 +171,14 @@ def test_narrow_layers_keep_bf16_base_matmuls() -> None:
     assert fuse_lora(model, fp8=True) == len(TARGETS)
     with_fp8 = sorted(n.rsplit(".", 1)[-1] for n, m in model.named_modules() if "_flywheel_fp8" in vars(m))
     assert with_fp8 == ["down_proj", "gate_proj", "o_proj", "q_proj", "up_proj"]
+
+
+def test_fp8_is_offered_only_where_a_trial_matmul_runs() -> None:
+    from flywheel_trainer import fp8
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        assert fp8.supported() is False  # no FP8 hardware (CI: no GPU at all)
+    elif torch.cuda.get_device_capability() >= (9, 0):
+        assert fp8.supported() is True  # Hopper runs PyTorch's row-wise FP8 matmul
+    else:  # Ada: whichever PyTorch's build says, supported() must answer without raising
+        assert isinstance(fp8.supported(), bool)

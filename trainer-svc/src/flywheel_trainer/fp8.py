@@ -26,11 +26,27 @@ from typing import Any
 E4M3_MAX = 448.0
 
 
+@functools.cache
 def supported() -> bool:
-    """Whether this process can run FP8 matmuls on its GPU: CUDA with compute capability >= 8.9."""
+    """Whether this process can run FP8 matmuls with row-wise scales on its GPU.
+
+    Compute capability 8.9 or more is necessary but not enough: which GPUs PyTorch's row-wise
+    ``_scaled_mm`` runs on depends on its build (Hopper is where it was measured). So this tries one
+    small product on the device, once, and says no if PyTorch refuses it, instead of failing a job
+    at its first step.
+    """
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        return False
+    try:
+        a = torch.ones(16, 32, device="cuda").to(torch.float8_e4m3fn)
+        b = torch.ones(16, 32, device="cuda").to(torch.float8_e4m3fn)
+        one = torch.ones(16, 1, device="cuda")
+        out = fp8_matmul(a, one, b, one)
+        return bool(torch.isclose(out.float(), torch.full_like(out.float(), 32.0)).all())
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 @functools.cache
