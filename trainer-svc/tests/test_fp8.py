@@ -154,7 +154,7 @@ def test_narrow_layers_keep_bf16_base_matmuls() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from flywheel_trainer.fused_lora import FP8_MIN_FEATURES, fuse_lora
+    from flywheel_trainer.fused_lora import FP8_MIN_FEATURES, fp8_copy_bytes, fuse_lora
 
     config = Qwen2Config(
         vocab_size=64,
@@ -165,9 +165,13 @@ def test_narrow_layers_keep_bf16_base_matmuls() -> None:
         num_key_value_heads=1,  # k/v project to 128 features
         max_position_embeddings=32,
     )
-    model = get_peft_model(
-        Qwen2ForCausalLM(config), LoraConfig(r=4, target_modules=TARGETS, task_type="CAUSAL_LM")
-    )
+    base = Qwen2ForCausalLM(config)
+    wide = FP8_MIN_FEATURES * FP8_MIN_FEATURES
+    # q and o (1024 x 1024), gate and up (1024 x 1040 each), down (1040 x 1024): two bytes a weight
+    expected = 2 * (2 * wide + 3 * (FP8_MIN_FEATURES + 16) * FP8_MIN_FEATURES)
+    assert fp8_copy_bytes(base, TARGETS) == expected
+    assert fp8_copy_bytes(base, ["k_proj", "v_proj"]) == 0
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=TARGETS, task_type="CAUSAL_LM"))
     assert fuse_lora(model, fp8=True) == len(TARGETS)
     with_fp8 = sorted(n.rsplit(".", 1)[-1] for n, m in model.named_modules() if "_flywheel_fp8" in vars(m))
     assert with_fp8 == ["down_proj", "gate_proj", "o_proj", "q_proj", "up_proj"]

@@ -330,6 +330,12 @@ class Recipe:
         from flywheel_trainer.memory_plan import Shape, rows_per_pass, split_rows
 
         hp = self.spec.hyperparameters
+        if hp.fp8_base_matmuls:
+            from flywheel_trainer import fp8
+            from flywheel_trainer.fused_lora import fp8_copy_bytes
+
+            if fp8.supported():  # the FP8 copies of the base weights are made after this plan
+                free_bytes -= fp8_copy_bytes(model, hp.target_modules)
         fit = rows_per_pass(
             Shape.of(model.config), free_bytes, hp.max_seq_length, hp.lora_rank, fused_loss=fused_loss
         )
