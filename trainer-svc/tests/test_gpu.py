@@ -349,7 +349,9 @@ def _adapter_file(store: object, job: object, name: str) -> bytes:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
-@pytest.mark.parametrize("variant", ["ours4", "trl4", "default", "qlora", "dpo", "grpo", "ours4x2"])
+@pytest.mark.parametrize(
+    "variant", ["ours4", "ours4_fp8", "trl4", "default", "qlora", "dpo", "grpo", "ours4x2"]
+)
 def test_bench_variant_trains_on_a_large_model(variant: str) -> None:
     if variant.endswith("x2") and torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs (the device tool lends multi-GPU machines only at times)")
@@ -372,3 +374,5 @@ def test_bench_variant_trains_on_a_large_model(variant: str) -> None:
     (result,) = json.loads(Path("/tmp/bench-gpu-test.json").read_text())[variant]
     assert result["parameters"] >= 1_400_000_000
     assert result["tokens_per_s"] > 0 and math.isfinite(result["train_loss"])
+    if variant.startswith("ours"):
+        assert result["fused_lora_layers"] == 7 * 28
