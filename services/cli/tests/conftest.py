@@ -71,14 +71,13 @@ def _method(script: ScriptedOrchestrator, name: str, streaming: bool) -> Callabl
     return stream if streaming else unary
 
 
-@pytest.fixture
-def scripted_orchestrator() -> Iterator[ScriptedOrchestrator]:
+def _serve(servicer: Any, service: Any, add_to_server: Callable[..., None]) -> Iterator[ScriptedOrchestrator]:
+    """A real gRPC server on port 0 answering every method of ``service`` from a script."""
     script = ScriptedOrchestrator()
-    servicer = orchestrator_pb2_grpc.OrchestratorServiceServicer()
-    for method in orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].methods:
+    for method in service.methods:
         setattr(servicer, method.name, _method(script, method.name, method.server_streaming))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     script.address = f"127.0.0.1:{port}"
@@ -86,21 +85,22 @@ def scripted_orchestrator() -> Iterator[ScriptedOrchestrator]:
         yield script
     finally:
         server.stop(0)
+
+
+@pytest.fixture
+def scripted_orchestrator() -> Iterator[ScriptedOrchestrator]:
+    yield from _serve(
+        orchestrator_pb2_grpc.OrchestratorServiceServicer(),
+        orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"],
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
+    )
 
 
 @pytest.fixture
 def scripted_trainer() -> Iterator[ScriptedOrchestrator]:
     """The trainer's service with scripted answers (a fine-tune's own tests are the trainer's)."""
-    script = ScriptedOrchestrator()
-    servicer = trainer_pb2_grpc.TrainerServiceServicer()
-    for method in trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].methods:
-        setattr(servicer, method.name, _method(script, method.name, method.server_streaming))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    script.address = f"127.0.0.1:{port}"
-    try:
-        yield script
-    finally:
-        server.stop(0)
+    yield from _serve(
+        trainer_pb2_grpc.TrainerServiceServicer(),
+        trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"],
+        trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+    )

@@ -130,7 +130,6 @@ def fused_lora_function() -> Any:
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
             with torch.autocast(device_type=device, enabled=False):
                 x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-                w = weight.to(dtype)
                 a = lora_a.to(dtype)
                 b = lora_b.to(dtype)
                 if p > 0.0:
@@ -143,6 +142,7 @@ def fused_lora_function() -> Any:
                     if bias is not None:
                         y.add_(bias.to(y.dtype))
                 else:
+                    w = weight.to(dtype)
                     y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
                 y.addmm_(xa, b.t(), alpha=scaling)
             ctx.save_for_backward(xd, mask, xa, weight, lora_a, lora_b)
@@ -199,6 +199,12 @@ def _fused_forward(module: Any, plain_forward: Any, x: Any, *args: Any, **kwargs
     )
 
 
+def _takes_fp8(rows: int, cols: int) -> bool:
+    """Whether a base weight of this shape gets an FP8 copy: wide enough to gain, and a multiple of 16
+    in both dimensions (what the FP8 matmul needs)."""
+    return min(rows, cols) >= FP8_MIN_FEATURES and rows % 16 == 0 and cols % 16 == 0
+
+
 def fuse_lora(model: Any, fp8: bool = False) -> int:
     """Route every plain LoRA ``Linear`` of a PEFT model through one fused autograd node.
 
@@ -207,7 +213,7 @@ def fuse_lora(model: Any, fp8: bool = False) -> int:
     layers) are patched; the others keep PEFT's forward. The parameters, state dict, checkpoints
     and saved adapter are unchanged. Returns the number of layers patched.
 
-    With ``fp8`` (a CUDA GPU of compute capability 8.9 or more, ``fp8.supported()``), each patched
+    With ``fp8`` (where ``fp8.supported()``: a GPU that runs PyTorch's row-wise FP8 matmul), each patched
     layer's frozen base weight also gets an FP8 copy (:class:`flywheel_trainer.fp8.Fp8Weight`)
     and its forward ``x W^T`` and backward ``dY W`` run as FP8 matmuls; layers narrower than
     :data:`FP8_MIN_FEATURES` (slower in FP8) or whose dimensions are not multiples of 16 (what the
@@ -227,12 +233,7 @@ def fuse_lora(model: Any, fp8: bool = False) -> int:
         vars(module)["forward"] = functools.partial(_fused_forward, module, module.forward)
         vars(module)["_flywheel_fused"] = True
         weight: Any = module.get_base_layer().weight
-        if (
-            fp8
-            and min(weight.shape) >= FP8_MIN_FEATURES
-            and weight.shape[0] % 16 == 0
-            and weight.shape[1] % 16 == 0
-        ):
+        if fp8 and _takes_fp8(*weight.shape):
             from flywheel_trainer.fp8 import Fp8Weight
 
             vars(module)["_flywheel_fp8"] = Fp8Weight.of(weight)
@@ -255,6 +256,6 @@ def fp8_copy_bytes(model: Any, target_modules: list[str]) -> int:
         if type(module) is not torch.nn.Linear or name.rsplit(".", 1)[-1] not in targets:
             continue
         rows, cols = module.weight.shape
-        if min(rows, cols) >= FP8_MIN_FEATURES and rows % 16 == 0 and cols % 16 == 0:
+        if _takes_fp8(rows, cols):
             total += 2 * rows * cols
     return total

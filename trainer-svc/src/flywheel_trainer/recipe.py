@@ -293,9 +293,7 @@ class Recipe:
                 "dataset; their completions start past that length): raise max_seq_length",
             )
         if cuda:
-            from flywheel_trainer import fp8
-
-            use_fp8 = hp.fp8_base_matmuls and fp8.supported()
+            use_fp8 = self._use_fp8()
             if hp.fp8_base_matmuls and not use_fp8:
                 print(
                     "flywheel: fp8_base_matmuls asked for, but this GPU (compute capability "
@@ -322,6 +320,12 @@ class Recipe:
             self.emit(Resuming(step=step))
         return None
 
+    def _use_fp8(self) -> bool:
+        """Whether this job's base matmuls run in FP8: asked for, and this GPU runs them (checked once)."""
+        from flywheel_trainer import fp8
+
+        return self.spec.hyperparameters.fp8_base_matmuls and fp8.supported()
+
     def _fit_passes(self, model: Any, free_bytes: int, *, fused_loss: bool) -> None:
         """Split the step's rows into passes the memory model says fit ``free_bytes`` (measured with
         the base weights loaded). SFT in bf16 only: the model was fitted to the SFT path's
@@ -330,12 +334,10 @@ class Recipe:
         from flywheel_trainer.memory_plan import Shape, rows_per_pass, split_rows
 
         hp = self.spec.hyperparameters
-        if hp.fp8_base_matmuls:
-            from flywheel_trainer import fp8
+        if self._use_fp8():  # the FP8 copies of the base weights are made after this plan
             from flywheel_trainer.fused_lora import fp8_copy_bytes
 
-            if fp8.supported():  # the FP8 copies of the base weights are made after this plan
-                free_bytes -= fp8_copy_bytes(model, hp.target_modules)
+            free_bytes -= fp8_copy_bytes(model, hp.target_modules)
         fit = rows_per_pass(
             Shape.of(model.config), free_bytes, hp.max_seq_length, hp.lora_rank, fused_loss=fused_loss
         )

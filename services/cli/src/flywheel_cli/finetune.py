@@ -89,7 +89,7 @@ def finetune(ctx: click.Context, address: str | None, state_dir: Path) -> None:
 @click.option(
     "--fp8",
     is_flag=True,
-    help="Frozen base weights' matmuls in FP8 on a Hopper/Ada GPU (LoRA stays bf16); plain LoRA only.",
+    help="Frozen base weights' matmuls in FP8 on a Hopper GPU (LoRA stays bf16); SFT with plain LoRA only.",
 )
 @click.option("--seed", type=int, default=None, help="Seed (default 42).")
 @click.option(
