@@ -13,7 +13,9 @@ default) in every SFT variant, so the losses at equal steps compare.
 * trl4, trl8, trl16, trl32 (the peer that matters): plain ``SFTConfig`` as a competent user tunes
   it: packing (best-fit decreasing), padding-free rows, Liger's fused linear + cross-entropy
   (``use_liger_kernel``), no activation recomputation, flex attention on the model; PEFT's own
-  LoRA layers. N rows a step; none of our code.
+  LoRA layers. N rows a step; none of our code. The flattened row is padded to N x 2,048 tokens
+  (SFTConfig's ``pad_to_multiple_of``) as ours, so flex attention compiles once; ``trlN_varlen``
+  leaves that out (a new length each step).
 * baseline: ``SFTConfig`` defaults (padding to the longest in the batch, 8 examples a batch,
   gradient checkpointing on); only ``max_length=2048``, ``bf16``, the learning rate and the step
   count set. Context only: nobody who cares about speed trains like this.
@@ -36,7 +38,7 @@ default) in every SFT variant, so the losses at equal steps compare.
 * dpo: DPOTrainer with LoRA through ``fuse_lora``, 4 pairs a step, a few steps.
 * grpo: the worker's GRPO trainer (:class:`flywheel_trainer.grpo.RolloutGRPOTrainer`, fused LoRA
   layers as the worker on a GPU) on stored
-  rollouts: 8 samples a step, prompts and completions of 256-1,023 tokens each, stored behaviour
+  rollouts: 8 samples a step (4 on a card under 100 GB), prompts and completions of 256-1,023 tokens each, stored behaviour
   log-probs, DAPO loss, no KL term (the defaults of a GRPO job).
 
 Each run of a variant is its own process (clean peak-memory figures); ``--repeats K`` runs every
@@ -72,11 +74,11 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
-    r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile|_fp8|_nokern)*)(x\d+)?$"
+    r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen)*)(x\d+)?$"
 )
 #: Seconds a variant's process may take. The first step compiles flex attention's kernels: on the
-#: device tool's H100 machines that step alone took 257 s (ours8, 2026-12-06), and a trl8 process
-#: did not finish 20 steps in 420 s; on an H200 a whole variant took about 70 s.
+#: device tool's H100 machines that took 210-257 s with a cold cache (ptxas on one kernel, most of
+#: it) and 6-11 s with a warm one (``--warm`` compiles every row count's kernels once, in parallel).
 TIMEOUT_S = {"ours16_compile": 900}
 DEFAULT_TIMEOUT_S = 900
 SMOKE = os.environ.get("FLYWHEEL_BENCH_SMOKE") == "1"
@@ -111,6 +113,8 @@ def _model(quantized: bool):
         "num_hidden_layers": 28,
         "num_attention_heads": 12,
     }
+    if os.environ.get("FLYWHEEL_BENCH_LAYERS"):  # --warm: the attention's shapes, few layers
+        shape["num_hidden_layers"] = int(os.environ["FLYWHEEL_BENCH_LAYERS"])
     if SMOKE:
         shape = {
             "hidden_size": 64,
@@ -186,6 +190,10 @@ def _sft_overrides(variant: str, model, world: int = 1) -> dict:
             "per_device_train_batch_size": _rows(variant),
             "bf16": True,
         }
+        if "_varlen" not in variant:
+            # SFTConfig's own option: one flattened length every step, so the compiled flex
+            # attention is built once. Without it (trlN_varlen) each new length recompiles.
+            overrides["pad_to_multiple_of"] = _rows(variant) * MAX_LENGTH
         attn = "flex_attention"
     elif variant == "default":
         from flywheel_trainer.memory_plan import (
@@ -227,6 +235,20 @@ def _free_bytes() -> float:
     return float(torch.cuda.mem_get_info()[0])
 
 
+def _grpo_rows() -> int:
+    """Samples a GRPO step: 8, or 4 on a card under 100 GB (8 ran out of an H100's 80 GB).
+
+    ``FLYWHEEL_BENCH_GRPO_ROWS`` sets it.
+    """
+    import torch
+
+    if os.environ.get("FLYWHEEL_BENCH_GRPO_ROWS"):
+        return int(os.environ["FLYWHEEL_BENCH_GRPO_ROWS"])
+    if SMOKE or torch.cuda.get_device_properties(0).total_memory >= 100 * 2**30:
+        return 8
+    return 4
+
+
 def _grpo_trainer(model, tok, lora, common: dict, steps: int, world: int = 1):
     """The worker's GRPO trainer on synthetic stored rollouts, configured as the recipe does."""
     import math
@@ -236,7 +258,7 @@ def _grpo_trainer(model, tok, lora, common: dict, steps: int, world: int = 1):
 
     from flywheel_trainer.grpo import RolloutGRPOTrainer, prepare_rows, reward_stats
 
-    rows_a_step = 8
+    rows_a_step = _grpo_rows()
     high = min(1023, MAX_LENGTH // 2 - 1)
     prompts = _words(steps * rows_a_step, seed=2, low=min(256, high // 2), high=high)
     completions = _words(steps * rows_a_step, seed=3, low=min(256, high // 2), high=high)
@@ -282,6 +304,26 @@ def split_world(name: str) -> tuple[str, int]:
     return (found.group(1), int(found.group(2))) if found else (name, 1)
 
 
+def _dump_stacks_while_running(name: str) -> None:
+    """With ``--stacks SECONDS``: every SECONDS, this process's Python stacks go to DIR/stacks-NAME.txt.
+
+    The first step of a variant took minutes on some GPU machines; the stacks show which code
+    (compilation, a Triton build, a host loop) those minutes went to.
+    """
+    import faulthandler
+
+    spec = os.environ.get("FLYWHEEL_BENCH_STACKS")
+    if not spec:
+        return
+    seconds, folder = spec.split(":", 1)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    rank = os.environ.get("RANK", "0")
+    out = open(
+        Path(folder) / f"stacks-{name}-r{rank}-{os.getpid()}.txt", "w"
+    )  # kept open: faulthandler writes to it
+    faulthandler.dump_traceback_later(float(seconds), repeat=True, file=out)
+
+
 def run_variant(name: str, steps: int) -> dict:
     import torch
     from datasets import Dataset
@@ -291,6 +333,12 @@ def run_variant(name: str, steps: int) -> dict:
     from flywheel_trainer.fused_lora import fuse_lora
 
     started = time.perf_counter()
+    _dump_stacks_while_running(name)
+    cache_in = os.environ.get("FLYWHEEL_BENCH_CACHE_IN")
+    if cache_in and Path(cache_in).is_file():
+        # A portable compile cache from another machine (torch.compiler's "mega-cache"):
+        # the trainer's compile_cache module does this for jobs; here it is measured.
+        torch.compiler.load_cache_artifacts(Path(cache_in).read_bytes())
     variant, _ = split_world(name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = not SMOKE
@@ -366,7 +414,7 @@ def run_variant(name: str, steps: int) -> dict:
         trainer = _grpo_trainer(model, tok, lora, common, steps * world, world)
         fused = fuse_lora(trainer.model)  # as the worker does for every method on a GPU
         args = trainer.args
-        rows_a_step = 8
+        rows_a_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
     else:
         from trl import SFTConfig, SFTTrainer
 
@@ -390,6 +438,11 @@ def run_variant(name: str, steps: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     setup_s = time.perf_counter() - started
     result = trainer.train()
+    cache_out = os.environ.get("FLYWHEEL_BENCH_CACHE_OUT")
+    if cache_out and os.environ.get("RANK", "0") == "0":
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is not None:
+            Path(cache_out).write_bytes(saved[0])
     warm = max(0, min(5, len(timing["t"]) - 2))
     seconds = timing["t"][-1] - timing["t"][warm]
     tokens = timing["tokens"][-1] - timing["tokens"][warm]
@@ -421,7 +474,18 @@ def run_variant(name: str, steps: int) -> dict:
         "early_steps_s": [round(b - a, 2) for a, b in zip(timing["t"][:6], timing["t"][1:7], strict=False)],
         "process_s": round(time.perf_counter() - started, 1),
         "compile_s": _compile_seconds(),
+        "compile_threads": _compile_threads(),
     }
+
+
+def _compile_threads() -> int | None:
+    """The worker processes Inductor compiles kernels with (1 means one at a time)."""
+    try:
+        from torch._inductor import config
+
+        return int(config.compile_threads)
+    except Exception:  # a private setting: its absence must not lose the variant's figures
+        return None
 
 
 def _compile_seconds() -> float | None:
@@ -547,9 +611,51 @@ def _run_once(variant: str, steps: int) -> dict | None:
         return None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
+        if "OutOfMemoryError" in proc.stderr:  # a fact about the card, not a crash to read through
+            print(f"{variant}: OUT OF MEMORY on this GPU ({proc.stderr.strip().splitlines()[-1][:300]})")
+            return None
         print(f"{variant}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
         return None
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+def warm_compile_caches(variants: list[str]) -> None:
+    """Compile flex attention once for each row count the variants use, all at once.
+
+    On the device tool's H100 machines one flex attention compilation took 210 s, nearly all
+    of it ``ptxas`` building one kernel on one core (``--stacks``, 2026-12-06); a warm on-disk
+    cache brought a variant's first step from 219 s to 11 s. The kernels depend on the attention
+    (heads, head size, tokens a pass), not on the depth, so a 2-layer model builds the same ones;
+    one process per row count, in parallel, makes the cold compilations overlap. The timed
+    variants then start from the warm cache (ours and tuned TRL share it: both pad a pass to
+    rows x 2,048 tokens).
+    """
+    shapes: dict[int, str] = {}
+    for name in variants:
+        variant, world = split_world(name)
+        if world == 1 and re.match(r"^(ours|trl)\d+", variant) and "_varlen" not in variant:
+            shapes.setdefault(_rows(variant), re.sub(r"_fp8|_nokern|_p0", "", variant))
+    if not shapes:
+        return
+    started = time.perf_counter()
+    env = {**os.environ, "FLYWHEEL_BENCH_LAYERS": "2"}
+    env.pop("FLYWHEEL_BENCH_PROFILE", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--variant", v, "--steps", "3"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in shapes.values()
+    ]
+    for v, proc in zip(shapes.values(), procs, strict=True):
+        _, err = proc.communicate(timeout=DEFAULT_TIMEOUT_S)
+        if proc.returncode:
+            print(f"warm-up {v}: exit {proc.returncode}\n{err[-2000:]}", flush=True)
+    took = time.perf_counter() - started
+    print(f"warm-up: compiled {sorted(shapes)} rows a pass in {took:.0f} s", flush=True)
 
 
 def summarise(runs: dict[str, list[dict]]) -> list[str]:
@@ -615,6 +721,15 @@ def main() -> int:
     parser.add_argument(
         "--profile", help="profile two steps of each variant; kernel tables go under this folder"
     )
+    parser.add_argument(
+        "--stacks",
+        help="SECONDS:DIR: dump each variant process's Python stacks every SECONDS into DIR (slow first steps)",
+    )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="first compile each row count's flex attention once, in parallel, with a 2-layer model",
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -624,10 +739,17 @@ def main() -> int:
         return 0
     if args.smoke:
         os.environ["FLYWHEEL_BENCH_SMOKE"] = "1"  # for the variant processes
+    if args.stacks:
+        seconds, _, folder = args.stacks.partition(":")
+        if not folder or float(seconds) <= 0:
+            parser.error("--stacks takes SECONDS:DIR, e.g. 30:/tmp/stacks")
+        os.environ["FLYWHEEL_BENCH_STACKS"] = f"{float(seconds)}:{Path(folder).resolve()}"
     if args.profile:
         os.environ["FLYWHEEL_BENCH_PROFILE"] = str(Path(args.profile).resolve())
     variants = [v for v in args.variants.split(",") if v and not (args.smoke and v == "qlora")]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
+    if args.warm:
+        warm_compile_caches(variants)
     for round_ in range(args.repeats):
         for variant in variants:
             full = bool(FULL_STEPS.match(variant))

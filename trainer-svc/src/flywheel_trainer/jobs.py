@@ -363,6 +363,7 @@ class JobManager:
             step_delay_s=self.settings.step_delay_s,
             simulate_oom_from_rows=self.settings.simulate_oom_from_rows,
             gpus=max(1, res.gpus),
+            compile_cache=self.settings.compile_cache,
         )
 
     async def _train(self, job: TrainJob) -> None:

@@ -81,6 +81,8 @@ class Spec(_Message):
     # Data-parallel processes (one per GPU; CPU processes with the cpu_data_parallel testing aid);
     # the job's batch_size is split evenly over them. 1: one process, as before.
     gpus: int = 1
+    # Load and add to torch.compile's kernels kept in the object store (compile_cache.py); GPU jobs.
+    compile_cache: bool = True
 
 
 # ---------------------------------------------------------------------------------- records

@@ -100,6 +100,7 @@ class Recipe:
         self.pass_rows = self.rank_rows
         self.pass_note = ""
         self.stopping = False  # the ranks agreed to stop at this step boundary
+        self.compile_cache: Any = None  # compile_cache.CompileCache on a GPU
 
     @property
     def accumulation(self) -> int:
@@ -172,6 +173,13 @@ class Recipe:
         spec, hp = self.spec, self.spec.hyperparameters
         self.store = store = open_object_store(ObjectStoreSettings())
         cuda = torch.cuda.is_available()
+        if cuda and spec.compile_cache and self.compile_cache is None:
+            # Before anything compiles (flex attention on the first step); once per process,
+            # also when an out-of-memory retry runs setup again.
+            from flywheel_trainer.compile_cache import CompileCache
+
+            self.compile_cache = CompileCache(store)
+            self.compile_cache.restore()
         if self.world > 1:
             joined = self._join(cuda)
             if joined is not None:
@@ -573,6 +581,12 @@ class Recipe:
 
     # ------------------------------------------------------------------ cleanup
 
+    def publish_compiled(self, outcome: Outcome | None) -> None:
+        """Add the kernels this job compiled to the shared compile cache (rank 0; not on a stop,
+        whose grace period is for the checkpoint)."""
+        if self.compile_cache is not None and self.rank == 0 and not isinstance(outcome, Stopped):
+            self.compile_cache.publish()
+
     def cleanup(self, outcome: Outcome | None) -> None:
         if isinstance(outcome, Done) and self.rank == 0:
             shutil.rmtree(self.out_dir, ignore_errors=True)
@@ -594,6 +608,7 @@ def run(job_dir: Path, stop: threading.Event, emit: Callable[[Record], None]) ->
     try:
         outcome = recipe.setup() or recipe.train() or recipe.save()
     finally:
+        recipe.publish_compiled(outcome)
         recipe.cleanup(outcome)
     emit(outcome)
     return exit_status(outcome)  # the exit statuses are protocol.py's: the chart's Job reads them

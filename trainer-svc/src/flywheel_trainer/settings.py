@@ -73,6 +73,12 @@ class TrainerSettings(ServiceSettings):
         50, ge=1, description="Checkpoint interval in optimizer steps when a job leaves it at 0."
     )
     logging_steps: int = Field(1, ge=1, description="Optimizer steps between two training logs (Watch, CLI).")
+    compile_cache: bool = Field(
+        True,
+        description="GPU jobs load the kernels torch.compile built in earlier jobs (flex attention: minutes of "
+        "ptxas on a cold start) from the object store, under trainer/compile-cache/<torch, Triton, CUDA, GPU>/, "
+        "and add the ones they built. Off: every training process compiles from scratch.",
+    )
     cancel_grace_s: float = Field(
         20.0, gt=0, description="Seconds a cancelled or stopping training process gets before SIGKILL."
     )
