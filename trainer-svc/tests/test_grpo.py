@@ -460,6 +460,7 @@ async def test_two_processes_train_the_grpo_policy_one_does(
     store_of: Callable,
     tiny_model_dir: Path,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Data-parallel GRPO (the testing aid `CPU_DATA_PARALLEL`: CPU processes over gloo, started by
     the same launcher and joined by the same DDP as GPUs): the same job on one process and on two
@@ -470,7 +471,13 @@ async def test_two_processes_train_the_grpo_policy_one_does(
 
     The learning rate is 5e-3, not the 5e-2 of the learning test: at 5e-2 Adam turns float rounding
     in near-zero gradients into full-size steps, and even one process running the step as 4 rows x
-    2 accumulated passes instead of 8 rows ended 0.016 away after 12 steps (two processes: 0.048)."""
+    2 accumulated passes instead of 8 rows ended 0.016 away after 12 steps (two processes: 0.048).
+
+    Float32 on every CPU (``FLYWHEEL_CPU_BF16=off``, inherited by the training processes): on a CPU
+    with AVX-512 BF16 the worker autocasts to bfloat16, whose rounding Adam amplifies the same way
+    (KL 0.865 against 0.869 after one step, weights 0.014 apart after 12, on a Zen 4 machine).
+    What is checked is that two ranks compute the one-process step, not bfloat16's noise."""
+    monkeypatch.setenv("FLYWHEEL_CPU_BF16", "off")
     from safetensors.torch import load_file
 
     tok, base = _load(tiny_model_dir)

@@ -274,6 +274,7 @@ props = {
                 "description": "kubernetes: each fine-tune is a Job on a GPU node; local: inside the trainer pod.",
             },
             "maxConcurrentJobs": i("Jobs at the same time.", minimum=1),
+            "compileCache": b("GPU jobs share torch.compile's kernels through the object store."),
             "persistence": obj(
                 {
                     "size": ref("size"),
