@@ -145,22 +145,23 @@ def fused_lora_function() -> Any:
                     w = weight.to(dtype)
                     y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
                 y.addmm_(xa, b.t(), alpha=scaling)
-            ctx.save_for_backward(xd, mask, xa, weight, lora_a, lora_b)
+            # The adapter's compute-dtype copies (rank x features, small) are kept for the backward
+            # instead of casting the float32 parameters again: two copy kernels and their host
+            # overhead fewer per layer and step (392 at 1.5 B).
+            ctx.save_for_backward(xd, mask, xa, weight, a, b)
             ctx.scaling, ctx.p, ctx.dtype, ctx.x_shape, ctx.x_dtype = scaling, p, dtype, x.shape, x.dtype
-            ctx.fp8 = fp8
+            ctx.fp8, ctx.a_dtype, ctx.b_dtype = fp8, lora_a.dtype, lora_b.dtype
             return y.view(*x.shape[:-1], y.shape[-1])
 
         @staticmethod
         def backward(ctx: Any, grad: Any) -> Any:
-            xd, mask, xa, weight, lora_a, lora_b = ctx.saved_tensors
+            xd, mask, xa, weight, a, b = ctx.saved_tensors
             dtype, s = ctx.dtype, ctx.scaling
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)
-            a = lora_a.to(dtype)
-            b = lora_b.to(dtype)
             gb = g @ b  # (N, r)
-            d_b = (g.t() @ xa).mul_(s).to(lora_b.dtype) if ctx.needs_input_grad[4] else None
+            d_b = (g.t() @ xa).mul_(s).to(ctx.b_dtype) if ctx.needs_input_grad[4] else None
             gb.mul_(s)
-            d_a = (gb.t() @ xd).to(lora_a.dtype) if ctx.needs_input_grad[3] else None
+            d_a = (gb.t() @ xd).to(ctx.a_dtype) if ctx.needs_input_grad[3] else None
             d_x = None
             if ctx.needs_input_grad[0]:
                 d_x = ctx.fp8.backward(g).to(dtype) if ctx.fp8 is not None else g @ weight.to(dtype)
