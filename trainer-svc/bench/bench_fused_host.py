@@ -92,8 +92,12 @@ def main() -> int:
     print("|---|---:|---:|---:|")
     for name, runs in rows.items():
         ms = [r["ms"] for r in runs]
-        print(f"| {name} | {statistics.median(ms):.1f} ms | {min(ms):.1f}-{max(ms):.1f} | {runs[0]['copies']} |")
-    ratio = statistics.median(r["ms"] for r in rows["fused"]) / statistics.median(r["ms"] for r in rows["peft"])
+        print(
+            f"| {name} | {statistics.median(ms):.1f} ms | {min(ms):.1f}-{max(ms):.1f} | {runs[0]['copies']} |"
+        )
+    ratio = statistics.median(r["ms"] for r in rows["fused"]) / statistics.median(
+        r["ms"] for r in rows["peft"]
+    )
     print(f"\nours / PEFT host time: {ratio:.2f}")
     return 0
 
