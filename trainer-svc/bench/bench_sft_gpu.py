@@ -62,6 +62,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -640,20 +641,24 @@ def warm_compile_caches(variants: list[str]) -> None:
     started = time.perf_counter()
     env = {**os.environ, "FLYWHEEL_BENCH_LAYERS": "2"}
     env.pop("FLYWHEEL_BENCH_PROFILE", None)
+    # Each process's stderr goes to a file: pipes read one after the other could fill and stall
+    # the processes not yet read.
+    logs = [tempfile.TemporaryFile("w+") for _ in shapes]
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--variant", v, "--steps", "3"],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=log,
             text=True,
         )
-        for v in shapes.values()
+        for v, log in zip(shapes.values(), logs, strict=True)
     ]
-    for v, proc in zip(shapes.values(), procs, strict=True):
-        _, err = proc.communicate(timeout=DEFAULT_TIMEOUT_S)
-        if proc.returncode:
-            print(f"warm-up {v}: exit {proc.returncode}\n{err[-2000:]}", flush=True)
+    for v, proc, log in zip(shapes.values(), procs, logs, strict=True):
+        with log:
+            if proc.wait(timeout=DEFAULT_TIMEOUT_S):
+                log.seek(0)
+                print(f"warm-up {v}: exit {proc.returncode}\n{log.read()[-2000:]}", flush=True)
     took = time.perf_counter() - started
     print(f"warm-up: compiled {sorted(shapes)} rows a pass in {took:.0f} s", flush=True)
 

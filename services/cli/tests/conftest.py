@@ -34,7 +34,7 @@ class Abort:
 
 
 @dataclass
-class ScriptedOrchestrator:
+class ScriptedServer:
     """What the fake server was asked (method name → requests, in order) and what it answers."""
 
     address: str = ""
@@ -49,7 +49,7 @@ class ScriptedOrchestrator:
         self.answers[method] = Abort(code, details)
 
 
-def _method(script: ScriptedOrchestrator, name: str, streaming: bool) -> Callable[..., Any]:
+def _method(script: ScriptedServer, name: str, streaming: bool) -> Callable[..., Any]:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         script.requests.setdefault(name, []).append(request)
         answer = script.answers.get(name)
@@ -71,9 +71,9 @@ def _method(script: ScriptedOrchestrator, name: str, streaming: bool) -> Callabl
     return stream if streaming else unary
 
 
-def _serve(servicer: Any, service: Any, add_to_server: Callable[..., None]) -> Iterator[ScriptedOrchestrator]:
+def _serve(servicer: Any, service: Any, add_to_server: Callable[..., None]) -> Iterator[ScriptedServer]:
     """A real gRPC server on port 0 answering every method of ``service`` from a script."""
-    script = ScriptedOrchestrator()
+    script = ScriptedServer()
     for method in service.methods:
         setattr(servicer, method.name, _method(script, method.name, method.server_streaming))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -88,7 +88,7 @@ def _serve(servicer: Any, service: Any, add_to_server: Callable[..., None]) -> I
 
 
 @pytest.fixture
-def scripted_orchestrator() -> Iterator[ScriptedOrchestrator]:
+def scripted_orchestrator() -> Iterator[ScriptedServer]:
     yield from _serve(
         orchestrator_pb2_grpc.OrchestratorServiceServicer(),
         orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"],
@@ -97,7 +97,7 @@ def scripted_orchestrator() -> Iterator[ScriptedOrchestrator]:
 
 
 @pytest.fixture
-def scripted_trainer() -> Iterator[ScriptedOrchestrator]:
+def scripted_trainer() -> Iterator[ScriptedServer]:
     """The trainer's service with scripted answers (a fine-tune's own tests are the trainer's)."""
     yield from _serve(
         trainer_pb2_grpc.TrainerServiceServicer(),

@@ -70,7 +70,6 @@ class CompileCache:
     store: ObjectStore
     env: str = field(default_factory=environment)
     loaded: set[str] = field(default_factory=set)  # artifact keys of the blobs loaded
-    loaded_blobs: int = 0
 
     @property
     def prefix(self) -> str:
@@ -87,7 +86,7 @@ class CompileCache:
             _log(f"not restored: listing {self.prefix} failed: {err}")
             return 0
         budget = MAX_BYTES
-        total = 0
+        total = blobs_loaded = 0
         for info in blobs[:MAX_BLOBS]:
             if info.size > budget:
                 continue
@@ -102,13 +101,13 @@ class CompileCache:
             budget -= info.size
             total += info.size
             self.loaded |= _keys(loaded)
-            self.loaded_blobs += 1
-        if self.loaded_blobs:
+            blobs_loaded += 1
+        if blobs_loaded:
             _log(
-                f"restored {self.loaded_blobs} blob(s), {total / 2**20:.1f} MiB, {len(self.loaded)} "
+                f"restored {blobs_loaded} blob(s), {total / 2**20:.1f} MiB, {len(self.loaded)} "
                 f"artifacts in {time.monotonic() - started:.1f} s"
             )
-        return self.loaded_blobs
+        return blobs_loaded
 
     def publish(self) -> str | None:
         """Upload what this process compiled or used, if a loaded blob did not already hold it all.
