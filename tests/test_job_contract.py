@@ -483,3 +483,102 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
     else:
         assert stages == [f"loop-stage:{job.id}:gate:succeeded"]
     await manager.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+async def test_a_change_cut_off_by_a_crash_is_announced_once(
+    kind: Kind, tmp_path: Path, bus: EventBus
+) -> None:
+    """A live change (here: RUNNING) writes two things, its event and its record. The process
+    dies after the first (the second write raises, and the table is dropped without a stop). The
+    restarted service makes the change again only if the record does not show it, as the
+    services' resume does. Either way the event goes out, and exactly once: the event first and
+    the record second is the one order with this property."""
+    subject = "flywheel.contract.changed"
+    table = make_table(kind, tmp_path, lambda: bus)
+    await table.start(lambda job: None)
+    job, _ = await table.create(kind.message("a"))
+
+    def changed(j: Job[Any]) -> list[Announcement]:
+        return [Announcement(subject, j.resource, f"changed:{j.id}:running")]
+
+    writes: list[str] = []
+    send, save = table.outbox.send, table.records.save
+
+    def die_on_second(what: str) -> None:
+        writes.append(what)
+        if len(writes) == 2:
+            raise RuntimeError(f"the process died before its {what} write")
+
+    async def sending(events: Sequence[Announcement]) -> None:
+        die_on_second("event")
+        await send(events)
+
+    def saving(resource: Any) -> None:
+        die_on_second("record")
+        save(resource)
+
+    table.outbox.send = sending  # type: ignore[method-assign]
+    table.records.save = saving  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="died"):
+        await table.set_running(job, events=changed(job))
+    # What a crash leaves: no stop, no flush; the pump is simply gone.
+    if table.outbox._pump is not None:
+        table.outbox._pump.cancel()
+
+    restarted = make_table(kind, tmp_path, lambda: bus)
+
+    async def resume(j: Job[Any]) -> None:
+        if j.state != RUNNING:
+            await restarted.set_running(j, events=changed(j))
+
+    await restarted.start(resume)
+    await until(lambda: restarted.outbox.pending == 0, "the outbox to empty")
+    assert await stored_events(bus, subject) == [f"changed:{job.id}:running"]
+    stored = make_table(kind, tmp_path, lambda: None).records
+    assert (await asyncio.to_thread(stored.load))[0].state == RUNNING
+    await restarted.stop()
+
+
+async def test_a_loop_announces_its_next_stage_before_writing_it(tmp_path: Path, bus: EventBus) -> None:
+    """The real loop manager starting a stage keeps the stage's event in the outbox before it
+    writes the loop's record (the order JobTable.save gives), so a crash between the two cannot
+    lose ``flywheel.loop.stage_changed``: the end-to-end loop test once lost its fine-tune stage's
+    event to an orchestrator killed there."""
+    from flywheel_orchestrator.settings import OrchestratorSettings
+
+    store = FilesystemObjectStore(tmp_path)
+    store.ensure_ready()
+    manager = loops.LoopManager(
+        OrchestratorSettings(dataset_address="127.0.0.1:1", trainer_address="127.0.0.1:1"),
+        lambda: store,
+        lambda: bus,
+        runs=None,  # type: ignore[arg-type]  # _begin calls no other service
+        evaluations=None,  # type: ignore[arg-type]
+        models=None,  # type: ignore[arg-type]
+        aliases=None,  # type: ignore[arg-type]
+    )
+    await manager.start()
+    job, _ = await manager.table.create(
+        lpb.Loop(suite="s", stages=[lpb.LoopStageStatus(stage=lpb.LOOP_STAGE_ROLLOUTS, state=RUNNING)])
+    )
+    await manager.table.set_running(job)
+
+    order: list[str] = []
+    send, save = manager.table.outbox.send, manager.table.records.save
+
+    async def sending(events: Sequence[Announcement]) -> None:
+        order.extend(f"event {e.msg_id}" for e in events)
+        await send(events)
+
+    def saving(resource: lpb.Loop) -> None:
+        order.append(f"record {loops.stage_name(resource.stage)}")
+        save(resource)
+
+    manager.table.outbox.send = sending  # type: ignore[method-assign]
+    manager.table.records.save = saving  # type: ignore[method-assign]
+    await manager._begin(job, lpb.LOOP_STAGE_DATASET, [])
+    assert order == [f"event loop-stage:{job.id}:dataset:running", "record dataset"]
+    await until(lambda: manager.table.outbox.pending == 0, "the outbox to empty")
+    assert await stored_events(bus, "flywheel.loop.stage_changed") == [f"loop-stage:{job.id}:dataset:running"]
+    await manager.stop()

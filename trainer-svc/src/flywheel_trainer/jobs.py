@@ -230,11 +230,11 @@ class JobManager:
         """A live state (QUEUED, RUNNING): persist, show watchers, announce."""
         previous = job.resource.state
         if state == RUNNING:
-            await self.table.set_running(job)
+            job.resource.state = RUNNING  # the event names the new state; set_running stamps the rest
+            await self.table.set_running(job, events=[state_event(job.resource, previous)])
         else:
             job.resource.state = state
-            await self.table.save(job)
-        await self.table.outbox.send([state_event(job.resource, previous)])
+            await self.table.save(job, events=[state_event(job.resource, previous)])
 
     # ------------------------------------------------------------------ requests
 
@@ -284,9 +284,13 @@ class JobManager:
             new.gpus = resolved.gpus
             new.progress.total_steps = resolved.hyperparameters.max_steps
 
-        job, created = await self.table.create(clean, request_id, prepare=prepare)
+        job, created = await self.table.create(
+            clean,
+            request_id,
+            prepare=prepare,
+            announce=lambda new: [state_event(new, common_pb2.JOB_STATE_UNSPECIFIED)],
+        )
         if created:
-            await self.table.outbox.send([state_event(job.resource, common_pb2.JOB_STATE_UNSPECIFIED)])
             self.table.launch(job, self._work)
         return self.table.snapshot(job)
 

@@ -488,13 +488,21 @@ class JobTable(Generic[M, J]):
     # ------------------------------------------------------------------ requests
 
     async def create(
-        self, clean: M, request_id: str = "", *, prepare: Callable[[M], None] | None = None
+        self,
+        clean: M,
+        request_id: str = "",
+        *,
+        prepare: Callable[[M], None] | None = None,
+        announce: Callable[[M], Sequence[Announcement]] | None = None,
     ) -> tuple[J, bool]:
         """(the job, whether it is new) for a validated request with its output fields cleared.
 
         The same ``request_id`` with the same request returns the first job; with another request
         it is ALREADY_EXISTS. ``prepare`` fills derived fields of a new resource before it is
-        stored (the fingerprint is taken before, of the request alone).
+        stored (the fingerprint is taken before, of the request alone). ``announce`` gives the
+        new job's creation event(s); they are kept in the outbox after the record and before
+        the request id is remembered, so a crash cannot leave a remembered request whose job was
+        never announced (a retried create answers with the first job and would not announce it).
         """
         async with self._lock:
             print_ = fingerprint(clean)
@@ -510,6 +518,8 @@ class JobTable(Generic[M, J]):
             if prepare is not None:
                 prepare(clean)
             await asyncio.to_thread(self.records.save, clean)
+            if announce is not None:
+                await self.outbox.send(announce(clean))
             await asyncio.to_thread(self.records.remember, request_id, res.id, print_)
             job = self._make_job(clean)
             self.jobs[res.id] = job
@@ -593,18 +603,28 @@ class JobTable(Generic[M, J]):
         for queue in job.watchers:
             queue.put_nowait(item)
 
-    async def save(self, job: J, *, notify: bool = True) -> None:
-        """Persist the job (off the event loop) and, by default, show watchers the new state."""
+    async def save(self, job: J, *, notify: bool = True, events: Sequence[Announcement] = ()) -> None:
+        """Persist the job (off the event loop) and, by default, show watchers the new state.
+
+        ``events`` announce the change (a live state, a loop's stage). They are kept in the
+        outbox *before* the record is written: a crash between the two leaves the event to go
+        out and the old record, and the resumed job makes the change again under the same
+        deterministic message id, which JetStream's duplicate window drops. The other order
+        (record, then event) would lose the event for good: the resumed job sees the change
+        already made and never announces it.
+        """
+        if events:
+            await self.outbox.send(events)
         await asyncio.to_thread(self.records.save, job.resource)
         if notify:
             self.notify(job)
 
-    async def set_running(self, job: J) -> None:
+    async def set_running(self, job: J, *, events: Sequence[Announcement] = ()) -> None:
         res = _res(job.resource)
         res.state = RUNNING
         if not res.HasField("start_time"):
             res.start_time.CopyFrom(now())
-        await self.save(job)
+        await self.save(job, events=events)
 
     async def finish(
         self,

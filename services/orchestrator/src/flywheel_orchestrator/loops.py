@@ -622,11 +622,11 @@ class LoopManager:
         status = lpb.LoopStageStatus(stage=stage, state=RUNNING, artefacts=artefacts, start_time=now())
         loop.stages.append(status)
         loop.stage = stage
+        announced = [stage_event(loop, status)]  # kept before the record: see JobTable.save
         if loop.state != RUNNING:
-            await self.table.set_running(job)
+            await self.table.set_running(job, events=announced)
         else:
-            await self.table.save(job)
-        await self.table.outbox.send([stage_event(loop, status)])
+            await self.table.save(job, events=announced)
 
     async def _end(
         self,
