@@ -40,6 +40,8 @@ default) in every SFT variant, so the losses at equal steps compare.
   layers as the worker on a GPU) on stored
   rollouts: 8 samples a step (4 on a card under 100 GB), prompts and completions of 256-1,023 tokens each, stored behaviour
   log-probs, DAPO loss, no KL term (the defaults of a GRPO job).
+* grpo_full: grpo with TRL's own full-logits log-probs instead of the LM head a slice at a time
+  (:mod:`flywheel_trainer.token_logps`), to measure that lever alone.
 
 Each run of a variant is its own process (clean peak-memory figures); ``--repeats K`` runs every
 variant K times, interleaved (variant order within each round), and the summary gives medians and
@@ -75,7 +77,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
-    r"^(baseline|peft16|default|dpo|grpo|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen)*)(x\d+)?$"
+    r"^(baseline|peft16|default|dpo|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen)*)(x\d+)?$"
 )
 #: Seconds a variant's process may take. The first step compiles flex attention's kernels: on the
 #: device tool's H100 machines that took 210-257 s with a cold cache (ptxas on one kernel, most of
@@ -250,7 +252,7 @@ def _grpo_rows() -> int:
     return 4
 
 
-def _grpo_trainer(model, tok, lora, common: dict, steps: int, world: int = 1):
+def _grpo_trainer(model, tok, lora, common: dict, steps: int, world: int = 1, sliced: bool = True):
     """The worker's GRPO trainer on synthetic stored rollouts, configured as the recipe does."""
     import math
 
@@ -296,6 +298,7 @@ def _grpo_trainer(model, tok, lora, common: dict, steps: int, world: int = 1):
         processing_class=tok,
         peft_config=lora,
         rewards=reward_stats(rollouts),
+        sliced_logps=sliced,
     )
 
 
@@ -411,8 +414,8 @@ def run_variant(name: str, steps: int) -> dict:
         )
         fused = fuse_lora(trainer.model)
         rows_a_step = 4
-    elif variant == "grpo":
-        trainer = _grpo_trainer(model, tok, lora, common, steps * world, world)
+    elif variant in ("grpo", "grpo_full"):
+        trainer = _grpo_trainer(model, tok, lora, common, steps * world, world, sliced=variant == "grpo")
         fused = fuse_lora(trainer.model)  # as the worker does for every method on a GPU
         args = trainer.args
         rows_a_step = args.per_device_train_batch_size * args.gradient_accumulation_steps

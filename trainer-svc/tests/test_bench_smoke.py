@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_sft_gpu.py"
 
 
@@ -28,7 +30,7 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
             "--steps",
             "3",
             "--variants",
-            "trl4,ours4,grpo,ours4x2",
+            "trl4,ours4,grpo,grpo_full,ours4x2",
             "--json-out",
             str(out),
         ],
@@ -39,11 +41,14 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = json.loads(out.read_text())
     (trl,), (ours,), (grpo,), (two,) = runs["trl4"], runs["ours4"], runs["grpo"], runs["ours4x2"]
+    (grpo_full,) = runs["grpo_full"]
     assert trl["fused_lora_layers"] == 0 and ours["fused_lora_layers"] == 14  # 7 projections x 2 layers
     assert grpo["fused_lora_layers"] == 14  # the worker fuses GRPO's layers too
     assert trl["rows_a_step"] == ours["rows_a_step"] == 4 and grpo["rows_a_step"] == 8
-    for run in (trl, ours, grpo):
+    for run in (trl, ours, grpo, grpo_full):
         assert run["tokens_per_s"] > 0 and math.isfinite(run["train_loss"]), run
+    # The LM head a slice at a time trains as TRL's full logits do: same data, same seed, same loss.
+    assert grpo["last5_loss"] == pytest.approx(grpo_full["last5_loss"], rel=1e-3, abs=1e-6), (grpo, grpo_full)
     # Two processes (torch.distributed.run, DDP over gloo here, NCCL on GPUs), 4 rows each.
     assert two["gpus"] == 2 and two["rows_a_step"] == 8 and two["batch_rows"] == 4
     # The summary compares ours with tuned TRL at equal rows, and two processes with one.

@@ -138,16 +138,18 @@ async def _error(stub: trainer_pb2_grpc.TrainerServiceStub, job: S.FineTuneJob) 
 # ---------------------------------------------------------------------------------- the loss
 
 
-def test_masked_positions_carry_no_gradient(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Token ids and log-probs under the padding (prompt_mask / completion_mask 0) do not change the
-    loss or any gradient; a completion token inside the mask does (so the check can fail)."""
+def _loss_setup(
+    model_dir: Path, tmp_path: Path, sliced: bool = True, bf16: bool = False
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(trainer, its PEFT model in train mode, one collated batch of 4 padded samples) on the tiny
+    model, with LoRA B drawn at random so that every adapter matrix has gradients."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import GRPOConfig
 
     from flywheel_trainer.grpo import RolloutGRPOTrainer, prepare_rows, reward_stats
 
-    tok, model = _load(tiny_model_dir)
+    tok, model = _load(model_dir)
     base = tok(PROMPT).input_ids
     raw = [
         {
@@ -172,6 +174,7 @@ def test_masked_positions_carry_no_gradient(tiny_model_dir: Path, tmp_path: Path
         use_cpu=True,
         beta=0.05,
         epsilon_high=0.3,
+        bf16=bf16,
     )
     torch.manual_seed(0)
     trainer = RolloutGRPOTrainer(
@@ -181,30 +184,91 @@ def test_masked_positions_carry_no_gradient(tiny_model_dir: Path, tmp_path: Path
         processing_class=tok,
         peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
         rewards=reward_stats(rows),
+        sliced_logps=sliced,
     )
     trainer.current_gradient_accumulation_steps = 1
+    if bf16:  # what train() does first: Accelerate's autocast (and float32 outputs) around the forward
+        trainer.accelerator.prepare_model(trainer.model)
+        assert trainer.accelerator.native_amp
     peft_model = trainer.model
     with torch.no_grad():  # B = 0 at init: give the adapter some weight so every LoRA matrix has gradients
+        gen = torch.Generator().manual_seed(7)
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
-                param.normal_(0, 0.05)
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
     peft_model.train()
-    batch = trainer._generate_and_score_completions(rows[:4])
+    return trainer, peft_model, trainer._generate_and_score_completions(rows[:4])
+
+
+def _loss_and_grads(
+    trainer: Any, peft_model: Any, inputs: dict[str, Any]
+) -> tuple[float, list[torch.Tensor]]:
+    peft_model.zero_grad()
+    loss = trainer.compute_loss(peft_model, inputs)
+    loss.backward()
+    grads = [p.grad.clone() for p in peft_model.parameters() if p.requires_grad]
+    assert any(g.abs().sum() > 0 for g in grads)
+    return float(loss.detach()), grads
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-autocast"])
+def test_sliced_log_probs_give_trls_loss_gradients_and_metrics(
+    tiny_model_dir: Path, tmp_path: Path, bf16: bool
+) -> None:
+    """The LM head a slice at a time (flywheel_trainer.token_logps, the default) against TRL's own
+    full-logits path, on the same batch: the reference log-probs, the loss, every LoRA gradient
+    and the logged entropy and KL agree to float32 rounding; and the sliced path really ran. Also
+    under bf16 autocast (the worker's CPU mode where the CPU has bf16, and a GPU job's), which
+    Accelerate enters inside the model's forward, so the head must run under it too."""
+    from flywheel_trainer import token_logps
+
+    calls: list[int] = []
+    original = token_logps.token_logps
+
+    autocasts: list[Any] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        autocasts.append(kwargs.get("autocast"))
+        return original(*args, **kwargs)
+
+    token_logps.token_logps = counting  # type: ignore[assignment]  # restored below
+    try:
+        sliced = _loss_setup(tiny_model_dir, tmp_path / "sliced", sliced=True, bf16=bf16)
+        full = _loss_setup(tiny_model_dir, tmp_path / "full", sliced=False, bf16=bf16)
+        assert calls, "the sliced path did not run (the trainer fell back on TRL's)"
+        made = len(calls)
+        torch.testing.assert_close(sliced[2]["ref_per_token_logps"], full[2]["ref_per_token_logps"])
+        loss_s, grads_s = _loss_and_grads(*sliced)
+        loss_f, grads_f = _loss_and_grads(*full)
+        assert len(calls) > made and len(calls) == 2 * made  # one reference pass, one training pass
+        # the head ran under the model's autocast: bf16 where Accelerate's mixed precision is on
+        assert all(a is not None and a[1] == bf16 for a in autocasts), autocasts
+    finally:
+        token_logps.token_logps = original  # type: ignore[assignment]
+    assert loss_s == pytest.approx(loss_f, rel=1e-5, abs=1e-7)
+    for gs, gf in zip(grads_s, grads_f, strict=True):
+        torch.testing.assert_close(gs, gf, atol=1e-6, rtol=1e-4)
+    for key in ("entropy", "kl"):
+        ms, mf = sliced[0]._metrics["train"][key], full[0]._metrics["train"][key]
+        assert ms and ms == pytest.approx(mf, rel=1e-5), key
+
+
+def test_masked_positions_carry_no_gradient(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Token ids and log-probs under the padding (prompt_mask / completion_mask 0) do not change the
+    loss or any gradient; a completion token inside the mask does (so the check can fail)."""
+    trainer, peft_model, batch = _loss_setup(tiny_model_dir, tmp_path)
+    vocab = peft_model.config.vocab_size
     assert batch["prompt_mask"].eq(0).any() and batch["completion_mask"].eq(0).any()  # padding on both sides
 
     def loss_and_grads(inputs: dict[str, Any]) -> tuple[float, list[torch.Tensor]]:
-        peft_model.zero_grad()
-        loss = trainer.compute_loss(peft_model, inputs)
-        loss.backward()
-        grads = [p.grad.clone() for p in peft_model.parameters() if p.requires_grad]
-        assert any(g.abs().sum() > 0 for g in grads)
-        return float(loss.detach()), grads
+        return _loss_and_grads(trainer, peft_model, inputs)
 
     loss0, grads0 = loss_and_grads(batch)
     noisy = dict(batch)
     gen = torch.Generator().manual_seed(1)
     for ids, mask in (("prompt_ids", "prompt_mask"), ("completion_ids", "completion_mask")):
-        random_ids = torch.randint(0, model.config.vocab_size, batch[ids].shape, generator=gen)
+        random_ids = torch.randint(0, vocab, batch[ids].shape, generator=gen)
         noisy[ids] = torch.where(batch[mask].bool(), batch[ids], random_ids)
     noise = torch.randn(batch["old_per_token_logps"].shape, generator=gen)
     noisy["old_per_token_logps"] = torch.where(
@@ -220,7 +284,7 @@ def test_masked_positions_carry_no_gradient(tiny_model_dir: Path, tmp_path: Path
 
     changed = dict(batch)
     changed["completion_ids"] = batch["completion_ids"].clone()
-    changed["completion_ids"][0, 0] = (int(batch["completion_ids"][0, 0]) + 1) % model.config.vocab_size
+    changed["completion_ids"][0, 0] = (int(batch["completion_ids"][0, 0]) + 1) % vocab
     _, grads2 = loss_and_grads(changed)
     assert any(not torch.allclose(g0, g2, atol=1e-6) for g0, g2 in zip(grads0, grads2, strict=True))
 

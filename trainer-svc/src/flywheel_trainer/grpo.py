@@ -17,7 +17,13 @@ accumulation steps and ``num_iterations`` passes (``_prepare_inputs``), and over
   prompt ``num_generations`` times to generate a group; our groups are already in the data);
 - ``_prepare_inputs``: also counts the batch's tokens, for tokens/s (TRL counts ``input_ids``,
   which GRPO batches do not have);
-- ``log``: adds the dataset's reward mean and standard deviation.
+- ``log``: adds the dataset's reward mean and standard deviation;
+- ``_get_per_token_logps_and_entropies``: the log-probs from the final hidden states through the
+  LM head a slice of tokens at a time (:mod:`flywheel_trainer.token_logps`), so the step never
+  holds the ``(samples, tokens, vocabulary)`` logits; TRL's own where that could change a number
+  (a LoRA-wrapped or soft-capped head, images, an entropy bonus). The head's matmul runs under the
+  autocast the model's forward ran under and the log-softmax in float32, as TRL's does under mixed
+  precision (Accelerate returns the logits in float32).
 
 The KL reference is the starting policy: the init adapter, or the base model. TRL provides both
 without a second model: for a fresh LoRA (``B = 0`` at the start) the adapter-disabled model *is*
@@ -37,6 +43,8 @@ from torch.utils.data import Sampler
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad, use_adapter
+
+from flywheel_trainer import token_logps
 
 #: Row columns of a training record (the recipe's other fields are lineage, not training input).
 COLUMNS = ("prompt_token_ids", "completion_token_ids", "behaviour_logprobs", "advantage", "reward")
@@ -132,9 +140,65 @@ def _stored_reward(*_: Any, **__: Any) -> list[float | None]:
 class RolloutGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` on stored rollouts (see the module docstring)."""
 
-    def __init__(self, *, rewards: tuple[float, float], **kwargs: Any) -> None:
+    def __init__(self, *, rewards: tuple[float, float], sliced_logps: bool = True, **kwargs: Any) -> None:
         super().__init__(reward_funcs=[_stored_reward], **kwargs)
         self._reward_stats = rewards
+        #: The LM head a slice of tokens at a time (:mod:`flywheel_trainer.token_logps`), where it
+        #: can stand in for the model's own; False is TRL's full-logits way (the benchmark's baseline).
+        self.sliced_logps = sliced_logps
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        batch_size: int | None = None,
+        compute_entropy: bool = False,
+        compute_aux_loss: bool = False,
+        **extra: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """TRL's method, with the log-probs taken from the final hidden states a slice at a time.
+
+        Only where that gives the same numbers: a plain LM head, text only, no MoE auxiliary loss,
+        and no entropy bonus (which needs the entropy's gradient). Otherwise TRL's own.
+        """
+        head = token_logps.plain_head(self.accelerator.unwrap_model(model)) if self.sliced_logps else None
+        entropy_grad = compute_entropy and self._entropy_bonus_enabled
+        if head is None or compute_aux_loss or entropy_grad or any(v is not None for v in extra.values()):
+            return cast(
+                tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+                super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                    compute_aux_loss, **extra,
+                ),
+            )  # fmt: skip
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            ids = input_ids[start : start + batch_size]
+            inputs: dict[str, Any] = {
+                "input_ids": ids,
+                "attention_mask": attention_mask[start : start + batch_size],
+                "use_cache": False,
+            }
+            if "logits_to_keep" in self.model_kwarg_keys:
+                inputs["logits_to_keep"] = logits_to_keep + 1  # the last position predicts past the end
+            with token_logps.head_returns_hidden(head) as call:
+                hidden = model(**inputs).logits  # the final hidden states (see head_returns_hidden)
+            hidden = hidden[:, :-1, :][:, -logits_to_keep:, :]
+            lp, ent = token_logps.token_logps(
+                hidden,
+                head,
+                ids[:, -logits_to_keep:],
+                temperature=self.temperature,
+                entropy=compute_entropy,
+                autocast=call.autocast,  # the model's own, for the head's matmul
+            )
+            logps.append(lp)
+            if ent is not None:
+                entropies.append(ent)
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _get_train_sampler(self, dataset: Any = None) -> Sampler[int]:
         dataset = self.train_dataset if dataset is None else dataset
