@@ -582,3 +582,53 @@ async def test_a_loop_announces_its_next_stage_before_writing_it(tmp_path: Path,
     await until(lambda: manager.table.outbox.pending == 0, "the outbox to empty")
     assert await stored_events(bus, "flywheel.loop.stage_changed") == [f"loop-stage:{job.id}:dataset:running"]
     await manager.stop()
+
+
+@pytest.mark.parametrize("cut", ["ledger", "record", "event"])
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+async def test_a_create_cut_off_by_a_crash_is_finished_by_its_retry_once(
+    kind: Kind, cut: str, tmp_path: Path, bus: EventBus
+) -> None:
+    """A create writes the request id's ledger entry, the record and the creation event. The
+    process dies at one of the three writes (it raises, and the table is dropped without a stop);
+    the client retries the create with the same request id on the restarted service. Whatever
+    the point: one job, under one id, and its creation event exactly once."""
+    subject = "flywheel.contract.created"
+
+    def created(resource: Any) -> list[Announcement]:
+        return [Announcement(subject, resource, f"created:{resource.id}")]
+
+    table = make_table(kind, tmp_path, lambda: bus)
+    await table.start(lambda job: None)
+
+    def dying(name: str) -> Callable[..., Any]:
+        def die(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"the process died at the {name} write")
+
+        return die
+
+    if cut == "ledger":
+        table.records.remember = dying(cut)  # type: ignore[method-assign]
+    elif cut == "record":
+        table.records.save = dying(cut)  # type: ignore[method-assign]
+    else:
+
+        async def die_sending(events: Sequence[Announcement]) -> None:
+            raise RuntimeError("the process died at the event write")
+
+        table.outbox.send = die_sending  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match=f"died at the {cut}"):
+        await table.create(kind.message("a"), "req-1", announce=created)
+    if table.outbox._pump is not None:  # a crash: no stop, no flush
+        table.outbox._pump.cancel()
+
+    restarted = make_table(kind, tmp_path, lambda: bus)
+    await restarted.start(lambda job: None)  # a job left QUEUED waits here for its retry
+    job, _ = await restarted.create(kind.message("a"), "req-1", announce=created)
+    again, new = await restarted.create(kind.message("a"), "req-1", announce=created)
+    assert again.id == job.id and not new
+    stored = make_table(kind, tmp_path, lambda: None).records
+    assert [_id for _id in (r.id for r in await asyncio.to_thread(stored.load))] == [job.id]
+    await until(lambda: restarted.outbox.pending == 0, "the outbox to empty")
+    assert await stored_events(bus, subject) == [f"created:{job.id}"]
+    await restarted.stop()

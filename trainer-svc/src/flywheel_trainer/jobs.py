@@ -63,6 +63,7 @@ from flywheel_common.jobs import (
     QUEUED,
     RUNNING,
     TERMINAL,
+    Announcement,
     Job,
     JobFailed,
     JobStore,
@@ -226,6 +227,10 @@ class JobManager:
             await self._set_state(job, QUEUED)
         self.table.launch(job, self._work)
 
+    @staticmethod
+    def _created(job: trainer_pb2.FineTuneJob) -> list[Announcement]:
+        return [state_event(job, common_pb2.JOB_STATE_UNSPECIFIED)]
+
     async def _set_state(self, job: TrainJob, state: common_pb2.JobState) -> None:
         """A live state (QUEUED, RUNNING): persist, show watchers, announce."""
         previous = job.resource.state
@@ -257,7 +262,8 @@ class JobManager:
         if request_id:  # a repeated request is answered as the first was, before any check
             earlier = await asyncio.to_thread(self.table.records.replay, request_id, fingerprint(clean))
             if earlier is not None and earlier in self.table.jobs:
-                return self.table.get(earlier)
+                job, _ = await self.table.create(clean, request_id, announce=self._created)
+                return self.table.snapshot(job)
         hparams.check_names(clean)
         base = await asyncio.to_thread(catalog.base_model_info, self.store, clean.base_model)
         if base is None:
@@ -284,12 +290,7 @@ class JobManager:
             new.gpus = resolved.gpus
             new.progress.total_steps = resolved.hyperparameters.max_steps
 
-        job, created = await self.table.create(
-            clean,
-            request_id,
-            prepare=prepare,
-            announce=lambda new: [state_event(new, common_pb2.JOB_STATE_UNSPECIFIED)],
-        )
+        job, created = await self.table.create(clean, request_id, prepare=prepare, announce=self._created)
         if created:
             self.table.launch(job, self._work)
         return self.table.snapshot(job)

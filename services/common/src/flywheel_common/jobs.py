@@ -500,29 +500,41 @@ class JobTable(Generic[M, J]):
         The same ``request_id`` with the same request returns the first job; with another request
         it is ALREADY_EXISTS. ``prepare`` fills derived fields of a new resource before it is
         stored (the fingerprint is taken before, of the request alone). ``announce`` gives the
-        new job's creation event(s); they are kept in the outbox after the record and before
-        the request id is remembered, so a crash cannot leave a remembered request whose job was
-        never announced (a retried create answers with the first job and would not announce it).
+        new job's creation event(s).
+
+        Three writes, in an order that a crash between any two cannot turn into lost or doubled
+        work, provided the client retries a create that did not answer (every caller in the
+        project does; request ids exist for that):
+
+        1. the request id's ledger entry, naming the new id: a retry finds the id even if nothing
+           else was written, and creates the job under it instead of under a second id;
+        2. the record: from here the job exists, and a restart resumes it;
+        3. the creation event(s). A retry that finds the job still QUEUED sends them again, under
+           the same message ids (JetStream drops a repeat), since the first create may have died
+           before they were kept.
         """
         async with self._lock:
             print_ = fingerprint(clean)
             earlier = await asyncio.to_thread(self.records.replay, request_id, print_)
-            if earlier is not None:
-                if earlier in self.jobs:
-                    return self.jobs[earlier], False
-                raise NotFound(f"{self.kind} {earlier!r} named by request_id {request_id!r} is gone")
+            if earlier is not None and earlier in self.jobs:
+                job = self.jobs[earlier]
+                if announce is not None and job.state == QUEUED:
+                    await self.outbox.send(announce(job.resource))
+                return job, False
             res = _res(clean)
-            res.id = f"{self.id_prefix}-{ULID()}"
+            # An id in the ledger without a record: the first create died between writes 1 and 2.
+            res.id = earlier or f"{self.id_prefix}-{ULID()}"
             res.state = QUEUED
             res.create_time.CopyFrom(now())
             if prepare is not None:
                 prepare(clean)
+            if earlier is None:
+                await asyncio.to_thread(self.records.remember, request_id, res.id, print_)
             await asyncio.to_thread(self.records.save, clean)
-            if announce is not None:
-                await self.outbox.send(announce(clean))
-            await asyncio.to_thread(self.records.remember, request_id, res.id, print_)
             job = self._make_job(clean)
             self.jobs[res.id] = job
+            if announce is not None:
+                await self.outbox.send(announce(clean))
             return job, True
 
     def job(self, job_id: str) -> J:
