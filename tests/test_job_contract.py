@@ -237,6 +237,25 @@ def make_table(kind: Kind, root: Path, bus: Callable[[], EventBus | None]) -> Jo
     )
 
 
+def loop_manager(
+    root: Path, bus: EventBus, *, evaluations: Any = None, aliases: Callable[[Any], Any] | None = None
+) -> loops.LoopManager:
+    """The real loop manager on a filesystem store; the services a test does not reach are None."""
+    from flywheel_orchestrator.settings import OrchestratorSettings
+
+    store = FilesystemObjectStore(root)
+    store.ensure_ready()
+    return loops.LoopManager(
+        OrchestratorSettings(dataset_address="127.0.0.1:1", trainer_address="127.0.0.1:1"),
+        lambda: store,
+        lambda: bus,
+        runs=None,  # type: ignore[arg-type]
+        evaluations=evaluations,
+        models=None,  # type: ignore[arg-type]
+        aliases=aliases(store) if aliases is not None else None,  # type: ignore[arg-type]
+    )
+
+
 async def work_to_success(table: JobTable[Any, Any]) -> Callable[[Job[Any]], Awaitable[None]]:
     async def work(job: Job[Any]) -> None:
         await table.set_running(job)
@@ -395,7 +414,6 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
     metrics matter here): the gate decides while NATS is down, the loop ends SUCCEEDED with the
     decision, and ``loop.promoted`` / ``loop.rejected`` goes out exactly once when NATS is back."""
     from flywheel.common.v1 import common_pb2
-    from flywheel_orchestrator.settings import OrchestratorSettings
 
     incumbent, candidate = "gemma-3-270m", "ft/agent-v1"
     evaluation = epb.Evaluation(
@@ -423,16 +441,11 @@ async def test_a_loop_whose_gate_decides_while_nats_is_down_ends_once_nats_retur
 
     from flywheel_orchestrator.aliases import AliasManager
 
-    store = FilesystemObjectStore(tmp_path)
-    store.ensure_ready()
-    manager = loops.LoopManager(
-        OrchestratorSettings(dataset_address="127.0.0.1:1", trainer_address="127.0.0.1:1"),
-        lambda: store,
-        lambda: bus,
-        runs=None,  # type: ignore[arg-type]  # the gate reads only the evaluation
-        evaluations=Evaluations(),  # type: ignore[arg-type]  # a stand-in: the gate calls only get()
-        models=None,  # type: ignore[arg-type]  # the gate calls no model
-        aliases=AliasManager(lambda: store, lambda: bus, Listing()),  # type: ignore[arg-type]  # see Listing
+    manager = loop_manager(
+        tmp_path,
+        bus,
+        evaluations=Evaluations(),  # a stand-in: the gate calls only get()
+        aliases=lambda store: AliasManager(lambda: store, lambda: bus, Listing()),  # type: ignore[arg-type]  # see Listing
     )
     await manager.start()
     ref = common_pb2.ResourceRef
@@ -545,19 +558,7 @@ async def test_a_loop_announces_its_next_stage_before_writing_it(tmp_path: Path,
     writes the loop's record (the order JobTable.save gives), so a crash between the two cannot
     lose ``flywheel.loop.stage_changed``: the end-to-end loop test once lost its fine-tune stage's
     event to an orchestrator killed there."""
-    from flywheel_orchestrator.settings import OrchestratorSettings
-
-    store = FilesystemObjectStore(tmp_path)
-    store.ensure_ready()
-    manager = loops.LoopManager(
-        OrchestratorSettings(dataset_address="127.0.0.1:1", trainer_address="127.0.0.1:1"),
-        lambda: store,
-        lambda: bus,
-        runs=None,  # type: ignore[arg-type]  # _begin calls no other service
-        evaluations=None,  # type: ignore[arg-type]
-        models=None,  # type: ignore[arg-type]
-        aliases=None,  # type: ignore[arg-type]
-    )
+    manager = loop_manager(tmp_path, bus)  # _begin calls no other service
     await manager.start()
     job, _ = await manager.table.create(
         lpb.Loop(suite="s", stages=[lpb.LoopStageStatus(stage=lpb.LOOP_STAGE_ROLLOUTS, state=RUNNING)])
