@@ -384,3 +384,43 @@ def test_bench_variant_trains_on_a_large_model(variant: str) -> None:
     assert result["tokens_per_s"] > 0 and math.isfinite(result["train_loss"])
     if variant.startswith("ours"):
         assert result["fused_lora_layers"] == 7 * 28
+
+
+# ----------------------------------------------------------------------------- sliced LM head
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
+def test_sliced_log_probs_on_a_gpu_match_and_take_less_memory() -> None:
+    """flywheel_trainer.token_logps on CUDA at Qwen2's width and vocabulary, bf16 weights under
+    bf16 autocast as a GRPO job: log-probs and the hidden states' gradient match log-softmax of
+    the full float32 logits, and the step's peak allocation is under a third of those logits' own
+    size (TRL's path holds them and more)."""
+    from flywheel_trainer.token_logps import token_logps
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    head = torch.nn.Linear(1536, 151_936, bias=False, device="cuda", dtype=torch.bfloat16).requires_grad_(
+        False
+    )
+    hidden = torch.randn(4, 1024, 1536, device="cuda", generator=gen).to(torch.bfloat16).requires_grad_()
+    target = torch.randint(0, 151_936, (4, 1024), device="cuda", generator=gen)
+    full_bytes = 4 * 1024 * 151_936 * 4  # the float32 logits alone
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logps, _ = token_logps(hidden, head, target)
+    logps.sum().backward()
+    torch.cuda.synchronize()
+    sliced_peak = torch.cuda.max_memory_allocated() - start
+    got_grad = hidden.grad.clone()
+    hidden.grad = None
+
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = head(hidden).float()
+    want = logits.log_softmax(-1).gather(-1, target[..., None])[..., 0]
+    want.sum().backward()
+    assert _rel(logps, want) < 1e-4
+    assert _rel(got_grad, hidden.grad) < 2e-2  # bf16 matmuls on both sides
+    assert sliced_peak < full_bytes / 3, (sliced_peak, full_bytes)

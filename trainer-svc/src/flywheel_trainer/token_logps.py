@@ -102,15 +102,17 @@ class _TokenLogps(torch.autograd.Function):
         out = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         logps = torch.empty(n, dtype=out, device=hidden.device)
         ents = torch.empty(n if entropy else 0, dtype=out, device=hidden.device)
+        lses = torch.empty(n, dtype=out, device=hidden.device)  # kept: the backward's softmax needs it
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
             logits = _logits(hidden[start:end], weight, bias, temperature)
-            lse = torch.logsumexp(logits, dim=-1)
+            lse = lses[start:end]
+            torch.logsumexp(logits, dim=-1, out=lse)
             logps[start:end] = logits.gather(-1, target[start:end, None])[:, 0] - lse
-            if entropy:  # H = logsumexp(z) - sum(softmax(z) * z)
-                ents[start:end] = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+            if entropy:  # H = logsumexp(z) - sum(softmax(z) * z), one slice-sized temporary
+                ents[start:end] = lse - (logits - lse[:, None]).exp_().mul_(logits).sum(-1)
             del logits
-        ctx.save_for_backward(hidden, weight, bias, target)
+        ctx.save_for_backward(hidden, weight, bias, target, lses)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.autocast = _autocast_state(hidden.device.type)
         ctx.mark_non_differentiable(ents)
@@ -118,7 +120,7 @@ class _TokenLogps(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_logps: torch.Tensor, _grad_ents: torch.Tensor) -> tuple[Any, ...]:
-        hidden, weight, bias, target = ctx.saved_tensors
+        hidden, weight, bias, target, lses = ctx.saved_tensors
         want_h, want_w, want_b = ctx.needs_input_grad[:3]
         grad_h = torch.zeros_like(hidden) if want_h else None
         acc = torch.float64 if weight.dtype == torch.float64 else torch.float32  # W's and b's sums
@@ -129,10 +131,9 @@ class _TokenLogps(torch.autograd.Function):
             for start in range(0, hidden.shape[0], ctx.chunk):
                 end = min(start + ctx.chunk, hidden.shape[0])
                 h = hidden[start:end]
-                logits = _logits(h, weight, bias, ctx.temperature)
-                # d log p(t) / dz = onehot(t) - softmax(z); z = (h W^T + b) / T
-                grad = torch.softmax(logits, dim=-1).neg_()
-                del logits
+                # d log p(t) / dz = onehot(t) - softmax(z); z = (h W^T + b) / T. The softmax is
+                # taken in place from the forward's logsumexp: one slice of logits at a time.
+                grad = _logits(h, weight, bias, ctx.temperature).sub_(lses[start:end, None]).exp_().neg_()
                 rows = torch.arange(end - start, device=grad.device)
                 grad[rows, target[start:end]] += 1.0
                 grad.mul_(grad_logps[start:end, None] / ctx.temperature)
@@ -164,7 +165,7 @@ def _logits(
         h = h.to(weight.dtype)
     logits = F.linear(h, weight, bias)
     logits = logits if logits.dtype == torch.float64 else logits.float()
-    return logits / temperature if temperature != 1.0 else logits
+    return logits.div_(temperature) if temperature != 1.0 else logits  # a fresh tensor: in place
 
 
 def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
