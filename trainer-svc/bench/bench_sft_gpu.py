@@ -40,6 +40,8 @@ default) in every SFT variant, so the losses at equal steps compare.
   layers as the worker on a GPU) on stored
   rollouts: 8 samples a step (4 on a card under 100 GB), prompts and completions of 256-1,023 tokens each, stored behaviour
   log-probs, DAPO loss, no KL term (the defaults of a GRPO job).
+* dpo_liger: dpo with TRL's ``use_liger_kernel`` (Liger's fused linear DPO loss, which never holds
+  the full logits of the 8 sequences); a lever to measure, not what the worker does yet.
 * grpo_full: grpo with TRL's own full-logits log-probs instead of the LM head a slice at a time
   (:mod:`flywheel_trainer.token_logps`), to measure that lever alone.
 
@@ -77,7 +79,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
-    r"^(baseline|peft16|default|dpo|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen)*)(x\d+)?$"
+    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen)*)(x\d+)?$"
 )
 #: Seconds a variant's process may take. The first step compiles flex attention's kernels: on the
 #: device tool's H100 machines that took 210-257 s with a cold cache (ptxas on one kernel, most of
@@ -396,7 +398,7 @@ def run_variant(name: str, steps: int) -> dict:
         common["use_cpu"] = True
     fused = 0
     rows_a_step = 0
-    if variant == "dpo":
+    if variant in ("dpo", "dpo_liger"):
         from trl import DPOConfig, DPOTrainer
 
         texts = _texts(3 * steps * 8 * world, seed=1)
@@ -404,7 +406,9 @@ def run_variant(name: str, steps: int) -> dict:
             {"prompt": texts[i][:3000], "chosen": texts[i + 1][:3000], "rejected": texts[i + 2][:3000]}
             for i in range(0, len(texts) - 2, 3)
         ]
-        args = DPOConfig(**common, per_device_train_batch_size=4, gradient_checkpointing=False)
+        # dpo_liger: TRL's own switch to Liger's fused linear DPO loss (no full logits); GPU only.
+        liger = {"use_liger_kernel": True} if variant == "dpo_liger" else {}
+        args = DPOConfig(**common, per_device_train_batch_size=4, gradient_checkpointing=False, **liger)
         trainer = DPOTrainer(
             model=model,
             args=args,
