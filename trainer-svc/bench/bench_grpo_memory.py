@@ -60,7 +60,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         tie_word_embeddings=True,
     )
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else _tokenizer(config.vocab_size)
+    tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else _tokenizer()
     gen = torch.Generator().manual_seed(1)
     uniform = -math.log(config.vocab_size)
     raw = []
@@ -136,7 +136,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     }
 
 
-def _tokenizer(vocab: int):
+def _tokenizer():
     """A tokenizer object TRL accepts; the rows are token ids already, so only its pad id matters."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast

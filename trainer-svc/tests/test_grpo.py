@@ -213,7 +213,7 @@ def _loss_and_grads(
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-autocast"])
 def test_sliced_log_probs_give_trls_loss_gradients_and_metrics(
-    tiny_model_dir: Path, tmp_path: Path, bf16: bool
+    tiny_model_dir: Path, tmp_path: Path, bf16: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The LM head a slice at a time (flywheel_trainer.token_logps, the default) against TRL's own
     full-logits path, on the same batch: the reference log-probs, the loss, every LoRA gradient
@@ -222,30 +222,24 @@ def test_sliced_log_probs_give_trls_loss_gradients_and_metrics(
     Accelerate enters inside the model's forward, so the head must run under it too."""
     from flywheel_trainer import token_logps
 
-    calls: list[int] = []
     original = token_logps.token_logps
-
-    autocasts: list[Any] = []
+    calls: list[Any] = []  # the autocast each call ran the head under
 
     def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        autocasts.append(kwargs.get("autocast"))
+        calls.append(kwargs.get("autocast"))
         return original(*args, **kwargs)
 
-    token_logps.token_logps = counting  # type: ignore[assignment]  # restored below
-    try:
-        sliced = _loss_setup(tiny_model_dir, tmp_path / "sliced", sliced=True, bf16=bf16)
-        full = _loss_setup(tiny_model_dir, tmp_path / "full", sliced=False, bf16=bf16)
-        assert calls, "the sliced path did not run (the trainer fell back on TRL's)"
-        made = len(calls)
-        torch.testing.assert_close(sliced[2]["ref_per_token_logps"], full[2]["ref_per_token_logps"])
-        loss_s, grads_s = _loss_and_grads(*sliced)
-        loss_f, grads_f = _loss_and_grads(*full)
-        assert len(calls) > made and len(calls) == 2 * made  # one reference pass, one training pass
-        # the head ran under the model's autocast: bf16 where Accelerate's mixed precision is on
-        assert all(a is not None and a[1] == bf16 for a in autocasts), autocasts
-    finally:
-        token_logps.token_logps = original  # type: ignore[assignment]
+    monkeypatch.setattr(token_logps, "token_logps", counting)
+    sliced = _loss_setup(tiny_model_dir, tmp_path / "sliced", sliced=True, bf16=bf16)
+    full = _loss_setup(tiny_model_dir, tmp_path / "full", sliced=False, bf16=bf16)
+    assert calls, "the sliced path did not run (the trainer fell back on TRL's)"
+    made = len(calls)
+    torch.testing.assert_close(sliced[2]["ref_per_token_logps"], full[2]["ref_per_token_logps"])
+    loss_s, grads_s = _loss_and_grads(*sliced)
+    loss_f, grads_f = _loss_and_grads(*full)
+    assert len(calls) > made and len(calls) == 2 * made  # one reference pass, one training pass
+    # the head ran under the model's autocast: bf16 where Accelerate's mixed precision is on
+    assert all(a is not None and a[1] == bf16 for a in calls), calls
     assert loss_s == pytest.approx(loss_f, rel=1e-5, abs=1e-7)
     for gs, gf in zip(grads_s, grads_f, strict=True):
         torch.testing.assert_close(gs, gf, atol=1e-6, rtol=1e-4)

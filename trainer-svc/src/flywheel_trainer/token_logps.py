@@ -122,7 +122,7 @@ class _TokenLogps(torch.autograd.Function):
     def backward(ctx: Any, grad_logps: torch.Tensor, _grad_ents: torch.Tensor) -> tuple[Any, ...]:
         hidden, weight, bias, target, lses = ctx.saved_tensors
         want_h, want_w, want_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(hidden) if want_h else None
+        grad_h = torch.empty_like(hidden) if want_h else None  # every slice's rows are written
         acc = torch.float64 if weight.dtype == torch.float64 else torch.float32  # W's and b's sums
         grad_w = torch.zeros_like(weight, dtype=acc) if want_w else None
         grad_b = torch.zeros_like(bias, dtype=acc) if want_b and bias is not None else None
