@@ -28,6 +28,9 @@ default) in every SFT variant, so the losses at equal steps compare.
   of ``TrainerSettings.gpu_step_tokens`` (16 at 2,048 tokens), split into the passes the memory
   model (:func:`flywheel_trainer.memory_plan.rows_per_pass`) says fit the card's free memory.
 * ours16_p0: ours16 with LoRA dropout 0 (a job's ``lora.dropout = 0``).
+* ours8_syncs (any ``oursN`` + ``_syncs``): TRL's own ``SFTTrainer`` and the Trainer's NaN/inf test
+  of every micro-batch's loss instead of :class:`flywheel_trainer.sync_free.SyncFreeSFTTrainer`:
+  five waits of the host for the GPU a micro-batch more, to measure that lever alone.
 * ours8_nokern: ours8 without the Triton kernel for the dropout branch's input gradient (PyTorch's
   ``addcmul`` instead), to measure that kernel alone.
 * ours8_fp8 (any ``oursN`` + ``_fp8``, combinable with ``_p0``): the frozen base weights' matmuls in
@@ -79,7 +82,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
-    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen)*)(x\d+)?$"
+    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen|_syncs)*)(x\d+)?$"
 )
 #: Seconds a variant's process may take. The first step compiles flex attention's kernels: on the
 #: device tool's H100 machines that took 210-257 s with a cold cache (ptxas on one kernel, most of
@@ -222,6 +225,8 @@ def _sft_overrides(variant: str, model, world: int = 1) -> dict:
         attn = cuda_model_kwargs("SFT", packing=True).get("attn_implementation")
         if "_compile" in variant:
             overrides["torch_compile"] = True
+        if "_syncs" in variant:  # the Trainer's per-micro-batch NaN/inf test of the loss, as before
+            overrides["logging_nan_inf_filter"] = True
     if SMOKE:  # no flex attention, Liger, bf16 or TF32 on a CPU: the code path, not the speed
         attn = "sdpa"
         overrides.update(use_liger_kernel=False, bf16=False, use_cpu=True)
@@ -431,7 +436,10 @@ def run_variant(name: str, steps: int) -> dict:
         rows_a_step = batch * overrides.get("gradient_accumulation_steps", 1)
         data = Dataset.from_list([{"text": t} for t in _texts(steps * rows_a_step * world * 4, seed=1)])
         args = SFTConfig(**{**common, "learning_rate": LEARNING_RATE, **overrides})
-        trainer = SFTTrainer(
+        trainer_cls = SFTTrainer
+        if (variant.startswith("ours") or variant == "default") and "_syncs" not in variant:
+            from flywheel_trainer.sync_free import SyncFreeSFTTrainer as trainer_cls
+        trainer = trainer_cls(
             model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora
         )
         if variant.startswith("ours") or variant == "default":
@@ -516,7 +524,14 @@ def _profiler_callback(folder: Path, steps: int):
     time, ``host.txt`` the host-side operations by self CPU time, and ``categories.json`` the
     kernels' sums by kind (matmul, attention, Liger/Triton, dropout, other elementwise) with the
     step's wall time and the GPU's busy fraction: the figures a speed lever is chosen by.
+    ``syncs.txt`` lists every place the host waited for the GPU in those steps (torch's sync
+    debug mode), with the Python stack that asked, most frequent first: each wait lets the GPU
+    run dry until the host has queued work again.
     """
+    import traceback
+    import warnings
+    from collections import Counter
+
     import torch
     from transformers import TrainerCallback
 
@@ -534,7 +549,36 @@ def _profiler_callback(folder: Path, steps: int):
                     torch.cuda.synchronize()
                 self.prof = torch.profiler.profile(activities=activities)
                 self.prof.__enter__()
+                self.syncs: Counter = Counter()
+                self._warnings = None
+                if cuda:
+                    try:
+                        self._watch_syncs()
+                    except Exception as err:  # a diagnostic: its failure must not lose the figures
+                        print(f"sync trace off: {err!r}", flush=True)
                 self.wall = time.perf_counter()
+
+        def _watch_syncs(self):
+            def record(message, category, filename, lineno, file=None, line=None):
+                stack = "".join(traceback.format_stack(limit=12)[:-2])
+                self.syncs[f"{str(message).splitlines()[0][:100]}\n{stack}"] += 1
+
+            self._warnings = warnings.catch_warnings()
+            self._warnings.__enter__()
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            torch.cuda.set_sync_debug_mode("warn")
+
+        def _write_syncs(self, folder):
+            if self._warnings is None:
+                return None
+            torch.cuda.set_sync_debug_mode("default")
+            self._warnings.__exit__(None, None, None)
+            waits = sum(self.syncs.values()) / 2
+            text = [f"{waits:g} waits of the host for the GPU a step (steps {first + 1}-{first + 2})\n"]
+            text += [f"--- {n / 2:g} a step: {where}" for where, n in self.syncs.most_common()]
+            (folder / "syncs.txt").write_text("\n".join(text))
+            return waits
 
         def on_step_end(self, args, state, control, **kw):
             if self.prof is None or state.global_step < first + 2:
@@ -544,6 +588,7 @@ def _profiler_callback(folder: Path, steps: int):
             wall_us = (time.perf_counter() - self.wall) * 1e6
             self.prof.__exit__(None, None, None)
             folder.mkdir(parents=True, exist_ok=True)
+            waits = self._write_syncs(folder)
             events = self.prof.key_averages()
             attr = "device_time_total" if hasattr(events[0], "device_time_total") else "cuda_time_total"
             kernels = [e for e in events if getattr(e, attr, 0) > 0 and e.device_type.name == "CUDA"]
@@ -576,6 +621,7 @@ def _profiler_callback(folder: Path, steps: int):
             # the GPU waited for the host.
             summary["wall_ms_per_step"] = round(wall_us / 2e3, 2)
             summary["gpu_busy"] = round(total / wall_us, 3)
+            summary["host_waits_per_step"] = waits
             (folder / "categories.json").write_text(json.dumps(summary, indent=1))
             print(f"PROFILE {json.dumps(summary)}", flush=True)
             self.prof = None
@@ -642,7 +688,7 @@ def warm_compile_caches(variants: list[str]) -> None:
     for name in variants:
         variant, world = split_world(name)
         if world == 1 and re.match(r"^(ours|trl)\d+", variant) and "_varlen" not in variant:
-            shapes.setdefault(_rows(variant), re.sub(r"_fp8|_nokern|_p0", "", variant))
+            shapes.setdefault(_rows(variant), re.sub(r"_fp8|_nokern|_p0|_syncs", "", variant))
     if not shapes:
         return
     started = time.perf_counter()

@@ -40,6 +40,9 @@ def cuda_sft_overrides(batch_size: int = 4, max_length: int = 2048, packing: boo
         "per_device_train_batch_size": batch_size,
         "bf16": True,
         "tf32": True,
+        # The Trainer's `torch.isnan(loss) or torch.isinf(loss)` on every micro-batch makes the
+        # host wait for the GPU twice (sync_free.py); NonFiniteSteps guards the gradients instead.
+        "logging_nan_inf_filter": False,
     }
     if packing:
         overrides["pad_to_multiple_of"] = batch_size * max_length
