@@ -48,14 +48,23 @@ def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
     [
         ("cpu", torch.float32),
         ("cpu", torch.bfloat16),  # the GPU's dtypes, on a CPU: the adapters' bf16 copies are made
-        pytest.param("cuda", torch.bfloat16, marks=needs_gpu),
+        pytest.param("cuda", torch.bfloat16, marks=needs_gpu),  # dropout drawn in the kernels
+        pytest.param("cuda-mask", torch.bfloat16, marks=needs_gpu),  # PyTorch's dropout and mask
     ],
 )
-def test_fused_lora_layer_matches_float64(device: str, low: torch.dtype, p: float) -> None:
+def test_fused_lora_layer_matches_float64(
+    device: str, low: torch.dtype, p: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Output and the gradients of input, A and B against float64 with the very dropout mask drawn.
 
     ``low`` is the base weights' and activations' dtype; the adapters stay float32, as PEFT keeps them."""
+    from flywheel_trainer import fused_lora
     from flywheel_trainer.fused_lora import fused_lora_function
+
+    seeded = device == "cuda"
+    if device == "cuda-mask":
+        device = "cuda"
+        monkeypatch.setattr(fused_lora, "DROPOUT_IN_KERNELS", False)
 
     gen = torch.Generator().manual_seed(int(p * 10))
     n_in, n_out, rank, scaling = 64, 48, 8, 2.0
@@ -75,7 +84,10 @@ def test_fused_lora_layer_matches_float64(device: str, low: torch.dtype, p: floa
     keep = torch.ones(15, n_in, dtype=torch.bool, device=device)
     if p:
         torch.manual_seed(123)  # the layer's dropout is the first draw after the seed: draw it again
-        _, keep = torch.native_dropout(x.detach().reshape(15, n_in), p, True)
+        if seeded:
+            keep = fused_lora.seeded_dropout_keep(15, n_in, fused_lora._draw_seed(), p, device)
+        else:
+            _, keep = torch.native_dropout(x.detach().reshape(15, n_in), p, True)
         assert 0 < (~keep).sum() < 15 * n_in * 3 * p
 
     x64 = x.detach().double().requires_grad_()
@@ -118,6 +130,39 @@ def test_dropout_grad_kernel_matches_pytorch(rank: int) -> None:
     finally:
         fused_lora.DROPOUT_GRAD_KERNEL = True
     assert _rel(got, eager.float()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
+@pytest.mark.parametrize("rank", [8, 16, 64])
+def test_seeded_dropout_kernels_match_their_keep_mask(rank: int) -> None:
+    """The three seeded-dropout products against PyTorch on the keep mask the seed stands for, at
+    shapes that are not tile multiples; the mask drops about p, and only the seed decides it."""
+    from flywheel_trainer import fused_lora
+
+    gen = torch.Generator(device="cuda").manual_seed(rank)
+    rows, cols, p, seed = 1000, 1500, 0.1, 4242 + rank
+    x = torch.randn(rows, cols, device="cuda", generator=gen).to(torch.bfloat16)
+    a = torch.randn(rank, cols, device="cuda", generator=gen) / 4  # float32, as PEFT keeps it
+    gb = torch.randn(rows, rank, device="cuda", generator=gen).to(torch.bfloat16)
+    d_x = torch.randn(rows, cols, device="cuda", generator=gen).to(torch.bfloat16)
+
+    keep = fused_lora.seeded_dropout_keep(rows, cols, seed, p, "cuda")
+    assert abs((~keep).float().mean().item() - p) < 0.01
+    assert torch.equal(keep, fused_lora.seeded_dropout_keep(rows, cols, seed, p, "cuda"))
+    assert not torch.equal(keep, fused_lora.seeded_dropout_keep(rows, cols, seed + 1, p, "cuda"))
+    dropped = x.double() * keep / (1 - p)
+    a16 = a.to(torch.bfloat16)
+
+    xa = fused_lora.seeded_dropout_xa(x, a, seed, p)
+    assert xa.shape == (rows, rank) and xa.dtype == torch.bfloat16
+    assert _rel(xa, dropped @ a16.double().t()) < 1e-2
+    da = fused_lora.seeded_dropout_da(gb, x, seed, p)
+    assert da.shape == (rank, cols) and da.dtype == torch.float32
+    assert _rel(da, gb.double().t() @ dropped) < 1e-3
+    got = d_x.clone()
+    fused_lora._add_dropout_grad(got, gb, a16, None, 1 / (1 - p), seed=seed, p=p)
+    assert _rel(got, d_x.double() + (gb.double() @ a16.double()) * keep / (1 - p)) < 1e-2
 
 
 @pytest.mark.parametrize("device", DEVICES)
