@@ -31,9 +31,9 @@ default) in every SFT variant, so the losses at equal steps compare.
 * ours8_syncs (any ``oursN`` + ``_syncs``): TRL's own ``SFTTrainer`` and the Trainer's NaN/inf test
   of every micro-batch's loss instead of :class:`flywheel_trainer.sync_free.SyncFreeSFTTrainer`:
   five waits of the host for the GPU a micro-batch more, to measure that lever alone.
-* ours8_dropmask (any ``oursN`` + ``_dropmask``): the adapter's dropout as PyTorch's
-  ``native_dropout`` (the dropped-out input and its mask written out and kept) instead of drawn
-  inside the adapter's kernels from a seed (``fused_lora.DROPOUT_IN_KERNELS``), to measure that
+* ours8_seeddrop (any ``oursN`` + ``_seeddrop``): the adapter's dropout drawn inside the
+  adapter's kernels from a seed (``fused_lora.DROPOUT_IN_KERNELS``) instead of PyTorch's
+  ``native_dropout`` (the dropped-out input and its mask written out and kept), to measure that
   lever alone.
 * ours8_nokern: ours8 without the Triton kernel for the dropout branch's input gradient (PyTorch's
   ``addcmul`` instead), to measure that kernel alone.
@@ -86,7 +86,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
-    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen|_syncs|_dropmask)*)(x\d+)?$"
+    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen|_syncs|_seeddrop)*)(x\d+)?$"
 )
 #: Seconds a variant's process may take. The first step compiles flex attention's kernels: on the
 #: device tool's H100 machines that took 210-257 s with a cold cache (ptxas on one kernel, most of
@@ -450,7 +450,7 @@ def run_variant(name: str, steps: int) -> dict:
             from flywheel_trainer import fused_lora
 
             fused_lora.DROPOUT_GRAD_KERNEL = "_nokern" not in variant
-            fused_lora.DROPOUT_IN_KERNELS = "_dropmask" not in variant and "_nokern" not in variant
+            fused_lora.DROPOUT_IN_KERNELS = "_seeddrop" in variant and "_nokern" not in variant
             fused = fuse_lora(trainer.model, fp8="_fp8" in variant)
     trainer.add_callback(Clock())
     if os.environ.get("FLYWHEEL_BENCH_PROFILE"):
@@ -693,7 +693,7 @@ def warm_compile_caches(variants: list[str]) -> None:
     for name in variants:
         variant, world = split_world(name)
         if world == 1 and re.match(r"^(ours|trl)\d+", variant) and "_varlen" not in variant:
-            shapes.setdefault(_rows(variant), re.sub(r"_fp8|_nokern|_p0|_syncs|_dropmask", "", variant))
+            shapes.setdefault(_rows(variant), re.sub(r"_fp8|_nokern|_p0|_syncs|_seeddrop", "", variant))
     if not shapes:
         return
     started = time.perf_counter()

@@ -21,8 +21,9 @@ FP8_MIN_FEATURES = 1024
 DROPOUT_GRAD_KERNEL = True
 #: Whether CUDA layers draw the adapter's dropout inside its own kernels (a counter-based random
 #: number per element, drawn again in the backward) instead of writing the dropped-out input and
-#: its mask out (the benchmark's ``_dropmask`` variants turn it off to measure what it gains).
-DROPOUT_IN_KERNELS = True
+#: its mask out. Off: on an H100 it took 26% less peak memory but ran 18% slower at 8 rows of
+#: 2,048 tokens (bench/RESULTS.md; the benchmark's ``_seeddrop`` variants turn it on).
+DROPOUT_IN_KERNELS = False
 #: Widest adapter rank the seeded-dropout kernels take (their tiles hold the whole rank).
 SEEDED_MAX_RANK = 128
 
