@@ -149,54 +149,6 @@ def test_sync_free_trainer_logs_trls_metrics_and_reads_them_back_only_when_loggi
     assert ours_held == [["Tensor"] * per_step] * 3
 
 
-def test_sync_free_trainer_counts_the_trainers_tokens_on_the_host(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """The host count equals the Trainer's own for each way of counting, padded batches too."""
-    import torch
-    from transformers import AutoTokenizer, Trainer
-
-    from flywheel_trainer.sync_free import SyncFreeSFTTrainer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.tensor([[5, 6, 7, pad, pad], [8, 9, pad, pad, pad]])
-    batches = {
-        "mask": {"input_ids": ids, "attention_mask": (ids != pad).long()},
-        "no mask": {"input_ids": ids},
-    }
-
-    class Fake:
-        """Just what _track_num_input_tokens reads from a trainer."""
-
-        _host_tokens = SyncFreeSFTTrainer._host_tokens
-
-        def __init__(self, mode: str) -> None:
-            self.args = type(
-                "A", (), {"include_num_input_tokens_seen": mode, "device": torch.device("cpu")}
-            )()
-            self.state = type("S", (), {"num_input_tokens_seen": 0})()
-            self.model = torch.nn.Linear(1, 1)
-            self.processing_class = tok
-            self.accelerator = type("Acc", (), {"num_processes": 1, "gather": staticmethod(lambda t: t)})()
-
-    for mode in ("all", "non_padding"):
-        for name, batch in batches.items():
-            theirs, mine = Fake(mode), Fake(mode)
-            Trainer._track_num_input_tokens(theirs, batch)
-            assert SyncFreeSFTTrainer._host_tokens(mine, batch) is not None, (mode, name)
-            SyncFreeSFTTrainer._track_num_input_tokens(mine, batch)
-            assert mine.state.num_input_tokens_seen == theirs.state.num_input_tokens_seen > 0, (mode, name)
-
-    # Several processes must gather, and a batch already on another device is not the host's:
-    # both are left to the Trainer's own count.
-    several = Fake("non_padding")
-    several.accelerator.num_processes = 2
-    assert SyncFreeSFTTrainer._host_tokens(several, batches["mask"]) is None
-    off = Fake("no")
-    assert SyncFreeSFTTrainer._host_tokens(off, batches["mask"]) is None
-
-
 def test_gpu_jobs_drop_the_per_micro_batch_loss_test() -> None:
     from flywheel_trainer.device_options import cuda_sft_overrides
 

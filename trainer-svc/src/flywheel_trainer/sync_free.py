@@ -1,4 +1,4 @@
-"""An SFT step that does not stop the host to read numbers back from the GPU.
+"""An SFT step that reads fewer numbers back from the GPU.
 
 A CUDA step runs fast only while the host stays ahead of the GPU, queueing kernels. Every
 ``tensor.item()`` (or ``bool(tensor)``) on a GPU value makes the host wait until the GPU has
@@ -8,19 +8,22 @@ only to keep metrics:
 
 * the ``Trainer`` tests every micro-batch's loss with ``torch.isnan(...) or torch.isinf(...)``
   (``logging_nan_inf_filter``): two waits;
-* it counts the batch's tokens on the host, copies the count to the GPU and reads it back
-  (``include_num_input_tokens_seen``): one wait, right after the backward was queued;
 * ``SFTTrainer.compute_loss`` reads its metrics back on every micro-batch: with Liger the token
-  accuracy and the token count (two waits), with its chunked NLL (its default without Liger)
-  the entropy, the accuracy and the token count (four, counting the tests of ``num_valid > 0``).
+  count (a copy to the GPU and a read back) and the token accuracy (three waits), with its
+  chunked NLL (its default without Liger) the entropy, the accuracy and the token count.
 
-:class:`SyncFreeSFTTrainer` keeps the same metrics without those waits: the token count is
-taken on the host from the collated batch (the numbers are already there), and the metrics
-stay GPU tensors until the Trainer logs, where they are read back in one transfer.
-The loss test is switched off in the config (``device_options.cuda_sft_overrides``: the
-worker's non-finite-gradient guard, ``recipe.NonFiniteSteps``, already catches a non-finite loss). What cannot be removed here:
-Liger's own ``target_mask.sum().item()`` inside its loss, and the ``.item()`` of the logged
-loss and gradient norm when a job logs every step.
+:class:`SyncFreeSFTTrainer` keeps the same metrics without those waits: the token count comes
+from the batch's shape (a host number), and the other metrics stay GPU tensors until the Trainer
+logs, where they are read back in one transfer. The loss test is switched off in the config
+(``device_options.cuda_sft_overrides``: the worker's non-finite-gradient guard,
+``recipe.NonFiniteSteps``, already catches a non-finite loss).
+
+Measured with the benchmark's ``--profile`` (torch's sync debug mode) on an H100 at 8 packed rows:
+14 waits a step with TRL's trainer, 9.5 with this one; the throughput difference was within the
+run-to-run spread (bench/RESULTS.md). The waits left are not ours to remove here: Liger's own
+``target_mask.sum().item()`` in its loss's forward and backward, accelerate's copy of the batch to
+the GPU, transformers' packed-sequence and flex block-mask construction, the Trainer's count of
+input tokens, and the logged loss and gradient norm when a job logs every step.
 
 Where this class cannot keep TRL's numbers without a read-back (several processes, padded rows
 with an attention mask, evaluation), it runs TRL's own code.
@@ -35,36 +38,6 @@ from trl import SFTTrainer
 
 class SyncFreeSFTTrainer(SFTTrainer):
     """``SFTTrainer`` whose per-step metrics do not wait for the GPU (module docstring)."""
-
-    # -- the Trainer's count of input tokens ------------------------------------------------
-
-    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
-        """The Trainer's count, taken on the host when the batch is there and nothing is gathered."""
-        tokens = self._host_tokens(inputs)
-        if tokens is None:
-            super()._track_num_input_tokens(inputs)
-            return
-        self.state.num_input_tokens_seen += tokens
-
-    def _host_tokens(self, inputs: dict[str, Any]) -> int | None:
-        """What ``Trainer._track_num_input_tokens`` would add, or None where only it can say."""
-        import torch
-
-        mode = self.args.include_num_input_tokens_seen
-        if mode not in ("all", "non_padding", True) or self.accelerator.num_processes != 1:
-            return None
-        ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
-        if not isinstance(ids, torch.Tensor) or ids.device.type != "cpu":
-            return None
-        if mode != "non_padding":
-            return ids.numel()
-        mask = inputs.get("attention_mask")
-        if isinstance(mask, torch.Tensor):
-            return int(mask.sum()) if mask.device.type == "cpu" else None
-        pad = getattr(self.processing_class, "pad_token_id", None)
-        if pad is None:
-            return None
-        return int((ids != pad).sum())
 
     # -- SFTTrainer's metrics -----------------------------------------------------------------
 
