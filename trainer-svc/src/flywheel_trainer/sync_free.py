@@ -46,7 +46,8 @@ class SyncFreeSFTTrainer(SFTTrainer):
         ``"chunked"`` (TRL's chunked NLL, its default without Liger), while training, in one
         process, on padding-free rows, with no auxiliary loss; None: TRL's own code runs it."""
         if not (
-            self.model.training
+            self.model is not None
+            and self.model.training
             and self.accelerator.num_processes == 1
             and not self.aux_loss_enabled
             and "position_ids" in inputs
@@ -54,7 +55,10 @@ class SyncFreeSFTTrainer(SFTTrainer):
             and "shift_labels" not in inputs
         ):
             return None
-        if self.args.loss_type == "chunked_nll":
+        loss_type = getattr(
+            self.args, "loss_type", None
+        )  # SFTConfig's (self.args is typed TrainingArguments)
+        if loss_type == "chunked_nll":
             return "chunked"
         return "liger" if self.args.use_liger_kernel else None
 
@@ -73,7 +77,7 @@ class SyncFreeSFTTrainer(SFTTrainer):
             # token accuracy computed inside the fused loss.
             inputs["skip_logits"] = True
             inputs["return_token_accuracy"] = True
-            inputs["use_token_scaling"] = self.args.loss_type == "dft"
+            inputs["use_token_scaling"] = getattr(self.args, "loss_type", None) == "dft"
         loss, outputs = Trainer.compute_loss(
             self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
