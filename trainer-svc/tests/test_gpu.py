@@ -94,7 +94,12 @@ def test_fused_lora_layer_matches_float64(
     a64 = a.detach().double().requires_grad_()
     b64 = b.detach().double().requires_grad_()
     flat = x64.reshape(15, n_in)
-    dropped = flat * keep.double() / (1 - p)
+    if seeded and p:
+        from flywheel_trainer.lora_kernels import keep_scale
+
+        dropped = flat * keep.double() * keep_scale(p)  # p rounded to 2**-16 (lora_kernels)
+    else:
+        dropped = flat * keep.double() / (1 - p)
     ref = flat @ weight.double().t() + bias.double() + scaling * (dropped @ a64.t()) @ b64.t()
     ref.backward(grad_y.double().reshape(15, n_out))
 
@@ -139,9 +144,11 @@ def test_seeded_dropout_kernels_match_their_keep_mask(rank: int) -> None:
     """The three seeded-dropout products against PyTorch on the keep mask the seed stands for, at
     shapes that are not tile multiples; the mask drops about p, and only the seed decides it."""
     from flywheel_trainer import fused_lora
+    from flywheel_trainer.lora_kernels import keep_scale
 
     gen = torch.Generator(device="cuda").manual_seed(rank)
     rows, cols, p, seed = 1000, 1500, 0.1, 4242 + rank
+    scale = keep_scale(p)
     x = torch.randn(rows, cols, device="cuda", generator=gen).to(torch.bfloat16)
     a = torch.randn(rank, cols, device="cuda", generator=gen) / 4  # float32, as PEFT keeps it
     gb = torch.randn(rows, rank, device="cuda", generator=gen).to(torch.bfloat16)
@@ -151,7 +158,7 @@ def test_seeded_dropout_kernels_match_their_keep_mask(rank: int) -> None:
     assert abs((~keep).float().mean().item() - p) < 0.01
     assert torch.equal(keep, fused_lora.seeded_dropout_keep(rows, cols, seed, p, "cuda"))
     assert not torch.equal(keep, fused_lora.seeded_dropout_keep(rows, cols, seed + 1, p, "cuda"))
-    dropped = x.double() * keep / (1 - p)
+    dropped = x.double() * keep * scale
     a16 = a.to(torch.bfloat16)
 
     xa = fused_lora.seeded_dropout_xa(x, a, seed, p)
@@ -161,8 +168,15 @@ def test_seeded_dropout_kernels_match_their_keep_mask(rank: int) -> None:
     assert da.shape == (rank, cols) and da.dtype == torch.float32
     assert _rel(da, gb.double().t() @ dropped) < 1e-3
     got = d_x.clone()
-    fused_lora._add_dropout_grad(got, gb, a16, None, 1 / (1 - p), seed=seed, p=p)
-    assert _rel(got, d_x.double() + (gb.double() @ a16.double()) * keep / (1 - p)) < 1e-2
+    fused_lora._add_dropout_grad(got, gb, a16, None, scale, seed=seed, p=p)
+    assert _rel(got, d_x.double() + (gb.double() @ a16.double()) * keep * scale) < 1e-2
+    # Neighbouring elements share a Philox call (eight 16-bit numbers each): their decisions must
+    # still be independent, so each column of a group of eight drops about p of its rows.
+    dropped_at = (~keep)[:, : cols // 8 * 8].reshape(rows, -1, 8)
+    by_lane = dropped_at.float().mean(dim=(0, 1))
+    assert ((by_lane - p).abs() < 0.02).all(), by_lane
+    both = (dropped_at[:, :, 0::2] & dropped_at[:, :, 1::2]).float().mean().item()
+    assert abs(both - p * p) < 0.005, both  # neighbours dropped together as often as chance says
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -19,18 +19,19 @@ FP8_MIN_FEATURES = 1024
 #: Whether CUDA layers add the dropout branch's input gradient with :func:`_dropout_grad_kernel`
 #: (the benchmark turns it off to measure what it gains).
 DROPOUT_GRAD_KERNEL = True
-#: Whether CUDA layers draw the adapter's dropout inside its own kernels (a counter-based random
-#: number per element, drawn again in the backward) instead of writing the dropped-out input and
-#: its mask out. Off: on an H100 it took 26% less peak memory but ran 18% slower at 8 rows of
-#: 2,048 tokens (bench/RESULTS.md; the benchmark's ``_seeddrop`` variants turn it on).
+#: Whether CUDA layers draw the adapter's dropout inside its own kernels (counter-based random
+#: numbers, drawn again in the backward) instead of writing the dropped-out input and its mask
+#: out. Off: its first version (one Philox call an element) took 26% less peak memory but ran 18%
+#: slower at 8 rows of 2,048 tokens on an H100 (bench/RESULTS.md); the present one draws eight
+#: elements a Philox call and is not measured yet (the benchmark's ``_seeddrop`` variants).
 DROPOUT_IN_KERNELS = False
 #: Widest adapter rank the seeded-dropout kernels take (their tiles hold the whole rank).
 SEEDED_MAX_RANK = 128
 
 
-@functools.cache
 def _dropout_grad_kernel() -> Any:
-    """A Triton kernel for ``d_x += ((gb @ a) * mask) * scale``: the adapter branch's input gradient under dropout.
+    """The Triton kernel for ``d_x += ((gb @ a) * mask) * scale``: the adapter branch's input gradient
+    under dropout (:func:`flywheel_trainer.lora_kernels.dropout_grad`).
 
     ``gb`` (M, r) and ``a`` (r, K) have a small rank r, so ``gb @ a`` is cheap to compute but as
     large as ``d_x`` to store. PyTorch needs it written out, then an ``addcmul`` over three
@@ -38,52 +39,9 @@ def _dropout_grad_kernel() -> Any:
     profile of 8 packed rows at 1.5 B on an H100 (bench/RESULTS.md). Here each tile of ``d_x`` is
     read, gets its rank-r product computed in registers, masked and added, and written once.
     """
-    import triton
-    import triton.language as tl
+    from flywheel_trainer import lora_kernels
 
-    @triton.jit  # type: ignore[untyped-decorator]
-    # Triton reads parameter annotations (as types of the kernel's arguments), so this kernel's
-    # parameters have none but tl.constexpr.
-    def _kernel(  # type: ignore[no-untyped-def]
-        dx_ptr,
-        gb_ptr,
-        a_ptr,
-        mask_ptr,
-        rows,
-        cols,
-        r,
-        scale,
-        seed,
-        p,
-        bm: tl.constexpr,
-        bk: tl.constexpr,
-        br: tl.constexpr,
-        seeded: tl.constexpr,
-    ):
-        pm = tl.program_id(0)
-        pk = tl.program_id(1)
-        rm = (pm * bm + tl.arange(0, bm)).to(tl.int64)
-        rk = pk * bk + tl.arange(0, bk)
-        rr = tl.arange(0, br)
-        in_m = rm < rows
-        in_k = rk < cols
-        gb = tl.load(
-            gb_ptr + rm[:, None] * r + rr[None, :], mask=in_m[:, None] & (rr[None, :] < r), other=0.0
-        )
-        a = tl.load(
-            a_ptr + rr[:, None] * cols + rk[None, :], mask=(rr[:, None] < r) & in_k[None, :], other=0.0
-        )
-        t = tl.dot(gb, a)
-        both = in_m[:, None] & in_k[None, :]
-        offs = rm[:, None] * cols + rk[None, :]
-        if seeded:  # the forward's draw, made again (_seeded_dropout_kernels)
-            keep = (tl.rand(seed, offs) >= p).to(tl.float32)
-        else:
-            keep = tl.load(mask_ptr + offs, mask=both, other=0).to(tl.float32)
-        dx = tl.load(dx_ptr + offs, mask=both, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + offs, (dx + t * keep * scale).to(dx_ptr.dtype.element_ty), mask=both)
-
-    return _kernel
+    return lora_kernels.dropout_grad
 
 
 def _add_dropout_grad(
@@ -92,13 +50,15 @@ def _add_dropout_grad(
     """``d_x += (gb @ a) * mask * scale`` in place (d_x (M, K), gb (M, r), a (r, K), mask (M, K) bool).
 
     With ``seed`` there is no mask: the kernel draws the forward's (``_seeded_dropout_kernels``)
-    again from ``seed`` and ``p``."""
+    again from ``seed`` and ``p``, and ``scale`` should be ``lora_kernels.keep_scale(p)``."""
     import torch
 
     if seed is not None or (
         d_x.is_cuda and DROPOUT_GRAD_KERNEL and d_x.is_contiguous() and mask.is_contiguous()
     ):
         import triton
+
+        from flywheel_trainer.lora_kernels import threshold
 
         rows, cols = d_x.shape
         r = gb.shape[1]
@@ -117,7 +77,7 @@ def _add_dropout_grad(
             r,
             scale,
             seed if seeded else 0,
-            p,
+            threshold(p) if seeded else 0,
             bm=bm,
             bk=bk,
             br=br,
@@ -128,101 +88,25 @@ def _add_dropout_grad(
     d_x.addcmul_(gb @ a, mask, value=scale)
 
 
-@functools.cache
 def _seeded_dropout_kernels() -> tuple[Any, Any, Any]:
-    """Triton kernels that apply the adapter's dropout where its input is read, from a seed.
+    """Triton kernels that apply the adapter's dropout where its input is read, from a seed
+    (:mod:`flywheel_trainer.lora_kernels` says how the keep decisions are drawn).
 
     PyTorch's dropout writes the dropped-out input and a bool mask, as large as the input, for every
     adapted layer (7 a decoder layer), and keeps both for the backward: 17 ms of an ours8 step's GPU
     time at 1.5 B on an H100, and about 3 bytes an input element of activation memory a layer.
-    Here element ``(m, k)`` of a ``(rows, cols)`` input is kept where Philox's uniform number for
-    ``(seed, m * cols + k)`` (``tl.rand``) is at least ``p``, so the backward can draw the same
-    decision again instead of storing it. The kernels keep the input itself for the backward,
-    which q/k/v (and gate/up) share.
+    These kernels draw each element's keep decision from the seed where they read the input, so
+    the backward draws the same ones again instead of storing them, and the input itself (which
+    q/k/v, and gate/up, share) is what is kept:
 
-    * ``xa``: ``dropout(x) @ a^T`` (rows, r), the adapter's first product, scaled by 1/(1-p);
+    * ``xa``: ``dropout(x) @ a^T`` (rows, r), the adapter's first product;
     * ``da``: ``gb^T @ dropout(x)`` (r, cols), its weight gradient, in float32 partial sums over
       row splits (summed by the caller, so the result does not depend on scheduling);
     * ``keep``: the keep decisions themselves, as uint8 (for tests and checks).
     """
-    import triton
-    import triton.language as tl
+    from flywheel_trainer import lora_kernels
 
-    @triton.jit  # type: ignore[untyped-decorator]
-    def xa(  # type: ignore[no-untyped-def]
-        x_ptr,
-        a_ptr,
-        out_ptr,
-        rows,
-        cols,
-        r,
-        seed,
-        p,
-        scale,
-        bm: tl.constexpr,
-        bk: tl.constexpr,
-        br: tl.constexpr,
-    ):
-        rm = (tl.program_id(0) * bm + tl.arange(0, bm)).to(tl.int64)
-        rr = tl.arange(0, br)
-        in_m = rm < rows
-        acc = tl.zeros((bm, br), dtype=tl.float32)
-        for k0 in tl.range(0, cols, bk):
-            rk = k0 + tl.arange(0, bk)
-            in_k = rk < cols
-            offs = rm[:, None] * cols + rk[None, :]
-            x = tl.load(x_ptr + offs, mask=in_m[:, None] & in_k[None, :], other=0.0)
-            x = tl.where(tl.rand(seed, offs) >= p, x, tl.zeros_like(x))
-            a = tl.load(
-                a_ptr + rr[None, :] * cols + rk[:, None], mask=(rr[None, :] < r) & in_k[:, None], other=0.0
-            )
-            acc += tl.dot(x, a)
-        out = (acc * scale).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rm[:, None] * r + rr[None, :], out, mask=in_m[:, None] & (rr[None, :] < r))
-
-    @triton.jit  # type: ignore[untyped-decorator]
-    def da(  # type: ignore[no-untyped-def]
-        gb_ptr,
-        x_ptr,
-        out_ptr,
-        rows,
-        cols,
-        r,
-        seed,
-        p,
-        split_rows,
-        bm: tl.constexpr,
-        bk: tl.constexpr,
-        br: tl.constexpr,
-    ):
-        rk = tl.program_id(0) * bk + tl.arange(0, bk)
-        split = tl.program_id(1)
-        rr = tl.arange(0, br)
-        in_k = rk < cols
-        acc = tl.zeros((br, bk), dtype=tl.float32)
-        start = split * split_rows
-        for m0 in tl.range(0, split_rows, bm):
-            rm = (start + m0 + tl.arange(0, bm)).to(tl.int64)
-            in_m = rm < rows
-            offs = rm[:, None] * cols + rk[None, :]
-            x = tl.load(x_ptr + offs, mask=in_m[:, None] & in_k[None, :], other=0.0)
-            x = tl.where(tl.rand(seed, offs) >= p, x, tl.zeros_like(x))
-            gb = tl.load(
-                gb_ptr + rm[:, None] * r + rr[None, :], mask=in_m[:, None] & (rr[None, :] < r), other=0.0
-            )
-            acc += tl.dot(tl.trans(gb), x)
-        out = out_ptr + split * r * cols + rr[:, None] * cols + rk[None, :]
-        tl.store(out, acc, mask=(rr[:, None] < r) & in_k[None, :])
-
-    @triton.jit  # type: ignore[untyped-decorator]
-    def keep(out_ptr, rows, cols, seed, p, bm: tl.constexpr, bk: tl.constexpr):  # type: ignore[no-untyped-def]
-        rm = (tl.program_id(0) * bm + tl.arange(0, bm)).to(tl.int64)
-        rk = tl.program_id(1) * bk + tl.arange(0, bk)
-        offs = rm[:, None] * cols + rk[None, :]
-        kept = (tl.rand(seed, offs) >= p).to(tl.uint8)
-        tl.store(out_ptr + offs, kept, mask=(rm[:, None] < rows) & (rk[None, :] < cols))
-
-    return xa, da, keep
+    return lora_kernels.dropout_xa, lora_kernels.dropout_da, lora_kernels.dropout_keep
 
 
 def _draw_seed() -> int:
@@ -243,21 +127,36 @@ def seeded_dropout_xa(x2: Any, a: Any, seed: int, p: float) -> Any:
     import torch
     import triton
 
+    from flywheel_trainer.lora_kernels import keep_scale, threshold
+
     rows, cols = x2.shape
     r = a.shape[0]
     out = torch.empty(rows, r, device=x2.device, dtype=x2.dtype)
     bm, bk, br = 64, 64, max(16, triton.next_power_of_2(r))
     _seeded_dropout_kernels()[0][(triton.cdiv(rows, bm),)](
-        x2, a.to(x2.dtype).contiguous(), out, rows, cols, r, seed, p, 1.0 / (1.0 - p), bm=bm, bk=bk, br=br
+        x2,
+        a.to(x2.dtype).contiguous(),
+        out,
+        rows,
+        cols,
+        r,
+        seed,
+        threshold(p),
+        keep_scale(p),
+        bm=bm,
+        bk=bk,
+        br=br,
     )
     return out
 
 
 def seeded_dropout_da(gb: Any, x2: Any, seed: int, p: float) -> Any:
     """``gb^T @ dropout(x2)`` (r, cols) in float32, the dropout the forward drew from ``seed``, kept
-    elements scaled by 1/(1-p)."""
+    elements scaled as :func:`seeded_dropout_xa` scales them."""
     import torch
     import triton
+
+    from flywheel_trainer.lora_kernels import keep_scale, threshold
 
     rows, cols = x2.shape
     r = gb.shape[1]
@@ -269,9 +168,9 @@ def seeded_dropout_da(gb: Any, x2: Any, seed: int, p: float) -> Any:
     splits = triton.cdiv(rows, split_rows)
     partial = torch.empty(splits, r, cols, device=x2.device, dtype=torch.float32)
     _seeded_dropout_kernels()[1][(col_tiles, splits)](
-        gb.contiguous(), x2, partial, rows, cols, r, seed, p, split_rows, bm=bm, bk=bk, br=br
+        gb.contiguous(), x2, partial, rows, cols, r, seed, threshold(p), split_rows, bm=bm, bk=bk, br=br
     )
-    return partial.sum(0) / (1.0 - p)
+    return partial.sum(0).mul_(keep_scale(p))
 
 
 def seeded_dropout_keep(rows: int, cols: int, seed: int, p: float, device: Any) -> Any:
@@ -279,10 +178,12 @@ def seeded_dropout_keep(rows: int, cols: int, seed: int, p: float, device: Any) 
     import torch
     import triton
 
+    from flywheel_trainer.lora_kernels import threshold
+
     out = torch.empty(rows, cols, device=device, dtype=torch.uint8)
     bm, bk = 32, 64
     _seeded_dropout_kernels()[2][(triton.cdiv(rows, bm), triton.cdiv(cols, bk))](
-        out, rows, cols, seed, p, bm=bm, bk=bk
+        out, rows, cols, seed, threshold(p), bm=bm, bk=bk
     )
     return out.bool()
 
@@ -372,7 +273,9 @@ def fused_lora_function() -> Any:
             if ctx.needs_input_grad[0]:
                 d_x = ctx.fp8.backward(g).to(dtype) if ctx.fp8 is not None else g @ weight.to(dtype)
                 if ctx.seed is not None:
-                    _add_dropout_grad(d_x, gb, a, None, 1.0 / (1.0 - ctx.p), seed=ctx.seed, p=ctx.p)
+                    from flywheel_trainer.lora_kernels import keep_scale
+
+                    _add_dropout_grad(d_x, gb, a, None, keep_scale(ctx.p), seed=ctx.seed, p=ctx.p)
                 elif mask is None:
                     d_x.addmm_(gb, a)
                 else:
