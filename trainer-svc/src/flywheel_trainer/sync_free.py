@@ -55,9 +55,8 @@ class SyncFreeSFTTrainer(SFTTrainer):
             and "shift_labels" not in inputs
         ):
             return None
-        loss_type = getattr(
-            self.args, "loss_type", None
-        )  # SFTConfig's (self.args is typed TrainingArguments)
+        # SFTConfig's field (self.args is typed as transformers' TrainingArguments).
+        loss_type = getattr(self.args, "loss_type", None)
         if loss_type == "chunked_nll":
             return "chunked"
         return "liger" if self.args.use_liger_kernel else None
