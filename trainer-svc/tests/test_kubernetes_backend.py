@@ -640,7 +640,17 @@ async def test_a_preempted_pod_is_replaced_and_its_replacement_resumes(
         assert running.state == RUNNING and running.resume_count == 0, running
         [first] = list(fake.pods.values())
         fake.preempt_pod(first)
-        final = await wait_for(stub, job.id, lambda j: j.state in (SUCCEEDED, FAILED, CANCELLED), limit_s=120)
+        try:
+            final = await wait_for(
+                stub, job.id, lambda j: j.state in (SUCCEEDED, FAILED, CANCELLED), limit_s=120
+            )
+        except AssertionError:
+            # This wait timed out once in CI (the job stayed RUNNING at step 3): say what each pod did.
+            for pod in fake.pods.values():
+                ended = pod.proc.poll() if pod.proc else None
+                print(f"pod {pod.name}: status {pod.status}, exit {ended}, last log lines:")
+                print(b"".join(pod.log[-40:]).decode(errors="replace"))
+            raise
         adapters = (await stub.ListAdapters(S.ListAdaptersRequest())).adapters
     assert final.state == SUCCEEDED, final.error
     assert final.resume_count == 1 and final.progress.step == 10
