@@ -232,6 +232,14 @@ def _sft_overrides(variant: str, model, world: int = 1) -> dict:
             overrides["torch_compile"] = True
         if "_syncs" in variant:  # the Trainer's per-micro-batch NaN/inf test of the loss, as before
             overrides["logging_nan_inf_filter"] = True
+        if "_dl0" in variant:  # batches collated in the training process and copied synchronously
+            for key in (
+                "dataloader_num_workers",
+                "dataloader_persistent_workers",
+                "dataloader_prefetch_factor",
+            ):
+                overrides.pop(key, None)
+            overrides["accelerator_config"] = {"non_blocking": False}
     if SMOKE:  # no flex attention, Liger, bf16 or TF32 on a CPU: the code path, not the speed
         attn = "sdpa"
         overrides.update(use_liger_kernel=False, bf16=False, use_cpu=True)
@@ -386,10 +394,21 @@ def run_variant(name: str, steps: int) -> dict:
         n_params = 1_543_714_304  # 4-bit packing halves numel(); count the real model
     timing: dict = {"t": [], "tokens": []}
 
+    sync_clock = bool(os.environ.get("FLYWHEEL_BENCH_SYNC_CLOCK"))
+    timing["events"] = []
+
     class Clock(TrainerCallback):
+        """Each step's end: a CUDA event on the GPU's stream (read after training), so timing adds no
+        wait of its own; FLYWHEEL_BENCH_SYNC_CLOCK=1 waits for the GPU at every step end instead,
+        as the benchmark did up to 2026-12-06."""
+
         def on_step_end(self, args, state, control, **kw):
-            if cuda:
+            if cuda and sync_clock:
                 torch.cuda.synchronize()
+            elif cuda:
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
+                timing["events"].append(event)
             timing["t"].append(time.perf_counter())
             timing["tokens"].append(state.num_input_tokens_seen)
 
@@ -443,7 +462,15 @@ def run_variant(name: str, steps: int) -> dict:
         args = SFTConfig(**{**common, "learning_rate": LEARNING_RATE, **overrides})
         trainer_cls = SFTTrainer
         if (variant.startswith("ours") or variant == "default") and "_syncs" not in variant:
-            from flywheel_trainer.sync_free import SyncFreeSFTTrainer as trainer_cls
+            from flywheel_trainer.sync_free import SyncFreeSFTTrainer
+
+            # _logsync: the logged numbers and the token count read back at once, as before.
+            logsync = "_logsync" in variant
+            trainer_cls = type(
+                "BenchSFTTrainer",
+                (SyncFreeSFTTrainer,),
+                {"defer_logs": False if logsync else None, "count_on_host": not logsync},
+            )
         trainer = trainer_cls(
             model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora
         )
@@ -451,11 +478,13 @@ def run_variant(name: str, steps: int) -> dict:
             from flywheel_trainer import fused_lora
 
             fused_lora.DROPOUT_GRAD_KERNEL = "_nokern" not in variant
-            fused_lora.DROPOUT_IN_KERNELS = "_seeddrop" in variant and "_nokern" not in variant
+            fused_lora.DROPOUT_IN_KERNELS = "_maskdrop" not in variant and "_nokern" not in variant
             fused = fuse_lora(trainer.model, fp8="_fp8" in variant)
-    trainer.add_callback(Clock())
     if os.environ.get("FLYWHEEL_BENCH_PROFILE"):
+        # Before the clock: its step-end work (a trace written after step 6) then lands before
+        # the clock reads the time, outside the timed steps.
         trainer.add_callback(_profiler_callback(Path(os.environ["FLYWHEEL_BENCH_PROFILE"]) / name, steps))
+    trainer.add_callback(Clock())
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     setup_s = time.perf_counter() - started
@@ -465,6 +494,11 @@ def run_variant(name: str, steps: int) -> dict:
         saved = torch.compiler.save_cache_artifacts()
         if saved is not None:
             Path(cache_out).write_bytes(saved[0])
+    if timing["events"]:
+        # The times the GPU finished each step, on the host clock of the first one.
+        torch.cuda.synchronize()
+        first = timing["events"][0]
+        timing["t"] = [timing["t"][0] + first.elapsed_time(e) / 1e3 for e in timing["events"]]
     warm = max(0, min(5, len(timing["t"]) - 2))
     seconds = timing["t"][-1] - timing["t"][warm]
     tokens = timing["tokens"][-1] - timing["tokens"][warm]
@@ -546,7 +580,16 @@ def _profiler_callback(folder: Path, steps: int):
     class Profile(TrainerCallback):
         prof = None
 
+        light = None
+
         def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == first + 2 and self.light is None and torch.cuda.is_available():
+                # Steps 5 and 6 again with the device's activity alone: recording every host
+                # operation (steps 3-4) slows the host, and so inflates the GPU's idle time.
+                torch.cuda.synchronize()
+                self.light = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+                self.light.__enter__()
+                self.light_wall = time.perf_counter()
             if state.global_step == first and self.prof is None:
                 cuda = torch.cuda.is_available()
                 activities = [torch.profiler.ProfilerActivity.CPU]
@@ -575,6 +618,28 @@ def _profiler_callback(folder: Path, steps: int):
             warnings.showwarning = record
             torch.cuda.set_sync_debug_mode("warn")
 
+        def _write_gaps(self):
+            torch.cuda.synchronize()
+            wall_us = (time.perf_counter() - self.light_wall) * 1e6
+            self.light.__exit__(None, None, None)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                figures, lines = gpu_gaps(_trace_kernels(self.light, folder), wall_us)
+            except Exception as err:  # a diagnostic: its failure must not lose the figures
+                print(f"gap trace off: {err!r}", flush=True)
+                return
+            finally:
+                self.light = False  # done: not again
+            figures["steps"] = [first + 3, first + 4]
+            (folder / "gaps.txt").write_text(
+                f"GPU idle between kernels, steps {first + 3}-{first + 4} (device activity alone):\n"
+                + json.dumps(figures, indent=1)
+                + "\n\nlargest totals, by the kernels each gap fell between:\n"
+                + "\n".join(lines)
+                + "\n"
+            )
+            print(f"GAPS {json.dumps(figures)}", flush=True)
+
         def _write_syncs(self, folder):
             if self._warnings is None:
                 return None
@@ -587,6 +652,8 @@ def _profiler_callback(folder: Path, steps: int):
             return waits
 
         def on_step_end(self, args, state, control, **kw):
+            if self.light and state.global_step == first + 4:
+                self._write_gaps()
             if self.prof is None or state.global_step < first + 2:
                 return
             if torch.cuda.is_available():
@@ -633,6 +700,85 @@ def _profiler_callback(folder: Path, steps: int):
             self.prof = None
 
     return Profile()
+
+
+def gpu_gaps(
+    kernels: list[tuple[str, float, float]], wall_us: float, top: int = 25
+) -> tuple[dict, list[str]]:
+    """Where the GPU sat idle: the gaps between its kernels, and which kernels they fell between.
+
+    ``kernels`` are (name, start µs, duration µs) from a trace; kernels on several streams may
+    overlap, so busy time is the union of their intervals. A gap is a stretch with no kernel
+    running; it is named by the kernel that ended before it and the one that started after it,
+    which places it in the step (a gap before the first embedding kernel is the host's work between
+    steps; gaps between LoRA kernels in the backward mean the host could not launch fast enough).
+    Returns the figures (busy time against ``wall_us``, gap totals by size) and the report's lines,
+    largest total first.
+    """
+    spans = sorted((start, start + dur, name) for name, start, dur in kernels if dur >= 0)
+    busy = 0.0
+    gaps: list[tuple[float, str, str]] = []
+    if spans:
+        cur_start, cur_end, cur_name = spans[0]
+        for start, end, name in spans[1:]:
+            if start > cur_end:
+                busy += cur_end - cur_start
+                gaps.append((start - cur_end, cur_name, name))
+                cur_start, cur_end, cur_name = start, end, name
+            elif end > cur_end:
+                cur_end, cur_name = end, name
+        busy += cur_end - cur_start
+    bins = [
+        (5.0, "<5us"),
+        (20.0, "5-20us"),
+        (100.0, "20-100us"),
+        (1000.0, "100us-1ms"),
+        (float("inf"), ">1ms"),
+    ]
+    by_size = {label: {"count": 0, "us": 0.0} for _, label in bins}
+    pairs: dict[tuple[str, str], list[float]] = {}
+    for us, before, after in gaps:
+        label = next(lab for limit, lab in bins if us < limit)
+        by_size[label]["count"] += 1
+        by_size[label]["us"] += us
+        pairs.setdefault((_short(before), _short(after)), []).append(us)
+    figures = {
+        "wall_us": round(wall_us, 1),
+        "busy_us": round(busy, 1),
+        "gpu_busy": round(busy / wall_us, 4) if wall_us > 0 else None,
+        "idle_between_kernels_us": round(sum(g for g, _, _ in gaps), 1),
+        "gaps_by_size": {k: {"count": v["count"], "us": round(v["us"], 1)} for k, v in by_size.items()},
+    }
+    lines = [
+        f"{sum(v) / 1e3:9.3f} ms {len(v):6d}x  max {max(v):8.1f} us  {before}  ->  {after}"
+        for (before, after), v in sorted(pairs.items(), key=lambda kv: -sum(kv[1]))[:top]
+    ]
+    return figures, lines
+
+
+def _short(name: str) -> str:
+    """A kernel's name without its template arguments, short enough for a report line."""
+    name = name.replace("void ", "")
+    for mark in ("<", "("):
+        if mark in name:
+            name = name[: name.index(mark)]
+    return name[:70]
+
+
+def _trace_kernels(prof, scratch: Path) -> list[tuple[str, float, float]]:
+    """The device's kernels, copies and sets in a profiler run, from its Chrome trace."""
+    path = scratch / "light-trace.json"
+    prof.export_chrome_trace(str(path))
+    try:
+        events = json.loads(path.read_text()).get("traceEvents", [])
+    finally:
+        path.unlink(missing_ok=True)
+    kinds = ("kernel", "gpu_memcpy", "gpu_memset")
+    return [
+        (str(e.get("name", "")), float(e["ts"]), float(e.get("dur", 0.0)))
+        for e in events
+        if e.get("ph") == "X" and str(e.get("cat", "")).lower() in kinds
+    ]
 
 
 def _kernel_kind(name: str) -> str:

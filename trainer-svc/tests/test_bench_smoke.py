@@ -72,3 +72,34 @@ def test_the_summary_reports_medians_and_ratios() -> None:
     assert "| trl4 | 4 | 4 | 3 | 120 | 100-300 |" in table, table
     assert "| ours4 | 4 | 4 | 3 | 250 | 240-900 |" in table, table
     assert "| ours4 | trl4 | 2.08x |" in table, table  # 250 / 120: medians, not means or bests
+
+
+def test_gpu_gaps_takes_the_union_of_streams_and_names_each_gap() -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from bench_sft_gpu import gpu_gaps
+    finally:
+        sys.path.remove(str(BENCH.parent))
+
+    kernels = [
+        ("void gemm<float, 128>(Params)", 0.0, 100.0),
+        ("side_stream_copy", 50.0, 80.0),  # overlaps the gemm and outlasts it: busy to 130
+        ("rms_norm_kernel", 140.0, 10.0),  # 10 us gap after the copy
+        ("embedding_kernel", 2150.0, 50.0),  # 2 ms gap: the host between steps
+        ("rms_norm_kernel", 2203.0, 7.0),  # 3 us gap
+        ("side_stream_copy", 2212.0, 8.0),  # 2 us gap, same pair of names as none before
+    ]
+    figures, lines = gpu_gaps(kernels, wall_us=4000.0)
+    assert figures["busy_us"] == 130.0 + 10.0 + 50.0 + 7.0 + 8.0
+    assert figures["idle_between_kernels_us"] == 10.0 + 2000.0 + 3.0 + 2.0
+    assert figures["gpu_busy"] == round(205.0 / 4000.0, 4)
+    sizes = figures["gaps_by_size"]
+    assert sizes["<5us"] == {"count": 2, "us": 5.0}
+    assert sizes["5-20us"] == {"count": 1, "us": 10.0}
+    assert sizes[">1ms"] == {"count": 1, "us": 2000.0}
+    # The largest total first, named by the kernel that ended before the gap (the copy, which
+    # outlasted the gemm) and the one after it, without template arguments.
+    assert lines[0].split()[-3:] == ["rms_norm_kernel", "->", "embedding_kernel"], lines
+    assert lines[1].split()[-3:] == ["side_stream_copy", "->", "rms_norm_kernel"], lines
+    assert len(lines) == 4
+    assert gpu_gaps([], wall_us=10.0)[0]["busy_us"] == 0.0

@@ -44,7 +44,14 @@ def _stand_in_liger_forward(model: Any, seen: list[dict[str, Any]]) -> None:
 
 
 def _train(
-    cls: Any, path: str, model_dir: Path, out: Path, seen: list[dict[str, Any]], held: list[list[str]]
+    cls: Any,
+    path: str,
+    model_dir: Path,
+    out: Path,
+    seen: list[dict[str, Any]],
+    held: list[list[str]],
+    heard: list[tuple[int, int, float | None]] | None = None,
+    max_steps: int = 3,
 ) -> Any:
     import torch
     from datasets import Dataset
@@ -57,7 +64,7 @@ def _train(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     args = SFTConfig(
         output_dir=str(out),
-        max_steps=3,
+        max_steps=max_steps,
         per_device_train_batch_size=4,
         learning_rate=1e-3,
         logging_steps=1,
@@ -95,7 +102,14 @@ def _train(
                 [type(v).__name__ for k in ("entropy", "mean_token_accuracy") for v in metrics.get(k, [])]
             )
 
+    class Heard(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            # What a callback (the worker's Reporter) sees when a log arrives.
+            if heard is not None and logs and "loss" in logs:
+                heard.append((state.global_step, state.num_input_tokens_seen, logs.get("grad_norm")))
+
     trainer.add_callback(Held())
+    trainer.add_callback(Heard())
     trainer.train()
     return trainer
 
@@ -171,3 +185,76 @@ def test_all_finite_finds_a_nan_or_inf_in_any_tensor_and_leaves_the_values() -> 
             spoiled = [g.clone() for g in grads]
             spoiled[i].view(-1)[-1] = bad
             assert not all_finite(spoiled), (bad, i)
+
+
+def test_logs_read_a_step_late_are_the_logs_trl_writes(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU the trainer queues each log's numbers (a copy to pinned memory behind a CUDA event)
+    and writes the log at the next step's boundary. Here the same bookkeeping runs on the CPU
+    (``defer_logs = True``): every log, its step, epoch and token count as callbacks see them, the
+    training loss, and the token count kept on the host must equal TRL's own."""
+    import transformers
+    from trl import SFTTrainer
+
+    from flywheel_trainer.sync_free import SyncFreeSFTTrainer
+
+    class Deferred(SyncFreeSFTTrainer):
+        defer_logs = True
+
+    counted_on_device: list[str] = []
+    device_count = transformers.Trainer._track_num_input_tokens
+
+    def spy(self: Any, inputs: Any) -> None:
+        counted_on_device.append(type(self).__name__)
+        device_count(self, inputs)
+
+    monkeypatch.setattr(transformers.Trainer, "_track_num_input_tokens", spy)
+    trl_heard: list[tuple[int, int, float | None]] = []
+    ours_heard: list[tuple[int, int, float | None]] = []
+    trl = _train(SFTTrainer, "chunked", tiny_model_dir, tmp_path / "trl", [], [], trl_heard, max_steps=5)
+    ours = _train(Deferred, "chunked", tiny_model_dir, tmp_path / "ours", [], [], ours_heard, max_steps=5)
+
+    def logs(trainer: Any) -> list[dict[str, Any]]:
+        return [h for h in trainer.state.log_history if "loss" in h]
+
+    trl_logs, ours_logs = logs(trl), logs(ours)
+    assert [h["step"] for h in ours_logs] == [h["step"] for h in trl_logs] == [1, 2, 3, 4, 5]
+    for mine, theirs in zip(ours_logs, trl_logs, strict=True):
+        assert set(mine) == set(theirs), (mine, theirs)
+        for key in ("loss", "grad_norm", "learning_rate", "epoch", "mean_token_accuracy", "entropy"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), key
+        for key in ("num_input_tokens_seen", "num_tokens", "step"):
+            assert mine[key] == theirs[key], key
+    assert [(s, t) for s, t, _ in ours_heard] == [(s, t) for s, t, _ in trl_heard]
+    assert all(isinstance(g, float) for _, _, g in ours_heard)
+    assert ours.state.log_history[-1]["train_loss"] == pytest.approx(
+        trl.state.log_history[-1]["train_loss"], rel=1e-6
+    )
+    assert ours.state.num_input_tokens_seen == trl.state.num_input_tokens_seen > 0
+    # TRL counted every micro-batch's tokens on the device; ours took the collator's count.
+    assert counted_on_device == ["SFTTrainer"] * 5
+    assert ours._pending_log is None
+
+
+def test_the_counting_collator_counts_as_the_trainer_does() -> None:
+    import torch
+
+    from flywheel_trainer.sync_free import TOKENS_KEY, CountingCollator
+
+    ids = torch.tensor([[5, 6, 0, 7, 0, 0]])
+    padded = CountingCollator(lambda ex: {"input_ids": ids.clone()}, pad_token_id=0)([{}])
+    assert padded[TOKENS_KEY] == (3, 6)
+    masked = CountingCollator(
+        lambda ex: {"input_ids": ids.clone(), "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]])}, 0
+    )([{}])
+    assert masked[TOKENS_KEY] == (4, 6)
+    assert CountingCollator(lambda ex: {"input_ids": ids.clone()}, None)([{}])[TOKENS_KEY] == (6, 6)
+
+
+def test_gpu_jobs_collate_in_a_worker_and_copy_without_waiting() -> None:
+    from flywheel_trainer.device_options import cuda_sft_overrides
+
+    options = cuda_sft_overrides(4, 2048, True)
+    assert options["dataloader_num_workers"] >= 1 and options["dataloader_pin_memory"] is True
+    assert options["accelerator_config"] == {"non_blocking": True}

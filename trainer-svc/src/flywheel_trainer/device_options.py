@@ -43,6 +43,15 @@ def cuda_sft_overrides(batch_size: int = 4, max_length: int = 2048, packing: boo
         # The Trainer's `torch.isnan(loss) or torch.isinf(loss)` on every micro-batch makes the
         # host wait for the GPU twice (sync_free.py); NonFiniteSteps guards the gradients instead.
         "logging_nan_inf_filter": False,
+        # The next batches are collated by a worker process into pinned memory and copied to the
+        # GPU without the host waiting: in-process, accelerate copies a batch synchronously (the
+        # host waits for the GPU to finish the step) and then collates the next one while the
+        # GPU sits idle (bench/RESULTS.md).
+        "dataloader_num_workers": 1,
+        "dataloader_persistent_workers": True,
+        "dataloader_prefetch_factor": 2,
+        "dataloader_pin_memory": True,
+        "accelerator_config": {"non_blocking": True},
     }
     if packing:
         overrides["pad_to_multiple_of"] = batch_size * max_length

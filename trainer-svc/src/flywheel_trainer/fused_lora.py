@@ -21,10 +21,11 @@ FP8_MIN_FEATURES = 1024
 DROPOUT_GRAD_KERNEL = True
 #: Whether CUDA layers draw the adapter's dropout inside its own kernels (counter-based random
 #: numbers, drawn again in the backward) instead of writing the dropped-out input and its mask
-#: out. Off: its first version (one Philox call an element) took 26% less peak memory but ran 18%
-#: slower at 8 rows of 2,048 tokens on an H100 (bench/RESULTS.md); the present one draws eight
-#: elements a Philox call and is not measured yet (the benchmark's ``_seeddrop`` variants).
-DROPOUT_IN_KERNELS = False
+#: out. Its first version (one Philox call an element) took 26% less peak memory but ran 18%
+#: slower at 8 rows of 2,048 tokens on an H100; the present one draws eight elements a Philox
+#: call and kept the 13 GiB while running faster than PyTorch's dropout and mask
+#: (bench/RESULTS.md; the benchmark's ``_maskdrop`` variants turn it off).
+DROPOUT_IN_KERNELS = True
 #: Widest adapter rank the seeded-dropout kernels take (their tiles hold the whole rank).
 SEEDED_MAX_RANK = 128
 

@@ -27,6 +27,20 @@ input tokens, and the logged loss and gradient norm when a job logs every step.
 
 Where this class cannot keep TRL's numbers without a read-back (several processes, padded rows
 with an attention mask, evaluation), it runs TRL's own code.
+
+Two more waits sat between every two steps, and everything the host did after them (the next
+batch's collation, the Trainer's bookkeeping, the model's Python up to its first kernel) ran with
+the GPU idle: the benchmark's trace of the GPU put 23 ms of a 350 ms step in gaps longer than a
+millisecond at the step boundary (bench/RESULTS.md). On a CUDA device, in one process:
+
+* **the logged numbers are read a step late**: at a logging step the loss sum, gradient norm and
+  held metrics are stacked on the GPU and copied into pinned host memory without waiting, with a
+  CUDA event behind them; the log is written at the next step's boundary (or before evaluation,
+  a checkpoint, or the end of training), when the event has long passed. The log's step, epoch
+  and token count are the ones of the step it describes;
+* **the input-token count comes from the host**: the training batches' collator counts the
+  tokens as the Trainer would (non-padding or all) on the CPU tensors and passes the count
+  beside the batch, so ``state.num_input_tokens_seen`` needs no ``.item()``.
 """
 
 from __future__ import annotations
@@ -35,9 +49,206 @@ from typing import Any
 
 from trl import SFTTrainer
 
+#: The key under which :class:`CountingCollator` passes a batch's token counts, popped before the
+#: model sees the batch.
+TOKENS_KEY = "_flywheel_tokens"
+
+
+class CountingCollator:
+    """A training collator that also counts the batch's input tokens on the CPU, as the Trainer's
+    ``_track_num_input_tokens`` would on the device: ``(non-padding, all)`` under
+    :data:`TOKENS_KEY`. A class (not a closure) so DataLoader workers can pickle it."""
+
+    def __init__(self, inner: Any, pad_token_id: int | None) -> None:
+        self.inner = inner
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[Any]) -> Any:
+        batch = self.inner(examples)
+        ids = batch.get("input_ids") if hasattr(batch, "get") else None
+        if ids is None or not hasattr(ids, "numel"):
+            return batch
+        if batch.get("attention_mask") is not None:
+            real = int(batch["attention_mask"].sum())
+        elif self.pad_token_id is not None:
+            real = int((ids != self.pad_token_id).sum())
+        else:
+            real = ids.numel()
+        batch[TOKENS_KEY] = (real, ids.numel())
+        return batch
+
 
 class SyncFreeSFTTrainer(SFTTrainer):
     """``SFTTrainer`` whose per-step metrics do not wait for the GPU (module docstring)."""
+
+    #: Read logged numbers a step late (module docstring). None: on a CUDA device, in one process;
+    #: tests set True to run the same bookkeeping on a CPU.
+    defer_logs: bool | None = None
+    #: Count the input tokens on the host (module docstring); the benchmark turns it off to
+    #: measure what it gains.
+    count_on_host: bool = True
+    _pending_log: dict[str, Any] | None = None
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            # Normally written already (before the end of training); after a failure, the last
+            # logging step's numbers are still worth having, if the device can still give them.
+            try:
+                self.flush_log()
+            except Exception:  # the failure being raised is the one that matters
+                self._pending_log = None
+
+    # -- the token count from the host ----------------------------------------------------------
+
+    def get_train_dataloader(self) -> Any:
+        inner = self.data_collator
+        if (
+            not self.count_on_host
+            or self.args.include_num_input_tokens_seen in ("no", False)
+            or self.accelerator.num_processes != 1
+        ):
+            return super().get_train_dataloader()
+        pad = getattr(self.processing_class, "pad_token_id", None)
+        self.data_collator = CountingCollator(inner, pad)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = inner
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        self._host_tokens = inputs.pop(TOKENS_KEY, None)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
+        counted, self._host_tokens = getattr(self, "_host_tokens", None), None
+        mode = self.args.include_num_input_tokens_seen
+        if counted is None or mode in ("no", False):
+            super()._track_num_input_tokens(inputs)
+            return
+        main = getattr(self.model, "main_input_name", "input_ids")
+        if main != "input_ids":
+            super()._track_num_input_tokens(inputs)
+            return
+        self.state.num_input_tokens_seen += counted[0] if mode == "non_padding" else counted[1]
+
+    # -- logs read a step late -------------------------------------------------------------------
+
+    def _deferring(self, tr_loss: Any) -> bool:
+        if self.defer_logs is not None:
+            return self.defer_logs
+        return bool(getattr(tr_loss, "is_cuda", False)) and self.accelerator.num_processes == 1
+
+    def _maybe_log_save_evaluate(
+        self,
+        tr_loss: Any,
+        grad_norm: Any,
+        model: Any,
+        trial: Any,
+        epoch: Any,
+        ignore_keys_for_eval: Any,
+        start_time: float,
+        learning_rate: float | None = None,
+    ) -> None:
+        # Writing the queued log goes through the callbacks' on_log, which clears should_log:
+        # whether this step logs was decided before.
+        should_log = self.control.should_log
+        self.flush_log()
+        self.control.should_log = should_log
+        control, state = self.control, self.state
+        if (
+            control.should_log
+            and state.global_step > self._globalstep_last_logged
+            and self._deferring(tr_loss)
+            and not (control.should_evaluate or control.should_save or control.should_training_stop)
+            and state.global_step < state.max_steps
+        ):
+            self._queue_log(tr_loss, grad_norm, start_time, learning_rate)
+        super()._maybe_log_save_evaluate(
+            tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate
+        )
+
+    def _queue_log(
+        self, tr_loss: Any, grad_norm: Any, start_time: float, learning_rate: float | None
+    ) -> None:
+        """Start copying this logging step's numbers to the host; :meth:`flush_log` writes the log."""
+        import torch
+
+        metrics: Any = self._metrics["train"]
+        fresh: Any = type(metrics)(list) if hasattr(metrics, "default_factory") else {}
+        self._metrics["train"] = fresh
+        held = [
+            (vals, i) for vals in metrics.values() for i, v in enumerate(vals) if isinstance(v, torch.Tensor)
+        ]
+        values = [tr_loss.detach().reshape(()).float()]
+        norm_on_device = isinstance(grad_norm, torch.Tensor)
+        if norm_on_device:
+            values.append(grad_norm.detach().reshape(()).float().to(tr_loss.device))
+        values += [vals[i].detach().reshape(()).float().to(tr_loss.device) for vals, i in held]
+        stacked = torch.stack(values)  # a copy: the in-place reset below does not touch it
+        event = None
+        if stacked.is_cuda:
+            host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+            host.copy_(stacked, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = stacked
+        tr_loss -= tr_loss
+        state = self.state
+        self._pending_log = {
+            "host": host,
+            "event": event,
+            "held": held,
+            "metrics": metrics,
+            "norm": None if norm_on_device else grad_norm,
+            "norm_on_device": norm_on_device,
+            "steps": state.global_step - self._globalstep_last_logged,
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "tokens": state.num_input_tokens_seen,
+            "learning_rate": learning_rate if learning_rate is not None else self._get_learning_rate(),
+            "start_time": start_time,
+        }
+        self._globalstep_last_logged = state.global_step
+        self.store_flos()
+
+    def flush_log(self) -> None:
+        """Write the log queued at the last logging step, if any (its numbers are on the host by now)."""
+        pending = getattr(self, "_pending_log", None)
+        if pending is None:
+            return
+        self._pending_log = None
+        if pending["event"] is not None:
+            pending["event"].synchronize()
+        numbers = pending["host"].tolist()
+        loss_sum, rest = numbers[0], numbers[1:]
+        logs: dict[str, float] = {"loss": loss_sum / pending["steps"]}
+        if pending["norm_on_device"]:
+            logs["grad_norm"], rest = rest[0], rest[1:]
+        elif pending["norm"] is not None:
+            logs["grad_norm"] = pending["norm"]
+        logs["learning_rate"] = pending["learning_rate"]
+        for (vals, i), number in zip(pending["held"], rest, strict=True):
+            vals[i] = number
+        self._total_loss_scalar += loss_sum
+        state = self.state
+        now = (state.global_step, state.epoch, state.num_input_tokens_seen, self._metrics["train"])
+        state.global_step, state.epoch, state.num_input_tokens_seen = (
+            pending["step"],
+            pending["epoch"],
+            pending["tokens"],
+        )
+        self._metrics["train"] = pending["metrics"]
+        try:
+            self.log(logs, pending["start_time"])
+        finally:
+            state.global_step, state.epoch, state.num_input_tokens_seen, self._metrics["train"] = now
+
+    def _finalize_training(self, *args: Any, **kwargs: Any) -> Any:
+        self.flush_log()
+        return super()._finalize_training(*args, **kwargs)
 
     # -- SFTTrainer's metrics -----------------------------------------------------------------
 
