@@ -32,10 +32,16 @@ default) in every SFT variant, so the losses at equal steps compare.
   of every micro-batch's loss instead of :class:`flywheel_trainer.sync_free.SyncFreeSFTTrainer`:
   the host waits for the GPU 14 times a step instead of 9.5 (H100, 8 rows), to measure that
   lever alone.
-* ours8_seeddrop (any ``oursN`` + ``_seeddrop``): the adapter's dropout drawn inside the
-  adapter's kernels from a seed (``fused_lora.DROPOUT_IN_KERNELS``) instead of PyTorch's
-  ``native_dropout`` (the dropped-out input and its mask written out and kept), to measure that
-  lever alone.
+* ours8_maskdrop (any ``oursN`` + ``_maskdrop``): PyTorch's ``native_dropout`` (the dropped-out
+  input and its mask written out and kept) instead of the adapter's dropout drawn inside its
+  kernels from a seed (``fused_lora.DROPOUT_IN_KERNELS``, the worker's default since 2026-12-06),
+  to measure that lever alone. (``_seeddrop`` is accepted and changes nothing now.)
+* ours8_logsync (any ``oursN`` + ``_logsync``): the sync-free trainer with its logs read back at
+  the logging step and the Trainer's own device-side token count, as before 2026-12-06 (the
+  default reads the logs a step late and counts tokens on the host), to measure that lever alone.
+* ours8_dl0 (any ``oursN`` + ``_dl0``): batches collated in the training process and copied to the
+  GPU synchronously (the Trainer's defaults) instead of by a worker process into pinned memory
+  with a non-blocking copy.
 * ours8_nokern: ours8 without the Triton kernel for the dropout branch's input gradient (PyTorch's
   ``addcmul`` instead), to measure that kernel alone.
 * ours8_fp8 (any ``oursN`` + ``_fp8``, combinable with ``_p0``): the frozen base weights' matmuls in
@@ -52,6 +58,12 @@ default) in every SFT variant, so the losses at equal steps compare.
   the full logits of the 8 sequences); a lever to measure, not what the worker does yet.
 * grpo_full: grpo with TRL's own full-logits log-probs instead of the LM head a slice at a time
   (:mod:`flywheel_trainer.token_logps`), to measure that lever alone.
+
+Step times come from a CUDA event recorded at each step's end (read after training), so the
+clock adds no wait of its own; ``FLYWHEEL_BENCH_SYNC_CLOCK=1`` waits for the GPU at every step's
+end instead, as the benchmark did before 2026-12-06. ``--profile`` also traces steps 5-6 with
+the device's activity alone and writes ``gaps.txt``: the GPU's idle time between kernels, by size
+and by the kernels each gap fell between.
 
 Each run of a variant is its own process (clean peak-memory figures); ``--repeats K`` runs every
 variant K times, interleaved (variant order within each round), and the summary gives medians and
@@ -87,7 +99,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
-    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen|_syncs|_seeddrop)*)(x\d+)?$"
+    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen|_syncs|_seeddrop|_maskdrop|_logsync|_dl0)*)(x\d+)?$"
 )
 #: Seconds a variant's process may take. The first step compiles flex attention's kernels: on the
 #: device tool's H100 machines that took 210-257 s with a cold cache (ptxas on one kernel, most of
@@ -840,7 +852,10 @@ def warm_compile_caches(variants: list[str]) -> None:
     for name in variants:
         variant, world = split_world(name)
         if world == 1 and re.match(r"^(ours|trl)\d+", variant) and "_varlen" not in variant:
-            shapes.setdefault(_rows(variant), re.sub(r"_fp8|_nokern|_p0|_syncs|_seeddrop", "", variant))
+            shapes.setdefault(
+                _rows(variant),
+                re.sub(r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0", "", variant),
+            )
     if not shapes:
         return
     started = time.perf_counter()
