@@ -730,12 +730,15 @@ def gpu_gaps(
     spans = sorted((start, start + dur, name) for name, start, dur in kernels if dur >= 0)
     busy = 0.0
     gaps: list[tuple[float, str, str]] = []
+    at: list[float] = []  # where each gap began, µs from the first kernel's start
     if spans:
         cur_start, cur_end, cur_name = spans[0]
+        origin = cur_start
         for start, end, name in spans[1:]:
             if start > cur_end:
                 busy += cur_end - cur_start
                 gaps.append((start - cur_end, cur_name, name))
+                at.append(cur_end - origin)
                 cur_start, cur_end, cur_name = start, end, name
             elif end > cur_end:
                 cur_end, cur_name = end, name
@@ -765,6 +768,14 @@ def gpu_gaps(
         f"{sum(v) / 1e3:9.3f} ms {len(v):6d}x  max {max(v):8.1f} us  {before}  ->  {after}"
         for (before, after), v in sorted(pairs.items(), key=lambda kv: -sum(kv[1]))[:top]
     ]
+    # The largest single gaps in the order they happened: where in the steps the GPU waited.
+    largest = sorted(sorted(range(len(gaps)), key=lambda i: -gaps[i][0])[:top])
+    if largest:
+        lines += ["", "largest single gaps, in time order (ms from the first kernel):"]
+        lines += [
+            f"{at[i] / 1e3:9.2f} ms  {gaps[i][0]:8.1f} us  {_short(gaps[i][1])}  ->  {_short(gaps[i][2])}"
+            for i in largest
+        ]
     return figures, lines
 
 

@@ -101,5 +101,8 @@ def test_gpu_gaps_takes_the_union_of_streams_and_names_each_gap() -> None:
     # outlasted the gemm) and the one after it, without template arguments.
     assert lines[0].split()[-3:] == ["rms_norm_kernel", "->", "embedding_kernel"], lines
     assert lines[1].split()[-3:] == ["side_stream_copy", "->", "rms_norm_kernel"], lines
-    assert len(lines) == 4
+    assert len(lines) == 4 + 2 + 4  # four pairs, a blank and a heading, the four gaps
+    # The single gaps by time: the 2 ms one 0.15 ms after the first kernel began.
+    assert lines[4:6] == ["", "largest single gaps, in time order (ms from the first kernel):"]
+    assert lines[7].split()[:4] == ["0.15", "ms", "2000.0", "us"], lines
     assert gpu_gaps([], wall_us=10.0)[0]["busy_us"] == 0.0
