@@ -23,7 +23,9 @@ default) in every SFT variant, so the losses at equal steps compare.
   ``batch_size``: :func:`flywheel_trainer.device_options.cuda_sft_overrides` (packed,
   padding-free rows padded to ``batch_size x 2048`` tokens, Liger's fused linear + cross-entropy,
   no recomputation), :func:`~flywheel_trainer.device_options.cuda_model_kwargs` (flex attention)
-  and :func:`~flywheel_trainer.fused_lora.fuse_lora` (one fused autograd node per LoRA layer).
+  and :func:`~flywheel_trainer.fused_lora.fuse_lora` (one fused autograd node per LoRA layer),
+  with the worker's guard against non-finite gradients (:class:`flywheel_trainer.nonfinite.
+  NonFiniteSteps`; from 2026-12-06, seventh session, after that session's GPU runs).
 * default: what a GPU SFT job that leaves ``batch_size`` at 0 runs on this card: the rows a step
   of ``TrainerSettings.gpu_step_tokens`` (16 at 2,048 tokens), split into the passes the memory
   model (:func:`flywheel_trainer.memory_plan.rows_per_pass`) says fit the card's free memory.
@@ -492,6 +494,18 @@ def run_variant(name: str, steps: int) -> dict:
             fused_lora.DROPOUT_GRAD_KERNEL = "_nokern" not in variant
             fused_lora.DROPOUT_IN_KERNELS = "_maskdrop" not in variant and "_nokern" not in variant
             fused = fuse_lora(trainer.model, fp8="_fp8" in variant)
+    if fused:
+        # The worker's guard against non-finite gradients (its Reporter callback does the same):
+        # on a GPU with fused AdamW it skips on the device and reads its verdict a step late.
+        from flywheel_trainer.nonfinite import NonFiniteSteps
+
+        guard = NonFiniteSteps()
+
+        class Guard(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, **kw):
+                guard.check(kw["model"], state.global_step + 1, kw.get("optimizer"))
+
+        trainer.add_callback(Guard())
     if os.environ.get("FLYWHEEL_BENCH_PROFILE"):
         # Before the clock: its step-end work (a trace written after step 6) then lands before
         # the clock reads the time, outside the timed steps.

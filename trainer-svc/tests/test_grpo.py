@@ -483,6 +483,66 @@ def test_non_finite_gradients_are_skipped_and_three_in_a_row_are_divergence() ->
     assert nonfinite_parameters(layer) == ["bias"]
 
 
+def test_on_the_device_path_fused_adam_skips_the_step_and_the_verdict_comes_a_step_late() -> None:
+    """The guard's GPU path, run on the CPU (``on_device = True``; PyTorch's fused AdamW honours
+    ``found_inf`` on both): no gradient is dropped and nothing is read back at the check; the
+    optimizer's fused kernel skips the step (weights, moments and step count unchanged), and the
+    count and the divergence verdict come at the next check, or from ``settle`` after the last."""
+    from types import SimpleNamespace
+
+    from flywheel_trainer.recipe import MAX_NONFINITE_STEPS_IN_A_ROW, NonFiniteSteps
+
+    layer = torch.nn.Linear(2, 2)
+    guard = NonFiniteSteps()
+    guard.on_device = True
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    wrapped = SimpleNamespace(optimizer=optimizer)  # as accelerate's AcceleratedOptimizer holds it
+    before = layer.weight.detach().clone()
+
+    def backward(scale: float) -> None:
+        layer.zero_grad()
+        (layer(torch.ones(1, 2)).sum() * scale).backward()
+
+    backward(float("nan"))
+    assert not guard.check(layer, 1, wrapped)
+    assert layer.weight.grad is not None and guard.skipped == 0  # not read yet
+    optimizer.step()
+    assert torch.equal(layer.weight.detach(), before)
+    assert float(optimizer.state[layer.weight]["step"]) == 0.0  # the skipped step is not counted
+    backward(1.0)
+    assert not guard.check(layer, 2, wrapped)
+    assert guard.skipped == 1 and guard.in_a_row == 1  # step 1's verdict
+    optimizer.step()
+    trained = layer.weight.detach().clone()
+    assert not torch.equal(trained, before)
+    for step in range(3, 3 + MAX_NONFINITE_STEPS_IN_A_ROW):
+        backward(float("inf"))
+        assert not guard.check(layer, step, wrapped)  # the verdicts so far cover up to step - 1
+        optimizer.step()
+    assert torch.equal(layer.weight.detach(), trained)  # every non-finite step was skipped
+    last = 2 + MAX_NONFINITE_STEPS_IN_A_ROW
+    assert guard.settle() and f"up to step {last}" in guard.diverged
+    assert guard.skipped == 1 + MAX_NONFINITE_STEPS_IN_A_ROW
+    # A finite step after a non-finite one on the plain path clears the flag handed to the optimizer.
+    guard.on_device = False
+    backward(1.0)
+    guard.check(layer, last + 1, wrapped)
+    assert optimizer.found_inf is None
+
+
+def test_a_plain_adam_keeps_the_read_at_once_path() -> None:
+    """Only fused Adam/AdamW take ``found_inf``: with the foreach one the guard drops the gradients."""
+    from flywheel_trainer.recipe import NonFiniteSteps
+
+    layer = torch.nn.Linear(2, 2)
+    guard = NonFiniteSteps()
+    guard.on_device = True
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, foreach=True)
+    (layer(torch.ones(1, 2)).sum() * float("nan")).backward()
+    assert not guard.check(layer, 1, optimizer)
+    assert layer.weight.grad is None and guard.skipped == 1
+
+
 async def test_a_diverging_grpo_job_fails_with_the_reason_and_publishes_nothing(
     trainer_env: dict[str, str],
     channel_to: Callable,

@@ -45,6 +45,13 @@ from typing import Any, cast
 import grpc
 
 from flywheel_trainer import checkpoints
+from flywheel_trainer.nonfinite import (  # noqa: F401 - recipe.X names kept for callers
+    MAX_NONFINITE_STEPS_IN_A_ROW,
+    NonFiniteSteps,
+    all_finite,
+    nonfinite_flag,
+    nonfinite_parameters,
+)
 from flywheel_trainer.protocol import (
     Checkpoint,
     Device,
@@ -63,12 +70,9 @@ from flywheel_trainer.protocol import (
 
 log = logging.getLogger("flywheel.trainer.recipe")
 
+
 #: Checkpoints of a job kept in the object store (cancel and failures keep them too).
 KEEP_CHECKPOINTS = 2
-#: Optimizer steps in a row whose gradients were not finite (each skipped) before the job fails.
-#: One such step is usually a single bad batch (an overflow in the policy ratio of one token); three
-#: in a row means the run has diverged.
-MAX_NONFINITE_STEPS_IN_A_ROW = 3
 
 
 class Recipe:
@@ -479,6 +483,7 @@ class Recipe:
             oom = str(err).splitlines()[0] if str(err) else "out of memory"
         if oom:  # handled outside the except block: its traceback would keep the tensors alive
             return self._retry_smaller(oom)
+        self.nonfinite.settle()  # the last step's verdict, on the device path read a step late
         if self.nonfinite.diverged:
             return Failure.of(grpc.StatusCode.ABORTED, self.nonfinite.diverged)
         if self.stopping:
@@ -632,7 +637,7 @@ def _reporter(recipe: Recipe) -> Any:
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             # After clipping, before the step: a non-finite gradient would make every weight NaN.
-            if recipe.nonfinite.check(kw["model"], state.global_step + 1):
+            if recipe.nonfinite.check(kw["model"], state.global_step + 1, kw.get("optimizer")):
                 control.should_training_stop = True
                 control.should_save = False
 
@@ -696,79 +701,6 @@ def _reporter(recipe: Recipe) -> Any:
             recipe.on_save(state.global_step)
 
     return Reporter()
-
-
-class NonFiniteSteps:
-    """Skips optimizer steps whose gradients are not finite, and decides when the run has diverged.
-
-    transformers' Trainer steps the optimizer whatever the gradients hold, so one overflow (in
-    GRPO, one token whose policy ratio ``exp(logp - behaviour_logp)`` is infinite) turns every
-    LoRA weight into NaN and the job would publish an adapter whose every answer is NaN. Instead
-    the step's gradients are dropped (``grad = None``: the optimizer leaves those parameters and
-    their moments alone), the skip is counted in the metrics, and after
-    ``MAX_NONFINITE_STEPS_IN_A_ROW`` skipped steps in a row the job fails with the reason.
-    """
-
-    def __init__(self) -> None:
-        self.skipped = 0
-        self.in_a_row = 0
-        self.diverged = ""
-
-    def check(self, model: Any, step: int) -> bool:
-        """Drop ``model``'s gradients if any is not finite; True once the run is judged diverged."""
-
-        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-        if not grads or all_finite(grads):
-            self.in_a_row = 0
-            return False
-        for p in model.parameters():
-            p.grad = None
-        self.skipped += 1
-        self.in_a_row += 1
-        log.warning("optimizer step %d skipped: non-finite gradients (%d skipped so far)", step, self.skipped)
-        if self.in_a_row >= MAX_NONFINITE_STEPS_IN_A_ROW:
-            self.diverged = (
-                f"training diverged: the gradients were not finite (NaN or inf) in {self.in_a_row} optimizer "
-                f"steps in a row, up to step {step} ({self.skipped} skipped in all); each was skipped and "
-                "no adapter was published. Lower the learning rate, or for GRPO check the rollouts' "
-                "behaviour log-probs (a ratio exp(logp - behaviour_logp) that overflows)"
-            )
-        return bool(self.diverged)
-
-
-def all_finite(tensors: list[Any]) -> bool:
-    """Whether every element of ``tensors`` is finite, with one read-back from the device.
-
-    ``torch.isfinite(g).all()`` per tensor is two kernel launches for each of a 1.5 B model's 392
-    LoRA tensors, every step. GradScaler's multi-tensor check (``_amp_foreach_non_finite_check_
-    and_unscale_``, by device and dtype as GradScaler groups them) does the same test in a few
-    launches; its unscale is by 1.0, which leaves the gradients as they were.
-    """
-    import torch
-
-    check = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)
-    if check is None:  # a private op: without it, the plain per-tensor test
-        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-    groups: dict[tuple[Any, Any], list[Any]] = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), []).append(t)
-    found = []
-    for (device, _), group in groups.items():
-        flag = torch.zeros(1, device=device)
-        check(group, flag, torch.ones(1, device=device))
-        found.append(flag.to(tensors[0].device))
-    return not bool(torch.cat(found).any())
-
-
-def nonfinite_parameters(model: Any) -> list[str]:
-    """Names of the trainable tensors that hold a NaN or an infinity."""
-    import torch
-
-    return [
-        name
-        for name, p in model.named_parameters()
-        if p.requires_grad and not bool(torch.isfinite(p.detach()).all())
-    ]
 
 
 def _plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> None:
