@@ -52,6 +52,8 @@ def _train(
     held: list[list[str]],
     heard: list[tuple[int, int, float | None]] | None = None,
     max_steps: int = 3,
+    save_steps: int = 0,
+    stop_at: int = 0,
 ) -> Any:
     import torch
     from datasets import Dataset
@@ -68,7 +70,8 @@ def _train(
         per_device_train_batch_size=4,
         learning_rate=1e-3,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
         report_to=[],
         use_cpu=True,
         packing=True,
@@ -108,8 +111,14 @@ def _train(
             if heard is not None and logs and "loss" in logs:
                 heard.append((state.global_step, state.num_input_tokens_seen, logs.get("grad_norm")))
 
+    class Stop(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if stop_at and state.global_step >= stop_at:  # as the worker's Reporter on a stop
+                control.should_training_stop = True
+
     trainer.add_callback(Held())
     trainer.add_callback(Heard())
+    trainer.add_callback(Stop())
     trainer.train()
     return trainer
 
@@ -258,3 +267,27 @@ def test_gpu_jobs_collate_in_a_worker_and_copy_without_waiting() -> None:
     options = cuda_sft_overrides(4, 2048, True)
     assert options["dataloader_num_workers"] >= 1 and options["dataloader_pin_memory"] is True
     assert options["accelerator_config"] == {"non_blocking": True}
+
+
+def test_a_checkpoint_or_a_stop_finds_every_log_written(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Logs read a step late are written before a checkpoint is saved (its trainer state holds
+    every log up to its step) and before training stops early."""
+    import json
+
+    from flywheel_trainer.sync_free import SyncFreeSFTTrainer
+
+    class Deferred(SyncFreeSFTTrainer):
+        defer_logs = True
+
+    saved = _train(Deferred, "chunked", tiny_model_dir, tmp_path / "saved", [], [], max_steps=5, save_steps=2)
+    for step in (2, 4):
+        state = json.loads((tmp_path / "saved" / f"checkpoint-{step}" / "trainer_state.json").read_text())
+        assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, step + 1))
+    assert [h["step"] for h in saved.state.log_history if "loss" in h] == [1, 2, 3, 4, 5]
+
+    stopped = _train(
+        Deferred, "chunked", tiny_model_dir, tmp_path / "stopped", [], [], max_steps=5, stop_at=3
+    )
+    assert stopped.state.global_step == 3
+    assert [h["step"] for h in stopped.state.log_history if "loss" in h] == [1, 2, 3]
+    assert stopped._pending_log is None
