@@ -41,6 +41,10 @@ default) in every SFT variant, so the losses at equal steps compare.
 * ours8_logsync (any ``oursN`` + ``_logsync``): the sync-free trainer with its logs read back at
   the logging step and the Trainer's own device-side token count, as before 2026-12-06 (the
   default reads the logs a step late and counts tokens on the host), to measure that lever alone.
+* ours8_hostmask (any ``oursN`` + ``_hostmask``): flex attention's block mask built from tile
+  tensors the collator computes on the host (:mod:`flywheel_trainer.packed_mask`,
+  ``SyncFreeSFTTrainer.host_block_mask``) instead of by transformers on the GPU each forward; not
+  the worker's default until measured.
 * ours8_dl0 (any ``oursN`` + ``_dl0``): batches collated in the training process and copied to the
   GPU synchronously (the Trainer's defaults) instead of by a worker process into pinned memory
   with a non-blocking copy.
@@ -101,7 +105,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
-    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen|_syncs|_seeddrop|_maskdrop|_logsync|_dl0)*)(x\d+)?$"
+    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask)*)(x\d+)?$"
 )
 #: Seconds a variant's process may take. The first step compiles flex attention's kernels: on the
 #: device tool's H100 machines that took 210-257 s with a cold cache (ptxas on one kernel, most of
@@ -483,7 +487,11 @@ def run_variant(name: str, steps: int) -> dict:
             trainer_cls = type(
                 "BenchSFTTrainer",
                 (SyncFreeSFTTrainer,),
-                {"defer_logs": False if logsync else None, "count_on_host": not logsync},
+                {
+                    "defer_logs": False if logsync else None,
+                    "count_on_host": not logsync,
+                    "host_block_mask": "_hostmask" in variant,
+                },
             )
         trainer = trainer_cls(
             model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora
@@ -879,7 +887,7 @@ def warm_compile_caches(variants: list[str]) -> None:
         if world == 1 and re.match(r"^(ours|trl)\d+", variant) and "_varlen" not in variant:
             shapes.setdefault(
                 _rows(variant),
-                re.sub(r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0", "", variant),
+                re.sub(r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask", "", variant),
             )
     if not shapes:
         return

@@ -249,16 +249,16 @@ def test_logs_read_a_step_late_are_the_logs_trl_writes(
 def test_the_counting_collator_counts_as_the_trainer_does() -> None:
     import torch
 
-    from flywheel_trainer.sync_free import TOKENS_KEY, CountingCollator
+    from flywheel_trainer.sync_free import TOKENS_KEY, HostSideCollator
 
     ids = torch.tensor([[5, 6, 0, 7, 0, 0]])
-    padded = CountingCollator(lambda ex: {"input_ids": ids.clone()}, pad_token_id=0)([{}])
+    padded = HostSideCollator(lambda ex: {"input_ids": ids.clone()}, pad_token_id=0)([{}])
     assert padded[TOKENS_KEY] == (3, 6)
-    masked = CountingCollator(
+    masked = HostSideCollator(
         lambda ex: {"input_ids": ids.clone(), "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]])}, 0
     )([{}])
     assert masked[TOKENS_KEY] == (4, 6)
-    assert CountingCollator(lambda ex: {"input_ids": ids.clone()}, None)([{}])[TOKENS_KEY] == (6, 6)
+    assert HostSideCollator(lambda ex: {"input_ids": ids.clone()}, None)([{}])[TOKENS_KEY] == (6, 6)
 
 
 def test_gpu_jobs_collate_in_a_worker_and_copy_without_waiting() -> None:
@@ -291,3 +291,63 @@ def test_a_checkpoint_or_a_stop_finds_every_log_written(tiny_model_dir: Path, tm
     assert stopped.state.global_step == 3
     assert [h["step"] for h in stopped.state.log_history if "loss" in h] == [1, 2, 3]
     assert stopped._pending_log is None
+
+
+def test_the_block_mask_built_on_the_host_reaches_the_model(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``host_block_mask`` the collator computes flex attention's block tensors and the loss
+    path hands the model a BlockMask built from them: the mask transformers would build from the
+    same position ids (``create_block_mask`` with its mask function). The tiny model runs SDPA on
+    the CPU, so the stand-in forward takes the BlockMask off before calling it."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+    from transformers.masking_utils import (
+        add_offsets_to_mask_function,
+        and_masks,
+        causal_mask_function,
+        find_packed_sequence_indices,
+        packed_sequence_mask_function,
+    )
+
+    from flywheel_trainer.sync_free import SyncFreeSFTTrainer
+
+    monkeypatch.setattr("transformers.trainer.apply_liger_kernel", lambda *a, **k: None)
+    got: list[tuple[Any, Any]] = []
+
+    class HostMask(SyncFreeSFTTrainer):
+        host_block_mask = True
+
+        def _uses_flex_attention(self) -> bool:
+            return True
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            plain = model.forward
+
+            def forward(*a: Any, **kw: Any) -> Any:
+                mask = kw.pop("attention_mask", None)
+                got.append((mask, kw["position_ids"].clone()))
+                return plain(*a, **kw)
+
+            model.forward = forward
+            try:
+                return super().compute_loss(model, inputs, *args, **kwargs)
+            finally:
+                model.forward = plain
+
+    _train(HostMask, "liger", tiny_model_dir, tmp_path / "ours", [], [])
+    assert len(got) == 3
+    for mask, position_ids in got:
+        assert isinstance(mask, BlockMask)
+        seq = find_packed_sequence_indices(position_ids)
+        assert seq is not None  # the rows are packed
+        n = position_ids.shape[1]
+        mod = add_offsets_to_mask_function(
+            and_masks(causal_mask_function, packed_sequence_mask_function(seq)), 0, 0
+        )
+        theirs = create_block_mask(mod, 1, None, n, n, device="cpu", _compile=False)
+        assert torch.equal(mask.to_dense(), theirs.to_dense())
+        assert torch.equal(mask.full_kv_indices, theirs.full_kv_indices)
+        q = torch.arange(n)
+        dense = (q[None, :] <= q[:, None]) & (seq[0][:, None] == seq[0][None, :])
+        assert torch.equal(mask.mask_mod(0, 0, q[:, None], q[None, :]), dense)

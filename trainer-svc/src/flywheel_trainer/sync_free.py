@@ -49,32 +49,47 @@ from typing import Any
 
 from trl import SFTTrainer
 
-#: The key under which :class:`CountingCollator` passes a batch's token counts, popped before the
-#: model sees the batch.
+#: The keys under which :class:`HostSideCollator` passes a batch's token counts and block-mask
+#: tensors, popped before the model sees the batch.
 TOKENS_KEY = "_flywheel_tokens"
+MASK_KEY = "_flywheel_block_mask"
 
 
-class CountingCollator:
-    """A training collator that also counts the batch's input tokens on the CPU, as the Trainer's
-    ``_track_num_input_tokens`` would on the device: ``(non-padding, all)`` under
-    :data:`TOKENS_KEY`. A class (not a closure) so DataLoader workers can pickle it."""
+class HostSideCollator:
+    """A training collator that also works out on the CPU what the step would otherwise ask the GPU:
 
-    def __init__(self, inner: Any, pad_token_id: int | None) -> None:
+    * ``count``: the batch's input tokens, as the Trainer's ``_track_num_input_tokens`` counts
+      them on the device: ``(non-padding, all)`` under :data:`TOKENS_KEY`;
+    * ``mask``: for a padding-free row, flex attention's block-mask tensors
+      (:func:`flywheel_trainer.packed_mask.host_parts`) under :data:`MASK_KEY`.
+
+    A class (not a closure) so DataLoader workers, where it then runs, can pickle it."""
+
+    def __init__(self, inner: Any, pad_token_id: int | None, count: bool = True, mask: bool = False) -> None:
         self.inner = inner
         self.pad_token_id = pad_token_id
+        self.count = count
+        self.mask = mask
 
     def __call__(self, examples: list[Any]) -> Any:
         batch = self.inner(examples)
         ids = batch.get("input_ids") if hasattr(batch, "get") else None
         if ids is None or not hasattr(ids, "numel"):
             return batch
-        if batch.get("attention_mask") is not None:
-            real = int(batch["attention_mask"].sum())
-        elif self.pad_token_id is not None:
-            real = int((ids != self.pad_token_id).sum())
-        else:
-            real = ids.numel()
-        batch[TOKENS_KEY] = (real, ids.numel())
+        if self.count:
+            if batch.get("attention_mask") is not None:
+                real = int(batch["attention_mask"].sum())
+            elif self.pad_token_id is not None:
+                real = int((ids != self.pad_token_id).sum())
+            else:
+                real = ids.numel()
+            batch[TOKENS_KEY] = (real, ids.numel())
+        if self.mask and batch.get("position_ids") is not None and batch.get("attention_mask") is None:
+            from flywheel_trainer.packed_mask import host_parts
+
+            parts = host_parts(batch["position_ids"])
+            if parts is not None:
+                batch[MASK_KEY] = parts
         return batch
 
 
@@ -87,7 +102,13 @@ class SyncFreeSFTTrainer(SFTTrainer):
     #: Count the input tokens on the host (module docstring); the benchmark turns it off to
     #: measure what it gains.
     count_on_host: bool = True
+    #: Build flex attention's block mask from the collator's host-side tensors
+    #: (:mod:`flywheel_trainer.packed_mask`) instead of letting transformers build it on the GPU
+    #: each forward. Off until measured on a GPU (the benchmark's ``_hostmask`` variants).
+    host_block_mask: bool = False
     _pending_log: dict[str, Any] | None = None
+    _host_tokens: Any = None
+    _host_mask: Any = None
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -104,22 +125,28 @@ class SyncFreeSFTTrainer(SFTTrainer):
 
     def get_train_dataloader(self) -> Any:
         inner = self.data_collator
-        if (
-            not self.count_on_host
-            or self.args.include_num_input_tokens_seen in ("no", False)
-            or self.accelerator.num_processes != 1
-        ):
+        one = self.accelerator.num_processes == 1
+        count = one and self.count_on_host and self.args.include_num_input_tokens_seen not in ("no", False)
+        mask = one and self.host_block_mask and self._uses_flex_attention()
+        if not (count or mask):
             return super().get_train_dataloader()
         pad = getattr(self.processing_class, "pad_token_id", None)
-        self.data_collator = CountingCollator(inner, pad)
+        self.data_collator = HostSideCollator(inner, pad, count=count, mask=mask)
         try:
             return super().get_train_dataloader()
         finally:
             self.data_collator = inner
 
+    def _uses_flex_attention(self) -> bool:
+        return getattr(getattr(self.model, "config", None), "_attn_implementation", None) == "flex_attention"
+
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         self._host_tokens = inputs.pop(TOKENS_KEY, None)
-        return super().training_step(model, inputs, num_items_in_batch)
+        self._host_mask = inputs.pop(MASK_KEY, None)
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._host_mask = None
 
     def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
         counted, self._host_tokens = getattr(self, "_host_tokens", None), None
@@ -282,6 +309,10 @@ class SyncFreeSFTTrainer(SFTTrainer):
 
         inputs.pop("_prediction_loss_only", None)
         inputs["use_cache"] = False
+        if self._host_mask is not None:
+            from flywheel_trainer.packed_mask import block_mask
+
+            inputs["attention_mask"] = block_mask(self._host_mask)
         if path == "liger":
             # The request SFTTrainer makes of Liger's forward while training: no logits, the
             # token accuracy computed inside the fused loss.
