@@ -54,6 +54,7 @@ def _train(
     max_steps: int = 3,
     save_steps: int = 0,
     stop_at: int = 0,
+    accumulation: int = 1,
 ) -> Any:
     import torch
     from datasets import Dataset
@@ -67,7 +68,8 @@ def _train(
     args = SFTConfig(
         output_dir=str(out),
         max_steps=max_steps,
-        per_device_train_batch_size=4,
+        per_device_train_batch_size=4 // accumulation,
+        gradient_accumulation_steps=accumulation,
         learning_rate=1e-3,
         logging_steps=1,
         save_strategy="steps" if save_steps else "no",
@@ -196,8 +198,9 @@ def test_all_finite_finds_a_nan_or_inf_in_any_tensor_and_leaves_the_values() -> 
             assert not all_finite(spoiled), (bad, i)
 
 
+@pytest.mark.parametrize("accumulation", [1, 2])
 def test_logs_read_a_step_late_are_the_logs_trl_writes(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    accumulation: int, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a GPU the trainer queues each log's numbers (a copy to pinned memory behind a CUDA event)
     and writes the log at the next step's boundary. Here the same bookkeeping runs on the CPU
@@ -221,8 +224,9 @@ def test_logs_read_a_step_late_are_the_logs_trl_writes(
     monkeypatch.setattr(transformers.Trainer, "_track_num_input_tokens", spy)
     trl_heard: list[tuple[int, int, float | None]] = []
     ours_heard: list[tuple[int, int, float | None]] = []
-    trl = _train(SFTTrainer, "chunked", tiny_model_dir, tmp_path / "trl", [], [], trl_heard, max_steps=5)
-    ours = _train(Deferred, "chunked", tiny_model_dir, tmp_path / "ours", [], [], ours_heard, max_steps=5)
+    kw: dict[str, Any] = {"max_steps": 5, "accumulation": accumulation}
+    trl = _train(SFTTrainer, "chunked", tiny_model_dir, tmp_path / "trl", [], [], trl_heard, **kw)
+    ours = _train(Deferred, "chunked", tiny_model_dir, tmp_path / "ours", [], [], ours_heard, **kw)
 
     def logs(trainer: Any) -> list[dict[str, Any]]:
         return [h for h in trainer.state.log_history if "loss" in h]
@@ -242,7 +246,7 @@ def test_logs_read_a_step_late_are_the_logs_trl_writes(
     )
     assert ours.state.num_input_tokens_seen == trl.state.num_input_tokens_seen > 0
     # TRL counted every micro-batch's tokens on the device; ours took the collator's count.
-    assert counted_on_device == ["SFTTrainer"] * 5
+    assert counted_on_device == ["SFTTrainer"] * 5 * accumulation
     assert ours._pending_log is None
 
 
