@@ -103,9 +103,12 @@ WORDS = 32000
 LEARNING_RATE = 2e-4
 MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: Suffixes of an ``oursN``/``trlN`` variant that turn one lever on or off without changing the
+#: attention's shape (so ``--warm`` compiles the plain variant's kernels for them).
+LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask"
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
-    r"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_p0|_compile|_fp8|_nokern|_varlen|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask)*)(x\d+)?$"
+    rf"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_compile|_varlen|{LEVERS})*)(x\d+)?$"
 )
 #: Seconds a variant's process may take. The first step compiles flex attention's kernels: on the
 #: device tool's H100 machines that took 210-257 s with a cold cache (ptxas on one kernel, most of
@@ -887,7 +890,7 @@ def warm_compile_caches(variants: list[str]) -> None:
         if world == 1 and re.match(r"^(ours|trl)\d+", variant) and "_varlen" not in variant:
             shapes.setdefault(
                 _rows(variant),
-                re.sub(r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask", "", variant),
+                re.sub(LEVERS, "", variant),
             )
     if not shapes:
         return

@@ -16,7 +16,7 @@ from typing import Any
 #: 0.060 ms before any quantisation (bench/bench_fp8_gemm.py, bench/RESULTS.md).
 FP8_MIN_FEATURES = 1024
 
-#: Whether CUDA layers add the dropout branch's input gradient with :func:`_dropout_grad_kernel`
+#: Whether CUDA layers add the dropout branch's input gradient with :func:`_add_dropout_grad`'s kernel
 #: (the benchmark turns it off to measure what it gains).
 DROPOUT_GRAD_KERNEL = True
 #: Whether CUDA layers draw the adapter's dropout inside its own kernels (counter-based random
@@ -30,28 +30,22 @@ DROPOUT_IN_KERNELS = True
 SEEDED_MAX_RANK = 128
 
 
-def _dropout_grad_kernel() -> Any:
-    """The Triton kernel for ``d_x += ((gb @ a) * mask) * scale``: the adapter branch's input gradient
-    under dropout (:func:`flywheel_trainer.lora_kernels.dropout_grad`).
-
-    ``gb`` (M, r) and ``a`` (r, K) have a small rank r, so ``gb @ a`` is cheap to compute but as
-    large as ``d_x`` to store. PyTorch needs it written out, then an ``addcmul`` over three
-    full-size tensors with a bool mask (an unvectorised kernel): 37 ms of a 336 ms step in the
-    profile of 8 packed rows at 1.5 B on an H100 (bench/RESULTS.md). Here each tile of ``d_x`` is
-    read, gets its rank-r product computed in registers, masked and added, and written once.
-    """
-    from flywheel_trainer import lora_kernels
-
-    return lora_kernels.dropout_grad
-
-
 def _add_dropout_grad(
     d_x: Any, gb: Any, a: Any, mask: Any, scale: float, seed: int | None = None, p: float = 0.0
 ) -> None:
-    """``d_x += (gb @ a) * mask * scale`` in place (d_x (M, K), gb (M, r), a (r, K), mask (M, K) bool).
+    """``d_x += (gb @ a) * mask * scale`` in place (d_x (M, K), gb (M, r), a (r, K), mask (M, K) bool):
+    the adapter branch's input gradient under dropout.
 
-    With ``seed`` there is no mask: the kernel draws the forward's (``_seeded_dropout_kernels``)
-    again from ``seed`` and ``p``, and ``scale`` should be ``lora_kernels.keep_scale(p)``."""
+    ``gb`` and ``a`` have a small rank r, so ``gb @ a`` is cheap to compute but as large as ``d_x``
+    to store. PyTorch needs it written out, then an ``addcmul`` over three full-size tensors with a
+    bool mask (an unvectorised kernel): 37 ms of a 336 ms step in the profile of 8 packed rows at
+    1.5 B on an H100 (bench/RESULTS.md). On CUDA, :func:`flywheel_trainer.lora_kernels.dropout_grad`
+    reads each tile of ``d_x``, computes its rank-r product in registers, masks, adds and writes it
+    once.
+
+    With ``seed`` there is no mask: the kernel draws the forward's keep decisions (the seeded
+    kernels below) again from ``seed`` and ``p``, and ``scale`` should be
+    ``lora_kernels.keep_scale(p)``."""
     import torch
 
     if seed is not None or (
@@ -59,7 +53,7 @@ def _add_dropout_grad(
     ):
         import triton
 
-        from flywheel_trainer.lora_kernels import threshold
+        from flywheel_trainer import lora_kernels
 
         rows, cols = d_x.shape
         r = gb.shape[1]
@@ -68,7 +62,7 @@ def _add_dropout_grad(
         grid = (triton.cdiv(rows, bm), triton.cdiv(cols, bk))
         br = max(16, triton.next_power_of_2(r))
         seeded = seed is not None
-        _dropout_grad_kernel()[grid](
+        lora_kernels.dropout_grad[grid](
             d_x,
             gb,
             a,
@@ -78,7 +72,7 @@ def _add_dropout_grad(
             r,
             scale,
             seed if seeded else 0,
-            threshold(p) if seeded else 0,
+            lora_kernels.threshold(p) if seeded else 0,
             bm=bm,
             bk=bk,
             br=br,
@@ -89,25 +83,16 @@ def _add_dropout_grad(
     d_x.addcmul_(gb @ a, mask, value=scale)
 
 
-def _seeded_dropout_kernels() -> tuple[Any, Any, Any]:
-    """Triton kernels that apply the adapter's dropout where its input is read, from a seed
-    (:mod:`flywheel_trainer.lora_kernels` says how the keep decisions are drawn).
-
-    PyTorch's dropout writes the dropped-out input and a bool mask, as large as the input, for every
-    adapted layer (7 a decoder layer), and keeps both for the backward: 17 ms of an ours8 step's GPU
-    time at 1.5 B on an H100, and about 3 bytes an input element of activation memory a layer.
-    These kernels draw each element's keep decision from the seed where they read the input, so
-    the backward draws the same ones again instead of storing them, and the input itself (which
-    q/k/v, and gate/up, share) is what is kept:
-
-    * ``xa``: ``dropout(x) @ a^T`` (rows, r), the adapter's first product;
-    * ``da``: ``gb^T @ dropout(x)`` (r, cols), its weight gradient, in float32 partial sums over
-      row splits (summed by the caller, so the result does not depend on scheduling);
-    * ``keep``: the keep decisions themselves, as uint8 (for tests and checks).
-    """
-    from flywheel_trainer import lora_kernels
-
-    return lora_kernels.dropout_xa, lora_kernels.dropout_da, lora_kernels.dropout_keep
+# The seeded dropout (DROPOUT_IN_KERNELS). PyTorch's dropout writes the dropped-out input and a bool
+# mask, as large as the input, for every adapted layer (7 a decoder layer), and keeps both for the
+# backward: 17 ms of an ours8 step's GPU time at 1.5 B on an H100, and about 3 bytes an input
+# element of activation memory a layer. The Triton kernels of lora_kernels draw each element's keep
+# decision from a seed where they read the input (that module says how), so the backward draws the
+# same ones again instead of storing them, and the input itself (which q/k/v, and gate/up, share)
+# is what is kept: seeded_dropout_xa computes the adapter's first product, seeded_dropout_da its
+# weight gradient (float32 partial sums over row splits, summed here, so the result does not
+# depend on scheduling), _add_dropout_grad with a seed its input gradient, and
+# seeded_dropout_keep the keep decisions themselves (for tests and checks).
 
 
 def _draw_seed() -> int:
@@ -128,13 +113,13 @@ def seeded_dropout_xa(x2: Any, a: Any, seed: int, p: float) -> Any:
     import torch
     import triton
 
-    from flywheel_trainer.lora_kernels import keep_scale, threshold
+    from flywheel_trainer import lora_kernels
 
     rows, cols = x2.shape
     r = a.shape[0]
     out = torch.empty(rows, r, device=x2.device, dtype=x2.dtype)
     bm, bk, br = 64, 64, max(16, triton.next_power_of_2(r))
-    _seeded_dropout_kernels()[0][(triton.cdiv(rows, bm),)](
+    lora_kernels.dropout_xa[(triton.cdiv(rows, bm),)](
         x2,
         a.to(x2.dtype).contiguous(),
         out,
@@ -142,8 +127,8 @@ def seeded_dropout_xa(x2: Any, a: Any, seed: int, p: float) -> Any:
         cols,
         r,
         seed,
-        threshold(p),
-        keep_scale(p),
+        lora_kernels.threshold(p),
+        lora_kernels.keep_scale(p),
         bm=bm,
         bk=bk,
         br=br,
@@ -157,7 +142,7 @@ def seeded_dropout_da(gb: Any, x2: Any, seed: int, p: float) -> Any:
     import torch
     import triton
 
-    from flywheel_trainer.lora_kernels import keep_scale, threshold
+    from flywheel_trainer import lora_kernels
 
     rows, cols = x2.shape
     r = gb.shape[1]
@@ -168,10 +153,21 @@ def seeded_dropout_da(gb: Any, x2: Any, seed: int, p: float) -> Any:
     split_rows = triton.cdiv(triton.cdiv(rows, splits), bm) * bm
     splits = triton.cdiv(rows, split_rows)
     partial = torch.empty(splits, r, cols, device=x2.device, dtype=torch.float32)
-    _seeded_dropout_kernels()[1][(col_tiles, splits)](
-        gb.contiguous(), x2, partial, rows, cols, r, seed, threshold(p), split_rows, bm=bm, bk=bk, br=br
+    lora_kernels.dropout_da[(col_tiles, splits)](
+        gb.contiguous(),
+        x2,
+        partial,
+        rows,
+        cols,
+        r,
+        seed,
+        lora_kernels.threshold(p),
+        split_rows,
+        bm=bm,
+        bk=bk,
+        br=br,
     )
-    return partial.sum(0).mul_(keep_scale(p))
+    return partial.sum(0).mul_(lora_kernels.keep_scale(p))
 
 
 def seeded_dropout_keep(rows: int, cols: int, seed: int, p: float, device: Any) -> Any:
@@ -179,12 +175,12 @@ def seeded_dropout_keep(rows: int, cols: int, seed: int, p: float, device: Any) 
     import torch
     import triton
 
-    from flywheel_trainer.lora_kernels import threshold
+    from flywheel_trainer import lora_kernels
 
     out = torch.empty(rows, cols, device=device, dtype=torch.uint8)
     bm, bk = 32, 64
-    _seeded_dropout_kernels()[2][(triton.cdiv(rows, bm), triton.cdiv(cols, bk))](
-        out, rows, cols, seed, threshold(p), bm=bm, bk=bk
+    lora_kernels.dropout_keep[(triton.cdiv(rows, bm), triton.cdiv(cols, bk))](
+        out, rows, cols, seed, lora_kernels.threshold(p), bm=bm, bk=bk
     )
     return out.bool()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from flywheel_trainer.host_reads import PendingRead, read_later
+
 log = logging.getLogger("flywheel.trainer.recipe")
 
 #: Optimizer steps in a row whose gradients were not finite (each skipped) before the job fails.
@@ -48,7 +50,7 @@ class NonFiniteSteps:
         self.skipped = 0
         self.in_a_row = 0
         self.diverged = ""
-        self._pending: tuple[Any, Any, int] | None = None
+        self._pending: tuple[PendingRead, int] | None = None
 
     def check(self, model: Any, step: int, optimizer: Any = None) -> bool:
         """Skip this optimizer step if any of ``model``'s gradients is not finite; True once the run
@@ -60,7 +62,7 @@ class NonFiniteSteps:
             flag = nonfinite_flag(grads)
             inner.found_inf = flag
             verdict = self.settle()
-            self._queue(flag, step)
+            self._pending = (read_later(flag), step)
             return verdict
         if inner is not None and getattr(inner, "found_inf", None) is not None:
             inner.found_inf = None
@@ -75,11 +77,9 @@ class NonFiniteSteps:
         """Take in the verdict queued at the last device-path check (its copy has long finished);
         True once the run is judged diverged."""
         if self._pending is not None:
-            host, event, step = self._pending
+            read, step = self._pending
             self._pending = None
-            if event is not None:
-                event.synchronize()
-            if float(host) > 0:
+            if read.values()[0] > 0:
                 self._count_skip(step)
             else:
                 self.in_a_row = 0
@@ -93,18 +93,6 @@ class NonFiniteSteps:
         if not optimizer.defaults.get("fused") or len({g.device for g in grads}) != 1:
             return False
         return self.on_device if self.on_device is not None else bool(grads[0].is_cuda)
-
-    def _queue(self, flag: Any, step: int) -> None:
-        import torch
-
-        if flag.is_cuda:
-            host = torch.empty((), dtype=flag.dtype, pin_memory=True)
-            host.copy_(flag, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            self._pending = (host, event, step)
-        else:
-            self._pending = (flag.clone(), None, step)
 
     def _count_skip(self, step: int) -> bool:
         self.skipped += 1

@@ -49,6 +49,8 @@ from typing import Any
 
 from trl import SFTTrainer
 
+from flywheel_trainer.host_reads import read_later
+
 #: The keys under which :class:`HostSideCollator` passes a batch's token counts and block-mask
 #: tensors, popped before the model sees the batch.
 TOKENS_KEY = "_flywheel_tokens"
@@ -149,7 +151,7 @@ class SyncFreeSFTTrainer(SFTTrainer):
             self._host_mask = None
 
     def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
-        counted, self._host_tokens = getattr(self, "_host_tokens", None), None
+        counted, self._host_tokens = self._host_tokens, None
         mode = self.args.include_num_input_tokens_seen
         if counted is None or mode in ("no", False):
             super()._track_num_input_tokens(inputs)
@@ -213,20 +215,11 @@ class SyncFreeSFTTrainer(SFTTrainer):
         if norm_on_device:
             values.append(grad_norm.detach().reshape(()).float().to(tr_loss.device))
         values += [vals[i].detach().reshape(()).float().to(tr_loss.device) for vals, i in held]
-        stacked = torch.stack(values)  # a copy: the in-place reset below does not touch it
-        event = None
-        if stacked.is_cuda:
-            host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
-            host.copy_(stacked, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        else:
-            host = stacked
+        read = read_later(torch.stack(values))  # a copy: the in-place reset below does not touch it
         tr_loss -= tr_loss
         state = self.state
         self._pending_log = {
-            "host": host,
-            "event": event,
+            "read": read,
             "held": held,
             "metrics": metrics,
             "norm": None if norm_on_device else grad_norm,
@@ -247,9 +240,7 @@ class SyncFreeSFTTrainer(SFTTrainer):
         if pending is None:
             return
         self._pending_log = None
-        if pending["event"] is not None:
-            pending["event"].synchronize()
-        numbers = pending["host"].tolist()
+        numbers = pending["read"].values()
         loss_sum, rest = numbers[0], numbers[1:]
         logs: dict[str, float] = {"loss": loss_sum / pending["steps"]}
         if pending["norm_on_device"]:

@@ -34,7 +34,9 @@ def _record_channel(rank: int) -> TextIO:
     """A stream on the original stdout for the records (rank 0's; other ranks' are dropped); fd 1
     then points at stderr."""
     sys.stdout.flush()
-    channel = os.fdopen(os.dup(1), "w", encoding="utf-8") if rank == 0 else open(os.devnull, "w", encoding="utf-8")
+    channel = (
+        os.fdopen(os.dup(1), "w", encoding="utf-8") if rank == 0 else open(os.devnull, "w", encoding="utf-8")
+    )
     os.dup2(2, 1)
     return channel
 
@@ -58,7 +60,9 @@ def main() -> int:
     try:
         return recipe.run(job_dir, stop, emit)
     except Exception as err:
-        (job_dir / ("traceback.txt" if rank == 0 else f"traceback-rank{rank}.txt")).write_text(traceback.format_exc())
+        (job_dir / ("traceback.txt" if rank == 0 else f"traceback-rank{rank}.txt")).write_text(
+            traceback.format_exc()
+        )
         traceback.print_exc()  # into worker.log as well
         message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
         oom = "out of memory" in message.lower()
