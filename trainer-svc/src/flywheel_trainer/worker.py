@@ -41,6 +41,26 @@ def _record_channel(rank: int) -> TextIO:
     return channel
 
 
+class _SignalStop(threading.Event):
+    """The worker's stop flag, set by its SIGTERM handler without a lock.
+
+    ``threading.Event.set`` takes the Event's lock. A pod's process group gets the SIGTERM, and
+    ``run-job`` forwards its own, so a second SIGTERM can arrive while the first handler is inside
+    ``Event.set`` holding that lock; the nested handler then waited for it forever (seen with
+    py-spy: the preempted pod's worker hung in ``Condition.__enter__``). Setting a plain attribute
+    cannot block. Only ``set`` and ``is_set`` are used (``recipe.Recipe.should_stop``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._asked = False
+
+    def set(self) -> None:
+        self._asked = True
+
+    def is_set(self) -> bool:
+        return self._asked
+
+
 def main() -> int:
     die_with_parent()
     job_dir = Path(sys.argv[1])
@@ -51,7 +71,7 @@ def main() -> int:
         channel.write(encode(record))
         channel.flush()
 
-    stop = threading.Event()
+    stop = _SignalStop()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         stop.set()
