@@ -23,6 +23,9 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt scripts/system-deps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
+	@# Triton, for its interpreter only (tests/test_lora_kernels_interpreted.py), kept off the
+	@# venv's path: on a CPU its presence would change what PyTorch and Liger choose.
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/triton-interpreter triton==3.9.0
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install every service (editable) plus the dev tools; idempotent

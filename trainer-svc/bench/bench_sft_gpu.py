@@ -38,6 +38,12 @@ default) in every SFT variant, so the losses at equal steps compare.
   input and its mask written out and kept) instead of the adapter's dropout drawn inside its
   kernels from a seed (``fused_lora.DROPOUT_IN_KERNELS``, the worker's default since 2026-12-06),
   to measure that lever alone. (``_seeddrop`` is accepted and changes nothing now.)
+* ours8_bwd1 / ours8_bwd2 (any ``oursN`` + ``_bwd1`` or ``_bwd2``): the seeded dropout's backward
+  as one pass over the input (one kernel for both gradients, each keep decision drawn once) or as
+  two kernels (weight gradient, then input gradient, each drawing every decision):
+  ``fused_lora.SEEDED_ONE_PASS_BACKWARD`` set either way, whatever the worker's default.
+* ours8_philox7 / ours8_philox10 (any ``oursN`` + ``_philox7`` or ``_philox10``): the seeded
+  dropout's draws with seven or ten (Triton's default) Philox rounds (``lora_kernels.PHILOX_ROUNDS``).
 * ours8_logsync (any ``oursN`` + ``_logsync``): the sync-free trainer with its logs read back at
   the logging step and the Trainer's own device-side token count, as before 2026-12-06 (the
   default reads the logs a step late and counts tokens on the host), to measure that lever alone.
@@ -105,7 +111,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Suffixes of an ``oursN``/``trlN`` variant that turn one lever on or off without changing the
 #: attention's shape (so ``--warm`` compiles the plain variant's kernels for them).
-LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask"
+LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10"
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
     rf"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_compile|_varlen|{LEVERS})*)(x\d+)?$"
@@ -504,6 +510,14 @@ def run_variant(name: str, steps: int) -> dict:
 
             fused_lora.DROPOUT_GRAD_KERNEL = "_nokern" not in variant
             fused_lora.DROPOUT_IN_KERNELS = "_maskdrop" not in variant and "_nokern" not in variant
+            for flag, one_pass in (("_bwd1", True), ("_bwd2", False)):
+                if flag in variant:
+                    fused_lora.SEEDED_ONE_PASS_BACKWARD = one_pass
+            rounds = re.search(r"_philox(\d+)", variant)
+            if rounds and not SMOKE:
+                from flywheel_trainer import lora_kernels  # Triton: CUDA only
+
+                lora_kernels.PHILOX_ROUNDS = int(rounds.group(1))
             fused = fuse_lora(trainer.model, fp8="_fp8" in variant)
     if fused:
         # The worker's guard against non-finite gradients (its Reporter callback does the same):

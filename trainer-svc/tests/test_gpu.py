@@ -139,13 +139,17 @@ def test_dropout_grad_kernel_matches_pytorch(rank: int) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
-@pytest.mark.parametrize("rank", [8, 16, 64])
-def test_seeded_dropout_kernels_match_their_keep_mask(rank: int) -> None:
-    """The three seeded-dropout products against PyTorch on the keep mask the seed stands for, at
-    shapes that are not tile multiples; the mask drops about p, and only the seed decides it."""
-    from flywheel_trainer import fused_lora
+@pytest.mark.parametrize(("rank", "rounds"), [(8, 10), (16, 10), (64, 10), (16, 7)])
+def test_seeded_dropout_kernels_match_their_keep_mask(
+    rank: int, rounds: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seeded-dropout products (forward, the backward's two kernels and its one-pass kernel)
+    against PyTorch on the keep mask the seed stands for, at shapes that are not tile multiples; the
+    mask drops about p, and only the seed decides it."""
+    from flywheel_trainer import fused_lora, lora_kernels
     from flywheel_trainer.lora_kernels import keep_scale
 
+    monkeypatch.setattr(lora_kernels, "PHILOX_ROUNDS", rounds)
     gen = torch.Generator(device="cuda").manual_seed(rank)
     rows, cols, p, seed = 1000, 1500, 0.1, 4242 + rank
     scale = keep_scale(p)
@@ -170,6 +174,13 @@ def test_seeded_dropout_kernels_match_their_keep_mask(rank: int) -> None:
     got = d_x.clone()
     fused_lora._add_dropout_grad(got, gb, a16, None, scale, seed=seed, p=p)
     assert _rel(got, d_x.double() + (gb.double() @ a16.double()) * keep * scale) < 1e-2
+    # The one-pass backward (the default): both gradients from one draw of each keep tile.
+    one = d_x.clone()
+    da_one = fused_lora.seeded_dropout_backward(gb, x, a, one, seed, p)
+    assert da_one.shape == (rank, cols) and da_one.dtype == torch.float32
+    assert _rel(da_one, gb.double().t() @ dropped) < 1e-3
+    assert _rel(one, d_x.double() + (gb.double() @ a16.double()) * keep * scale) < 1e-2
+    assert _rel(one, got.double()) < 1e-3  # as the two kernels, up to bf16 rounding
     # Neighbouring elements share a Philox call (eight 16-bit numbers each): their decisions must
     # still be independent, so each column of a group of eight drops about p of its rows.
     dropped_at = (~keep)[:, : cols // 8 * 8].reshape(rows, -1, 8)
@@ -177,6 +188,46 @@ def test_seeded_dropout_kernels_match_their_keep_mask(rank: int) -> None:
     assert ((by_lane - p).abs() < 0.02).all(), by_lane
     both = (dropped_at[:, :, 0::2] & dropped_at[:, :, 1::2]).float().mean().item()
     assert abs(both - p * p) < 0.005, both  # neighbours dropped together as often as chance says
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
+def test_the_guard_skips_a_non_finite_step_on_the_gpu_without_reading_it_back() -> None:
+    """The worker's guard as a GPU job runs it (fused AdamW on CUDA, found by itself, no test
+    switch): a NaN step leaves weights and step count alone and is counted at the next check; the
+    flag covers float32 and bfloat16 gradients together; a finite step trains."""
+    from flywheel_trainer.nonfinite import NonFiniteSteps
+
+    layer = torch.nn.Linear(64, 64, device="cuda")
+    extra = torch.nn.Parameter(torch.zeros(8, device="cuda", dtype=torch.bfloat16))
+    model = torch.nn.ParameterList([layer.weight, layer.bias, extra])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    guard = NonFiniteSteps()
+    before = layer.weight.detach().clone()
+
+    def backward(scale: float, bad_in_bf16: bool = False) -> None:
+        optimizer.zero_grad()
+        loss = layer(torch.ones(1, 64, device="cuda")).sum() + extra.float().sum()
+        (loss * (1.0 if bad_in_bf16 else scale)).backward()
+        if bad_in_bf16:
+            extra.grad[3] = scale
+
+    backward(float("nan"))
+    assert not guard.check(model, 1, optimizer)
+    assert optimizer.found_inf is not None and guard.skipped == 0  # handed over, not read back
+    optimizer.step()
+    assert torch.equal(layer.weight.detach(), before)
+    assert float(optimizer.state[layer.weight]["step"]) == 0.0
+    backward(float("inf"), bad_in_bf16=True)  # only a bfloat16 gradient is bad
+    assert not guard.check(model, 2, optimizer)
+    assert guard.skipped == 1  # step 1's verdict
+    optimizer.step()
+    assert torch.equal(layer.weight.detach(), before)
+    backward(1.0)
+    guard.check(model, 3, optimizer)
+    optimizer.step()
+    assert not guard.settle() and guard.skipped == 2 and guard.in_a_row == 0
+    assert not torch.equal(layer.weight.detach(), before)
 
 
 @pytest.mark.parametrize("device", DEVICES)

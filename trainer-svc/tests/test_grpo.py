@@ -530,6 +530,26 @@ def test_on_the_device_path_fused_adam_skips_the_step_and_the_verdict_comes_a_st
     assert optimizer.found_inf is None
 
 
+def test_on_the_device_path_two_bad_dtype_groups_still_skip_the_step() -> None:
+    """The flag is checked a (device, dtype) group at a time; fused Adam skips only on
+    ``found_inf == 1``, so two bad groups must give 1, not 2 (a sum let this NaN step through)."""
+    from flywheel_trainer.nonfinite import NonFiniteSteps, nonfinite_flag
+
+    layer = torch.nn.Linear(2, 2)
+    extra = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
+    model = torch.nn.ParameterList([layer.weight, layer.bias, extra])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    guard = NonFiniteSteps()
+    guard.on_device = True
+    before = layer.weight.detach().clone()
+    ((layer(torch.ones(1, 2)).sum() + extra.float().sum()) * float("nan")).backward()
+    assert float(nonfinite_flag([p.grad for p in model.parameters()])) == 1.0
+    guard.check(model, 1, optimizer)
+    optimizer.step()
+    assert torch.equal(layer.weight.detach(), before) and not extra.detach().isnan().any()
+    assert guard.settle() is False and guard.skipped == 1
+
+
 def test_a_plain_adam_keeps_the_read_at_once_path() -> None:
     """Only fused Adam/AdamW take ``found_inf``: with the foreach one the guard drops the gradients."""
     from flywheel_trainer.recipe import NonFiniteSteps

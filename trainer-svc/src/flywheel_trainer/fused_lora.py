@@ -26,6 +26,11 @@ DROPOUT_GRAD_KERNEL = True
 #: call and kept the 13 GiB while running faster than PyTorch's dropout and mask
 #: (bench/RESULTS.md; the benchmark's ``_maskdrop`` variants turn it off).
 DROPOUT_IN_KERNELS = True
+#: Whether the seeded dropout's backward is one kernel (:func:`seeded_dropout_backward`: the weight
+#: and the input gradient from one pass over the input, each keep decision drawn once) instead of
+#: two (:func:`seeded_dropout_da`, then :func:`_add_dropout_grad`, each drawing every decision);
+#: the benchmark's ``_bwd1`` and ``_bwd2`` variants set it.
+SEEDED_ONE_PASS_BACKWARD = False
 #: Widest adapter rank the seeded-dropout kernels take (their tiles hold the whole rank).
 SEEDED_MAX_RANK = 128
 
@@ -77,6 +82,7 @@ def _add_dropout_grad(
             bk=bk,
             br=br,
             seeded=seeded,
+            rounds=lora_kernels.PHILOX_ROUNDS,
             num_warps=4,
         )
         return
@@ -132,8 +138,20 @@ def seeded_dropout_xa(x2: Any, a: Any, seed: int, p: float) -> Any:
         bm=bm,
         bk=bk,
         br=br,
+        rounds=lora_kernels.PHILOX_ROUNDS,
     )
     return out
+
+
+def _row_splits(rows: int, col_tiles: int, bm: int) -> tuple[int, int]:
+    """``(splits, split_rows)``: the row range cut into splits of whole ``bm`` tiles, enough that
+    ``col_tiles`` programs a split fill the GPU (about 512 programs); each split's weight-gradient
+    sums are added after, so the result does not depend on scheduling."""
+    import triton
+
+    splits = max(1, min(triton.cdiv(rows, bm), triton.cdiv(512, col_tiles)))
+    split_rows = triton.cdiv(triton.cdiv(rows, splits), bm) * bm
+    return triton.cdiv(rows, split_rows), split_rows
 
 
 def seeded_dropout_da(gb: Any, x2: Any, seed: int, p: float) -> Any:
@@ -148,10 +166,7 @@ def seeded_dropout_da(gb: Any, x2: Any, seed: int, p: float) -> Any:
     r = gb.shape[1]
     bm, bk, br = 64, 64, max(16, triton.next_power_of_2(r))
     col_tiles = triton.cdiv(cols, bk)
-    # Enough programs to fill the GPU: the row range is split and the splits' sums added after.
-    splits = max(1, min(triton.cdiv(rows, bm), triton.cdiv(512, col_tiles)))
-    split_rows = triton.cdiv(triton.cdiv(rows, splits), bm) * bm
-    splits = triton.cdiv(rows, split_rows)
+    splits, split_rows = _row_splits(rows, col_tiles, bm)
     partial = torch.empty(splits, r, cols, device=x2.device, dtype=torch.float32)
     lora_kernels.dropout_da[(col_tiles, splits)](
         gb.contiguous(),
@@ -166,8 +181,47 @@ def seeded_dropout_da(gb: Any, x2: Any, seed: int, p: float) -> Any:
         bm=bm,
         bk=bk,
         br=br,
+        rounds=lora_kernels.PHILOX_ROUNDS,
     )
     return partial.sum(0).mul_(lora_kernels.keep_scale(p))
+
+
+def seeded_dropout_backward(gb: Any, x2: Any, a: Any, d_x: Any, seed: int, p: float) -> Any:
+    """The adapter's backward under the seeded dropout, in one kernel: adds the branch's input
+    gradient ``(gb @ a) * keep * scale`` to ``d_x`` in place (as :func:`_add_dropout_grad` with a
+    seed) and returns its weight gradient ``gb^T @ dropout(x2)`` in float32 (as
+    :func:`seeded_dropout_da`), both from the keep decisions the forward drew from ``seed``."""
+    import torch
+    import triton
+
+    from flywheel_trainer import lora_kernels
+
+    rows, cols = x2.shape
+    r = gb.shape[1]
+    bm, bk, br = 64, 64, max(16, triton.next_power_of_2(r))
+    col_tiles = triton.cdiv(cols, bk)
+    splits, split_rows = _row_splits(rows, col_tiles, bm)
+    partial = torch.empty(splits, r, cols, device=x2.device, dtype=torch.float32)
+    scale = lora_kernels.keep_scale(p)
+    lora_kernels.dropout_bwd[(col_tiles, splits)](
+        gb.contiguous(),
+        x2,
+        a.to(gb.dtype).contiguous(),
+        d_x,
+        partial,
+        rows,
+        cols,
+        r,
+        seed,
+        lora_kernels.threshold(p),
+        scale,
+        split_rows,
+        bm=bm,
+        bk=bk,
+        br=br,
+        rounds=lora_kernels.PHILOX_ROUNDS,
+    )
+    return partial.sum(0).mul_(scale)
 
 
 def seeded_dropout_keep(rows: int, cols: int, seed: int, p: float, device: Any) -> Any:
@@ -180,7 +234,7 @@ def seeded_dropout_keep(rows: int, cols: int, seed: int, p: float, device: Any) 
     out = torch.empty(rows, cols, device=device, dtype=torch.uint8)
     bm, bk = 32, 64
     lora_kernels.dropout_keep[(triton.cdiv(rows, bm), triton.cdiv(cols, bk))](
-        out, rows, cols, seed, lora_kernels.threshold(p), bm=bm, bk=bk
+        out, rows, cols, seed, lora_kernels.threshold(p), bm=bm, bk=bk, rounds=lora_kernels.PHILOX_ROUNDS
     )
     return out.bool()
 
@@ -260,23 +314,32 @@ def fused_lora_function() -> Any:
             gb = g @ b  # (N, r)
             d_b = (g.t() @ xa).mul_(s).to(ctx.b_dtype) if ctx.needs_input_grad[4] else None
             gb.mul_(s)
-            d_a = None
-            if ctx.needs_input_grad[3]:
-                if ctx.seed is not None:  # xd is the input itself: the kernel drops it again
-                    d_a = seeded_dropout_da(gb, xd, ctx.seed, ctx.p).to(ctx.a_dtype)
-                else:
-                    d_a = (gb.t() @ xd).to(ctx.a_dtype)
-            d_x = None
+            d_a = d_x = None
             if ctx.needs_input_grad[0]:
                 d_x = ctx.fp8.backward(g).to(dtype) if ctx.fp8 is not None else g @ weight.to(dtype)
-                if ctx.seed is not None:
+            if (
+                ctx.seed is not None
+                and d_x is not None
+                and ctx.needs_input_grad[3]
+                and SEEDED_ONE_PASS_BACKWARD
+            ):
+                # xd is the input itself: one kernel drops it again for both gradients
+                d_a = seeded_dropout_backward(gb, xd, a, d_x, ctx.seed, ctx.p).to(ctx.a_dtype)
+            else:
+                if ctx.needs_input_grad[3]:
+                    if ctx.seed is not None:  # xd is the input itself: the kernel drops it again
+                        d_a = seeded_dropout_da(gb, xd, ctx.seed, ctx.p).to(ctx.a_dtype)
+                    else:
+                        d_a = (gb.t() @ xd).to(ctx.a_dtype)
+                if d_x is not None and ctx.seed is not None:
                     from flywheel_trainer.lora_kernels import keep_scale
 
                     _add_dropout_grad(d_x, gb, a, None, keep_scale(ctx.p), seed=ctx.seed, p=ctx.p)
-                elif mask is None:
+                elif d_x is not None and mask is None:
                     d_x.addmm_(gb, a)
-                else:
+                elif d_x is not None:
                     _add_dropout_grad(d_x, gb, a, mask, 1.0 / (1.0 - ctx.p))
+            if d_x is not None:
                 d_x = d_x.view(ctx.x_shape).to(ctx.x_dtype)
             return d_x, None, None, d_a, d_b, None, None, None
 

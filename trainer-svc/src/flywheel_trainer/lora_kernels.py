@@ -13,6 +13,12 @@ counter ``m * ceil(cols / 8) + k // 8`` gives four 32-bit words, i.e. the eight 
 columns ``8 * (k // 8)`` to ``8 * (k // 8) + 7``. Every kernel takes its keep decisions from
 :func:`keep_tile`, so the forward and the backward draw the same ones; a tile's first column must
 be a multiple of 8 and its width a multiple of 8.
+
+Philox runs :data:`PHILOX_ROUNDS` rounds. Its authors found seven rounds of Philox4x32 enough to
+pass TestU01's BigCrush and keep ten (Triton's default) as a margin for general use (Salmon et
+al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011); a dropout mask needs no more than
+seven, and the draws are most of these kernels' arithmetic. ``test_gpu.py`` checks the keep rate of each of a
+call's eight lanes and that neighbouring decisions are independent.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import triton.language as tl
 
 #: Bits of the uniform number behind each keep decision: p is rounded to a multiple of 2**-16.
 KEEP_BITS = 16
+#: Philox rounds behind each draw (the benchmark's ``_philox7`` and ``_philox10`` variants set it).
+PHILOX_ROUNDS = 10
 
 
 def threshold(p: float) -> int:
@@ -36,12 +44,12 @@ def keep_scale(p: float) -> float:
 
 
 @triton.jit
-def keep_tile(seed, rm, k0, cols, thresh, bm: tl.constexpr, bk: tl.constexpr):
+def keep_tile(seed, rm, k0, cols, thresh, bm: tl.constexpr, bk: tl.constexpr, rounds: tl.constexpr):
     """Keep decisions (bool, ``(bm, bk)``) of rows ``rm`` and columns ``k0 .. k0 + bk``."""
     groups = (cols + 7) // 8
     g = k0 // 8 + tl.arange(0, bk // 8)
     counter = rm[:, None] * groups + g[None, :]
-    r0, r1, r2, r3 = tl.randint4x(seed, counter)
+    r0, r1, r2, r3 = tl.randint4x(seed, counter, rounds)
     low = tl.join(tl.join(r0 & 0xFFFF, r0 >> 16), tl.join(r1 & 0xFFFF, r1 >> 16))
     high = tl.join(tl.join(r2 & 0xFFFF, r2 >> 16), tl.join(r3 & 0xFFFF, r3 >> 16))
     u = tl.reshape(tl.join(low, high), (bm, bk))
@@ -64,6 +72,7 @@ def dropout_grad(
     bk: tl.constexpr,
     br: tl.constexpr,
     seeded: tl.constexpr,
+    rounds: tl.constexpr,
 ):
     """``d_x += ((gb @ a) * keep) * scale`` in place, ``keep`` from a bool mask or (``seeded``) drawn
     again from the seed."""
@@ -80,7 +89,7 @@ def dropout_grad(
     both = in_m[:, None] & in_k[None, :]
     offs = rm[:, None] * cols + rk[None, :]
     if seeded:
-        keep = keep_tile(seed, rm, pk * bk, cols, thresh, bm, bk).to(tl.float32)
+        keep = keep_tile(seed, rm, pk * bk, cols, thresh, bm, bk, rounds).to(tl.float32)
     else:
         keep = tl.load(mask_ptr + offs, mask=both, other=0).to(tl.float32)
     dx = tl.load(dx_ptr + offs, mask=both, other=0.0).to(tl.float32)
@@ -101,6 +110,7 @@ def dropout_xa(
     bm: tl.constexpr,
     bk: tl.constexpr,
     br: tl.constexpr,
+    rounds: tl.constexpr,
 ):
     """``out = (dropout(x) @ a^T) * scale``: x (rows, cols), a (r, cols), out (rows, r)."""
     rm = (tl.program_id(0) * bm + tl.arange(0, bm)).to(tl.int64)
@@ -111,7 +121,7 @@ def dropout_xa(
         rk = k0 + tl.arange(0, bk)
         in_k = rk < cols
         x = tl.load(x_ptr + rm[:, None] * cols + rk[None, :], mask=in_m[:, None] & in_k[None, :], other=0.0)
-        x = tl.where(keep_tile(seed, rm, k0, cols, thresh, bm, bk), x, tl.zeros_like(x))
+        x = tl.where(keep_tile(seed, rm, k0, cols, thresh, bm, bk, rounds), x, tl.zeros_like(x))
         a = tl.load(
             a_ptr + rr[None, :] * cols + rk[:, None], mask=(rr[None, :] < r) & in_k[:, None], other=0.0
         )
@@ -134,6 +144,7 @@ def dropout_da(
     bm: tl.constexpr,
     bk: tl.constexpr,
     br: tl.constexpr,
+    rounds: tl.constexpr,
 ):
     """``out[split] = gb[split]^T @ dropout(x[split])`` (unscaled), float32 partial sums over a
     split of the rows each: gb (rows, r), x (rows, cols), out (splits, r, cols)."""
@@ -148,7 +159,7 @@ def dropout_da(
         rm = (start + m0 + tl.arange(0, bm)).to(tl.int64)
         in_m = rm < rows
         x = tl.load(x_ptr + rm[:, None] * cols + rk[None, :], mask=in_m[:, None] & in_k[None, :], other=0.0)
-        x = tl.where(keep_tile(seed, rm, k0, cols, thresh, bm, bk), x, tl.zeros_like(x))
+        x = tl.where(keep_tile(seed, rm, k0, cols, thresh, bm, bk, rounds), x, tl.zeros_like(x))
         gb = tl.load(
             gb_ptr + rm[:, None] * r + rr[None, :], mask=in_m[:, None] & (rr[None, :] < r), other=0.0
         )
@@ -161,12 +172,64 @@ def dropout_da(
 
 
 @triton.jit
-def dropout_keep(out_ptr, rows, cols, seed, thresh, bm: tl.constexpr, bk: tl.constexpr):
+def dropout_bwd(
+    gb_ptr,
+    x_ptr,
+    a_ptr,
+    dx_ptr,
+    out_ptr,
+    rows,
+    cols,
+    r,
+    seed,
+    thresh,
+    scale,
+    split_rows,
+    bm: tl.constexpr,
+    bk: tl.constexpr,
+    br: tl.constexpr,
+    rounds: tl.constexpr,
+):
+    """The adapter's backward under the seeded dropout in one pass over ``x``: :func:`dropout_da`'s
+    float32 partial sums ``out[split] = gb[split]^T @ dropout(x[split])`` (unscaled) and
+    :func:`dropout_grad`'s ``d_x += ((gb @ a) * keep) * scale`` in place, from one draw of each
+    keep tile (two kernels draw every decision twice). Each program owns a column tile of a split
+    of the rows, so every element of ``d_x`` is written by one program."""
+    k0 = tl.program_id(0) * bk
+    rk = k0 + tl.arange(0, bk)
+    split = tl.program_id(1)
+    rr = tl.arange(0, br)
+    in_k = rk < cols
+    in_r = rr < r
+    a = tl.load(a_ptr + rr[:, None] * cols + rk[None, :], mask=in_r[:, None] & in_k[None, :], other=0.0)
+    acc = tl.zeros((br, bk), dtype=tl.float32)
+    start = split * split_rows
+    for m0 in tl.range(0, split_rows, bm):
+        rm = (start + m0 + tl.arange(0, bm)).to(tl.int64)
+        in_m = rm < rows
+        both = in_m[:, None] & in_k[None, :]
+        offs = rm[:, None] * cols + rk[None, :]
+        keep = keep_tile(seed, rm, k0, cols, thresh, bm, bk, rounds)
+        x = tl.load(x_ptr + offs, mask=both, other=0.0)
+        x = tl.where(keep, x, tl.zeros_like(x))
+        gb = tl.load(gb_ptr + rm[:, None] * r + rr[None, :], mask=in_m[:, None] & in_r[None, :], other=0.0)
+        acc += tl.dot(tl.trans(gb), x)
+        t = tl.dot(gb, a)
+        dx = tl.load(dx_ptr + offs, mask=both, other=0.0).to(tl.float32)
+        dx += tl.where(keep, t * scale, tl.zeros_like(t))
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=both)
+    tl.store(
+        out_ptr + split * r * cols + rr[:, None] * cols + rk[None, :], acc, mask=in_r[:, None] & in_k[None, :]
+    )
+
+
+@triton.jit
+def dropout_keep(out_ptr, rows, cols, seed, thresh, bm: tl.constexpr, bk: tl.constexpr, rounds: tl.constexpr):
     """The keep decisions themselves, as uint8 (rows, cols): for tests and checks."""
     rm = (tl.program_id(0) * bm + tl.arange(0, bm)).to(tl.int64)
     k0 = tl.program_id(1) * bk
     rk = k0 + tl.arange(0, bk)
-    kept = keep_tile(seed, rm, k0, cols, thresh, bm, bk).to(tl.uint8)
+    kept = keep_tile(seed, rm, k0, cols, thresh, bm, bk, rounds).to(tl.uint8)
     tl.store(
         out_ptr + rm[:, None] * cols + rk[None, :], kept, mask=(rm[:, None] < rows) & (rk[None, :] < cols)
     )
