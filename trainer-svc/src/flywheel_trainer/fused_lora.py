@@ -190,7 +190,8 @@ def seeded_dropout_backward(gb: Any, x2: Any, a: Any, d_x: Any, seed: int, p: fl
     """The adapter's backward under the seeded dropout, in one kernel: adds the branch's input
     gradient ``(gb @ a) * keep * scale`` to ``d_x`` in place (as :func:`_add_dropout_grad` with a
     seed) and returns its weight gradient ``gb^T @ dropout(x2)`` in float32 (as
-    :func:`seeded_dropout_da`), both from the keep decisions the forward drew from ``seed``."""
+    :func:`seeded_dropout_da`, the keep scale applied in the kernel), both from the keep decisions
+    the forward drew from ``seed``."""
     import torch
     import triton
 
@@ -221,7 +222,7 @@ def seeded_dropout_backward(gb: Any, x2: Any, a: Any, d_x: Any, seed: int, p: fl
         br=br,
         rounds=lora_kernels.PHILOX_ROUNDS,
     )
-    return partial.sum(0).mul_(scale)
+    return partial[0] if splits == 1 else partial.sum(0)
 
 
 def seeded_dropout_keep(rows: int, cols: int, seed: int, p: float, device: Any) -> Any:
@@ -311,9 +312,13 @@ def fused_lora_function() -> Any:
             xd, mask, xa, weight, a, b = ctx.saved_tensors
             dtype, s = ctx.dtype, ctx.scaling
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)
-            gb = g @ b  # (N, r)
-            d_b = (g.t() @ xa).mul_(s).to(ctx.b_dtype) if ctx.needs_input_grad[4] else None
-            gb.mul_(s)
+            # The scaling rides in the matmuls' alpha (beta 0: `unused` is never read) instead of a
+            # multiply kernel after each: fewer launches for the host to issue in the small layers.
+            unused = g.new_empty(())
+            gb = torch.addmm(unused, g, b, beta=0, alpha=s)  # (N, r), scaled
+            d_b = None
+            if ctx.needs_input_grad[4]:
+                d_b = torch.addmm(unused, g.t(), xa, beta=0, alpha=s).to(ctx.b_dtype)
             d_a = d_x = None
             if ctx.needs_input_grad[0]:
                 d_x = ctx.fp8.backward(g).to(dtype) if ctx.fp8 is not None else g @ weight.to(dtype)

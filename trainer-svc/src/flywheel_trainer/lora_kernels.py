@@ -191,7 +191,7 @@ def dropout_bwd(
     rounds: tl.constexpr,
 ):
     """The adapter's backward under the seeded dropout in one pass over ``x``: :func:`dropout_da`'s
-    float32 partial sums ``out[split] = gb[split]^T @ dropout(x[split])`` (unscaled) and
+    float32 partial sums ``out[split] = gb[split]^T @ dropout(x[split])``, here scaled by ``scale``, and
     :func:`dropout_grad`'s ``d_x += ((gb @ a) * keep) * scale`` in place, from one draw of each
     keep tile (two kernels draw every decision twice). Each program owns a column tile of a split
     of the rows, so every element of ``d_x`` is written by one program."""
@@ -219,7 +219,9 @@ def dropout_bwd(
         dx += tl.where(keep, t * scale, tl.zeros_like(t))
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=both)
     tl.store(
-        out_ptr + split * r * cols + rr[:, None] * cols + rk[None, :], acc, mask=in_r[:, None] & in_k[None, :]
+        out_ptr + split * r * cols + rr[:, None] * cols + rk[None, :],
+        acc * scale,
+        mask=in_r[:, None] & in_k[None, :],
     )
 
 
