@@ -50,6 +50,7 @@ def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
         ("cpu", torch.bfloat16),  # the GPU's dtypes, on a CPU: the adapters' bf16 copies are made
         pytest.param("cuda", torch.bfloat16, marks=needs_gpu),  # PyTorch's dropout and its mask
         pytest.param("cuda-seeded", torch.bfloat16, marks=needs_gpu),  # dropout drawn in the kernels
+        pytest.param("cuda-seeded-1pass", torch.bfloat16, marks=needs_gpu),  # and its one-pass backward
     ],
 )
 def test_fused_lora_layer_matches_float64(
@@ -61,10 +62,11 @@ def test_fused_lora_layer_matches_float64(
     from flywheel_trainer import fused_lora
     from flywheel_trainer.fused_lora import fused_lora_function
 
-    seeded = device == "cuda-seeded"
+    seeded = device.startswith("cuda-seeded")
     if device.startswith("cuda"):
-        device = "cuda"
         monkeypatch.setattr(fused_lora, "DROPOUT_IN_KERNELS", seeded)
+        monkeypatch.setattr(fused_lora, "SEEDED_ONE_PASS_BACKWARD", device.endswith("1pass"))
+        device = "cuda"
 
     gen = torch.Generator().manual_seed(int(p * 10))
     n_in, n_out, rank, scaling = 64, 48, 8, 2.0
