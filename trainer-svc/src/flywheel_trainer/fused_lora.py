@@ -143,32 +143,38 @@ def seeded_dropout_xa(x2: Any, a: Any, seed: int, p: float) -> Any:
     return out
 
 
-def _row_splits(rows: int, col_tiles: int, bm: int) -> tuple[int, int]:
-    """``(splits, split_rows)``: the row range cut into splits of whole ``bm`` tiles, enough that
-    ``col_tiles`` programs a split fill the GPU (about 512 programs); each split's weight-gradient
-    sums are added after, so the result does not depend on scheduling."""
+#: Tile sizes (rows, columns) of the seeded weight-gradient kernels.
+_SPLIT_BM, _SPLIT_BK = 64, 64
+
+
+def _over_row_splits(gb: Any, x2: Any) -> tuple[tuple[int, int], Any, int, int]:
+    """The launch of a seeded weight-gradient kernel: ``(grid, partial, split_rows, br)``.
+
+    One program a column tile of a split of the rows; the row range is cut into splits of whole
+    tiles, enough that the programs fill the GPU (about 512), and each split's float32 sums go to
+    its slice of ``partial`` (splits, r, cols), added after, so the result does not depend on
+    scheduling."""
+    import torch
     import triton
 
-    splits = max(1, min(triton.cdiv(rows, bm), triton.cdiv(512, col_tiles)))
-    split_rows = triton.cdiv(triton.cdiv(rows, splits), bm) * bm
-    return triton.cdiv(rows, split_rows), split_rows
+    rows, cols = x2.shape
+    r = gb.shape[1]
+    col_tiles = triton.cdiv(cols, _SPLIT_BK)
+    splits = max(1, min(triton.cdiv(rows, _SPLIT_BM), triton.cdiv(512, col_tiles)))
+    split_rows = triton.cdiv(triton.cdiv(rows, splits), _SPLIT_BM) * _SPLIT_BM
+    splits = triton.cdiv(rows, split_rows)
+    partial = torch.empty(splits, r, cols, device=x2.device, dtype=torch.float32)
+    return (col_tiles, splits), partial, split_rows, max(16, triton.next_power_of_2(r))
 
 
 def seeded_dropout_da(gb: Any, x2: Any, seed: int, p: float) -> Any:
     """``gb^T @ dropout(x2)`` (r, cols) in float32, the dropout the forward drew from ``seed``, kept
     elements scaled as :func:`seeded_dropout_xa` scales them."""
-    import torch
-    import triton
-
     from flywheel_trainer import lora_kernels
 
-    rows, cols = x2.shape
-    r = gb.shape[1]
-    bm, bk, br = 64, 64, max(16, triton.next_power_of_2(r))
-    col_tiles = triton.cdiv(cols, bk)
-    splits, split_rows = _row_splits(rows, col_tiles, bm)
-    partial = torch.empty(splits, r, cols, device=x2.device, dtype=torch.float32)
-    lora_kernels.dropout_da[(col_tiles, splits)](
+    (rows, cols), r = x2.shape, gb.shape[1]
+    grid, partial, split_rows, br = _over_row_splits(gb, x2)
+    lora_kernels.dropout_da[grid](
         gb.contiguous(),
         x2,
         partial,
@@ -178,8 +184,8 @@ def seeded_dropout_da(gb: Any, x2: Any, seed: int, p: float) -> Any:
         seed,
         lora_kernels.threshold(p),
         split_rows,
-        bm=bm,
-        bk=bk,
+        bm=_SPLIT_BM,
+        bk=_SPLIT_BK,
         br=br,
         rounds=lora_kernels.PHILOX_ROUNDS,
     )
@@ -192,19 +198,12 @@ def seeded_dropout_backward(gb: Any, x2: Any, a: Any, d_x: Any, seed: int, p: fl
     seed) and returns its weight gradient ``gb^T @ dropout(x2)`` in float32 (as
     :func:`seeded_dropout_da`, the keep scale applied in the kernel), both from the keep decisions
     the forward drew from ``seed``."""
-    import torch
-    import triton
-
     from flywheel_trainer import lora_kernels
 
-    rows, cols = x2.shape
-    r = gb.shape[1]
-    bm, bk, br = 64, 64, max(16, triton.next_power_of_2(r))
-    col_tiles = triton.cdiv(cols, bk)
-    splits, split_rows = _row_splits(rows, col_tiles, bm)
-    partial = torch.empty(splits, r, cols, device=x2.device, dtype=torch.float32)
+    (rows, cols), r = x2.shape, gb.shape[1]
+    grid, partial, split_rows, br = _over_row_splits(gb, x2)
     scale = lora_kernels.keep_scale(p)
-    lora_kernels.dropout_bwd[(col_tiles, splits)](
+    lora_kernels.dropout_bwd[grid](
         gb.contiguous(),
         x2,
         a.to(gb.dtype).contiguous(),
@@ -217,12 +216,12 @@ def seeded_dropout_backward(gb: Any, x2: Any, a: Any, d_x: Any, seed: int, p: fl
         lora_kernels.threshold(p),
         scale,
         split_rows,
-        bm=bm,
-        bk=bk,
+        bm=_SPLIT_BM,
+        bk=_SPLIT_BK,
         br=br,
         rounds=lora_kernels.PHILOX_ROUNDS,
     )
-    return partial[0] if splits == 1 else partial.sum(0)
+    return partial[0] if grid[1] == 1 else partial.sum(0)
 
 
 def seeded_dropout_keep(rows: int, cols: int, seed: int, p: float, device: Any) -> Any:
