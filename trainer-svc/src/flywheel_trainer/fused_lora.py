@@ -29,7 +29,10 @@ DROPOUT_IN_KERNELS = True
 #: Whether the seeded dropout's backward is one kernel (:func:`seeded_dropout_backward`: the weight
 #: and the input gradient from one pass over the input, each keep decision drawn once) instead of
 #: two (:func:`seeded_dropout_da`, then :func:`_add_dropout_grad`, each drawing every decision);
-#: the benchmark's ``_bwd1`` and ``_bwd2`` variants set it.
+#: the benchmark's ``_bwd1`` and ``_bwd2`` variants set it. Off: on an H100 with seven Philox rounds
+#: it was no faster on 1,536-wide inputs (0.133 against 0.129 ms) and 32% slower on the 8,960-wide
+#: one (0.615 against 0.465 ms), whose input gradient the two-kernel path spreads over far more
+#: programs (``bench/bench_seeded_kernels.py``, bench/RESULTS.md).
 SEEDED_ONE_PASS_BACKWARD = False
 #: Widest adapter rank the seeded-dropout kernels take (their tiles hold the whole rank).
 SEEDED_MAX_RANK = 128

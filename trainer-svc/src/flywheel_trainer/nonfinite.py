@@ -132,9 +132,12 @@ def nonfinite_flag(tensors: list[Any]) -> Any:
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t)
     found = []
-    for (device, _), group in groups.items():
-        flag = torch.zeros(1, device=device)
-        check(group, flag, torch.ones(1, device=device))
+    for (device, dtype), group in groups.items():
+        if dtype in (torch.float32, torch.float16):
+            flag = torch.zeros(1, device=device)
+            check(group, flag, torch.ones(1, device=device))
+        else:  # the AMP op's CUDA kernel takes float32 and float16 only (bfloat16 raised on an H100)
+            flag = (~torch.stack([torch.isfinite(t).all() for t in group]).all()).float().reshape(1)
         found.append(flag.to(tensors[0].device))
     # Exactly 1.0 when any group found one: the fused optimizers skip only on ``found_inf == 1``
     # (a sum over two bad groups, 2.0, would let the NaN step through).
