@@ -29,7 +29,7 @@ import triton.language as tl
 #: Bits of the uniform number behind each keep decision: p is rounded to a multiple of 2**-16.
 KEEP_BITS = 16
 #: Philox rounds behind each draw: seven, against Triton's default ten, took the seeded kernels from
-#: 64.8 to 50.5 ms of a step's GPU time at 1.5 B on an H100 (``bench/bench_seeded_kernels.py``,
+#: 64.8 to 50.5 ms a step at 1.5 B on an H100, launches included (``bench/bench_seeded_kernels.py``,
 #: bench/RESULTS.md). The benchmark's ``_philox7`` and ``_philox10`` variants set it.
 PHILOX_ROUNDS = 7
 
