@@ -44,6 +44,10 @@ default) in every SFT variant, so the losses at equal steps compare.
   ``fused_lora.SEEDED_ONE_PASS_BACKWARD`` set either way, whatever the worker's default.
 * ours8_philox7 / ours8_philox10 (any ``oursN`` + ``_philox7`` or ``_philox10``): the seeded
   dropout's draws with seven or ten (Triton's default) Philox rounds (``lora_kernels.PHILOX_ROUNDS``).
+* ours8_nogroup / ours8_noconcat (any ``oursN`` + ``_nogroup`` or ``_noconcat``): sibling LoRA layers
+  that read one input (q/k/v, gate/up) as separate nodes (``fused_lora.GROUP_SHARED_INPUT`` off), or
+  grouped in the accumulate form only (no layer's adapter output carried in its base matmul:
+  ``fused_lora.CONCAT_MIN_RATIO`` out of reach); the worker groups them, gate/up in the concat form.
 * ours8_logsync (any ``oursN`` + ``_logsync``): the sync-free trainer with its logs read back at
   the logging step and the Trainer's own device-side token count, as before 2026-12-06 (the
   default reads the logs a step late and counts tokens on the host), to measure that lever alone.
@@ -111,7 +115,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Suffixes of an ``oursN``/``trlN`` variant that turn one lever on or off without changing the
 #: attention's shape (so ``--warm`` compiles the plain variant's kernels for them).
-LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10"
+LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10|_nogroup|_noconcat"
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
     rf"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_compile|_varlen|{LEVERS})*)(x\d+)?$"
@@ -510,6 +514,9 @@ def run_variant(name: str, steps: int) -> dict:
 
             fused_lora.DROPOUT_GRAD_KERNEL = "_nokern" not in variant
             fused_lora.DROPOUT_IN_KERNELS = "_maskdrop" not in variant and "_nokern" not in variant
+            fused_lora.GROUP_SHARED_INPUT = "_nogroup" not in variant
+            if "_noconcat" in variant:
+                fused_lora.CONCAT_MIN_RATIO = float("inf")
             for flag, one_pass in (("_bwd1", True), ("_bwd2", False)):
                 if flag in variant:
                     fused_lora.SEEDED_ONE_PASS_BACKWARD = one_pass
@@ -569,6 +576,8 @@ def run_variant(name: str, steps: int) -> dict:
         "attention": getattr(model.config, "_attn_implementation", None),
         "lora_dropout": lora.lora_dropout,
         "fused_lora_layers": fused,
+        # sibling groups run as one node: (groups, of them in the concat form, their group computations)
+        "shared_input_groups": _group_counts(trainer.model) if fused else None,
         "tokens_per_step": round(tokens / max(1, len(timing["t"]) - 1 - warm)),
         "tokens_per_s": round(tps),
         "mfu": round(4 * n_params * tps / peak, 4),
@@ -982,6 +991,12 @@ def summarise(runs: dict[str, list[dict]]) -> list[str]:
             + ", ".join(f"{n} {v / med['baseline']:.2f}x" for n, v in med.items() if n != "baseline"),
         ]
     return out
+
+
+def _group_counts(model: object) -> list[int]:
+    """``[groups, concat-form groups, group computations so far]`` of fused_lora's sibling groups."""
+    groups = {id(g): g for m in model.modules() if (g := vars(m).get("_flywheel_group")) is not None}
+    return [len(groups), sum(g.concat for g in groups.values()), sum(g.calls for g in groups.values())]
 
 
 def main() -> int:

@@ -44,6 +44,9 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
     (grpo_full,) = runs["grpo_full"]
     assert trl["fused_lora_layers"] == 0 and ours["fused_lora_layers"] == 14  # 7 projections x 2 layers
     assert grpo["fused_lora_layers"] == 14  # the worker fuses GRPO's layers too
+    # q/k/v and gate/up of each layer ran as one node each, every step (gate/up in the concat form)
+    groups, concat, calls = ours["shared_input_groups"]
+    assert groups == 4 and concat >= 2 and calls >= 4 * 3, ours
     assert trl["rows_a_step"] == ours["rows_a_step"] == 4 and grpo["rows_a_step"] == 8
     for run in (trl, ours, grpo, grpo_full):
         assert run["tokens_per_s"] > 0 and math.isfinite(run["train_loss"]), run

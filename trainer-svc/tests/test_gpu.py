@@ -113,6 +113,136 @@ def test_fused_lora_layer_matches_float64(
     assert b.grad is not None and b.grad.dtype == torch.float32 and _rel(b.grad, b64.grad) < tol
 
 
+@pytest.mark.parametrize("form", ["concat", "accumulate"])
+@pytest.mark.parametrize(
+    ("device", "low"),
+    [
+        ("cpu", torch.float32),
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.bfloat16, marks=needs_gpu),
+        pytest.param("cuda-seeded", torch.bfloat16, marks=needs_gpu),
+    ],
+)
+def test_grouped_lora_layers_match_float64(
+    device: str, low: torch.dtype, form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three sibling layers on one input as one node, each with its own dropout draw, against float64
+    on those very masks: outputs, and the gradients of the input and of every A and B, with ranks
+    that are not a multiple of the concat form's 8-column blocks, biases on two layers only, and
+    one output left unused (no gradient reaches it)."""
+    from flywheel_trainer import fused_lora
+    from flywheel_trainer.fused_lora import grouped_lora_function
+
+    seeded = device == "cuda-seeded"
+    if device.startswith("cuda"):
+        monkeypatch.setattr(fused_lora, "DROPOUT_IN_KERNELS", seeded)
+        device = "cuda"
+    gen = torch.Generator().manual_seed(7)
+    n_in, outs, ranks, scalings, p = 64, [48, 24, 80], [8, 5, 12], [2.0, 0.5, 1.0], 0.1
+    x = torch.randn(3, 5, n_in, generator=gen).to(device, low).requires_grad_()
+    weights = [(torch.randn(o, n_in, generator=gen) / 8).to(device, low) for o in outs]
+    biases = [torch.randn(outs[0], generator=gen).to(device, low), None]
+    biases.append(torch.randn(outs[2], generator=gen).to(device, low))
+    lora_a = [(torch.randn(r, n_in, generator=gen) / 8).to(device).requires_grad_() for r in ranks]
+    lora_b = [(torch.randn(o, r, generator=gen) / 8).to(device).requires_grad_() for o, r in zip(outs, ranks)]
+    grads = [torch.randn(3, 5, o, generator=gen).to(device, low) for o in outs]
+
+    torch.manual_seed(321)
+    hyper = tuple((s, p, None) for s in scalings)
+    params = [t for i in range(3) for t in (weights[i], biases[i], lora_a[i], lora_b[i])]
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=low == torch.bfloat16):
+        ys = grouped_lora_function().apply(x, form == "concat", hyper, *params)
+    torch.autograd.backward([ys[0], ys[2]], [grads[0], grads[2]])  # ys[1] unused
+
+    torch.manual_seed(321)  # each layer's dropout, drawn again in the order the node drew them
+    keeps = []
+    for r in ranks:
+        if seeded:
+            keeps.append(fused_lora.seeded_dropout_keep(15, n_in, fused_lora._draw_seed(), p, device))
+        else:
+            keeps.append(torch.native_dropout(x.detach().reshape(15, n_in), p, True)[1])
+    scale = 1 / (1 - p)
+    if seeded:
+        from flywheel_trainer.lora_kernels import keep_scale  # Triton: CUDA only
+
+        scale = keep_scale(p)  # p rounded to 2**-16 (lora_kernels)
+    x64 = x.detach().double().requires_grad_()
+    flat = x64.reshape(15, n_in)
+    a64 = [t.detach().double().requires_grad_() for t in lora_a]
+    b64 = [t.detach().double().requires_grad_() for t in lora_b]
+    refs = []
+    for i in range(3):
+        ref = (
+            flat @ weights[i].double().t()
+            + scalings[i] * ((flat * keeps[i].double() * scale) @ a64[i].t()) @ b64[i].t()
+        )
+        refs.append(ref + biases[i].double() if biases[i] is not None else ref)
+    torch.autograd.backward(
+        [refs[0], refs[2]], [grads[0].double().reshape(15, -1), grads[2].double().reshape(15, -1)]
+    )
+
+    tol = 2e-2 if low == torch.bfloat16 else 1e-5
+    for i in range(3):
+        assert ys[i].shape == (3, 5, outs[i]) and ys[i].dtype == low
+        assert _rel(ys[i], refs[i]) < tol, i
+    assert x.grad is not None and x.grad.dtype == low and _rel(x.grad, x64.grad) < tol
+    for i in (0, 2):
+        assert lora_a[i].grad is not None and lora_a[i].grad.dtype == torch.float32
+        assert _rel(lora_a[i].grad, a64[i].grad) < tol, i
+        assert lora_b[i].grad is not None and _rel(lora_b[i].grad, b64[i].grad) < tol, i
+    assert lora_a[1].grad is None and lora_b[1].grad is None  # its output took no part in the loss
+
+
+def test_a_sibling_given_another_input_computes_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group's guess that q/k/v read one input is checked at run time: where k and v read another
+    tensor (cross-attention), each layer gives what it gives alone, and after
+    ``_SharedInput.MAX_MISSES`` wasted group computations the group stops trying."""
+    from peft import LoraConfig, get_peft_model
+
+    from flywheel_trainer import fused_lora
+    from flywheel_trainer.fused_lora import fuse_lora
+
+    class Cross(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj = torch.nn.Linear(32, 32)
+            self.k_proj = torch.nn.Linear(32, 16)
+            self.v_proj = torch.nn.Linear(32, 16)
+
+        def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.q_proj(x), self.k_proj(memory), self.v_proj(memory)
+            return q.sum() * k.mean() + v.square().sum()
+
+    def run(group: bool) -> tuple[list[float], dict[str, torch.Tensor], object]:
+        monkeypatch.setattr(fused_lora, "GROUP_SHARED_INPUT", group)
+        torch.manual_seed(0)
+        lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj"])
+        model = get_peft_model(Cross(), lora)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.1)
+        fuse_lora(model)
+        gen = torch.Generator().manual_seed(1)
+        losses = []
+        for _ in range(5):
+            x, memory = torch.randn(2, 7, 32, generator=gen), torch.randn(2, 9, 32, generator=gen)
+            loss = model(x, memory)
+            loss.backward()
+            losses.append(loss.item())
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        found = [g for m in model.modules() if (g := vars(m).get("_flywheel_group")) is not None]
+        return losses, grads, found[0] if found else None
+
+    losses_alone, grads_alone, none = run(group=False)
+    losses, grads, group = run(group=True)
+    assert none is None and group is not None
+    assert losses == pytest.approx(losses_alone, rel=1e-6)
+    for name, grad in grads_alone.items():
+        assert _rel(grads[name], grad) < 1e-6, name
+    assert not group.enabled and group.calls == fused_lora._SharedInput.MAX_MISSES
+    assert not group.pending and group.x is None  # nothing of the last step is held
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
 @pytest.mark.parametrize("rank", [8, 16, 64])
@@ -232,13 +362,21 @@ def test_the_guard_skips_a_non_finite_step_on_the_gpu_without_reading_it_back() 
     assert not torch.equal(layer.weight.detach(), before)
 
 
+@pytest.mark.parametrize("form", ["concat", "accumulate", "ungrouped"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_lora_matches_peft_in_a_model(device: str) -> None:
-    """Loss and every LoRA gradient of a small Qwen2 equal PEFT's; adapters-off still means base only."""
+def test_fused_lora_matches_peft_in_a_model(device: str, form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loss and every LoRA gradient of a small Qwen2 equal PEFT's; adapters-off still means base only.
+
+    q/k/v and gate/up run as one node each (``fused_lora.grouped_lora_function``) in its concat or
+    accumulate form, or as separate layers (``ungrouped``)."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from flywheel_trainer import fused_lora
     from flywheel_trainer.fused_lora import fuse_lora
+
+    monkeypatch.setattr(fused_lora, "GROUP_SHARED_INPUT", form != "ungrouped")
+    monkeypatch.setattr(fused_lora, "CONCAT_MIN_RATIO", 1.0 if form == "concat" else 1e9)
 
     torch.manual_seed(0)
     config = Qwen2Config(
@@ -274,8 +412,13 @@ def test_fused_lora_matches_peft_in_a_model(device: str) -> None:
     keys = set(model.state_dict())
     assert fuse_lora(model) == 2 * len(TARGETS)
     assert fuse_lora(model) == 0  # already patched
+    groups = {id(g): g for m in model.modules() if (g := vars(m).get("_flywheel_group")) is not None}
+    assert len(groups) == (0 if form == "ungrouped" else 4)  # q/k/v and gate/up, two layers
     loss_fused, grads_fused, base_fused = step()
     assert set(model.state_dict()) == keys  # the checkpoint and the published adapter are PEFT's
+    for group in groups.values():  # each grouped forward ran as one node, every output taken
+        assert group.enabled and group.calls == 1 and not group.pending
+        assert group.concat == (form == "concat")
 
     # bfloat16: PEFT rounds the branch's output, its scaling and the sum separately, the fused
     # layer once, so the two differ by a few bfloat16 roundings; float32 (CPU) agrees to 1e-5.

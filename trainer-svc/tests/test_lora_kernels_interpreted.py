@@ -49,13 +49,15 @@ def _interpreted(rank: int, rounds: int) -> dict:
 @pytest.mark.parametrize(("rank", "rounds"), [(8, 10), (16, 7), (40, 10)])
 def test_the_lora_kernels_match_pytorch_under_the_interpreter(rank: int, rounds: int) -> None:
     """Every kernel at shapes that are not tile multiples (130 x 300; rank 40 is not a power of two),
-    against float64 arithmetic on the keep mask the seed stands for; the one-pass backward equals
+    against float64 arithmetic on the keep mask the seed stands for (the input gradient's kernel
+    also on column slices of wider matrices, as grouped layers pass them); the one-pass backward equals
     the two kernels it replaces; the mask depends on the seed alone and drops about p, with
     Philox's ten rounds or seven (``lora_kernels.PHILOX_ROUNDS``)."""
     got = _interpreted(rank, rounds)
-    for name in ("xa", "da", "grad", "one_pass_da", "one_pass_dx", "mask_grad"):
+    for name in ("xa", "da", "grad", "one_pass_da", "one_pass_dx", "mask_grad", "strided_grad"):
         assert got[name] < 1e-5, (name, got)
     assert got["one_pass_vs_two_da"] < 1e-6 and got["one_pass_vs_two_dx"] < 1e-6, got
+    assert got["strided_rest_untouched"], got  # a column slice's kernel writes inside it only
     assert got["same_seed_same_mask"] and not got["other_seed_same_mask"], got
     assert abs(got["drop_rate"] - 0.1) < 0.01, got
 
@@ -90,13 +92,23 @@ def _main(rank: int, rounds: int) -> None:
     # With a mask, _add_dropout_grad takes its kernel on CUDA only: launch it as it does there.
     masked = d_x.clone()
     lora_kernels.dropout_grad[(3, 3)](
-        masked, gb, a, mask.view(torch.uint8), rows, cols, rank, 1 / (1 - p), 0, 0,
+        masked, gb, a, mask.view(torch.uint8), rows, cols, rank, 1 / (1 - p), 0, 0, cols, rank,
         bm=64, bk=128, br=max(16, 1 << (rank - 1).bit_length()), seeded=False,
         rounds=lora_kernels.PHILOX_ROUNDS,
     )  # fmt: skip
+    # Column slices of wider matrices, as the grouped layers pass them (fused_lora._GroupFn):
+    # d_x the first cols columns of (rows, cols + 24), gb 16 columns into (rows, rank + 24).
+    wide = torch.randn(rows, cols + 24, generator=gen)
+    wide_gb = torch.randn(rows, rank + 24, generator=gen)
+    wide_gb[:, 16 : 16 + rank] = gb
+    before = wide.clone()
+    wide[:, :cols] = d_x
+    fused_lora._add_dropout_grad(wide[:, :cols], wide_gb[:, 16 : 16 + rank], a, None, scale, seed=seed, p=p)
     print(
         json.dumps(
             {
+                "strided_grad": rel(wide[:, :cols], grad_ref),
+                "strided_rest_untouched": bool(torch.equal(wide[:, cols:], before[:, cols:])),
                 "xa": rel(fused_lora.seeded_dropout_xa(x, a, seed, p), dropped @ a.double().t()),
                 "da": rel(da_two, gb.double().t() @ dropped),
                 "grad": rel(two, grad_ref),

@@ -70,6 +70,8 @@ def dropout_grad(
     scale,
     seed,
     thresh,
+    dx_stride,
+    gb_stride,
     bm: tl.constexpr,
     bk: tl.constexpr,
     br: tl.constexpr,
@@ -77,7 +79,8 @@ def dropout_grad(
     rounds: tl.constexpr,
 ):
     """``d_x += ((gb @ a) * keep) * scale`` in place, ``keep`` from a bool mask or (``seeded``) drawn
-    again from the seed."""
+    again from the seed. ``d_x`` and ``gb`` may be column slices of wider matrices (their rows
+    ``dx_stride`` and ``gb_stride`` elements apart); the mask is a whole (rows, cols) matrix."""
     pm = tl.program_id(0)
     pk = tl.program_id(1)
     rm = (pm * bm + tl.arange(0, bm)).to(tl.int64)
@@ -85,7 +88,9 @@ def dropout_grad(
     rr = tl.arange(0, br)
     in_m = rm < rows
     in_k = rk < cols
-    gb = tl.load(gb_ptr + rm[:, None] * r + rr[None, :], mask=in_m[:, None] & (rr[None, :] < r), other=0.0)
+    gb = tl.load(
+        gb_ptr + rm[:, None] * gb_stride + rr[None, :], mask=in_m[:, None] & (rr[None, :] < r), other=0.0
+    )
     a = tl.load(a_ptr + rr[:, None] * cols + rk[None, :], mask=(rr[:, None] < r) & in_k[None, :], other=0.0)
     t = tl.dot(gb, a)
     both = in_m[:, None] & in_k[None, :]
@@ -94,8 +99,9 @@ def dropout_grad(
         keep = keep_tile(seed, rm, pk * bk, cols, thresh, bm, bk, rounds).to(tl.float32)
     else:
         keep = tl.load(mask_ptr + offs, mask=both, other=0).to(tl.float32)
-    dx = tl.load(dx_ptr + offs, mask=both, other=0.0).to(tl.float32)
-    tl.store(dx_ptr + offs, (dx + t * keep * scale).to(dx_ptr.dtype.element_ty), mask=both)
+    dx_offs = rm[:, None] * dx_stride + rk[None, :]
+    dx = tl.load(dx_ptr + dx_offs, mask=both, other=0.0).to(tl.float32)
+    tl.store(dx_ptr + dx_offs, (dx + t * keep * scale).to(dx_ptr.dtype.element_ty), mask=both)
 
 
 @triton.jit
