@@ -461,7 +461,8 @@ def grouped_lora_function() -> Any:
                     xcat[:, : offsets[0]].copy_(x2)
                     for i, (_, _, xa, _) in enumerate(branches):
                         xcat[:, offsets[i] : offsets[i] + xa.shape[1]].copy_(xa)
-                        xcat[:, offsets[i] + xa.shape[1] : offsets[i + 1]].zero_()
+                        if offsets[i] + xa.shape[1] < offsets[i + 1]:  # a rank that is not a multiple of 8
+                            xcat[:, offsets[i] + xa.shape[1] : offsets[i + 1]].zero_()
                     for i in range(n):
                         w = _concat_weight(weights[i], b[i], hyper[i][0], offsets, i)
                         bias = biases[i]

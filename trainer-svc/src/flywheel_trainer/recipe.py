@@ -594,6 +594,9 @@ class Recipe:
         if self.compile_cache is not None and self.rank == 0 and not isinstance(outcome, Stopped):
             self.compile_cache.publish()
 
+    #: How long a rank that finished waits for the others before it leaves the process group.
+    LEAVE_TIMEOUT_S = 600.0
+
     def cleanup(self, outcome: Outcome | None) -> None:
         if isinstance(outcome, Done) and self.rank == 0:
             shutil.rmtree(self.out_dir, ignore_errors=True)
@@ -601,7 +604,31 @@ class Recipe:
             import torch.distributed as tdist
 
             if tdist.is_initialized():
+                if isinstance(outcome, Done):
+                    self._leave_together()
                 tdist.destroy_process_group()
+
+    def _leave_together(self) -> None:
+        """Wait, bounded, until every rank has finished before any leaves the process group.
+
+        The other ranks return Done as soon as training ends, while rank 0 still saves and uploads
+        the adapter. One fresh-clone CI run (2026-12-07) saw rank 1 of a two-process CPU job
+        (gloo) abort in teardown (``terminate called without an active exception``) after
+        training and evaluation had finished, with rank 0 still at work; tearing down only once
+        all ranks are done leaves no peer mid-work. Only after Done (every rank got here): after a
+        failure or a stop the ranks need not agree, and the launcher ends the others when one
+        exits with an error. A rank that does not come within :data:`LEAVE_TIMEOUT_S` is not
+        waited for longer."""
+        import datetime
+
+        import torch.distributed as tdist
+
+        try:
+            work = tdist.barrier(async_op=True)
+            if work is not None:
+                work.wait(timeout=datetime.timedelta(seconds=self.LEAVE_TIMEOUT_S))
+        except RuntimeError as exc:  # a peer gone or late: the outcome stands, leave anyway
+            log.warning("rank %d: not every rank finished before teardown: %s", self.rank, exc)
 
 
 def _rows(n: int) -> str:
