@@ -144,7 +144,10 @@ def test_grouped_lora_layers_match_float64(
     biases = [torch.randn(outs[0], generator=gen).to(device, low), None]
     biases.append(torch.randn(outs[2], generator=gen).to(device, low))
     lora_a = [(torch.randn(r, n_in, generator=gen) / 8).to(device).requires_grad_() for r in ranks]
-    lora_b = [(torch.randn(o, r, generator=gen) / 8).to(device).requires_grad_() for o, r in zip(outs, ranks)]
+    lora_b = [
+        (torch.randn(o, r, generator=gen) / 8).to(device).requires_grad_()
+        for o, r in zip(outs, ranks, strict=True)
+    ]
     grads = [torch.randn(3, 5, o, generator=gen).to(device, low) for o in outs]
 
     torch.manual_seed(321)
@@ -156,7 +159,7 @@ def test_grouped_lora_layers_match_float64(
 
     torch.manual_seed(321)  # each layer's dropout, drawn again in the order the node drew them
     keeps = []
-    for r in ranks:
+    for _ in ranks:
         if seeded:
             keeps.append(fused_lora.seeded_dropout_keep(15, n_in, fused_lora._draw_seed(), p, device))
         else:
