@@ -44,10 +44,13 @@ default) in every SFT variant, so the losses at equal steps compare.
   ``fused_lora.SEEDED_ONE_PASS_BACKWARD`` set either way, whatever the worker's default.
 * ours8_philox7 / ours8_philox10 (any ``oursN`` + ``_philox7`` or ``_philox10``): the seeded
   dropout's draws with seven or ten (Triton's default) Philox rounds (``lora_kernels.PHILOX_ROUNDS``).
-* ours8_nogroup / ours8_noconcat (any ``oursN`` + ``_nogroup`` or ``_noconcat``): sibling LoRA layers
-  that read one input (q/k/v, gate/up) as separate nodes (``fused_lora.GROUP_SHARED_INPUT`` off), or
-  grouped in the accumulate form only (no layer's adapter output carried in its base matmul:
-  ``fused_lora.CONCAT_MIN_RATIO`` out of reach); the worker groups them, gate/up in the concat form.
+* ours8_group / ours8_nogroup / ours8_group_noconcat (any ``oursN`` + ``_group``, ``_nogroup`` or
+  ``_noconcat``): sibling LoRA layers that read one input (q/k/v, gate/up) as one node each
+  (``fused_lora.GROUP_SHARED_INPUT`` on; gate/up in the concat form) or as separate nodes (off, the
+  worker's default since the ninth session); ``_noconcat`` keeps the groups in the accumulate
+  form only (``fused_lora.CONCAT_MIN_RATIO`` out of reach). The ninth session's H100 runs had
+  grouping on by default: its ``ours8`` is today's ``ours8_group`` with the weights widened afresh
+  each step, and its ``ours8_nogroup`` today's ``ours8``.
 * ours8_logsync (any ``oursN`` + ``_logsync``): the sync-free trainer with its logs read back at
   the logging step and the Trainer's own device-side token count, as before 2026-12-06 (the
   default reads the logs a step late and counts tokens on the host), to measure that lever alone.
@@ -115,7 +118,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Suffixes of an ``oursN``/``trlN`` variant that turn one lever on or off without changing the
 #: attention's shape (so ``--warm`` compiles the plain variant's kernels for them).
-LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10|_nogroup|_noconcat"
+LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10|_nogroup|_group|_noconcat"
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
     rf"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_compile|_varlen|{LEVERS})*)(x\d+)?$"
@@ -354,8 +357,9 @@ def _grpo_trainer(model, tok, lora, common: dict, steps: int, world: int = 1, sl
 
 
 def split_world(name: str) -> tuple[str, int]:
-    """``ours8x2`` → ("ours8", 2): the variant and its data-parallel processes (GPUs)."""
-    found = re.match(r"^(.+?)x(\d+)$", name)
+    """``ours8x2`` → ("ours8", 2): the variant and its data-parallel processes (GPUs). The ``x10``
+    that ends ``_philox10`` is the lever's, not a process count."""
+    found = re.match(r"^(.+?)(?<!_philo)x(\d+)$", name)
     return (found.group(1), int(found.group(2))) if found else (name, 1)
 
 
@@ -514,7 +518,8 @@ def run_variant(name: str, steps: int) -> dict:
 
             fused_lora.DROPOUT_GRAD_KERNEL = "_nokern" not in variant
             fused_lora.DROPOUT_IN_KERNELS = "_maskdrop" not in variant and "_nokern" not in variant
-            fused_lora.GROUP_SHARED_INPUT = "_nogroup" not in variant
+            if "_group" in variant or "_nogroup" in variant:
+                fused_lora.GROUP_SHARED_INPUT = "_group" in variant
             if "_noconcat" in variant:
                 fused_lora.CONCAT_MIN_RATIO = float("inf")
             for flag, one_pass in (("_bwd1", True), ("_bwd2", False)):

@@ -30,7 +30,7 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
             "--steps",
             "3",
             "--variants",
-            "trl4,ours4,grpo,grpo_full,ours4x2",
+            "trl4,ours4,ours4_group,grpo,grpo_full,ours4x2",
             "--json-out",
             str(out),
         ],
@@ -44,9 +44,13 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
     (grpo_full,) = runs["grpo_full"]
     assert trl["fused_lora_layers"] == 0 and ours["fused_lora_layers"] == 14  # 7 projections x 2 layers
     assert grpo["fused_lora_layers"] == 14  # the worker fuses GRPO's layers too
-    # q/k/v and gate/up of each layer ran as one node each, every step (gate/up in the concat form)
-    groups, concat, calls = ours["shared_input_groups"]
-    assert groups == 4 and concat >= 2 and calls >= 4 * 3, ours
+    # With _group, q/k/v and gate/up of each layer ran as one node each, every step (gate/up in
+    # the concat form); by default they are separate layers.
+    (grouped,) = runs["ours4_group"]
+    groups, concat, calls = grouped["shared_input_groups"]
+    assert groups == 4 and concat >= 2 and calls >= 4 * 3, grouped
+    assert ours["shared_input_groups"] == [0, 0, 0], ours
+    assert math.isfinite(grouped["train_loss"]) and grouped["tokens_per_s"] > 0, grouped
     assert trl["rows_a_step"] == ours["rows_a_step"] == 4 and grpo["rows_a_step"] == 8
     for run in (trl, ours, grpo, grpo_full):
         assert run["tokens_per_s"] > 0 and math.isfinite(run["train_loss"]), run
@@ -57,6 +61,18 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
     # The summary compares ours with tuned TRL at equal rows, and two processes with one.
     assert "| ours4 | trl4 |" in proc.stdout, proc.stdout[-2000:]
     assert "| ours4x2 | 2 | ours4 |" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_a_lever_ending_in_x_and_digits_is_not_a_process_count() -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from bench_sft_gpu import split_world
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    assert split_world("ours8x2") == ("ours8", 2)
+    assert split_world("ours8_philox10") == ("ours8_philox10", 1)  # it once ran ten processes
+    assert split_world("ours8_philox10x2") == ("ours8_philox10", 2)
+    assert split_world("ours8_fp8") == ("ours8_fp8", 1)
 
 
 def test_the_summary_reports_medians_and_ratios() -> None:

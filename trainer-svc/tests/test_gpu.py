@@ -113,7 +113,7 @@ def test_fused_lora_layer_matches_float64(
     assert b.grad is not None and b.grad.dtype == torch.float32 and _rel(b.grad, b64.grad) < tol
 
 
-@pytest.mark.parametrize("form", ["concat", "accumulate"])
+@pytest.mark.parametrize("form", ["concat", "concat-kept", "accumulate"])
 @pytest.mark.parametrize(
     ("device", "low"),
     [
@@ -129,7 +129,9 @@ def test_grouped_lora_layers_match_float64(
     """Three sibling layers on one input as one node, each with its own dropout draw, against float64
     on those very masks: outputs, and the gradients of the input and of every A and B, with ranks
     that are not a multiple of the concat form's 8-column blocks, biases on two layers only, and
-    one output left unused (no gradient reaches it)."""
+    one output left unused (no gradient reaches it). ``concat-kept``: the base weights live in
+    widened buffers (``fused_lora._keep_widened``), which the node writes ``s B`` into and reads back
+    in the backward, leaving the weights themselves as they were."""
     from flywheel_trainer import fused_lora
     from flywheel_trainer.fused_lora import grouped_lora_function
 
@@ -150,11 +152,20 @@ def test_grouped_lora_layers_match_float64(
     ]
     grads = [torch.randn(3, 5, o, generator=gen).to(device, low) for o in outs]
 
+    kept = None
+    if form == "concat-kept":
+        width = fused_lora._concat_offsets(n_in, ranks)[-1]
+        kept = tuple(torch.zeros(o, width, device=device, dtype=low) for o in outs)
+        for i in range(3):
+            kept[i][:, :n_in] = weights[i]
+            weights[i] = kept[i][:, :n_in]  # the weight is a view of its buffer, as fuse_lora leaves it
+    before = [w.clone() for w in weights]
+
     torch.manual_seed(321)
     hyper = tuple((s, p, None) for s in scalings)
     params = [t for i in range(3) for t in (weights[i], biases[i], lora_a[i], lora_b[i])]
     with torch.autocast(device, dtype=torch.bfloat16, enabled=low == torch.bfloat16):
-        ys = grouped_lora_function().apply(x, form == "concat", hyper, *params)
+        ys = grouped_lora_function().apply(x, form != "accumulate", kept, hyper, *params)
     torch.autograd.backward([ys[0], ys[2]], [grads[0], grads[2]])  # ys[1] unused
 
     torch.manual_seed(321)  # each layer's dropout, drawn again in the order the node drew them
@@ -194,6 +205,12 @@ def test_grouped_lora_layers_match_float64(
         assert _rel(lora_a[i].grad, a64[i].grad) < tol, i
         assert lora_b[i].grad is not None and _rel(lora_b[i].grad, b64[i].grad) < tol, i
     assert lora_a[1].grad is None and lora_b[1].grad is None  # its output took no part in the loss
+    assert all(torch.equal(w, b) for w, b in zip(weights, before, strict=True))
+    if kept is not None:  # the node used the buffers: each holds its layer's s B in its block
+        offsets = fused_lora._concat_offsets(n_in, ranks)
+        for i in range(3):
+            block = kept[i][:, offsets[i] : offsets[i] + ranks[i]]
+            assert torch.equal(block, (lora_b[i].detach().to(low) * scalings[i]).to(low)), i
 
 
 def test_a_sibling_given_another_input_computes_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -421,7 +438,10 @@ def test_fused_lora_matches_peft_in_a_model(device: str, form: str, monkeypatch:
     assert set(model.state_dict()) == keys  # the checkpoint and the published adapter are PEFT's
     for group in groups.values():  # each grouped forward ran as one node, every output taken
         assert group.enabled and group.calls == 1 and not group.pending
-        assert group.concat == (form == "concat")
+        assert group.concat == (form == "concat") == (group.kept is not None)
+        for member, buffer in zip(group.members, group.kept or (), strict=False):
+            weight = member.get_base_layer().weight  # a view of its widened buffer
+            assert weight.data_ptr() == buffer.data_ptr() and weight.stride(0) == buffer.shape[1]
 
     # bfloat16: PEFT rounds the branch's output, its scaling and the sum separately, the fused
     # layer once, so the two differ by a few bfloat16 roundings; float32 (CPU) agrees to 1e-5.

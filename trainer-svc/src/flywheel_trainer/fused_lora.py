@@ -396,8 +396,13 @@ def fused_lora_function() -> Any:
 #: Mistral, Gemma and their kin). A guess only: the group checks at run time that its layers get the
 #: very same input tensor (:class:`_SharedInput`), so a wrong guess costs speed, never correctness.
 SHARED_INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-#: Whether :func:`fuse_lora` runs such siblings as one node (the benchmark's ``_nogroup`` turns it off).
-GROUP_SHARED_INPUT = True
+#: Whether :func:`fuse_lora` runs such siblings as one node (the benchmark's ``_group`` and
+#: ``_nogroup`` set it). Off: on an H100 at 8 rows of 2,048 tokens (1.5 B, ninth session) it took
+#: 13 ms of GPU time off a step (matmuls 172 -> 154 ms, copies 22 -> 26 ms) but no throughput
+#: (51,539 tokens/s, median of 8 runs, against 51,324, median of 3): the widened weights it copied
+#: twice a step added host work to a step the host already nearly paces. The weights are kept
+#: widened since (:func:`_keep_widened`), tested on the CPU and not yet measured on a GPU.
+GROUP_SHARED_INPUT = False
 #: A group takes the concat form when its layers' outputs together are at least this many times as
 #: wide as its input (and none has an FP8 base): its input and weights are copied each step, which
 #: pays where the outputs' second pass it saves is much larger (gate/up: 2 x 8,960 against 1,536;
@@ -428,12 +433,57 @@ def _concat_weight(weight: Any, b: Any, scaling: float, offsets: list[int], i: i
     return w
 
 
+def _widened(
+    i: int, weight: Any, b: Any, scaling: float, offsets: list[int], kept: Any, forward: bool
+) -> Any:
+    """Layer ``i``'s widened weight: its kept buffer where it has one that fits (the base weight lives
+    in it, :func:`_keep_widened`; the forward writes ``s B_i`` into its block, the backward finds
+    it there), else a fresh one (:func:`_concat_weight`: a copy of W in the forward and again in the
+    backward)."""
+    import torch
+
+    w = kept[i] if kept is not None else None
+    if w is None or w.dtype != b.dtype or w.shape[1] != offsets[-1]:
+        return _concat_weight(weight, b, scaling, offsets, i)
+    if forward:
+        torch.mul(b, scaling, out=w[:, offsets[i] : offsets[i] + b.shape[1]])
+    return w
+
+
+def _keep_widened(members: list[Any]) -> tuple[Any, ...] | None:
+    """Move each member's frozen base weight into a widened buffer ``[W_i | 0 ...]`` laid out for its
+    active adapter's rank, the weight becoming a view of its first columns, so a concat-form node
+    writes only ``s B_i`` each step instead of copying W twice (forward and backward): eight copy
+    launches fewer a gate/up pair a step, where the H100 profile found the concat form's extra host
+    work cancelling its 13 ms of saved GPU time (bench/RESULTS.md, ninth session). Memory: the
+    rank's few extra columns per weight. None where a member has no single active adapter."""
+    import torch
+
+    ranks = []
+    for m in members:
+        if len(m.active_adapters) != 1 or m.active_adapters[0] not in m.lora_A:
+            return None
+        ranks.append(m.lora_A[m.active_adapters[0]].weight.shape[0])
+    base = members[0].get_base_layer()
+    offsets = _concat_offsets(base.in_features, ranks)
+    kept = []
+    with torch.no_grad():
+        for m in members:
+            weight = m.get_base_layer().weight
+            w = torch.zeros(weight.shape[0], offsets[-1], device=weight.device, dtype=weight.dtype)
+            w[:, : offsets[0]].copy_(weight)
+            weight.data = w[:, : offsets[0]]  # the frozen weight now lives in the buffer
+            kept.append(w)
+    return tuple(kept)
+
+
 @functools.cache
 def grouped_lora_function() -> Any:
     """Sibling LoRA layers that read one input as one autograd node (the comment above says why).
 
-    ``apply(x, concat, hyper, *params)``: ``hyper`` holds each layer's ``(scaling, p, fp8)``,
-    ``params`` each layer's ``(base weight, base bias, lora_A weight, lora_B weight)`` in turn;
+    ``apply(x, concat, kept, hyper, *params)``: ``hyper`` holds each layer's ``(scaling, p, fp8)``,
+    ``params`` each layer's ``(base weight, base bias, lora_A weight, lora_B weight)`` in turn, and
+    ``kept`` the concat form's widened weights (:func:`_keep_widened`) or None (fresh ones);
     returns each layer's output. Each layer keeps its own dropout draw, as PEFT's layers do, and
     the function is :func:`fused_lora_function`'s for each layer; ``test_gpu.py`` compares both
     forms with PEFT and with float64."""
@@ -441,7 +491,7 @@ def grouped_lora_function() -> Any:
 
     class _GroupFn(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, x: Any, concat: bool, hyper: tuple[Any, ...], *params: Any) -> Any:
+        def forward(ctx: Any, x: Any, concat: bool, kept: Any, hyper: tuple[Any, ...], *params: Any) -> Any:
             ctx.set_materialize_grads(False)  # a sibling's output that nobody used has no gradient
             weights, biases, las, lbs = params[0::4], params[1::4], params[2::4], params[3::4]
             n = len(hyper)
@@ -464,7 +514,7 @@ def grouped_lora_function() -> Any:
                         if offsets[i] + xa.shape[1] < offsets[i + 1]:  # a rank that is not a multiple of 8
                             xcat[:, offsets[i] + xa.shape[1] : offsets[i + 1]].zero_()
                     for i in range(n):
-                        w = _concat_weight(weights[i], b[i], hyper[i][0], offsets, i)
+                        w = _widened(i, weights[i], b[i], hyper[i][0], offsets, kept, forward=True)
                         bias = biases[i]
                         ys.append(
                             torch.addmm(bias.to(dtype), xcat, w.t()) if bias is not None else xcat @ w.t()
@@ -484,7 +534,8 @@ def grouped_lora_function() -> Any:
                         y.addmm_(xa, b[i].t(), alpha=scaling)
                         ys.append(y)
             ctx.save_for_backward(*(t for branch in branches for t in branch[:3]), *weights, *a, *b)
-            ctx.concat, ctx.hyper, ctx.seeds = concat, hyper, [branch[3] for branch in branches]
+            ctx.concat, ctx.kept, ctx.hyper = concat, kept, hyper
+            ctx.seeds = [branch[3] for branch in branches]
             ctx.dtype, ctx.x_shape, ctx.x_dtype = dtype, x.shape, x.dtype
             ctx.a_dtypes, ctx.b_dtypes = [t.dtype for t in las], [t.dtype for t in lbs]
             return tuple(y.view(*x.shape[:-1], y.shape[-1]) for y in ys)
@@ -508,7 +559,7 @@ def grouped_lora_function() -> Any:
                 offsets = _concat_offsets(cols, [t.shape[0] for t in a])
                 d_cat = None
                 for i in live:
-                    w = _concat_weight(weights[i], b[i], ctx.hyper[i][0], offsets, i)
+                    w = _widened(i, weights[i], b[i], ctx.hyper[i][0], offsets, ctx.kept, forward=False)
                     d_cat = g[i] @ w if d_cat is None else d_cat.addmm_(g[i], w)
                 assert d_cat is not None
                 d_x = d_cat[:, :cols] if want_x else None
@@ -525,14 +576,14 @@ def grouped_lora_function() -> Any:
                     else:
                         w = weights[i].to(dtype)
                         d_x = g[i] @ w if d_x is None else d_x.addmm_(g[i], w)
-            out: list[Any] = [None, None, None]
+            out: list[Any] = [None, None, None, None]
             for i in range(n):
                 d_a = d_b = None
                 if i in gb:
                     scaling, p, _ = ctx.hyper[i]
-                    if ctx.needs_input_grad[3 + 4 * i + 3]:
+                    if ctx.needs_input_grad[4 + 4 * i + 3]:
                         d_b = torch.addmm(unused, g[i].t(), xas[i], beta=0, alpha=scaling).to(ctx.b_dtypes[i])
-                    want_a = ctx.needs_input_grad[3 + 4 * i + 2]
+                    want_a = ctx.needs_input_grad[4 + 4 * i + 2]
                     d_a = _branch_backward(gb[i], xds[i], masks[i], a[i], d_x, ctx.seeds[i], p, want_a)
                     if d_a is not None:
                         d_a = d_a.to(ctx.a_dtypes[i])
@@ -562,6 +613,7 @@ class _SharedInput:
         self.members = members
         self.index = {id(m): i for i, m in enumerate(members)}
         self.concat = sum(out_features) >= CONCAT_MIN_RATIO * in_features
+        self.kept: tuple[Any, ...] | None = None  # the concat form's widened weights
         self.pending: dict[int, Any] = {}
         self.x: Any = None
         self.version = -1
@@ -592,7 +644,7 @@ class _SharedInput:
         hyper = tuple((f[4], f[5], f[6]) for f in fused if f is not None)
         params = [t for f in fused if f is not None for t in f[:4]]
         concat = self.concat and all(h[2] is None for h in hyper)
-        ys = grouped_lora_function().apply(x, concat, hyper, *params)
+        ys = grouped_lora_function().apply(x, concat, self.kept if concat else None, hyper, *params)
         self.calls += 1
         self.pending = {j: y for j, y in enumerate(ys) if j != i}
         self.x, self.version = x, x._version
@@ -621,6 +673,8 @@ def _group_shared_inputs(model: Any) -> int:
             ):
                 continue
             group = _SharedInput(members, [base.out_features for base in bases], bases[0].in_features)
+            if group.concat and not any("_flywheel_fp8" in vars(m) for m in members):
+                group.kept = _keep_widened(members)
             for member in members:
                 vars(member)["_flywheel_group"] = group
             groups += 1
