@@ -164,9 +164,59 @@ def test_a_kubernetes_job_asks_for_the_job_s_gpus(tmp_path: Path) -> None:
     )
     # An API URL that is never called: making the manifest talks to no cluster.
     kube = KubeJobs(
-        TrainerSettings(backend="kubernetes", job_template=template, job_gpus=1, job_api_url="http://127.0.0.1:9")
+        TrainerSettings(
+            backend="kubernetes", job_template=template, job_gpus=1, job_api_url="http://127.0.0.1:9"
+        )
     )
     two = kube.manifest("ftj-abc", gpus=2)["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert two["limits"][GPU_RESOURCE] == "2" and two["requests"][GPU_RESOURCE] == "2"
     one = kube.manifest("ftj-abc", gpus=1)["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert one["limits"][GPU_RESOURCE] == "1"
+
+
+_LEAVE = """
+import json, logging, os, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch.distributed as tdist
+
+from flywheel_trainer.recipe import Recipe
+
+rank, port, folder = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+tdist.init_process_group("gloo", rank=rank, world_size=2)
+warnings = []
+handler = logging.Handler()
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger("flywheel.trainer.recipe").addHandler(handler)
+if rank == 0:  # the late rank: it reaches the barrier only once rank 1 has left it
+    deadline = time.monotonic() + 120
+    while not (folder / "1.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+Recipe._leave_together(SimpleNamespace(rank=rank, LEAVE_TIMEOUT_S=1.0))
+(folder / f"{rank}.json").write_text(json.dumps(warnings))
+tdist.destroy_process_group()
+"""
+
+
+def test_a_finished_rank_does_not_wait_for_ever_for_a_late_one(tmp_path: Path) -> None:
+    """Ranks wait for each other before leaving the process group (``Recipe._leave_together``), but
+    only for ``LEAVE_TIMEOUT_S``: rank 1 leaves, with a warning, while rank 0 has not yet arrived
+    (rank 0 arrives only after rank 1 has left), and neither raises. Two real processes over gloo."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _LEAVE, str(rank), str(port), str(tmp_path)])
+        for rank in (0, 1)
+    ]
+    assert [proc.wait(timeout=180) for proc in procs] == [0, 0]
+    got = {rank: json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)}
+    assert any("not every rank finished" in w for w in got[1]), got  # rank 1 gave up waiting
+    assert got[0] == [], got  # rank 0 found rank 1's arrival and left at once
