@@ -295,6 +295,32 @@ def _branch_backward(
     return d_a
 
 
+def _layer_output(x2: Any, x: Any, weight: Any, bias: Any, b: Any, xa: Any, scaling: float, fp8: Any) -> Any:
+    """``x2 W^T + bias + s xa B^T`` in ``b``'s dtype (the compute dtype): the base product (in FP8
+    where ``fp8``, :mod:`flywheel_trainer.fp8`), then the adapter's added by its matmul."""
+    import torch
+
+    dtype = b.dtype
+    if fp8 is not None:  # the frozen base in FP8, the adapter in `dtype`
+        y = fp8.forward(x2, x).to(dtype)
+        if bias is not None:
+            y.add_(bias.to(y.dtype))
+    else:
+        w = weight.to(dtype)
+        y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
+    return y.addmm_(xa, b.t(), alpha=scaling)
+
+
+def _base_input_grad(g: Any, weight: Any, fp8: Any, into: Any = None) -> Any:
+    """``dY W`` (in FP8 where ``fp8``) in ``g``'s dtype, added into ``into`` when given (by the matmul
+    itself where it can) and returned."""
+    if fp8 is not None:
+        part = fp8.backward(g).to(g.dtype)
+        return part if into is None else into.add_(part)
+    w = weight.to(g.dtype)
+    return g @ w if into is None else into.addmm_(g, w)
+
+
 @functools.cache
 def fused_lora_function() -> Any:
     """``y = x W^T + b + s * dropout(x) A^T B^T`` for PEFT's LoRA ``Linear`` in one autograd node.
@@ -335,14 +361,7 @@ def fused_lora_function() -> Any:
                 a = lora_a.to(dtype)
                 b = lora_b.to(dtype)
                 xd, mask, xa, seed = _branch_forward(x2, a, p)
-                if fp8 is not None:  # the frozen base in FP8 (fp8.py), the adapter in `dtype`
-                    y = fp8.forward(x2, x).to(dtype)
-                    if bias is not None:
-                        y.add_(bias.to(y.dtype))
-                else:
-                    w = weight.to(dtype)
-                    y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
-                y.addmm_(xa, b.t(), alpha=scaling)
+                y = _layer_output(x2, x, weight, bias, b, xa, scaling, fp8)
             # The adapter's compute-dtype copies (rank x features, small) are kept for the backward
             # instead of casting the float32 parameters again: two copy kernels and their host
             # overhead fewer per layer and step (392 at 1.5 B).
@@ -363,9 +382,7 @@ def fused_lora_function() -> Any:
             d_b = None
             if ctx.needs_input_grad[4]:
                 d_b = torch.addmm(unused, g.t(), xa, beta=0, alpha=s).to(ctx.b_dtype)
-            d_x = None
-            if ctx.needs_input_grad[0]:
-                d_x = ctx.fp8.backward(g).to(dtype) if ctx.fp8 is not None else g @ weight.to(dtype)
+            d_x = _base_input_grad(g, weight, ctx.fp8) if ctx.needs_input_grad[0] else None
             d_a = _branch_backward(gb, xd, mask, a, d_x, ctx.seed, ctx.p, ctx.needs_input_grad[3])
             if d_a is not None:
                 d_a = d_a.to(ctx.a_dtype)
@@ -421,31 +438,31 @@ def _concat_offsets(cols: int, ranks: list[int]) -> list[int]:
     return offsets
 
 
-def _concat_weight(weight: Any, b: Any, scaling: float, offsets: list[int], i: int) -> Any:
-    """Layer ``i``'s widened weight ``[W_i | 0 .. s B_i .. 0]`` (out, offsets[-1]) in ``b``'s dtype."""
+def _zero_widened(weight: Any, width: int, dtype: Any) -> Any:
+    """``[W | 0]``: ``weight`` (out, cols) copied into the first columns of an (out, width) matrix."""
     import torch
 
-    cols = offsets[0]
-    w = torch.empty(weight.shape[0], offsets[-1], device=weight.device, dtype=b.dtype)
+    cols = weight.shape[1]
+    w = torch.empty(weight.shape[0], width, device=weight.device, dtype=dtype)
     w[:, :cols].copy_(weight)
     w[:, cols:].zero_()
-    torch.mul(b, scaling, out=w[:, offsets[i] : offsets[i] + b.shape[1]])
     return w
 
 
 def _widened(
     i: int, weight: Any, b: Any, scaling: float, offsets: list[int], kept: Any, forward: bool
 ) -> Any:
-    """Layer ``i``'s widened weight: its kept buffer where it has one that fits (the base weight lives
-    in it, :func:`_keep_widened`; the forward writes ``s B_i`` into its block, the backward finds
-    it there), else a fresh one (:func:`_concat_weight`: a copy of W in the forward and again in the
-    backward)."""
+    """Layer ``i``'s widened weight ``[W_i | 0 .. s B_i .. 0]`` (out, offsets[-1]) in ``b``'s dtype:
+    its kept buffer where it has one that fits (the base weight lives in it, :func:`_keep_widened`;
+    the forward writes ``s B_i`` into its block, the backward finds it there), else a fresh one (a
+    copy of W in the forward and again in the backward)."""
     import torch
 
-    w = kept[i] if kept is not None else None
-    if w is None or w.dtype != b.dtype or w.shape[1] != offsets[-1]:
-        return _concat_weight(weight, b, scaling, offsets, i)
-    if forward:
+    w: Any = kept[i] if kept is not None else None
+    fresh = w is None or w.dtype != b.dtype or w.shape[1] != offsets[-1]
+    if fresh:
+        w = _zero_widened(weight, offsets[-1], b.dtype)
+    if fresh or forward:
         torch.mul(b, scaling, out=w[:, offsets[i] : offsets[i] + b.shape[1]])
     return w
 
@@ -470,8 +487,7 @@ def _keep_widened(members: list[Any]) -> tuple[Any, ...] | None:
     with torch.no_grad():
         for m in members:
             weight = m.get_base_layer().weight
-            w = torch.zeros(weight.shape[0], offsets[-1], device=weight.device, dtype=weight.dtype)
-            w[:, : offsets[0]].copy_(weight)
+            w = _zero_widened(weight, offsets[-1], weight.dtype)
             weight.data = w[:, : offsets[0]]  # the frozen weight now lives in the buffer
             kept.append(w)
     return tuple(kept)
@@ -523,16 +539,7 @@ def grouped_lora_function() -> Any:
                 else:
                     for i, (_, _, xa, _) in enumerate(branches):
                         scaling, _, fp8 = hyper[i]
-                        bias = biases[i]
-                        if fp8 is not None:
-                            y = fp8.forward(x2, x).to(dtype)
-                            if bias is not None:
-                                y.add_(bias.to(y.dtype))
-                        else:
-                            w = weights[i].to(dtype)
-                            y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
-                        y.addmm_(xa, b[i].t(), alpha=scaling)
-                        ys.append(y)
+                        ys.append(_layer_output(x2, x, weights[i], biases[i], b[i], xa, scaling, fp8))
             ctx.save_for_backward(*(t for branch in branches for t in branch[:3]), *weights, *a, *b)
             ctx.concat, ctx.kept, ctx.hyper = concat, kept, hyper
             ctx.seeds = [branch[3] for branch in branches]
@@ -568,14 +575,8 @@ def grouped_lora_function() -> Any:
                 for i in live:
                     scaling, _, fp8 = ctx.hyper[i]
                     gb[i] = torch.addmm(unused, g[i], b[i], beta=0, alpha=scaling)
-                    if not want_x:
-                        continue
-                    if fp8 is not None:
-                        part = fp8.backward(g[i]).to(dtype)
-                        d_x = part if d_x is None else d_x.add_(part)
-                    else:
-                        w = weights[i].to(dtype)
-                        d_x = g[i] @ w if d_x is None else d_x.addmm_(g[i], w)
+                    if want_x:
+                        d_x = _base_input_grad(g[i], weights[i], fp8, into=d_x)
             out: list[Any] = [None, None, None, None]
             for i in range(n):
                 d_a = d_b = None
@@ -637,12 +638,11 @@ class _SharedInput:
             if self.misses >= self.MAX_MISSES:
                 self.enabled = False
                 return None
-        fused = [_fused_args(m) for m in self.members]
-        if any(f is None for f in fused):  # a sibling is off the fused path (adapters off, merged...)
+        fused = [f for m in self.members if (f := _fused_args(m)) is not None]
+        if len(fused) != len(self.members):  # a sibling is off the fused path (adapters off, merged...)
             return None
-        assert all(f is not None for f in fused)
-        hyper = tuple((f[4], f[5], f[6]) for f in fused if f is not None)
-        params = [t for f in fused if f is not None for t in f[:4]]
+        hyper = tuple((f[4], f[5], f[6]) for f in fused)
+        params = [t for f in fused for t in f[:4]]
         concat = self.concat and all(h[2] is None for h in hyper)
         ys = grouped_lora_function().apply(x, concat, self.kept if concat else None, hyper, *params)
         self.calls += 1
