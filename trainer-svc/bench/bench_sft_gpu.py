@@ -58,6 +58,10 @@ default) in every SFT variant, so the losses at equal steps compare.
   tensors the collator computes on the host (:mod:`flywheel_trainer.packed_mask`,
   ``SyncFreeSFTTrainer.host_block_mask``) instead of by transformers on the GPU each forward; not
   the worker's default until measured.
+* ours8_lcescale (any ``oursN`` + ``_lcescale``): Liger's fused loss scales its stored gradients in
+  the backward without first asking the GPU whether the incoming gradient is 1
+  (:func:`flywheel_trainer.sync_free.liger_backward_without_wait`; two waits a step fewer); not the
+  worker's default until measured.
 * ours8_dl0 (any ``oursN`` + ``_dl0``): batches collated in the training process and copied to the
   GPU synchronously (the Trainer's defaults) instead of by a worker process into pinned memory
   with a non-blocking copy.
@@ -118,7 +122,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Suffixes of an ``oursN``/``trlN`` variant that turn one lever on or off without changing the
 #: attention's shape (so ``--warm`` compiles the plain variant's kernels for them).
-LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10|_nogroup|_group|_noconcat"
+LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10|_nogroup|_group|_noconcat|_lcescale"
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
     rf"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_compile|_varlen|{LEVERS})*)(x\d+)?$"
@@ -508,6 +512,7 @@ def run_variant(name: str, steps: int) -> dict:
                     "defer_logs": False if logsync else None,
                     "count_on_host": not logsync,
                     "host_block_mask": "_hostmask" in variant,
+                    "liger_scale_always": "_lcescale" in variant,
                 },
             )
         trainer = trainer_cls(

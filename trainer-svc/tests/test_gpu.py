@@ -382,6 +382,54 @@ def test_the_guard_skips_a_non_finite_step_on_the_gpu_without_reading_it_back() 
     assert not torch.equal(layer.weight.detach(), before)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (CI has none)")
+def test_liger_loss_backward_scales_without_waiting_and_gives_the_same_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Liger's real fused linear + cross-entropy: with the wait-free helper its backward runs under
+    PyTorch's sync debug mode set to fail on any wait (Liger's own helper fails there), and the
+    input gradient matches Liger's own at incoming gradients of 1 and of 1/n, twice from one graph."""
+    pytest.importorskip("liger_kernel")
+    from liger_kernel.ops import fused_linear_cross_entropy as flce
+
+    from flywheel_trainer.sync_free import liger_backward_without_wait
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    head = torch.randn(1000, 256, device="cuda", dtype=torch.bfloat16) / 16
+    target = torch.randint(0, 1000, (512,), device="cuda")
+    target[::7] = -100
+
+    def grads(scale: float) -> list[torch.Tensor]:
+        leaf = x.clone().requires_grad_(True)
+        loss = flce.LigerFusedLinearCrossEntropyFunction.apply(leaf, head, target)[0] * scale
+        torch.cuda.synchronize()
+        out = []
+        for _ in range(2):  # the saved gradient must survive a first backward unchanged
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                (g,) = torch.autograd.grad(loss, leaf, retain_graph=True)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            out.append(g)
+        return out
+
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        grads(1.0)  # Liger's own helper asks the GPU whether the incoming gradient is 1
+    monkeypatch.setattr(flce, "fused_linear_cross_entropy_backward", flce.fused_linear_cross_entropy_backward)
+    own = {}
+    for scale in (1.0, 1 / 37):
+        leaf = x.clone().requires_grad_(True)
+        loss = flce.LigerFusedLinearCrossEntropyFunction.apply(leaf, head, target)[0] * scale
+        (own[scale],) = torch.autograd.grad(loss, leaf)
+    assert liger_backward_without_wait() and liger_backward_without_wait()  # idempotent
+    for scale in (1.0, 1 / 37):
+        first, second = grads(scale)
+        assert torch.equal(first, second)
+        assert _rel(first, own[scale]) < 1e-2
+
+
 @pytest.mark.parametrize("form", ["concat", "accumulate", "ungrouped"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_lora_matches_peft_in_a_model(device: str, form: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -355,3 +355,49 @@ def test_the_block_mask_built_on_the_host_reaches_the_model(
         q = torch.arange(n)
         dense = (q[None, :] <= q[:, None]) & (seq[0][:, None] == seq[0][None, :])
         assert torch.equal(mask.mask_mod(0, 0, q[:, None], q[None, :]), dense)
+
+
+def test_the_wait_free_liger_helper_multiplies_out_of_place_and_installs_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The replacement of Liger's backward helper, on a stand-in for Liger's module (Liger needs
+    Triton and a GPU; ``test_gpu.py`` runs the real one under the sync debug mode): a scalar
+    incoming gradient scales every stored gradient out of place in its own dtype, a per-token one
+    goes to Liger's own helper, and a second install does not wrap the first."""
+    import sys
+    import types
+
+    import torch
+
+    from flywheel_trainer.sync_free import liger_backward_without_wait
+
+    calls: list[Any] = []
+
+    def own(grad_output: Any, grad_input: Any, grad_weight: Any, grad_bias: Any) -> Any:
+        calls.append(grad_output)
+        return grad_input, grad_weight, grad_bias
+
+    module = types.ModuleType("liger_kernel.ops.fused_linear_cross_entropy")
+    module.fused_linear_cross_entropy_backward = own  # type: ignore[attr-defined]
+    ops = types.ModuleType("liger_kernel.ops")
+    ops.fused_linear_cross_entropy = module  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.ops", ops)
+    monkeypatch.setitem(sys.modules, "liger_kernel.ops.fused_linear_cross_entropy", module)
+
+    assert liger_backward_without_wait()
+    installed = module.fused_linear_cross_entropy_backward
+    assert installed is not own
+    assert liger_backward_without_wait() and module.fused_linear_cross_entropy_backward is installed
+
+    grad_input = torch.randn(6, 4, dtype=torch.bfloat16)
+    grad_weight = torch.randn(5, 4)
+    kept = grad_input.clone()
+    gi, gw, gb = installed(torch.tensor(0.25), grad_input, grad_weight, None)
+    assert gb is None and not calls
+    assert gi.dtype == torch.bfloat16 and torch.equal(gi, kept * 0.25)
+    assert torch.equal(gw, grad_weight * 0.25)
+    assert torch.equal(grad_input, kept)  # the saved gradient is left for a second backward
+    per_token = torch.ones(6)
+    installed(per_token, grad_input, grad_weight, None)
+    assert calls == [per_token]

@@ -108,11 +108,17 @@ class SyncFreeSFTTrainer(SFTTrainer):
     #: (:mod:`flywheel_trainer.packed_mask`) instead of letting transformers build it on the GPU
     #: each forward. Off until measured on a GPU (the benchmark's ``_hostmask`` variants).
     host_block_mask: bool = False
+    #: Have Liger's fused loss scale its gradients without first asking the GPU whether the
+    #: incoming gradient is 1 (:func:`liger_backward_without_wait`). Off until measured on a GPU
+    #: (the benchmark's ``_lcescale`` variants).
+    liger_scale_always: bool = False
     _pending_log: dict[str, Any] | None = None
     _host_tokens: Any = None
     _host_mask: Any = None
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
+        if self.liger_scale_always and self.args.use_liger_kernel:
+            liger_backward_without_wait()
         try:
             return super().train(*args, **kwargs)
         finally:
@@ -344,6 +350,40 @@ class SyncFreeSFTTrainer(SFTTrainer):
             for (vals, i), number in zip(held, numbers, strict=True):
                 vals[i] = number
         super().log(logs, start_time)
+
+
+def liger_backward_without_wait() -> bool:
+    """Make Liger's fused linear + cross-entropy backward scale its stored gradients without a wait.
+
+    Liger computes the input gradient during the forward and, in the backward, multiplies it by the
+    incoming gradient unless that is exactly 1, which it learns with ``torch.equal`` on a GPU
+    scalar: a wait for the GPU at the start of every backward (two a step in the H100 trace,
+    ``bench/results/2026-12-06-h100-seventh/*/syncs.txt``), after which the host queues the
+    backward's first kernels with the GPU idle. Under the Trainer the incoming gradient is rarely 1
+    anyway (the loss is divided by the step's token count), so the multiply usually runs; this
+    replaces the module's helper with one that always multiplies, out of place (the saved gradients
+    stay as they were, so a second backward reads them unchanged), one elementwise kernel per
+    gradient (about 50 MB at 16k tokens x 1,536, well under a millisecond). A per-token incoming
+    gradient (``reduction="none"``) goes to Liger's own helper. Process-wide and idempotent; returns
+    whether it is installed (False without ``liger-kernel``). Liger has no option for this, hence
+    the replacement of its module-level helper, which its autograd function looks up at call time.
+    """
+    try:
+        from liger_kernel.ops import fused_linear_cross_entropy as flce
+    except ImportError:
+        return False
+    current = flce.fused_linear_cross_entropy_backward
+    if getattr(current, "_flywheel_no_wait", False):
+        return True
+
+    def backward(grad_output: Any, grad_input: Any, grad_weight: Any, grad_bias: Any) -> Any:
+        if grad_output.dim() != 0:
+            return current(grad_output, grad_input, grad_weight, grad_bias)
+        return tuple(None if g is None else g * grad_output.to(g.dtype) for g in (grad_input, grad_weight, grad_bias))
+
+    backward._flywheel_no_wait = True  # type: ignore[attr-defined]
+    flce.fused_linear_cross_entropy_backward = backward
+    return True
 
 
 def _share(part: Any, whole: Any) -> Any:
