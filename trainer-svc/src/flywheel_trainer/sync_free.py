@@ -379,7 +379,9 @@ def liger_backward_without_wait() -> bool:
     def backward(grad_output: Any, grad_input: Any, grad_weight: Any, grad_bias: Any) -> Any:
         if grad_output.dim() != 0:
             return current(grad_output, grad_input, grad_weight, grad_bias)
-        return tuple(None if g is None else g * grad_output.to(g.dtype) for g in (grad_input, grad_weight, grad_bias))
+        return tuple(
+            None if g is None else g * grad_output.to(g.dtype) for g in (grad_input, grad_weight, grad_bias)
+        )
 
     backward._flywheel_no_wait = True  # type: ignore[attr-defined]
     flce.fused_linear_cross_entropy_backward = backward
