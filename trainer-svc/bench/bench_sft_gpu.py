@@ -57,11 +57,14 @@ default) in every SFT variant, so the losses at equal steps compare.
 * ours8_hostmask (any ``oursN`` + ``_hostmask``): flex attention's block mask built from tile
   tensors the collator computes on the host (:mod:`flywheel_trainer.packed_mask`,
   ``SyncFreeSFTTrainer.host_block_mask``) instead of by transformers on the GPU each forward; not
-  the worker's default until measured.
-* ours8_lcescale (any ``oursN`` + ``_lcescale``): Liger's fused loss scales its stored gradients in
-  the backward without first asking the GPU whether the incoming gradient is 1
-  (:func:`flywheel_trainer.sync_free.liger_backward_without_wait`; two waits a step fewer); not the
-  worker's default until measured.
+  the worker's default: measured slower (tenth session, bench/RESULTS.md).
+* ours8_lcewait (any ``oursN`` + ``_lcewait``): Liger's fused loss asks the GPU whether the incoming
+  gradient is 1 before scaling its stored gradients in the backward (Liger's own code, a wait for
+  the GPU), instead of scaling them without asking
+  (:func:`flywheel_trainer.sync_free.liger_backward_without_wait`, the worker's default since the
+  tenth session), to measure that lever alone. The tenth session's ``ours8_lcescale`` runs are
+  today's ``ours8`` and its ``ours8`` runs today's ``ours8_lcewait`` (``_lcescale`` is accepted and
+  changes nothing now).
 * ours8_dl0 (any ``oursN`` + ``_dl0``): batches collated in the training process and copied to the
   GPU synchronously (the Trainer's defaults) instead of by a worker process into pinned memory
   with a non-blocking copy.
@@ -122,7 +125,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Suffixes of an ``oursN``/``trlN`` variant that turn one lever on or off without changing the
 #: attention's shape (so ``--warm`` compiles the plain variant's kernels for them).
-LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10|_nogroup|_group|_noconcat|_lcescale"
+LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10|_nogroup|_group|_noconcat|_lcescale|_lcewait"
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
     rf"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_compile|_varlen|{LEVERS})*)(x\d+)?$"
@@ -512,7 +515,7 @@ def run_variant(name: str, steps: int) -> dict:
                     "defer_logs": False if logsync else None,
                     "count_on_host": not logsync,
                     "host_block_mask": "_hostmask" in variant,
-                    "liger_scale_always": "_lcescale" in variant,
+                    "liger_scale_always": "_lcewait" not in variant,
                 },
             )
         trainer = trainer_cls(

@@ -418,7 +418,9 @@ SHARED_INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj
 #: 13 ms of GPU time off a step (matmuls 172 -> 154 ms, copies 22 -> 26 ms) but no throughput
 #: (51,539 tokens/s, median of 8 runs, against 51,324, median of 3): the widened weights it copied
 #: twice a step added host work to a step the host already nearly paces. The weights are kept
-#: widened since (:func:`_keep_widened`), tested on the CPU and not yet measured on a GPU.
+#: widened since (:func:`_keep_widened`); measured in the tenth session, that was slower still in
+#: bfloat16 (46,413 tokens/s, median of 2, against 48,700, median of 4, same machine) and 54,027 in
+#: the one FP8 run (two FP8 runs ungrouped: 51,918 and 42,232), so it stays off.
 GROUP_SHARED_INPUT = False
 #: A group takes the concat form when its layers' outputs together are at least this many times as
 #: wide as its input (and none has an FP8 base): its input and weights are copied each step, which

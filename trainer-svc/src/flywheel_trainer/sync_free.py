@@ -20,9 +20,12 @@ logs, where they are read back in one transfer. The loss test is switched off in
 
 Measured with the benchmark's ``--profile`` (torch's sync debug mode) on an H100 at 8 packed rows:
 14 waits a step with TRL's trainer, 9.5 with this one; the throughput difference was within the
-run-to-run spread (bench/RESULTS.md). The waits left are not ours to remove here: Liger's own
-``target_mask.sum().item()`` in its loss's forward and backward, accelerate's copy of the batch to
-the GPU, transformers' packed-sequence and flex block-mask construction, the Trainer's count of
+run-to-run spread (bench/RESULTS.md). Of the waits left, the one at the start of every backward
+(Liger's test of whether the incoming gradient is 1) goes with :func:`liger_backward_without_wait`
+(on by default since the tenth session: +4% a step on an H100). The others are not ours to remove
+here: Liger's own ``target_mask.sum().item()`` in its loss's forward, accelerate's copy of the
+batch to the GPU, transformers' packed-sequence and flex block-mask construction (see
+:mod:`flywheel_trainer.packed_mask` for a host-side mask, measured slower), the Trainer's count of
 input tokens, and the logged loss and gradient norm when a job logs every step.
 
 Where this class cannot keep TRL's numbers without a read-back (several processes, padded rows
@@ -106,12 +109,15 @@ class SyncFreeSFTTrainer(SFTTrainer):
     count_on_host: bool = True
     #: Build flex attention's block mask from the collator's host-side tensors
     #: (:mod:`flywheel_trainer.packed_mask`) instead of letting transformers build it on the GPU
-    #: each forward. Off until measured on a GPU (the benchmark's ``_hostmask`` variants).
+    #: each forward. Off: measured slower on an H100 (tenth session, 8 packed rows of 1.5 B: 42,423
+    #: and 44,724 tokens/s against 49,559 in the same call; its first six steps are as fast, the
+    #: later ones slower, cause not found; bench/RESULTS.md). The benchmark's ``_hostmask`` turns it on.
     host_block_mask: bool = False
     #: Have Liger's fused loss scale its gradients without first asking the GPU whether the
-    #: incoming gradient is 1 (:func:`liger_backward_without_wait`). Off until measured on a GPU
-    #: (the benchmark's ``_lcescale`` variants).
-    liger_scale_always: bool = False
+    #: incoming gradient is 1 (:func:`liger_backward_without_wait`): on an H100 at 8 packed rows of
+    #: 1.5 B, 50,650 against 48,700 tokens/s (medians of 2 and 4 runs on one machine, ranges
+    #: apart; bench/RESULTS.md, tenth session). The benchmark's ``_lcewait`` variants turn it off.
+    liger_scale_always: bool = True
     _pending_log: dict[str, Any] | None = None
     _host_tokens: Any = None
     _host_mask: Any = None
