@@ -601,6 +601,9 @@ def run_variant(name: str, steps: int) -> dict:
         "setup_s": round(setup_s, 1),
         "first_step_s": round(timing["t"][0] - started - setup_s, 1) if timing["t"] else None,
         "early_steps_s": [round(b - a, 2) for a, b in zip(timing["t"][:6], timing["t"][1:7], strict=False)],
+        # every step after the first, on the GPU's clock: where a run's speed changes during it
+        # (the tenth session's _hostmask runs: their first steps as fast as ours8's, the later not)
+        "steps_s": [round(b - a, 3) for a, b in zip(timing["t"], timing["t"][1:], strict=False)],
         "process_s": round(time.perf_counter() - started, 1),
         "compile_s": _compile_seconds(),
         "compile_threads": _compile_threads(),

@@ -54,6 +54,9 @@ def test_the_benchmark_runs_tuned_trl_ours_and_grpo(tmp_path: Path) -> None:
     assert trl["rows_a_step"] == ours["rows_a_step"] == 4 and grpo["rows_a_step"] == 8
     for run in (trl, ours, grpo, grpo_full):
         assert run["tokens_per_s"] > 0 and math.isfinite(run["train_loss"]), run
+    # Every step's time after the first, the early ones among them.
+    assert len(ours["steps_s"]) == ours["steps"] - 1 and all(t > 0 for t in ours["steps_s"]), ours
+    assert [round(t, 2) for t in ours["steps_s"][:6]] == pytest.approx(ours["early_steps_s"], abs=0.011), ours
     # The LM head a slice at a time trains as TRL's full logits do: same data, same seed, same loss.
     assert grpo["last5_loss"] == pytest.approx(grpo_full["last5_loss"], rel=1e-3, abs=1e-6), (grpo, grpo_full)
     # Two processes (torch.distributed.run, DDP over gloo here, NCCL on GPUs), 4 rows each.
