@@ -58,6 +58,11 @@ default) in every SFT variant, so the losses at equal steps compare.
   tensors the collator computes on the host (:mod:`flywheel_trainer.packed_mask`,
   ``SyncFreeSFTTrainer.host_block_mask``) instead of by transformers on the GPU each forward; not
   the worker's default: measured slower (tenth session, bench/RESULTS.md).
+* ours8_packhost (any ``oursN`` + ``_packhost``): transformers' packed-sequence check takes the
+  collator's verdict from the host (:func:`flywheel_trainer.sync_free.packed_check_from_host`)
+  instead of reading it back from the GPU at the start of every forward; the block mask is still
+  transformers' own. Not the worker's default until measured; beside ``_hostmask`` (which removes
+  the same wait and builds the mask on the host) it tells which part of that lever costs.
 * ours8_lcewait (any ``oursN`` + ``_lcewait``): Liger's fused loss asks the GPU whether the incoming
   gradient is 1 before scaling its stored gradients in the backward (Liger's own code, a wait for
   the GPU), instead of scaling them without asking
@@ -125,7 +130,7 @@ MAX_LENGTH = 2048
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Suffixes of an ``oursN``/``trlN`` variant that turn one lever on or off without changing the
 #: attention's shape (so ``--warm`` compiles the plain variant's kernels for them).
-LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10|_nogroup|_group|_noconcat|_lcescale|_lcewait"
+LEVERS = r"_fp8|_nokern|_p0|_syncs|_seeddrop|_maskdrop|_logsync|_dl0|_hostmask|_bwd1|_bwd2|_philox7|_philox10|_nogroup|_group|_noconcat|_lcescale|_lcewait|_packhost"
 #: Variants that run the full step count (the rest run a few steps: their speed is context).
 FULL_STEPS = re.compile(
     rf"^(baseline|peft16|default|dpo|dpo_liger|grpo|grpo_full|(ours|trl)\d+(_compile|_varlen|{LEVERS})*)(x\d+)?$"
@@ -516,6 +521,7 @@ def run_variant(name: str, steps: int) -> dict:
                     "count_on_host": not logsync,
                     "host_block_mask": "_hostmask" in variant,
                     "liger_scale_always": "_lcewait" not in variant,
+                    "packed_check_from_host": "_packhost" in variant,
                 },
             )
         trainer = trainer_cls(

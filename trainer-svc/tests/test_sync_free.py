@@ -9,6 +9,7 @@ transformers, PEFT, the packed padding-free collator) is the real code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,27 @@ def _stand_in_liger_forward(model: Any, seen: list[dict[str, Any]]) -> None:
         return out
 
     model.forward = forward
+
+
+def _watched(cls: Any, see: Callable[[dict[str, Any]], None]) -> Any:
+    """``cls`` whose training forwards show their keyword arguments to ``see`` first (which may
+    change them)."""
+
+    class Watched(cls):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            plain = model.forward
+
+            def forward(*a: Any, **kw: Any) -> Any:
+                see(kw)
+                return plain(*a, **kw)
+
+            model.forward = forward
+            try:
+                return super().compute_loss(model, inputs, *args, **kwargs)
+            finally:
+                model.forward = plain
+
+    return Watched
 
 
 def _train(
@@ -325,21 +347,10 @@ def test_the_block_mask_built_on_the_host_reaches_the_model(
         def _uses_flex_attention(self) -> bool:
             return True
 
-        def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-            plain = model.forward
+    def see(kw: dict[str, Any]) -> None:
+        got.append((kw.pop("attention_mask", None), kw["position_ids"].clone()))
 
-            def forward(*a: Any, **kw: Any) -> Any:
-                mask = kw.pop("attention_mask", None)
-                got.append((mask, kw["position_ids"].clone()))
-                return plain(*a, **kw)
-
-            model.forward = forward
-            try:
-                return super().compute_loss(model, inputs, *args, **kwargs)
-            finally:
-                model.forward = plain
-
-    _train(HostMask, "liger", tiny_model_dir, tmp_path / "ours", [], [])
+    _train(_watched(HostMask, see), "liger", tiny_model_dir, tmp_path / "ours", [], [])
     assert len(got) == 3
     for mask, position_ids in got:
         assert isinstance(mask, BlockMask)
@@ -401,3 +412,89 @@ def test_the_wait_free_liger_helper_multiplies_out_of_place_and_installs_once(
     per_token = torch.ones(6)
     installed(per_token, grad_input, grad_weight, None)
     assert calls == [per_token]
+
+
+def test_the_packed_check_takes_the_host_verdict_only_inside_our_forward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """transformers' packed-sequence check after :func:`packed_check_from_host`: with no verdict set
+    it is transformers' own; with one it returns what transformers would for that verdict without
+    looking at the device's answer (a False verdict on packed rows gives None, which only a check
+    that never reads the tensor can); a second install does not wrap the first."""
+    import torch
+    from transformers import masking_utils
+
+    from flywheel_trainer import sync_free
+
+    own = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", own)
+    sync_free.packed_check_from_host()
+    installed = masking_utils.find_packed_sequence_indices
+    sync_free.packed_check_from_host()
+    assert installed is not own and masking_utils.find_packed_sequence_indices is installed
+
+    packed = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [5, 6, 7, 8, 9, 0, 1, 2, 3]])
+    single = torch.arange(9).unsqueeze(0).expand(2, -1) + 4
+    assert torch.equal(installed(packed), own(packed)) and installed(single) is None is own(single)
+    for verdict, ids in ((True, packed), (True, single), (False, packed), (False, single)):
+        token = sync_free._packed_verdict.set(verdict)
+        try:
+            got = installed(ids)
+        finally:
+            sync_free._packed_verdict.reset(token)
+        if not verdict:
+            assert got is None
+        elif ids is packed:
+            assert torch.equal(got, own(packed))
+        else:  # one sequence a row, told packed: every token in sequence 0, the same mask
+            assert torch.equal(got, torch.zeros_like(single))
+
+
+def test_the_collator_tells_whether_padding_free_rows_are_packed() -> None:
+    import torch
+
+    from flywheel_trainer.sync_free import PACKED_KEY, HostSideCollator
+
+    def batch(position_ids: list[int]) -> dict[str, Any]:
+        ids = torch.tensor([position_ids])
+        return {"input_ids": ids + 10, "position_ids": ids}
+
+    collate = HostSideCollator(lambda examples: examples[0], pad_token_id=0, count=False, packed=True)
+    assert collate([batch([0, 1, 2, 0, 1])])[PACKED_KEY] is True
+    assert collate([batch([0, 1, 2, 3, 4])])[PACKED_KEY] is False
+    padded = {**batch([0, 1, 2, 0, 1]), "attention_mask": torch.ones(1, 5)}
+    assert PACKED_KEY not in collate([padded])  # not padding-free: transformers' own check
+    assert PACKED_KEY not in HostSideCollator(lambda e: e[0], 0, count=False)([batch([0, 1, 0])])
+
+
+@pytest.mark.parametrize("path", ["liger", "chunked"])
+def test_training_with_the_host_verdict_is_training_without_it(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The sync-free trainer with ``packed_check_from_host`` on packed, padding-free rows: every
+    training forward's packed-sequence check took the collator's verdict (and found packed rows),
+    and the losses are the ones of the same training with transformers' own check."""
+    from transformers import masking_utils
+
+    from flywheel_trainer.sync_free import SyncFreeSFTTrainer, _packed_verdict
+
+    monkeypatch.setattr("transformers.trainer.apply_liger_kernel", lambda *a, **k: None)
+    monkeypatch.setattr(
+        masking_utils, "find_packed_sequence_indices", masking_utils.find_packed_sequence_indices
+    )
+    verdicts: list[bool | None] = []
+
+    class Host(SyncFreeSFTTrainer):
+        packed_check_from_host = True
+
+    Host = _watched(Host, lambda kw: verdicts.append(_packed_verdict.get()))
+
+    ours = _train(Host, path, tiny_model_dir, tmp_path / "ours", [], [])
+    assert getattr(masking_utils.find_packed_sequence_indices, "_flywheel_host_verdict", False)
+    # The liger stand-in runs the model twice a forward (the second for its accuracy).
+    assert verdicts and all(v is True for v in verdicts), verdicts
+    assert _packed_verdict.get() is None  # reset after each forward
+    monkeypatch.setattr(Host, "packed_check_from_host", False)
+    theirs = _train(Host, path, tiny_model_dir, tmp_path / "theirs", [], [])
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (ours, theirs)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5), losses

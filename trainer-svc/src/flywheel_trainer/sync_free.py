@@ -48,6 +48,7 @@ millisecond at the step boundary (bench/RESULTS.md). On a CUDA device, in one pr
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 from trl import SFTTrainer
@@ -58,6 +59,13 @@ from flywheel_trainer.host_reads import read_later
 #: tensors, popped before the model sees the batch.
 TOKENS_KEY = "_flywheel_tokens"
 MASK_KEY = "_flywheel_block_mask"
+#: The key under which :class:`HostSideCollator` passes whether a padding-free batch holds several
+#: sequences in a row (:func:`packed_check_from_host`).
+PACKED_KEY = "_flywheel_packed"
+
+#: The host's verdict for the forward running now: whether its rows hold several sequences. None
+#: (outside :meth:`SyncFreeSFTTrainer.compute_loss`): transformers' own check runs.
+_packed_verdict: contextvars.ContextVar[bool | None] = contextvars.ContextVar("flywheel_packed", default=None)
 
 
 class HostSideCollator:
@@ -66,15 +74,25 @@ class HostSideCollator:
     * ``count``: the batch's input tokens, as the Trainer's ``_track_num_input_tokens`` counts
       them on the device: ``(non-padding, all)`` under :data:`TOKENS_KEY`;
     * ``mask``: for a padding-free row, flex attention's block-mask tensors
-      (:func:`flywheel_trainer.packed_mask.host_parts`) under :data:`MASK_KEY`.
+      (:func:`flywheel_trainer.packed_mask.host_parts`) under :data:`MASK_KEY`;
+    * ``packed``: for padding-free rows, whether any holds several sequences, under
+      :data:`PACKED_KEY` (:func:`packed_check_from_host`).
 
     A class (not a closure) so DataLoader workers, where it then runs, can pickle it."""
 
-    def __init__(self, inner: Any, pad_token_id: int | None, count: bool = True, mask: bool = False) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        pad_token_id: int | None,
+        count: bool = True,
+        mask: bool = False,
+        packed: bool = False,
+    ) -> None:
         self.inner = inner
         self.pad_token_id = pad_token_id
         self.count = count
         self.mask = mask
+        self.packed = packed
 
     def __call__(self, examples: list[Any]) -> Any:
         batch = self.inner(examples)
@@ -95,6 +113,11 @@ class HostSideCollator:
             parts = host_parts(batch["position_ids"])
             if parts is not None:
                 batch[MASK_KEY] = parts
+        if self.packed and batch.get("position_ids") is not None and batch.get("attention_mask") is None:
+            from flywheel_trainer.packed_mask import sequence_ids
+
+            # transformers' test: some row's last token is not in its first sequence
+            batch[PACKED_KEY] = bool((sequence_ids(batch["position_ids"].numpy())[:, -1] != 0).any())
         return batch
 
 
@@ -118,13 +141,22 @@ class SyncFreeSFTTrainer(SFTTrainer):
     #: 1.5 B, 50,650 against 48,700 tokens/s (medians of 2 and 4 runs on one machine, ranges
     #: apart; bench/RESULTS.md, tenth session). The benchmark's ``_lcewait`` variants turn it off.
     liger_scale_always: bool = True
+    #: Tell transformers from the host whether a padding-free batch's rows hold several sequences
+    #: (:func:`packed_check_from_host`), so its mask construction does not read that back from the
+    #: GPU at the start of every forward; the block mask itself is still transformers' own. Off
+    #: until measured on a GPU (the benchmark's ``_packhost`` variants); measured beside
+    #: ``_hostmask`` it also tells whether that lever's loss comes from the wait it removes.
+    packed_check_from_host: bool = False
     _pending_log: dict[str, Any] | None = None
     _host_tokens: Any = None
     _host_mask: Any = None
+    _host_packed: bool | None = None
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         if self.liger_scale_always and self.args.use_liger_kernel:
             liger_backward_without_wait()
+        if self.packed_check_from_host:
+            packed_check_from_host()
         try:
             return super().train(*args, **kwargs)
         finally:
@@ -142,10 +174,11 @@ class SyncFreeSFTTrainer(SFTTrainer):
         one = self.accelerator.num_processes == 1
         count = one and self.count_on_host and self.args.include_num_input_tokens_seen not in ("no", False)
         mask = one and self.host_block_mask and self._uses_flex_attention()
-        if not (count or mask):
+        packed = one and self.packed_check_from_host
+        if not (count or mask or packed):
             return super().get_train_dataloader()
         pad = getattr(self.processing_class, "pad_token_id", None)
-        self.data_collator = HostSideCollator(inner, pad, count=count, mask=mask)
+        self.data_collator = HostSideCollator(inner, pad, count=count, mask=mask, packed=packed)
         try:
             return super().get_train_dataloader()
         finally:
@@ -157,10 +190,11 @@ class SyncFreeSFTTrainer(SFTTrainer):
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         self._host_tokens = inputs.pop(TOKENS_KEY, None)
         self._host_mask = inputs.pop(MASK_KEY, None)
+        self._host_packed = inputs.pop(PACKED_KEY, None)
         try:
             return super().training_step(model, inputs, num_items_in_batch)
         finally:
-            self._host_mask = None
+            self._host_mask = self._host_packed = None
 
     def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
         counted, self._host_tokens = self._host_tokens, None
@@ -322,9 +356,13 @@ class SyncFreeSFTTrainer(SFTTrainer):
             inputs["skip_logits"] = True
             inputs["return_token_accuracy"] = True
             inputs["use_token_scaling"] = getattr(self.args, "loss_type", None) == "dft"
-        loss, outputs = Trainer.compute_loss(
-            self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-        )
+        verdict = _packed_verdict.set(self._host_packed)
+        try:
+            loss, outputs = Trainer.compute_loss(
+                self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+        finally:
+            _packed_verdict.reset(verdict)
         metrics = self._metrics["train"]
         if path == "chunked":
             # The sums TRL's patched LM head returns, divided on the device.
@@ -392,6 +430,40 @@ def liger_backward_without_wait() -> bool:
     backward._flywheel_no_wait = True  # type: ignore[attr-defined]
     flce.fused_linear_cross_entropy_backward = backward
     return True
+
+
+def packed_check_from_host() -> None:
+    """Let transformers' packed-sequence check take the host's verdict instead of reading the GPU.
+
+    For padding-free rows transformers finds each token's sequence from the position ids on the
+    GPU and then reads back whether any row holds more than one (``.all()`` on a GPU tensor): a wait
+    at the start of every forward, after which the host builds flex attention's block mask with
+    the GPU idle (bench/RESULTS.md, seventh session: the largest gap left at the step boundary).
+    The collator knows the answer from the CPU copy of the same position ids
+    (:class:`HostSideCollator`, ``packed``), and :meth:`SyncFreeSFTTrainer.compute_loss` hands it
+    to this check for its forward; any other call (no verdict set) runs transformers' own check.
+    transformers has no option to pass the verdict in, hence the replacement of its module-level
+    function (which its mask functions look up at call time); the sequence ids are computed as
+    transformers computes them, so the masks are the same. Process-wide and idempotent.
+    """
+    import torch
+    from transformers import masking_utils
+
+    current = masking_utils.find_packed_sequence_indices
+    if getattr(current, "_flywheel_host_verdict", False):
+        return
+
+    def find_packed_sequence_indices(position_ids: Any) -> Any:
+        verdict = _packed_verdict.get()
+        if verdict is None:
+            return current(position_ids)
+        if not verdict:
+            return None
+        first = position_ids[:, :1] - 1  # a new sequence wherever the position does not go up by one
+        return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+
+    find_packed_sequence_indices._flywheel_host_verdict = True  # type: ignore[attr-defined]
+    masking_utils.find_packed_sequence_indices = find_packed_sequence_indices
 
 
 def _share(part: Any, whole: Any) -> Any:
