@@ -107,17 +107,20 @@ class HostSideCollator:
             else:
                 real = ids.numel()
             batch[TOKENS_KEY] = (real, ids.numel())
-        if self.mask and batch.get("position_ids") is not None and batch.get("attention_mask") is None:
+        position_ids = batch.get("position_ids")
+        if position_ids is None or batch.get("attention_mask") is not None:  # not padding-free
+            return batch
+        if self.mask:
             from flywheel_trainer.packed_mask import host_parts
 
-            parts = host_parts(batch["position_ids"])
+            parts = host_parts(position_ids)
             if parts is not None:
                 batch[MASK_KEY] = parts
-        if self.packed and batch.get("position_ids") is not None and batch.get("attention_mask") is None:
+        if self.packed:
             from flywheel_trainer.packed_mask import sequence_ids
 
             # transformers' test: some row's last token is not in its first sequence
-            batch[PACKED_KEY] = bool((sequence_ids(batch["position_ids"].numpy())[:, -1] != 0).any())
+            batch[PACKED_KEY] = bool((sequence_ids(position_ids.numpy())[:, -1] != 0).any())
         return batch
 
 
